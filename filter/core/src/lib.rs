@@ -1,0 +1,1 @@
+//! Switchyard gateway core.
