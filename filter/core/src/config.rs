@@ -1,0 +1,332 @@
+//! The gateway configuration document, read the same way by every host.
+//!
+//! One JSON document holds keys (as SHA-256 hashes only), providers (with credentials named,
+//! never inlined), models with their deployments and prices, limits and the fallback policy.
+//! [`GatewayConfig::from_json`] validates everything up front so a bad config fails at load
+//! time, never at request time.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::keys::GatewayKey;
+use crate::providers::ProviderKind;
+use crate::routing::Strategy;
+
+/// Why a configuration document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON, or not the expected shape.
+    #[error("gateway config is not valid JSON for the expected schema: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// Parsed, but inconsistent.
+    #[error("gateway config is invalid: {0}")]
+    Invalid(String),
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Gateway keys (hashes only).
+    #[serde(default)]
+    pub keys: Vec<GatewayKey>,
+    /// Upstream providers by name.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Public models.
+    pub models: Vec<ModelConfig>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Default fallback policy (models may override).
+    #[serde(default)]
+    pub fallback: FallbackPolicy,
+}
+
+/// One upstream provider account or server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Which wire format it speaks.
+    pub kind: ProviderKind,
+    /// Scheme, authority and optional path prefix, e.g. `https://api.openai.com` or
+    /// `http://127.0.0.1:8100`. Defaults to the provider's public endpoint.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The host's upstream name (Envoy cluster, host-runner cluster). Defaults to the
+    /// provider's name.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Name of the secret holding the API key (an environment variable, Envoy
+    /// `vm_config.environment_variables` entry, or Spin variable). Never the key itself.
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
+    /// Extra static headers sent upstream (e.g. `anthropic-version`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Price per one million tokens, in the config's currency (USD by convention).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Uncached input tokens.
+    #[serde(default)]
+    pub input: f64,
+    /// Cached input tokens; defaults to the input price.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// Output tokens.
+    #[serde(default)]
+    pub output: f64,
+}
+
+/// A public model and where it can be served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients send in `model`.
+    pub name: String,
+    /// Other names for it.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// How deployments are ordered per request.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Candidates, in priority order.
+    pub deployments: Vec<DeploymentConfig>,
+    /// Overrides the global fallback policy.
+    #[serde(default)]
+    pub fallback: Option<FallbackPolicy>,
+}
+
+/// One place a model is served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// Provider name (a key of `providers`).
+    pub provider: String,
+    /// The provider's own model name.
+    pub model: String,
+    /// Relative weight for the weighted strategy.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Price for metering and the cheapest strategy.
+    #[serde(default)]
+    pub price: Price,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request body in bytes (larger → 413).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_max_request_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+/// When to move on to the next deployment, and how long to wait.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackPolicy {
+    /// Upstream statuses that trigger the next attempt.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<u16>,
+    /// Per-attempt timeout.
+    #[serde(default = "default_attempt_timeout_ms")]
+    pub attempt_timeout_ms: u64,
+    /// Timeout for the whole request, all attempts together.
+    #[serde(default = "default_total_timeout_ms")]
+    pub total_timeout_ms: u64,
+    /// Consecutive failures after which a deployment is ejected.
+    #[serde(default = "default_eject_after")]
+    pub eject_after_failures: u32,
+    /// How long an ejected deployment is skipped.
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
+}
+
+fn default_retry_on() -> Vec<u16> {
+    vec![408, 429, 500, 502, 503, 504, 529]
+}
+fn default_attempt_timeout_ms() -> u64 {
+    30_000
+}
+fn default_total_timeout_ms() -> u64 {
+    120_000
+}
+fn default_eject_after() -> u32 {
+    3
+}
+fn default_cooldown_ms() -> u64 {
+    30_000
+}
+
+impl Default for FallbackPolicy {
+    fn default() -> Self {
+        FallbackPolicy {
+            retry_on: default_retry_on(),
+            attempt_timeout_ms: default_attempt_timeout_ms(),
+            total_timeout_ms: default_total_timeout_ms(),
+            eject_after_failures: default_eject_after(),
+            cooldown_ms: default_cooldown_ms(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Parses and validates a configuration document.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let config: GatewayConfig = serde_json::from_slice(bytes)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut key_ids = HashSet::new();
+        for key in &self.keys {
+            key.validate().map_err(ConfigError::Invalid)?;
+            if !key_ids.insert(key.id.as_str()) {
+                return invalid(format!("duplicate key id `{}`", key.id));
+            }
+        }
+        for (name, provider) in &self.providers {
+            if let Some(url) = &provider.base_url {
+                crate::providers::BaseUrl::parse(url)
+                    .map_err(|e| ConfigError::Invalid(format!("provider `{name}`: {e}")))?;
+            }
+        }
+        let mut names = HashSet::new();
+        for model in &self.models {
+            if model.deployments.is_empty() {
+                return invalid(format!("model `{}` has no deployments", model.name));
+            }
+            for alias in std::iter::once(&model.name).chain(&model.aliases) {
+                if alias.is_empty() {
+                    return invalid("empty model name".into());
+                }
+                if !names.insert(alias.as_str()) {
+                    return invalid(format!("model name `{alias}` is defined twice"));
+                }
+            }
+            for d in &model.deployments {
+                if !self.providers.contains_key(&d.provider) {
+                    return invalid(format!(
+                        "model `{}` uses unknown provider `{}`",
+                        model.name, d.provider
+                    ));
+                }
+                let p = d.price;
+                if [p.input, p.output, p.cached_input.unwrap_or(0.0)]
+                    .iter()
+                    .any(|x| !x.is_finite() || *x < 0.0)
+                {
+                    return invalid(format!("model `{}`: prices must be >= 0", model.name));
+                }
+            }
+            if model.strategy == Strategy::Weighted
+                && model.deployments.iter().all(|d| d.weight == 0)
+            {
+                return invalid(format!("model `{}`: all weights are zero", model.name));
+            }
+        }
+        if self.limits.max_request_bytes == 0 {
+            return invalid("limits.max_request_bytes must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The model config for a public name or alias.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models
+            .iter()
+            .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+    }
+
+    /// The fallback policy in force for `model`.
+    pub fn fallback_for<'a>(&'a self, model: &'a ModelConfig) -> &'a FallbackPolicy {
+        model.fallback.as_ref().unwrap_or(&self.fallback)
+    }
+
+    /// Every distinct cluster name the hosts must provide, with the base URL it points at.
+    pub fn clusters(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    p.cluster.clone().unwrap_or_else(|| name.clone()),
+                    p.base_url
+                        .clone()
+                        .unwrap_or_else(|| p.kind.default_base_url().to_string()),
+                )
+            })
+            .collect();
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const SAMPLE: &str = r#"{
+      "keys": [{"id":"k1","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","models":["*"]}],
+      "providers": {"local": {"kind":"openai","base_url":"http://127.0.0.1:8100"}},
+      "models": [{"name":"m","aliases":["mm"],"deployments":[{"provider":"local","model":"up"}]}]
+    }"#;
+
+    #[test]
+    fn parses_sample() {
+        let c = GatewayConfig::from_json(SAMPLE.as_bytes()).unwrap();
+        assert_eq!(c.model("mm").unwrap().name, "m");
+        assert_eq!(
+            c.clusters(),
+            vec![("local".into(), "http://127.0.0.1:8100".into())]
+        );
+        assert_eq!(c.limits.max_request_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn rejects_inconsistent_configs() {
+        for (bad, why) in [
+            (
+                SAMPLE.replace("\"provider\":\"local\"", "\"provider\":\"nope\""),
+                "unknown provider",
+            ),
+            (
+                SAMPLE.replace("\"aliases\":[\"mm\"]", "\"aliases\":[\"m\"]"),
+                "defined twice",
+            ),
+            (SAMPLE.replace("9f86", "zz86"), "sha256"),
+            (
+                SAMPLE.replace("\"models\":[\"*\"]", "\"models\":[\"*\"],\"bogus\":1"),
+                "unknown field",
+            ),
+        ] {
+            let err = GatewayConfig::from_json(bad.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err} should mention {why}");
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! The gateway facade: what a host calls, phase by phase.
+//!
+//! 1. [`Gateway::on_request_head`] — endpoint, dialect, key check, size limit. Answers locally
+//!    (401, 404, 413, `GET /v1/models`) or admits the request to read its body.
+//! 2. [`Gateway::plan`] — parse and validate the body, check the key may use the model, and
+//!    order the deployments into the attempt chain.
+//! 3. [`Plan::upstream_request`] per attempt — the native request for that deployment.
+//! 4. [`Plan::response_stream`] / [`Plan::translate_response`] / [`Plan::translate_error`] —
+//!    the answer back in the caller's dialect, with usage.
+//!
+//! The host owns all I/O, clocks and randomness and passes them in.
+
+use serde_json::{json, Value};
+
+use crate::canonical::{ChatRequest, EmbeddingsRequest, TokenUsage};
+use crate::config::{ConfigError, FallbackPolicy, GatewayConfig, Price};
+use crate::error::{Dialect, ErrorKind, GatewayError};
+use crate::ingress;
+use crate::json_patch::patch_top_level;
+use crate::keys::{authenticate, presented_key};
+use crate::providers::{openai, BaseUrl, ProviderKind};
+use crate::routing::{attempt_order, deployment_id, HealthView};
+use crate::stream::{ResponseStream, TranslatingStream};
+use crate::usage::{cost, UsageRecord};
+
+/// The API endpoints the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/messages` (Anthropic).
+    Messages,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `GET /v1/models`.
+    Models,
+}
+
+/// What the host knows after the request headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestHead<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path, query included.
+    pub path: &'a str,
+    /// `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// `x-api-key` header.
+    pub x_api_key: Option<&'a str>,
+    /// `anthropic-version` header (marks an Anthropic SDK client on shared paths).
+    pub anthropic_version: Option<&'a str>,
+    /// `Content-Length`, when sent.
+    pub content_length: Option<u64>,
+}
+
+/// A response the host sends without contacting any upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+impl LocalReply {
+    /// The reply for an error, in `dialect`.
+    pub fn error(err: &GatewayError, dialect: Dialect) -> Self {
+        LocalReply {
+            status: err.status,
+            headers: err
+                .headers()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            body: err.body(dialect),
+        }
+    }
+
+    fn json(status: u16, body: Vec<u8>) -> Self {
+        LocalReply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+        }
+    }
+}
+
+/// A request that passed the header checks and may send its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// Which endpoint.
+    pub endpoint: Endpoint,
+    /// The caller's dialect.
+    pub dialect: Dialect,
+    /// Id of the authenticated key.
+    pub key_id: String,
+}
+
+/// Outcome of the header phase.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadOutcome {
+    /// Answer now.
+    Reply(LocalReply),
+    /// Read the body (at most [`Gateway::max_request_bytes`]) and call [`Gateway::plan`].
+    ReadBody(Admitted),
+}
+
+/// The gateway core, built once per configuration.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    config: GatewayConfig,
+}
+
+impl Gateway {
+    /// Wraps a validated configuration.
+    pub fn new(config: GatewayConfig) -> Self {
+        Gateway { config }
+    }
+
+    /// Parses, validates and wraps a configuration document.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        GatewayConfig::from_json(bytes).map(Gateway::new)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Largest request body accepted.
+    pub fn max_request_bytes(&self) -> usize {
+        self.config.limits.max_request_bytes
+    }
+
+    /// The header phase: route, authenticate, check declared size.
+    pub fn on_request_head(&self, head: &RequestHead, now_unix: u64) -> HeadOutcome {
+        let path = head.path.split('?').next().unwrap_or("");
+        let path = path.trim_end_matches('/');
+        let anthropic_client = head.anthropic_version.is_some();
+        let (endpoint, method) = match path {
+            "/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),
+            "/v1/messages" => (Some(Endpoint::Messages), "POST"),
+            "/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
+            "/v1/models" => (Some(Endpoint::Models), "GET"),
+            _ => (None, ""),
+        };
+        let dialect = match endpoint {
+            Some(Endpoint::Messages) => Dialect::Anthropic,
+            Some(Endpoint::Models) | None
+                if anthropic_client || path.starts_with("/v1/messages") =>
+            {
+                Dialect::Anthropic
+            }
+            _ => Dialect::OpenAi,
+        };
+        let reply = |err: GatewayError| HeadOutcome::Reply(LocalReply::error(&err, dialect));
+        let Some(endpoint) = endpoint else {
+            return reply(GatewayError::new(
+                ErrorKind::NotFound,
+                format!("unknown endpoint `{} {path}`", head.method),
+            ));
+        };
+        if !head.method.eq_ignore_ascii_case(method) {
+            return reply(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("`{path}` accepts {method} only"),
+            ));
+        }
+        let presented = presented_key(head.authorization, head.x_api_key);
+        let key = match authenticate(&self.config.keys, presented, now_unix) {
+            Ok(key) => key,
+            Err(err) => return reply(err),
+        };
+        if head
+            .content_length
+            .is_some_and(|n| n > self.max_request_bytes() as u64)
+        {
+            return reply(self.too_large());
+        }
+        if endpoint == Endpoint::Models {
+            return HeadOutcome::Reply(LocalReply::json(200, self.models_body(key, dialect)));
+        }
+        HeadOutcome::ReadBody(Admitted {
+            endpoint,
+            dialect,
+            key_id: key.id.clone(),
+        })
+    }
+
+    /// The 413 error, for hosts that count body bytes as they arrive.
+    pub fn too_large(&self) -> GatewayError {
+        GatewayError::new(
+            ErrorKind::RequestTooLarge,
+            format!(
+                "request body exceeds the limit of {} bytes",
+                self.max_request_bytes()
+            ),
+        )
+        .with_code("request_too_large")
+    }
+
+    fn models_body(&self, key: &crate::keys::GatewayKey, dialect: Dialect) -> Vec<u8> {
+        let names: Vec<&str> = self
+            .config
+            .models
+            .iter()
+            .flat_map(|m| {
+                std::iter::once(m.name.as_str()).chain(m.aliases.iter().map(String::as_str))
+            })
+            .filter(|n| key.allows(n))
+            .collect();
+        let body = match dialect {
+            Dialect::OpenAi => json!({
+                "object": "list",
+                "data": names.iter().map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "switchyard"})).collect::<Vec<_>>(),
+            }),
+            Dialect::Anthropic => json!({
+                "data": names.iter().map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
+                "has_more": false,
+                "first_id": names.first(),
+                "last_id": names.last(),
+            }),
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// The body phase: parse, authorise the model, and build the attempt chain.
+    ///
+    /// `random` seeds weighted routing and ids; `now_unix` stamps responses.
+    pub fn plan(
+        &self,
+        admitted: &Admitted,
+        body: &[u8],
+        random: u64,
+        now_unix: u64,
+        health: &dyn HealthView,
+    ) -> Result<Plan, GatewayError> {
+        if body.len() > self.max_request_bytes() {
+            return Err(self.too_large());
+        }
+        let request = match admitted.endpoint {
+            Endpoint::ChatCompletions | Endpoint::Messages => {
+                PlannedRequest::Chat(Box::new(ingress::decode_chat(admitted.dialect, body)?))
+            }
+            Endpoint::Embeddings => PlannedRequest::Embeddings(decode_embeddings(body)?),
+            Endpoint::Models => {
+                return Err(GatewayError::new(
+                    ErrorKind::MethodNotAllowed,
+                    "`/v1/models` has no body",
+                ))
+            }
+        };
+        let public_model = request.model().to_string();
+        let model = self.config.model(&public_model).ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::NotFound,
+                format!("model `{public_model}` does not exist"),
+            )
+            .with_code("model_not_found")
+            .with_param("model")
+        })?;
+        let key = self
+            .config
+            .keys
+            .iter()
+            .find(|k| k.id == admitted.key_id)
+            .ok_or_else(|| GatewayError::new(ErrorKind::Authentication, "invalid API key"))?;
+        if !key.allows(&public_model) && !key.allows(&model.name) {
+            return Err(GatewayError::new(
+                ErrorKind::PermissionDenied,
+                format!("this API key may not use model `{public_model}`"),
+            )
+            .with_code("model_not_allowed"));
+        }
+        let mut attempts = Vec::new();
+        for i in attempt_order(model, health, random) {
+            let d = &model.deployments[i];
+            let Some(provider) = self.config.providers.get(&d.provider) else {
+                continue;
+            };
+            if matches!(request, PlannedRequest::Embeddings(_))
+                && !provider.kind.supports_embeddings()
+            {
+                continue;
+            }
+            let base_url = provider
+                .base_url
+                .clone()
+                .unwrap_or_else(|| provider.kind.default_base_url().to_string());
+            let base =
+                BaseUrl::parse(&base_url).map_err(|e| GatewayError::new(ErrorKind::Internal, e))?;
+            attempts.push(Attempt {
+                deployment_id: deployment_id(d),
+                provider: d.provider.clone(),
+                kind: provider.kind,
+                upstream_model: d.model.clone(),
+                cluster: provider
+                    .cluster
+                    .clone()
+                    .unwrap_or_else(|| d.provider.clone()),
+                base,
+                price: d.price,
+                api_key_secret: provider.api_key_secret.clone(),
+                static_headers: provider
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        if attempts.is_empty() {
+            return Err(GatewayError::invalid(format!(
+                "model `{public_model}` has no deployment that serves this endpoint"
+            ))
+            .with_param("model"));
+        }
+        let (stream, client_wants_usage) = match &request {
+            PlannedRequest::Chat(c) => (c.stream, c.wants_stream_usage()),
+            PlannedRequest::Embeddings(_) => (false, false),
+        };
+        Ok(Plan {
+            endpoint: admitted.endpoint,
+            dialect: admitted.dialect,
+            key_id: admitted.key_id.clone(),
+            public_model,
+            stream,
+            client_wants_usage,
+            request,
+            raw: body.to_vec(),
+            attempts,
+            fallback: self.config.fallback_for(model).clone(),
+            response_id: format!("{:016x}", random ^ 0x5157_4954_4348_5944),
+            created: now_unix,
+        })
+    }
+}
+
+fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, GatewayError> {
+    let req: EmbeddingsRequest = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::invalid(format!("invalid embeddings request: {e}")))?;
+    let ok = match &req.input {
+        Value::String(_) => true,
+        Value::Array(items) => !items.is_empty(),
+        _ => false,
+    };
+    if !ok {
+        return Err(
+            GatewayError::invalid("`input` must be a string or a non-empty array")
+                .with_param("input"),
+        );
+    }
+    Ok(req)
+}
+
+/// The parsed request a plan carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlannedRequest {
+    /// Chat (from either dialect).
+    Chat(Box<ChatRequest>),
+    /// Embeddings.
+    Embeddings(EmbeddingsRequest),
+}
+
+impl PlannedRequest {
+    fn model(&self) -> &str {
+        match self {
+            PlannedRequest::Chat(c) => &c.model,
+            PlannedRequest::Embeddings(e) => &e.model,
+        }
+    }
+}
+
+/// One deployment in the attempt chain, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// `provider/upstream-model`.
+    pub deployment_id: String,
+    /// Provider name from the config.
+    pub provider: String,
+    /// Wire format.
+    pub kind: ProviderKind,
+    /// The provider's model name.
+    pub upstream_model: String,
+    /// The host's upstream name.
+    pub cluster: String,
+    /// Where it lives.
+    pub base: BaseUrl,
+    /// Its price.
+    pub price: Price,
+    api_key_secret: Option<String>,
+    static_headers: Vec<(String, String)>,
+}
+
+/// A request ready to send upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamRequest {
+    /// The host's upstream name (Envoy cluster / host-runner cluster).
+    pub cluster: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `:authority` / `Host`.
+    pub authority: String,
+    /// Always `POST` today.
+    pub method: &'static str,
+    /// Full path with query.
+    pub path: String,
+    /// Headers, credentials included (never log these).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Per-attempt timeout.
+    pub timeout_ms: u64,
+}
+
+/// Everything decided about one request; the host walks `attempts` in order.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Endpoint.
+    pub endpoint: Endpoint,
+    /// Caller's dialect.
+    pub dialect: Dialect,
+    /// Authenticated key id.
+    pub key_id: String,
+    /// Model name as the client sent it.
+    pub public_model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    client_wants_usage: bool,
+    request: PlannedRequest,
+    raw: Vec<u8>,
+    /// The fallback chain, in order.
+    pub attempts: Vec<Attempt>,
+    /// Retry statuses and timeouts in force.
+    pub fallback: FallbackPolicy,
+    response_id: String,
+    created: u64,
+}
+
+impl Plan {
+    /// Whether request and answer pass through as the client wrote them (same wire format).
+    fn passthrough(&self, attempt: &Attempt) -> bool {
+        self.dialect == Dialect::OpenAi && attempt.kind == ProviderKind::Openai
+    }
+
+    /// The native request for attempt `index`. `secret` resolves credential names.
+    pub fn upstream_request(
+        &self,
+        index: usize,
+        secret: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<UpstreamRequest, GatewayError> {
+        let attempt = self
+            .attempts
+            .get(index)
+            .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
+        let egress = match &self.request {
+            PlannedRequest::Embeddings(_) => crate::providers::EgressRequest {
+                path: openai::EMBEDDINGS_PATH.to_string(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: self.patch_raw(attempt, false)?,
+            },
+            PlannedRequest::Chat(_) if self.passthrough(attempt) => {
+                crate::providers::EgressRequest {
+                    path: openai::CHAT_PATH.to_string(),
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body: self.patch_raw(attempt, self.stream)?,
+                }
+            }
+            PlannedRequest::Chat(chat) => attempt.kind.build_chat(chat, &attempt.upstream_model)?,
+        };
+        let mut headers = egress.headers;
+        headers.extend(attempt.static_headers.iter().cloned());
+        if let Some(name) = &attempt.api_key_secret {
+            let key = secret(name).filter(|k| !k.is_empty()).ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "credential for provider `{}` is not configured",
+                        attempt.provider
+                    ),
+                )
+            })?;
+            headers.extend(attempt.kind.auth_headers(&key));
+        }
+        Ok(UpstreamRequest {
+            cluster: attempt.cluster.clone(),
+            scheme: attempt.base.scheme.clone(),
+            authority: attempt.base.authority.clone(),
+            method: "POST",
+            path: format!("{}{}", attempt.base.prefix, egress.path),
+            headers,
+            body: egress.body,
+            timeout_ms: self
+                .fallback
+                .attempt_timeout_ms
+                .min(self.fallback.total_timeout_ms),
+        })
+    }
+
+    /// The client's body with `model` swapped (and usage forced on for streams).
+    fn patch_raw(&self, attempt: &Attempt, force_usage: bool) -> Result<Vec<u8>, GatewayError> {
+        let mut patches = vec![(
+            "model",
+            serde_json::to_string(&attempt.upstream_model).unwrap_or_default(),
+        )];
+        if force_usage && !self.client_wants_usage {
+            let mut opts = match &self.request {
+                PlannedRequest::Chat(c) => c.stream_options.clone().unwrap_or_default(),
+                PlannedRequest::Embeddings(_) => Default::default(),
+            };
+            opts.include_usage = Some(true);
+            patches.push((
+                "stream_options",
+                serde_json::to_string(&opts).unwrap_or_default(),
+            ));
+        }
+        patch_top_level(&self.raw, &patches)
+            .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))
+    }
+
+    /// Whether an upstream status should move on to the next attempt.
+    pub fn should_retry_status(&self, status: u16) -> bool {
+        self.fallback.retry_on.contains(&status)
+    }
+
+    /// Content type of a successful answer to the client.
+    pub fn response_content_type(&self) -> &'static str {
+        if self.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }
+    }
+
+    /// The stream translator for attempt `index`'s successful streamed answer.
+    pub fn response_stream(&self, index: usize) -> Box<dyn ResponseStream> {
+        let kind = self
+            .attempts
+            .get(index)
+            .map_or(ProviderKind::Openai, |a| a.kind);
+        if self.dialect == Dialect::OpenAi && kind == ProviderKind::Openai {
+            return Box::new(openai::PassthroughStream::new(self.client_wants_usage));
+        }
+        let encoder = ingress::stream_encoder(
+            self.dialect,
+            self.response_id(),
+            self.public_model.clone(),
+            self.created,
+            self.client_wants_usage,
+        );
+        Box::new(TranslatingStream::new(kind.stream_decoder(), encoder))
+    }
+
+    fn response_id(&self) -> String {
+        match self.dialect {
+            Dialect::OpenAi => format!("chatcmpl-{}", self.response_id),
+            Dialect::Anthropic => format!("msg_{}", self.response_id),
+        }
+    }
+
+    /// Translates attempt `index`'s successful, complete answer for the client.
+    pub fn translate_response(
+        &self,
+        index: usize,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, TokenUsage), GatewayError> {
+        let attempt = self
+            .attempts
+            .get(index)
+            .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
+        if matches!(self.request, PlannedRequest::Embeddings(_)) || self.passthrough(attempt) {
+            // Validate it is JSON so a garbage 200 becomes a clean 502.
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+                GatewayError::new(
+                    ErrorKind::BadGateway,
+                    format!("upstream returned invalid JSON: {e}"),
+                )
+            })?;
+            return Ok((body.to_vec(), openai::usage_of(body)));
+        }
+        let mut resp = attempt.kind.parse_chat(body)?;
+        if resp.id.is_empty() {
+            resp.id = self.response_id();
+        }
+        if resp.created == 0 {
+            resp.created = self.created;
+        }
+        if resp.model.is_empty() {
+            resp.model = self.public_model.clone();
+        }
+        Ok((
+            ingress::encode_chat_response(self.dialect, &resp),
+            resp.usage,
+        ))
+    }
+
+    /// Translates attempt `index`'s error answer into the caller's dialect.
+    pub fn translate_error(&self, index: usize, status: u16, body: &[u8]) -> GatewayError {
+        let kind = self
+            .attempts
+            .get(index)
+            .map_or(ProviderKind::Openai, |a| a.kind);
+        let mut err = kind.parse_error(status, body);
+        if let Some(a) = self.attempts.get(index) {
+            err.message = format!("{} (from {})", err.message, a.provider);
+        }
+        err
+    }
+
+    /// The usage record for the request as it ended.
+    pub fn usage_record(
+        &self,
+        index: usize,
+        usage: TokenUsage,
+        status: u16,
+        attempts: u32,
+        latency_ms: Option<u64>,
+    ) -> UsageRecord {
+        let attempt = self
+            .attempts
+            .get(index.min(self.attempts.len().saturating_sub(1)));
+        UsageRecord {
+            key_id: self.key_id.clone(),
+            model: self.public_model.clone(),
+            provider: attempt.map(|a| a.provider.clone()).unwrap_or_default(),
+            deployment: attempt.map(|a| a.deployment_id.clone()).unwrap_or_default(),
+            input_tokens: usage.input,
+            cached_input_tokens: usage.cached_input,
+            output_tokens: usage.output,
+            cost: attempt.map_or(0.0, |a| cost(&usage, &a.price)),
+            status,
+            attempts,
+            stream: self.stream,
+            latency_ms,
+        }
+    }
+}

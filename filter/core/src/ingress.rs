@@ -1,0 +1,52 @@
+//! Ingress dialects: decoding client requests into canonical form and encoding answers back.
+
+use crate::canonical::{ChatRequest, ChatResponse};
+use crate::error::{Dialect, GatewayError};
+use crate::providers::openai;
+use crate::stream::StreamEncoder;
+
+/// Decodes and validates a chat request in `dialect`.
+pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, GatewayError> {
+    let req = match dialect {
+        Dialect::OpenAi => serde_json::from_slice::<ChatRequest>(body)
+            .map_err(|e| GatewayError::invalid(format!("invalid chat completion request: {e}")))?,
+        Dialect::Anthropic => {
+            return Err(GatewayError::new(
+                crate::error::ErrorKind::NotFound,
+                "the Anthropic Messages dialect is not available in this build",
+            ))
+        }
+    };
+    if req.model.is_empty() {
+        return Err(GatewayError::invalid("`model` must not be empty").with_param("model"));
+    }
+    if req.messages.is_empty() {
+        return Err(GatewayError::invalid("`messages` must not be empty").with_param("messages"));
+    }
+    Ok(req)
+}
+
+/// Encodes a complete answer for `dialect`.
+pub fn encode_chat_response(dialect: Dialect, resp: &ChatResponse) -> Vec<u8> {
+    match dialect {
+        Dialect::OpenAi | Dialect::Anthropic => openai::encode_response(resp),
+    }
+}
+
+/// A stream encoder for `dialect`.
+pub fn stream_encoder(
+    dialect: Dialect,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+) -> Box<dyn StreamEncoder> {
+    match dialect {
+        Dialect::OpenAi | Dialect::Anthropic => Box::new(openai::OpenAiStreamEncoder::new(
+            id,
+            model,
+            created,
+            include_usage,
+        )),
+    }
+}

@@ -1,0 +1,552 @@
+//! OpenAI Chat Completions: egress to OpenAI-compatible servers, and the OpenAI ingress
+//! dialect (responses and streams encoded for OpenAI SDK clients).
+//!
+//! Wire format: <https://platform.openai.com/docs/api-reference/chat> (fixtures in
+//! `filter/core/tests/fixtures/openai/` note their source).
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::canonical::{
+    ChatRequest, ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall,
+};
+use crate::error::{ErrorKind, GatewayError};
+use crate::providers::{error_message, EgressRequest};
+use crate::sse::{write_event, SseEvent, SseParser};
+use crate::stream::{malformed, StreamDecoder, StreamEncoder, StreamEvent};
+
+/// Native path of chat completions (after the base URL prefix).
+pub const CHAT_PATH: &str = "/v1/chat/completions";
+/// Native path of embeddings.
+pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
+
+/// Builds an OpenAI request from canonical form (used when the ingress was not OpenAI).
+pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressRequest, GatewayError> {
+    let mut req = req.clone();
+    req.model = upstream_model.to_string();
+    if req.stream {
+        let opts = req.stream_options.get_or_insert_with(Default::default);
+        opts.include_usage = Some(true);
+    }
+    let body = serde_json::to_vec(&req)
+        .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))?;
+    Ok(EgressRequest {
+        path: CHAT_PATH.to_string(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+    })
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    created: u64,
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    #[serde(default)]
+    message: Option<WireMessage>,
+    #[serde(default)]
+    delta: Option<WireMessage>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCall {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<WireFunction>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// OpenAI's `usage` object.
+#[derive(Deserialize, Default)]
+pub(crate) struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: u64,
+}
+
+impl WireUsage {
+    pub(crate) fn canonical(&self) -> TokenUsage {
+        TokenUsage {
+            input: self.prompt_tokens,
+            output: self.completion_tokens,
+            cached_input: self
+                .prompt_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.cached_tokens),
+        }
+    }
+}
+
+/// Extracts only `usage` from an OpenAI response body (the pass-through path).
+pub fn usage_of(body: &[u8]) -> TokenUsage {
+    #[derive(Deserialize)]
+    struct OnlyUsage {
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<OnlyUsage>(body)
+        .ok()
+        .and_then(|u| u.usage)
+        .map(|u| u.canonical())
+        .unwrap_or_default()
+}
+
+fn finish_reason(s: &str) -> FinishReason {
+    match s {
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn finish_str(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+    }
+}
+
+/// Parses a complete OpenAI chat response.
+pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
+    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::new(
+            ErrorKind::BadGateway,
+            format!("upstream returned an invalid chat response: {e}"),
+        )
+    })?;
+    let choice = wire.choices.into_iter().next();
+    let (message, finish) = match choice {
+        Some(c) => (c.message.unwrap_or_default(), c.finish_reason),
+        None => (WireMessage::default(), None),
+    };
+    let tool_calls = message
+        .tool_calls
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|t| {
+            let f = t.function?;
+            Some(ToolCall {
+                id: t.id.unwrap_or_default(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: f.name.unwrap_or_default(),
+                    arguments: f.arguments.unwrap_or_default(),
+                },
+            })
+        })
+        .collect();
+    Ok(ChatResponse {
+        id: wire.id,
+        model: wire.model,
+        created: wire.created,
+        text: message.content,
+        tool_calls,
+        finish_reason: finish.as_deref().map(finish_reason),
+        usage: wire.usage.map(|u| u.canonical()).unwrap_or_default(),
+    })
+}
+
+/// Translates an OpenAI-format error response.
+pub fn parse_error(status: u16, body: &[u8]) -> GatewayError {
+    GatewayError::new(ErrorKind::from_status(status), error_message(body, status))
+        .with_status(status)
+}
+
+/// Decodes an OpenAI chat-completion chunk stream.
+#[derive(Default)]
+pub struct OpenAiStreamDecoder {
+    sse: SseParser,
+    frames: Vec<SseEvent>,
+    started: bool,
+}
+
+impl OpenAiStreamDecoder {
+    fn decode_frames(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        for frame in self.frames.drain(..) {
+            let data = frame.data.trim();
+            if data == "[DONE]" || data.is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(data).map_err(malformed)?;
+            if let Some(err) = value.get("error") {
+                let msg = err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("upstream error");
+                out.push(StreamEvent::Error(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    crate::providers::redact(msg),
+                )));
+                continue;
+            }
+            let chunk: WireResponse = serde_json::from_value(value).map_err(malformed)?;
+            if !self.started {
+                self.started = true;
+                out.push(StreamEvent::Start {
+                    id: chunk.id.clone(),
+                    model: chunk.model.clone(),
+                });
+            }
+            for choice in chunk.choices.into_iter().take(1) {
+                if let Some(delta) = choice.delta {
+                    if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                        out.push(StreamEvent::Text(text));
+                    }
+                    for (pos, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate()
+                    {
+                        let index = call.index.unwrap_or(pos as u32);
+                        let (name, args) = match call.function {
+                            Some(f) => (f.name, f.arguments),
+                            None => (None, None),
+                        };
+                        if call.id.is_some() || name.is_some() {
+                            out.push(StreamEvent::ToolCallStart {
+                                index,
+                                id: call.id.unwrap_or_default(),
+                                name: name.unwrap_or_default(),
+                            });
+                        }
+                        if let Some(arguments) = args.filter(|a| !a.is_empty()) {
+                            out.push(StreamEvent::ToolCallArgs { index, arguments });
+                        }
+                    }
+                }
+                if let Some(reason) = choice.finish_reason {
+                    out.push(StreamEvent::Finish(finish_reason(&reason)));
+                }
+            }
+            if let Some(usage) = chunk.usage {
+                out.push(StreamEvent::Usage(usage.canonical()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StreamDecoder for OpenAiStreamDecoder {
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
+        self.decode_frames(out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        self.sse.finish(&mut self.frames).map_err(malformed)?;
+        self.decode_frames(out)
+    }
+}
+
+/// Encodes a canonical response for an OpenAI client.
+pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
+    let tool_calls: Vec<Value> = resp
+        .tool_calls
+        .iter()
+        .map(|t| json!({"id": t.id, "type": "function", "function": {"name": t.function.name, "arguments": t.function.arguments}}))
+        .collect();
+    let mut message = json!({"role": "assistant", "content": resp.text, "refusal": null});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let u = resp.usage;
+    let body = json!({
+        "id": resp.id,
+        "object": "chat.completion",
+        "created": resp.created,
+        "model": resp.model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": resp.finish_reason.map(finish_str),
+        }],
+        "usage": usage_json(&u),
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn usage_json(u: &TokenUsage) -> Value {
+    json!({
+        "prompt_tokens": u.input,
+        "completion_tokens": u.output,
+        "total_tokens": u.input + u.output,
+        "prompt_tokens_details": {"cached_tokens": u.cached_input},
+    })
+}
+
+/// Encodes canonical stream events as OpenAI `chat.completion.chunk` SSE.
+pub struct OpenAiStreamEncoder {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    started: bool,
+    usage: Option<TokenUsage>,
+}
+
+impl OpenAiStreamEncoder {
+    /// `id`/`model`/`created` are used until (unless) the upstream provides its own.
+    pub fn new(id: String, model: String, created: u64, include_usage: bool) -> Self {
+        OpenAiStreamEncoder {
+            id,
+            model,
+            created,
+            include_usage,
+            started: false,
+            usage: None,
+        }
+    }
+
+    fn chunk(&self, out: &mut Vec<u8>, delta: Value, finish: Option<&str>) {
+        let body = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        write_event(out, None, &body.to_string());
+    }
+
+    fn ensure_started(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            self.chunk(out, json!({"role": "assistant", "content": ""}), None);
+        }
+    }
+}
+
+impl StreamEncoder for OpenAiStreamEncoder {
+    fn encode(&mut self, event: &StreamEvent, out: &mut Vec<u8>) {
+        match event {
+            StreamEvent::Start { id, model } => {
+                if !id.is_empty() {
+                    self.id = id.clone();
+                }
+                if !model.is_empty() {
+                    self.model = model.clone();
+                }
+                self.ensure_started(out);
+            }
+            StreamEvent::Text(text) => {
+                self.ensure_started(out);
+                self.chunk(out, json!({"content": text}), None);
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.ensure_started(out);
+                self.chunk(
+                    out,
+                    json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                    None,
+                );
+            }
+            StreamEvent::ToolCallArgs { index, arguments } => {
+                self.ensure_started(out);
+                self.chunk(
+                    out,
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}),
+                    None,
+                );
+            }
+            StreamEvent::Finish(reason) => {
+                self.ensure_started(out);
+                self.chunk(out, json!({}), Some(finish_str(*reason)));
+            }
+            StreamEvent::Usage(u) => {
+                let mut total = self.usage.unwrap_or_default();
+                total.merge_max(*u);
+                self.usage = Some(total);
+            }
+            StreamEvent::Error(_) => {}
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.ensure_started(out);
+        if self.include_usage {
+            let body = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage_json(&self.usage.unwrap_or_default()),
+            });
+            write_event(out, None, &body.to_string());
+        }
+        write_event(out, None, "[DONE]");
+    }
+
+    fn error(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
+        // The OpenAI SDKs raise an APIError for a chunk carrying `error`.
+        let body: Value =
+            serde_json::from_slice(&err.body(crate::error::Dialect::OpenAi)).unwrap_or_default();
+        write_event(out, None, &body.to_string());
+    }
+}
+
+/// The OpenAI → OpenAI stream fast path: frames pass through as the upstream wrote them;
+/// usage is read on the way, and the usage-only chunk is dropped when the gateway (not the
+/// client) asked for it.
+pub struct PassthroughStream {
+    sse: SseParser,
+    frames: Vec<SseEvent>,
+    usage: TokenUsage,
+    strip_usage_chunk: bool,
+    saw_done: bool,
+    done: bool,
+    failed: bool,
+}
+
+impl PassthroughStream {
+    /// `client_wants_usage`: whether the client itself asked for `include_usage`.
+    pub fn new(client_wants_usage: bool) -> Self {
+        PassthroughStream {
+            sse: SseParser::new(),
+            frames: Vec::new(),
+            usage: TokenUsage::default(),
+            strip_usage_chunk: !client_wants_usage,
+            saw_done: false,
+            done: false,
+            failed: false,
+        }
+    }
+
+    fn forward(&mut self, out: &mut Vec<u8>) {
+        for frame in std::mem::take(&mut self.frames) {
+            if self.done {
+                break;
+            }
+            let data = frame.data.trim();
+            if data == "[DONE]" {
+                self.saw_done = true;
+                write_event(out, frame.event.as_deref(), &frame.data);
+                continue;
+            }
+            #[derive(Deserialize)]
+            struct Peek {
+                #[serde(default)]
+                choices: Option<Vec<Value>>,
+                #[serde(default)]
+                usage: Option<WireUsage>,
+                #[serde(default)]
+                error: Option<Value>,
+            }
+            match serde_json::from_str::<Peek>(data) {
+                Ok(peek) => {
+                    if peek.error.is_some() {
+                        self.failed = true;
+                    }
+                    let usage_only = peek.choices.as_ref().is_some_and(|c| c.is_empty());
+                    if let Some(u) = &peek.usage {
+                        self.usage.merge_max(u.canonical());
+                    }
+                    if !(usage_only && peek.usage.is_some() && self.strip_usage_chunk) {
+                        write_event(out, frame.event.as_deref(), &frame.data);
+                    }
+                }
+                Err(e) => {
+                    let err = malformed(e);
+                    self.fail_into(&err, out);
+                }
+            }
+        }
+    }
+
+    fn fail_into(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
+        if !self.done {
+            let mut enc = OpenAiStreamEncoder::new(String::new(), String::new(), 0, false);
+            enc.error(err, out);
+            self.done = true;
+            self.failed = true;
+        }
+    }
+}
+
+impl crate::stream::ResponseStream for PassthroughStream {
+    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        if let Err(e) = self.sse.push(bytes, &mut self.frames) {
+            self.forward(&mut out);
+            self.fail_into(&malformed(e), &mut out);
+        } else {
+            self.forward(&mut out);
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        let result = self.sse.finish(&mut self.frames);
+        self.forward(&mut out);
+        match result {
+            Err(e) => self.fail_into(&malformed(e), &mut out),
+            Ok(()) if !self.saw_done && !self.failed => {
+                self.fail_into(&crate::stream::truncated(), &mut out)
+            }
+            Ok(()) => self.done = true,
+        }
+        out
+    }
+
+    fn fail(&mut self, err: &GatewayError) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.fail_into(err, &mut out);
+        out
+    }
+
+    fn usage(&self) -> TokenUsage {
+        self.usage
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
+}

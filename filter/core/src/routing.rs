@@ -1,0 +1,226 @@
+//! Model routing: orders a model's deployments into the attempt chain for one request.
+//!
+//! The core decides the order; the host executes it (and falls back along it). Health and
+//! latency observations live in the host (proxy-wasm shared data, process memory, ...) and are
+//! passed in through [`HealthView`], so this stays pure and testable.
+
+use serde::Deserialize;
+
+use crate::config::{DeploymentConfig, ModelConfig};
+
+/// How a model's deployments are ordered per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Config order.
+    #[default]
+    Priority,
+    /// Random by weight, then the rest by weight (weighted sampling without replacement).
+    Weighted,
+    /// Lowest blended price first ("inference arbitrage").
+    Cheapest,
+    /// Lowest recent observed latency first; unobserved deployments are tried first so they
+    /// get observed.
+    LowestLatency,
+}
+
+/// What the host knows about deployments' recent behaviour.
+pub trait HealthView {
+    /// Whether the deployment is ejected (cooling down after failures) at this moment.
+    fn is_ejected(&self, deployment_id: &str) -> bool;
+    /// Recent latency in milliseconds, if observed.
+    fn latency_ms(&self, deployment_id: &str) -> Option<f64>;
+}
+
+/// A host with no observations: everything healthy, nothing measured.
+pub struct NoHealth;
+
+impl HealthView for NoHealth {
+    fn is_ejected(&self, _: &str) -> bool {
+        false
+    }
+    fn latency_ms(&self, _: &str) -> Option<f64> {
+        None
+    }
+}
+
+/// A stable id for a deployment, used by health tracking and metrics: `provider/model`.
+pub fn deployment_id(d: &DeploymentConfig) -> String {
+    format!("{}/{}", d.provider, d.model)
+}
+
+/// Orders `model`'s deployments for one request. Returns indices into `model.deployments`.
+///
+/// Ejected deployments are skipped, unless every deployment is ejected: then all are tried in
+/// strategy order, since trying a cooling deployment beats failing outright.
+pub fn attempt_order(model: &ModelConfig, health: &dyn HealthView, random: u64) -> Vec<usize> {
+    let deps = &model.deployments;
+    let mut order: Vec<usize> = (0..deps.len()).collect();
+    match model.strategy {
+        Strategy::Priority => {}
+        Strategy::Weighted => order = weighted_order(deps, random),
+        Strategy::Cheapest => {
+            order.sort_by(|&a, &b| blended_price(&deps[a]).total_cmp(&blended_price(&deps[b])))
+        }
+        Strategy::LowestLatency => order.sort_by(|&a, &b| {
+            let la = health.latency_ms(&deployment_id(&deps[a])).unwrap_or(-1.0);
+            let lb = health.latency_ms(&deployment_id(&deps[b])).unwrap_or(-1.0);
+            la.total_cmp(&lb)
+        }),
+    }
+    let healthy: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| !health.is_ejected(&deployment_id(&deps[i])))
+        .collect();
+    if healthy.is_empty() {
+        order
+    } else {
+        healthy
+    }
+}
+
+/// Input plus output price per 1M tokens: the ordering key of the cheapest strategy.
+fn blended_price(d: &DeploymentConfig) -> f64 {
+    d.price.input + d.price.output
+}
+
+fn weighted_order(deps: &[DeploymentConfig], random: u64) -> Vec<usize> {
+    let mut rng = SplitMix64(random);
+    let mut pool: Vec<usize> = (0..deps.len()).collect();
+    let mut out = Vec::with_capacity(pool.len());
+    while !pool.is_empty() {
+        let total: u64 = pool.iter().map(|&i| u64::from(deps[i].weight)).sum();
+        let pick = if total == 0 {
+            0
+        } else {
+            let mut r = rng.next() % total;
+            pool.iter()
+                .position(|&i| {
+                    let w = u64::from(deps[i].weight);
+                    if r < w {
+                        true
+                    } else {
+                        r -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0)
+        };
+        out.push(pool.remove(pick));
+    }
+    out
+}
+
+/// Small, fast PRNG; the host supplies the seed so the core needs no entropy source.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Price;
+    use std::collections::HashMap;
+
+    fn model(strategy: Strategy, deps: &[(&str, u32, f64)]) -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            aliases: vec![],
+            strategy,
+            fallback: None,
+            deployments: deps
+                .iter()
+                .map(|(p, w, price)| DeploymentConfig {
+                    provider: p.to_string(),
+                    model: "x".into(),
+                    weight: *w,
+                    price: Price {
+                        input: *price,
+                        cached_input: None,
+                        output: *price,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    struct Fake {
+        ejected: Vec<&'static str>,
+        latency: HashMap<&'static str, f64>,
+    }
+    impl HealthView for Fake {
+        fn is_ejected(&self, id: &str) -> bool {
+            self.ejected.contains(&id)
+        }
+        fn latency_ms(&self, id: &str) -> Option<f64> {
+            self.latency.get(id).copied()
+        }
+    }
+
+    #[test]
+    fn priority_keeps_order_and_skips_ejected() {
+        let m = model(
+            Strategy::Priority,
+            &[("a", 1, 0.0), ("b", 1, 0.0), ("c", 1, 0.0)],
+        );
+        assert_eq!(attempt_order(&m, &NoHealth, 0), vec![0, 1, 2]);
+        let h = Fake {
+            ejected: vec!["a/x"],
+            latency: HashMap::new(),
+        };
+        assert_eq!(attempt_order(&m, &h, 0), vec![1, 2]);
+        let all = Fake {
+            ejected: vec!["a/x", "b/x", "c/x"],
+            latency: HashMap::new(),
+        };
+        assert_eq!(attempt_order(&m, &all, 0), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn cheapest_first() {
+        let m = model(
+            Strategy::Cheapest,
+            &[("a", 1, 5.0), ("b", 1, 0.5), ("c", 1, 2.0)],
+        );
+        assert_eq!(attempt_order(&m, &NoHealth, 0), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn lowest_latency_first_unobserved_earliest() {
+        let m = model(
+            Strategy::LowestLatency,
+            &[("a", 1, 0.0), ("b", 1, 0.0), ("c", 1, 0.0)],
+        );
+        let h = Fake {
+            ejected: vec![],
+            latency: HashMap::from([("a/x", 300.0), ("b/x", 20.0)]),
+        };
+        assert_eq!(attempt_order(&m, &h, 0), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn weighted_distribution_follows_weights() {
+        let m = model(
+            Strategy::Weighted,
+            &[("a", 1, 0.0), ("b", 3, 0.0), ("z", 0, 0.0)],
+        );
+        let mut firsts = [0u32; 3];
+        for seed in 0..20_000u64 {
+            let order = attempt_order(&m, &NoHealth, seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
+            assert_eq!(order.len(), 3, "every deployment stays in the chain");
+            firsts[order[0]] += 1;
+        }
+        let share_b = f64::from(firsts[1]) / 20_000.0;
+        assert!((0.72..0.78).contains(&share_b), "b first {share_b}");
+        assert_eq!(firsts[2], 0, "zero weight is never first");
+    }
+}

@@ -1,0 +1,193 @@
+//! Stream translation as push state machines.
+//!
+//! An upstream stream is decoded by its provider's [`StreamDecoder`] into canonical
+//! [`StreamEvent`]s, which the ingress dialect's [`StreamEncoder`] turns back into SSE bytes.
+//! Both sides are fed chunks as they arrive and keep only per-stream state (open blocks,
+//! tool-call indices, usage), so nothing ever waits for the whole stream.
+
+use crate::canonical::{FinishReason, TokenUsage};
+use crate::error::{ErrorKind, GatewayError};
+
+/// One canonical streaming event (the OpenAI chunk model, flattened).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The upstream opened the message.
+    Start {
+        /// Message id.
+        id: String,
+        /// Model that answers.
+        model: String,
+    },
+    /// A piece of answer text.
+    Text(String),
+    /// A tool call begins. `index` counts tool calls within the message from 0.
+    ToolCallStart {
+        /// Position among this message's tool calls.
+        index: u32,
+        /// Call id.
+        id: String,
+        /// Function name.
+        name: String,
+    },
+    /// More JSON text of a tool call's arguments.
+    ToolCallArgs {
+        /// Which tool call.
+        index: u32,
+        /// Argument fragment.
+        arguments: String,
+    },
+    /// Generation ended.
+    Finish(FinishReason),
+    /// Token counts so far (may arrive several times; the largest counts win).
+    Usage(TokenUsage),
+    /// The upstream reported an error inside the stream.
+    Error(GatewayError),
+}
+
+/// Decodes one provider's stream bytes into canonical events.
+pub trait StreamDecoder {
+    /// Feeds a chunk; emits the events completed by it.
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError>;
+    /// The upstream closed the stream.
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError>;
+}
+
+/// Encodes canonical events into one ingress dialect's SSE bytes.
+pub trait StreamEncoder {
+    /// Encodes one event.
+    fn encode(&mut self, event: &StreamEvent, out: &mut Vec<u8>);
+    /// Writes the closing frames of a successful stream.
+    fn finish(&mut self, out: &mut Vec<u8>);
+    /// Writes a well-formed, terminal error event.
+    fn error(&mut self, err: &GatewayError, out: &mut Vec<u8>);
+}
+
+/// A response stream as the host sees it: bytes in, bytes out, usage on the side.
+pub trait ResponseStream {
+    /// Translates a chunk of the upstream body.
+    fn push(&mut self, bytes: &[u8]) -> Vec<u8>;
+    /// The upstream body ended; returns the closing bytes.
+    fn finish(&mut self) -> Vec<u8>;
+    /// Fails the stream (upstream reset, timeout) with a terminal error event.
+    fn fail(&mut self, err: &GatewayError) -> Vec<u8>;
+    /// Usage seen so far.
+    fn usage(&self) -> TokenUsage;
+    /// Whether the stream ended in an error (for the usage record's status).
+    fn failed(&self) -> bool;
+}
+
+/// Decoder + encoder joined, with usage accounting and error termination.
+pub struct TranslatingStream {
+    decoder: Box<dyn StreamDecoder>,
+    encoder: Box<dyn StreamEncoder>,
+    events: Vec<StreamEvent>,
+    usage: TokenUsage,
+    finished_ok: bool,
+    done: bool,
+    failed: bool,
+}
+
+impl TranslatingStream {
+    /// Joins a provider decoder with an ingress encoder.
+    pub fn new(decoder: Box<dyn StreamDecoder>, encoder: Box<dyn StreamEncoder>) -> Self {
+        TranslatingStream {
+            decoder,
+            encoder,
+            events: Vec::new(),
+            usage: TokenUsage::default(),
+            finished_ok: false,
+            done: false,
+            failed: false,
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<u8>) {
+        for event in std::mem::take(&mut self.events) {
+            if self.done {
+                break;
+            }
+            match &event {
+                StreamEvent::Usage(u) => self.usage.merge_max(*u),
+                StreamEvent::Finish(_) => self.finished_ok = true,
+                StreamEvent::Error(err) => {
+                    let err = err.clone();
+                    self.terminate(&err, out);
+                    continue;
+                }
+                _ => {}
+            }
+            self.encoder.encode(&event, out);
+        }
+    }
+
+    fn terminate(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
+        if !self.done {
+            self.encoder.error(err, out);
+            self.done = true;
+            self.failed = true;
+        }
+    }
+}
+
+impl ResponseStream for TranslatingStream {
+    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        let result = self.decoder.push(bytes, &mut self.events);
+        self.drain(&mut out);
+        if let Err(err) = result {
+            self.terminate(&err, &mut out);
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        let result = self.decoder.finish(&mut self.events);
+        self.drain(&mut out);
+        if let Err(err) = result {
+            self.terminate(&err, &mut out);
+        } else if !self.done && !self.finished_ok {
+            self.terminate(&truncated(), &mut out);
+        } else if !self.done {
+            self.encoder.finish(&mut out);
+            self.done = true;
+        }
+        out
+    }
+
+    fn fail(&mut self, err: &GatewayError) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.terminate(err, &mut out);
+        out
+    }
+
+    fn usage(&self) -> TokenUsage {
+        self.usage
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
+}
+
+/// The error for an upstream stream that closed before saying it was finished.
+pub fn truncated() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::BadGateway,
+        "upstream stream ended before the response was complete",
+    )
+}
+
+/// The error for an upstream stream that could not be parsed.
+pub fn malformed(detail: impl std::fmt::Display) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::BadGateway,
+        format!("upstream sent a malformed stream: {detail}"),
+    )
+}
