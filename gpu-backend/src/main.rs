@@ -1,1 +1,135 @@
-fn main() {}
+//! `gpu-backend` command: serve the models in a directory over an OpenAI-compatible API.
+//!
+//! Fetch the weights once with `scripts/fetch-models.sh`, then run
+//! `gpu-backend --listen 127.0.0.1:8100`. See `gpu-backend --help` for every option.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::Parser;
+
+use gpu_backend::catalog;
+use gpu_backend::engine::{Engine, EngineConfig};
+use gpu_backend::server::{router, Limits};
+
+/// Switchyard's native inference service.
+///
+/// Serves every model found in --models-dir (one sub-directory per model id, as laid out by
+/// scripts/fetch-models.sh) through an OpenAI-compatible API:
+///   POST /v1/chat/completions   chat, streaming (SSE) or not
+///   POST /v1/embeddings         sentence embeddings
+///   GET  /v1/models             models with their load state (cold/loading/warm)
+///   GET  /healthz               200 once every pinned model is warm, else 503
+///   GET  /metrics               Prometheus metrics
+///
+/// Example:
+///   scripts/fetch-models.sh
+///   gpu-backend --listen 127.0.0.1:8100 --pin smollm2-135m-instruct
+///   curl -s localhost:8100/v1/chat/completions -H 'content-type: application/json' \
+///     -d '{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"Hi"}]}'
+#[derive(Parser, Debug)]
+#[command(name = "gpu-backend", version, verbatim_doc_comment)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8100")]
+    listen: SocketAddr,
+
+    /// Directory holding one sub-directory per model (see scripts/fetch-models.sh).
+    /// Defaults to $SWITCHYARD_MODELS_DIR, else .cache/models.
+    #[arg(long, env = "SWITCHYARD_MODELS_DIR", default_value = ".cache/models")]
+    models_dir: PathBuf,
+
+    /// Most sequences a worker decodes together in one batch step.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+
+    /// Most requests waiting for a batch slot; beyond it requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 8192)]
+    queue_capacity: usize,
+
+    /// Model id to load at start and never evict (repeatable). Without any --pin, every
+    /// model in --models-dir is pinned.
+    #[arg(long = "pin", value_name = "MODEL")]
+    pins: Vec<String>,
+
+    /// Memory budget per worker for loaded weights, in MiB; unpinned models are evicted
+    /// least-recently-used to stay under it. 0 means no limit.
+    #[arg(long, default_value_t = 0)]
+    memory_budget_mib: u64,
+
+    /// Worker threads; each owns its device and its own copy of the models it serves.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+
+    /// Largest request body accepted, in bytes (larger gets 413).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Run on CUDA device N (needs a build with `--features cuda`).
+    #[arg(long, value_name = "N")]
+    cuda_device: Option<usize>,
+}
+
+fn device(cli: &Cli) -> anyhow::Result<Device> {
+    match cli.cuda_device {
+        None => Ok(Device::Cpu),
+        Some(n) if cfg!(feature = "cuda") => {
+            Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}"))
+        }
+        Some(_) => bail!("this binary was built without the `cuda` feature"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let specs = catalog::discover(&cli.models_dir).with_context(|| {
+        format!(
+            "reading models from {} (run scripts/fetch-models.sh first)",
+            cli.models_dir.display()
+        )
+    })?;
+    if specs.is_empty() {
+        bail!(
+            "no models in {}; run scripts/fetch-models.sh",
+            cli.models_dir.display()
+        );
+    }
+    let pinned = if cli.pins.is_empty() {
+        specs.iter().map(|s| s.id.clone()).collect()
+    } else {
+        cli.pins.clone()
+    };
+    let config = EngineConfig {
+        max_batch: cli.max_batch,
+        queue_capacity: cli.queue_capacity,
+        pinned,
+        memory_budget_bytes: cli.memory_budget_mib * 1024 * 1024,
+        workers: cli.workers,
+        device: device(&cli)?,
+        before_load: None,
+    };
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    let engine = Arc::new(Engine::start(specs, config).context("starting the worker pool")?);
+    let limits = Limits {
+        max_body_bytes: cli.max_body_bytes,
+        ..Limits::default()
+    };
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "gpu-backend listening on http://{addr} (models: {}; pinned models load in the background, /healthz turns 200 when they are warm)",
+        ids.join(", ")
+    );
+    axum::serve(listener, router(engine, limits))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving HTTP")
+}

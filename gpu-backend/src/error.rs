@@ -1,0 +1,126 @@
+//! Errors, and how each one is answered on the wire.
+//!
+//! Every failure a client can cause or observe maps to one [`ApiError`] variant, which knows
+//! its HTTP status and its OpenAI error `type`/`code`, so the gateway in front of us can pass
+//! it through (or fall back to another deployment on 503) without guessing.
+
+use serde_json::json;
+
+/// A failure reported to an API client, rendered as OpenAI error JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or a field has the wrong type or an out-of-range value.
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    /// The prompt plus requested completion does not fit the model's context window.
+    #[error("{0}")]
+    ContextLengthExceeded(String),
+    /// The `model` field names a model this backend does not serve.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// The model exists but serves the other endpoint (chat vs embeddings).
+    #[error("The model `{model}` does not support {endpoint}.")]
+    WrongEndpoint {
+        model: String,
+        endpoint: &'static str,
+    },
+    /// The request body or input list is larger than this backend accepts.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The admission queue is full; the client should retry after `retry_after_s`.
+    #[error("The server is overloaded: the request queue is full. Retry after {retry_after_s}s.")]
+    QueueFull { retry_after_s: u64 },
+    /// The model could not be loaded (missing or corrupt weights).
+    #[error("The model `{model}` failed to load: {reason}")]
+    ModelUnavailable { model: String, reason: String },
+    /// Inference failed inside the engine; the request is dropped, the worker keeps running.
+    #[error("Inference failed: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Shorthand for a 400 about one request field.
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
+    }
+
+    /// HTTP status code, as OpenAI uses them.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidRequest { .. }
+            | ApiError::ContextLengthExceeded(_)
+            | ApiError::WrongEndpoint { .. } => 400,
+            ApiError::ModelNotFound(_) => 404,
+            ApiError::TooLarge(_) => 413,
+            ApiError::QueueFull { .. } | ApiError::ModelUnavailable { .. } => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, when the client should retry.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::QueueFull { retry_after_s } => Some(*retry_after_s),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (kind, code, param) = match self {
+            ApiError::InvalidRequest { param, .. } => {
+                ("invalid_request_error", None, param.clone())
+            }
+            ApiError::ContextLengthExceeded(_) => (
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+                Some("messages".to_owned()),
+            ),
+            ApiError::ModelNotFound(_) => (
+                "invalid_request_error",
+                Some("model_not_found"),
+                Some("model".to_owned()),
+            ),
+            ApiError::WrongEndpoint { .. } => (
+                "invalid_request_error",
+                Some("model_not_supported"),
+                Some("model".to_owned()),
+            ),
+            ApiError::TooLarge(_) => ("invalid_request_error", Some("request_too_large"), None),
+            ApiError::QueueFull { .. } => ("server_error", Some("queue_full"), None),
+            ApiError::ModelUnavailable { .. } => ("server_error", Some("model_unavailable"), None),
+            ApiError::Internal(_) => ("server_error", None, None),
+        };
+        json!({"error": {"message": self.to_string(), "type": kind, "param": param, "code": code}})
+    }
+}
+
+/// Failures while loading or running a model, inside the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("tensor computation: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("model `{0}` is not in the models directory")]
+    UnknownModel(String),
+    #[error("model file: {0}")]
+    Format(String),
+}
+
+impl From<tokenizers::Error> for ModelError {
+    fn from(e: tokenizers::Error) -> Self {
+        ModelError::Tokenizer(e.to_string())
+    }
+}
