@@ -1,8 +1,11 @@
 //! Ingress dialects: decoding client requests into canonical form and encoding answers back.
+//!
+//! OpenAI clients speak the canonical form already; Anthropic SDK clients are translated by
+//! [`crate::providers::anthropic`], which owns the Messages wire schema in both directions.
 
 use crate::canonical::{ChatRequest, ChatResponse};
 use crate::error::{Dialect, GatewayError};
-use crate::providers::openai;
+use crate::providers::{anthropic, openai};
 use crate::stream::StreamEncoder;
 
 /// Decodes and validates a chat request in `dialect`.
@@ -10,12 +13,7 @@ pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, Gateway
     let req = match dialect {
         Dialect::OpenAi => serde_json::from_slice::<ChatRequest>(body)
             .map_err(|e| GatewayError::invalid(format!("invalid chat completion request: {e}")))?,
-        Dialect::Anthropic => {
-            return Err(GatewayError::new(
-                crate::error::ErrorKind::NotFound,
-                "the Anthropic Messages dialect is not available in this build",
-            ))
-        }
+        Dialect::Anthropic => anthropic::decode_request(body)?,
     };
     if req.model.is_empty() {
         return Err(GatewayError::invalid("`model` must not be empty").with_param("model"));
@@ -29,11 +27,13 @@ pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, Gateway
 /// Encodes a complete answer for `dialect`.
 pub fn encode_chat_response(dialect: Dialect, resp: &ChatResponse) -> Vec<u8> {
     match dialect {
-        Dialect::OpenAi | Dialect::Anthropic => openai::encode_response(resp),
+        Dialect::OpenAi => openai::encode_response(resp),
+        Dialect::Anthropic => anthropic::encode_response(resp),
     }
 }
 
-/// A stream encoder for `dialect`.
+/// A stream encoder for `dialect`. Anthropic streams always carry usage, so
+/// `include_usage` only matters to OpenAI clients.
 pub fn stream_encoder(
     dialect: Dialect,
     id: String,
@@ -42,11 +42,12 @@ pub fn stream_encoder(
     include_usage: bool,
 ) -> Box<dyn StreamEncoder> {
     match dialect {
-        Dialect::OpenAi | Dialect::Anthropic => Box::new(openai::OpenAiStreamEncoder::new(
+        Dialect::OpenAi => Box::new(openai::OpenAiStreamEncoder::new(
             id,
             model,
             created,
             include_usage,
         )),
+        Dialect::Anthropic => Box::new(anthropic::AnthropicStreamEncoder::new(id, model)),
     }
 }

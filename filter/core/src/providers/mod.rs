@@ -10,6 +10,9 @@ use crate::canonical::{ChatRequest, ChatResponse};
 use crate::error::GatewayError;
 use crate::stream::StreamDecoder;
 
+pub mod anthropic;
+pub mod dashscope;
+pub mod gemini;
 pub mod openai;
 
 /// The wire formats Switchyard speaks upstream.
@@ -18,6 +21,12 @@ pub mod openai;
 pub enum ProviderKind {
     /// OpenAI and every OpenAI-compatible server (vLLM, Groq, Ollama, our gpu-backend...).
     Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Google Gemini API (`generateContent`).
+    Gemini,
+    /// Alibaba DashScope native text-generation API (Qwen).
+    Dashscope,
 }
 
 /// A request body and the path/headers it needs, before host-specific routing.
@@ -36,6 +45,9 @@ impl ProviderKind {
     pub fn default_base_url(self) -> &'static str {
         match self {
             ProviderKind::Openai => "https://api.openai.com",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
+            ProviderKind::Dashscope => "https://dashscope.aliyuncs.com",
         }
     }
 
@@ -52,13 +64,20 @@ impl ProviderKind {
     ) -> Result<EgressRequest, GatewayError> {
         match self {
             ProviderKind::Openai => openai::build_chat(req, upstream_model),
+            ProviderKind::Anthropic => anthropic::build_chat(req, upstream_model),
+            ProviderKind::Gemini => gemini::build_chat(req, upstream_model),
+            ProviderKind::Dashscope => dashscope::build_chat(req, upstream_model),
         }
     }
 
     /// The credential headers for an API key.
     pub fn auth_headers(self, api_key: &str) -> Vec<(String, String)> {
         match self {
-            ProviderKind::Openai => vec![("authorization".into(), format!("Bearer {api_key}"))],
+            ProviderKind::Openai | ProviderKind::Dashscope => {
+                vec![("authorization".into(), format!("Bearer {api_key}"))]
+            }
+            ProviderKind::Anthropic => vec![("x-api-key".into(), api_key.to_string())],
+            ProviderKind::Gemini => vec![("x-goog-api-key".into(), api_key.to_string())],
         }
     }
 
@@ -66,6 +85,9 @@ impl ProviderKind {
     pub fn parse_chat(self, body: &[u8]) -> Result<ChatResponse, GatewayError> {
         match self {
             ProviderKind::Openai => openai::parse_chat(body),
+            ProviderKind::Anthropic => anthropic::parse_chat(body),
+            ProviderKind::Gemini => gemini::parse_chat(body),
+            ProviderKind::Dashscope => dashscope::parse_chat(body),
         }
     }
 
@@ -73,6 +95,9 @@ impl ProviderKind {
     pub fn stream_decoder(self) -> Box<dyn StreamDecoder> {
         match self {
             ProviderKind::Openai => Box::new(openai::OpenAiStreamDecoder::default()),
+            ProviderKind::Anthropic => Box::new(anthropic::AnthropicStreamDecoder::default()),
+            ProviderKind::Gemini => Box::new(gemini::GeminiStreamDecoder::default()),
+            ProviderKind::Dashscope => Box::new(dashscope::DashscopeStreamDecoder::default()),
         }
     }
 
@@ -80,6 +105,9 @@ impl ProviderKind {
     pub fn parse_error(self, status: u16, body: &[u8]) -> GatewayError {
         match self {
             ProviderKind::Openai => openai::parse_error(status, body),
+            ProviderKind::Anthropic => anthropic::parse_error(status, body),
+            ProviderKind::Gemini => gemini::parse_error(status, body),
+            ProviderKind::Dashscope => dashscope::parse_error(status, body),
         }
     }
 }

@@ -1,0 +1,532 @@
+//! Google Gemini API: egress to `models/{model}:generateContent` and
+//! `:streamGenerateContent?alt=sse`.
+//!
+//! Wire format: <https://ai.google.dev/api/generate-content> and
+//! <https://ai.google.dev/gemini-api/docs/function-calling> (fixtures in
+//! `filter/core/tests/fixtures/gemini/` note their source).
+//!
+//! Mapping choices worth knowing:
+//! - Gemini's `functionResponse` names the function, not the call; the name is looked up
+//!   from the latest earlier assistant tool call with the result's `tool_call_id`.
+//! - Gemini function calls carry no id (newer models may): missing ids are synthesised as
+//!   `call_<n>`, counting calls within the response, so the same answer always gets the same
+//!   ids and the lookup above finds them when the client echoes them back.
+//! - Tool and response schemas go through a sanitiser that drops the JSON-Schema keywords
+//!   Gemini's OpenAPI subset rejects (`additionalProperties`, `$schema`, `strict`).
+//! - `thoughtsTokenCount` is billed as output, so it counts as output.
+//! - Gemini ends a function-calling turn with `STOP`; it becomes `tool_calls` when the answer
+//!   holds function calls, as OpenAI clients expect.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::canonical::{
+    ChatRequest, ChatResponse, ContentPart, FinishReason, FunctionCall, Message, ResponseFormat,
+    Role, TokenUsage, ToolCall, ToolChoice,
+};
+use crate::error::{ErrorKind, GatewayError};
+use crate::providers::{error_message, redact, EgressRequest};
+use crate::sse::{SseEvent, SseParser};
+use crate::stream::{malformed, StreamDecoder, StreamEvent};
+
+/// Percent-encodes a model name for use as one path segment.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The native path for a model, streaming or not.
+pub fn chat_path(upstream_model: &str, stream: bool) -> String {
+    let model = upstream_model
+        .strip_prefix("models/")
+        .unwrap_or(upstream_model);
+    let model = path_segment(model);
+    if stream {
+        format!("/v1beta/models/{model}:streamGenerateContent?alt=sse")
+    } else {
+        format!("/v1beta/models/{model}:generateContent")
+    }
+}
+
+/// Drops JSON-Schema keywords that Gemini's schema subset rejects.
+fn sanitize_schema(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "additionalProperties" | "$schema" | "strict")
+                })
+                .map(|(k, v)| (k.clone(), sanitize_schema(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(sanitize_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+fn media_type_for_url(url: &str) -> &'static str {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    if path.ends_with(".png") {
+        "image/png"
+    } else if path.ends_with(".gif") {
+        "image/gif"
+    } else if path.ends_with(".webp") {
+        "image/webp"
+    } else if path.ends_with(".pdf") {
+        "application/pdf"
+    } else {
+        "image/jpeg"
+    }
+}
+
+fn content_parts(message: &Message) -> Vec<Value> {
+    message
+        .parts()
+        .into_iter()
+        .filter_map(|part| match part {
+            ContentPart::Text { text } if text.is_empty() => None,
+            ContentPart::Text { text } => Some(json!({"text": text})),
+            ContentPart::ImageUrl { image_url } => Some(match image_url.as_data() {
+                Some((mime, data)) => json!({"inlineData": {"mimeType": mime, "data": data}}),
+                None => json!({"fileData": {
+                    "mimeType": media_type_for_url(&image_url.url),
+                    "fileUri": image_url.url,
+                }}),
+            }),
+        })
+        .collect()
+}
+
+/// Finds the function name of the latest tool call with `id` among `earlier` messages.
+fn function_name_for(earlier: &[Message], id: &str) -> Option<String> {
+    earlier.iter().rev().find_map(|m| {
+        m.tool_calls
+            .iter()
+            .flatten()
+            .find(|c| c.id == id)
+            .map(|c| c.function.name.clone())
+    })
+}
+
+fn push_parts(
+    contents: &mut Vec<(&'static str, Vec<Value>)>,
+    role: &'static str,
+    parts: Vec<Value>,
+) {
+    if parts.is_empty() {
+        return;
+    }
+    match contents.last_mut() {
+        Some((last, existing)) if *last == role => existing.extend(parts),
+        _ => contents.push((role, parts)),
+    }
+}
+
+/// Builds a Gemini request from canonical form.
+pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressRequest, GatewayError> {
+    let body = request_body(req)?;
+    let body = serde_json::to_vec(&body)
+        .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))?;
+    Ok(EgressRequest {
+        path: chat_path(upstream_model, req.stream),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+    })
+}
+
+/// The Gemini request body as JSON (exposed for tests).
+pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
+    let mut system: Vec<Value> = Vec::new();
+    let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for (i, message) in req.messages.iter().enumerate() {
+        match message.role {
+            Role::System | Role::Developer => system.extend(content_parts(message)),
+            Role::User => push_parts(&mut contents, "user", content_parts(message)),
+            Role::Assistant => {
+                let mut parts = content_parts(message);
+                for call in message.tool_calls.iter().flatten() {
+                    let args = match call.function.arguments.trim() {
+                        "" => json!({}),
+                        a => serde_json::from_str::<Value>(a)
+                            .ok()
+                            .filter(Value::is_object)
+                            .ok_or_else(|| {
+                                GatewayError::invalid(
+                                    "tool call arguments must be a JSON object to be sent to a \
+                                     Gemini model",
+                                )
+                                .with_param("messages")
+                            })?,
+                    };
+                    parts.push(json!({"functionCall": {"name": call.function.name, "args": args}}));
+                }
+                push_parts(&mut contents, "model", parts);
+            }
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref().unwrap_or("");
+                let name = function_name_for(&req.messages[..i], id)
+                    .or_else(|| message.name.clone())
+                    .ok_or_else(|| {
+                        GatewayError::invalid(format!(
+                            "tool result `{id}` answers no earlier assistant tool call"
+                        ))
+                        .with_param("messages")
+                    })?;
+                let text = message.text_content();
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => json!({"result": text}),
+                };
+                push_parts(
+                    &mut contents,
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                );
+            }
+        }
+    }
+    let mut body = Map::new();
+    body.insert(
+        "contents".into(),
+        Value::Array(
+            contents
+                .into_iter()
+                .map(|(role, parts)| json!({"role": role, "parts": parts}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        body.insert("systemInstruction".into(), json!({"parts": system}));
+    }
+    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
+        let declarations: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let mut d = json!({"name": t.function.name});
+                if let Some(desc) = &t.function.description {
+                    d["description"] = json!(desc);
+                }
+                if let Some(p) = &t.function.parameters {
+                    d["parameters"] = sanitize_schema(p);
+                }
+                d
+            })
+            .collect();
+        body.insert(
+            "tools".into(),
+            json!([{"functionDeclarations": declarations}]),
+        );
+    }
+    if let Some(choice) = &req.tool_choice {
+        let config = match choice {
+            ToolChoice::Mode(m) if m == "none" => json!({"mode": "NONE"}),
+            ToolChoice::Mode(m) if m == "required" => json!({"mode": "ANY"}),
+            ToolChoice::Mode(_) => json!({"mode": "AUTO"}),
+            ToolChoice::Named { function, .. } => {
+                json!({"mode": "ANY", "allowedFunctionNames": [function.name]})
+            }
+        };
+        body.insert(
+            "toolConfig".into(),
+            json!({"functionCallingConfig": config}),
+        );
+    }
+    let mut generation = Map::new();
+    if let Some(t) = req.temperature {
+        generation.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        generation.insert("topP".into(), json!(p));
+    }
+    if let Some(n) = req.output_limit() {
+        generation.insert("maxOutputTokens".into(), json!(n));
+    }
+    let stops = req.stop_sequences();
+    if !stops.is_empty() {
+        generation.insert("stopSequences".into(), json!(stops));
+    }
+    if let Some(seed) = req.seed {
+        generation.insert("seed".into(), json!(seed));
+    }
+    match &req.response_format {
+        Some(ResponseFormat::JsonObject) => {
+            generation.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            generation.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = &json_schema.schema {
+                generation.insert("responseSchema".into(), sanitize_schema(schema));
+            }
+        }
+        Some(ResponseFormat::Text) | None => {}
+    }
+    if !generation.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(generation));
+    }
+    Ok(Value::Object(body))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse {
+    #[serde(default)]
+    candidates: Vec<WireCandidate>,
+    #[serde(default)]
+    usage_metadata: Option<WireUsage>,
+    #[serde(default)]
+    model_version: String,
+    #[serde(default)]
+    response_id: String,
+    #[serde(default)]
+    prompt_feedback: Option<WirePromptFeedback>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePromptFeedback {
+    #[serde(default)]
+    block_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCandidate {
+    #[serde(default)]
+    content: Option<WireContent>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireContent {
+    #[serde(default)]
+    parts: Vec<WirePart>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePart {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    thought: bool,
+    #[serde(default)]
+    function_call: Option<WireFunctionCall>,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionCall {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    args: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct WireUsage {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+}
+
+impl WireUsage {
+    fn canonical(&self) -> TokenUsage {
+        TokenUsage {
+            input: self.prompt_token_count,
+            output: self.candidates_token_count + self.thoughts_token_count,
+            cached_input: self.cached_content_token_count,
+        }
+    }
+}
+
+fn finish_reason(s: &str, has_tool_calls: bool) -> FinishReason {
+    match s {
+        "MAX_TOKENS" => FinishReason::Length,
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY"
+        | "LANGUAGE" => FinishReason::ContentFilter,
+        _ if has_tool_calls => FinishReason::ToolCalls,
+        _ => FinishReason::Stop,
+    }
+}
+
+fn tool_call(call: WireFunctionCall, index: u32) -> ToolCall {
+    ToolCall {
+        id: call
+            .id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| format!("call_{index}")),
+        kind: "function".into(),
+        function: FunctionCall {
+            name: call.name,
+            arguments: call
+                .args
+                .map_or_else(|| "{}".to_string(), |a| a.to_string()),
+        },
+    }
+}
+
+/// Parses a complete Gemini `GenerateContentResponse`.
+pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
+    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::new(
+            ErrorKind::BadGateway,
+            format!("upstream returned an invalid Gemini response: {e}"),
+        )
+    })?;
+    let mut text: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    let mut finish = None;
+    if let Some(candidate) = wire.candidates.into_iter().next() {
+        for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+            if let Some(call) = part.function_call {
+                let index = tool_calls.len() as u32;
+                tool_calls.push(tool_call(call, index));
+            } else if let Some(t) = part.text.filter(|_| !part.thought) {
+                text.get_or_insert_with(String::new).push_str(&t);
+            }
+        }
+        finish = candidate
+            .finish_reason
+            .map(|r| finish_reason(&r, !tool_calls.is_empty()));
+    } else if wire.prompt_feedback.and_then(|f| f.block_reason).is_some() {
+        finish = Some(FinishReason::ContentFilter);
+    }
+    Ok(ChatResponse {
+        id: wire.response_id,
+        model: wire.model_version,
+        created: 0,
+        text,
+        tool_calls,
+        finish_reason: finish,
+        usage: wire
+            .usage_metadata
+            .map(|u| u.canonical())
+            .unwrap_or_default(),
+    })
+}
+
+/// Translates a Gemini error (`{"error":{"code","message","status"}}`). Gemini answers a bad
+/// API key with 400 `API_KEY_INVALID`; that becomes a 401 so clients see an auth failure.
+pub fn parse_error(status: u16, body: &[u8]) -> GatewayError {
+    let value: Value = serde_json::from_slice(body).unwrap_or_default();
+    let bad_key = value
+        .pointer("/error/details")
+        .and_then(Value::as_array)
+        .is_some_and(|details| {
+            details
+                .iter()
+                .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"))
+        });
+    let message = error_message(body, status);
+    if bad_key {
+        return GatewayError::new(ErrorKind::Authentication, message);
+    }
+    GatewayError::new(ErrorKind::from_status(status), message).with_status(status)
+}
+
+/// Decodes a Gemini `alt=sse` stream: every event is a whole `GenerateContentResponse`,
+/// and each function call arrives whole in one of them.
+#[derive(Default)]
+pub struct GeminiStreamDecoder {
+    sse: SseParser,
+    frames: Vec<SseEvent>,
+    started: bool,
+    next_tool: u32,
+    finished: bool,
+}
+
+impl GeminiStreamDecoder {
+    fn decode_frames(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        for frame in std::mem::take(&mut self.frames) {
+            let data = frame.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_str(data).map_err(malformed)?;
+            if let Some(err) = value.get("error") {
+                let status = err.get("code").and_then(Value::as_u64).unwrap_or(502);
+                let msg = err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("upstream error");
+                let kind =
+                    u16::try_from(status).map_or(ErrorKind::BadGateway, ErrorKind::from_status);
+                out.push(StreamEvent::Error(GatewayError::new(kind, redact(msg))));
+                continue;
+            }
+            let chunk: WireResponse = serde_json::from_value(value).map_err(malformed)?;
+            if !self.started {
+                self.started = true;
+                out.push(StreamEvent::Start {
+                    id: chunk.response_id.clone(),
+                    model: chunk.model_version.clone(),
+                });
+            }
+            let mut finish = None;
+            if let Some(candidate) = chunk.candidates.into_iter().next() {
+                for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+                    if let Some(call) = part.function_call {
+                        let index = self.next_tool;
+                        self.next_tool += 1;
+                        let call = tool_call(call, index);
+                        out.push(StreamEvent::ToolCallStart {
+                            index,
+                            id: call.id,
+                            name: call.function.name,
+                        });
+                        out.push(StreamEvent::ToolCallArgs {
+                            index,
+                            arguments: call.function.arguments,
+                        });
+                    } else if let Some(t) = part.text.filter(|t| !part.thought && !t.is_empty()) {
+                        out.push(StreamEvent::Text(t));
+                    }
+                }
+                finish = candidate
+                    .finish_reason
+                    .map(|r| finish_reason(&r, self.next_tool > 0));
+            } else if chunk.prompt_feedback.and_then(|f| f.block_reason).is_some() {
+                finish = Some(FinishReason::ContentFilter);
+            }
+            if let Some(u) = chunk.usage_metadata {
+                out.push(StreamEvent::Usage(u.canonical()));
+            }
+            if let Some(reason) = finish.filter(|_| !self.finished) {
+                self.finished = true;
+                out.push(StreamEvent::Finish(reason));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StreamDecoder for GeminiStreamDecoder {
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
+        self.decode_frames(out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        self.sse.finish(&mut self.frames).map_err(malformed)?;
+        self.decode_frames(out)
+    }
+}
