@@ -1,0 +1,1 @@
+"""Test doubles of the remote SaaS model providers (see README.md)."""

@@ -1,0 +1,207 @@
+"""Gemini double: `models/{model}:generateContent`, `:streamGenerateContent?alt=sse` (CRLF-framed
+SSE, cumulative usageMetadata on every chunk, no [DONE]), functionCall / functionResponse parts,
+`:embedContent` and `:batchEmbedContents`. Credential: `x-goog-api-key` (or `?key=`).
+
+Wire format: https://ai.google.dev/api/generate-content (see README.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from . import common
+from .common import Conversation, DoubleState, Reply, ToolResult, ToolSpec
+from .openai_double import embedding_vector
+
+PROVIDER = "gemini"
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
+                504: "DEADLINE_EXCEEDED"}
+MESSAGES = {429: "Resource has been exhausted (e.g. check quota).",
+            500: "An internal error has occurred. Please retry or report in "
+                 "https://developers.generativeai.google/guide/troubleshooting",
+            503: "The model is overloaded. Please try again later."}
+
+
+def google_error(code: int, message: str, details: list | None = None) -> dict:
+    err = {"code": code, "message": message, "status": STATUS_NAMES.get(code, "UNKNOWN")}
+    if details is not None:
+        err["details"] = details
+    return {"error": err}
+
+
+def error_for_status(status: int) -> dict:
+    return google_error(status, MESSAGES.get(status, f"error {status}"))
+
+
+def g(obj: dict, camel: str):
+    """Gemini's JSON accepts camelCase and snake_case field names alike."""
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in camel)
+    return obj.get(camel, obj.get(snake))
+
+
+def parts_text(parts) -> str:
+    return "".join(p.get("text", "") for p in parts or [] if isinstance(p, dict))
+
+
+def conversation(model: str, body: dict, stream: bool) -> Conversation:
+    contents = body.get("contents") or []
+    system = g(body, "systemInstruction") or {}
+    texts = [parts_text(system.get("parts"))] + [parts_text(c.get("parts")) for c in contents]
+    last_user = ""
+    results: list[ToolResult] = []
+    for i, c in enumerate(contents):
+        if c.get("role", "user") != "user":
+            continue
+        text = parts_text(c.get("parts"))
+        if text:
+            last_user = text
+        if i == len(contents) - 1:
+            for p in c.get("parts") or []:
+                resp = g(p, "functionResponse")
+                if resp:
+                    content = resp.get("response")
+                    if isinstance(content, dict) and set(content) <= {"content", "result", "output"} and content:
+                        content = next(iter(content.values()))
+                    if not isinstance(content, str):
+                        content = json.dumps(content, separators=(",", ":"))
+                    results.append(ToolResult(resp.get("name", ""), content))
+    tools = []
+    for t in body.get("tools") or []:
+        for decl in g(t, "functionDeclarations") or []:
+            schema = decl.get("parameters") or g(decl, "parametersJsonSchema") or {}
+            tools.append(ToolSpec(decl["name"], schema))
+    return Conversation(model=model, texts=texts, last_user_text=last_user, tools=tools,
+                        tool_results=results, stream=stream)
+
+
+def usage_json(reply: Reply, output: int | None = None) -> dict:
+    u = reply.usage
+    out = u.output if output is None else output
+    meta = {"promptTokenCount": u.input, "candidatesTokenCount": out,
+            "totalTokenCount": u.input + out,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": u.input}]}
+    if u.cached:
+        meta["cachedContentTokenCount"] = u.cached
+    return meta
+
+
+def response(model: str, parts: list[dict], finish: str | None, usage: dict, rid: str) -> dict:
+    candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model,
+            "responseId": rid}
+
+
+def reply_parts(reply: Reply) -> list[dict]:
+    parts: list[dict] = []
+    if reply.text:
+        parts.append({"text": reply.text})
+    for call in reply.tool_calls:
+        parts.append({"functionCall": {"name": call.name, "args": call.arguments}})
+    return parts
+
+
+def stream_events(model: str, reply: Reply):
+    rid = common.new_id("")
+    pieces = common.split_text(reply.text) if reply.text else []
+    chunks: list[list[dict]] = [[{"text": p}] for p in pieces]
+    calls = [{"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls]
+    if calls:
+        chunks.append(calls)
+    if not chunks:
+        chunks = [[{"text": ""}]]
+    so_far = 0
+    for i, parts in enumerate(chunks):
+        last = i == len(chunks) - 1
+        so_far = reply.usage.output if last else min(
+            reply.usage.output, so_far + sum(common.words(p.get("text", "")) for p in parts))
+        payload = response(model, parts, "STOP" if last else None, usage_json(reply, so_far), rid)
+        yield f"data: {json.dumps(payload)}\r\n\r\n"
+
+
+class GeminiDouble:
+    def __init__(self, api_key: str, state: DoubleState) -> None:
+        self.api_key = api_key
+        self.state = state
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1beta/models/{target}", self.dispatch)
+        app.router.add_post("/v1/models/{target}", self.dispatch)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        entry = self.state.record(request, raw)
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key:
+            return common.json_response(google_error(
+                403, "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API."), 403)
+        if key != self.api_key:
+            return common.json_response(google_error(
+                400, "API key not valid. Please pass a valid API key.",
+                [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                  "domain": "googleapis.com",
+                  "metadata": {"service": "generativelanguage.googleapis.com"}}]), 400)
+        model, _, method = request.match_info["target"].partition(":")
+        try:
+            body = json.loads(raw)
+            assert isinstance(body, dict)
+        except (ValueError, AssertionError):
+            return common.json_response(google_error(
+                400, "Invalid JSON payload received."), 400)
+        if method in ("embedContent", "batchEmbedContents"):
+            return self.embed(entry, method, body)
+        if method not in ("generateContent", "streamGenerateContent"):
+            return common.json_response(google_error(
+                404, f"Method {method} not found."), 404)
+        stream = method == "streamGenerateContent"
+        if stream and request.query.get("alt") != "sse":
+            return common.json_response(google_error(
+                400, "this double only streams with ?alt=sse"), 400)
+        if not body.get("contents"):
+            return common.json_response(google_error(
+                400, "* GenerateContentRequest.contents: contents is not specified\n"), 400)
+        conv = conversation(model, body, stream)
+        fault = common.parse_fault_marker(conv.last_user_text) or self.state.next_fault(request.path)
+        if fault:
+            if fault["kind"] == "status":
+                status = int(fault.get("status", 500))
+                headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else None
+                return common.json_response(error_for_status(status), status, headers)
+            if fault["kind"] == "hang":
+                await common.hang(fault)
+            if fault["kind"] == "close_headers":
+                return await common.close_mid_headers(request)
+        reply = common.plan_reply(PROVIDER, conv)
+        entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
+                             "tool_calls": [c.__dict__ for c in reply.tool_calls]}
+        if not stream:
+            return common.json_response(response(model, reply_parts(reply), "STOP",
+                                                 usage_json(reply), common.new_id("")))
+        s = common.Stream(request, fault, common.sse_headers())
+        return await common.run_stream(s, stream_events(model, reply))
+
+    def embed(self, entry: dict, method: str, body: dict) -> web.Response:
+        requests = body.get("requests") if method == "batchEmbedContents" else [body]
+        out = []
+        for req in requests or []:
+            text = parts_text((req.get("content") or {}).get("parts"))
+            dims = int(g(req, "outputDimensionality") or 8)
+            out.append({"values": embedding_vector(text, dims)})
+        entry["response"] = {"usage": {"input": 0, "output": 0, "cached": 0}}
+        if method == "embedContent":
+            return common.json_response({"embedding": out[0] if out else {"values": []}})
+        return common.json_response({"embeddings": out})
+
+
+def make_app(api_key: str) -> tuple[web.Application, DoubleState]:
+    state = DoubleState()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    GeminiDouble(api_key, state).routes(app)
+    common.add_side_routes(app, state)
+    return app, state

@@ -1,0 +1,116 @@
+"""Run the provider doubles: in a background thread for the tests (`Doubles`), or standalone.
+
+    cd tests && ../.venv/bin/python -m doubles.server            # ephemeral ports, printed
+    cd tests && ../.venv/bin/python -m doubles.server --openai 18001 --anthropic 18002
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import threading
+import urllib.request
+
+from aiohttp import web
+
+from . import anthropic_double, dashscope_double, gemini_double, openai_double
+
+PROVIDERS = {
+    "openai": (openai_double.make_app, "OPENAI_API_KEY", "sk-upstream-openai-7f3a"),
+    "anthropic": (anthropic_double.make_app, "ANTHROPIC_API_KEY", "sk-ant-upstream-91c2"),
+    "gemini": (gemini_double.make_app, "GEMINI_API_KEY", "AIza-upstream-gemini-55d0"),
+    "dashscope": (dashscope_double.make_app, "DASHSCOPE_API_KEY", "sk-upstream-dashscope-c41e"),
+}
+
+
+class Double:
+    """A running double: its base URL and the credential it expects."""
+
+    def __init__(self, name: str, port: int, secret_env: str, api_key: str) -> None:
+        self.name, self.port, self.secret_env, self.api_key = name, port, secret_env, api_key
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def _call(self, method: str, path: str, payload=None):
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def last(self) -> dict:
+        return self._call("GET", "/_last")
+
+    def requests(self) -> list[dict]:
+        return self._call("GET", "/_requests")
+
+    def reset(self) -> None:
+        self._call("POST", "/_reset", {})
+
+    def fault(self, **fault) -> None:
+        self._call("POST", "/_faults", {"faults": [fault]})
+
+
+class Doubles:
+    """All four doubles on ephemeral loopback ports, served from one background thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.runners: list[web.AppRunner] = []
+        self.by_name: dict[str, Double] = {}
+        self.thread = threading.Thread(target=self.loop.run_forever, name="doubles", daemon=True)
+
+    def __getitem__(self, name: str) -> Double:
+        return self.by_name[name]
+
+    def start(self, ports: dict[str, int] | None = None) -> "Doubles":
+        self.thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(ports or {}), self.loop)
+        fut.result(timeout=30)
+        return self
+
+    async def _start(self, ports: dict[str, int]) -> None:
+        for name, (make_app, env, key) in PROVIDERS.items():
+            app, _state = make_app(key)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                   shutdown_timeout=1.0)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", ports.get(name, 0))
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.runners.append(runner)
+            self.by_name[name] = Double(name, port, env, key)
+
+    def reset(self) -> None:
+        for d in self.by_name.values():
+            d.reset()
+
+    def stop(self) -> None:
+        async def _stop():
+            for runner in self.runners:
+                await runner.cleanup()
+        try:
+            asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(timeout=15)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in PROVIDERS:
+        parser.add_argument(f"--{name}", type=int, default=0, help=f"port for the {name} double")
+    args = parser.parse_args()
+    doubles = Doubles().start({n: getattr(args, n) for n in PROVIDERS})
+    for d in doubles.by_name.values():
+        print(f"{d.name}: {d.base_url}  (expects {d.secret_env}={d.api_key})", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        doubles.stop()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,218 @@
+"""The doubles themselves, driven by the official SDKs: if these fail, the e2e suite would test
+against a wrong picture of the providers."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from doubles.common import expected_text
+from doubles.server import Doubles
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "days": {"type": "integer"}},
+                   "required": ["city"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object",
+                                       "properties": {"tz": {"type": "string"}}}}}
+
+
+@pytest.fixture(scope="module")
+def doubles():
+    d = Doubles().start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset(doubles):
+    doubles.reset()
+
+
+def oai(d, **kw):
+    return openai.OpenAI(base_url=d.base_url + "/v1", api_key=d.api_key, max_retries=0, **kw)
+
+
+def ant(d, **kw):
+    return anthropic.Anthropic(base_url=d.base_url, api_key=d.api_key, max_retries=0, **kw)
+
+
+def test_openai_chat(doubles):
+    d = doubles["openai"]
+    r = oai(d).chat.completions.create(model="gpt-4o-mini",
+                                       messages=[{"role": "user", "content": "hello there"}])
+    assert r.choices[0].message.content == expected_text("openai", "gpt-4o-mini", "hello there")
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens == 2 and r.usage.completion_tokens == 5
+    assert d.last()["headers"]["authorization"] == f"Bearer {d.api_key}"
+
+
+def test_openai_stream_with_usage(doubles):
+    d = doubles["openai"]
+    chunks = list(oai(d).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me a reply"}],
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected_text("openai", "gpt-4o-mini", "stream me a reply")
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_openai_streamed_tool_calls(doubles):
+    d = doubles["openai"]
+    with oai(d).chat.completions.stream(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "weather? [text+tools]"}],
+            tools=[WEATHER, TIME]) as stream:
+        final = stream.get_final_completion()
+    msg = final.choices[0].message
+    assert [c.function.name for c in msg.tool_calls] == ["get_weather", "get_time"]
+    assert json.loads(msg.tool_calls[0].function.arguments) == {"city": "city-get_weather",
+                                                                "days": 42}
+    assert msg.content.startswith("openai/gpt-4o-mini echo")
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_openai_tool_results(doubles):
+    d = doubles["openai"]
+    r = oai(d).chat.completions.create(model="gpt-4o-mini", messages=[
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}], tools=[WEATHER])
+    assert r.choices[0].message.content == "tool results: get_weather=sunny"
+
+
+def test_openai_embeddings_base64_default(doubles):
+    d = doubles["openai"]
+    r = oai(d).embeddings.create(model="text-embedding-3-small", input=["a", "b c"])
+    assert len(r.data) == 2 and len(r.data[0].embedding) == 8
+    assert r.usage.prompt_tokens == 3
+
+
+def test_openai_auth_and_faults(doubles):
+    d = doubles["openai"]
+    bad = openai.OpenAI(base_url=d.base_url + "/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    d.fault(kind="status", status=429, retry_after=3)
+    with pytest.raises(openai.RateLimitError) as e:
+        oai(d).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert e.value.response.headers["retry-after"] == "3"
+    with pytest.raises(openai.InternalServerError):
+        oai(d).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x [[fault:status,status=503]]"}])
+    with pytest.raises(openai.APIConnectionError):
+        oai(d).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x [[fault:close_headers]]"}])
+    with pytest.raises(openai.APITimeoutError):
+        oai(d, timeout=0.5).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x [[fault:hang,seconds=3]]"}])
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        list(oai(d).chat.completions.create(
+            model="m", stream=True,
+            messages=[{"role": "user", "content": "a b c d e f [[fault:cut_stream,after=2]]"}]))
+    with pytest.raises(Exception):
+        list(oai(d).chat.completions.create(
+            model="m", stream=True,
+            messages=[{"role": "user", "content": "a b c d [[fault:malformed_sse]]"}]))
+
+
+def test_anthropic_message_and_stream(doubles):
+    d = doubles["anthropic"]
+    c = ant(d)
+    m = c.messages.create(model="claude-3-5-haiku-20241022", max_tokens=100, system="be brief",
+                          messages=[{"role": "user", "content": "hi claude"}])
+    assert m.content[0].text == expected_text("anthropic", "claude-3-5-haiku-20241022",
+                                              "hi claude")
+    assert m.stop_reason == "end_turn" and m.usage.input_tokens == 4
+    h = d.last()["headers"]
+    assert d.api_key in (h.get("x-api-key"), h.get("authorization", "")[7:])
+    assert h["anthropic-version"]
+    with c.messages.stream(model="claude-3-5-haiku-20241022", max_tokens=100,
+                           messages=[{"role": "user", "content": "stream it [text+tools]"}],
+                           tools=[{"name": "get_weather", "input_schema":
+                                   WEATHER["function"]["parameters"]}]) as s:
+        events = [e.type for e in s]
+        final = s.get_final_message()
+    assert events[0] == "message_start"
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[1].input == {"city": "city-get_weather", "days": 42}
+    assert final.stop_reason == "tool_use" and final.usage.output_tokens > 0
+
+
+def test_anthropic_sse_wire_sequence(doubles):
+    d = doubles["anthropic"]
+    r = httpx.post(d.base_url + "/v1/messages", headers={
+        "x-api-key": d.api_key, "anthropic-version": "2023-06-01"}, json={
+        "model": "c", "max_tokens": 10, "stream": True,
+        "messages": [{"role": "user", "content": "hey"}]})
+    names = [line[7:] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert names[:3] == ["message_start", "content_block_start", "ping"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+
+
+def test_anthropic_errors(doubles):
+    d = doubles["anthropic"]
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=d.base_url, api_key="x", max_retries=0).messages.create(
+            model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.InternalServerError) as e:
+        ant(d).messages.create(model="c", max_tokens=5, messages=[
+            {"role": "user", "content": "[[fault:status,status=529]]"}])
+    assert e.value.status_code == 529
+    assert e.value.body["error"]["type"] == "overloaded_error"
+
+
+def test_gemini_generate_and_stream(doubles):
+    d = doubles["gemini"]
+    h = {"x-goog-api-key": d.api_key}
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi gemini"}]}],
+            "tools": [{"functionDeclarations": [WEATHER["function"]]}]}
+    r = httpx.post(d.base_url + "/v1beta/models/gemini-2.0-flash:generateContent", headers=h,
+                   json=body).json()
+    assert r["candidates"][0]["content"]["parts"][0]["functionCall"]["name"] == "get_weather"
+    body.pop("tools")
+    r = httpx.post(d.base_url + "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+                   headers=h, json=body)
+    frames = [json.loads(f[6:]) for f in r.text.split("\r\n\r\n") if f.startswith("data: ")]
+    text = "".join(p["text"] for f in frames for p in f["candidates"][0]["content"]["parts"])
+    assert text == expected_text("gemini", "gemini-2.0-flash", "hi gemini")
+    assert frames[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert frames[-1]["usageMetadata"]["candidatesTokenCount"] == 5
+    bad = httpx.post(d.base_url + "/v1beta/models/g:generateContent",
+                     headers={"x-goog-api-key": "wrong"}, json=body)
+    assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_dashscope_native_and_compat(doubles):
+    d = doubles["dashscope"]
+    h = {"Authorization": f"Bearer {d.api_key}"}
+    url = d.base_url + "/api/v1/services/aigc/text-generation/generation"
+    body = {"model": "qwen-plus", "input": {"messages": [{"role": "user", "content": "ni hao"}]},
+            "parameters": {"result_format": "message", "incremental_output": True}}
+    r = httpx.post(url, headers=h, json=body).json()
+    assert r["output"]["choices"][0]["message"]["content"] == expected_text(
+        "dashscope", "qwen-plus", "ni hao")
+    assert r["usage"]["output_tokens"] == 5
+    r = httpx.post(url, headers={**h, "X-DashScope-SSE": "enable"}, json=body)
+    events = [e for e in r.text.split("\n\n") if e]
+    assert all(e.splitlines()[1:3] == ["event:result", ":HTTP_STATUS/200"] for e in events)
+    datas = [json.loads(e.splitlines()[3][5:]) for e in events]
+    assert datas[0]["output"]["choices"][0]["finish_reason"] == "null"
+    assert datas[-1]["output"]["choices"][0]["finish_reason"] == "stop"
+    assert "".join(x["output"]["choices"][0]["message"]["content"] for x in datas) == \
+        expected_text("dashscope", "qwen-plus", "ni hao")
+    r = httpx.post(url, headers={"Authorization": "Bearer bad"}, json=body)
+    assert r.status_code == 401 and r.json()["code"] == "InvalidApiKey"
+    compat = openai.OpenAI(base_url=d.base_url + "/compatible-mode/v1", api_key=d.api_key,
+                           max_retries=0)
+    c = compat.chat.completions.create(model="qwen-plus",
+                                       messages=[{"role": "user", "content": "ni hao"}])
+    assert c.choices[0].message.content.startswith("dashscope/qwen-plus echo")
