@@ -92,7 +92,8 @@ impl IncrementalDecoder {
     /// Adds one token and returns any newly completed text.
     pub fn push(&mut self, tokenizer: &Tokenizer, token: u32) -> Result<String, ModelError> {
         self.tokens.push(token);
-        let text = tokenizer.decode(&self.tokens, false)?;
+        // Control tokens never show in completion text (as in OpenAI and vLLM output).
+        let text = tokenizer.decode(&self.tokens, true)?;
         if text.ends_with('\u{FFFD}') || text.len() <= self.emitted_bytes {
             return Ok(String::new());
         }

@@ -193,8 +193,10 @@ impl QuantizedLlama {
     /// last new position: a `(batch, vocab)` f32 tensor in input order.
     pub fn forward(&self, inputs: &mut [StepInput<'_>]) -> Result<Tensor, ModelError> {
         let lens: Vec<usize> = inputs.iter().map(|s| s.tokens.len()).collect();
-        if lens.contains(&0) {
-            return Err(ModelError::Format("a sequence step has no tokens".into()));
+        if lens.is_empty() || lens.contains(&0) {
+            return Err(ModelError::Format(
+                "a step needs at least one token per sequence".into(),
+            ));
         }
         for s in inputs.iter() {
             if s.cache.len + s.tokens.len() > self.config.context_length {
