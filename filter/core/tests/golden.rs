@@ -1,0 +1,374 @@
+//! Golden-fixture tests, per provider and per direction:
+//! canonical → native request; native response → canonical → OpenAI and Anthropic bodies;
+//! native stream → OpenAI and Anthropic client streams; native errors → gateway errors.
+
+mod common;
+
+use common::{fixture, golden, golden_json, pretty, translate_chunks};
+use serde_json::Value;
+use switchyard_core::canonical::ChatRequest;
+use switchyard_core::providers::{anthropic, dashscope, gemini, ProviderKind};
+use switchyard_core::{ingress, Dialect, ErrorKind};
+
+fn canonical(name: &str) -> ChatRequest {
+    serde_json::from_slice(&fixture(name)).expect("canonical request fixture")
+}
+
+fn body_json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("request body is JSON")
+}
+
+// ---- requests ---------------------------------------------------------------------------
+
+#[test]
+fn anthropic_request_golden() {
+    let req = canonical("openai/request_full.json");
+    let egress = ProviderKind::Anthropic
+        .build_chat(&req, "claude-sonnet-4-20250514")
+        .unwrap();
+    assert_eq!(egress.path, "/v1/messages");
+    assert!(egress
+        .headers
+        .contains(&("anthropic-version".into(), "2023-06-01".into())));
+    golden_json(
+        "anthropic/request_full.expected.json",
+        &body_json(&egress.body),
+    );
+    let egress = ProviderKind::Anthropic
+        .build_chat(
+            &canonical("openai/request_text_tools.json"),
+            "claude-3-5-haiku-latest",
+        )
+        .unwrap();
+    golden_json(
+        "anthropic/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+}
+
+#[test]
+fn gemini_request_golden() {
+    let req = canonical("openai/request_full.json");
+    let egress = ProviderKind::Gemini
+        .build_chat(&req, "gemini-2.5-flash")
+        .unwrap();
+    assert_eq!(
+        egress.path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    golden_json(
+        "gemini/request_full.expected.json",
+        &body_json(&egress.body),
+    );
+    let mut req = canonical("openai/request_text_tools.json");
+    req.stream = false;
+    let egress = ProviderKind::Gemini
+        .build_chat(&req, "models/gemini-2.0-flash")
+        .unwrap();
+    assert_eq!(
+        egress.path,
+        "/v1beta/models/gemini-2.0-flash:generateContent"
+    );
+    golden_json(
+        "gemini/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+}
+
+#[test]
+fn dashscope_request_golden() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Dashscope
+        .build_chat(&req, "qwen-plus")
+        .unwrap();
+    assert_eq!(
+        egress.path,
+        "/api/v1/services/aigc/text-generation/generation"
+    );
+    assert!(egress
+        .headers
+        .contains(&("x-dashscope-sse".into(), "enable".into())));
+    golden_json(
+        "dashscope/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+    // Images are refused, not silently dropped.
+    let err = ProviderKind::Dashscope
+        .build_chat(&canonical("openai/request_full.json"), "qwen-plus")
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+}
+
+#[test]
+fn auth_headers_per_provider() {
+    assert_eq!(
+        ProviderKind::Anthropic.auth_headers("k"),
+        vec![("x-api-key".to_string(), "k".to_string())]
+    );
+    assert_eq!(
+        ProviderKind::Gemini.auth_headers("k"),
+        vec![("x-goog-api-key".to_string(), "k".to_string())]
+    );
+    assert_eq!(
+        ProviderKind::Dashscope.auth_headers("k"),
+        vec![("authorization".to_string(), "Bearer k".to_string())]
+    );
+    let kinds: Vec<ProviderKind> =
+        serde_json::from_str(r#"["anthropic","gemini","dashscope","openai"]"#).unwrap();
+    assert_eq!(kinds[2], ProviderKind::Dashscope);
+    assert_eq!(
+        ProviderKind::Gemini.default_base_url(),
+        "https://generativelanguage.googleapis.com"
+    );
+}
+
+#[test]
+fn anthropic_ingress_request_golden() {
+    let req = ingress::decode_chat(
+        Dialect::Anthropic,
+        &fixture("ingress/anthropic_request.json"),
+    )
+    .unwrap();
+    golden(
+        "ingress/anthropic_request.expected.json",
+        &pretty(&serde_json::to_vec(&req).unwrap()),
+    );
+}
+
+// ---- responses --------------------------------------------------------------------------
+
+fn response_goldens(kind: ProviderKind, dir: &str, name: &str) {
+    let mut resp = kind
+        .parse_chat(&fixture(&format!("{dir}/{name}.json")))
+        .unwrap();
+    // What the gateway fills in when the upstream leaves it out.
+    if resp.id.is_empty() {
+        resp.id = "gw-id".into();
+    }
+    if resp.model.is_empty() {
+        resp.model = "public-model".into();
+    }
+    resp.created = 1_700_000_000;
+    golden(
+        &format!("{dir}/{name}.openai.expected.json"),
+        &pretty(&ingress::encode_chat_response(Dialect::OpenAi, &resp)),
+    );
+    golden(
+        &format!("{dir}/{name}.anthropic.expected.json"),
+        &pretty(&ingress::encode_chat_response(Dialect::Anthropic, &resp)),
+    );
+}
+
+#[test]
+fn anthropic_response_goldens() {
+    response_goldens(ProviderKind::Anthropic, "anthropic", "response_text");
+    response_goldens(ProviderKind::Anthropic, "anthropic", "response_tools");
+    let resp = anthropic::parse_chat(&fixture("anthropic/response_tools.json")).unwrap();
+    // input_tokens excludes cache reads and writes; canonical input includes them.
+    assert_eq!(resp.usage.input, 472 + 100 + 2048);
+    assert_eq!(resp.usage.cached_input, 2048);
+    assert_eq!(resp.tool_calls.len(), 2);
+}
+
+#[test]
+fn gemini_response_goldens() {
+    response_goldens(ProviderKind::Gemini, "gemini", "response_text");
+    response_goldens(ProviderKind::Gemini, "gemini", "response_tools");
+    response_goldens(ProviderKind::Gemini, "gemini", "response_blocked");
+    let resp = gemini::parse_chat(&fixture("gemini/response_text.json")).unwrap();
+    assert_eq!(resp.usage.output, 9 + 26, "thoughts count as output");
+    let resp = gemini::parse_chat(&fixture("gemini/response_tools.json")).unwrap();
+    let ids: Vec<&str> = resp.tool_calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["call_0", "call_1"]);
+}
+
+#[test]
+fn dashscope_response_goldens() {
+    response_goldens(ProviderKind::Dashscope, "dashscope", "response_text");
+    response_goldens(ProviderKind::Dashscope, "dashscope", "response_tools");
+    let resp = dashscope::parse_chat(&fixture("dashscope/response_text.json")).unwrap();
+    assert_eq!(resp.usage.cached_input, 16);
+}
+
+// ---- streams ----------------------------------------------------------------------------
+
+fn stream_goldens(kind: ProviderKind, dir: &str, name: &str) {
+    let upstream = fixture(&format!("{dir}/{name}.sse"));
+    let (openai, _, failed) = translate_chunks(kind, Dialect::OpenAi, true, &[&upstream]);
+    assert!(
+        !failed,
+        "{dir}/{name} → OpenAI failed:\n{}",
+        String::from_utf8_lossy(&openai)
+    );
+    golden(&format!("{dir}/{name}.openai.expected.sse"), &openai);
+    let (anthropic, _, failed) = translate_chunks(kind, Dialect::Anthropic, false, &[&upstream]);
+    assert!(!failed, "{dir}/{name} → Anthropic failed");
+    golden(&format!("{dir}/{name}.anthropic.expected.sse"), &anthropic);
+}
+
+#[test]
+fn stream_goldens_all_providers() {
+    stream_goldens(ProviderKind::Anthropic, "anthropic", "stream_text");
+    stream_goldens(ProviderKind::Anthropic, "anthropic", "stream_tools");
+    stream_goldens(ProviderKind::Gemini, "gemini", "stream_text");
+    stream_goldens(ProviderKind::Gemini, "gemini", "stream_tools");
+    stream_goldens(ProviderKind::Dashscope, "dashscope", "stream_text");
+    stream_goldens(ProviderKind::Dashscope, "dashscope", "stream_tools");
+    stream_goldens(ProviderKind::Openai, "openai", "stream_tools");
+}
+
+#[test]
+fn upstream_error_event_becomes_client_error_event() {
+    let upstream = fixture("anthropic/stream_error.sse");
+    let (out, _, failed) = translate_chunks(
+        ProviderKind::Anthropic,
+        Dialect::Anthropic,
+        false,
+        &[&upstream],
+    );
+    assert!(failed);
+    golden("anthropic/stream_error.anthropic.expected.sse", &out);
+    let f = common::accumulate_anthropic(&out);
+    assert_eq!(f.error.unwrap()["type"], "overloaded_error");
+    let (out, _, failed) = translate_chunks(
+        ProviderKind::Anthropic,
+        Dialect::OpenAi,
+        false,
+        &[&upstream],
+    );
+    assert!(failed);
+    golden("anthropic/stream_error.openai.expected.sse", &out);
+}
+
+// ---- errors -----------------------------------------------------------------------------
+
+#[test]
+fn provider_errors_keep_status_and_meaning() {
+    let cases: &[(ProviderKind, &str, u16, ErrorKind, u16, &str)] = &[
+        (
+            ProviderKind::Anthropic,
+            "anthropic/error_overloaded.json",
+            529,
+            ErrorKind::Unavailable,
+            529,
+            "Overloaded",
+        ),
+        (
+            ProviderKind::Anthropic,
+            "anthropic/error_auth.json",
+            401,
+            ErrorKind::Authentication,
+            401,
+            "invalid x-api-key",
+        ),
+        (
+            ProviderKind::Anthropic,
+            "anthropic/error_rate_limit.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "rate limit",
+        ),
+        (
+            ProviderKind::Gemini,
+            "gemini/error_bad_key.json",
+            400,
+            ErrorKind::Authentication,
+            401,
+            "API key not valid",
+        ),
+        (
+            ProviderKind::Gemini,
+            "gemini/error_quota.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "exhausted",
+        ),
+        (
+            ProviderKind::Dashscope,
+            "dashscope/error_bad_key.json",
+            401,
+            ErrorKind::Authentication,
+            401,
+            "Invalid API-key",
+        ),
+        (
+            ProviderKind::Dashscope,
+            "dashscope/error_throttled.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "rate limit",
+        ),
+    ];
+    for (kind, file, status, want_kind, want_status, text) in cases {
+        let err = kind.parse_error(*status, &fixture(file));
+        assert_eq!(err.kind, *want_kind, "{file}");
+        assert_eq!(err.status, *want_status, "{file}");
+        assert!(err.message.contains(text), "{file}: {}", err.message);
+        // Rendered in both dialects.
+        let a: Value = serde_json::from_slice(&err.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(a["type"], "error");
+        let o: Value = serde_json::from_slice(&err.body(Dialect::OpenAi)).unwrap();
+        assert!(o["error"]["message"].is_string());
+    }
+    for kind in [
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Dashscope,
+    ] {
+        for (status, want) in [
+            (400, ErrorKind::InvalidRequest),
+            (401, ErrorKind::Authentication),
+            (403, ErrorKind::PermissionDenied),
+            (404, ErrorKind::NotFound),
+            (408, ErrorKind::Timeout),
+            (413, ErrorKind::RequestTooLarge),
+            (429, ErrorKind::RateLimited),
+            (500, ErrorKind::BadGateway),
+            (502, ErrorKind::BadGateway),
+            (503, ErrorKind::Unavailable),
+            (504, ErrorKind::Timeout),
+        ] {
+            let err = kind.parse_error(status, b"<html>upstream down</html>");
+            assert_eq!((err.kind, err.status), (want, status), "{kind:?} {status}");
+            assert_eq!(err.is_retryable(), matches!(status, 408 | 429 | 500..=599));
+        }
+    }
+}
+
+#[test]
+fn secrets_in_upstream_errors_are_not_echoed() {
+    let body = br#"{"error":{"code":400,"message":"API key AIzaSyA1234567890abcdefghijklmnop is invalid","status":"INVALID_ARGUMENT"}}"#;
+    let err = ProviderKind::Gemini.parse_error(400, body);
+    assert!(!err.message.contains("AIzaSy"), "{}", err.message);
+    let body = br#"{"type":"error","error":{"type":"authentication_error","message":"bad key sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123"}}"#;
+    let err = ProviderKind::Anthropic.parse_error(401, body);
+    assert!(!err.message.contains("abcdefghijklmnop"), "{}", err.message);
+}
+
+#[test]
+fn malformed_upstream_json_is_a_bad_gateway() {
+    for kind in [
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Dashscope,
+    ] {
+        for body in [&b"{not json"[..], b"", b"[1,2]", b"{\"content\": 7}"] {
+            let err = kind.parse_chat(body);
+            if let Err(err) = err {
+                assert_eq!(
+                    (err.kind, err.status),
+                    (ErrorKind::BadGateway, 502),
+                    "{kind:?}"
+                );
+                let a: Value = serde_json::from_slice(&err.body(Dialect::Anthropic)).unwrap();
+                assert_eq!(a["error"]["type"], "api_error");
+            } else {
+                // Shapes that parse (`{}`-like) must at least yield an empty answer.
+                assert!(body.starts_with(b"{"), "{kind:?} accepted {body:?}");
+            }
+        }
+    }
+}
