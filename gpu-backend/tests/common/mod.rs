@@ -82,7 +82,7 @@ pub fn tiny_models_dir() -> PathBuf {
     let md: Vec<(&str, V)> = vec![
         ("general.architecture", V::String("llama".into())),
         ("llama.block_count", V::U32(layers as u32)),
-        ("llama.context_length", V::U32(4096)),
+        ("llama.context_length", V::U32(16384)),
         ("llama.embedding_length", V::U32(hidden as u32)),
         ("llama.feed_forward_length", V::U32(ff as u32)),
         ("llama.attention.head_count", V::U32(heads)),
@@ -101,9 +101,13 @@ pub fn tiny_models_dir() -> PathBuf {
     ];
 
     // A fixed seed keeps the model, hence its greedy outputs, identical across runs.
-    dev.set_seed(7).unwrap();
+    use rand::{Rng, SeedableRng};
+    let rng = std::cell::RefCell::new(rand::rngs::StdRng::seed_from_u64(7));
     let q = |rows: usize, cols: usize, dtype: GgmlDType| {
-        let t = Tensor::randn(0f32, 0.5, (rows, cols), &dev).unwrap();
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.borrow_mut().random_range(-1.0f32..1.0))
+            .collect();
+        let t = Tensor::from_vec(data, (rows, cols), &dev).unwrap();
         QTensor::quantize(&t, dtype).unwrap()
     };
     let ones = |n: usize| {
