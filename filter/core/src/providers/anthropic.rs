@@ -913,12 +913,14 @@ fn decode_user(blocks: Vec<WireBlock>, messages: &mut Vec<Message>) {
     flush(&mut pending, messages);
 }
 
+/// An assistant turn. Several text blocks stay several text parts: Anthropic merges
+/// consecutive assistant messages into one turn, and their boundaries are meaning.
 fn decode_assistant(blocks: Vec<WireBlock>) -> Message {
-    let mut text: Option<String> = None;
+    let mut texts = Vec::new();
     let mut calls = Vec::new();
     for block in blocks {
         match block {
-            WireBlock::Text { text: t } => text.get_or_insert_with(String::new).push_str(&t),
+            WireBlock::Text { text } => texts.push(ContentPart::Text { text }),
             WireBlock::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
                 kind: "function".into(),
@@ -932,7 +934,7 @@ fn decode_assistant(blocks: Vec<WireBlock>) -> Message {
     }
     Message {
         role: Role::Assistant,
-        content: text.map(Content::Text),
+        content: parts_to_content(texts),
         name: None,
         tool_calls: (!calls.is_empty()).then_some(calls),
         tool_call_id: None,
