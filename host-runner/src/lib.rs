@@ -1,0 +1,36 @@
+//! `host-runner`: a native [wasmtime] host that runs a proxy-wasm `filter.wasm` the way
+//! Envoy does, so the Switchyard gateway can be run and tested locally without Envoy.
+//!
+//! The crate is a library with a thin CLI on top (`src/main.rs`), so integration tests can
+//! start a real server in-process. One concern per module:
+//!
+//! * [`abi`] — the proxy-wasm ABI 0.2.1 host functions (what the guest imports);
+//! * [`memory`] — bounds-checked access to guest memory and guest allocation;
+//! * [`headers`] — header maps and their proxy-wasm wire encoding;
+//! * [`vm`] — one VM instance per worker thread: lifecycle, callbacks, trap recovery;
+//! * [`shared`] — shared data (with CAS) and shared queues, common to all VMs;
+//! * [`metrics`] — guest-defined metrics, rendered as Prometheus text;
+//! * [`clusters`] — upstream clusters (name → address, timeouts) and the HTTP client;
+//! * [`body`] — the streaming body type used towards clients and upstreams;
+//! * [`proxy`] — the HTTP server and the per-stream driver (Envoy's filter-chain semantics);
+//! * [`admin`] — the admin listener (`/metrics`, `/ready`);
+//! * [`config`] — the runner configuration;
+//! * [`error`] — typed errors.
+
+pub mod abi;
+pub mod admin;
+pub mod body;
+pub mod clusters;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod headers;
+pub mod memory;
+pub mod metrics;
+pub mod proxy;
+pub mod shared;
+pub mod vm;
+
+pub use config::{ClusterConfig, RunnerConfig};
+pub use error::HostError;
+pub use proxy::{start, RunningServer};
