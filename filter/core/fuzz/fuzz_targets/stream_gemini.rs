@@ -1,0 +1,27 @@
+//! The gemini stream decoder, behind the SSE parser and in front of both client encoders,
+//! must never panic, whatever the bytes and wherever they are split. The first byte picks
+//! the chunk size.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use switchyard_core::providers::ProviderKind;
+use switchyard_core::stream::{ResponseStream, TranslatingStream};
+use switchyard_core::{ingress, Dialect};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let size = usize::from(first % 64) + 1;
+    for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+        let mut stream = TranslatingStream::new(
+            ProviderKind::Gemini.stream_decoder(),
+            ingress::stream_encoder(dialect, "id".into(), "m".into(), 0, true),
+        );
+        for chunk in rest.chunks(size) {
+            let _ = stream.push(chunk);
+        }
+        let _ = stream.finish();
+        let _ = stream.usage();
+    }
+});
