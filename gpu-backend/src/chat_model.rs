@@ -90,3 +90,37 @@ impl ChatModel {
         Ok(self.tokenizer.encode(prompt, false)?.get_ids().to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn renders_chatml_with_the_default_system_prompt() {
+        assert_eq!(
+            ChatModel::render_prompt(&[msg("user", "Hi")]),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn keeps_a_given_system_prompt_and_the_turn_order() {
+        let prompt = ChatModel::render_prompt(&[
+            msg("system", "Be brief."),
+            msg("user", "Hi"),
+            msg("assistant", "Hello!"),
+            msg("user", "Bye"),
+        ]);
+        assert_eq!(
+            prompt,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+}

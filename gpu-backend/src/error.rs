@@ -124,3 +124,32 @@ impl From<tokenizers::Error> for ModelError {
         ModelError::Tokenizer(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_full_is_a_retryable_503_in_openai_shape() {
+        let e = ApiError::QueueFull { retry_after_s: 1 };
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.retry_after(), Some(1));
+        let body = e.to_json();
+        let err = &body["error"];
+        assert_eq!(err["type"], "server_error");
+        assert_eq!(err["code"], "queue_full");
+        assert!(err["param"].is_null());
+        assert!(err["message"].as_str().unwrap().contains("Retry"));
+    }
+
+    #[test]
+    fn statuses_follow_openai() {
+        assert_eq!(ApiError::invalid("x", Some("n")).status(), 400);
+        assert_eq!(ApiError::ModelNotFound("m".into()).status(), 404);
+        assert_eq!(ApiError::TooLarge("x".into()).status(), 413);
+        assert_eq!(
+            ApiError::invalid("x", Some("n")).to_json()["error"]["param"],
+            "n"
+        );
+    }
+}
