@@ -1,0 +1,199 @@
+//! The new providers and the Anthropic dialect through the gateway facade, phase by phase,
+//! as a host drives them: head → plan → upstream request → answer / stream / error.
+
+mod common;
+
+use common::{accumulate_anthropic, accumulate_openai, fixture};
+use serde_json::{json, Value};
+use switchyard_core::keys::hash_key;
+use switchyard_core::routing::NoHealth;
+use switchyard_core::{Admitted, Gateway, HeadOutcome, Plan, RequestHead};
+
+fn gateway() -> Gateway {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key("sk-gw-test"), "models": ["*"]}],
+        "providers": {
+            "claude": {"kind": "anthropic", "api_key_secret": "ANTHROPIC_KEY"},
+            "google": {"kind": "gemini", "api_key_secret": "GEMINI_KEY"},
+            "qwen": {"kind": "dashscope", "base_url": "https://dashscope-intl.aliyuncs.com", "api_key_secret": "DASHSCOPE_KEY"}
+        },
+        "models": [
+            {"name": "claude", "deployments": [{"provider": "claude", "model": "claude-sonnet-4-20250514"}]},
+            {"name": "gemini", "deployments": [{"provider": "google", "model": "gemini-2.5-flash"}]},
+            {"name": "qwen", "deployments": [{"provider": "qwen", "model": "qwen-plus"}]}
+        ]
+    });
+    Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()
+}
+
+fn admit(gw: &Gateway, path: &str) -> Admitted {
+    let head = RequestHead {
+        method: "POST",
+        path,
+        x_api_key: Some("sk-gw-test"),
+        anthropic_version: Some("2023-06-01"),
+        ..Default::default()
+    };
+    match gw.on_request_head(&head, 1_700_000_000) {
+        HeadOutcome::ReadBody(a) => a,
+        HeadOutcome::Reply(r) => panic!("rejected: {}", String::from_utf8_lossy(&r.body)),
+    }
+}
+
+fn plan(gw: &Gateway, path: &str, body: Value) -> Plan {
+    gw.plan(
+        &admit(gw, path),
+        &serde_json::to_vec(&body).unwrap(),
+        7,
+        1_700_000_000,
+        &NoHealth,
+    )
+    .unwrap()
+}
+
+fn secret(name: &str) -> Option<String> {
+    Some(format!("secret-for-{name}"))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn anthropic_client_to_gemini_stream() {
+    let gw = gateway();
+    let plan = plan(
+        &gw,
+        "/v1/messages",
+        json!({"model": "gemini", "max_tokens": 100, "stream": true,
+               "messages": [{"role": "user", "content": "weather?"}]}),
+    );
+    let up = plan.upstream_request(0, &secret).unwrap();
+    assert_eq!(up.authority, "generativelanguage.googleapis.com");
+    assert_eq!(
+        up.path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    assert_eq!(
+        header(&up.headers, "x-goog-api-key"),
+        Some("secret-for-GEMINI_KEY")
+    );
+    assert!(header(&up.headers, "authorization").is_none());
+    let mut stream = plan.response_stream(0);
+    let upstream = fixture("gemini/stream_tools.sse");
+    let mut out = Vec::new();
+    for chunk in upstream.chunks(17) {
+        out.extend(stream.push(chunk));
+    }
+    out.extend(stream.finish());
+    let f = accumulate_anthropic(&out);
+    assert_eq!(f.tool_calls.len(), 2);
+    assert_eq!(f.finish.as_deref(), Some("tool_use"));
+    let usage = stream.usage();
+    assert_eq!(
+        (usage.input, usage.output, usage.cached_input),
+        (60, 35, 32)
+    );
+    let record = plan.usage_record(0, usage, 200, 1, None);
+    assert_eq!(record.provider, "google");
+}
+
+#[test]
+fn anthropic_client_to_anthropic_provider() {
+    let gw = gateway();
+    let plan = plan(
+        &gw,
+        "/v1/messages",
+        json!({"model": "claude", "max_tokens": 100,
+               "system": "be brief",
+               "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let up = plan.upstream_request(0, &secret).unwrap();
+    assert_eq!(up.path, "/v1/messages");
+    assert_eq!(
+        header(&up.headers, "x-api-key"),
+        Some("secret-for-ANTHROPIC_KEY")
+    );
+    assert_eq!(header(&up.headers, "anthropic-version"), Some("2023-06-01"));
+    let body: Value = serde_json::from_slice(&up.body).unwrap();
+    assert_eq!(body["model"], "claude-sonnet-4-20250514");
+    assert_eq!(body["system"], "be brief");
+    assert_eq!(body["max_tokens"], 100);
+    let (client, usage) = plan
+        .translate_response(0, &fixture("anthropic/response_tools.json"))
+        .unwrap();
+    let msg: Value = serde_json::from_slice(&client).unwrap();
+    assert_eq!(msg["type"], "message");
+    assert_eq!(msg["stop_reason"], "tool_use");
+    assert_eq!(msg["content"][1]["input"]["location"], "San Francisco, CA");
+    assert_eq!(usage.cached_input, 2048);
+    // Overloaded (529) is retryable and reaches the client in its own dialect.
+    let err = plan.translate_error(0, 529, &fixture("anthropic/error_overloaded.json"));
+    assert!(err.is_retryable());
+    let body: Value =
+        serde_json::from_slice(&err.body(switchyard_core::Dialect::Anthropic)).unwrap();
+    assert_eq!(body["error"]["type"], "overloaded_error");
+    // Garbage from the upstream is a clean 502.
+    let err = plan.translate_response(0, b"<html>").unwrap_err();
+    assert_eq!(err.status, 502);
+}
+
+#[test]
+fn openai_client_to_dashscope_stream() {
+    let gw = gateway();
+    let head = RequestHead {
+        method: "POST",
+        path: "/v1/chat/completions",
+        authorization: Some("Bearer sk-gw-test"),
+        ..Default::default()
+    };
+    let HeadOutcome::ReadBody(admitted) = gw.on_request_head(&head, 1_700_000_000) else {
+        panic!("rejected")
+    };
+    let body = json!({"model": "qwen", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let plan = gw
+        .plan(
+            &admitted,
+            &serde_json::to_vec(&body).unwrap(),
+            1,
+            1_700_000_000,
+            &NoHealth,
+        )
+        .unwrap();
+    let up = plan.upstream_request(0, &secret).unwrap();
+    assert_eq!(up.authority, "dashscope-intl.aliyuncs.com");
+    assert_eq!(up.path, "/api/v1/services/aigc/text-generation/generation");
+    assert_eq!(header(&up.headers, "x-dashscope-sse"), Some("enable"));
+    assert_eq!(
+        header(&up.headers, "authorization"),
+        Some("Bearer secret-for-DASHSCOPE_KEY")
+    );
+    let mut stream = plan.response_stream(0);
+    let mut out = stream.push(&fixture("dashscope/stream_tools.sse"));
+    out.extend(stream.finish());
+    let f = accumulate_openai(&out);
+    assert_eq!(f.tool_calls.len(), 2);
+    assert_eq!((f.input_tokens, f.output_tokens), (220, 28));
+}
+
+#[test]
+fn invalid_anthropic_requests_are_answered_in_anthropic_dialect() {
+    let gw = gateway();
+    let admitted = admit(&gw, "/v1/messages");
+    for body in [
+        &b"{not json"[..],
+        br#"{"model":"claude","max_tokens":5,"messages":"nope"}"#,
+        br#"{"model":"claude","max_tokens":5,"messages":[]}"#,
+        br#"{"model":"claude","max_tokens":5,"messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search_20250305","name":"web_search"}]}"#,
+    ] {
+        let err = gw.plan(&admitted, body, 1, 0, &NoHealth).unwrap_err();
+        assert_eq!(err.status, 400, "{}", err.message);
+        let v: Value = serde_json::from_slice(&err.body(admitted.dialect)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+}
