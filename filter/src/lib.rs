@@ -186,6 +186,11 @@ impl SwitchyardHttp {
         }
         self.set_http_request_header("content-length", Some(&upstream.body.len().to_string()));
         self.set_http_request_body(0, body_size, &upstream.body);
+        log::debug!(
+            "switchyard: forwarding to cluster {} path {}",
+            upstream.cluster,
+            upstream.path
+        );
         self.plan = Some(plan);
         self.state = State::Forwarded;
         Action::Continue
@@ -236,6 +241,7 @@ impl HttpContext for SwitchyardHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        log::debug!("switchyard: request body {body_size} bytes, end_of_stream={end_of_stream}");
         let State::RequestBody(admitted) = &self.state else {
             return Action::Continue;
         };

@@ -1174,3 +1174,153 @@ impl StreamEncoder for AnthropicStreamEncoder {
         Self::event(out, "error", &body);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic → Anthropic fast path.
+// ---------------------------------------------------------------------------------------------
+
+/// Extracts only `usage` from an Anthropic message body (the pass-through path).
+pub fn usage_of(body: &[u8]) -> TokenUsage {
+    #[derive(Deserialize)]
+    struct OnlyUsage {
+        #[serde(default)]
+        usage: WireUsage,
+    }
+    serde_json::from_slice::<OnlyUsage>(body)
+        .map(|u| u.usage.canonical())
+        .unwrap_or_default()
+}
+
+/// The Anthropic → Anthropic stream fast path: events pass through as the upstream wrote
+/// them (re-framed, not re-encoded); usage is read on the way, a stream cut before
+/// `message_stop` ends in an `error` event, and an upstream `error` event ends the stream.
+pub struct AnthropicPassthroughStream {
+    sse: SseParser,
+    frames: Vec<SseEvent>,
+    usage: WireUsage,
+    saw_stop: bool,
+    done: bool,
+    failed: bool,
+}
+
+impl Default for AnthropicPassthroughStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AnthropicPassthroughStream {
+    /// A pass-through stream at its start.
+    pub fn new() -> Self {
+        AnthropicPassthroughStream {
+            sse: SseParser::new(),
+            frames: Vec::new(),
+            usage: WireUsage::default(),
+            saw_stop: false,
+            done: false,
+            failed: false,
+        }
+    }
+
+    fn forward(&mut self, out: &mut Vec<u8>) {
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default, rename = "type")]
+            kind: String,
+            #[serde(default)]
+            message: Option<PeekMessage>,
+            #[serde(default)]
+            usage: Option<WireUsage>,
+        }
+        #[derive(Deserialize)]
+        struct PeekMessage {
+            #[serde(default)]
+            usage: Option<WireUsage>,
+        }
+        for frame in std::mem::take(&mut self.frames) {
+            if self.done {
+                break;
+            }
+            match serde_json::from_str::<Peek>(frame.data.trim()) {
+                Ok(peek) => {
+                    let usage = peek.usage.or(peek.message.and_then(|m| m.usage));
+                    if let Some(u) = usage {
+                        let mine = &mut self.usage;
+                        mine.input_tokens = u.input_tokens.or(mine.input_tokens);
+                        mine.output_tokens = u.output_tokens.or(mine.output_tokens);
+                        mine.cache_read_input_tokens =
+                            u.cache_read_input_tokens.or(mine.cache_read_input_tokens);
+                        mine.cache_creation_input_tokens = u
+                            .cache_creation_input_tokens
+                            .or(mine.cache_creation_input_tokens);
+                    }
+                    write_event(out, frame.event.as_deref(), &frame.data);
+                    match peek.kind.as_str() {
+                        "message_stop" => {
+                            self.saw_stop = true;
+                            self.done = true;
+                        }
+                        "error" => {
+                            self.failed = true;
+                            self.done = true;
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => self.fail_into(&malformed(e), out),
+            }
+        }
+    }
+
+    fn fail_into(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
+        if !self.done {
+            AnthropicStreamEncoder::new(String::new(), String::new()).error(err, out);
+            self.done = true;
+            self.failed = true;
+        }
+    }
+}
+
+impl crate::stream::ResponseStream for AnthropicPassthroughStream {
+    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        let result = self.sse.push(bytes, &mut self.frames);
+        self.forward(&mut out);
+        if let Err(e) = result {
+            self.fail_into(&malformed(e), &mut out);
+        }
+        out
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        let result = self.sse.finish(&mut self.frames);
+        self.forward(&mut out);
+        match result {
+            Err(e) => self.fail_into(&malformed(e), &mut out),
+            Ok(()) if !self.saw_stop => self.fail_into(&crate::stream::truncated(), &mut out),
+            Ok(()) => self.done = true,
+        }
+        out
+    }
+
+    fn fail(&mut self, err: &GatewayError) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.fail_into(err, &mut out);
+        out
+    }
+
+    fn usage(&self) -> TokenUsage {
+        self.usage.canonical()
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
+    }
+}
