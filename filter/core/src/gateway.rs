@@ -18,7 +18,7 @@ use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::ingress;
 use crate::json_patch::patch_top_level;
 use crate::keys::{authenticate, presented_key};
-use crate::providers::{openai, BaseUrl, ProviderKind};
+use crate::providers::{anthropic, openai, BaseUrl, ProviderKind};
 use crate::routing::{attempt_order, deployment_id, HealthView};
 use crate::stream::{ResponseStream, TranslatingStream};
 use crate::usage::{cost, UsageRecord};
@@ -441,7 +441,10 @@ pub struct Plan {
 impl Plan {
     /// Whether request and answer pass through as the client wrote them (same wire format).
     fn passthrough(&self, attempt: &Attempt) -> bool {
-        self.dialect == Dialect::OpenAi && attempt.kind == ProviderKind::Openai
+        matches!(
+            (self.dialect, attempt.kind),
+            (Dialect::OpenAi, ProviderKind::Openai) | (Dialect::Anthropic, ProviderKind::Anthropic)
+        )
     }
 
     /// The native request for attempt `index`. `secret` resolves credential names.
@@ -460,6 +463,18 @@ impl Plan {
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: self.patch_raw(attempt, false)?,
             },
+            PlannedRequest::Chat(_)
+                if self.passthrough(attempt) && attempt.kind == ProviderKind::Anthropic =>
+            {
+                crate::providers::EgressRequest {
+                    path: anthropic::MESSAGES_PATH.to_string(),
+                    headers: vec![
+                        ("content-type".into(), "application/json".into()),
+                        ("anthropic-version".into(), anthropic::API_VERSION.into()),
+                    ],
+                    body: self.patch_raw(attempt, false)?,
+                }
+            }
             PlannedRequest::Chat(_) if self.passthrough(attempt) => {
                 crate::providers::EgressRequest {
                     path: openai::CHAT_PATH.to_string(),
@@ -542,6 +557,9 @@ impl Plan {
         if self.dialect == Dialect::OpenAi && kind == ProviderKind::Openai {
             return Box::new(openai::PassthroughStream::new(self.client_wants_usage));
         }
+        if self.dialect == Dialect::Anthropic && kind == ProviderKind::Anthropic {
+            return Box::new(anthropic::AnthropicPassthroughStream::new());
+        }
         let encoder = ingress::stream_encoder(
             self.dialect,
             self.response_id(),
@@ -577,7 +595,11 @@ impl Plan {
                     format!("upstream returned invalid JSON: {e}"),
                 )
             })?;
-            return Ok((body.to_vec(), openai::usage_of(body)));
+            let usage = match attempt.kind {
+                ProviderKind::Anthropic => anthropic::usage_of(body),
+                _ => openai::usage_of(body),
+            };
+            return Ok((body.to_vec(), usage));
         }
         let mut resp = attempt.kind.parse_chat(body)?;
         if resp.id.is_empty() {

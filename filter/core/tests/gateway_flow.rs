@@ -197,3 +197,60 @@ fn invalid_anthropic_requests_are_answered_in_anthropic_dialect() {
         assert_eq!(v["error"]["type"], "invalid_request_error");
     }
 }
+
+#[test]
+fn anthropic_to_anthropic_takes_the_fast_path() {
+    let gw = gateway();
+    let raw = json!({"model": "claude", "max_tokens": 64, "stream": true, "top_k": 5,
+                     "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]});
+    let plan = plan(&gw, "/v1/messages", raw);
+    let up = plan.upstream_request(0, &secret).unwrap();
+    let body: Value = serde_json::from_slice(&up.body).unwrap();
+    // Only `model` changes: fields the canonical form does not model survive.
+    assert_eq!(body["model"], "claude-sonnet-4-20250514");
+    assert_eq!(body["top_k"], 5);
+    assert_eq!(
+        body["messages"][0]["content"][0]["cache_control"]["type"],
+        "ephemeral"
+    );
+    assert!(body.get("stream_options").is_none());
+
+    let upstream = fixture("anthropic/stream_tools.sse");
+    let run = |chunks: &[&[u8]]| {
+        let mut s = plan.response_stream(0);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(s.push(c));
+        }
+        out.extend(s.finish());
+        (out, s.usage(), s.failed())
+    };
+    let (whole, usage, failed) = run(&[&upstream]);
+    assert!(!failed);
+    let f = accumulate_anthropic(&whole);
+    assert_eq!(f.tool_calls.len(), 2);
+    assert_eq!((usage.input, usage.output), (472, 89));
+    for i in 0..=upstream.len() {
+        assert!(
+            run(&[&upstream[..i], &upstream[i..]]) == (whole.clone(), usage, false),
+            "split at {i}"
+        );
+    }
+    // Cut before message_stop: a well-formed error ends it.
+    let cut = upstream.len() - 40;
+    let (out, _, failed) = run(&[&upstream[..cut]]);
+    assert!(failed);
+    assert!(accumulate_anthropic(&out).error.is_some());
+    // An upstream error event passes through and ends the stream.
+    let (out, _, failed) = run(&[&fixture("anthropic/stream_error.sse")]);
+    assert!(failed);
+    assert_eq!(
+        accumulate_anthropic(&out).error.unwrap()["type"],
+        "overloaded_error"
+    );
+    // Non-streamed answers pass through byte for byte, usage metered.
+    let answer = fixture("anthropic/response_tools.json");
+    let (client, usage) = plan.translate_response(0, &answer).unwrap();
+    assert_eq!(client, answer);
+    assert_eq!((usage.input, usage.cached_input), (472 + 100 + 2048, 2048));
+}
