@@ -4,20 +4,38 @@
 //! reads headers and bodies, asks the core what to do, and writes the answer back. Every
 //! decision — key checks, routing, translation, usage — is made in `switchyard-core`.
 //!
-//! Per request: headers are held until the body is complete (the core needs the `model`);
-//! then the request is rewritten for the chosen deployment and routed with the
-//! `x-switchyard-cluster` header (Envoy's `cluster_header` route). Streamed answers are
-//! translated chunk by chunk as they pass; complete answers and errors are buffered (they are
-//! small) and translated whole.
+//! Per request: headers are held until the body is complete (the core needs the `model`;
+//! Envoy must set `allow_on_headers_stop_iteration: true`); then the request is rewritten for
+//! the first deployment of the attempt chain and routed with the `x-switchyard-cluster`
+//! header (Envoy's `cluster_header` route). Streamed answers are translated chunk by chunk as
+//! they pass; complete answers and errors are small and translated whole.
+//!
+//! ## Fallback
+//! When the first deployment fails before any byte reached the client (connection failure,
+//! timeout — Envoy answers those with a local 503/504/408 that passes through this filter —
+//! or a retryable status such as 429/5xx), the held response is discarded and the next
+//! deployments are tried with `dispatch_http_call`, each with the request re-translated for
+//! its provider. The answer that succeeds is sent as the response, translated into the
+//! caller's dialect (a stream is sent as one complete, valid SSE body).
+//!
+//! Why not Envoy's own retries? A retry must change both the cluster and the body (another
+//! provider's schema). Envoy's `retry_policy` re-sends the same body, and per-attempt rewrite
+//! needs a second wasm filter in the router's upstream chain plus per-model aggregate
+//! clusters; that doubles the configuration every operator must get right and still cannot
+//! re-translate the *response* per attempt. The primary path keeps full streaming, and the
+//! fallback path buffers only answers that the primary failed to give — the least buffering
+//! for the behaviour wanted. Envoy's outlier detection and health checks still balance
+//! between hosts *inside* one deployment (e.g. two gpu-backend instances in one cluster).
 
+mod health;
 mod metrics;
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
-use switchyard_core::routing::NoHealth;
+use switchyard_core::canonical::TokenUsage;
 use switchyard_core::{
     Admitted, Dialect, ErrorKind, Gateway, GatewayError, HeadOutcome, LocalReply, Plan,
     RequestHead, ResponseStream,
@@ -25,6 +43,8 @@ use switchyard_core::{
 
 /// Header the route uses to pick the upstream cluster.
 pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
+/// Response header listing the attempts made (deployment, outcome, milliseconds).
+pub const ATTEMPTS_HEADER: &str = "x-switchyard-attempts";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -67,18 +87,7 @@ impl RootContext for SwitchyardRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = self.gateway.clone()?;
-        Some(Box::new(SwitchyardHttp {
-            gateway,
-            context_id,
-            state: State::Headers,
-            dialect: Dialect::OpenAi,
-            plan: None,
-            stream: None,
-            response_status: 0,
-            usage: Default::default(),
-            final_status: 0,
-            started_ms: 0,
-        }))
+        Some(Box::new(SwitchyardHttp::new(gateway, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -92,16 +101,25 @@ enum State {
     Headers,
     /// Admitted; buffering the request body.
     RequestBody(Admitted),
-    /// Forwarded upstream.
+    /// Forwarded upstream (attempt 0).
     Forwarded,
     /// Upstream answered 2xx with a complete body: buffer and translate at the end.
     BufferSuccess,
     /// Upstream answered 2xx with a stream: translate chunk by chunk.
     Streaming,
-    /// Upstream answered with an error: buffer and translate at the end.
+    /// Upstream answered with a final error: buffer and translate at the end.
     BufferError,
+    /// The primary failed; later attempts run through `dispatch_http_call`.
+    FallingBack,
     /// We answered locally; pass our own reply through untouched.
     LocalReply,
+}
+
+/// One finished attempt, for the attempts header and the all-failed error.
+struct AttemptLog {
+    deployment: String,
+    outcome: String,
+    millis: u64,
 }
 
 struct SwitchyardHttp {
@@ -111,20 +129,55 @@ struct SwitchyardHttp {
     dialect: Dialect,
     plan: Option<Plan>,
     stream: Option<Box<dyn ResponseStream>>,
+    /// Index into `plan.attempts` of the attempt in flight / that answered.
+    attempt: usize,
+    attempt_started_ms: u64,
+    attempts: Vec<AttemptLog>,
     response_status: u16,
-    usage: switchyard_core::canonical::TokenUsage,
+    usage: TokenUsage,
     final_status: u16,
     started_ms: u64,
 }
 
-impl Context for SwitchyardHttp {}
+impl Context for SwitchyardHttp {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let status: Option<u16> = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse().ok());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        self.on_fallback_answer(status, &body);
+    }
+}
 
 impl SwitchyardHttp {
+    fn new(gateway: Rc<Gateway>, context_id: u32) -> Self {
+        SwitchyardHttp {
+            gateway,
+            context_id,
+            state: State::Headers,
+            dialect: Dialect::OpenAi,
+            plan: None,
+            stream: None,
+            attempt: 0,
+            attempt_started_ms: 0,
+            attempts: Vec::new(),
+            response_status: 0,
+            usage: TokenUsage::default(),
+            final_status: 0,
+            started_ms: 0,
+        }
+    }
+
     fn now_unix(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        self.now_ms() / 1000
     }
 
     fn now_ms(&self) -> u64 {
@@ -150,11 +203,15 @@ impl SwitchyardHttp {
     fn reply(&mut self, reply: LocalReply) -> Action {
         self.state = State::LocalReply;
         self.final_status = reply.status;
-        let headers: Vec<(&str, &str)> = reply
+        let attempts = self.attempts_header();
+        let mut headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        if !attempts.is_empty() {
+            headers.push((ATTEMPTS_HEADER, &attempts));
+        }
         self.send_http_response(u32::from(reply.status), headers, Some(&reply.body));
         Action::Pause
     }
@@ -164,9 +221,21 @@ impl SwitchyardHttp {
         self.reply(LocalReply::error(err, dialect))
     }
 
+    fn attempts_header(&self) -> String {
+        self.attempts
+            .iter()
+            .map(|a| format!("{};{};{}ms", a.deployment, a.outcome, a.millis))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn secret(name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
     /// Rewrites the held request for attempt 0 of the plan and lets it go.
     fn forward(&mut self, plan: Plan, body_size: usize) -> Action {
-        let upstream = match plan.upstream_request(0, &|name| std::env::var(name).ok()) {
+        let upstream = match plan.upstream_request(0, &Self::secret) {
             Ok(u) => u,
             Err(err) => {
                 log::error!("switchyard: {}", err.message);
@@ -181,6 +250,14 @@ impl SwitchyardHttp {
         self.set_http_request_header(":authority", Some(&upstream.authority));
         self.set_http_request_header(CLUSTER_HEADER, Some(&upstream.cluster));
         self.set_http_request_header("accept-encoding", None);
+        if !plan.stream {
+            // Bounds time-to-answer of this attempt; streams are bounded by the route's
+            // idle timeout instead, so long answers are not cut.
+            self.set_http_request_header(
+                "x-envoy-upstream-rq-timeout-ms",
+                Some(&upstream.timeout_ms.to_string()),
+            );
+        }
         for (name, value) in &upstream.headers {
             self.set_http_request_header(name, Some(value));
         }
@@ -191,14 +268,229 @@ impl SwitchyardHttp {
             upstream.cluster,
             upstream.path
         );
+        self.attempt = 0;
+        self.attempt_started_ms = self.now_ms();
         self.plan = Some(plan);
         self.state = State::Forwarded;
         Action::Continue
     }
 
+    fn current_deployment(&self) -> String {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.attempts.get(self.attempt))
+            .map(|a| a.deployment_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn log_attempt(&mut self, outcome: String) {
+        let millis = self.now_ms().saturating_sub(self.attempt_started_ms);
+        let deployment = self.current_deployment();
+        self.attempts.push(AttemptLog {
+            deployment,
+            outcome,
+            millis,
+        });
+    }
+
+    fn mark_failure(&mut self, outcome: String) {
+        let deployment = self.current_deployment();
+        if let Some(plan) = &self.plan {
+            health::record_failure(&deployment, &plan.fallback, self.now_ms());
+        }
+        self.log_attempt(outcome);
+    }
+
+    fn mark_success(&mut self, status: u16) {
+        let latency = self.now_ms().saturating_sub(self.attempt_started_ms);
+        health::record_success(&self.current_deployment(), latency);
+        self.log_attempt(status.to_string());
+    }
+
+    /// Whether another attempt may start: one is left and the total budget is not spent.
+    fn can_fall_back(&self) -> bool {
+        let Some(plan) = &self.plan else { return false };
+        let elapsed = self.now_ms().saturating_sub(self.started_ms);
+        self.attempt + 1 < plan.attempts.len() && elapsed < plan.fallback.total_timeout_ms
+    }
+
+    /// Starts the next attempt that can be dispatched; answers with the all-failed error when
+    /// none is left.
+    fn dispatch_next(&mut self) {
+        while self.can_fall_back() {
+            self.attempt += 1;
+            self.attempt_started_ms = self.now_ms();
+            let Some(plan) = &self.plan else { return };
+            let remaining = plan
+                .fallback
+                .total_timeout_ms
+                .saturating_sub(self.now_ms().saturating_sub(self.started_ms));
+            let upstream = match plan.upstream_request(self.attempt, &Self::secret) {
+                Ok(u) => u,
+                Err(err) => {
+                    self.mark_failure(format!("error:{}", err.status));
+                    continue;
+                }
+            };
+            let mut headers: Vec<(&str, &str)> = vec![
+                (":method", upstream.method),
+                (":path", &upstream.path),
+                (":authority", &upstream.authority),
+                (":scheme", &upstream.scheme),
+            ];
+            headers.extend(
+                upstream
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            let timeout = Duration::from_millis(upstream.timeout_ms.min(remaining).max(1));
+            match self.dispatch_http_call(
+                &upstream.cluster,
+                headers,
+                Some(&upstream.body),
+                vec![],
+                timeout,
+            ) {
+                Ok(_) => {
+                    log::debug!(
+                        "switchyard: fallback attempt {} to {}",
+                        self.attempt,
+                        upstream.cluster
+                    );
+                    return;
+                }
+                Err(status) => self.mark_failure(format!("dispatch:{status:?}")),
+            }
+        }
+        self.all_failed();
+    }
+
+    fn all_failed(&mut self) {
+        let last_status = self
+            .attempts
+            .last()
+            .and_then(|a| a.outcome.parse::<u16>().ok());
+        let kind = if self
+            .attempts
+            .iter()
+            .all(|a| a.outcome == "timeout" || a.outcome == "504" || a.outcome == "408")
+        {
+            ErrorKind::Timeout
+        } else if last_status == Some(429) {
+            ErrorKind::RateLimited
+        } else {
+            ErrorKind::BadGateway
+        };
+        let listing = self
+            .attempts
+            .iter()
+            .map(|a| format!("{} ({}, {} ms)", a.deployment, a.outcome, a.millis))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut err = GatewayError::new(
+            kind,
+            format!("all {} deployments failed: {listing}", self.attempts.len()),
+        );
+        if kind == ErrorKind::RateLimited {
+            err.retry_after = Some(1);
+        }
+        self.reply_error(&err);
+    }
+
+    /// A fallback attempt answered (`status` is `None` when it failed without a response).
+    fn on_fallback_answer(&mut self, status: Option<u16>, body: &[u8]) {
+        let Some(plan) = self.plan.as_ref() else {
+            return;
+        };
+        let status = match status {
+            None => {
+                self.mark_failure("timeout".into());
+                return self.dispatch_next();
+            }
+            Some(s) if plan.should_retry_status(s) => {
+                self.mark_failure(s.to_string());
+                return self.dispatch_next();
+            }
+            Some(s) => s,
+        };
+        let attempt = self.attempt;
+        let dialect = plan.dialect;
+        let reply = if (200..300).contains(&status) {
+            if plan.stream {
+                let mut stream = plan.response_stream(attempt);
+                let mut out = stream.push(body);
+                out.extend(stream.finish());
+                self.usage = stream.usage();
+                Ok(LocalReply {
+                    status,
+                    headers: vec![
+                        ("content-type".into(), "text/event-stream".into()),
+                        ("cache-control".into(), "no-cache".into()),
+                    ],
+                    body: out,
+                })
+            } else {
+                plan.translate_response(attempt, body).map(|(out, usage)| {
+                    self.usage = usage;
+                    LocalReply {
+                        status,
+                        headers: vec![("content-type".into(), "application/json".into())],
+                        body: out,
+                    }
+                })
+            }
+        } else {
+            Err(plan.translate_error(attempt, status, body))
+        };
+        match reply {
+            Ok(reply) => {
+                self.mark_success(status);
+                self.reply(reply);
+            }
+            Err(err) => {
+                // A final (non-retryable) answer: the deployment is healthy, the request is not.
+                self.log_attempt(status.to_string());
+                let reply = LocalReply::error(&err, dialect);
+                self.reply(reply);
+            }
+        }
+        self.resume_http_response();
+    }
+
     fn take_response_body(&self, body_size: usize) -> Vec<u8> {
         self.get_http_response_body(0, body_size)
             .unwrap_or_default()
+    }
+
+    /// Translates a complete primary body (success or error); returns the client body.
+    fn finish_buffered(&mut self, body: &[u8]) -> Vec<u8> {
+        let Some(plan) = &self.plan else {
+            return body.to_vec();
+        };
+        let status = self.response_status;
+        let translated = if matches!(self.state, State::BufferSuccess) {
+            plan.translate_response(self.attempt, body)
+        } else {
+            Err(plan.translate_error(self.attempt, status, body))
+        };
+        let dialect = plan.dialect;
+        match translated {
+            Ok((out, usage)) => {
+                self.usage = usage;
+                out
+            }
+            Err(err) => {
+                if err.status != status {
+                    self.set_http_response_header(":status", Some(&err.status.to_string()));
+                }
+                if let Some(secs) = err.retry_after {
+                    self.set_http_response_header("retry-after", Some(&secs.to_string()));
+                }
+                self.final_status = err.status;
+                err.body(dialect)
+            }
+        }
     }
 }
 
@@ -221,14 +513,8 @@ impl HttpContext for SwitchyardHttp {
             anthropic_version: anthropic_version.as_deref(),
             content_length,
         };
-        let outcome = self.gateway.on_request_head(&head, self.now_unix());
-        match outcome {
-            HeadOutcome::Reply(reply) => {
-                if path.starts_with("/v1/messages") || anthropic_version.is_some() {
-                    self.dialect = Dialect::Anthropic;
-                }
-                self.reply(reply)
-            }
+        match self.gateway.on_request_head(&head, self.now_unix()) {
+            HeadOutcome::Reply(reply) => self.reply(reply),
             HeadOutcome::ReadBody(admitted) => {
                 self.dialect = admitted.dialect;
                 if end_of_stream {
@@ -241,7 +527,6 @@ impl HttpContext for SwitchyardHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        log::debug!("switchyard: request body {body_size} bytes, end_of_stream={end_of_stream}");
         let State::RequestBody(admitted) = &self.state else {
             return Action::Continue;
         };
@@ -255,9 +540,12 @@ impl HttpContext for SwitchyardHttp {
         }
         let admitted = admitted.clone();
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let health = health::SharedHealth {
+            now_ms: self.now_ms(),
+        };
         let plan = self
             .gateway
-            .plan(&admitted, &body, self.random(), self.now_unix(), &NoHealth);
+            .plan(&admitted, &body, self.random(), self.now_unix(), &health);
         match plan {
             Ok(plan) => self.forward(plan, body_size),
             Err(err) => self.reply_error(&err),
@@ -265,7 +553,7 @@ impl HttpContext for SwitchyardHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if matches!(self.state, State::LocalReply) {
+        if !matches!(self.state, State::Forwarded) {
             return Action::Continue;
         }
         let Some(plan) = &self.plan else {
@@ -275,30 +563,52 @@ impl HttpContext for SwitchyardHttp {
             .get_http_response_header(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(502);
+        if plan.should_retry_status(status) && self.can_fall_back() {
+            // Nothing has reached the client yet: hold this response and try the next one.
+            self.mark_failure(status.to_string());
+            self.state = State::FallingBack;
+            self.dispatch_next();
+            return Action::Pause;
+        }
         self.response_status = status;
         self.final_status = status;
+        let stream = plan.stream;
         let content_type = self
             .get_http_response_header("content-type")
             .unwrap_or_default();
         self.set_http_response_header("content-length", None);
         if (200..300).contains(&status) {
+            self.mark_success(status);
+            let Some(plan) = &self.plan else {
+                return Action::Continue;
+            };
             self.set_http_response_header("content-type", Some(plan.response_content_type()));
-            if plan.stream && content_type.starts_with("text/event-stream") {
-                self.stream = Some(plan.response_stream(0));
+            if stream && content_type.starts_with("text/event-stream") {
+                self.stream = Some(plan.response_stream(self.attempt));
                 self.state = State::Streaming;
                 self.set_http_response_header("cache-control", Some("no-cache"));
                 if end_of_stream {
-                    return Action::Continue;
+                    let out = self.stream.as_mut().map(|s| s.finish()).unwrap_or_default();
+                    if !out.is_empty() {
+                        log::warn!("switchyard: upstream stream had no body");
+                    }
                 }
                 return Action::Continue;
             }
             self.state = State::BufferSuccess;
         } else {
+            if plan.should_retry_status(status) {
+                self.mark_failure(status.to_string());
+            } else {
+                self.log_attempt(status.to_string());
+            }
             self.state = State::BufferError;
             self.set_http_response_header("content-type", Some("application/json"));
         }
+        let attempts = self.attempts_header();
+        self.set_http_response_header(ATTEMPTS_HEADER, Some(&attempts));
         if end_of_stream {
-            // No body will follow: translate an empty body right here.
+            // No body will follow; translate an empty body now (an error needs its JSON).
             self.finish_buffered(&[]);
             return Action::Continue;
         }
@@ -332,6 +642,8 @@ impl HttpContext for SwitchyardHttp {
                 self.set_http_response_body(0, body_size, &out);
                 Action::Continue
             }
+            // The failed primary's body is discarded once the fallback answers.
+            State::FallingBack => Action::Pause,
             _ => Action::Continue,
         }
     }
@@ -341,45 +653,15 @@ impl HttpContext for SwitchyardHttp {
             return;
         };
         let latency = self.now_ms().saturating_sub(self.started_ms);
-        let record = plan.usage_record(0, self.usage, self.final_status, 1, Some(latency));
+        let attempts = self.attempts.len().max(1) as u32;
+        let record = plan.usage_record(
+            self.attempt,
+            self.usage,
+            self.final_status,
+            attempts,
+            Some(latency),
+        );
         metrics::record(&record);
         log::info!("switchyard usage {}", record.to_json());
-    }
-}
-
-impl SwitchyardHttp {
-    /// Translates a complete upstream body (success or error); returns the client body.
-    fn finish_buffered(&mut self, body: &[u8]) -> Vec<u8> {
-        let Some(plan) = &self.plan else {
-            return body.to_vec();
-        };
-        let status = self.response_status;
-        let translated = if matches!(self.state, State::BufferSuccess) {
-            plan.translate_response(0, body)
-        } else {
-            Err(plan.translate_error(0, status, body))
-        };
-        let dialect = plan.dialect;
-        match translated {
-            Ok((out, usage)) => {
-                self.usage = usage;
-                out
-            }
-            Err(err) => {
-                let err = if err.status == 0 {
-                    GatewayError::new(ErrorKind::BadGateway, err.message)
-                } else {
-                    err
-                };
-                if err.status != status {
-                    self.set_http_response_header(":status", Some(&err.status.to_string()));
-                }
-                if let Some(secs) = err.retry_after {
-                    self.set_http_response_header("retry-after", Some(&secs.to_string()));
-                }
-                self.final_status = err.status;
-                err.body(dialect)
-            }
-        }
     }
 }

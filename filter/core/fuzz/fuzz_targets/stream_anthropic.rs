@@ -1,10 +1,10 @@
 //! The anthropic stream decoder, behind the SSE parser and in front of both client encoders,
 //! must never panic, whatever the bytes and wherever they are split. The first byte picks
-//! the chunk size.
+//! the chunk size. The Anthropic pass-through stream gets the same input.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard_core::providers::ProviderKind;
+use switchyard_core::providers::{anthropic, ProviderKind};
 use switchyard_core::stream::{ResponseStream, TranslatingStream};
 use switchyard_core::{ingress, Dialect};
 
@@ -24,4 +24,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = stream.finish();
         let _ = stream.usage();
     }
+    // The Anthropic → Anthropic pass-through stream too.
+    let mut passthrough = anthropic::AnthropicPassthroughStream::new();
+    for chunk in rest.chunks(size) {
+        let _ = passthrough.push(chunk);
+    }
+    let _ = passthrough.finish();
 });
