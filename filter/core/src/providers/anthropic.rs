@@ -1132,7 +1132,9 @@ impl StreamEncoder for AnthropicStreamEncoder {
                 self.tool_blocks.push((*index, block));
             }
             StreamEvent::ToolCallArgs { index, arguments } => {
-                // Arguments for a call whose start was never seen cannot be attributed.
+                // Arguments for a call whose start was never seen cannot be attributed. An
+                // upstream that interleaves two calls' arguments gets them sent to the earlier
+                // block's index: the SDK accumulators index blocks by `index`.
                 if let Some(&(_, block)) = self.tool_blocks.iter().find(|(t, _)| t == index) {
                     self.ensure_started(out);
                     Self::delta(

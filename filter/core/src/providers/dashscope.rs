@@ -21,7 +21,7 @@ use crate::canonical::{
     Role, TokenUsage, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
-use crate::providers::{error_message, redact, EgressRequest};
+use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
 use crate::sse::{SseEvent, SseParser};
 use crate::stream::{malformed, StreamDecoder, StreamEvent};
 
@@ -49,16 +49,6 @@ fn text_of(message: &Message) -> Result<String, GatewayError> {
         .with_param("messages"));
     }
     Ok(message.text_content())
-}
-
-fn function_name_for(earlier: &[Message], id: &str) -> Option<String> {
-    earlier.iter().rev().find_map(|m| {
-        m.tool_calls
-            .iter()
-            .flatten()
-            .find(|c| c.id == id)
-            .map(|c| c.function.name.clone())
-    })
 }
 
 /// Builds a DashScope request from canonical form.
@@ -98,7 +88,7 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
             if let Some(id) = &message.tool_call_id {
                 m["tool_call_id"] = json!(id);
                 if let Some(name) =
-                    function_name_for(&req.messages[..i], id).or_else(|| message.name.clone())
+                    tool_name_for(&req.messages[..i], id).or_else(|| message.name.clone())
                 {
                     m["name"] = json!(name);
                 }

@@ -25,7 +25,7 @@ use crate::canonical::{
     Role, TokenUsage, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
-use crate::providers::{error_message, redact, EgressRequest};
+use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
 use crate::sse::{SseEvent, SseParser};
 use crate::stream::{malformed, StreamDecoder, StreamEvent};
 
@@ -108,17 +108,6 @@ fn content_parts(message: &Message) -> Vec<Value> {
         .collect()
 }
 
-/// Finds the function name of the latest tool call with `id` among `earlier` messages.
-fn function_name_for(earlier: &[Message], id: &str) -> Option<String> {
-    earlier.iter().rev().find_map(|m| {
-        m.tool_calls
-            .iter()
-            .flatten()
-            .find(|c| c.id == id)
-            .map(|c| c.function.name.clone())
-    })
-}
-
 fn push_parts(
     contents: &mut Vec<(&'static str, Vec<Value>)>,
     role: &'static str,
@@ -175,7 +164,7 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
             }
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().unwrap_or("");
-                let name = function_name_for(&req.messages[..i], id)
+                let name = tool_name_for(&req.messages[..i], id)
                     .or_else(|| message.name.clone())
                     .ok_or_else(|| {
                         GatewayError::invalid(format!(

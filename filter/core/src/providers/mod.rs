@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::canonical::{ChatRequest, ChatResponse};
+use crate::canonical::{ChatRequest, ChatResponse, Message};
 use crate::error::GatewayError;
 use crate::stream::StreamDecoder;
 
@@ -145,6 +145,18 @@ impl BaseUrl {
             prefix: prefix.to_string(),
         })
     }
+}
+
+/// The function name of the latest tool call with `id` among `earlier` messages: providers
+/// whose tool results name the function, not the call (Gemini, DashScope), need it.
+pub(crate) fn tool_name_for(earlier: &[Message], id: &str) -> Option<String> {
+    earlier.iter().rev().find_map(|m| {
+        m.tool_calls
+            .iter()
+            .flatten()
+            .find(|c| c.id == id)
+            .map(|c| c.function.name.clone())
+    })
 }
 
 /// Extracts a human message from common error JSON shapes, never echoing unknown content
