@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Envoy pass-through vs Envoy + filter.wasm, same upstream, same run.
+
+Starts three Envoys on loopback: an upstream that answers every request with a fixed OpenAI
+chat completion (`direct_response`, so the upstream is never the bottleneck), a plain
+pass-through proxy in front of it, and a proxy running filter.wasm (key check, parse, route,
+body rewrite, response usage metering). `wrk` drives each at several concurrencies and the
+script prints a Markdown table with requests/s, p50 and p99, and ratios against pass-through.
+
+    python3 tests/bench/envoy_bench.py [--envoy PATH] [--wasm PATH] [--duration 10] [--conns 1,64,512]
+
+Needs `wrk` (Debian package `wrk`). Loopback only; every run is bounded by --duration.
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KEY = "sk-bench"
+COMPLETION = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "bench-upstream",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream."},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19},
+})
+REQUEST = json.dumps({
+    "model": "bench",
+    "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                 {"role": "user", "content": "Say hello in five words, please."}],
+    "temperature": 0.2, "max_tokens": 32,
+})
+
+
+def listener(port, http_filters, route):
+    return f"""
+  - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: p{port}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                {route}
+          http_filters:{http_filters}
+"""
+
+
+ROUTER = """
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"""
+
+
+def cluster(name, port):
+    return f"""
+  - name: {name}
+    type: STATIC
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"""
+
+
+def gateway_config(upstream_port):
+    return json.dumps({
+        "keys": [{"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+        "providers": {"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}", "cluster": "upstream"}},
+        "models": [{"name": "bench", "deployments": [{"provider": "up", "model": "bench-upstream",
+                                                       "price": {"input": 1.0, "output": 2.0}}]}],
+    })
+
+
+def write_configs(tmp, wasm, ports):
+    up, passthrough, filtered, admin = ports
+    direct = (f'direct_response: {{status: 200, body: {{inline_string: {json.dumps(COMPLETION)}}}}}\n'
+              '                response_headers_to_add: [{header: {key: content-type, value: application/json}}]')
+    upstream_yaml = f"""
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:{listener(up, ROUTER, direct)}
+"""
+    wasm_filter = f"""
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: switchyard
+                allow_on_headers_stop_iteration: true
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {json.dumps(gateway_config(up))}
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {wasm}}}}}"""
+    proxies_yaml = f"""
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin + 1}}}}}}}
+static_resources:
+  listeners:{listener(passthrough, ROUTER, "route: {cluster: upstream, timeout: 0s}")}{listener(filtered, wasm_filter + ROUTER, "route: {cluster_header: x-switchyard-cluster, timeout: 0s}")}
+  clusters:{cluster("upstream", up)}
+"""
+    paths = []
+    for name, text in (("upstream.yaml", upstream_yaml), ("proxies.yaml", proxies_yaml)):
+        path = os.path.join(tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        paths.append(path)
+    return paths
+
+
+def wait_ready(port, deadline=120):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=REQUEST.encode(),
+                                         headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise SystemExit(f"port {port} did not answer within {deadline}s")
+
+
+def to_ms(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(port, conns, duration, lua):
+    threads = min(2, conns)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-s", lua,
+                          f"http://127.0.0.1:{port}/v1/chat/completions"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"port {port}: {errors.group(1)} non-2xx responses\n{out}")
+    return rps, p50, p99
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--envoy", default=os.environ.get("SWITCHYARD_ENVOY", os.path.join(ROOT, ".venv/lib/python3.11/site-packages/envoy/_bin/envoy")))
+    ap.add_argument("--wasm", default=os.path.join(ROOT, "target/wasm32-wasip1/release/switchyard_filter.wasm"))
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--conns", default="1,64,512")
+    ap.add_argument("--base-port", type=int, default=39100)
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is required: apt-get install wrk")
+    tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
+    base = args.base_port
+    ports = (base, base + 1, base + 2, base + 10)
+    upstream_cfg, proxies_cfg = write_configs(tmp, args.wasm, ports)
+    lua = os.path.join(tmp, "post.lua")
+    with open(lua, "w") as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST)}\n'
+                f'wrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    procs = []
+    try:
+        for cfg, base_id in ((upstream_cfg, 1), (proxies_cfg, 2)):
+            procs.append(subprocess.Popen([args.envoy, "-c", cfg, "--concurrency", "1", "-l", "error",
+                                           "--base-id", str(base + base_id)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in ports[:3]:
+            wait_ready(port)
+        rows = []
+        for conns in [int(c) for c in args.conns.split(",")]:
+            results = {name: run_wrk(port, conns, args.duration, lua)
+                       for name, port in (("upstream direct", ports[0]), ("envoy pass-through", ports[1]),
+                                          ("envoy + filter.wasm", ports[2]))}
+            rows.append((conns, results))
+        cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
+        print(f"Machine: {cpu}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}; "
+              f"wrk {args.duration}s per cell; Envoy --concurrency 1 for each of upstream and proxies\n")
+        print("| conns | setup | req/s | p50 ms | p99 ms | req/s vs pass-through | p99 vs pass-through |")
+        print("|---|---|---|---|---|---|---|")
+        for conns, results in rows:
+            base_rps, _, base_p99 = results["envoy pass-through"]
+            for name, (rps, p50, p99) in results.items():
+                print(f"| {conns} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {rps / base_rps:.2f} | {p99 / base_p99:.2f} |")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
