@@ -578,7 +578,12 @@ impl Stream {
             tokio::select! {
                 frame = body.frame(), if !eos => {
                     let chunk = match frame {
-                        None => Bytes::new(),
+                        // The body ended without a final data frame (chunked encoding):
+                        // deliver an empty end-of-stream chunk, as Envoy does.
+                        None => {
+                            eos = true;
+                            Bytes::new()
+                        }
                         Some(Ok(f)) => match f.into_data() {
                             Ok(data) => data,
                             Err(_) => continue, // request trailers are not forwarded
@@ -588,7 +593,7 @@ impl Stream {
                             return Err(Stop::Reset("client aborted the request body"));
                         }
                     };
-                    eos = body.is_end_stream();
+                    eos = eos || body.is_end_stream();
                     buffered += chunk.len();
                     if buffered > max {
                         abort_upstream(upstream.take()).await;
@@ -756,14 +761,19 @@ impl Stream {
             tokio::select! {
                 frame = body.frame(), if !eos => {
                     let chunk = match frame {
-                        None => Bytes::new(),
+                        // The body ended without a final data frame (chunked encoding):
+                        // deliver an empty end-of-stream chunk, as Envoy does.
+                        None => {
+                            eos = true;
+                            Bytes::new()
+                        }
                         Some(Ok(f)) => match f.into_data() {
                             Ok(data) => data,
                             Err(_) => continue, // response trailers are not forwarded
                         },
                         Some(Err(_)) => return Err(Stop::Reset("upstream reset the response body")),
                     };
-                    eos = body.is_end_stream();
+                    eos = eos || body.is_end_stream();
                     buffered += chunk.len();
                     if buffered > max {
                         return Err(if self.head.is_some() {
