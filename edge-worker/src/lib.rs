@@ -1,0 +1,27 @@
+//! `edge-worker`: the Switchyard gateway as a Fermyon Spin HTTP component.
+//!
+//! A thin adapter over `switchyard-core`, like the Envoy filter: every decision — key check,
+//! parsing, routing, translation, usage — is the core's; this crate only performs the I/O the
+//! core asks for with Spin's APIs (`wasi:http` in and out, Spin variables for configuration
+//! and credentials). Built for `wasm32-wasip2` with spin-sdk 5.2, the component targets the
+//! `wasi:http/proxy@0.2.0` world plus `fermyon:spin/variables@2.0.0`, which released Spin
+//! (3.x, 4.x) and `host-runner serve-component` both provide.
+//!
+//! * [`settings`] — the gateway config (bundled or the `gateway_config` variable) and secrets;
+//! * [`exchange`] — one request: phases, fallback chain, streaming, metering;
+//! * [`outbound`] — outbound HTTP with deadlines;
+//! * [`health`] — passive health in instance memory.
+
+pub mod exchange;
+pub mod health;
+pub mod outbound;
+pub mod settings;
+
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
+use spin_sdk::http_component;
+
+/// The component's `wasi:http/incoming-handler` export.
+#[http_component]
+async fn handle(request: IncomingRequest, out: ResponseOutparam) {
+    exchange::serve(request, out).await;
+}

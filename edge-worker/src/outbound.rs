@@ -1,0 +1,176 @@
+//! Outbound HTTP through the host (Spin's outbound HTTP / `wasi:http/outgoing-handler`), with
+//! deadlines.
+//!
+//! Deadlines are enforced here rather than through wasi-http `request-options`, because hosts
+//! may ignore those options (they are optional in the WIT) and the fallback chain depends on a
+//! stalled deployment being abandoned on time. A deadline is a monotonic-clock pollable
+//! registered with spin-sdk's executor, raced against the I/O it bounds; losing the race drops
+//! the I/O future, which cancels the outbound request.
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+
+use futures::future::{self, Either};
+use futures::{Stream, StreamExt};
+use spin_executor::CancelOnDropToken;
+use spin_sdk::http::{ErrorCode, IncomingResponse, Method, Request, SendError};
+use switchyard_core::UpstreamRequest;
+use wasi::clocks::monotonic_clock;
+
+/// A point on the host's monotonic clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(monotonic_clock::Instant);
+
+impl Deadline {
+    /// The instant `ms` milliseconds from now.
+    pub fn after_ms(ms: u64) -> Self {
+        Deadline(monotonic_clock::now().saturating_add(ms.saturating_mul(1_000_000)))
+    }
+
+    /// Completes once the deadline has passed.
+    fn expired(self) -> Expiry {
+        Expiry {
+            at: self.0,
+            registration: None,
+        }
+    }
+
+    /// Runs `work` unless the deadline passes first (`None`).
+    pub async fn run<F: Future>(self, work: F) -> Option<F::Output> {
+        match future::select(pin!(work), pin!(self.expired())).await {
+            Either::Left((output, _)) => Some(output),
+            Either::Right(((), _)) => None,
+        }
+    }
+}
+
+/// The future of [`Deadline::expired`].
+struct Expiry {
+    at: monotonic_clock::Instant,
+    /// Keeps the clock pollable registered with the executor; dropping it unregisters.
+    registration: Option<CancelOnDropToken>,
+}
+
+impl Future for Expiry {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if monotonic_clock::now() >= self.at {
+            self.registration = None;
+            return Poll::Ready(());
+        }
+        // The executor consumes the pollable when it fires, so register a fresh one on every
+        // poll; replacing the token cancels the previous registration.
+        let pollable = monotonic_clock::subscribe_instant(self.at);
+        self.registration =
+            Some(spin_executor::push_waker_and_get_token(pollable, cx.waker().clone()).into());
+        Poll::Pending
+    }
+}
+
+/// Why an attempt got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The deadline passed.
+    Timeout,
+    /// The host refused the destination (Spin's `allowed_outbound_hosts`).
+    Denied(String),
+    /// Connection, DNS, TLS or protocol failure.
+    Connection(String),
+}
+
+impl Failure {
+    /// The outcome label used in `x-switchyard-attempts` and the all-failed error.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Denied(_) => "denied",
+            Failure::Connection(_) => "connect_error",
+        }
+    }
+
+    /// Detail for the log (never contains credentials).
+    pub fn detail(&self) -> &str {
+        match self {
+            Failure::Timeout => "deadline passed",
+            Failure::Denied(d) | Failure::Connection(d) => d,
+        }
+    }
+
+    fn from_send(err: SendError) -> Failure {
+        match err {
+            SendError::Http(
+                ErrorCode::ConnectionTimeout
+                | ErrorCode::ConnectionReadTimeout
+                | ErrorCode::ConnectionWriteTimeout
+                | ErrorCode::HttpResponseTimeout
+                | ErrorCode::DnsTimeout,
+            ) => Failure::Timeout,
+            SendError::Http(ErrorCode::HttpRequestDenied) => {
+                Failure::Denied("destination not allowed by the host".into())
+            }
+            other => Failure::Connection(other.to_string()),
+        }
+    }
+}
+
+/// Sends `upstream` and waits for the response head until `deadline`.
+pub async fn send(
+    upstream: &UpstreamRequest,
+    deadline: Deadline,
+) -> Result<IncomingResponse, Failure> {
+    let url = format!(
+        "{}://{}{}",
+        upstream.scheme, upstream.authority, upstream.path
+    );
+    let mut request = Request::new(Method::Post, url);
+    for (name, value) in &upstream.headers {
+        request.set_header(name.as_str(), value.as_str());
+    }
+    *request.body_mut() = upstream.body.clone();
+    match deadline
+        .run(spin_sdk::http::send::<_, IncomingResponse>(request))
+        .await
+    {
+        None => Err(Failure::Timeout),
+        Some(Ok(response)) => Ok(response),
+        Some(Err(err)) => Err(Failure::from_send(err)),
+    }
+}
+
+/// A response header, as text.
+pub fn response_header(response: &IncomingResponse, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(&name.to_string())
+        .into_iter()
+        .next()
+        .and_then(|v| String::from_utf8(v).ok())
+}
+
+/// The next chunk of a body: `Ok(None)` at its end.
+pub async fn next_chunk<S>(body: &mut S, deadline: Deadline) -> Result<Option<Vec<u8>>, Failure>
+where
+    S: Stream<Item = Result<Vec<u8>, wasi::io::error::Error>> + Unpin,
+{
+    match deadline.run(body.next()).await {
+        None => Err(Failure::Timeout),
+        Some(None) => Ok(None),
+        Some(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Some(Some(Err(err))) => Err(Failure::Connection(err.to_debug_string())),
+    }
+}
+
+/// Reads a whole (small, non-streamed) body until `deadline`.
+pub async fn read_to_end(
+    response: &IncomingResponse,
+    deadline: Deadline,
+) -> Result<Vec<u8>, Failure> {
+    let mut body = pin!(response.take_body_stream());
+    let mut out = Vec::new();
+    while let Some(chunk) = next_chunk(&mut body, deadline).await? {
+        out.extend(chunk);
+    }
+    Ok(out)
+}

@@ -1,0 +1,68 @@
+//! Where the component's configuration and credentials come from.
+//!
+//! The gateway config is bundled with the component (`config/demo.json`) so a bare
+//! `spin up` works, and the Spin variable `gateway_config` (a JSON string) overrides it so an
+//! operator changes routing without rebuilding. Provider credentials are never in the config:
+//! the config names them (`api_key_secret`), and they are read from Spin variables (marked
+//! `secret = true` in `spin.toml`) or, failing that, from the component's environment.
+
+use std::fmt;
+
+use switchyard_core::{ConfigError, Gateway};
+
+/// The config shipped inside the component, used when `gateway_config` is unset or empty.
+const BUNDLED_CONFIG: &str = include_str!("../../config/demo.json");
+
+/// The Spin variable that overrides the bundled config.
+pub const CONFIG_VARIABLE: &str = "gateway_config";
+
+/// Why the gateway could not be built.
+#[derive(Debug)]
+pub enum SettingsError {
+    /// The host failed to resolve `gateway_config` (not merely "undefined").
+    Variable(spin_sdk::variables::Error),
+    /// The config document is invalid.
+    Config {
+        /// `gateway_config` or `bundled`.
+        source: &'static str,
+        /// What is wrong with it.
+        error: ConfigError,
+    },
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::Variable(e) => write!(f, "cannot read `{CONFIG_VARIABLE}`: {e}"),
+            SettingsError::Config { source, error } => {
+                write!(f, "invalid gateway config ({source}): {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+/// Builds the gateway from `gateway_config`, or from the bundled config when it is unset.
+pub fn load_gateway() -> Result<Gateway, SettingsError> {
+    let (source, text) = match spin_sdk::variables::get(CONFIG_VARIABLE) {
+        Ok(text) if !text.trim().is_empty() => (CONFIG_VARIABLE, text),
+        Ok(_) | Err(spin_sdk::variables::Error::Undefined(_)) => {
+            ("bundled", BUNDLED_CONFIG.to_string())
+        }
+        Err(e) => return Err(SettingsError::Variable(e)),
+    };
+    Gateway::from_json(text.as_bytes()).map_err(|error| SettingsError::Config { source, error })
+}
+
+/// Resolves a credential name from the config (`OPENAI_API_KEY`).
+///
+/// Spin variable names are lower-case, so the Spin variable is the lower-cased name
+/// (`openai_api_key`); the environment is consulted with the name as written.
+pub fn secret(name: &str) -> Option<String> {
+    let variable = name.to_ascii_lowercase();
+    spin_sdk::variables::get(&variable)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
