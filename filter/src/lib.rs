@@ -35,16 +35,15 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+use switchyard_core::attempts::{AttemptLog, Outcome, ATTEMPTS_HEADER};
 use switchyard_core::canonical::TokenUsage;
 use switchyard_core::{
-    Admitted, Dialect, ErrorKind, Gateway, GatewayError, HeadOutcome, LocalReply, Plan,
-    RequestHead, ResponseStream,
+    Admitted, Dialect, Gateway, GatewayError, HeadOutcome, LocalReply, Plan, RequestHead,
+    ResponseStream,
 };
 
 /// Header the route uses to pick the upstream cluster.
 pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
-/// Response header listing the attempts made (deployment, outcome, milliseconds).
-pub const ATTEMPTS_HEADER: &str = "x-switchyard-attempts";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -115,13 +114,6 @@ enum State {
     LocalReply,
 }
 
-/// One finished attempt, for the attempts header and the all-failed error.
-struct AttemptLog {
-    deployment: String,
-    outcome: String,
-    millis: u64,
-}
-
 struct SwitchyardHttp {
     gateway: Rc<Gateway>,
     context_id: u32,
@@ -132,7 +124,7 @@ struct SwitchyardHttp {
     /// Index into `plan.attempts` of the attempt in flight / that answered.
     attempt: usize,
     attempt_started_ms: u64,
-    attempts: Vec<AttemptLog>,
+    attempts: AttemptLog,
     response_status: u16,
     usage: TokenUsage,
     final_status: u16,
@@ -168,7 +160,7 @@ impl SwitchyardHttp {
             stream: None,
             attempt: 0,
             attempt_started_ms: 0,
-            attempts: Vec::new(),
+            attempts: AttemptLog::default(),
             response_status: 0,
             usage: TokenUsage::default(),
             final_status: 0,
@@ -203,7 +195,7 @@ impl SwitchyardHttp {
     fn reply(&mut self, reply: LocalReply) -> Action {
         self.state = State::LocalReply;
         self.final_status = reply.status;
-        let attempts = self.attempts_header();
+        let attempts = self.attempts.header_value();
         let mut headers: Vec<(&str, &str)> = reply
             .headers
             .iter()
@@ -219,14 +211,6 @@ impl SwitchyardHttp {
     fn reply_error(&mut self, err: &GatewayError) -> Action {
         let dialect = self.dialect;
         self.reply(LocalReply::error(err, dialect))
-    }
-
-    fn attempts_header(&self) -> String {
-        self.attempts
-            .iter()
-            .map(|a| format!("{};{};{}ms", a.deployment, a.outcome, a.millis))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 
     fn secret(name: &str) -> Option<String> {
@@ -283,17 +267,13 @@ impl SwitchyardHttp {
             .unwrap_or_default()
     }
 
-    fn log_attempt(&mut self, outcome: String) {
+    fn log_attempt(&mut self, outcome: Outcome) {
         let millis = self.now_ms().saturating_sub(self.attempt_started_ms);
         let deployment = self.current_deployment();
-        self.attempts.push(AttemptLog {
-            deployment,
-            outcome,
-            millis,
-        });
+        self.attempts.push(deployment, outcome, millis);
     }
 
-    fn mark_failure(&mut self, outcome: String) {
+    fn mark_failure(&mut self, outcome: Outcome) {
         let deployment = self.current_deployment();
         if let Some(plan) = &self.plan {
             health::record_failure(&deployment, &plan.fallback, self.now_ms());
@@ -304,7 +284,7 @@ impl SwitchyardHttp {
     fn mark_success(&mut self, status: u16) {
         let latency = self.now_ms().saturating_sub(self.attempt_started_ms);
         health::record_success(&self.current_deployment(), latency);
-        self.log_attempt(status.to_string());
+        self.log_attempt(Outcome::Status(status));
     }
 
     /// Whether another attempt may start: one is left and the total budget is not spent.
@@ -328,7 +308,7 @@ impl SwitchyardHttp {
             let upstream = match plan.upstream_request(self.attempt, &Self::secret) {
                 Ok(u) => u,
                 Err(err) => {
-                    self.mark_failure(format!("error:{}", err.status));
+                    self.mark_failure(Outcome::NotSent(err.message.clone()));
                     continue;
                 }
             };
@@ -360,41 +340,14 @@ impl SwitchyardHttp {
                     );
                     return;
                 }
-                Err(status) => self.mark_failure(format!("dispatch:{status:?}")),
+                Err(status) => self.mark_failure(Outcome::NotSent(format!("{status:?}"))),
             }
         }
         self.all_failed();
     }
 
     fn all_failed(&mut self) {
-        let last_status = self
-            .attempts
-            .last()
-            .and_then(|a| a.outcome.parse::<u16>().ok());
-        let kind = if self
-            .attempts
-            .iter()
-            .all(|a| a.outcome == "timeout" || a.outcome == "504" || a.outcome == "408")
-        {
-            ErrorKind::Timeout
-        } else if last_status == Some(429) {
-            ErrorKind::RateLimited
-        } else {
-            ErrorKind::BadGateway
-        };
-        let listing = self
-            .attempts
-            .iter()
-            .map(|a| format!("{} ({}, {} ms)", a.deployment, a.outcome, a.millis))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut err = GatewayError::new(
-            kind,
-            format!("all {} deployments failed: {listing}", self.attempts.len()),
-        );
-        if kind == ErrorKind::RateLimited {
-            err.retry_after = Some(1);
-        }
+        let err = self.attempts.all_failed();
         self.reply_error(&err);
     }
 
@@ -405,11 +358,12 @@ impl SwitchyardHttp {
         };
         let status = match status {
             None => {
-                self.mark_failure("timeout".into());
+                // proxy-wasm reports a failed or timed-out call as a response without headers.
+                self.mark_failure(Outcome::Timeout);
                 return self.dispatch_next();
             }
             Some(s) if plan.should_retry_status(s) => {
-                self.mark_failure(s.to_string());
+                self.mark_failure(Outcome::Status(s));
                 return self.dispatch_next();
             }
             Some(s) => s,
@@ -450,7 +404,7 @@ impl SwitchyardHttp {
             }
             Err(err) => {
                 // A final (non-retryable) answer: the deployment is healthy, the request is not.
-                self.log_attempt(status.to_string());
+                self.log_attempt(Outcome::Status(status));
                 let reply = LocalReply::error(&err, dialect);
                 self.reply(reply);
             }
@@ -565,7 +519,7 @@ impl HttpContext for SwitchyardHttp {
             .unwrap_or(502);
         if plan.should_retry_status(status) && self.can_fall_back() {
             // Nothing has reached the client yet: hold this response and try the next one.
-            self.mark_failure(status.to_string());
+            self.mark_failure(Outcome::Status(status));
             self.state = State::FallingBack;
             self.dispatch_next();
             return Action::Pause;
@@ -598,14 +552,14 @@ impl HttpContext for SwitchyardHttp {
             self.state = State::BufferSuccess;
         } else {
             if plan.should_retry_status(status) {
-                self.mark_failure(status.to_string());
+                self.mark_failure(Outcome::Status(status));
             } else {
-                self.log_attempt(status.to_string());
+                self.log_attempt(Outcome::Status(status));
             }
             self.state = State::BufferError;
             self.set_http_response_header("content-type", Some("application/json"));
         }
-        let attempts = self.attempts_header();
+        let attempts = self.attempts.header_value();
         self.set_http_response_header(ATTEMPTS_HEADER, Some(&attempts));
         if end_of_stream {
             // No body will follow; translate an empty body now (an error needs its JSON).
@@ -653,7 +607,7 @@ impl HttpContext for SwitchyardHttp {
             return;
         };
         let latency = self.now_ms().saturating_sub(self.started_ms);
-        let attempts = self.attempts.len().max(1) as u32;
+        let attempts = self.attempts.count();
         let record = plan.usage_record(
             self.attempt,
             self.usage,
