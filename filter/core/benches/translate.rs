@@ -29,7 +29,7 @@ data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"a
         .to_string(),
         "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".to_string(),
     ];
-    for i in 0..96 {
+    for i in 0..95 {
         events.push(format!(
             "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"token {i} \"}}}}\n\n"
         ));
@@ -40,9 +40,8 @@ data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"a
     events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".into());
     events.insert(
         events.len() - 1,
-        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":96}}\n\n".into(),
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":95}}\n\n".into(),
     );
-    events.truncate(100);
     events.into_iter().map(String::into_bytes).collect()
 }
 
