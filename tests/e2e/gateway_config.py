@@ -1,0 +1,91 @@
+"""The gateway config the e2e suite runs with: every provider pointed at its double (and, for
+the gpu-backend module, the `local` provider at the real backend)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from doubles.server import Doubles
+
+KEY_ALL = "sk-e2e-all-0d1e"
+KEY_LIMITED = "sk-e2e-limited-77aa"  # only gpt-* models
+KEY_EXPIRED = "sk-e2e-expired-3c3c"
+MAX_REQUEST_BYTES = 64 * 1024
+
+# gateway model name -> (provider double, upstream model name the double must receive)
+CHAT_MODELS = {
+    "gpt-4o-mini": ("openai", "gpt-4o-mini-2024-07-18"),
+    "claude-haiku": ("anthropic", "claude-3-5-haiku-20241022"),
+    "gemini-flash": ("gemini", "gemini-2.0-flash-001"),
+    "qwen-plus": ("dashscope", "qwen-plus-2025-01-25"),
+}
+PRICES = {
+    "openai": {"input": 0.15, "cached_input": 0.075, "output": 0.60},
+    "anthropic": {"input": 0.80, "cached_input": 0.08, "output": 4.00},
+    "gemini": {"input": 0.10, "cached_input": 0.025, "output": 0.40},
+    "dashscope": {"input": 0.40, "output": 1.20},
+}
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def cluster_name(provider: str) -> str:
+    return f"{provider}_upstream"
+
+
+def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
+    providers = {
+        name: {"kind": name, "base_url": d.base_url, "cluster": cluster_name(name),
+               "api_key_secret": d.secret_env}
+        for name, d in doubles.by_name.items()
+    }
+    models = [
+        {"name": name, "strategy": "priority",
+         "aliases": ["fast"] if name == "gpt-4o-mini" else [],
+         "deployments": [{"provider": p, "model": up, "price": PRICES[p]}]}
+        for name, (p, up) in CHAT_MODELS.items()
+    ]
+    models += [
+        {"name": "text-embed", "deployments": [
+            {"provider": "openai", "model": "text-embedding-3-small",
+             "price": {"input": 0.02, "output": 0}}]},
+        # Two deployments: the second takes over when the first fails before answering.
+        {"name": "fallback-chain", "strategy": "priority", "deployments": [
+            {"provider": "openai", "model": "gpt-primary", "price": PRICES["openai"]},
+            {"provider": "anthropic", "model": "claude-secondary", "price": PRICES["anthropic"]}],
+         "fallback": {"attempt_timeout_ms": 2000, "total_timeout_ms": 8000}},
+        # Dedicated to the metrics test, so its counters are not shared with other tests.
+        {"name": "metered", "deployments": [
+            {"provider": "openai", "model": "gpt-metered", "price": PRICES["openai"]}]},
+    ]
+    if local_backend:
+        providers["local"] = {"kind": "openai", "base_url": local_backend,
+                              "cluster": "gpu_backend"}
+        models += [
+            {"name": "smollm2", "aliases": ["default"], "deployments": [
+                {"provider": "local", "model": "smollm2-135m-instruct"}]},
+            {"name": "minilm", "deployments": [
+                {"provider": "local", "model": "all-minilm-l6-v2"}]},
+        ]
+    return {
+        "keys": [
+            {"id": "e2e-all", "sha256": sha(KEY_ALL), "models": ["*"], "label": "e2e"},
+            {"id": "e2e-limited", "sha256": sha(KEY_LIMITED), "models": ["gpt-*"]},
+            {"id": "e2e-expired", "sha256": sha(KEY_EXPIRED), "models": ["*"],
+             "expires_at": 1_000_000_000},
+        ],
+        "providers": providers,
+        "models": models,
+        "limits": {"max_request_bytes": MAX_REQUEST_BYTES},
+        "fallback": {"attempt_timeout_ms": 10000, "total_timeout_ms": 20000},
+    }
+
+
+def upstreams(doubles: Doubles, local_backend_port: int | None = None) -> dict[str, int]:
+    """Cluster name -> loopback port, for the host's cluster table."""
+    out = {cluster_name(name): d.port for name, d in doubles.by_name.items()}
+    if local_backend_port:
+        out["gpu_backend"] = local_backend_port
+    return out
