@@ -372,3 +372,62 @@ fn malformed_upstream_json_is_a_bad_gateway() {
         }
     }
 }
+
+#[test]
+fn untranslatable_requests_are_400s_not_panics() {
+    let with = |messages: Value| -> ChatRequest {
+        serde_json::from_value(serde_json::json!({"model": "m", "messages": messages})).unwrap()
+    };
+    // Arguments that are not a JSON object cannot become Anthropic `input` / Gemini `args`.
+    let bad_args = with(serde_json::json!([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[1,2"}}]}
+    ]));
+    for kind in [ProviderKind::Anthropic, ProviderKind::Gemini] {
+        let err = kind.build_chat(&bad_args, "m").unwrap_err();
+        assert_eq!(
+            (err.status, err.param.as_deref()),
+            (400, Some("messages")),
+            "{kind:?}"
+        );
+    }
+    // A tool result answering no call: Gemini needs the function name, Anthropic the id.
+    let orphan = with(serde_json::json!([
+        {"role": "user", "content": "hi"},
+        {"role": "tool", "tool_call_id": "nope", "content": "42"}
+    ]));
+    assert_eq!(
+        ProviderKind::Gemini
+            .build_chat(&orphan, "m")
+            .unwrap_err()
+            .status,
+        400
+    );
+    let no_id = with(serde_json::json!([{"role": "tool", "content": "42"}]));
+    assert_eq!(
+        ProviderKind::Anthropic
+            .build_chat(&no_id, "m")
+            .unwrap_err()
+            .status,
+        400
+    );
+    // Empty arguments are an empty object, not an error.
+    let empty_args = with(serde_json::json!([
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+    ]));
+    for kind in [
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Dashscope,
+    ] {
+        assert!(kind.build_chat(&empty_args, "m").is_ok(), "{kind:?}");
+    }
+    // `max_tokens` is required by Anthropic: a default is filled in.
+    let body = anthropic::request_body(
+        &with(serde_json::json!([{"role": "user", "content": "hi"}])),
+        "m",
+    )
+    .unwrap();
+    assert_eq!(body["max_tokens"], anthropic::DEFAULT_MAX_TOKENS);
+}

@@ -21,6 +21,12 @@
 //!   them, so they are added on the way in and subtracted on the way out.
 //! - A `tool_result` with `is_error: true` has no canonical flag; its text is prefixed with
 //!   `Error: ` so any upstream model still sees that the tool failed.
+//! - Anthropic-only request fields the canonical form cannot carry (`top_k`, `thinking`,
+//!   `cache_control`) are dropped when translating to another provider; the Anthropic →
+//!   Anthropic fast path ([`AnthropicPassthroughStream`], `Plan`'s body patch) keeps them.
+//! - The canonical finish reason does not say which stop sequence matched, so a translated
+//!   answer reports `end_turn` with `stop_sequence: null` where Anthropic would have said
+//!   `stop_sequence`; cache writes are reported as plain input tokens.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
