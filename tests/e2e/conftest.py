@@ -26,11 +26,10 @@ class Gateway:
         self.base_url = host.base_url
 
     def openai(self, key: str | None = KEY_ALL, **kw) -> openai.OpenAI:
-        """An OpenAI SDK client; key=None sends no key at all (extra_headers omit)."""
-        headers = None if key else {"Authorization": openai.omit}
+        """An OpenAI SDK client (to send no key, pass
+        `extra_headers={"Authorization": openai.omit}` on the call)."""
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key or "unused",
-                             max_retries=0, timeout=kw.pop("timeout", 15),
-                             default_headers=headers, **kw)
+                             max_retries=0, timeout=kw.pop("timeout", 15), **kw)
 
     def anthropic(self, key: str | None = KEY_ALL, **kw) -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.base_url, api_key=key or "unused",

