@@ -28,7 +28,7 @@
 //!   answer reports `end_turn` with `stop_sequence: null` where Anthropic would have said
 //!   `stop_sequence`; cache writes are reported as plain input tokens.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
@@ -1092,13 +1092,32 @@ impl AnthropicStreamEncoder {
         index
     }
 
-    fn delta(out: &mut Vec<u8>, index: u32, delta: Value) {
-        Self::event(
-            out,
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
-        );
+    /// Deltas are most of a stream's events, so they are serialised from borrowed structs
+    /// rather than built as `Value`s.
+    fn delta(out: &mut Vec<u8>, index: u32, delta: Delta<'_>) {
+        let event = DeltaEvent {
+            kind: "content_block_delta",
+            index,
+            delta,
+        };
+        let data = serde_json::to_string(&event).unwrap_or_default();
+        write_event(out, Some("content_block_delta"), &data);
     }
+}
+
+#[derive(Serialize)]
+struct DeltaEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+    delta: Delta<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Delta<'a> {
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
 }
 
 impl StreamEncoder for AnthropicStreamEncoder {
@@ -1123,7 +1142,7 @@ impl StreamEncoder for AnthropicStreamEncoder {
                         i
                     }
                 };
-                Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+                Self::delta(out, index, Delta::TextDelta { text });
             }
             StreamEvent::ToolCallStart { index, id, name } => {
                 if self.tool_blocks.iter().any(|(t, _)| t == index) {
@@ -1146,7 +1165,9 @@ impl StreamEncoder for AnthropicStreamEncoder {
                     Self::delta(
                         out,
                         block,
-                        json!({"type": "input_json_delta", "partial_json": arguments}),
+                        Delta::InputJsonDelta {
+                            partial_json: arguments,
+                        },
                     );
                 }
             }
