@@ -45,6 +45,24 @@ data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"a
     events.into_iter().map(String::into_bytes).collect()
 }
 
+/// An OpenAI chunk stream of exactly 100 events (role, 96 text deltas, finish, usage,
+/// `[DONE]`), delivered one event per chunk.
+fn openai_stream_chunks() -> Vec<Vec<u8>> {
+    let chunk = |delta: &str, finish: &str| {
+        format!(
+            "data: {{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+        )
+    };
+    let mut events = vec![chunk("{\"role\":\"assistant\",\"content\":\"\"}", "null")];
+    for i in 0..96 {
+        events.push(chunk(&format!("{{\"content\":\"token {i} \"}}"), "null"));
+    }
+    events.push(chunk("{}", "\"stop\""));
+    events.push("data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":25,\"completion_tokens\":96,\"total_tokens\":121}}\n\n".into());
+    events.push("data: [DONE]\n\n".into());
+    events.into_iter().map(String::into_bytes).collect()
+}
+
 fn benches(c: &mut Criterion) {
     let request = REQUEST.as_bytes();
     c.bench_function("fast_path_openai_patch", |b| {
@@ -80,6 +98,23 @@ fn benches(c: &mut Criterion) {
             let mut s = TranslatingStream::new(
                 ProviderKind::Anthropic.stream_decoder(),
                 ingress::stream_encoder(Dialect::OpenAi, "id".into(), "m".into(), 0, true),
+            );
+            let mut n = 0;
+            for chunk in &chunks {
+                n += s.push(black_box(chunk)).len();
+            }
+            n += s.finish().len();
+            assert!(!s.failed());
+            n
+        })
+    });
+    let chunks = openai_stream_chunks();
+    assert_eq!(chunks.len(), 100);
+    c.bench_function("openai_stream_100_chunks_to_anthropic", |b| {
+        b.iter(|| {
+            let mut s = TranslatingStream::new(
+                ProviderKind::Openai.stream_decoder(),
+                ingress::stream_encoder(Dialect::Anthropic, "id".into(), "m".into(), 0, false),
             );
             let mut n = 0;
             for chunk in &chunks {
