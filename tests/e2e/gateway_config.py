@@ -55,7 +55,14 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
         {"name": "fallback-chain", "strategy": "priority", "deployments": [
             {"provider": "openai", "model": "gpt-primary", "price": PRICES["openai"]},
             {"provider": "anthropic", "model": "claude-secondary", "price": PRICES["anthropic"]}],
-         "fallback": {"attempt_timeout_ms": 2000, "total_timeout_ms": 8000}},
+         # Ejection off here (every test starts with a healthy primary); see "ejecting".
+         "fallback": {"attempt_timeout_ms": 2000, "total_timeout_ms": 8000,
+                      "eject_after_failures": 1000000}},
+        # Passive health: after 2 failures the primary is skipped for the cooldown.
+        {"name": "ejecting", "strategy": "priority", "deployments": [
+            {"provider": "openai", "model": "gpt-ejectable", "price": PRICES["openai"]},
+            {"provider": "anthropic", "model": "claude-standby", "price": PRICES["anthropic"]}],
+         "fallback": {"eject_after_failures": 2, "cooldown_ms": 600000}},
         # Dedicated to the metrics test, so its counters are not shared with other tests.
         {"name": "metered", "deployments": [
             {"provider": "openai", "model": "gpt-metered", "price": PRICES["openai"]}]},
