@@ -4,7 +4,7 @@
 //! Wire format: <https://platform.openai.com/docs/api-reference/chat> (fixtures in
 //! `filter/core/tests/fixtures/openai/` note their source).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::canonical::{
@@ -338,21 +338,36 @@ impl OpenAiStreamEncoder {
         }
     }
 
-    fn chunk(&self, out: &mut Vec<u8>, delta: Value, finish: Option<&str>) {
-        let body = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        write_event(out, None, &body.to_string());
+    /// Writes one chunk, serialised straight from borrowed data (no `Value` tree per event:
+    /// this runs once per streamed token).
+    fn chunk(&self, out: &mut Vec<u8>, delta: DeltaOut<'_>, finish: Option<&str>) {
+        let chunk = ChunkOut {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: [ChoiceOut {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+        };
+        out.extend_from_slice(b"data: ");
+        // Serialising plain structs of strings and integers cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &chunk);
+        out.extend_from_slice(b"\n\n");
     }
 
     fn ensure_started(&mut self, out: &mut Vec<u8>) {
         if !self.started {
             self.started = true;
-            self.chunk(out, json!({"role": "assistant", "content": ""}), None);
+            let delta = DeltaOut {
+                role: Some("assistant"),
+                content: Some(""),
+                ..DeltaOut::default()
+            };
+            self.chunk(out, delta, None);
         }
     }
 }
@@ -371,27 +386,49 @@ impl StreamEncoder for OpenAiStreamEncoder {
             }
             StreamEvent::Text(text) => {
                 self.ensure_started(out);
-                self.chunk(out, json!({"content": text}), None);
+                let delta = DeltaOut {
+                    content: Some(text),
+                    ..DeltaOut::default()
+                };
+                self.chunk(out, delta, None);
             }
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.ensure_started(out);
-                self.chunk(
-                    out,
-                    json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
-                    None,
-                );
+                let call = ToolDeltaOut {
+                    index: *index,
+                    id: Some(id),
+                    kind: Some("function"),
+                    function: FunctionDeltaOut {
+                        name: Some(name),
+                        arguments: "",
+                    },
+                };
+                let delta = DeltaOut {
+                    tool_calls: Some([call]),
+                    ..DeltaOut::default()
+                };
+                self.chunk(out, delta, None);
             }
             StreamEvent::ToolCallArgs { index, arguments } => {
                 self.ensure_started(out);
-                self.chunk(
-                    out,
-                    json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}),
-                    None,
-                );
+                let call = ToolDeltaOut {
+                    index: *index,
+                    id: None,
+                    kind: None,
+                    function: FunctionDeltaOut {
+                        name: None,
+                        arguments,
+                    },
+                };
+                let delta = DeltaOut {
+                    tool_calls: Some([call]),
+                    ..DeltaOut::default()
+                };
+                self.chunk(out, delta, None);
             }
             StreamEvent::Finish(reason) => {
                 self.ensure_started(out);
-                self.chunk(out, json!({}), Some(finish_str(*reason)));
+                self.chunk(out, DeltaOut::default(), Some(finish_str(*reason)));
             }
             StreamEvent::Usage(u) => {
                 let mut total = self.usage.unwrap_or_default();
@@ -424,6 +461,50 @@ impl StreamEncoder for OpenAiStreamEncoder {
             serde_json::from_slice(&err.body(crate::error::Dialect::OpenAi)).unwrap_or_default();
         write_event(out, None, &body.to_string());
     }
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [ChoiceOut<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Serialize, Default)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolDeltaOut<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolDeltaOut<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDeltaOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 /// The OpenAI → OpenAI stream fast path: frames pass through as the upstream wrote them;
