@@ -10,8 +10,9 @@ use crate::error::HostError;
 
 /// Envoy's default cluster connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Envoy's default route timeout.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 15_000;
+/// No response timeout by default, like the project's `envoy.yaml` (route `timeout: 0s`):
+/// model responses can legitimately take minutes. Set one per cluster to get 504s.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 0;
 
 /// One upstream cluster, the target of `x-switchyard-cluster: <name>`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -24,8 +25,8 @@ pub struct ClusterConfig {
     /// TCP connect timeout; a connect failure or timeout answers 503.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
-    /// Time allowed until the upstream's response headers arrive (504 after it); 0 disables
-    /// it. It does not cap a streaming response body, which may legitimately run for minutes.
+    /// Time allowed until the upstream's response headers arrive (504 after it); 0 (the
+    /// default) disables it. It never caps a streaming response body.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
 }
@@ -65,7 +66,7 @@ impl ClusterConfig {
 ///   - name: openai
 ///     address: 127.0.0.1:9001
 ///     connect_timeout_ms: 1000   # optional, default 5000
-///     request_timeout_ms: 60000  # optional, default 15000; 0 = no limit
+///     request_timeout_ms: 60000  # optional, default 0 = no limit
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,10 +169,10 @@ mod tests {
     #[test]
     fn parses_yaml_and_json_cluster_files() {
         let y = ClusterFile::parse(
-            "clusters:\n  - name: a\n    address: 127.0.0.1:1\n    request_timeout_ms: 0\n",
+            "clusters:\n  - name: a\n    address: 127.0.0.1:1\n    request_timeout_ms: 70\n",
         )
         .unwrap();
-        assert_eq!(y.clusters[0].request_timeout_ms, 0);
+        assert_eq!(y.clusters[0].request_timeout_ms, 70);
         assert_eq!(y.clusters[0].connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
         let j = ClusterFile::parse(r#"{"clusters":[{"name":"b","address":"h:2"}]}"#).unwrap();
         assert_eq!(j.clusters[0], ClusterConfig::new("b", "h:2"));

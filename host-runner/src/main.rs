@@ -63,8 +63,8 @@ struct ServeArgs {
     no_admin: bool,
 
     /// An upstream cluster, NAME=HOST:PORT (plain HTTP/1.1), the target of
-    /// `x-switchyard-cluster: NAME`. Repeatable. Default timeouts: connect 5s, response
-    /// headers 15s.
+    /// `x-switchyard-cluster: NAME`. Repeatable. Timeouts: connect 5s, no response timeout
+    /// (as the project's envoy.yaml route `timeout: 0s`); use --cluster-config for others.
     #[arg(long = "cluster", value_name = "NAME=HOST:PORT")]
     clusters: Vec<String>,
 
@@ -75,8 +75,9 @@ struct ServeArgs {
     cluster_config: Option<PathBuf>,
 
     /// Environment variable for the VM (Envoy's vm_config.environment_variables): NAME
-    /// forwards the host's NAME, NAME=VALUE sets it. Repeatable. Nothing else from the host
-    /// environment is visible to the filter.
+    /// forwards the host's NAME (skipped with a warning if unset, like host_env_keys),
+    /// NAME=VALUE sets it. Repeatable. Nothing else from the host environment is visible to
+    /// the filter.
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     env: Vec<String>,
 
@@ -101,6 +102,15 @@ struct ServeArgs {
     /// Value of the plugin_name property.
     #[arg(long, default_value = "switchyard")]
     plugin_name: String,
+
+    /// Value of the plugin_root_id property (Envoy's config.root_id).
+    #[arg(long, default_value = "switchyard")]
+    root_id: String,
+
+    /// Value of the plugin_vm_id property (Envoy's vm_config.vm_id); shared queues are
+    /// registered under it.
+    #[arg(long, default_value = "switchyard")]
+    vm_id: String,
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>> {
@@ -112,12 +122,14 @@ fn parse_env(specs: &[String]) -> Result<Vec<(String, String)>> {
     for spec in specs {
         let (name, value) = match spec.split_once('=') {
             Some((n, v)) => (n.to_string(), v.to_string()),
-            None => {
-                let v = std::env::var(spec).with_context(|| {
-                    format!("--env {spec}: the variable is not set in host-runner's environment")
-                })?;
-                (spec.clone(), v)
-            }
+            None => match std::env::var(spec) {
+                Ok(v) => (spec.clone(), v),
+                // Like Envoy's `host_env_keys`: an unset variable is simply absent in the VM.
+                Err(_) => {
+                    tracing::warn!("--env {spec}: not set in host-runner's environment; the filter will not see it");
+                    continue;
+                }
+            },
         };
         if name.is_empty() {
             bail!("--env {spec:?}: empty variable name");
@@ -179,6 +191,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.max_buffer_bytes = args.max_buffer_bytes;
     config.wasm_log_level = wasm_log_level;
     config.plugin_name = args.plugin_name.clone();
+    config.root_id = args.root_id.clone();
+    config.vm_id = args.vm_id.clone();
 
     let server = host_runner::start(config)
         .await

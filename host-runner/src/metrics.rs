@@ -149,36 +149,98 @@ impl Metrics {
         })?
     }
 
-    /// Prometheus text exposition (format 0.0.4). Names are sanitised to `[a-zA-Z0-9_:]`,
-    /// as Envoy's `/stats/prometheus` does with dotted stat names.
+    /// Prometheus text exposition (format 0.0.4). Names are sanitised to `[a-zA-Z0-9_:]`, as
+    /// Envoy's `/stats/prometheus` does with dotted stat names, and Istio-style embedded tags
+    /// (`key=.=demo;.;model=.=m;.;name`) become labels (`name{key="demo",model="m"}`), as the
+    /// `stats_tags` rules of the project's `envoy.yaml` do. Series of one name share one
+    /// `# TYPE` line, as the format requires.
     pub fn render_prometheus(&self) -> String {
         let inner = self.lock();
-        let mut out = String::new();
+        let mut families: Vec<Family<'_>> = Vec::new();
         for m in &inner.metrics {
-            let name = sanitize(&m.name);
-            match &m.value {
-                Value::Counter(c) => {
-                    let _ = writeln!(out, "# TYPE {name} counter\n{name} {c}");
-                }
-                Value::Gauge(g) => {
-                    let _ = writeln!(out, "# TYPE {name} gauge\n{name} {g}");
-                }
-                Value::Histogram {
-                    buckets,
-                    count,
-                    sum,
-                } => {
-                    let _ = writeln!(out, "# TYPE {name} histogram");
-                    for (bound, n) in BUCKETS.iter().zip(buckets) {
-                        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+            let (labels, base) = split_tags(&m.name);
+            let name = sanitize(base);
+            let kind = match m.value {
+                Value::Counter(_) => "counter",
+                Value::Gauge(_) => "gauge",
+                Value::Histogram { .. } => "histogram",
+            };
+            match families
+                .iter_mut()
+                .find(|(n, k, _)| *n == name && *k == kind)
+            {
+                Some((_, _, series)) => series.push((labels, &m.value)),
+                None => families.push((name, kind, vec![(labels, &m.value)])),
+            }
+        }
+        let mut out = String::new();
+        for (name, kind, series) in families {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in series {
+                let braces = |extra: &str| {
+                    let all: Vec<&str> = [labels.as_str(), extra]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    if all.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{{{}}}", all.join(","))
                     }
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-                    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+                };
+                match value {
+                    Value::Counter(c) => {
+                        let _ = writeln!(out, "{name}{} {c}", braces(""));
+                    }
+                    Value::Gauge(g) => {
+                        let _ = writeln!(out, "{name}{} {g}", braces(""));
+                    }
+                    Value::Histogram {
+                        buckets,
+                        count,
+                        sum,
+                    } => {
+                        for (bound, n) in BUCKETS.iter().zip(buckets) {
+                            let le = format!("le=\"{bound}\"");
+                            let _ = writeln!(out, "{name}_bucket{} {n}", braces(&le));
+                        }
+                        let _ = writeln!(out, "{name}_bucket{} {count}", braces("le=\"+Inf\""));
+                        let _ = writeln!(out, "{name}_sum{} {sum}", braces(""));
+                        let _ = writeln!(out, "{name}_count{} {count}", braces(""));
+                    }
                 }
             }
         }
         out
     }
+}
+
+/// One Prometheus metric family: name, type, and its (labels, value) series.
+type Family<'a> = (String, &'static str, Vec<(String, &'a Value)>);
+
+/// Split Istio-style embedded tags off a stat name: `a=.=1;.;b=.=2;.;name` gives
+/// (`a="1",b="2"`, `name`). Anything that does not follow the pattern stays in the name.
+fn split_tags(full: &str) -> (String, &str) {
+    let mut labels = Vec::new();
+    let mut rest = full;
+    while let Some((key, after)) = rest.split_once("=.=") {
+        let valid_key = !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !key.starts_with(|c: char| c.is_ascii_digit());
+        let Some((value, tail)) = after.split_once(";.;") else {
+            break;
+        };
+        if !valid_key {
+            break;
+        }
+        let value = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        labels.push(format!("{key}=\"{value}\""));
+        rest = tail;
+    }
+    (labels.join(","), rest)
 }
 
 fn sanitize(name: &str) -> String {
@@ -223,5 +285,32 @@ mod tests {
         assert!(text.contains("latency_ms_bucket{le=\"10\"} 1\n"));
         assert!(text.contains("latency_ms_bucket{le=\"5\"} 0\n"));
         assert!(text.contains("latency_ms_count 1\n"));
+    }
+
+    #[test]
+    fn embedded_tags_become_labels_in_one_family() {
+        let m = Metrics::default();
+        let a = m.define(
+            MetricKind::Counter,
+            "key=.=demo;.;model=.=a.b;.;switchyard_requests_total",
+        );
+        let b = m.define(
+            MetricKind::Counter,
+            "key=.=other;.;model=.=c;.;switchyard_requests_total",
+        );
+        m.increment(a, 3).unwrap();
+        m.increment(b, 1).unwrap();
+        let text = m.render_prometheus();
+        assert_eq!(
+            text,
+            "# TYPE switchyard_requests_total counter\n\
+             switchyard_requests_total{key=\"demo\",model=\"a.b\"} 3\n\
+             switchyard_requests_total{key=\"other\",model=\"c\"} 1\n"
+        );
+        assert_eq!(split_tags("plain.name"), (String::new(), "plain.name"));
+        assert_eq!(
+            split_tags("bad key=.=v;.;x"),
+            (String::new(), "bad key=.=v;.;x")
+        );
     }
 }

@@ -223,3 +223,28 @@ async fn unknown_proxy_imports_answer_unimplemented() {
     let r = get(server.listen_addr, "/", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "12"));
 }
+
+/// A guest stuck in a loop is interrupted after the guest timeout: that request fails with
+/// 500 and the runner keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_guest_is_interrupted() {
+    let wat = r#"
+      (module
+        (memory (export "memory") 1)
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+          (loop $spin (br $spin))
+          (i32.const 0)))
+    "#;
+    let mut config = probe_config("");
+    config.wasm = wat.as_bytes().to_vec();
+    config.guest_timeout = std::time::Duration::from_millis(200);
+    let server = host_runner::start(config).await.unwrap();
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = get(server.listen_addr, "/", &[]).await;
+        assert_eq!(r.status, 500);
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+}
