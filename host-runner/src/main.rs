@@ -213,10 +213,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
             clusters.join(", ")
         },
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    shutdown_signal().await?;
     server.shutdown();
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what process managers and test harnesses send).
+async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }
 
