@@ -55,6 +55,30 @@ def _reset_doubles(doubles):
     doubles.reset()
 
 
+HOST_RUNNER_LOST_REPLY = (
+    "host-runner sometimes (~5% of fallbacks, sequential requests on fresh connections) loses "
+    "the reply the filter sends from on_http_call_response (send_http_response, then "
+    "resume_http_response) and releases the held primary response instead: the client gets the "
+    "primary's raw error (upstream body and headers, no x-switchyard-attempts) although the "
+    "usage record says status 200 after 2 attempts. Envoy: 0 in 125.")
+
+
+def lost_reply(fb: Gateway, response: httpx.Response | None) -> bool:
+    """The host-runner symptom above: an error that never went through the filter's reply."""
+    return (fb.name == "host-runner" and response is not None
+            and "x-switchyard-attempts" not in response.headers
+            and "aiohttp" in response.headers.get("server", ""))  # the double's own headers
+
+
+def xfail_if_lost_reply(fb: Gateway, err) -> None:
+    response = getattr(err, "response", None)
+    if lost_reply(fb, response):
+        # Imperative, so these tests pass by themselves once host-runner is fixed; the strict
+        # reproduction is test_many_sequential_fallbacks_never_leak_the_primary_error.
+        pytest.xfail(f"{HOST_RUNNER_LOST_REPLY} Got {response.status_code}: "
+                     f"{response.text[:160]}")
+
+
 def host_runner_local_errors_xfail(request, fb: Gateway) -> None:
     if fb.name == "host-runner":
         request.applymarker(pytest.mark.xfail(strict=True, reason=HOST_RUNNER_LOCAL_ERRORS))
@@ -76,6 +100,16 @@ class Answer:
 
 def ask(gw: Gateway, sdk: str, model: str, prompt: str, stream: bool = False,
         timeout: float = 30) -> Answer:
+    """`_ask`, turning host-runner's lost-reply bug into an xfail."""
+    try:
+        return _ask(gw, sdk, model, prompt, stream, timeout)
+    except (openai.APIStatusError, anthropic.APIStatusError) as err:
+        xfail_if_lost_reply(gw, err)
+        raise
+
+
+def _ask(gw: Gateway, sdk: str, model: str, prompt: str, stream: bool = False,
+         timeout: float = 30) -> Answer:
     """One chat request through `sdk`; asserts the answer is well-formed in that dialect
     (a stream ends with its finish/usage chunk or message_stop) and returns its text."""
     messages = [{"role": "user", "content": prompt}]
@@ -120,7 +154,7 @@ def ask_error(gw: Gateway, sdk: str, model: str, prompt: str, stream: bool = Fal
     """A request that must fail with an HTTP error: returns the SDK's APIStatusError."""
     errors = openai.APIStatusError if sdk == "openai" else anthropic.APIStatusError
     with pytest.raises(errors) as info:
-        ask(gw, sdk, model, prompt, stream)
+        _ask(gw, sdk, model, prompt, stream)
     return info.value
 
 
@@ -312,6 +346,7 @@ def test_all_deployments_failing_is_one_clear_error(fb, sdk, stream):
     inject(fb, p_prov, kind="status", status=503)
     inject(fb, s_prov, kind="status", status=500)
     err = ask_error(fb, sdk, "fb-all", f"everything fails {sdk} {stream}", stream)
+    xfail_if_lost_reply(fb, err)
     body = assert_error_dialect(sdk, err, 502)
     message = body["error"]["message"]
     for dep, outcome in ((deployment(p_prov, p_model), "503"),
@@ -331,6 +366,7 @@ def test_all_deployments_rate_limited_is_429_with_retry_after(fb, sdk):
     inject(fb, p_prov, kind="status", status=429, retry_after=7)
     inject(fb, s_prov, kind="status", status=429, retry_after=7)
     err = ask_error(fb, sdk, "fb-all", f"everyone is rate limited {sdk}")
+    xfail_if_lost_reply(fb, err)
     body = assert_error_dialect(sdk, err, 429)
     assert err.response.headers.get("retry-after"), "a 429 tells the client when to retry"
     assert "429" in body["error"]["message"]
@@ -399,6 +435,8 @@ def test_burst_with_half_the_primary_failing_has_no_client_errors(fb):
                     model="fb-burst", messages=[{"role": "user", "content": prompt}])
                 text = r.choices[0].message.content
         except openai.APIStatusError as e:
+            if lost_reply(fb, e.response):
+                return i, "lost-reply"
             return i, f"HTTP {e.status_code}: {e.response.text[:200]}"
         except openai.APIError as e:
             return i, f"{type(e).__name__}: {e}"
@@ -410,7 +448,11 @@ def test_burst_with_half_the_primary_failing_has_no_client_errors(fb):
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(one, range(total)))
-    bad = [(i, r) for i, r in results if r not in ("primary", "secondary")]
+    bad = [(i, r) for i, r in results if r not in ("primary", "secondary", "lost-reply")]
+    assert not bad, f"{len(bad)} of {total} requests failed, e.g. {bad[:5]}"
+    lost = sum(1 for _, r in results if r == "lost-reply")
+    if lost:
+        pytest.xfail(f"{lost} of {total}: {HOST_RUNNER_LOST_REPLY}")
     assert not bad, f"{len(bad)} of {total} requests failed, e.g. {bad[:5]}"
     by = {k: sum(1 for _, r in results if r == k) for k in ("primary", "secondary")}
     assert by["secondary"] == failing, by
@@ -509,7 +551,11 @@ def test_usage_and_metrics_show_attempts_and_answering_deployment(fb):
     ask(fb, "anthropic", "fb-metered", "metered fallback two", stream=True)
     ask(fb, "openai", "fb-metered", "metered straight")
 
-    records = usage_records(fb.host.log, "fb-metered")
+    deadline = time.monotonic() + 5
+    while len(records := usage_records(fb.host.log, "fb-metered")) < 3:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # on_log runs after the answer went out
     assert len(records) == 3, records
     by_attempts = sorted((r.get("attempts"), r.get("deployment"), r.get("status"))
                          for r in records)
@@ -545,3 +591,23 @@ def test_streamed_answer_lists_its_attempt(fb, sdk):
     (p_prov, p_model), _ = CHAINS["fb-oa"]
     answer = ask(fb, sdk, "fb-oa", f"streamed single attempt {sdk}", stream=True)
     assert [(a[0], a[1]) for a in answer.attempts] == [(deployment(p_prov, p_model), "200")]
+
+
+def test_many_sequential_fallbacks_never_leak_the_primary_error(request, fb):
+    """100 fallbacks in a row, each on a fresh connection: every one answers 200 with the
+    secondary's answer. (On host-runner ~5% leak the primary's raw error; P(no leak) < 1%.)"""
+    if fb.name == "host-runner":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=HOST_RUNNER_LOST_REPLY))
+    (p_prov, _), (s_prov, s_model) = CHAINS["fb-oa"]
+    leaked = []
+    for i in range(100):
+        inject(fb, p_prov, kind="status", status=(503, 500, 429)[i % 3])
+        prompt = f"sequential fallback {i}"
+        r = fb.post("/v1/chat/completions",
+                    {"model": "fb-oa", "messages": [{"role": "user", "content": prompt}]})
+        if r.status_code != 200:
+            leaked.append((i, r.status_code, r.headers.get("server"), r.text[:120]))
+            continue
+        assert r.json()["choices"][0]["message"]["content"] == expected_text(s_prov, s_model,
+                                                                             prompt)
+    assert not leaked, f"{len(leaked)} of 100 fallbacks answered an error: {leaked[:3]}"
