@@ -248,3 +248,56 @@ async fn a_runaway_guest_is_interrupted() {
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
     }
 }
+
+#[tokio::test]
+async fn unsupported_features_answer_statuses_the_sdk_handles() {
+    let r = get(addr(), "/unsupported", &[]).await;
+    assert_eq!(
+        r.body,
+        "foreign=Err(NotFound) grpc=Err(InternalFailure) status=0 None"
+    );
+}
+
+#[tokio::test]
+async fn close_stream_resets_the_request() {
+    let req = http::Request::builder()
+        .uri(format!("http://{}/close", addr()))
+        .body(host_runner::body::HostBody::empty())
+        .unwrap();
+    assert!(client().request(req).await.is_err());
+    // The worker is fine afterwards.
+    assert_eq!(get(addr(), "/local", &[]).await.status, 403);
+}
+
+/// A C-style guest that exports `malloc` (not `proxy_on_memory_allocate`): returned data is
+/// placed in memory from its allocator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malloc_is_used_as_the_guest_allocator() {
+    let wat = r#"
+      (module
+        (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+        (import "env" "proxy_send_local_response"
+          (func $reply (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (global $next (mut i32) (i32.const 4096))
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "malloc") (param $n i32) (result i32)
+          (local $p i32)
+          (local.set $p (global.get $next))
+          (global.set $next (i32.add (global.get $next) (local.get $n)))
+          (local.get $p))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+          ;; read the plugin configuration (buffer type 7) and answer with it
+          (drop (call $get (i32.const 7) (i32.const 0) (i32.const 1000) (i32.const 100) (i32.const 104)))
+          (drop (call $reply (i32.const 200) (i32.const 0) (i32.const 0)
+                             (i32.load (i32.const 100)) (i32.load (i32.const 104))
+                             (i32.const 0) (i32.const 0) (i32.const -1)))
+          (i32.const 1)))
+    "#;
+    let mut config = probe_config("config-via-malloc");
+    config.wasm = wat.as_bytes().to_vec();
+    let server = host_runner::start(config).await.unwrap();
+    let r = get(server.listen_addr, "/", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "config-via-malloc"));
+}

@@ -306,6 +306,26 @@ impl HttpContext for Probe {
                 let s4 = unsafe { raw_set_effective_context(999_999) };
                 self.reply(200, &format!("oob {s1} {s2} {s3} {s4}"))
             }
+            "/unsupported" => {
+                let foreign = self.call_foreign_function("no_such_function", None);
+                let grpc = self.dispatch_grpc_call(
+                    "upstream",
+                    "svc",
+                    "Method",
+                    vec![],
+                    None,
+                    Duration::from_millis(100),
+                );
+                let (code, message) = self.get_grpc_status();
+                self.reply(
+                    200,
+                    &format!("foreign={foreign:?} grpc={grpc:?} status={code} {message:?}"),
+                )
+            }
+            "/close" => {
+                self.reset_http_request();
+                Action::Pause
+            }
             "/metric" => {
                 let gauge = hostcalls::define_metric(MetricType::Gauge, "probe.gauge").unwrap();
                 let _ = hostcalls::increment_metric(gauge, -5);
