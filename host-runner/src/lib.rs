@@ -21,6 +21,7 @@ pub mod abi;
 pub mod admin;
 pub mod body;
 pub mod clusters;
+pub mod component;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -24,6 +24,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup; size is irrelevant
 enum Command {
     /// Serve HTTP through a proxy-wasm filter (filter.wasm built for wasm32-wasip1).
     ///
@@ -33,6 +34,15 @@ enum Command {
     ///     --plugin-config gateway.json --cluster openai=127.0.0.1:9001 \
     ///     --env OPENAI_API_KEY --listen 127.0.0.1:8080 --admin 127.0.0.1:9901
     Serve(ServeArgs),
+    /// Serve HTTP through a Spin HTTP component (edge-worker, wasm32-wasip2), as Spin does.
+    ///
+    /// Example:
+    ///
+    ///   host-runner serve-component \
+    ///     --component edge-worker/target/wasm32-wasip2/release/edge_worker.wasm \
+    ///     --listen 127.0.0.1:3000 --var gateway_config="$(cat config/demo.json)" \
+    ///     --var openai_api_key="$OPENAI_API_KEY"
+    ServeComponent(host_runner::component::ServeComponentArgs),
 }
 
 #[derive(Args)]
@@ -218,6 +228,25 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+async fn serve_component(args: host_runner::component::ServeComponentArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::stderr)
+        .init();
+    let path = args.component.clone();
+    let server = host_runner::component::start_component(args.into_config()?)
+        .await
+        .with_context(|| format!("cannot serve {}", path.display()))?;
+    println!(
+        "host-runner: serving component {} on http://{}",
+        path.display(),
+        server.listen_addr
+    );
+    shutdown_signal().await?;
+    server.shutdown();
+    Ok(())
+}
+
 /// Ctrl-C or SIGTERM (what process managers and test harnesses send).
 async fn shutdown_signal() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -237,5 +266,6 @@ fn main() -> Result<()> {
         .context("cannot start the tokio runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::ServeComponent(args) => runtime.block_on(serve_component(args)),
     }
 }

@@ -1,0 +1,427 @@
+//! The Spin component (`edge-worker`) under `serve-component`: what it imports and exports,
+//! and the gateway behaviour through it against a real loopback OpenAI-compatible upstream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use host_runner::component::{start_component, ComponentConfig, ComponentError, RunningComponent};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+/// The demo key (`sk-switchyard-demo`) and its hash, as in config/demo.json.
+const KEY: &str = "sk-switchyard-demo";
+const KEY_SHA256: &str = "37cbfc183c342e976476530bb738059047143238dbbee2003f91b27a3d546483";
+/// The credential the upstream demands; the component gets it as a secret Spin variable.
+const UPSTREAM_KEY: &str = "upstream-secret";
+
+/// Builds the component once per test binary (release, `wasm32-wasip2`, in edge-worker's own
+/// target directory) and returns its path.
+fn component_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../edge-worker");
+            let target = dir.join("target");
+            // The repo's rust-toolchain.toml lists the target; this covers a toolchain
+            // installed before it did (a no-op when present, ignored without rustup).
+            let _ = Command::new("rustup")
+                .current_dir(&dir)
+                .args(["target", "add", "wasm32-wasip2"])
+                .output();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(&dir)
+                .args(["build", "--release", "--target", "wasm32-wasip2"])
+                .env("CARGO_TARGET_DIR", &target)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .status()
+                .expect("run cargo to build edge-worker");
+            assert!(status.success(), "building edge-worker failed");
+            target.join("wasm32-wasip2/release/edge_worker.wasm")
+        })
+        .clone()
+}
+
+/// Whether a released Spin (3.x/4.x) provides an import: WASI 0.2 (the `wasi:http/proxy`
+/// world and the `wasi:cli` imports Rust's std uses) and Spin's variables interface.
+fn spin_provides(name: &str) -> bool {
+    if name == "fermyon:spin/variables@2.0.0" {
+        return true;
+    }
+    let Some((interface, version)) = name.split_once('@') else {
+        return false;
+    };
+    let known = [
+        "wasi:cli/environment",
+        "wasi:cli/exit",
+        "wasi:cli/stdin",
+        "wasi:cli/stdout",
+        "wasi:cli/stderr",
+        "wasi:cli/terminal-input",
+        "wasi:cli/terminal-output",
+        "wasi:cli/terminal-stdin",
+        "wasi:cli/terminal-stdout",
+        "wasi:cli/terminal-stderr",
+        "wasi:clocks/monotonic-clock",
+        "wasi:clocks/wall-clock",
+        "wasi:filesystem/types",
+        "wasi:filesystem/preopens",
+        "wasi:io/error",
+        "wasi:io/poll",
+        "wasi:io/streams",
+        "wasi:random/random",
+        "wasi:random/insecure",
+        "wasi:random/insecure-seed",
+        "wasi:sockets/network",
+        "wasi:sockets/instance-network",
+        "wasi:sockets/tcp",
+        "wasi:sockets/tcp-create-socket",
+        "wasi:sockets/udp",
+        "wasi:sockets/udp-create-socket",
+        "wasi:sockets/ip-name-lookup",
+        "wasi:http/types",
+        "wasi:http/outgoing-handler",
+    ];
+    // Any WASI 0.2.x: Spin's wasmtime links imports by semver-compatible version (0.2), so a
+    // component built against 0.2.6 WIT (what spin-sdk 5.2 and Rust's std use) links there.
+    let version_ok = version.starts_with("0.2.");
+    known.contains(&interface) && version_ok
+}
+
+#[test]
+fn component_imports_only_what_spin_provides_and_exports_the_http_handler() {
+    let engine = Engine::default();
+    let component = Component::from_file(&engine, component_wasm()).expect("a valid component");
+    let ty = component.component_type();
+    let imports: Vec<String> = ty.imports(&engine).map(|(n, _)| n.to_string()).collect();
+    let foreign: Vec<&String> = imports.iter().filter(|n| !spin_provides(n)).collect();
+    assert!(
+        foreign.is_empty(),
+        "imports Spin does not provide: {foreign:?}"
+    );
+    assert!(
+        imports.iter().any(|n| n == "fermyon:spin/variables@2.0.0"),
+        "{imports:?}"
+    );
+    assert!(
+        imports
+            .iter()
+            .any(|n| n.starts_with("wasi:http/outgoing-handler@0.2.")),
+        "{imports:?}"
+    );
+    let exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_string()).collect();
+    assert!(
+        exports
+            .iter()
+            .any(|n| n == "wasi:http/incoming-handler@0.2.0"),
+        "{exports:?}"
+    );
+}
+
+/// An OpenAI-compatible upstream: checks the credential, answers chat completions whole or
+/// as an SSE stream sent in separate, spaced writes.
+async fn upstream_handler(
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {UPSTREAM_KEY}").as_bytes());
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let json = |status: u16, value: serde_json::Value| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(value.to_string())).boxed())
+            .unwrap()
+    };
+    if !authorized {
+        return Ok(json(
+            401,
+            serde_json::json!({"error": {"message": "bad upstream key", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+        ));
+    }
+    let model = request["model"].as_str().unwrap_or("?").to_string();
+    if request["stream"].as_bool() != Some(true) {
+        return Ok(json(
+            200,
+            serde_json::json!({
+                "id": "chatcmpl-test", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from upstream"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+            }),
+        ));
+    }
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let frames = vec![
+        chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            serde_json::Value::Null,
+        ),
+        chunk(
+            serde_json::json!({"content": "hel"}),
+            serde_json::Value::Null,
+        ),
+        chunk(
+            serde_json::json!({"content": "lo"}),
+            serde_json::Value::Null,
+        ),
+        chunk(serde_json::json!({}), serde_json::json!("stop")),
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+        ),
+        "data: [DONE]\n\n".to_string(),
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        for frame in frames {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if tx.send(Bytes::from(frame)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(hyper::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(ChannelBody(rx).boxed())
+        .unwrap())
+}
+
+/// A response body fed chunk by chunk from a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service_fn(upstream_handler))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A loopback port with nothing listening on it.
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn gateway_config(live: SocketAddr) -> String {
+    serde_json::json!({
+        "keys": [{"id": "test", "sha256": KEY_SHA256, "models": ["*"]}],
+        "providers": {
+            "live": {"kind": "openai", "base_url": format!("http://{live}"), "api_key_secret": "LIVE_API_KEY"},
+            "dead": {"kind": "openai", "base_url": format!("http://127.0.0.1:{}", dead_port()), "api_key_secret": "LIVE_API_KEY"}
+        },
+        "models": [
+            {"name": "chat", "deployments": [{"provider": "live", "model": "up-chat"}]},
+            {"name": "fallback", "strategy": "priority", "deployments": [
+                {"provider": "dead", "model": "gone"},
+                {"provider": "live", "model": "up-chat"}
+            ]}
+        ]
+    })
+    .to_string()
+}
+
+async fn serve() -> RunningComponent {
+    let live = start_upstream().await;
+    let variables = HashMap::from([
+        ("gateway_config".to_string(), gateway_config(live)),
+        ("live_api_key".to_string(), UPSTREAM_KEY.to_string()),
+    ]);
+    start_component(ComponentConfig {
+        component: component_wasm(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        variables,
+        env: Vec::new(),
+        allow_outbound: vec!["http://127.0.0.1:*".to_string()],
+    })
+    .await
+    .expect("serve the component")
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    /// Body frames as they arrived.
+    chunks: Vec<Bytes>,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        self.chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text()).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+
+    fn attempts(&self) -> String {
+        self.headers
+            .get("x-switchyard-attempts")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+}
+
+async fn post(addr: SocketAddr, key: &str, body: serde_json::Value) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("answer within 30 s")
+        .expect("a response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let mut body = response.into_body();
+    let mut chunks = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            chunks.push(data);
+        }
+    }
+    Answer {
+        status,
+        headers,
+        chunks,
+    }
+}
+
+fn chat(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_behaviour_through_the_component() {
+    let server = serve().await;
+    let addr = server.listen_addr;
+
+    // A chat completion, with the provider credential taken from a secret variable.
+    let r = post(addr, KEY, chat("chat", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "hello from upstream",
+        "{body}"
+    );
+    assert!(
+        r.attempts().starts_with("live/up-chat;200;"),
+        "{}",
+        r.attempts()
+    );
+
+    // A streamed completion arrives in several chunks, translated as they pass.
+    let r = post(addr, KEY, chat("chat", true)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.chunks.len() > 1, "one chunk only: {:?}", r.chunks);
+    let text = r.text();
+    assert!(
+        text.contains("\"hel\"") && text.contains("\"lo\""),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // A bad gateway key is refused in the OpenAI dialect.
+    let r = post(addr, "sk-wrong", chat("chat", false)).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let body = r.json();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+
+    // A dead first deployment (connection refused) falls back to the live one, invisibly.
+    let r = post(addr, KEY, chat("fallback", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "hello from upstream"
+    );
+    let attempts = r.attempts();
+    assert!(
+        attempts.starts_with("dead/gone;connect_error;") && attempts.contains("live/up-chat;200;"),
+        "{attempts}"
+    );
+
+    // The same, streamed: the failure happens before the first byte, so it is invisible.
+    let r = post(addr, KEY, chat("fallback", true)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().trim_end().ends_with("data: [DONE]"),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn startup_errors_are_typed() {
+    let config = |path: PathBuf| ComponentConfig {
+        component: path,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        variables: HashMap::new(),
+        env: Vec::new(),
+        allow_outbound: Vec::new(),
+    };
+    let missing = start_component(config("/nonexistent/edge_worker.wasm".into())).await;
+    assert!(matches!(missing, Err(ComponentError::Read { .. })));
+    let garbage = std::env::temp_dir().join(format!("not-a-component-{}.wasm", std::process::id()));
+    std::fs::write(&garbage, b"\0asm garbage").unwrap();
+    let invalid = start_component(config(garbage.clone())).await;
+    let _ = std::fs::remove_file(&garbage);
+    assert!(matches!(invalid, Err(ComponentError::Invalid { .. })));
+}
