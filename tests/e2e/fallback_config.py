@@ -43,6 +43,8 @@ CHAINS = {
     "fb-burst": [("openai", "gpt-fb-burst"), ("anthropic", "claude-fb-burst")],
     # Dedicated to the usage / metrics test.
     "fb-metered": [("openai", "gpt-fb-metered"), ("anthropic", "claude-fb-metered")],
+    # Dedicated to metering of streams that fail after the first byte.
+    "fb-cut": [("openai", "gpt-fb-cut"), ("anthropic", "claude-fb-cut")],
 }
 EJECT_AFTER = 2
 EJECT_COOLDOWN_MS = 2000
