@@ -70,10 +70,12 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
     if local_backend:
         providers["local"] = {"kind": "openai", "base_url": local_backend,
                               "cluster": "gpu_backend"}
+        # CPU inference on a loaded 2-core machine can take tens of seconds.
+        slow = {"attempt_timeout_ms": 120000, "total_timeout_ms": 180000}
         models += [
-            {"name": "smollm2", "aliases": ["default"], "deployments": [
+            {"name": "smollm2", "aliases": ["default"], "fallback": slow, "deployments": [
                 {"provider": "local", "model": "smollm2-135m-instruct"}]},
-            {"name": "minilm", "deployments": [
+            {"name": "minilm", "fallback": slow, "deployments": [
                 {"provider": "local", "model": "all-minilm-l6-v2"}]},
         ]
     return {

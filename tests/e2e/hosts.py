@@ -96,8 +96,17 @@ def start_host_runner(config: dict, upstreams: dict[str, int], secrets: dict[str
     cfg.write_text(json.dumps(config, indent=2))
     cmd = [str(binary), "serve", "--filter", str(wasm), "--plugin-config", str(cfg),
            "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--workers", "2"]
-    for name, port in upstreams.items():
-        cmd += ["--cluster", f"{name}=127.0.0.1:{port}"]
+    # Upstream timeouts generous enough for CPU inference; the filter's own attempt timeouts
+    # (gateway config `fallback`) are what the tests exercise.
+    if "--cluster-config" in (extra_args or []):
+        for name, port in upstreams.items():
+            cmd += ["--cluster", f"{name}=127.0.0.1:{port}"]
+    else:
+        clusters = workdir / "clusters.json"
+        clusters.write_text(json.dumps({"clusters": [
+            {"name": name, "address": f"127.0.0.1:{port}", "connect_timeout_ms": 2000,
+             "request_timeout_ms": 180000} for name, port in upstreams.items()]}))
+        cmd += ["--cluster-config", str(clusters)]
     for name, value in secrets.items():
         cmd += ["--env", f"{name}={value}"]
     cmd += list(extra_args or [])  # e.g. --cluster-config with custom timeouts

@@ -12,6 +12,18 @@ from doubles.common import expected_text
 from .checks import assert_upstream_request
 
 PRIMARY = ("openai", "gpt-primary")
+# Known bugs, recorded where they show (each xfail fires only on its exact symptom, so the
+# test passes again by itself once the bug is fixed):
+KNOWN_HOST_RUNNER = (
+    "host-runner answers a primary that closes the connection mid-headers with its own 503 "
+    "instead of handing the failure to the filter, so the filter cannot fall back")
+KNOWN_HANG = {
+    "host-runner": "host-runner/filter: the fallback policy's attempt_timeout_ms (2s here) is "
+                   "not enforced; the hung primary's late answer (6s) is returned",
+    "envoy": "filter on Envoy: attempt_timeout_ms is not enforced for streamed requests (the "
+             "first attempt rides the router with route timeout 0s); the hung primary's late "
+             "answer is streamed instead of falling back",
+}
 SECONDARY = ("anthropic", "claude-secondary")
 
 
@@ -42,7 +54,16 @@ def test_primary_serves_when_healthy(gw):
 def test_falls_back_before_first_byte(gw, fault, stream):
     gw.doubles["openai"].fault(**fault, path="/chat/completions")
     prompt = f"fallback {fault['kind']} {stream}"
-    assert ask(gw, prompt, stream) == expected_text(*SECONDARY, prompt)
+    try:
+        answer = ask(gw, prompt, stream)
+    except openai.APIStatusError as e:
+        if gw.name == "host-runner" and fault["kind"] in ("close_headers", "hang"):
+            pytest.xfail(f"{KNOWN_HOST_RUNNER} (got {e.status_code}: {e.response.text[:200]})")
+        raise
+    if (answer == expected_text(*PRIMARY, prompt) and fault["kind"] == "hang"
+            and (gw.name == "host-runner" or stream)):
+        pytest.xfail(KNOWN_HANG[gw.name])
+    assert answer == expected_text(*SECONDARY, prompt)
     assert len(gw.doubles["openai"].requests()) == 1
     entry = gw.doubles["anthropic"].last()
     assert_upstream_request(gw.doubles["anthropic"], entry, "claude-secondary")
