@@ -151,6 +151,8 @@ def envoy_config(config: dict, upstreams: dict[str, int], wasm: Path) -> dict:
     for name, port in upstreams.items():
         if name in shipped_clusters and name == "gpu_backend":
             c = copy.deepcopy(shipped_clusters[name])  # keep its health checks
+            # One backend here: keep the first locality only, pointed at the test's backend.
+            c["load_assignment"]["endpoints"] = c["load_assignment"]["endpoints"][:1]
         else:
             c = {"name": name, "type": "STATIC", "connect_timeout": "2s",
                  "load_assignment": {"cluster_name": name, "endpoints": [
