@@ -121,6 +121,8 @@ struct SwitchyardHttp {
     dialect: Dialect,
     plan: Option<Plan>,
     stream: Option<Box<dyn ResponseStream>>,
+    /// Whether the streamed answer reached its end (false after a reset mid-stream).
+    stream_ended: bool,
     /// Index into `plan.attempts` of the attempt in flight / that answered.
     attempt: usize,
     attempt_started_ms: u64,
@@ -158,6 +160,7 @@ impl SwitchyardHttp {
             dialect: Dialect::OpenAi,
             plan: None,
             stream: None,
+            stream_ended: false,
             attempt: 0,
             attempt_started_ms: 0,
             attempts: AttemptLog::default(),
@@ -397,6 +400,8 @@ impl SwitchyardHttp {
         } else {
             Err(plan.translate_error(attempt, status, body))
         };
+        // The local reply replaces the held primary response; resuming that response as well
+        // would race the reply on hosts that release it first.
         match reply {
             Ok(reply) => {
                 self.mark_success(status);
@@ -409,7 +414,6 @@ impl SwitchyardHttp {
                 self.reply(reply);
             }
         }
-        self.resume_http_response();
     }
 
     fn take_response_body(&self, body_size: usize) -> Vec<u8> {
@@ -537,15 +541,18 @@ impl HttpContext for SwitchyardHttp {
                 return Action::Continue;
             };
             self.set_http_response_header("content-type", Some(plan.response_content_type()));
+            let attempts = self.attempts.header_value();
+            self.set_http_response_header(ATTEMPTS_HEADER, Some(&attempts));
             if stream && content_type.starts_with("text/event-stream") {
                 self.stream = Some(plan.response_stream(self.attempt));
                 self.state = State::Streaming;
                 self.set_http_response_header("cache-control", Some("no-cache"));
                 if end_of_stream {
-                    let out = self.stream.as_mut().map(|s| s.finish()).unwrap_or_default();
-                    if !out.is_empty() {
-                        log::warn!("switchyard: upstream stream had no body");
-                    }
+                    // A stream response without a body: nothing can be added to it here, so
+                    // the client sees an empty stream; meter it as the failure it is.
+                    log::warn!("switchyard: upstream answered a stream without a body");
+                    self.stream_ended = true;
+                    self.final_status = 502;
                 }
                 return Action::Continue;
             }
@@ -579,6 +586,7 @@ impl HttpContext for SwitchyardHttp {
                 let mut out = stream.push(&chunk);
                 if end_of_stream {
                     out.extend(stream.finish());
+                    self.stream_ended = true;
                 }
                 self.usage = stream.usage();
                 if stream.failed() {
@@ -603,6 +611,10 @@ impl HttpContext for SwitchyardHttp {
     }
 
     fn on_log(&mut self) {
+        if matches!(self.state, State::Streaming) && !self.stream_ended {
+            // The stream was reset before it ended (upstream or client): not a success.
+            self.final_status = 502;
+        }
         let Some(plan) = &self.plan else {
             return;
         };
