@@ -96,11 +96,13 @@ def two_backend_cluster(primary_port: int, standby_port: int):
     def customize(cfg: dict) -> None:
         cluster = next(c for c in cfg["static_resources"]["clusters"]
                        if c["name"] == "gpu_backend")
-        endpoints = cluster["load_assignment"]["endpoints"]
-        if len(endpoints) < 2:  # an envoy.yaml with one locality: add the standby
-            standby = copy.deepcopy(endpoints[0])
-            standby["priority"] = 1
-            endpoints.append(standby)
+        # The shipped localities (hosts.envoy_config keeps only the first for one backend).
+        shipped = next(c for c in hosts.shipped_envoy_config()["static_resources"]["clusters"]
+                       if c["name"] == "gpu_backend")
+        endpoints = copy.deepcopy(shipped["load_assignment"]["endpoints"])
+        assert len(endpoints) >= 2, "envoy.yaml's gpu_backend should list two localities"
+        assert [e.get("priority", 0) for e in endpoints[:2]] == [0, 1], endpoints
+        cluster["load_assignment"]["endpoints"] = endpoints[:2]
         for group, port in zip(endpoints, (primary_port, standby_port)):
             group["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = port
         assert cluster.get("health_checks"), "envoy.yaml's gpu_backend has no health checks"
