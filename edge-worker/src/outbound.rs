@@ -128,6 +128,9 @@ pub async fn send(
     for (name, value) in &upstream.headers {
         request.set_header(name.as_str(), value.as_str());
     }
+    // A declared length rather than chunked transfer: some provider front ends refuse
+    // chunked request bodies, and the body is complete anyway.
+    request.set_header("content-length", upstream.body.len().to_string());
     *request.body_mut() = upstream.body.clone();
     match deadline
         .run(spin_sdk::http::send::<_, IncomingResponse>(request))
