@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import threading
 import urllib.request
@@ -52,11 +53,25 @@ class Double:
         self._call("POST", "/_faults", {"faults": [fault]})
 
 
+def _quiet_loop_errors(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """Faults (dropped connections, cancelled handlers) are the doubles' job, not errors.
+
+    Nothing in the doubles' thread may format a traceback: on CPython 3.11 that runs
+    `ast.parse` (caret anchors), which races with pytest's own `ast.parse` in the main thread
+    and aborts the session with "SystemError: AST constructor recursion depth mismatch"."""
+
+
 class Doubles:
     """All four doubles on ephemeral loopback ports, served from one background thread."""
 
     def __init__(self) -> None:
+        for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal",
+                     "asyncio"):
+            logger = logging.getLogger(name)
+            logger.setLevel(logging.CRITICAL + 1)
+            logger.propagate = False
         self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(_quiet_loop_errors)
         self.runners: list[web.AppRunner] = []
         self.by_name: dict[str, Double] = {}
         self.thread = threading.Thread(target=self.loop.run_forever, name="doubles", daemon=True)
