@@ -39,12 +39,12 @@ use tokio::task::JoinHandle;
 
 use crate::abi::Action;
 use crate::body::{Chunk, ChunkSender, HostBody};
-use crate::clusters::UpstreamError;
+use crate::clusters::{Cluster, UpstreamError};
 use crate::config::RunnerConfig;
 use crate::context::{CallResponse, LocalReply, PendingCall, StreamInfo};
 use crate::error::{HostError, VmError};
 use crate::headers::Headers;
-use crate::vm::{spawn_worker, Plugin, Step, StreamRef, VmHandle, World};
+use crate::vm::{spawn_worker, Plugin, Step, StreamRef, Vm, VmHandle, World};
 
 /// The routing header, as in Envoy's `cluster_header` route action.
 pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
@@ -440,15 +440,17 @@ async fn drive(
         start: SystemTime::now(),
     };
     let (sig_tx, signals) = mpsc::unbounded_channel();
+    let w = world.clone();
     let created = vm
         .with(move |vm| {
             let s = vm.create_stream(info, headers, sig_tx)?;
             let step = vm.on_request_headers(s, eos)?;
-            Ok::<_, VmError>((s, step))
+            let ready = ready(vm, &w, s, Dir::Request, false, &step, Phase::Headers)?;
+            Ok::<_, VmError>((s, step, ready))
         })
         .await
         .and_then(|r| r);
-    let (s, step) = match created {
+    let (s, step, ready) = match created {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "request failed in the filter");
@@ -465,7 +467,7 @@ async fn drive(
         client_body: None,
         bodiless_response: parts.method == Method::HEAD,
     };
-    stream.run(body, eos, step).await;
+    stream.run(body, eos, step, ready).await;
     let _ = vm.with(move |vm| vm.finish_stream(s)).await;
 }
 
@@ -476,8 +478,8 @@ struct Upstream {
 }
 
 impl Stream {
-    async fn run(&mut self, body: Incoming, eos: bool, step: Step) {
-        let stop = match self.request_phase(body, eos, step).await {
+    async fn run(&mut self, body: Incoming, eos: bool, step: Step, ready: Option<Ready>) {
+        let stop = match self.request_phase(body, eos, step, ready).await {
             Ok(upstream) => match self.await_upstream(upstream).await {
                 Ok(resp) => match self.response_phase(resp).await {
                     Ok(()) => return,
@@ -522,15 +524,16 @@ impl Stream {
         mut body: Incoming,
         mut eos: bool,
         first: Step,
+        first_ready: Option<Ready>,
     ) -> Result<Upstream, Stop> {
         let s = self.s;
         let max = self.world.config.max_buffer_bytes;
         let mut upstream: Option<Upstream> = None;
         let mut paused = false;
         let mut buffered = 0usize;
-        let mut next = Some((first, Phase::Headers));
+        let mut next = Some((first, Phase::Headers, first_ready));
         loop {
-            if let Some((step, phase)) = next.take() {
+            if let Some((step, phase, ready)) = next.take() {
                 if let Some(reply) = step.control.local_reply {
                     abort_upstream(upstream.take()).await;
                     return Err(Stop::Local(reply));
@@ -539,28 +542,20 @@ impl Stream {
                     abort_upstream(upstream.take()).await;
                     return Err(Stop::Reset("closed by the filter"));
                 }
-                let go = match phase {
-                    Phase::Headers => step.action == Action::Continue,
-                    Phase::Body => {
-                        paused = step.action == Action::Pause;
-                        !paused
-                    }
-                    Phase::Signal => {
-                        if step.control.continue_request {
-                            paused = false;
+                match phase {
+                    Phase::Body => paused = step.action == Action::Pause,
+                    Phase::Signal if step.control.continue_request => paused = false,
+                    _ => {}
+                }
+                if let Some(ready) = ready {
+                    match (ready, &mut upstream) {
+                        (Ready::Request(release), None) => {
+                            upstream = Some(self.release_request(eos, release).await?);
                         }
-                        step.control.continue_request
-                    }
-                };
-                if go {
-                    match &mut upstream {
-                        None => {
-                            upstream = Some(self.release_request(eos).await?);
-                        }
-                        Some(up) => {
-                            let chunk = self.vm.with(move |vm| vm.take_request_body(s)).await??;
+                        (Ready::Chunk(chunk), Some(up)) => {
                             send_chunk(&up.body, Chunk::Data(chunk)).await;
                         }
+                        _ => unreachable!("ready() matches the release state"),
                     }
                     buffered = 0;
                     if eos {
@@ -599,10 +594,21 @@ impl Stream {
                         abort_upstream(upstream.take()).await;
                         return Err(Stop::Local(text_reply(413, "Payload Too Large")));
                     }
-                    let step = self.vm.with(move |vm| vm.on_request_body(s, &chunk, eos)).await??;
-                    next = Some((step, Phase::Body));
+                    let (world, released) = (self.world.clone(), upstream.is_some());
+                    let (step, ready) = self
+                        .vm
+                        .with(move |vm| {
+                            let step = vm.on_request_body(s, &chunk, eos)?;
+                            let ready = ready(vm, &world, s, Dir::Request, released, &step, Phase::Body)?;
+                            Ok::<_, VmError>((step, ready))
+                        })
+                        .await??;
+                    next = Some((step, Phase::Body, ready));
                 }
-                step = wait_signal(&mut self.signals, &self.vm, self.s) => next = Some((step?, Phase::Signal)),
+                step = wait_signal(&mut self.signals, &self.vm, &self.world, self.s, Some((Dir::Request, upstream.is_some()))) => {
+                    let (step, ready) = step?;
+                    next = Some((step, Phase::Signal, ready));
+                }
                 _ = client_gone(&mut self.head, &None) => {
                     abort_upstream(upstream.take()).await;
                     return Err(Stop::Reset("client went away"));
@@ -613,22 +619,12 @@ impl Stream {
 
     /// Headers are released: read them back from the filter, route, start the upstream
     /// request with whatever body is buffered.
-    async fn release_request(&mut self, eos: bool) -> Result<Upstream, Stop> {
-        let s = self.s;
-        let world = self.world.clone();
-        let (headers, body, cluster) = self
-            .vm
-            .with(move |vm| {
-                let headers = vm.request_headers(s)?;
-                let body = vm.take_request_body(s)?;
-                let name = headers.get_str(CLUSTER_HEADER).unwrap_or("").to_string();
-                let cluster = world.clusters.get(&name);
-                if cluster.is_some() {
-                    vm.set_cluster(s, &name)?;
-                }
-                Ok::<_, VmError>((headers, body, cluster.ok_or(name)))
-            })
-            .await??;
+    async fn release_request(&mut self, eos: bool, release: Release) -> Result<Upstream, Stop> {
+        let Release {
+            headers,
+            body,
+            cluster,
+        } = release;
         let cluster = match cluster {
             Ok(c) => c,
             Err(name) => {
@@ -673,8 +669,8 @@ impl Stream {
                         Err(_) => Err(Stop::Local(text_reply(503, "upstream request failed"))),
                     };
                 }
-                step = wait_signal(&mut self.signals, &self.vm, self.s) => {
-                    let step = step?;
+                step = wait_signal(&mut self.signals, &self.vm, &self.world, self.s, None) => {
+                    let (step, _) = step?;
                     if let Some(reply) = step.control.local_reply {
                         up.response.abort();
                         return Err(Stop::Local(reply));
@@ -703,15 +699,20 @@ impl Stream {
         self.bodiless_response = bodiless;
         let mut eos = bodiless || body.is_end_stream();
         let headers = response_header_map(&parts);
-        let first = self
+        let world = self.world.clone();
+        let (first, first_ready) = self
             .vm
-            .with(move |vm| vm.on_response_headers(s, headers, eos))
+            .with(move |vm| {
+                let step = vm.on_response_headers(s, headers, eos)?;
+                let ready = ready(vm, &world, s, Dir::Response, false, &step, Phase::Headers)?;
+                Ok::<_, VmError>((step, ready))
+            })
             .await??;
         let mut paused = false;
         let mut buffered = 0usize;
-        let mut next = Some((first, Phase::Headers));
+        let mut next = Some((first, Phase::Headers, first_ready));
         loop {
-            if let Some((step, phase)) = next.take() {
+            if let Some((step, phase, ready)) = next.take() {
                 if let Some(reply) = step.control.local_reply {
                     if self.head.is_some() {
                         // Replaces the upstream response; not run through the filter again.
@@ -723,29 +724,24 @@ impl Stream {
                 if step.control.close {
                     return Err(Stop::Reset("closed by the filter"));
                 }
-                let go = match phase {
-                    Phase::Headers => step.action == Action::Continue,
-                    Phase::Body => {
-                        paused = step.action == Action::Pause;
-                        !paused
-                    }
-                    Phase::Signal => {
-                        if step.control.continue_response {
-                            paused = false;
+                match phase {
+                    Phase::Body => paused = step.action == Action::Pause,
+                    Phase::Signal if step.control.continue_response => paused = false,
+                    _ => {}
+                }
+                if let Some(ready) = ready {
+                    match ready {
+                        Ready::Response(headers, body) => {
+                            self.release_response(eos, headers, body).await;
                         }
-                        step.control.continue_response
-                    }
-                };
-                if go {
-                    if self.head.is_some() {
-                        self.release_response(eos).await?;
-                    } else {
-                        let chunk = self.vm.with(move |vm| vm.take_response_body(s)).await??;
-                        if !chunk.is_empty()
-                            && !send_chunk(&self.client_body, Chunk::Data(chunk)).await
-                        {
-                            return Err(Stop::Reset("client went away"));
+                        Ready::Chunk(chunk) => {
+                            if !chunk.is_empty()
+                                && !send_chunk(&self.client_body, Chunk::Data(chunk)).await
+                            {
+                                return Err(Stop::Reset("client went away"));
+                            }
                         }
+                        Ready::Request(_) => unreachable!("ready() matches the direction"),
                     }
                     buffered = 0;
                     if eos {
@@ -782,10 +778,21 @@ impl Stream {
                             Stop::Reset("response buffer limit exceeded")
                         });
                     }
-                    let step = self.vm.with(move |vm| vm.on_response_body(s, &chunk, eos)).await??;
-                    next = Some((step, Phase::Body));
+                    let (world, released) = (self.world.clone(), self.head.is_none());
+                    let (step, ready) = self
+                        .vm
+                        .with(move |vm| {
+                            let step = vm.on_response_body(s, &chunk, eos)?;
+                            let ready = ready(vm, &world, s, Dir::Response, released, &step, Phase::Body)?;
+                            Ok::<_, VmError>((step, ready))
+                        })
+                        .await??;
+                    next = Some((step, Phase::Body, ready));
                 }
-                step = wait_signal(&mut self.signals, &self.vm, self.s) => next = Some((step?, Phase::Signal)),
+                step = wait_signal(&mut self.signals, &self.vm, &self.world, self.s, Some((Dir::Response, self.head.is_none()))) => {
+                    let (step, ready) = step?;
+                    next = Some((step, Phase::Signal, ready));
+                }
                 _ = client_gone(&mut self.head, &self.client_body) => {
                     return Err(Stop::Reset("client went away"));
                 }
@@ -794,12 +801,7 @@ impl Stream {
     }
 
     /// Response headers are released: send them (and whatever body is buffered) downstream.
-    async fn release_response(&mut self, eos: bool) -> Result<(), Stop> {
-        let s = self.s;
-        let (headers, body) = self
-            .vm
-            .with(move |vm| Ok::<_, VmError>((vm.response_headers(s)?, vm.take_response_body(s)?)))
-            .await??;
+    async fn release_response(&mut self, eos: bool, headers: Headers, body: Bytes) {
         let resp = if self.bodiless_response {
             downstream_response(&headers, HostBody::empty(), ContentLength::Keep)
         } else if eos {
@@ -814,7 +816,6 @@ impl Stream {
             downstream_response(&headers, rx, ContentLength::Remove)
         };
         self.send_head(resp);
-        Ok(())
     }
 
     /// Answer with a filter-made or host-made reply. With `run_filter`, the reply passes
@@ -877,23 +878,110 @@ enum Phase {
     Signal,
 }
 
-/// Wait for a signal from the VM and fetch the control state it announces.
+/// Wait for a signal from the VM and fetch the control state it announces, plus what a
+/// `continue_stream` releases (`want`: the direction and whether it was already released).
 async fn wait_signal(
     signals: &mut mpsc::UnboundedReceiver<()>,
     vm: &VmHandle,
+    world: &Arc<World>,
     s: StreamRef,
-) -> Result<Step, Stop> {
+    want: Option<(Dir, bool)>,
+) -> Result<(Step, Option<Ready>), Stop> {
     match signals.recv().await {
         // The sender lives in the stream's context: gone means the instance was replaced.
         None => Err(Stop::Vm(VmError::ContextGone)),
         Some(()) => {
-            let control = vm.with(move |vm| vm.take_control(s)).await??;
-            Ok(Step {
-                action: Action::Continue,
-                control,
-            })
+            let world = world.clone();
+            Ok(vm
+                .with(move |vm| {
+                    let step = Step {
+                        action: Action::Continue,
+                        control: vm.take_control(s)?,
+                    };
+                    let ready = match want {
+                        Some((dir, released)) => {
+                            ready(vm, &world, s, dir, released, &step, Phase::Signal)?
+                        }
+                        None => None,
+                    };
+                    Ok::<_, VmError>((step, ready))
+                })
+                .await??)
         }
     }
+}
+
+/// A direction of the stream.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Request,
+    Response,
+}
+
+/// The request as the filter left it when its headers are released, and its cluster.
+struct Release {
+    headers: Headers,
+    body: Bytes,
+    cluster: Result<Arc<Cluster>, String>,
+}
+
+/// What the driver needs when the filter lets data through. It is collected in the same VM
+/// job as the callback that decided it, so passing data on costs no extra round trip.
+enum Ready {
+    /// Request headers released (with whatever body is buffered).
+    Request(Release),
+    /// Response headers released (with whatever body is buffered).
+    Response(Headers, Bytes),
+    /// More body in a direction whose headers are already released.
+    Chunk(Bytes),
+}
+
+/// Runs on the worker thread right after a callback: if the filter let data through
+/// (`Continue`, or `proxy_continue_stream` for signals) and asked for nothing else, take what
+/// is to be forwarded.
+fn ready(
+    vm: &mut Vm,
+    world: &World,
+    s: StreamRef,
+    dir: Dir,
+    released: bool,
+    step: &Step,
+    phase: Phase,
+) -> Result<Option<Ready>, VmError> {
+    if step.control.local_reply.is_some() || step.control.close {
+        return Ok(None);
+    }
+    let go = match phase {
+        Phase::Headers | Phase::Body => step.action == Action::Continue,
+        Phase::Signal => match dir {
+            Dir::Request => step.control.continue_request,
+            Dir::Response => step.control.continue_response,
+        },
+    };
+    if !go {
+        return Ok(None);
+    }
+    Ok(Some(match (dir, released) {
+        (Dir::Request, false) => {
+            let headers = vm.request_headers(s)?;
+            let body = vm.take_request_body(s)?;
+            let name = headers.get_str(CLUSTER_HEADER).unwrap_or("").to_string();
+            let cluster = world.clusters.get(&name);
+            if cluster.is_some() {
+                vm.set_cluster(s, &name)?;
+            }
+            Ready::Request(Release {
+                headers,
+                body,
+                cluster: cluster.ok_or(name),
+            })
+        }
+        (Dir::Request, true) => Ready::Chunk(vm.take_request_body(s)?),
+        (Dir::Response, false) => {
+            Ready::Response(vm.response_headers(s)?, vm.take_response_body(s)?)
+        }
+        (Dir::Response, true) => Ready::Chunk(vm.take_response_body(s)?),
+    }))
 }
 
 /// Send a chunk; false if the receiver is gone.
