@@ -349,6 +349,7 @@ def test_all_deployments_failing_is_one_clear_error(fb, sdk, stream):
     for dep, outcome in ((deployment(p_prov, p_model), "503"),
                          (deployment(s_prov, s_model), "500")):
         assert dep in message and outcome in message, message
+    assert len(re.findall(r"\d+ ?ms", message)) >= 2, f"each attempt's duration: {message}"
     attempts = parse_attempts(err.response.headers.get("x-switchyard-attempts"))
     assert [(a[0], a[1]) for a in attempts] == [(deployment(p_prov, p_model), "503"),
                                                 (deployment(s_prov, s_model), "500")]
