@@ -100,7 +100,7 @@ impl Exchange {
         let headers = request.headers();
         let header = |name: &str| {
             headers
-                .get(&name.to_string())
+                .get(name)
                 .into_iter()
                 .next()
                 .and_then(|v| String::from_utf8(v).ok())

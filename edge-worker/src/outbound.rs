@@ -146,7 +146,7 @@ pub async fn send(
 pub fn response_header(response: &IncomingResponse, name: &str) -> Option<String> {
     response
         .headers()
-        .get(&name.to_string())
+        .get(name)
         .into_iter()
         .next()
         .and_then(|v| String::from_utf8(v).ok())
