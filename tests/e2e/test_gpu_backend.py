@@ -3,6 +3,7 @@ each host: the only upstream here that is not a double."""
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import subprocess
@@ -73,6 +74,7 @@ def local_gw(request, backend, doubles, tmp_path_factory):
     host.stop()
 
 
+@functools.lru_cache(maxsize=None)
 def direct_answer(backend_url: str, max_tokens: int = 24) -> str:
     """The backend's own greedy answer, asked directly (no gateway)."""
     r = httpx.post(backend_url + "/v1/chat/completions", timeout=120, json={
