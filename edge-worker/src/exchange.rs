@@ -268,7 +268,15 @@ impl Exchange {
                 self.log_attempt(plan, status.to_string());
             }
             let err = plan.translate_error(self.attempt, status, &body);
-            return Step::Reply(LocalReply::error(&err, plan.dialect));
+            let mut reply = LocalReply::error(&err, plan.dialect);
+            // The provider's own back-off hint reaches the client, as through Envoy, unless the
+            // translated error carries one.
+            if err.retry_after.is_none() {
+                if let Some(retry_after) = outbound::response_header(&response, "retry-after") {
+                    reply.headers.push(("retry-after".into(), retry_after));
+                }
+            }
+            return Step::Reply(reply);
         }
         self.mark_success(plan, status);
         match plan.translate_response(self.attempt, &body) {

@@ -76,8 +76,10 @@ pub enum Failure {
     Timeout,
     /// The host refused the destination (Spin's `allowed_outbound_hosts`).
     Denied(String),
-    /// Connection, DNS, TLS or protocol failure.
+    /// Connection, DNS, TLS or protocol failure before a response head.
     Connection(String),
+    /// The connection broke while the body was being read.
+    Reset(String),
 }
 
 impl Failure {
@@ -86,7 +88,8 @@ impl Failure {
         match self {
             Failure::Timeout => "timeout",
             Failure::Denied(_) => "denied",
-            Failure::Connection(_) => "connect_error",
+            Failure::Connection(_) => "connection-failed",
+            Failure::Reset(_) => "reset",
         }
     }
 
@@ -94,7 +97,7 @@ impl Failure {
     pub fn detail(&self) -> &str {
         match self {
             Failure::Timeout => "deadline passed",
-            Failure::Denied(d) | Failure::Connection(d) => d,
+            Failure::Denied(d) | Failure::Connection(d) | Failure::Reset(d) => d,
         }
     }
 
@@ -161,7 +164,7 @@ where
         None => Err(Failure::Timeout),
         Some(None) => Ok(None),
         Some(Some(Ok(chunk))) => Ok(Some(chunk)),
-        Some(Some(Err(err))) => Err(Failure::Connection(err.to_debug_string())),
+        Some(Some(Err(err))) => Err(Failure::Reset(err.to_debug_string())),
     }
 }
 

@@ -394,7 +394,8 @@ async fn gateway_behaviour_through_the_component() {
     );
     let attempts = r.attempts();
     assert!(
-        attempts.starts_with("dead/gone;connect_error;") && attempts.contains("live/up-chat;200;"),
+        attempts.starts_with("dead/gone;connection-failed;")
+            && attempts.contains("live/up-chat;200;"),
         "{attempts}"
     );
 
