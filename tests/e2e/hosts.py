@@ -41,18 +41,44 @@ class Host:
                     pytrace=False)
 
     def metrics_text(self) -> str:
+        if self.name == "edge-worker":
+            return usage_log_as_prometheus(self.log.read_text(errors="replace"))
         r = httpx.get(self.admin_url + self.metrics_path, timeout=10)
         r.raise_for_status()
         return r.text
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT if self.name == "host-runner" else signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM if self.name == "envoy" else signal.SIGINT)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+
+def usage_log_as_prometheus(log: str) -> str:
+    """A Spin component has no metrics endpoint: it logs one `switchyard usage {json}` record
+    per request. Sum those records into the counters the other hosts expose, so the same
+    metering assertions apply to every host."""
+    sums: dict[str, float] = {}
+    for line in log.splitlines():
+        _, found, record = line.partition("switchyard usage ")
+        if not found:
+            continue
+        try:
+            u = json.loads(record)
+        except ValueError:
+            continue
+        tags = f'key="{u["key_id"]}",model="{u["model"]}",provider="{u["provider"]}"'
+        for name, v in (("switchyard_input_tokens_total", u.get("input_tokens", 0)),
+                        ("switchyard_output_tokens_total", u.get("output_tokens", 0)),
+                        ("switchyard_cached_input_tokens_total", u.get("cached_input_tokens", 0)),
+                        ("switchyard_cost_micro_usd_total", round(u.get("cost", 0) * 1e6))):
+            sums[f"{name}{{{tags}}}"] = sums.get(f"{name}{{{tags}}}", 0) + v
+        req = f'switchyard_requests_total{{{tags},status="{u["status"]}"}}'
+        sums[req] = sums.get(req, 0) + 1
+    return "".join(f"{k} {v}\n" for k, v in sums.items())
 
 
 def _spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str]) -> Host:
@@ -196,7 +222,40 @@ def start_envoy(config: dict, upstreams: dict[str, int], secrets: dict[str, str]
     return host
 
 
-STARTERS = {"host-runner": start_host_runner, "envoy": start_envoy}
+def start_edge_worker(config: dict, upstreams: dict[str, int], secrets: dict[str, str],
+                      workdir: Path) -> Host:
+    """The Spin component under `host-runner serve-component` (Spin's wasi-http world): the
+    gateway config and the provider secrets are Spin variables (lower-case names)."""
+    binary = paths.host_runner()
+    component = paths.edge_worker()
+    help_text = subprocess.run([str(binary), "serve-component", "--help"], capture_output=True,
+                               text=True, timeout=30).stdout
+    for flag in ("--component", "--listen", "--var", "--allow-outbound"):
+        if flag not in help_text:
+            pytest.fail(f"`host-runner serve-component --help` does not list {flag}:\n"
+                        f"{help_text}", pytrace=False)
+    (workdir / "gateway.json").write_text(json.dumps(config, indent=2))
+    cmd = [str(binary), "serve-component", "--component", str(component),
+           "--listen", "127.0.0.1:0", "--var", f"gateway_config={json.dumps(config)}",
+           "--allow-outbound", "http://127.0.0.1:*"]
+    for name, value in secrets.items():
+        cmd += ["--var", f"{name.lower()}={value}"]
+    host = _spawn("edge-worker", cmd, workdir, {})
+    pattern = re.compile(r"on (http://[0-9.]+:\d+)")
+
+    def banner():
+        m = pattern.search(host.log.read_text(errors="replace"))
+        return m and m.group(1)
+
+    host.base_url = _wait(host, banner, "its `serving ... on` banner")
+    host.admin_url = ""
+    _wait(host, lambda: httpx.get(host.base_url + "/v1/models", timeout=2).status_code
+          in (200, 401), "GET /v1/models")
+    return host
+
+
+STARTERS = {"host-runner": start_host_runner, "envoy": start_envoy,
+            "edge-worker": start_edge_worker}
 
 
 def start(name: str, config: dict, upstreams: dict[str, int], secrets: dict[str, str],

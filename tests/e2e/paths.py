@@ -44,6 +44,14 @@ def host_runner() -> Path:
                    "Build it with `cargo build --release -p host-runner`")
 
 
+def edge_worker() -> Path:
+    p = _pick("SWITCHYARD_EDGE_WORKER",
+              [REPO / "edge-worker/target/wasm32-wasip2/release/edge_worker.wasm"])
+    return require(p, "the edge-worker component", "SWITCHYARD_EDGE_WORKER",
+                   "Build it with `(cd edge-worker && cargo build --release "
+                   "--target wasm32-wasip2)`")
+
+
 def gpu_backend() -> Path:
     p = _pick("SWITCHYARD_GPU_BACKEND", [REPO / "target/release/gpu-backend"])
     return require(p, "gpu-backend", "SWITCHYARD_GPU_BACKEND",
