@@ -20,9 +20,10 @@ KNOWN_HOST_RUNNER = (
 KNOWN_HANG = {
     "host-runner": "host-runner/filter: the fallback policy's attempt_timeout_ms (2s here) is "
                    "not enforced; the hung primary's late answer (6s) is returned",
-    "envoy": "filter on Envoy: attempt_timeout_ms is not enforced for streamed requests (the "
-             "first attempt rides the router with route timeout 0s); the hung primary's late "
-             "answer is streamed instead of falling back",
+    "envoy": "filter on Envoy: attempt_timeout_ms is not enforced for streamed requests; the "
+             "filter sets x-envoy-upstream-rq-timeout-ms only for non-streams, so a stream's "
+             "first attempt is bounded only by the route idle_timeout (300s in envoy.yaml) and "
+             "the hung primary's late answer is streamed instead of falling back",
 }
 SECONDARY = ("anthropic", "claude-secondary")
 
