@@ -18,8 +18,10 @@ KNOWN_HOST_RUNNER = (
     "host-runner answers a primary that closes the connection mid-headers with its own 503 "
     "instead of handing the failure to the filter, so the filter cannot fall back")
 KNOWN_HANG = {
-    "host-runner": "host-runner/filter: the fallback policy's attempt_timeout_ms (2s here) is "
-                   "not enforced; the hung primary's late answer (6s) is returned",
+    "host-runner": "host-runner ignores the x-envoy-upstream-rq-timeout-ms header the filter "
+                   "sets from attempt_timeout_ms (2s here; Envoy's router honours it), and its "
+                   "own timeout errors do not reach the filter, so the hung primary's late "
+                   "answer (6s) is returned instead of falling back",
     "envoy": "filter on Envoy: attempt_timeout_ms is not enforced for streamed requests; the "
              "filter sets x-envoy-upstream-rq-timeout-ms only for non-streams, so a stream's "
              "first attempt is bounded only by the route idle_timeout (300s in envoy.yaml) and "
