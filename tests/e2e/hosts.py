@@ -172,6 +172,14 @@ def envoy_config(config: dict, upstreams: dict[str, int], wasm: Path) -> dict:
         secret = provider.get("api_key_secret")
         if secret and secret not in keys:
             keys.append(secret)
+    # As envoy.yaml says: the route's per-try idle timeout mirrors attempt_timeout_ms, so a
+    # hung attempt (stream or not) becomes a 504 the filter falls back from.
+    attempt_ms = config.get("fallback", {}).get("attempt_timeout_ms", 30000)
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        for route in vhost["routes"]:
+            policy = route.get("route", {}).get("retry_policy")
+            if policy is not None:
+                policy["per_try_idle_timeout"] = f"{attempt_ms / 1000}s"
     shipped_clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     clusters = []
     for name, port in upstreams.items():

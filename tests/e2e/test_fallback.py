@@ -22,10 +22,11 @@ KNOWN_HANG = {
                    "sets from attempt_timeout_ms (2s here; Envoy's router honours it), and its "
                    "own timeout errors do not reach the filter, so the hung primary's late "
                    "answer (6s) is returned instead of falling back",
-    "envoy": "filter on Envoy: attempt_timeout_ms is not enforced for streamed requests; the "
-             "filter sets x-envoy-upstream-rq-timeout-ms only for non-streams, so a stream's "
-             "first attempt is bounded only by the route idle_timeout (300s in envoy.yaml) and "
-             "the hung primary's late answer is streamed instead of falling back",
+    "envoy": "Envoy limitation: a streamed attempt's time to first byte is bounded by the "
+             "route's retry_policy.per_try_idle_timeout, one value per route (set from the "
+             "global attempt_timeout_ms, 10s here), so this model's shorter per-model "
+             "attempt_timeout_ms (2s) is enforced for complete answers "
+             "(x-envoy-upstream-rq-timeout-ms) but not for streams",
 }
 SECONDARY = ("anthropic", "claude-secondary")
 
