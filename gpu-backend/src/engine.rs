@@ -254,6 +254,8 @@ enum Loaded {
 
 enum WorkerMsg {
     Job(Job),
+    /// The engine is gone: fail what is left and end the thread.
+    Shutdown,
     Load(String),
     Loaded {
         model: String,
@@ -495,6 +497,16 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// Workers keep a sender to their own channel (for loader threads), so closing the
+    /// channel cannot stop them; they are told explicitly.
+    fn drop(&mut self) {
+        for w in &self.workers {
+            let _ = w.tx.send(WorkerMsg::Shutdown);
+        }
+    }
+}
+
 /// A chat sequence in the running batch.
 struct Sequence {
     job: ChatJob,
@@ -536,12 +548,19 @@ impl Worker {
         loop {
             if self.running.is_empty() && !self.has_ready_job() {
                 match self.rx.recv() {
+                    Ok(WorkerMsg::Shutdown) | Err(_) => break,
                     Ok(msg) => self.handle(msg),
-                    Err(_) => return,
                 }
             }
+            let mut shutdown = false;
             while let Ok(msg) = self.rx.try_recv() {
-                self.handle(msg);
+                match msg {
+                    WorkerMsg::Shutdown => shutdown = true,
+                    msg => self.handle(msg),
+                }
+            }
+            if shutdown {
+                break;
             }
             self.drop_cancelled();
             self.run_embeddings();
@@ -549,6 +568,15 @@ impl Worker {
             self.step();
             self.publish_running();
         }
+        for job in self.waiting.drain(..) {
+            job.fail(ApiError::Internal("the backend is shutting down".into()));
+        }
+        for seq in self.running.drain(..) {
+            let _ = seq.job.events.send(ChatEvent::Failed(ApiError::Internal(
+                "the backend is shutting down".into(),
+            )));
+        }
+        self.publish_running();
     }
 
     fn has_ready_job(&self) -> bool {
@@ -566,6 +594,7 @@ impl Worker {
                 }
                 self.waiting.push_back(job);
             }
+            WorkerMsg::Shutdown => {}
             WorkerMsg::Load(model) => {
                 if !self.models.contains_key(&model) && !self.loading.contains(&model) {
                     self.start_load(&model);

@@ -580,3 +580,34 @@ async fn bad_requests_get_openai_errors_and_never_break_the_worker() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_each_load_pinned_models_and_share_the_load() {
+    let dir = common::tiny_models_dir();
+    let mut config = common::config(&[TINY_MODEL], 4, 64);
+    config.workers = 2;
+    let server = Arc::new(start_server(&dir, config, None, Limits::default()).await);
+    server.wait_ready().await;
+    let alone = content(
+        &server
+            .post("/v1/chat/completions", greedy_chat(TINY_MODEL, "same", 16))
+            .await
+            .1,
+    );
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                server
+                    .post("/v1/chat/completions", greedy_chat(TINY_MODEL, "same", 16))
+                    .await
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        // Every worker holds its own copy of the same weights: same greedy answer anywhere.
+        assert_eq!(content(&body), alone);
+    }
+}
