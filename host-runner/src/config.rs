@@ -1,7 +1,7 @@
 //! Runner configuration: what the CLI (or a test) hands to [`crate::start`].
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -138,6 +138,9 @@ pub struct RunnerConfig {
     pub root_id: String,
     /// `plugin_vm_id` property; also the namespace of shared queues.
     pub vm_id: String,
+    /// Where compiled modules are cached (keyed by the wasm's SHA-256 and the engine
+    /// configuration); `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl RunnerConfig {
@@ -158,8 +161,16 @@ impl RunnerConfig {
             plugin_name: "switchyard".to_string(),
             root_id: String::new(),
             vm_id: String::new(),
+            cache_dir: Some(default_cache_dir()),
         }
     }
+}
+
+/// `$HOST_RUNNER_CACHE_DIR`, else `host-runner-cache` in the system temp directory.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("HOST_RUNNER_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("host-runner-cache"))
 }
 
 #[cfg(test)]

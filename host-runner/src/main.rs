@@ -109,6 +109,11 @@ struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024 * 1024)]
     max_buffer_bytes: usize,
 
+    /// Do not cache compiled modules (by default they are cached in $HOST_RUNNER_CACHE_DIR or
+    /// the temp directory's host-runner-cache, keyed by the wasm's SHA-256).
+    #[arg(long)]
+    no_compile_cache: bool,
+
     /// Value of the plugin_name property.
     #[arg(long, default_value = "switchyard")]
     plugin_name: String,
@@ -202,6 +207,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.wasm_log_level = wasm_log_level;
     config.plugin_name = args.plugin_name.clone();
     config.root_id = args.root_id.clone();
+    if args.no_compile_cache {
+        config.cache_dir = None;
+    }
     config.vm_id = args.vm_id.clone();
 
     let server = host_runner::start(config)

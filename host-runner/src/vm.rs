@@ -10,12 +10,15 @@
 //! with a fresh one — `proxy_on_vm_start` and `proxy_on_configure` run again — and every stream
 //! of the old instance fails (its contexts are gone), while the worker keeps serving.
 
+use std::hash::{Hash, Hasher};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Engine, ExternType, Instance, InstancePre, Linker, Module, Store, TypedFunc, Val,
     ValType, WasmParams, WasmResults,
@@ -86,8 +89,7 @@ impl Plugin {
         let mut cfg = Config::new();
         cfg.epoch_interruption(true);
         let engine = Engine::new(&cfg).map_err(|e| HostError::InvalidWasm(format!("{e:?}")))?;
-        let module = Module::new(&engine, &config.wasm)
-            .map_err(|e| HostError::InvalidWasm(format!("{e:?}")))?;
+        let module = load_module(&engine, &config.wasm, config.cache_dir.as_deref())?;
         let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
         if !exports
             .iter()
@@ -166,6 +168,53 @@ impl Plugin {
             stop_ticker,
         })
     }
+}
+
+/// Compile `wasm`, or load the result of an earlier compilation of the same bytes by the
+/// same engine configuration from `cache_dir`. Compiling a multi-megabyte filter takes
+/// seconds (tens of seconds in a debug build); test suites and scripts restart the runner
+/// many times with the same filter.
+fn load_module(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<Module, HostError> {
+    let compile =
+        || Module::new(engine, wasm).map_err(|e| HostError::InvalidWasm(format!("{e:?}")));
+    let Some(dir) = cache_dir else {
+        return compile();
+    };
+    let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
+    let digest = Sha256::digest(wasm);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{hex}-{:016x}.cwasm", engine_hash.finish()));
+    if path.is_file() {
+        // SAFETY: the file was written by `Module::serialize` below for exactly these wasm
+        // bytes and this engine configuration (both are in its name), into the runner's own
+        // cache directory; wasmtime still checks the header and compatibility on load.
+        match unsafe { Module::deserialize_file(engine, &path) } {
+            Ok(m) => return Ok(m),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unusable compile cache entry: {e}")
+            }
+        }
+    }
+    let module = compile()?;
+    if let Ok(bytes) = module.serialize() {
+        // Write then rename, so a concurrent reader never sees a partial file.
+        let tmp = dir.join(format!(".{hex}.{}.tmp", std::process::id()));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(dir = %dir.display(), "not caching the compiled module: {e}");
+        }
+    }
+    Ok(module)
 }
 
 /// The guest's exported callbacks; missing ones get Envoy's defaults (Continue / true).

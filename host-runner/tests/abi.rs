@@ -301,3 +301,28 @@ async fn malloc_is_used_as_the_guest_allocator() {
     let r = get(server.listen_addr, "/", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (200, "config-via-malloc"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_modules_are_cached_and_bad_entries_replaced() {
+    let dir = std::env::temp_dir().join(format!("host-runner-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = probe_config("");
+    config.cache_dir = Some(dir.clone());
+    let cached = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect()
+    };
+    for round in 0..3 {
+        if round == 1 {
+            // A corrupt entry is ignored and rewritten.
+            std::fs::write(&cached()[0], b"garbage").unwrap();
+        }
+        let server = host_runner::start(config.clone()).await.unwrap();
+        assert_eq!(get(server.listen_addr, "/local", &[]).await.status, 403);
+        assert_eq!(cached().len(), 1, "round {round}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
