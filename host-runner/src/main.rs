@@ -33,6 +33,7 @@ enum Command {
     ///   host-runner serve --filter target/wasm32-wasip1/release/switchyard_filter.wasm \
     ///     --plugin-config gateway.json --cluster openai=127.0.0.1:9001 \
     ///     --env OPENAI_API_KEY --listen 127.0.0.1:8080 --admin 127.0.0.1:9901
+    #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
     /// Serve HTTP through a Spin HTTP component (edge-worker, wasm32-wasip2), as Spin does.
     ///
