@@ -426,3 +426,22 @@ async fn startup_errors_are_typed() {
     let _ = std::fs::remove_file(&garbage);
     assert!(matches!(invalid, Err(ComponentError::Invalid { .. })));
 }
+
+#[test]
+fn serve_component_help_lists_its_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_host-runner"))
+        .args(["serve-component", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--component",
+        "--listen",
+        "--var",
+        "--env",
+        "--allow-outbound",
+    ] {
+        assert!(text.contains(flag), "help lacks {flag}:\n{text}");
+    }
+}
