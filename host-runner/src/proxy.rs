@@ -325,7 +325,7 @@ fn upstream_request(
     copy_headers(
         headers,
         req.headers_mut(),
-        &[CLUSTER_HEADER, "content-length", "host"],
+        &[CLUSTER_HEADER, TIMEOUT_HEADER, "content-length", "host"],
     );
     if let Some(authority) = headers.get(b":authority").filter(|a| !a.is_empty()) {
         let v = HeaderValue::from_bytes(authority).map_err(|e| format!("bad :authority: {e}"))?;
@@ -377,6 +377,10 @@ enum ContentLength {
 enum Stop {
     /// Answer with a local reply (through the filter's response callbacks).
     Local(LocalReply),
+    /// The upstream could not answer (unknown cluster, connect failure, timeout): like
+    /// Envoy's router, answer with a host-made error that the filter sees exactly as an
+    /// upstream response — it may hold it and answer otherwise (e.g. fall back).
+    Upstream(LocalReply),
     /// Reset the stream.
     Reset(&'static str),
     /// The VM failed (trap, or the instance was replaced under this stream).
@@ -387,6 +391,23 @@ impl From<VmError> for Stop {
     fn from(e: VmError) -> Self {
         Stop::Vm(e)
     }
+}
+
+/// Envoy's per-request upstream timeout header (milliseconds), honoured and not forwarded.
+const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+
+/// A host-made reply as an upstream response, for the filter's response callbacks.
+fn reply_response(reply: LocalReply) -> Response<http_body_util::Full<Bytes>> {
+    let mut resp = Response::new(http_body_util::Full::new(reply.body));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    copy_headers(&reply.headers, resp.headers_mut(), &[]);
+    if !resp.headers().contains_key(http::header::CONTENT_TYPE) {
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    resp
 }
 
 fn text_reply(status: u16, body: &str) -> LocalReply {
@@ -489,8 +510,19 @@ impl Stream {
             },
             Err(stop) => stop,
         };
+        let stop = match stop {
+            Stop::Upstream(reply) => match self.response_phase(reply_response(reply)).await {
+                Ok(()) => return,
+                // Already answered through the filter once: no second pass.
+                Err(Stop::Upstream(reply)) | Err(Stop::Local(reply)) => {
+                    return self.local_reply(reply, false).await
+                }
+                Err(stop) => stop,
+            },
+            stop => stop,
+        };
         match stop {
-            Stop::Local(reply) => self.local_reply(reply, true).await,
+            Stop::Local(reply) | Stop::Upstream(reply) => self.local_reply(reply, true).await,
             Stop::Reset(why) => self.reset(why).await,
             Stop::Vm(e) => {
                 tracing::warn!(error = %e, "stream failed in the filter");
@@ -631,7 +663,7 @@ impl Stream {
                 let err = UpstreamError::UnknownCluster(name);
                 tracing::warn!(error = %err, "no route for request");
                 let (status, text) = err.local_reply();
-                return Err(Stop::Local(text_reply(status, text)));
+                return Err(Stop::Upstream(text_reply(status, text)));
             }
         };
         let had_length = headers.get(b"content-length").is_some();
@@ -646,11 +678,17 @@ impl Stream {
             }
             (rx, Some(tx), None)
         };
+        // Like Envoy's router: the filter may bound this request's wait for response headers.
+        let timeout = headers
+            .get_str(TIMEOUT_HEADER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(std::time::Duration::from_millis);
         let req = upstream_request(&headers, req_body, length).map_err(|e| {
             tracing::warn!(error = e, "the filter left an invalid request");
             Stop::Local(text_reply(500, "invalid request after filter"))
         })?;
-        let response = tokio::spawn(async move { cluster.send(req, None).await });
+        let response = tokio::spawn(async move { cluster.send(req, timeout).await });
         Ok(Upstream { body: tx, response })
     }
 
@@ -664,9 +702,9 @@ impl Stream {
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "upstream request failed");
                             let (status, text) = e.local_reply();
-                            Err(Stop::Local(text_reply(status, text)))
+                            Err(Stop::Upstream(text_reply(status, text)))
                         }
-                        Err(_) => Err(Stop::Local(text_reply(503, "upstream request failed"))),
+                        Err(_) => Err(Stop::Upstream(text_reply(503, "upstream request failed"))),
                     };
                 }
                 step = wait_signal(&mut self.signals, &self.vm, &self.world, self.s, None) => {
@@ -689,7 +727,10 @@ impl Stream {
     }
 
     /// Run the upstream response through the filter to the client, chunk by chunk.
-    async fn response_phase(&mut self, resp: Response<Incoming>) -> Result<(), Stop> {
+    async fn response_phase<B>(&mut self, resp: Response<B>) -> Result<(), Stop>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+    {
         let s = self.s;
         let max = self.world.config.max_buffer_bytes;
         let (parts, mut body) = resp.into_parts();

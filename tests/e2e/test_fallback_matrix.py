@@ -34,12 +34,6 @@ from .fallback_config import (
 CHAT_PATH = {"openai": "/chat/completions", "anthropic": "/v1/messages",
              "gemini": "generateContent", "dashscope": "/generation"}
 
-HOST_RUNNER_LOCAL_ERRORS = (
-    "host-runner does not pass its locally generated upstream errors (connect failure -> 503, "
-    "timeout -> 504) through the filter's response callbacks as Envoy does, so the filter "
-    "never sees the failure and cannot fall back")
-
-
 @pytest.fixture(scope="module", params=paths.selected_hosts())
 def fb(request, doubles, tmp_path_factory) -> Gateway:
     name = request.param
@@ -53,35 +47,6 @@ def _reset_doubles(doubles):
     doubles.reset()
     yield
     doubles.reset()
-
-
-HOST_RUNNER_LOST_REPLY = (
-    "host-runner sometimes (~5% of fallbacks, sequential requests on fresh connections) loses "
-    "the reply the filter sends from on_http_call_response (send_http_response, then "
-    "resume_http_response) and releases the held primary response instead: the client gets the "
-    "primary's raw error (upstream body and headers, no x-switchyard-attempts) although the "
-    "usage record says status 200 after 2 attempts. Envoy: 0 in 125.")
-
-
-def lost_reply(fb: Gateway, response: httpx.Response | None) -> bool:
-    """The host-runner symptom above: an error that never went through the filter's reply."""
-    return (fb.name == "host-runner" and response is not None
-            and "x-switchyard-attempts" not in response.headers
-            and "aiohttp" in response.headers.get("server", ""))  # the double's own headers
-
-
-def xfail_if_lost_reply(fb: Gateway, err) -> None:
-    response = getattr(err, "response", None)
-    if lost_reply(fb, response):
-        # Imperative, so these tests pass by themselves once host-runner is fixed; the strict
-        # reproduction is test_many_sequential_fallbacks_never_leak_the_primary_error.
-        pytest.xfail(f"{HOST_RUNNER_LOST_REPLY} Got {response.status_code}: "
-                     f"{response.text[:160]}")
-
-
-def host_runner_local_errors_xfail(request, fb: Gateway) -> None:
-    if fb.name == "host-runner":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=HOST_RUNNER_LOCAL_ERRORS))
 
 
 # --- calling the gateway with either SDK -----------------------------------------------------
@@ -100,12 +65,7 @@ class Answer:
 
 def ask(gw: Gateway, sdk: str, model: str, prompt: str, stream: bool = False,
         timeout: float = 30) -> Answer:
-    """`_ask`, turning host-runner's lost-reply bug into an xfail."""
-    try:
-        return _ask(gw, sdk, model, prompt, stream, timeout)
-    except (openai.APIStatusError, anthropic.APIStatusError) as err:
-        xfail_if_lost_reply(gw, err)
-        raise
+    return _ask(gw, sdk, model, prompt, stream, timeout)
 
 
 def _ask(gw: Gateway, sdk: str, model: str, prompt: str, stream: bool = False,
@@ -221,10 +181,8 @@ def expected_outcomes(fault: dict) -> set[str]:
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 @pytest.mark.parametrize("fault_name", list(FAULTS))
 @pytest.mark.parametrize("sdk,model", COMBOS, ids=[f"{s}-sdk-{m}" for s, m in COMBOS])
-def test_primary_fault_falls_back_to_secondary(request, fb, sdk, model, fault_name, stream):
+def test_primary_fault_falls_back_to_secondary(fb, sdk, model, fault_name, stream):
     fault = FAULTS[fault_name]
-    if fault["kind"] != "status":
-        host_runner_local_errors_xfail(request, fb)
     (p_prov, p_model), (s_prov, s_model) = CHAINS[model]
     prompt = f"fallback {fault_name} {sdk} {model} {'stream' if stream else 'complete'}"
     inject(fb, p_prov, **fault)
@@ -257,8 +215,7 @@ def test_primary_fault_falls_back_to_secondary(request, fb, sdk, model, fault_na
 
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
-def test_primary_connection_refused_falls_back(request, fb, sdk, stream):
-    host_runner_local_errors_xfail(request, fb)
+def test_primary_connection_refused_falls_back(fb, sdk, stream):
     (p_prov, p_model), (s_prov, s_model) = CHAINS["fb-dead"]
     prompt = f"connection refused {sdk} {stream}"
     answer = ask(fb, sdk, "fb-dead", prompt, stream)
@@ -343,7 +300,6 @@ def test_all_deployments_failing_is_one_clear_error(fb, sdk, stream):
     inject(fb, p_prov, kind="status", status=503)
     inject(fb, s_prov, kind="status", status=500)
     err = ask_error(fb, sdk, "fb-all", f"everything fails {sdk} {stream}", stream)
-    xfail_if_lost_reply(fb, err)
     body = assert_error_dialect(sdk, err, 502)
     message = body["error"]["message"]
     for dep, outcome in ((deployment(p_prov, p_model), "503"),
@@ -364,14 +320,12 @@ def test_all_deployments_rate_limited_is_429_with_retry_after(fb, sdk):
     inject(fb, p_prov, kind="status", status=429, retry_after=7)
     inject(fb, s_prov, kind="status", status=429, retry_after=7)
     err = ask_error(fb, sdk, "fb-all", f"everyone is rate limited {sdk}")
-    xfail_if_lost_reply(fb, err)
     body = assert_error_dialect(sdk, err, 429)
     assert err.response.headers.get("retry-after"), "a 429 tells the client when to retry"
     assert "429" in body["error"]["message"]
 
 
-def test_all_deployments_timing_out_is_504(request, fb):
-    host_runner_local_errors_xfail(request, fb)
+def test_all_deployments_timing_out_is_504(fb):
     (p_prov, p_model), (s_prov, s_model) = CHAINS["fb-all"]
     inject(fb, p_prov, kind="hang", seconds=6)
     inject(fb, s_prov, kind="hang", seconds=6)
@@ -433,8 +387,6 @@ def test_burst_with_half_the_primary_failing_has_no_client_errors(fb):
                     model="fb-burst", messages=[{"role": "user", "content": prompt}])
                 text = r.choices[0].message.content
         except openai.APIStatusError as e:
-            if lost_reply(fb, e.response):
-                return i, "lost-reply"
             return i, f"HTTP {e.status_code}: {e.response.text[:200]}"
         except openai.APIError as e:
             return i, f"{type(e).__name__}: {e}"
@@ -446,11 +398,7 @@ def test_burst_with_half_the_primary_failing_has_no_client_errors(fb):
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(one, range(total)))
-    bad = [(i, r) for i, r in results if r not in ("primary", "secondary", "lost-reply")]
-    assert not bad, f"{len(bad)} of {total} requests failed, e.g. {bad[:5]}"
-    lost = sum(1 for _, r in results if r == "lost-reply")
-    if lost:
-        pytest.xfail(f"{lost} of {total}: {HOST_RUNNER_LOST_REPLY}")
+    bad = [(i, r) for i, r in results if r not in ("primary", "secondary")]
     assert not bad, f"{len(bad)} of {total} requests failed, e.g. {bad[:5]}"
     by = {k: sum(1 for _, r in results if r == k) for k in ("primary", "secondary")}
     assert by["secondary"] == failing, by
@@ -603,11 +551,9 @@ def test_streamed_answer_lists_its_attempt(fb, sdk):
     assert [(a[0], a[1]) for a in answer.attempts] == [(deployment(p_prov, p_model), "200")]
 
 
-def test_many_sequential_fallbacks_never_leak_the_primary_error(request, fb):
+def test_many_sequential_fallbacks_never_leak_the_primary_error(fb):
     """100 fallbacks in a row, each on a fresh connection: every one answers 200 with the
-    secondary's answer. (On host-runner ~5% leak the primary's raw error; P(no leak) < 1%.)"""
-    if fb.name == "host-runner":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=HOST_RUNNER_LOST_REPLY))
+    secondary's answer (a held primary error must never be released instead)."""
     (p_prov, _), (s_prov, s_model) = CHAINS["fb-oa"]
     leaked = []
     for i in range(100):
