@@ -19,6 +19,11 @@ from .gateway_config import gateway_config, upstreams
 
 WARM_TIMEOUT_S = 300
 QUESTION = "What is the capital of France?"
+# With SmolLM2's built-in default system prompt, Q4_1 greedy decoding tips to "L'Étoile, ..."
+# (the f32 reference's top two tokens are 0.08 logits apart; see gpu-backend/tests); with a
+# plain system prompt the model answers Paris, as the f32 reference does.
+SYSTEM = "You are a helpful assistant."
+MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
 
 
 def free_port() -> int:
@@ -79,29 +84,22 @@ def direct_answer(backend_url: str, max_tokens: int = 24) -> str:
     """The backend's own greedy answer, asked directly (no gateway)."""
     r = httpx.post(backend_url + "/v1/chat/completions", timeout=120, json={
         "model": "smollm2-135m-instruct", "temperature": 0, "max_tokens": max_tokens,
-        "messages": [{"role": "user", "content": QUESTION}]})
+        "messages": MESSAGES})
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"]
 
 
-def expect_paris(answer: str, backend) -> None:
-    if "Paris" in answer:
-        return
-    direct = direct_answer(backend[0])
-    if "Paris" not in direct:
-        pytest.xfail(f"gpu-backend itself answers {QUESTION!r} at temperature 0 with "
-                     f"{direct!r} (no gateway involved); through the gateway: {answer!r}")
-    raise AssertionError(f"the backend says {direct!r} directly but {answer!r} through the "
-                         "gateway")
+def expect_paris(answer: str) -> None:
+    assert "Paris" in answer, f"SmolLM2 answered {answer!r}"
 
 
 def test_smollm2_knows_paris(local_gw, backend):
     r = local_gw.openai(timeout=120).chat.completions.create(
         model="smollm2", temperature=0, max_tokens=24,
-        messages=[{"role": "user", "content": QUESTION}])
+        messages=MESSAGES)
     answer = r.choices[0].message.content
     assert answer == direct_answer(backend[0]), "the gateway must return the backend's answer"
-    expect_paris(answer, backend)
+    expect_paris(answer)
     assert r.model  # the backend's answer came back through the gateway
     assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 24
 
@@ -110,19 +108,19 @@ def test_smollm2_streams_through_the_gateway(local_gw, backend):
     chunks = list(local_gw.openai(timeout=120).chat.completions.create(
         model="default", temperature=0, max_tokens=24, stream=True,
         stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": QUESTION}]))
+        messages=MESSAGES))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
     assert chunks[-1].usage and chunks[-1].usage.completion_tokens > 0
-    expect_paris(text, backend)
+    expect_paris(text)
 
 
 def test_anthropic_sdk_on_the_local_model(local_gw, backend):
     m = local_gw.anthropic(timeout=120).messages.create(
-        model="smollm2", max_tokens=24, extra_body={"temperature": 0},
+        model="smollm2", max_tokens=24, extra_body={"temperature": 0}, system=SYSTEM,
         messages=[{"role": "user", "content": QUESTION}])
     assert m.usage.output_tokens > 0
-    expect_paris(m.content[0].text, backend)
+    expect_paris(m.content[0].text)
 
 
 def cosine(a, b):
