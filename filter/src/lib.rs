@@ -112,6 +112,9 @@ enum State {
     FallingBack,
     /// We answered locally; pass our own reply through untouched.
     LocalReply,
+    /// A fallback answer replaced the held primary response: nothing of the primary may
+    /// pass any more (a host may still deliver its body to us).
+    Replaced,
 }
 
 struct SwitchyardHttp {
@@ -196,7 +199,11 @@ impl SwitchyardHttp {
     }
 
     fn reply(&mut self, reply: LocalReply) -> Action {
-        self.state = State::LocalReply;
+        self.state = if matches!(self.state, State::FallingBack) {
+            State::Replaced
+        } else {
+            State::LocalReply
+        };
         self.final_status = reply.status;
         let attempts = self.attempts.header_value();
         let mut headers: Vec<(&str, &str)> = reply
@@ -604,8 +611,8 @@ impl HttpContext for SwitchyardHttp {
                 self.set_http_response_body(0, body_size, &out);
                 Action::Continue
             }
-            // The failed primary's body is discarded once the fallback answers.
-            State::FallingBack => Action::Pause,
+            // The failed primary's body is held, then discarded once the fallback answers.
+            State::FallingBack | State::Replaced => Action::Pause,
             _ => Action::Continue,
         }
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Envoy pass-through vs Envoy + filter.wasm, same upstream, same run.
+"""Envoy pass-through vs Envoy + filter.wasm (and host-runner with each), same upstream, same run.
 
 Starts three Envoys on loopback: an upstream that answers every request with a fixed OpenAI
 chat completion (`direct_response`, so the upstream is never the bottleneck), a plain
@@ -8,6 +8,11 @@ body rewrite, response usage metering). `wrk` drives each at several concurrenci
 script prints a Markdown table with requests/s, p50 and p99, and ratios against pass-through.
 
     python3 tests/bench/envoy_bench.py [--envoy PATH] [--wasm PATH] [--duration 10] [--conns 1,64,512]
+        [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
+
+With --host-runner, two more rows: host-runner running the passthrough guest (every callback
+continues; the request carries `x-switchyard-cluster` itself) and host-runner running
+filter.wasm, both in front of the same upstream.
 
 Needs `wrk` (Debian package `wrk`). Loopback only; every run is bounded by --duration.
 """
@@ -125,13 +130,14 @@ def wait_ready(port, deadline=120):
     while time.time() < end:
         try:
             req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=REQUEST.encode(),
-                                         headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+                                         headers={"authorization": f"Bearer {KEY}", "content-type": "application/json",
+                                                  "x-switchyard-cluster": "upstream"})
             with urllib.request.urlopen(req, timeout=2) as resp:
                 if resp.status == 200:
                     return
         except Exception:
             time.sleep(0.5)
-    raise SystemExit(f"port {port} did not answer within {deadline}s")
+    raise SystemExit(f"port {port} did not answer 200 within {deadline}s")
 
 
 def to_ms(text):
@@ -160,6 +166,9 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--conns", default="1,64,512")
     ap.add_argument("--base-port", type=int, default=39100)
+    ap.add_argument("--host-runner", help="also measure host-runner (path to the binary)")
+    ap.add_argument("--passthrough", default=os.path.join(
+        ROOT, "host-runner/test-guests/target/wasm32-wasip1/release/passthrough.wasm"))
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
@@ -170,29 +179,48 @@ def main():
     lua = os.path.join(tmp, "post.lua")
     with open(lua, "w") as f:
         f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST)}\n'
-                f'wrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer {KEY}"\n')
+                f'wrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer {KEY}"\n'
+                # Only the passthrough guest needs it; the filter overwrites it, Envoy's
+                # pass-through route ignores it.
+                'wrk.headers["x-switchyard-cluster"] = "upstream"\n')
     procs = []
     try:
         for cfg, base_id in ((upstream_cfg, 1), (proxies_cfg, 2)):
             procs.append(subprocess.Popen([args.envoy, "-c", cfg, "--concurrency", "1", "-l", "error",
                                            "--base-id", str(base + base_id)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for port in ports[:3]:
+        setups = [("upstream direct", ports[0]), ("envoy pass-through", ports[1]),
+                  ("envoy + filter.wasm", ports[2])]
+        if args.host_runner:
+            gw_path = os.path.join(tmp, "gateway.json")
+            with open(gw_path, "w") as f:
+                f.write(gateway_config(ports[0]))
+            for name, port, wasm, extra in (
+                    ("host-runner + passthrough", base + 3, args.passthrough, []),
+                    ("host-runner + filter.wasm", base + 4, args.wasm, ["--plugin-config", gw_path])):
+                procs.append(subprocess.Popen(
+                    [args.host_runner, "serve", "--filter", wasm, "--listen", f"127.0.0.1:{port}",
+                     "--no-admin", "--cluster", f"upstream=127.0.0.1:{ports[0]}", "--log-level", "warn"] + extra,
+                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{port}.log"), "wb")))
+                setups.append((name, port))
+        for _, port in setups:
             wait_ready(port)
         rows = []
         for conns in [int(c) for c in args.conns.split(",")]:
-            results = {name: run_wrk(port, conns, args.duration, lua)
-                       for name, port in (("upstream direct", ports[0]), ("envoy pass-through", ports[1]),
-                                          ("envoy + filter.wasm", ports[2]))}
+            results = {name: run_wrk(port, conns, args.duration, lua) for name, port in setups}
             rows.append((conns, results))
         cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
         print(f"Machine: {cpu}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}; "
               f"wrk {args.duration}s per cell; Envoy --concurrency 1 for each of upstream and proxies\n")
+        print("Ratios: each Envoy row against Envoy pass-through; each host-runner row against "
+              "host-runner + passthrough when measured.\n")
         print("| conns | setup | req/s | p50 ms | p99 ms | req/s vs pass-through | p99 vs pass-through |")
         print("|---|---|---|---|---|---|---|")
         for conns, results in rows:
-            base_rps, _, base_p99 = results["envoy pass-through"]
             for name, (rps, p50, p99) in results.items():
+                baseline = ("host-runner + passthrough" if name.startswith("host-runner")
+                            else "envoy pass-through")
+                base_rps, _, base_p99 = results[baseline]
                 print(f"| {conns} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {rps / base_rps:.2f} | {p99 / base_p99:.2f} |")
     finally:
         for p in procs:

@@ -78,6 +78,9 @@ def usage_log_as_prometheus(log: str) -> str:
             sums[f"{name}{{{tags}}}"] = sums.get(f"{name}{{{tags}}}", 0) + v
         req = f'switchyard_requests_total{{{tags},status="{u["status"]}"}}'
         sums[req] = sums.get(req, 0) + 1
+        if u.get("attempts", 1) > 1:  # as the filter counts fallbacks
+            fb = f"switchyard_fallbacks_total{{{tags}}}"
+            sums[fb] = sums.get(fb, 0) + u["attempts"] - 1
     return "".join(f"{k} {v}\n" for k, v in sums.items())
 
 

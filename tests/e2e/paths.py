@@ -88,7 +88,7 @@ def envoy() -> Path:
 
 
 def selected_hosts() -> list[str]:
-    raw = os.environ.get("SWITCHYARD_HOSTS", "host-runner,envoy")
+    raw = os.environ.get("SWITCHYARD_HOSTS", "host-runner,envoy,edge-worker")
     hosts = [h.strip() for h in raw.split(",") if h.strip()]
     unknown = [h for h in hosts if h not in KNOWN_HOSTS]
     if unknown:
