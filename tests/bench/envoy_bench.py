@@ -9,10 +9,13 @@ script prints a Markdown table with requests/s, p50 and p99, and ratios against 
 
     python3 tests/bench/envoy_bench.py [--envoy PATH] [--wasm PATH] [--duration 10] [--conns 1,64,512]
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
+        [--component edge-worker/target/wasm32-wasip2/release/edge_worker.wasm]
 
 With --host-runner, two more rows: host-runner running the passthrough guest (every callback
 continues; the request carries `x-switchyard-cluster` itself) and host-runner running
-filter.wasm, both in front of the same upstream.
+filter.wasm, both in front of the same upstream. With --component as well, one more row: the
+Spin component (edge-worker) under `host-runner serve-component`, compared with the upstream
+direct (a component has no pass-through twin).
 
 Needs `wrk` (Debian package `wrk`). Loopback only; every run is bounded by --duration.
 """
@@ -167,6 +170,7 @@ def main():
     ap.add_argument("--conns", default="1,64,512")
     ap.add_argument("--base-port", type=int, default=39100)
     ap.add_argument("--host-runner", help="also measure host-runner (path to the binary)")
+    ap.add_argument("--component", help="also measure the Spin component (needs --host-runner)")
     ap.add_argument("--passthrough", default=os.path.join(
         ROOT, "host-runner/test-guests/target/wasm32-wasip1/release/passthrough.wasm"))
     args = ap.parse_args()
@@ -203,6 +207,13 @@ def main():
                      "--no-admin", "--cluster", f"upstream=127.0.0.1:{ports[0]}", "--log-level", "warn"] + extra,
                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{port}.log"), "wb")))
                 setups.append((name, port))
+            if args.component:
+                port = base + 5
+                procs.append(subprocess.Popen(
+                    [args.host_runner, "serve-component", "--component", args.component,
+                     "--listen", f"127.0.0.1:{port}", "--var", f"gateway_config={gateway_config(ports[0])}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                setups.append(("serve-component + edge_worker.wasm", port))
         for _, port in setups:
             wait_ready(port)
         rows = []
@@ -212,13 +223,15 @@ def main():
         cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
         print(f"Machine: {cpu}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}; "
               f"wrk {args.duration}s per cell; Envoy --concurrency 1 for each of upstream and proxies\n")
-        print("Ratios: each Envoy row against Envoy pass-through; each host-runner row against "
-              "host-runner + passthrough when measured.\n")
+        print("Ratios (the baseline column): each Envoy row against Envoy pass-through; each "
+              "host-runner row against host-runner + passthrough; the component against the "
+              "upstream direct.\n")
         print("| conns | setup | req/s | p50 ms | p99 ms | req/s vs pass-through | p99 vs pass-through |")
         print("|---|---|---|---|---|---|---|")
         for conns, results in rows:
             for name, (rps, p50, p99) in results.items():
                 baseline = ("host-runner + passthrough" if name.startswith("host-runner")
+                            else "upstream direct" if name.startswith("serve-component")
                             else "envoy pass-through")
                 base_rps, _, base_p99 = results[baseline]
                 print(f"| {conns} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {rps / base_rps:.2f} | {p99 / base_p99:.2f} |")
