@@ -637,8 +637,9 @@ impl Stream {
                         .await??;
                     next = Some((step, Phase::Body, ready));
                 }
-                step = wait_signal(&mut self.signals, &self.vm, &self.world, self.s, Some((Dir::Request, upstream.is_some()))) => {
-                    let (step, ready) = step?;
+                sig = self.signals.recv() => {
+                    let want = Some((Dir::Request, upstream.is_some()));
+                    let (step, ready) = fetch_signal(sig, &self.vm, &self.world, self.s, want).await?;
                     next = Some((step, Phase::Signal, ready));
                 }
                 _ = client_gone(&mut self.head, &None) => {
@@ -707,8 +708,8 @@ impl Stream {
                         Err(_) => Err(Stop::Upstream(text_reply(503, "upstream request failed"))),
                     };
                 }
-                step = wait_signal(&mut self.signals, &self.vm, &self.world, self.s, None) => {
-                    let (step, _) = step?;
+                sig = self.signals.recv() => {
+                    let (step, _) = fetch_signal(sig, &self.vm, &self.world, self.s, None).await?;
                     if let Some(reply) = step.control.local_reply {
                         up.response.abort();
                         return Err(Stop::Local(reply));
@@ -830,8 +831,9 @@ impl Stream {
                         .await??;
                     next = Some((step, Phase::Body, ready));
                 }
-                step = wait_signal(&mut self.signals, &self.vm, &self.world, self.s, Some((Dir::Response, self.head.is_none()))) => {
-                    let (step, ready) = step?;
+                sig = self.signals.recv() => {
+                    let want = Some((Dir::Response, self.head.is_none()));
+                    let (step, ready) = fetch_signal(sig, &self.vm, &self.world, self.s, want).await?;
                     next = Some((step, Phase::Signal, ready));
                 }
                 _ = client_gone(&mut self.head, &self.client_body) => {
@@ -919,16 +921,20 @@ enum Phase {
     Signal,
 }
 
-/// Wait for a signal from the VM and fetch the control state it announces, plus what a
-/// `continue_stream` releases (`want`: the direction and whether it was already released).
-async fn wait_signal(
-    signals: &mut mpsc::UnboundedReceiver<()>,
+/// Fetch the control state a signal from the VM announces, plus what a `continue_stream`
+/// releases (`want`: the direction and whether it was already released).
+///
+/// Called in a `select!` branch's *handler*, after `signals.recv()` won: the VM job that takes
+/// the control state must never be cancelled halfway by another branch, or a reply the filter
+/// made (e.g. its fallback answer) would be taken from the VM and dropped.
+async fn fetch_signal(
+    signal: Option<()>,
     vm: &VmHandle,
     world: &Arc<World>,
     s: StreamRef,
     want: Option<(Dir, bool)>,
 ) -> Result<(Step, Option<Ready>), Stop> {
-    match signals.recv().await {
+    match signal {
         // The sender lives in the stream's context: gone means the instance was replaced.
         None => Err(Stop::Vm(VmError::ContextGone)),
         Some(()) => {
