@@ -15,6 +15,7 @@ use futures::SinkExt;
 use spin_sdk::http::{
     Fields, IncomingRequest, IncomingResponse, OutgoingResponse, ResponseOutparam,
 };
+use switchyard_core::attempts::{AttemptLog, Outcome, ATTEMPTS_HEADER};
 use switchyard_core::canonical::TokenUsage;
 use switchyard_core::{
     Dialect, ErrorKind, Gateway, GatewayError, HeadOutcome, LocalReply, Plan, RequestHead,
@@ -23,10 +24,6 @@ use switchyard_core::{
 use crate::health::{self, InstanceHealth};
 use crate::outbound::{self, Deadline, Failure};
 use crate::settings;
-
-/// Response header listing the attempts made (deployment, outcome, milliseconds), as the
-/// Envoy filter sends it.
-pub const ATTEMPTS_HEADER: &str = "x-switchyard-attempts";
 
 /// Serves one request; the answer goes to `out`.
 pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
@@ -53,18 +50,11 @@ pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
         exchange.attempt,
         exchange.usage,
         exchange.final_status,
-        exchange.attempts.len().max(1) as u32,
+        exchange.attempts.count(),
         Some(exchange.elapsed_ms()),
     );
     // Metering: one JSON line per request on stderr, the host's log stream.
     eprintln!("switchyard usage {}", record.to_json());
-}
-
-/// One finished attempt, for the attempts header and the all-failed error.
-struct AttemptLog {
-    deployment: String,
-    outcome: String,
-    millis: u64,
 }
 
 /// What is known about the request as it proceeds.
@@ -73,7 +63,7 @@ struct Exchange {
     /// Index into `plan.attempts` of the attempt in flight / that answered.
     attempt: usize,
     attempt_started: Instant,
-    attempts: Vec<AttemptLog>,
+    attempts: AttemptLog,
     usage: TokenUsage,
     final_status: u16,
 }
@@ -85,7 +75,7 @@ impl Exchange {
             started: now,
             attempt: 0,
             attempt_started: now,
-            attempts: Vec::new(),
+            attempts: AttemptLog::default(),
             usage: TokenUsage::default(),
             final_status: 0,
         }
@@ -145,17 +135,13 @@ impl Exchange {
             .unwrap_or_default()
     }
 
-    fn log_attempt(&mut self, plan: &Plan, outcome: String) {
+    fn log_attempt(&mut self, plan: &Plan, outcome: Outcome) {
         let millis = self.attempt_started.elapsed().as_millis() as u64;
         let deployment = self.deployment(plan);
-        self.attempts.push(AttemptLog {
-            deployment,
-            outcome,
-            millis,
-        });
+        self.attempts.push(deployment, outcome, millis);
     }
 
-    fn mark_failure(&mut self, plan: &Plan, outcome: String) {
+    fn mark_failure(&mut self, plan: &Plan, outcome: Outcome) {
         health::record_failure(&self.deployment(plan), &plan.fallback, unix_ms());
         self.log_attempt(plan, outcome);
     }
@@ -163,15 +149,7 @@ impl Exchange {
     fn mark_success(&mut self, plan: &Plan, status: u16) {
         let latency = self.attempt_started.elapsed().as_millis() as u64;
         health::record_success(&self.deployment(plan), latency);
-        self.log_attempt(plan, status.to_string());
-    }
-
-    fn attempts_header(&self) -> String {
-        self.attempts
-            .iter()
-            .map(|a| format!("{};{};{}ms", a.deployment, a.outcome, a.millis))
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.log_attempt(plan, Outcome::Status(status));
     }
 
     /// Whether another attempt may start: one is left and the total budget is not spent.
@@ -187,7 +165,7 @@ impl Exchange {
                 Step::Answer(response) => return self.answer(plan, response, out).await,
                 Step::Reply(reply) => {
                     self.final_status = reply.status;
-                    let attempts = self.attempts_header();
+                    let attempts = self.attempts.header_value();
                     return send_reply(out, reply, &attempts).await;
                 }
                 Step::Failed(outcome) => {
@@ -195,7 +173,7 @@ impl Exchange {
                     if !self.can_fall_back(plan) {
                         let reply = self.all_failed(plan.dialect);
                         self.final_status = reply.status;
-                        let attempts = self.attempts_header();
+                        let attempts = self.attempts.header_value();
                         return send_reply(out, reply, &attempts).await;
                     }
                     self.attempt += 1;
@@ -216,7 +194,7 @@ impl Exchange {
             }
             Err(err) => {
                 eprintln!("switchyard: {}", err.message);
-                return Step::Failed(format!("error:{}", err.status));
+                return Step::Failed(Outcome::NotSent(err.message.clone()));
             }
         };
         let remaining = plan
@@ -233,7 +211,7 @@ impl Exchange {
                     self.deployment(plan),
                     failure.detail()
                 );
-                return Step::Failed(failure.outcome().to_string());
+                return Step::Failed(failure.outcome());
             }
         };
         let status = response.status();
@@ -241,7 +219,7 @@ impl Exchange {
         // retryable answer is translated like any error (the filter has already passed it on),
         // a fallback's becomes the all-failed error.
         if plan.should_retry_status(status) && (self.attempt > 0 || self.can_fall_back(plan)) {
-            return Step::Failed(status.to_string());
+            return Step::Failed(Outcome::Status(status));
         }
         let streamed = plan.stream
             && (200..300).contains(&status)
@@ -258,14 +236,14 @@ impl Exchange {
             Ok(body) => body,
             // Nothing has reached the client yet, so a body that never completes is a failed
             // attempt like any other.
-            Err(failure) => return Step::Failed(failure.outcome().to_string()),
+            Err(failure) => return Step::Failed(failure.outcome()),
         };
         if !(200..300).contains(&status) {
             if plan.should_retry_status(status) {
-                self.mark_failure(plan, status.to_string());
+                self.mark_failure(plan, Outcome::Status(status));
             } else {
                 // A final answer: the deployment is healthy, the request is not.
-                self.log_attempt(plan, status.to_string());
+                self.log_attempt(plan, Outcome::Status(status));
             }
             let err = plan.translate_error(self.attempt, status, &body);
             let mut reply = LocalReply::error(&err, plan.dialect);
@@ -302,7 +280,7 @@ impl Exchange {
                 plan.response_content_type().to_string(),
             ),
             ("cache-control".to_string(), "no-cache".to_string()),
-            (ATTEMPTS_HEADER.to_string(), self.attempts_header()),
+            (ATTEMPTS_HEADER.to_string(), self.attempts.header_value()),
         ];
         let response = OutgoingResponse::new(fields(&headers));
         // Only a 2xx gets here, and every 2xx is a valid status code.
@@ -348,35 +326,7 @@ impl Exchange {
 
     /// The one error for a request whose every attempt failed.
     fn all_failed(&self, dialect: Dialect) -> LocalReply {
-        let last_status = self
-            .attempts
-            .last()
-            .and_then(|a| a.outcome.parse::<u16>().ok());
-        let kind = if self
-            .attempts
-            .iter()
-            .all(|a| a.outcome == "timeout" || a.outcome == "504" || a.outcome == "408")
-        {
-            ErrorKind::Timeout
-        } else if last_status == Some(429) {
-            ErrorKind::RateLimited
-        } else {
-            ErrorKind::BadGateway
-        };
-        let listing = self
-            .attempts
-            .iter()
-            .map(|a| format!("{} ({}, {} ms)", a.deployment, a.outcome, a.millis))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut err = GatewayError::new(
-            kind,
-            format!("all {} deployments failed: {listing}", self.attempts.len()),
-        );
-        if kind == ErrorKind::RateLimited {
-            err.retry_after = Some(1);
-        }
-        LocalReply::error(&err, dialect)
+        LocalReply::error(&self.attempts.all_failed(), dialect)
     }
 }
 
@@ -386,8 +336,8 @@ enum Step {
     Answer(Answer),
     /// A complete answer for the client (success or final error).
     Reply(LocalReply),
-    /// The attempt failed before answering; the outcome label says how.
-    Failed(String),
+    /// The attempt failed before answering; the outcome says how.
+    Failed(Outcome),
 }
 
 /// A successful streamed answer whose body has not been read yet.

@@ -15,6 +15,7 @@ use futures::future::{self, Either};
 use futures::{Stream, StreamExt};
 use spin_executor::CancelOnDropToken;
 use spin_sdk::http::{ErrorCode, IncomingResponse, Method, Request, SendError};
+use switchyard_core::attempts::Outcome;
 use switchyard_core::UpstreamRequest;
 use wasi::clocks::monotonic_clock;
 
@@ -84,12 +85,12 @@ pub enum Failure {
 
 impl Failure {
     /// The outcome label used in `x-switchyard-attempts` and the all-failed error.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Failure::Timeout => "timeout",
-            Failure::Denied(_) => "denied",
-            Failure::Connection(_) => "connection-failed",
-            Failure::Reset(_) => "reset",
+            Failure::Timeout => Outcome::Timeout,
+            Failure::Denied(_) => Outcome::NotSent("denied".into()),
+            Failure::Connection(_) => Outcome::ConnectionFailed,
+            Failure::Reset(_) => Outcome::Reset,
         }
     }
 

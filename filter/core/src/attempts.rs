@@ -18,8 +18,10 @@ pub enum Outcome {
     Status(u16),
     /// No answer within the attempt's timeout.
     Timeout,
-    /// The connection failed or was reset before a response.
+    /// The connection could not be made.
     ConnectionFailed,
+    /// The connection was reset before a complete answer.
+    Reset,
     /// The host could not even send it (unknown cluster, missing credential, ...).
     NotSent(String),
 }
@@ -39,6 +41,7 @@ impl fmt::Display for Outcome {
             Outcome::Status(s) => write!(f, "{s}"),
             Outcome::Timeout => f.write_str("timeout"),
             Outcome::ConnectionFailed => f.write_str("connection-failed"),
+            Outcome::Reset => f.write_str("reset"),
             Outcome::NotSent(why) => write!(f, "not-sent:{why}"),
         }
     }
