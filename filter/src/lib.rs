@@ -244,14 +244,16 @@ impl SwitchyardHttp {
         self.set_http_request_header(":authority", Some(&upstream.authority));
         self.set_http_request_header(CLUSTER_HEADER, Some(&upstream.cluster));
         self.set_http_request_header("accept-encoding", None);
-        if !plan.stream {
-            // Bounds time-to-answer of this attempt; streams are bounded by the route's
-            // idle timeout instead, so long answers are not cut.
-            self.set_http_request_header(
-                "x-envoy-upstream-rq-timeout-ms",
-                Some(&upstream.timeout_ms.to_string()),
-            );
-        }
+        // Bound this attempt by the model's attempt timeout. A complete answer gets Envoy's
+        // request timeout (time to the whole answer). A stream gets the per-try timeout: Envoy
+        // stops it once the response starts, so it bounds time to first byte without cutting
+        // a long stream (the route must have no shorter global timeout; ours has none).
+        let timeout_header = if plan.stream {
+            "x-envoy-upstream-rq-per-try-timeout-ms"
+        } else {
+            "x-envoy-upstream-rq-timeout-ms"
+        };
+        self.set_http_request_header(timeout_header, Some(&upstream.timeout_ms.to_string()));
         for (name, value) in &upstream.headers {
             self.set_http_request_header(name, Some(value));
         }

@@ -325,7 +325,13 @@ fn upstream_request(
     copy_headers(
         headers,
         req.headers_mut(),
-        &[CLUSTER_HEADER, TIMEOUT_HEADER, "content-length", "host"],
+        &[
+            CLUSTER_HEADER,
+            TIMEOUT_HEADER,
+            PER_TRY_TIMEOUT_HEADER,
+            "content-length",
+            "host",
+        ],
     );
     if let Some(authority) = headers.get(b":authority").filter(|a| !a.is_empty()) {
         let v = HeaderValue::from_bytes(authority).map_err(|e| format!("bad :authority: {e}"))?;
@@ -395,6 +401,11 @@ impl From<VmError> for Stop {
 
 /// Envoy's per-request upstream timeout header (milliseconds), honoured and not forwarded.
 const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+
+/// Envoy's per-try timeout header (milliseconds): in Envoy it only runs until the response
+/// starts, so it bounds a streamed attempt's time to first byte without cutting long streams.
+/// Honoured (the shorter of the two wins) and not forwarded.
+const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
 
 /// A host-made reply as an upstream response, for the filter's response callbacks.
 fn reply_response(reply: LocalReply) -> Response<http_body_util::Full<Bytes>> {
@@ -680,11 +691,17 @@ impl Stream {
             (rx, Some(tx), None)
         };
         // Like Envoy's router: the filter may bound this request's wait for response headers.
-        let timeout = headers
-            .get_str(TIMEOUT_HEADER)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(std::time::Duration::from_millis);
+        let header_ms = |name: &str| {
+            headers
+                .get_str(name)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+        };
+        let timeout = match (header_ms(TIMEOUT_HEADER), header_ms(PER_TRY_TIMEOUT_HEADER)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(std::time::Duration::from_millis);
         let req = upstream_request(&headers, req_body, length).map_err(|e| {
             tracing::warn!(error = e, "the filter left an invalid request");
             Stop::Local(text_reply(500, "invalid request after filter"))

@@ -5,8 +5,8 @@ passive health (ejection) of one scenario never leaks into another. Per-attempt 
 short so a hanging primary costs ~1.5 s, on both hosts:
 
 * Envoy: the filter sets `x-envoy-upstream-rq-timeout-ms` from `attempt_timeout_ms` for
-  complete answers; streams are bounded by the route's `idle_timeout` (time to first byte),
-  which this host shortens to `ATTEMPT_TIMEOUT_MS`.
+  complete answers and `x-envoy-upstream-rq-per-try-timeout-ms` for streams (time to first
+  byte); the route's `per_try_idle_timeout` stall guard is shortened to `ATTEMPT_TIMEOUT_MS`.
 * host-runner: every cluster gets `request_timeout_ms = ATTEMPT_TIMEOUT_MS` (time to response
   headers) through `--cluster-config`.
 """

@@ -175,8 +175,9 @@ def envoy_config(config: dict, upstreams: dict[str, int], wasm: Path) -> dict:
         secret = provider.get("api_key_secret")
         if secret and secret not in keys:
             keys.append(secret)
-    # As envoy.yaml says: the route's per-try idle timeout mirrors attempt_timeout_ms, so a
-    # hung attempt (stream or not) becomes a 504 the filter falls back from.
+    # As envoy.yaml says: the route's per-try idle timeout is a stall guard (the filter bounds
+    # each attempt's time to first byte by its model's own attempt_timeout_ms).
+    # Here it is the global value: no test model streams with a longer one.
     attempt_ms = config.get("fallback", {}).get("attempt_timeout_ms", 30000)
     for vhost in hcm["route_config"]["virtual_hosts"]:
         for route in vhost["routes"]:

@@ -12,18 +12,6 @@ from doubles.common import expected_text
 from .checks import assert_upstream_request
 
 PRIMARY = ("openai", "gpt-primary")
-# Known limitation, recorded where it shows (the xfail fires only on its exact symptom):
-KNOWN_HANG = {
-    "host-runner": "host-runner limitation, as Envoy's: a streamed attempt's time to first "
-                   "byte is bounded per cluster (request_timeout_ms), so this model's shorter "
-                   "per-model attempt_timeout_ms (2s) is enforced for complete answers "
-                   "(x-envoy-upstream-rq-timeout-ms) but not for streams",
-    "envoy": "Envoy limitation: a streamed attempt's time to first byte is bounded by the "
-             "route's retry_policy.per_try_idle_timeout, one value per route (set from the "
-             "global attempt_timeout_ms, 10s here), so this model's shorter per-model "
-             "attempt_timeout_ms (2s) is enforced for complete answers "
-             "(x-envoy-upstream-rq-timeout-ms) but not for streams",
-}
 SECONDARY = ("anthropic", "claude-secondary")
 
 
@@ -55,9 +43,6 @@ def test_falls_back_before_first_byte(gw, fault, stream):
     gw.doubles["openai"].fault(**fault, path="/chat/completions")
     prompt = f"fallback {fault['kind']} {stream}"
     answer = ask(gw, prompt, stream)
-    if (answer == expected_text(*PRIMARY, prompt) and fault["kind"] == "hang"
-            and stream):
-        pytest.xfail(KNOWN_HANG[gw.name])
     assert answer == expected_text(*SECONDARY, prompt)
     assert len(gw.doubles["openai"].requests()) == 1
     entry = gw.doubles["anthropic"].last()
