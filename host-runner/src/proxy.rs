@@ -13,7 +13,9 @@
 //!    and is stripped; unknown cluster 503, connect failure 503, timeout 504 — each a local
 //!    reply that, as in Envoy, still passes through the filter's response callbacks;
 //! 4. response headers/body the same way in the other direction; with `Continue` every
-//!    rewritten chunk is written to the client immediately (SSE is never held back);
+//!    rewritten chunk is written to the client immediately (SSE is never held back); an
+//!    upstream reset after the response head reached the client ends the body for the filter
+//!    (`eos`) so it can close the stream well-formed — where Envoy would reset the client;
 //! 5. `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
 //!
 //! A guest trap fails the stream with 500 (or aborts it if the response already started);
@@ -826,6 +828,17 @@ impl Stream {
                             Ok(data) => data,
                             Err(_) => continue, // response trailers are not forwarded
                         },
+                        // Once the client has the response head, an upstream reset ends the
+                        // body for the filter instead of resetting the client: the filter
+                        // then closes the stream with an error event in the caller's
+                        // dialect. (Deliberately kinder than Envoy, whose router resets the
+                        // client here and gives filters no last word.) Before that, the
+                        // held response is dropped as in Envoy.
+                        Some(Err(_)) if self.head.is_none() => {
+                            tracing::warn!("upstream reset mid-body; ending it for the filter");
+                            eos = true;
+                            Bytes::new()
+                        }
                         Some(Err(_)) => return Err(Stop::Reset("upstream reset the response body")),
                     };
                     eos = eos || body.is_end_stream();

@@ -113,6 +113,70 @@ async fn connect_failure_is_503_and_timeout_is_504() {
 }
 
 #[tokio::test]
+async fn per_try_timeout_header_bounds_the_wait_for_response_headers() {
+    // The `upstream` cluster has no timeout of its own; /slow answers after 2 s.
+    let started = Instant::now();
+    let r = get(
+        addr(),
+        "/slow",
+        &[
+            ("x-target", "upstream"),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "200"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+
+    // With both headers the shorter bound wins.
+    let started = Instant::now();
+    let r = get(
+        addr(),
+        "/slow",
+        &[
+            ("x-target", "upstream"),
+            ("x-envoy-upstream-rq-timeout-ms", "60000"),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "200"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() < Duration::from_millis(1500));
+
+    // Neither header is forwarded upstream.
+    let r = get(
+        addr(),
+        "/echo",
+        &[
+            ("x-target", "upstream"),
+            ("x-envoy-upstream-rq-timeout-ms", "5000"),
+            ("x-envoy-upstream-rq-per-try-timeout-ms", "5000"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains("x-envoy-upstream-rq"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_body_ends_the_body_for_the_filter() {
+    // The client already has the head: the filter gets end-of-stream (and could close the
+    // stream well-formed) instead of the client being reset.
+    let r = get(addr(), "/stream-reset", &[("x-target", "upstream")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "data: one\n\n");
+    let order = eventually(|| async {
+        let r = get(addr(), "/shared?key=order:/stream-reset", &[]).await;
+        r.body.ends_with("done").then_some(r.body)
+    })
+    .await;
+    assert!(
+        order.ends_with("response_body(11,eos=false),response_body(0,eos=true),log,done"),
+        "{order}"
+    );
+}
+
+#[tokio::test]
 async fn upstream_statuses_pass_through() {
     let r = get(addr(), "/status/429", &[("x-target", "upstream")]).await;
     assert_eq!(r.status, 429);

@@ -98,6 +98,19 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<HostBody>, 
         .get("content-length")
         .map(|v| v.to_str().unwrap().to_string());
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    if path.starts_with("/stream-reset") {
+        // One event, then the connection is torn down mid-body.
+        let (tx, rx) = HostBody::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(Chunk::Data(Bytes::from("data: one\n\n"))).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(Chunk::Abort("test upstream resets")).await;
+        });
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(rx)
+            .unwrap());
+    }
     if path.contains("/stream") {
         let (tx, rx) = HostBody::channel();
         tokio::spawn(async move {
