@@ -7,6 +7,7 @@
 
 use crate::canonical::{FinishReason, TokenUsage};
 use crate::error::{ErrorKind, GatewayError};
+use crate::sse::{SseEvent, SseParser};
 
 /// One canonical streaming event (the OpenAI chunk model, flattened).
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,40 @@ pub trait StreamDecoder {
     fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError>;
     /// The upstream closed the stream.
     fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError>;
+}
+
+/// Decodes the frames of one provider's SSE stream into canonical events.
+///
+/// Providers implement this and get their [`StreamDecoder`] from [`SseStreamDecoder`], which
+/// owns the SSE framing, so every provider treats bad framing the same way.
+pub trait SseFrameDecoder {
+    /// Decodes (and drains) the frames completed so far.
+    fn decode_frames(
+        &mut self,
+        frames: &mut Vec<SseEvent>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), GatewayError>;
+}
+
+/// A [`StreamDecoder`] for an SSE stream: splits the bytes into frames and hands them to the
+/// provider's [`SseFrameDecoder`].
+#[derive(Default)]
+pub struct SseStreamDecoder<D> {
+    sse: SseParser,
+    frames: Vec<SseEvent>,
+    frame_decoder: D,
+}
+
+impl<D: SseFrameDecoder> StreamDecoder for SseStreamDecoder<D> {
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
+        self.frame_decoder.decode_frames(&mut self.frames, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        self.sse.finish(&mut self.frames).map_err(malformed)?;
+        self.frame_decoder.decode_frames(&mut self.frames, out)
+    }
 }
 
 /// Encodes canonical events into one ingress dialect's SSE bytes.

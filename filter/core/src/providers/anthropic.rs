@@ -39,7 +39,7 @@ use crate::canonical::{
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::providers::{error_message, redact, EgressRequest};
 use crate::sse::{write_event, SseEvent, SseParser};
-use crate::stream::{malformed, StreamDecoder, StreamEncoder, StreamEvent};
+use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEncoder, StreamEvent};
 
 /// Native path of the Messages API (after the base URL prefix).
 pub const MESSAGES_PATH: &str = "/v1/messages";
@@ -457,9 +457,7 @@ pub fn parse_error(status: u16, body: &[u8]) -> GatewayError {
 /// `Finish` is emitted at `message_stop` (with the `stop_reason` remembered from
 /// `message_delta`), so a stream cut after `message_delta` still counts as truncated.
 #[derive(Default)]
-pub struct AnthropicStreamDecoder {
-    sse: SseParser,
-    frames: Vec<SseEvent>,
+pub struct AnthropicStreamFrames {
     /// Content-block index → tool-call index, for the blocks that are `tool_use`.
     tool_blocks: Vec<(u64, u32)>,
     next_tool: u32,
@@ -467,6 +465,9 @@ pub struct AnthropicStreamDecoder {
     usage: WireUsage,
     finished: bool,
 }
+
+/// The Anthropic stream decoder: SSE framing plus [`AnthropicStreamFrames`].
+pub type AnthropicStreamDecoder = SseStreamDecoder<AnthropicStreamFrames>;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -538,7 +539,7 @@ struct WireErrorBody {
     message: String,
 }
 
-impl AnthropicStreamDecoder {
+impl AnthropicStreamFrames {
     fn merge_usage(&mut self, u: WireUsage) {
         let mine = &mut self.usage;
         mine.input_tokens = u.input_tokens.or(mine.input_tokens);
@@ -548,9 +549,15 @@ impl AnthropicStreamDecoder {
             .cache_creation_input_tokens
             .or(mine.cache_creation_input_tokens);
     }
+}
 
-    fn decode_frames(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        for frame in std::mem::take(&mut self.frames) {
+impl SseFrameDecoder for AnthropicStreamFrames {
+    fn decode_frames(
+        &mut self,
+        frames: &mut Vec<SseEvent>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), GatewayError> {
+        for frame in frames.drain(..) {
             let data = frame.data.trim();
             if data.is_empty() {
                 continue;
@@ -642,18 +649,6 @@ impl AnthropicStreamDecoder {
             }
         }
         Ok(())
-    }
-}
-
-impl StreamDecoder for AnthropicStreamDecoder {
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.finish(&mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
     }
 }
 

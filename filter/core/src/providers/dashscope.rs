@@ -22,8 +22,8 @@ use crate::canonical::{
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
-use crate::sse::{SseEvent, SseParser};
-use crate::stream::{malformed, StreamDecoder, StreamEvent};
+use crate::sse::SseEvent;
+use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEvent};
 
 /// Native path of text generation (after the base URL prefix).
 pub const GENERATION_PATH: &str = "/api/v1/services/aigc/text-generation/generation";
@@ -334,18 +334,23 @@ pub fn parse_error(status: u16, body: &[u8]) -> GatewayError {
 /// Decodes a DashScope SSE stream (`id:`/`event:result`/`:HTTP_STATUS/200` lines and `data:`
 /// JSON, one incremental response per event).
 #[derive(Default)]
-pub struct DashscopeStreamDecoder {
-    sse: SseParser,
-    frames: Vec<SseEvent>,
+pub struct DashscopeStreamFrames {
     started: bool,
     /// Tool-call indices already announced with `ToolCallStart`.
     tools_started: Vec<u32>,
     finished: bool,
 }
 
-impl DashscopeStreamDecoder {
-    fn decode_frames(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        for frame in std::mem::take(&mut self.frames) {
+/// The Dashscope stream decoder: SSE framing plus [`DashscopeStreamFrames`].
+pub type DashscopeStreamDecoder = SseStreamDecoder<DashscopeStreamFrames>;
+
+impl SseFrameDecoder for DashscopeStreamFrames {
+    fn decode_frames(
+        &mut self,
+        frames: &mut Vec<SseEvent>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), GatewayError> {
+        for frame in frames.drain(..) {
             let data = frame.data.trim();
             if data.is_empty() {
                 continue;
@@ -436,17 +441,5 @@ fn error_kind_of_code(code: &str) -> ErrorKind {
         c if c.starts_with("Throttling") => ErrorKind::RateLimited,
         "RequestTimeOut" => ErrorKind::Timeout,
         _ => ErrorKind::BadGateway,
-    }
-}
-
-impl StreamDecoder for DashscopeStreamDecoder {
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.finish(&mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
     }
 }

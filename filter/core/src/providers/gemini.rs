@@ -26,8 +26,8 @@ use crate::canonical::{
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
-use crate::sse::{SseEvent, SseParser};
-use crate::stream::{malformed, StreamDecoder, StreamEvent};
+use crate::sse::SseEvent;
+use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEvent};
 
 /// Percent-encodes a model name for use as one path segment.
 fn path_segment(s: &str) -> String {
@@ -435,17 +435,22 @@ pub fn parse_error(status: u16, body: &[u8]) -> GatewayError {
 /// Decodes a Gemini `alt=sse` stream: every event is a whole `GenerateContentResponse`,
 /// and each function call arrives whole in one of them.
 #[derive(Default)]
-pub struct GeminiStreamDecoder {
-    sse: SseParser,
-    frames: Vec<SseEvent>,
+pub struct GeminiStreamFrames {
     started: bool,
     next_tool: u32,
     finished: bool,
 }
 
-impl GeminiStreamDecoder {
-    fn decode_frames(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        for frame in std::mem::take(&mut self.frames) {
+/// The Gemini stream decoder: SSE framing plus [`GeminiStreamFrames`].
+pub type GeminiStreamDecoder = SseStreamDecoder<GeminiStreamFrames>;
+
+impl SseFrameDecoder for GeminiStreamFrames {
+    fn decode_frames(
+        &mut self,
+        frames: &mut Vec<SseEvent>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), GatewayError> {
+        for frame in frames.drain(..) {
             let data = frame.data.trim();
             if data.is_empty() {
                 continue;
@@ -505,17 +510,5 @@ impl GeminiStreamDecoder {
             }
         }
         Ok(())
-    }
-}
-
-impl StreamDecoder for GeminiStreamDecoder {
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.finish(&mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
     }
 }

@@ -13,7 +13,7 @@ use crate::canonical::{
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{error_message, EgressRequest};
 use crate::sse::{write_event, SseEvent, SseParser};
-use crate::stream::{malformed, StreamDecoder, StreamEncoder, StreamEvent};
+use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEncoder, StreamEvent};
 
 /// Native path of chat completions (after the base URL prefix).
 pub const CHAT_PATH: &str = "/v1/chat/completions";
@@ -197,15 +197,20 @@ pub fn parse_error(status: u16, body: &[u8]) -> GatewayError {
 
 /// Decodes an OpenAI chat-completion chunk stream.
 #[derive(Default)]
-pub struct OpenAiStreamDecoder {
-    sse: SseParser,
-    frames: Vec<SseEvent>,
+pub struct OpenAiStreamFrames {
     started: bool,
 }
 
-impl OpenAiStreamDecoder {
-    fn decode_frames(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        for frame in self.frames.drain(..) {
+/// The OpenAi stream decoder: SSE framing plus [`OpenAiStreamFrames`].
+pub type OpenAiStreamDecoder = SseStreamDecoder<OpenAiStreamFrames>;
+
+impl SseFrameDecoder for OpenAiStreamFrames {
+    fn decode_frames(
+        &mut self,
+        frames: &mut Vec<SseEvent>,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), GatewayError> {
+        for frame in frames.drain(..) {
             let data = frame.data.trim();
             if data == "[DONE]" || data.is_empty() {
                 continue;
@@ -263,18 +268,6 @@ impl OpenAiStreamDecoder {
             }
         }
         Ok(())
-    }
-}
-
-impl StreamDecoder for OpenAiStreamDecoder {
-    fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
-        self.sse.finish(&mut self.frames).map_err(malformed)?;
-        self.decode_frames(out)
     }
 }
 
