@@ -18,6 +18,11 @@
 //! its provider. The answer that succeeds is sent as the response, translated into the
 //! caller's dialect (a stream is sent as one complete, valid SSE body).
 //!
+//! After the first byte there is no switching: a stream that ends early or turns malformed
+//! is closed with an error event in the caller's dialect. An upstream *reset* mid-stream is
+//! the exception on Envoy: the router resets the client stream and calls no filter callback
+//! that could still write, so the client sees a transport error instead.
+//!
 //! Why not Envoy's own retries? A retry must change both the cluster and the body (another
 //! provider's schema). Envoy's `retry_policy` re-sends the same body, and per-attempt rewrite
 //! needs a second wasm filter in the router's upstream chain plus per-model aggregate
