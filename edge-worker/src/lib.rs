@@ -3,14 +3,15 @@
 //! A thin adapter over `switchyard-core`, like the Envoy filter: every decision — key check,
 //! parsing, routing, translation, usage — is the core's; this crate only performs the I/O the
 //! core asks for with Spin's APIs (`wasi:http` in and out, Spin variables for configuration
-//! and credentials). Built for `wasm32-wasip2` with spin-sdk 5.2, the component targets the
-//! `wasi:http/proxy@0.2.0` world plus `fermyon:spin/variables@2.0.0`, which released Spin
+//! and credentials, Spin key-value for passive health). Built for `wasm32-wasip2` with
+//! spin-sdk 5.2, the component targets the `wasi:http/proxy@0.2.0` world plus
+//! `fermyon:spin/variables@2.0.0` and `fermyon:spin/key-value@2.0.0`, which released Spin
 //! (3.x, 4.x) and `host-runner serve-component` both provide.
 //!
 //! * [`settings`] — the gateway config (bundled or the `gateway_config` variable) and secrets;
 //! * [`exchange`] — one request: phases, fallback chain, streaming, metering;
 //! * [`outbound`] — outbound HTTP with deadlines;
-//! * [`health`] — passive health in instance memory.
+//! * [`health`] — passive health, shared by all instances through Spin's key-value store.
 
 pub mod exchange;
 pub mod health;

@@ -3,11 +3,14 @@
 //!
 //! What a released Spin (3.x, 4.x) gives an HTTP component, this host gives too: the
 //! `wasi:http/proxy@0.2` world (incoming handler, outbound HTTP, clocks, random, stdio), the
-//! rest of WASI 0.2 that Rust's std imports, and `fermyon:spin/variables@2.0.0`, answered from
-//! `--var` values. As in Spin, every request gets a fresh instance of a pre-instantiated
-//! component ([`ProxyPre`]): nothing leaks between requests, and instantiation costs
-//! microseconds. Outbound HTTP is wasmtime-wasi-http's default client (loopback included),
-//! optionally limited to `--allow-outbound` origins like Spin's `allowed_outbound_hosts`.
+//! rest of WASI 0.2 that Rust's std imports, `fermyon:spin/variables@2.0.0`, answered from
+//! `--var` values, and `fermyon:spin/key-value@2.0.0` with the `default` store (what spin.toml's
+//! `key_value_stores = ["default"]` grants), kept in memory for as long as the server runs.
+//! As in Spin, every request gets a fresh instance of a pre-instantiated component
+//! ([`ProxyPre`]): nothing leaks between requests but what the component puts in the
+//! key-value store, and instantiation costs microseconds. Outbound HTTP is
+//! wasmtime-wasi-http's default client (loopback included), optionally limited to
+//! `--allow-outbound` origins like Spin's `allowed_outbound_hosts`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -33,8 +36,12 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-/// Bindings for Spin's variables interface, vendored from Spin's WIT (`fermyon:spin@2.0.0`).
+/// Bindings for Spin's variables and key-value interfaces, vendored from Spin's WIT
+/// (`fermyon:spin@2.0.0`).
 mod spin {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, PoisonError};
+
     wasmtime::component::bindgen!({
         inline: "
             package fermyon:spin@2.0.0;
@@ -52,14 +59,82 @@ mod spin {
                 }
             }
 
-            world variables-host {
+            interface key-value {
+                /// An open key-value store
+                resource store {
+                    /// Open the store with the specified label.
+                    open: static func(label: string) -> result<store, error>;
+
+                    /// Get the value associated with the specified `key`; `ok(none)` if unset.
+                    get: func(key: string) -> result<option<list<u8>>, error>;
+
+                    /// Set the `value` associated with the specified `key`, overwriting any.
+                    set: func(key: string, value: list<u8>) -> result<_, error>;
+
+                    /// Delete the tuple with the specified `key` (no error if there is none).
+                    delete: func(key: string) -> result<_, error>;
+
+                    /// Return whether a tuple exists for the specified `key`
+                    exists: func(key: string) -> result<bool, error>;
+
+                    /// Return a list of all the keys
+                    get-keys: func() -> result<list<string>, error>;
+                }
+
+                /// The set of errors which may be raised by functions in this interface
+                variant error {
+                    store-table-full,
+                    no-such-store,
+                    access-denied,
+                    other(string),
+                }
+            }
+
+            world spin-host {
                 import variables;
+                import key-value;
             }
         ",
+        with: {
+            "fermyon:spin/key-value.store": crate::component::spin::KeyValueStore,
+        },
+        // A handle the guest forged or already dropped is a trap, as in Spin.
+        imports: { "fermyon:spin/key-value": trappable },
     });
+
+    /// One key-value store, shared by every instance of the server (the `store` resource's
+    /// host side). In memory: unlike Spin's SQLite-backed `default` store it is gone when the
+    /// server stops, which is what tests and local runs want.
+    #[derive(Debug, Clone, Default)]
+    pub struct KeyValueStore(Arc<Mutex<HashMap<String, Vec<u8>>>>);
+
+    impl KeyValueStore {
+        /// Runs `f` on the map.
+        pub fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Vec<u8>>) -> R) -> R {
+            // Nothing done under the lock can leave the map half-updated, so a lock poisoned
+            // by a panic still guards a consistent map.
+            f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        }
+    }
 }
 
-use spin::fermyon::spin::variables;
+use spin::fermyon::spin::{key_value, variables};
+use spin::KeyValueStore;
+
+/// The key-value stores every instance may open, by label: only `default`, as for a Spin
+/// component with `key_value_stores = ["default"]`.
+const KEY_VALUE_LABELS: &[&str] = &["default"];
+
+/// How many stores one instance may hold open at once; Spin's limit too.
+const MAX_OPEN_STORES: u32 = 256;
+
+/// The stores, by label.
+fn key_value_stores() -> HashMap<String, KeyValueStore> {
+    KEY_VALUE_LABELS
+        .iter()
+        .map(|label| (label.to_string(), KeyValueStore::default()))
+        .collect()
+}
 
 /// What `serve-component` serves and how.
 #[derive(Debug, Clone)]
@@ -281,6 +356,7 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
     let server = Arc::new(Server {
         pre,
         variables: Arc::new(config.variables),
+        key_value: Arc::new(key_value_stores()),
         env: config.env,
         origins: Arc::new(origins),
     });
@@ -311,12 +387,14 @@ fn link(engine: &Engine, component: &Component) -> wasmtime::Result<ProxyPre<Req
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     variables::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+    key_value::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
     ProxyPre::new(linker.instantiate_pre(component)?)
 }
 
 struct Server {
     pre: ProxyPre<RequestState>,
     variables: Arc<HashMap<String, String>>,
+    key_value: Arc<HashMap<String, KeyValueStore>>,
     env: Vec<(String, String)>,
     origins: Arc<Vec<Origin>>,
 }
@@ -373,6 +451,8 @@ impl Server {
                     origins: self.origins.clone(),
                 },
                 variables: self.variables.clone(),
+                key_value: self.key_value.clone(),
+                open_stores: 0,
             },
         );
         let (sender, receiver) = oneshot::channel();
@@ -414,6 +494,10 @@ struct RequestState {
     table: ResourceTable,
     hooks: OutboundPolicy,
     variables: Arc<HashMap<String, String>>,
+    /// The server's key-value stores, by label.
+    key_value: Arc<HashMap<String, KeyValueStore>>,
+    /// Stores this instance holds open.
+    open_stores: u32,
 }
 
 impl WasiView for RequestState {
@@ -445,6 +529,81 @@ impl variables::Host for RequestState {
             .get(&name)
             .cloned()
             .ok_or_else(|| variables::Error::Undefined(format!("no variable for {name:?}")))
+    }
+}
+
+impl key_value::Host for RequestState {}
+
+/// Spin's semantics: a label the component was not granted is `access-denied` (what Spin
+/// answers for a label missing from `key_value_stores`); keys are any string.
+impl key_value::HostStore for RequestState {
+    fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<KeyValueStore>, key_value::Error>> {
+        let Some(store) = self.key_value.get(&label).cloned() else {
+            return Ok(Err(key_value::Error::AccessDenied));
+        };
+        if self.open_stores >= MAX_OPEN_STORES {
+            return Ok(Err(key_value::Error::StoreTableFull));
+        }
+        let handle = self.table.push(store)?;
+        self.open_stores += 1;
+        Ok(Ok(handle))
+    }
+
+    fn get(
+        &mut self,
+        store: Resource<KeyValueStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, key_value::Error>> {
+        let value = self.table.get(&store)?.with(|map| map.get(&key).cloned());
+        Ok(Ok(value))
+    }
+
+    fn set(
+        &mut self,
+        store: Resource<KeyValueStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), key_value::Error>> {
+        self.table.get(&store)?.with(|map| map.insert(key, value));
+        Ok(Ok(()))
+    }
+
+    fn delete(
+        &mut self,
+        store: Resource<KeyValueStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), key_value::Error>> {
+        self.table.get(&store)?.with(|map| map.remove(&key));
+        Ok(Ok(()))
+    }
+
+    fn exists(
+        &mut self,
+        store: Resource<KeyValueStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, key_value::Error>> {
+        let exists = self.table.get(&store)?.with(|map| map.contains_key(&key));
+        Ok(Ok(exists))
+    }
+
+    fn get_keys(
+        &mut self,
+        store: Resource<KeyValueStore>,
+    ) -> wasmtime::Result<Result<Vec<String>, key_value::Error>> {
+        let keys = self
+            .table
+            .get(&store)?
+            .with(|map| map.keys().cloned().collect());
+        Ok(Ok(keys))
+    }
+
+    fn drop(&mut self, store: Resource<KeyValueStore>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        self.open_stores -= 1;
+        Ok(())
     }
 }
 
@@ -563,5 +722,75 @@ mod tests {
             .allows(&uri("https://x.example")));
         assert!(Origin::parse("api.openai.com").is_err());
         assert!(Origin::parse("http://h:notaport").is_err());
+    }
+
+    fn request_state(key_value: &Arc<HashMap<String, KeyValueStore>>) -> RequestState {
+        RequestState {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundPolicy {
+                origins: Arc::new(Vec::new()),
+            },
+            variables: Arc::new(HashMap::new()),
+            key_value: key_value.clone(),
+            open_stores: 0,
+        }
+    }
+
+    /// The guest's view of a handle it owns, as the bindings pass it to methods.
+    fn borrow(store: &Resource<KeyValueStore>) -> Resource<KeyValueStore> {
+        Resource::new_borrow(store.rep())
+    }
+
+    #[test]
+    fn key_value_default_store_is_shared_by_every_instance() {
+        use key_value::{Error, HostStore};
+        let stores = Arc::new(key_value_stores());
+        let (mut one, mut two) = (request_state(&stores), request_state(&stores));
+        assert!(matches!(
+            one.open("other".into()).unwrap(),
+            Err(Error::AccessDenied)
+        ));
+        let a = one.open("default".into()).unwrap().unwrap();
+        let b = two.open("default".into()).unwrap().unwrap();
+        let key = || "switchyard/health/p/m".to_string();
+        assert_eq!(one.get(borrow(&a), key()).unwrap().unwrap(), None);
+        assert!(!one.exists(borrow(&a), key()).unwrap().unwrap());
+        one.set(borrow(&a), key(), b"1,0,,0".to_vec())
+            .unwrap()
+            .unwrap();
+        // Another instance sees it.
+        assert_eq!(
+            two.get(borrow(&b), key()).unwrap().unwrap().as_deref(),
+            Some(&b"1,0,,0"[..])
+        );
+        assert!(two.exists(borrow(&b), key()).unwrap().unwrap());
+        assert_eq!(two.get_keys(borrow(&b)).unwrap().unwrap(), vec![key()]);
+        two.delete(borrow(&b), key()).unwrap().unwrap();
+        two.delete(borrow(&b), key()).unwrap().unwrap();
+        assert!(!one.exists(borrow(&a), key()).unwrap().unwrap());
+        // A dropped handle is gone: using it traps.
+        let stale = borrow(&a);
+        HostStore::drop(&mut one, a).unwrap();
+        assert!(one.get(stale, key()).is_err());
+        assert_eq!(one.open_stores, 0);
+    }
+
+    #[test]
+    fn key_value_open_stores_are_limited_per_instance() {
+        use key_value::{Error, HostStore};
+        let mut state = request_state(&Arc::new(key_value_stores()));
+        let handles: Vec<_> = (0..MAX_OPEN_STORES)
+            .map(|_| state.open("default".into()).unwrap().unwrap())
+            .collect();
+        assert!(matches!(
+            state.open("default".into()).unwrap(),
+            Err(Error::StoreTableFull)
+        ));
+        for handle in handles {
+            HostStore::drop(&mut state, handle).unwrap();
+        }
+        assert!(state.open("default".into()).unwrap().is_ok());
     }
 }

@@ -58,9 +58,10 @@ fn component_wasm() -> PathBuf {
 }
 
 /// Whether a released Spin (3.x/4.x) provides an import: WASI 0.2 (the `wasi:http/proxy`
-/// world and the `wasi:cli` imports Rust's std uses) and Spin's variables interface.
+/// world and the `wasi:cli` imports Rust's std uses) and Spin's variables and key-value
+/// interfaces.
 fn spin_provides(name: &str) -> bool {
-    if name == "fermyon:spin/variables@2.0.0" {
+    if name == "fermyon:spin/variables@2.0.0" || name == "fermyon:spin/key-value@2.0.0" {
         return true;
     }
     let Some((interface, version)) = name.split_once('@') else {
@@ -114,10 +115,12 @@ fn component_imports_only_what_spin_provides_and_exports_the_http_handler() {
         foreign.is_empty(),
         "imports Spin does not provide: {foreign:?}"
     );
-    assert!(
-        imports.iter().any(|n| n == "fermyon:spin/variables@2.0.0"),
-        "{imports:?}"
-    );
+    for spin in [
+        "fermyon:spin/variables@2.0.0",
+        "fermyon:spin/key-value@2.0.0",
+    ] {
+        assert!(imports.iter().any(|n| n == spin), "{imports:?}");
+    }
     assert!(
         imports
             .iter()
@@ -252,12 +255,19 @@ fn gateway_config(live: SocketAddr) -> String {
         "keys": [{"id": "test", "sha256": KEY_SHA256, "models": ["*"]}],
         "providers": {
             "live": {"kind": "openai", "base_url": format!("http://{live}"), "api_key_secret": "LIVE_API_KEY"},
-            "dead": {"kind": "openai", "base_url": format!("http://127.0.0.1:{}", dead_port()), "api_key_secret": "LIVE_API_KEY"}
+            "dead": {"kind": "openai", "base_url": format!("http://127.0.0.1:{}", dead_port()), "api_key_secret": "LIVE_API_KEY"},
+            "flaky": {"kind": "openai", "base_url": format!("http://127.0.0.1:{}", dead_port()), "api_key_secret": "LIVE_API_KEY"}
         },
         "models": [
             {"name": "chat", "deployments": [{"provider": "live", "model": "up-chat"}]},
             {"name": "fallback", "strategy": "priority", "deployments": [
                 {"provider": "dead", "model": "gone"},
+                {"provider": "live", "model": "up-chat"}
+            ]},
+            {"name": "ejecting", "strategy": "priority",
+             "fallback": {"eject_after_failures": 1, "cooldown_ms": 60000},
+             "deployments": [
+                {"provider": "flaky", "model": "gone"},
                 {"provider": "live", "model": "up-chat"}
             ]}
         ]
@@ -406,6 +416,24 @@ async fn gateway_behaviour_through_the_component() {
         r.text().trim_end().ends_with("data: [DONE]"),
         "{}",
         r.text()
+    );
+
+    // Passive health outlives the instance: one failure ejects `flaky/gone`
+    // (eject_after_failures = 1), and the next request, in a fresh instance, skips it, because
+    // the record is in the key-value store every instance shares.
+    let r = post(addr, KEY, chat("ejecting", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.attempts().starts_with("flaky/gone;connection-failed;"),
+        "{}",
+        r.attempts()
+    );
+    let r = post(addr, KEY, chat("ejecting", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.attempts().starts_with("live/up-chat;200;") && !r.attempts().contains("flaky"),
+        "the ejected deployment was tried again: {}",
+        r.attempts()
     );
 }
 

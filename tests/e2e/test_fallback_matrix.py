@@ -347,19 +347,7 @@ def test_all_deployments_timing_out_is_504(fb):
 # --- passive health: ejection and cooldown ---------------------------------------------------
 
 
-EDGE_WORKER_INSTANCE_HEALTH = (
-    "edge-worker keeps passive health per component instance, and Spin (like serve-component) "
-    "starts a fresh instance per request, so an ejection does not carry to the next request "
-    "(cross-request health needs Spin's key-value store)")
-
-
-def xfail_on_edge_worker(request, fb: Gateway) -> None:
-    if fb.name == "edge-worker":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=EDGE_WORKER_INSTANCE_HEALTH))
-
-
-def test_failing_primary_is_ejected_then_retried_after_cooldown(request, fb):
-    xfail_on_edge_worker(request, fb)
+def test_failing_primary_is_ejected_then_retried_after_cooldown(fb):
     (p_prov, p_model), (s_prov, s_model) = CHAINS["fb-eject"]
     primary, secondary = deployment(p_prov, p_model), deployment(s_prov, s_model)
     inject(fb, p_prov, times=EJECT_AFTER, kind="status", status=503)
@@ -447,8 +435,7 @@ def test_weighted_routing_follows_weights(fb):
         f"weight {w_heavy}:{w_light} -> expected share {p:.2f} ± {4 * sd:.3f}, got {share:.3f}")
 
 
-def test_cheapest_routing_picks_cheapest_healthy_deployment(request, fb):
-    xfail_on_edge_worker(request, fb)
+def test_cheapest_routing_picks_cheapest_healthy_deployment(fb):
     by_price = sorted(CHEAP_DEPLOYMENTS, key=lambda d: sum(d[2]))
     (c_prov, c_model, _), (m_prov, m_model, _) = by_price[0], by_price[1]
     cheapest, runner_up = deployment(c_prov, c_model), deployment(m_prov, m_model)
