@@ -625,8 +625,11 @@ impl HttpContext for SwitchyardHttp {
     }
 
     fn on_log(&mut self) {
-        if matches!(self.state, State::Streaming) && !self.stream_ended {
-            // The stream was reset before it ended (upstream or client): not a success.
+        let complete = self.stream.as_ref().is_some_and(|s| s.complete());
+        if matches!(self.state, State::Streaming) && !self.stream_ended && !complete {
+            // The stream was reset before the client had the whole answer (upstream or
+            // client): not a success. A client that hangs up after the terminal event (as
+            // SDKs do at `[DONE]`) got everything, so that still counts as one.
             self.final_status = 502;
         }
         let Some(plan) = &self.plan else {

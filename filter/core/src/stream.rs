@@ -109,6 +109,10 @@ pub trait ResponseStream {
     fn usage(&self) -> TokenUsage;
     /// Whether the stream ended in an error (for the usage record's status).
     fn failed(&self) -> bool;
+    /// Whether the client already has the whole answer, terminal event included, so a
+    /// connection closed from here on (a client that stops reading at `[DONE]`) loses
+    /// nothing and the request still counts as a success.
+    fn complete(&self) -> bool;
 }
 
 /// Decoder + encoder joined, with usage accounting and error termination.
@@ -208,6 +212,11 @@ impl ResponseStream for TranslatingStream {
 
     fn failed(&self) -> bool {
         self.failed
+    }
+
+    fn complete(&self) -> bool {
+        // The closing frames are only written by `finish`.
+        self.done && !self.failed
     }
 }
 

@@ -254,3 +254,70 @@ fn anthropic_to_anthropic_takes_the_fast_path() {
     assert_eq!(client, answer);
     assert_eq!((usage.input, usage.cached_input), (472 + 100 + 2048, 2048));
 }
+
+/// A client may hang up once it has the terminal event (SDKs stop reading at `[DONE]`); the
+/// host then never sees the end of the upstream body, and the stream's `complete` is what
+/// keeps that request a success.
+#[test]
+fn a_stream_is_complete_once_the_client_has_its_terminal_event() {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key("sk-gw-test"), "models": ["*"]}],
+        "providers": {
+            "oa": {"kind": "openai", "api_key_secret": "OPENAI_KEY"},
+            "claude": {"kind": "anthropic", "api_key_secret": "ANTHROPIC_KEY"}
+        },
+        "models": [
+            {"name": "gpt", "deployments": [{"provider": "oa", "model": "gpt-4o-mini"}]},
+            {"name": "claude", "deployments": [{"provider": "claude", "model": "claude-sonnet-4-20250514"}]}
+        ]
+    });
+    let gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap();
+    let chat = |model: &str| {
+        json!({"model": model, "stream": true, "max_tokens": 64,
+                                    "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let cases = [
+        // OpenAI → OpenAI and Anthropic → Anthropic pass through: the terminal event reaches
+        // the client as soon as it arrives, before the upstream body ends.
+        (
+            "/v1/chat/completions",
+            "gpt",
+            "openai/stream_tools.sse",
+            true,
+        ),
+        ("/v1/messages", "claude", "anthropic/stream_tools.sse", true),
+        // Translated: the client's closing frames are written only at the end of the body.
+        (
+            "/v1/chat/completions",
+            "claude",
+            "anthropic/stream_tools.sse",
+            false,
+        ),
+    ];
+    for (path, model, upstream, complete_before_end) in cases {
+        let plan = plan(&gw, path, chat(model));
+        let upstream = fixture(upstream);
+        let mut stream = plan.response_stream(0);
+        let cut = upstream.len() - 40;
+        stream.push(&upstream[..cut]);
+        assert!(
+            !stream.complete(),
+            "{path} {model}: complete before its terminal event"
+        );
+        stream.push(&upstream[cut..]);
+        assert_eq!(stream.complete(), complete_before_end, "{path} {model}");
+        stream.finish();
+        assert!(
+            stream.complete(),
+            "{path} {model}: not complete after the end"
+        );
+        // A stream that ends early never is.
+        let mut cut_short = plan.response_stream(0);
+        cut_short.push(&upstream[..cut]);
+        cut_short.finish();
+        assert!(
+            !cut_short.complete() && cut_short.failed(),
+            "{path} {model}"
+        );
+    }
+}

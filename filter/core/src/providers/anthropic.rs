@@ -1347,4 +1347,9 @@ impl crate::stream::ResponseStream for AnthropicPassthroughStream {
     fn failed(&self) -> bool {
         self.failed
     }
+
+    fn complete(&self) -> bool {
+        // `message_stop`, the last event, is forwarded as soon as it arrives.
+        self.saw_stop && !self.failed
+    }
 }

@@ -623,4 +623,9 @@ impl crate::stream::ResponseStream for PassthroughStream {
     fn failed(&self) -> bool {
         self.failed
     }
+
+    fn complete(&self) -> bool {
+        // `[DONE]` is forwarded as soon as it arrives.
+        self.saw_done && !self.failed
+    }
 }
