@@ -8,10 +8,9 @@
 //! `key_value_stores = ["default"]` grants), kept in memory for as long as the server runs.
 //! As in Spin, every request gets a fresh instance of a pre-instantiated component
 //! ([`ProxyPre`]): nothing leaks between requests but what the component puts in the
-//! key-value store, and instantiation costs microseconds. Outbound HTTP (loopback included)
-//! goes through one keep-alive connection pool shared by all instances for plain http, and
-//! wasmtime-wasi-http's default client for https; it can be limited to `--allow-outbound`
-//! origins like Spin's `allowed_outbound_hosts`.
+//! key-value store, and instantiation costs microseconds. Outbound HTTP is
+//! wasmtime-wasi-http's default client (loopback included), optionally limited to
+//! `--allow-outbound` origins like Spin's `allowed_outbound_hosts`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -19,14 +18,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -362,7 +358,7 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
         variables: Arc::new(config.variables),
         key_value: Arc::new(key_value_stores()),
         env: config.env,
-        outbound: OutboundPolicy::new(Arc::new(origins)),
+        origins: Arc::new(origins),
     });
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -400,8 +396,7 @@ struct Server {
     variables: Arc<HashMap<String, String>>,
     key_value: Arc<HashMap<String, KeyValueStore>>,
     env: Vec<(String, String)>,
-    /// Outbound HTTP for every instance (one connection pool).
-    outbound: OutboundPolicy,
+    origins: Arc<Vec<Origin>>,
 }
 
 impl Server {
@@ -452,7 +447,9 @@ impl Server {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                hooks: self.outbound.clone(),
+                hooks: OutboundPolicy {
+                    origins: self.origins.clone(),
+                },
                 variables: self.variables.clone(),
                 key_value: self.key_value.clone(),
                 open_stores: 0,
@@ -670,71 +667,15 @@ impl Origin {
     }
 }
 
-/// Outbound HTTP, limited to the allowed origins. Plain-http requests share one pooled
-/// keep-alive client across every instance (Spin's outbound HTTP pools connections too), so a
-/// request does not pay a TCP handshake to its upstream; https requests, and requests that
-/// carry wasi-http timeouts (`request-options`), go through wasmtime-wasi-http's default
-/// client, which opens a connection per request and implements those options.
-#[derive(Clone)]
+/// Outbound HTTP: wasmtime-wasi-http's default client, limited to the allowed origins.
 struct OutboundPolicy {
     origins: Arc<Vec<Origin>>,
-    pool: Client<HttpConnector, WasiBody>,
-}
-
-/// Idle pooled upstream connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The pooled client's connect timeout (the default client's is per request, via options).
-const POOL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl OutboundPolicy {
-    fn new(origins: Arc<Vec<Origin>>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(POOL_CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let pool = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        OutboundPolicy { origins, pool }
-    }
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
     http::Response<WasiBody>,
     Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
 )>;
-
-/// Whether a request may use the pool: plain http, and no per-request timeouts to honour.
-fn poolable(request: &http::Request<WasiBody>, options: Option<&RequestOptions>) -> bool {
-    let no_options = options.is_none_or(|o| {
-        o.connect_timeout.is_none()
-            && o.first_byte_timeout.is_none()
-            && o.between_bytes_timeout.is_none()
-    });
-    request.uri().scheme() == Some(&http::uri::Scheme::HTTP) && no_options
-}
-
-/// The pooled client's failure as wasi-http sees it: connect failures keep their I/O error
-/// (refused, unreachable, ...), anything else is a terminated connection.
-fn pooled_error(err: &hyper_util::client::legacy::Error) -> wasmtime_wasi_http::Error {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if err.is_connect() {
-                return wasmtime_wasi_http::Error::Connect(std::io::Error::new(
-                    io.kind(),
-                    io.to_string(),
-                ));
-            }
-        }
-        source = cause.source();
-    }
-    if err.is_connect() {
-        wasmtime_wasi_http::Error::ConnectionRefused
-    } else {
-        wasmtime_wasi_http::Error::ConnectionTerminated
-    }
-}
 
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
@@ -745,7 +686,6 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let allowed =
             self.origins.is_empty() || self.origins.iter().any(|o| o.allows(request.uri()));
-        let pool = poolable(&request, options.as_ref()).then(|| self.pool.clone());
         Box::new(async move {
             if !allowed {
                 tracing::warn!(
@@ -753,16 +693,6 @@ impl WasiHttpHooks for OutboundPolicy {
                     request.uri()
                 );
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
-            }
-            let done = || Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>;
-            if let Some(pool) = pool {
-                // The pool's own task drives the connection: nothing for the caller to await.
-                let response = pool.request(request).await.map_err(|e| pooled_error(&e))?;
-                return Ok((
-                    response
-                        .map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync()),
-                    done(),
-                ));
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
@@ -799,7 +729,9 @@ mod tests {
             wasi: WasiCtx::builder().build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundPolicy::new(Arc::new(Vec::new())),
+            hooks: OutboundPolicy {
+                origins: Arc::new(Vec::new()),
+            },
             variables: Arc::new(HashMap::new()),
             key_value: key_value.clone(),
             open_stores: 0,
