@@ -9,13 +9,16 @@ script prints a Markdown table with requests/s, p50 and p99, and ratios against 
 
     python3 tests/bench/envoy_bench.py [--envoy PATH] [--wasm PATH] [--duration 10] [--conns 1,64,512]
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
-        [--component edge-worker/target/wasm32-wasip2/release/edge_worker.wasm]
+        [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
+        [--component-runner HOST_RUNNER ...] [--components-only]
 
 With --host-runner, two more rows: host-runner running the passthrough guest (every callback
 continues; the request carries `x-switchyard-cluster` itself) and host-runner running
 filter.wasm, both in front of the same upstream. With --component as well, one more row: the
 Spin component (edge-worker) under `host-runner serve-component`, compared with the upstream
-direct (a component has no pass-through twin).
+direct (a component has no pass-through twin). --component repeats (with labels, and with
+--component-runner a host-runner build each) to compare component or host builds in one run;
+--components-only leaves out the Envoy and host-runner proxy rows.
 
 Needs `wrk` (Debian package `wrk`). Loopback only; every run is bounded by --duration.
 """
@@ -170,7 +173,14 @@ def main():
     ap.add_argument("--conns", default="1,64,512")
     ap.add_argument("--base-port", type=int, default=39100)
     ap.add_argument("--host-runner", help="also measure host-runner (path to the binary)")
-    ap.add_argument("--component", help="also measure the Spin component (needs --host-runner)")
+    ap.add_argument("--component", action="append", default=[],
+                    help="also measure a Spin component (needs --host-runner); repeatable, "
+                         "each PATH or LABEL=PATH")
+    ap.add_argument("--component-runner", action="append", default=[],
+                    help="the host-runner binary serving the n-th --component (default "
+                         "--host-runner), to compare host-runner builds")
+    ap.add_argument("--components-only", action="store_true",
+                    help="measure only the upstream direct and the components")
     ap.add_argument("--passthrough", default=os.path.join(
         ROOT, "host-runner/test-guests/target/wasm32-wasip1/release/passthrough.wasm"))
     args = ap.parse_args()
@@ -193,9 +203,10 @@ def main():
             procs.append(subprocess.Popen([args.envoy, "-c", cfg, "--concurrency", "1", "-l", "error",
                                            "--base-id", str(base + base_id)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        setups = [("upstream direct", ports[0]), ("envoy pass-through", ports[1]),
-                  ("envoy + filter.wasm", ports[2])]
-        if args.host_runner:
+        setups = [("upstream direct", ports[0])]
+        if not args.components_only:
+            setups += [("envoy pass-through", ports[1]), ("envoy + filter.wasm", ports[2])]
+        if args.host_runner and not args.components_only:
             gw_path = os.path.join(tmp, "gateway.json")
             with open(gw_path, "w") as f:
                 f.write(gateway_config(ports[0]))
@@ -207,13 +218,18 @@ def main():
                      "--no-admin", "--cluster", f"upstream=127.0.0.1:{ports[0]}", "--log-level", "warn"] + extra,
                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{port}.log"), "wb")))
                 setups.append((name, port))
-            if args.component:
-                port = base + 5
-                procs.append(subprocess.Popen(
-                    [args.host_runner, "serve-component", "--component", args.component,
-                     "--listen", f"127.0.0.1:{port}", "--var", f"gateway_config={gateway_config(ports[0])}"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-                setups.append(("serve-component + edge_worker.wasm", port))
+        for i, spec in enumerate(args.component):
+            label, _, path = spec.rpartition("=")
+            runner = (args.component_runner[i] if i < len(args.component_runner)
+                      else args.host_runner)
+            if not runner:
+                raise SystemExit("--component needs --host-runner or --component-runner")
+            port = base + 5 + i
+            procs.append(subprocess.Popen(
+                [runner, "serve-component", "--component", path,
+                 "--listen", f"127.0.0.1:{port}", "--var", f"gateway_config={gateway_config(ports[0])}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            setups.append((f"serve-component + {label or 'edge_worker.wasm'}", port))
         for _, port in setups:
             wait_ready(port)
         rows = []
@@ -231,8 +247,8 @@ def main():
         for conns, results in rows:
             for name, (rps, p50, p99) in results.items():
                 baseline = ("host-runner + passthrough" if name.startswith("host-runner")
-                            else "upstream direct" if name.startswith("serve-component")
-                            else "envoy pass-through")
+                            else "envoy pass-through" if name.startswith("envoy")
+                            else "upstream direct")
                 base_rps, _, base_p99 = results[baseline]
                 print(f"| {conns} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {rps / base_rps:.2f} | {p99 / base_p99:.2f} |")
     finally:
