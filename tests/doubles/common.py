@@ -27,7 +27,9 @@ Fault injection, per request (a marker in the last user text or embedding input,
 * ``close_headers`` — write part of the status line and headers, then close the connection;
 * ``cut_stream`` — for streams: send ``after`` events (default 2), then drop the connection;
 * ``malformed_sse`` — for streams: send one good event, then a broken ``data:`` line, then
-  end the stream.
+  end the stream;
+* ``linger_end`` — for streams: send every event, then hold the body open ``seconds``
+  (default 1) before ending it, as a slow upstream may after its terminal event.
 
 Side endpoints on every double: ``GET /_last`` (last request: method, path, query, headers,
 body, and the usage the double answered with), ``GET /_requests`` (all since the last reset),
@@ -322,6 +324,8 @@ class Stream:
         await asyncio.sleep(0)
 
     async def finish(self) -> web.StreamResponse:
+        if self.fault.get("kind") == "linger_end":
+            await asyncio.sleep(min(float(self.fault.get("seconds", 1)), MAX_HANG_S))
         await self.response.write_eof()
         return self.response
 

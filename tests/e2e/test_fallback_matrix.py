@@ -26,6 +26,7 @@ from doubles.common import expected_text
 from . import paths
 from .checks import upstream_model
 from .conftest import Gateway
+from .gateway_config import KEY_ALL
 from .fallback_config import (
     CHAINS, CHEAP_COOLDOWN_MS, CHEAP_DEPLOYMENTS, CHEAPEST, EJECT_AFTER, EJECT_COOLDOWN_MS,
     WEIGHTED, WEIGHTS, deployment, parse_attempts, start_fallback_host)
@@ -530,6 +531,43 @@ def test_usage_and_metrics_show_attempts_and_answering_deployment(fb):
         time.sleep(0.3)  # Envoy flushes wasm counters to /stats periodically
     lines = [line for line in text.splitlines() if "fb-metered" in line or "fb_metered" in line]
     assert (fallbacks, ok_secondary, ok_primary) == (2, 2, 1), "\n".join(lines)
+
+@pytest.mark.parametrize("model", ["fb-oa", "fb-an"])
+def test_client_hanging_up_after_the_terminal_event_is_metered_as_success(fb, model):
+    """SDKs stop reading at the terminal event (openai-python closes at `[DONE]`). When the
+    upstream is slow to end its body after that event, the client is gone before the host
+    sees the end: the client still had the whole answer, so the request is a success."""
+    (p_prov, p_model), _ = CHAINS[model]
+    before = len(usage_records(fb.host.log, model))
+    inject(fb, p_prov, kind="linger_end", seconds=1.5)
+    openai_dialect = p_prov == "openai"  # each on its pass-through fast path
+    path, terminal, headers = (
+        ("/v1/chat/completions", "data: [DONE]", {"authorization": f"Bearer {KEY_ALL}"})
+        if openai_dialect else
+        ("/v1/messages", "event: message_stop",
+         {"x-api-key": KEY_ALL, "anthropic-version": "2023-06-01"}))
+    body = {"model": model, "stream": True, "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hang up after the terminal event"}]}
+    seen = []
+    started = time.monotonic()
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", fb.base_url + path, json=body, headers=headers) as r:
+            assert r.status_code == 200, r.read()
+            for line in r.iter_lines():
+                seen.append(line)
+                if line.startswith(terminal):
+                    break  # hang up here, as the SDK does
+    assert any(line.startswith(terminal) for line in seen), seen
+    assert time.monotonic() - started < 1.5, "the terminal event waited for the upstream's end"
+    deadline = time.monotonic() + 10
+    while len(records := usage_records(fb.host.log, model)) <= before:
+        assert time.monotonic() < deadline, "no usage record"
+        time.sleep(0.1)
+    record = records[-1]
+    assert record["status"] == 200, record
+    assert record["deployment"] == deployment(p_prov, p_model), record
+    assert record["output_tokens"] > 0, record
+
 
 @pytest.mark.parametrize("fault_name", [
     "cut_stream",

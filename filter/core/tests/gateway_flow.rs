@@ -7,7 +7,7 @@ use common::{accumulate_anthropic, accumulate_openai, fixture};
 use serde_json::{json, Value};
 use switchyard_core::keys::hash_key;
 use switchyard_core::routing::NoHealth;
-use switchyard_core::{Admitted, Gateway, HeadOutcome, Plan, RequestHead};
+use switchyard_core::{Admitted, ErrorKind, Gateway, GatewayError, HeadOutcome, Plan, RequestHead};
 
 fn gateway() -> Gateway {
     let config = json!({
@@ -310,6 +310,27 @@ fn a_stream_is_complete_once_the_client_has_its_terminal_event() {
         assert!(
             stream.complete(),
             "{path} {model}: not complete after the end"
+        );
+        // A failure after the client has the terminal event (a stall or reset before the
+        // upstream body ends) neither adds bytes nor fails the request.
+        let mut late_failure = plan.response_stream(0);
+        late_failure.push(&upstream);
+        let after = late_failure.fail(&GatewayError::new(
+            ErrorKind::BadGateway,
+            "upstream stalled",
+        ));
+        assert_eq!(
+            (
+                after.is_empty(),
+                late_failure.failed(),
+                late_failure.complete()
+            ),
+            (
+                complete_before_end,
+                !complete_before_end,
+                complete_before_end
+            ),
+            "{path} {model}"
         );
         // A stream that ends early never is.
         let mut cut_short = plan.response_stream(0);

@@ -1297,6 +1297,12 @@ impl AnthropicPassthroughStream {
     }
 
     fn fail_into(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
+        if self.saw_stop {
+            // The client already has the whole answer: a failure after `message_stop` loses
+            // nothing, and an error event would follow the stream's own end.
+            self.done = true;
+            return;
+        }
         if !self.done {
             AnthropicStreamEncoder::new(String::new(), String::new()).error(err, out);
             self.done = true;

@@ -569,6 +569,13 @@ impl PassthroughStream {
     }
 
     fn fail_into(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
+        if self.saw_done {
+            // The client already has the whole answer: a failure after `[DONE]` (a stall or
+            // reset before the body ends) loses nothing, and an error event would follow the
+            // stream's own end.
+            self.done = true;
+            return;
+        }
         if !self.done {
             let mut enc = OpenAiStreamEncoder::new(String::new(), String::new(), 0, false);
             enc.error(err, out);
