@@ -14,8 +14,9 @@
 //!    reply that, as in Envoy, still passes through the filter's response callbacks;
 //! 4. response headers/body the same way in the other direction; with `Continue` every
 //!    rewritten chunk is written to the client immediately (SSE is never held back); an
-//!    upstream reset after the response head reached the client ends the body for the filter
-//!    (`eos`) so it can close the stream well-formed — where Envoy would reset the client;
+//!    upstream reset after an event stream's head reached the client ends the body for the
+//!    filter (`eos`) so it can close the stream well-formed — where Envoy would reset the
+//!    client;
 //! 5. `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
 //!
 //! A guest trap fails the stream with 500 (or aborts it if the response already started);
@@ -754,6 +755,10 @@ impl Stream {
         let s = self.s;
         let max = self.world.config.max_buffer_bytes;
         let (parts, mut body) = resp.into_parts();
+        let event_stream = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let bodiless = self.bodiless_response
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
@@ -828,13 +833,13 @@ impl Stream {
                             Ok(data) => data,
                             Err(_) => continue, // response trailers are not forwarded
                         },
-                        // Once the client has the response head, an upstream reset ends the
-                        // body for the filter instead of resetting the client: the filter
-                        // then closes the stream with an error event in the caller's
-                        // dialect. (Deliberately kinder than Envoy, whose router resets the
-                        // client here and gives filters no last word.) Before that, the
-                        // held response is dropped as in Envoy.
-                        Some(Err(_)) if self.head.is_none() => {
+                        // Once the client has the head of an event stream, an upstream
+                        // reset ends the body for the filter instead of resetting the
+                        // client: the filter then closes the stream with an error event in
+                        // the caller's dialect. (Deliberately kinder than Envoy, whose router
+                        // resets the client here and gives filters no last word.) Any other
+                        // body is reset as in Envoy: a clean end would hide the truncation.
+                        Some(Err(_)) if self.head.is_none() && event_stream => {
                             tracing::warn!("upstream reset mid-body; ending it for the filter");
                             eos = true;
                             Bytes::new()

@@ -177,6 +177,20 @@ async fn upstream_reset_mid_body_ends_the_body_for_the_filter() {
 }
 
 #[tokio::test]
+async fn upstream_reset_mid_body_of_anything_but_an_event_stream_resets_the_client() {
+    // As in Envoy: ending this body cleanly would hide that it was cut short.
+    let req = http::Request::builder()
+        .uri(format!("http://{}/plain-reset", addr()))
+        .header("x-target", "upstream")
+        .body(HostBody::empty())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await;
+    assert!(collected.is_err(), "a cut-short body ended cleanly");
+}
+
+#[tokio::test]
 async fn upstream_statuses_pass_through() {
     let r = get(addr(), "/status/429", &[("x-target", "upstream")]).await;
     assert_eq!(r.status, 429);

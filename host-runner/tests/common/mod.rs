@@ -98,16 +98,21 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<HostBody>, 
         .get("content-length")
         .map(|v| v.to_str().unwrap().to_string());
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    if path.starts_with("/stream-reset") {
-        // One event, then the connection is torn down mid-body.
+    if path.starts_with("/stream-reset") || path.starts_with("/plain-reset") {
+        // One piece of body, then the connection is torn down mid-body.
         let (tx, rx) = HostBody::channel();
         tokio::spawn(async move {
             let _ = tx.send(Chunk::Data(Bytes::from("data: one\n\n"))).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = tx.send(Chunk::Abort("test upstream resets")).await;
         });
+        let content_type = if path.starts_with("/stream") {
+            "text/event-stream"
+        } else {
+            "text/plain"
+        };
         return Ok(Response::builder()
-            .header("content-type", "text/event-stream")
+            .header("content-type", content_type)
             .body(rx)
             .unwrap());
     }
