@@ -10,20 +10,24 @@
 //! `failures,ejected_until_ms,latency_ms,latency_at_ms` (latency empty until measured).
 //!
 //! Cost per request: planning reads each of the model's deployments once (one `get` each; the
-//! strategy's repeated questions are answered from a short-lived instance cache). An attempt's
-//! outcome costs nothing unless it changes the record meaningfully — a failure, an ejection,
-//! the end of a failure run, the first latency sample, latency moving by more than 10%, or a
-//! stored latency older than a second (without that refresh, a provider slowing down by a few
-//! percent per request would never move the stored EWMA) — and then one `get` and one `set`.
-//! A steadily healthy deployment costs one `get` per request, plus a `get` and a `set` about
-//! once a second.
+//! strategy's repeated questions are answered from a short-lived instance cache). Recording an
+//! attempt's outcome reads its record again when the cache has expired — any attempt longer
+//! than [`CACHE_TTL`], so nearly every real model call — and writes only if the record changes
+//! meaningfully: a failure, an ejection, the end of a failure run, the first latency sample,
+//! latency moving by more than 10%, or a stored latency older than a second (without that
+//! refresh, a provider slowing down by a few percent per request would never move the stored
+//! EWMA); a write is one more `get` and a `set`. A steadily healthy deployment costs about
+//! two `get`s per request, plus a `get` and a `set` about once a second.
 //!
 //! Spin's key-value API (2.0) has no compare-and-swap, so two instances updating one record
 //! at the same moment may lose one update (the filter retries on CAS mismatch instead). For
 //! passive health that is acceptable: a lost failure delays an ejection by one failure, a lost
 //! latency sample is one sample of many. Reading the record again right before each write
 //! keeps that window to the `get`→`set` gap instead of the length of an attempt, so a success
-//! that took seconds does not overwrite an ejection another instance made meanwhile.
+//! that took seconds does not overwrite an ejection another instance made meanwhile. (The
+//! decision *whether* to write uses the cached record, up to [`CACHE_TTL`] old: a success
+//! that changes nothing there skips its write even if another instance counted a failure in
+//! that window, so that failure run is not reset — one more lost update of the same kind.)
 //!
 //! Without the store — an app that does not list it in `key_value_stores`, a host that denies
 //! it — or after a store error, health falls back to instance memory (and says so once per

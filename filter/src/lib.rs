@@ -19,9 +19,10 @@
 //! caller's dialect (a stream is sent as one complete, valid SSE body).
 //!
 //! After the first byte there is no switching: a stream that ends early or turns malformed
-//! is closed with an error event in the caller's dialect. An upstream *reset* mid-stream is
-//! the exception on Envoy: the router resets the client stream and calls no filter callback
-//! that could still write, so the client sees a transport error instead.
+//! is closed with an error event in the caller's dialect. An upstream *reset* mid-stream (or
+//! a stall past the route's `per_try_idle_timeout`) is the exception on Envoy: the router
+//! resets the client stream and calls no filter callback that could still write, so the
+//! client sees a transport error instead.
 //!
 //! Why not Envoy's own retries? A retry must change both the cluster and the body (another
 //! provider's schema). Envoy's `retry_policy` re-sends the same body, and per-attempt rewrite

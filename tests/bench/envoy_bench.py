@@ -224,7 +224,7 @@ def main():
                       else args.host_runner)
             if not runner:
                 raise SystemExit("--component needs --host-runner or --component-runner")
-            port = base + 5 + i
+            port = base + 20 + i  # clear of the proxies' ports and Envoy's admin ports
             procs.append(subprocess.Popen(
                 [runner, "serve-component", "--component", path,
                  "--listen", f"127.0.0.1:{port}", "--var", f"gateway_config={gateway_config(ports[0])}"],
