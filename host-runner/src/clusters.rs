@@ -59,6 +59,8 @@ pub struct Cluster {
     /// `host:port`.
     pub authority: String,
     pub request_timeout: Option<Duration>,
+    /// Longest silence between response body chunks.
+    pub idle_timeout: Option<Duration>,
     client: Client<HttpConnector, HostBody>,
 }
 
@@ -96,6 +98,8 @@ impl Cluster {
             authority,
             request_timeout: (config.request_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.request_timeout_ms)),
+            idle_timeout: (config.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.idle_timeout_ms)),
             client,
         })
     }

@@ -29,6 +29,12 @@ pub struct ClusterConfig {
     /// default) disables it. It never caps a streaming response body.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: u64,
+    /// Longest silence allowed between response body chunks once the headers arrived, like
+    /// Envoy's `per_try_idle_timeout`; 0 (the default) disables it. A stalled event stream
+    /// then ends for the filter (which closes it with an error event); any other stalled body
+    /// resets the client.
+    #[serde(default)]
+    pub idle_timeout_ms: u64,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -47,6 +53,7 @@ impl ClusterConfig {
             address: address.into(),
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            idle_timeout_ms: 0,
         }
     }
 
@@ -67,6 +74,7 @@ impl ClusterConfig {
 ///     address: 127.0.0.1:9001
 ///     connect_timeout_ms: 1000   # optional, default 5000
 ///     request_timeout_ms: 60000  # optional, default 0 = no limit
+///     idle_timeout_ms: 30000     # optional, default 0 = no limit
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,10 +188,11 @@ mod tests {
     #[test]
     fn parses_yaml_and_json_cluster_files() {
         let y = ClusterFile::parse(
-            "clusters:\n  - name: a\n    address: 127.0.0.1:1\n    request_timeout_ms: 70\n",
+            "clusters:\n  - name: a\n    address: 127.0.0.1:1\n    request_timeout_ms: 70\n    idle_timeout_ms: 9\n",
         )
         .unwrap();
         assert_eq!(y.clusters[0].request_timeout_ms, 70);
+        assert_eq!(y.clusters[0].idle_timeout_ms, 9);
         assert_eq!(y.clusters[0].connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
         let j = ClusterFile::parse(r#"{"clusters":[{"name":"b","address":"h:2"}]}"#).unwrap();
         assert_eq!(j.clusters[0], ClusterConfig::new("b", "h:2"));

@@ -410,6 +410,20 @@ const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
 /// Honoured (the shorter of the two wins) and not forwarded.
 const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
 
+/// An upstream body that sent nothing for the cluster's idle timeout.
+struct Stalled;
+
+/// `next`, bounded by `idle` when there is one.
+async fn idle_bounded<T>(
+    idle: Option<std::time::Duration>,
+    next: impl std::future::Future<Output = T>,
+) -> Result<T, Stalled> {
+    match idle {
+        Some(limit) => tokio::time::timeout(limit, next).await.map_err(|_| Stalled),
+        None => Ok(next.await),
+    }
+}
+
 /// A host-made reply as an upstream response, for the filter's response callbacks.
 fn reply_response(reply: LocalReply) -> Response<http_body_util::Full<Bytes>> {
     let mut resp = Response::new(http_body_util::Full::new(reply.body));
@@ -451,6 +465,8 @@ struct Stream {
     head: Option<HeadSender>,
     client_body: Option<ChunkSender>,
     bodiless_response: bool,
+    /// The chosen cluster's idle timeout between response body chunks.
+    idle_timeout: Option<std::time::Duration>,
 }
 
 async fn drive(
@@ -501,6 +517,7 @@ async fn drive(
         head: Some(head),
         client_body: None,
         bodiless_response: parts.method == Method::HEAD,
+        idle_timeout: None,
     };
     stream.run(body, eos, step, ready).await;
     let _ = vm.with(move |vm| vm.finish_stream(s)).await;
@@ -709,6 +726,7 @@ impl Stream {
             tracing::warn!(error = e, "the filter left an invalid request");
             Stop::Local(text_reply(500, "invalid request after filter"))
         })?;
+        self.idle_timeout = cluster.idle_timeout;
         let response = tokio::spawn(async move { cluster.send(req, timeout).await });
         Ok(Upstream { body: tx, response })
     }
@@ -821,30 +839,46 @@ impl Stream {
                 return Ok(());
             }
             tokio::select! {
-                frame = body.frame(), if !eos => {
+                frame = idle_bounded(self.idle_timeout, body.frame()), if !eos => {
                     let chunk = match frame {
-                        // The body ended without a final data frame (chunked encoding):
-                        // deliver an empty end-of-stream chunk, as Envoy does.
-                        None => {
+                        // Silent past the cluster's idle timeout: like an upstream reset,
+                        // except that a response still held from the client becomes a 504.
+                        Err(Stalled) if self.head.is_none() && event_stream => {
+                            tracing::warn!("upstream stalled mid-body; ending it for the filter");
                             eos = true;
                             Bytes::new()
                         }
-                        Some(Ok(f)) => match f.into_data() {
-                            Ok(data) => data,
-                            Err(_) => continue, // response trailers are not forwarded
+                        Err(Stalled) => {
+                            return Err(if self.head.is_some() {
+                                Stop::Local(text_reply(504, "upstream request timeout"))
+                            } else {
+                                Stop::Reset("upstream stalled mid-body")
+                            });
+                        }
+                        Ok(frame) => match frame {
+                            // The body ended without a final data frame (chunked encoding):
+                            // deliver an empty end-of-stream chunk, as Envoy does.
+                            None => {
+                                eos = true;
+                                Bytes::new()
+                            }
+                            Some(Ok(f)) => match f.into_data() {
+                                Ok(data) => data,
+                                Err(_) => continue, // response trailers are not forwarded
+                            },
+                            // Once the client has the head of an event stream, an upstream
+                            // reset ends the body for the filter instead of resetting the
+                            // client: the filter then closes the stream with an error event in
+                            // the caller's dialect. (Deliberately kinder than Envoy, whose router
+                            // resets the client here and gives filters no last word.) Any other
+                            // body is reset as in Envoy: a clean end would hide the truncation.
+                            Some(Err(_)) if self.head.is_none() && event_stream => {
+                                tracing::warn!("upstream reset mid-body; ending it for the filter");
+                                eos = true;
+                                Bytes::new()
+                            }
+                            Some(Err(_)) => return Err(Stop::Reset("upstream reset the response body")),
                         },
-                        // Once the client has the head of an event stream, an upstream
-                        // reset ends the body for the filter instead of resetting the
-                        // client: the filter then closes the stream with an error event in
-                        // the caller's dialect. (Deliberately kinder than Envoy, whose router
-                        // resets the client here and gives filters no last word.) Any other
-                        // body is reset as in Envoy: a clean end would hide the truncation.
-                        Some(Err(_)) if self.head.is_none() && event_stream => {
-                            tracing::warn!("upstream reset mid-body; ending it for the filter");
-                            eos = true;
-                            Bytes::new()
-                        }
-                        Some(Err(_)) => return Err(Stop::Reset("upstream reset the response body")),
                     };
                     eos = eos || body.is_end_stream();
                     buffered += chunk.len();

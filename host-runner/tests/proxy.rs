@@ -191,6 +191,38 @@ async fn upstream_reset_mid_body_of_anything_but_an_event_stream_resets_the_clie
 }
 
 #[tokio::test]
+async fn a_stalled_event_stream_ends_for_the_filter_after_the_idle_timeout() {
+    // The `idle` cluster allows 200 ms of silence; the upstream pauses for 2 s.
+    let started = Instant::now();
+    let r = get(addr(), "/stream-stall", &[("x-target", "idle")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "data: one\n\n");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let order = eventually(|| async {
+        let r = get(addr(), "/shared?key=order:/stream-stall", &[]).await;
+        r.body.ends_with("done").then_some(r.body)
+    })
+    .await;
+    assert!(
+        order.ends_with("response_body(11,eos=false),response_body(0,eos=true),log,done"),
+        "{order}"
+    );
+
+    // Any other stalled body resets the client; without an idle timeout it just waits.
+    let req = http::Request::builder()
+        .uri(format!("http://{}/plain-stall", addr()))
+        .header("x-target", "idle")
+        .body(HostBody::empty())
+        .unwrap();
+    let started = Instant::now();
+    let resp = client().request(req).await.unwrap();
+    assert!(resp.into_body().collect().await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    let r = get(addr(), "/plain-stall", &[("x-target", "upstream")]).await;
+    assert_eq!(r.body, "data: one\n\n");
+}
+
+#[tokio::test]
 async fn upstream_statuses_pass_through() {
     let r = get(addr(), "/status/429", &[("x-target", "upstream")]).await;
     assert_eq!(r.status, 429);

@@ -28,6 +28,8 @@ Fault injection, per request (a marker in the last user text or embedding input,
 * ``cut_stream`` — for streams: send ``after`` events (default 2), then drop the connection;
 * ``malformed_sse`` — for streams: send one good event, then a broken ``data:`` line, then
   end the stream;
+* ``stall_stream`` — for streams: send ``after`` events (default 2), then go silent for
+  ``seconds`` (default 10) before sending the rest;
 * ``linger_end`` — for streams: send every event, then hold the body open ``seconds``
   (default 1) before ending it, as a slow upstream may after its terminal event.
 
@@ -299,13 +301,15 @@ def sse_headers(extra: dict | None = None) -> dict:
 
 
 class Stream:
-    """An SSE response that honours the `cut_stream` / `malformed_sse` faults."""
+    """An SSE response that honours the stream faults (`cut_stream`, `stall_stream`,
+    `malformed_sse`, `linger_end`)."""
 
     def __init__(self, request: web.Request, fault: dict | None, headers: dict) -> None:
         self.request = request
         self.fault = fault or {}
         self.response = web.StreamResponse(status=200, headers=headers)
         self.sent = 0
+        self.stalled = False
 
     async def start(self) -> None:
         await self.response.prepare(self.request)
@@ -315,6 +319,10 @@ class Stream:
         if kind == "cut_stream" and self.sent >= int(self.fault.get("after", 2)):
             cut_connection(self.request)
             raise asyncio.CancelledError()
+        if (kind == "stall_stream" and self.sent == int(self.fault.get("after", 2))
+                and not self.stalled):
+            self.stalled = True
+            await asyncio.sleep(min(float(self.fault.get("seconds", 10)), MAX_HANG_S))
         if kind == "malformed_sse" and self.sent == 1:
             await self.response.write(b'data: {"this is": not json\n\n')
             self.sent += 1

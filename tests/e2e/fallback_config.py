@@ -8,7 +8,8 @@ short so a hanging primary costs ~1.5 s, on both hosts:
   complete answers and `x-envoy-upstream-rq-per-try-timeout-ms` for streams (time to first
   byte); the route's `per_try_idle_timeout` stall guard is shortened to `ATTEMPT_TIMEOUT_MS`.
 * host-runner: every cluster gets `request_timeout_ms = ATTEMPT_TIMEOUT_MS` (time to response
-  headers) through `--cluster-config`.
+  headers) and the same `idle_timeout_ms` (the stall guard, like Envoy's
+  `per_try_idle_timeout`) through `--cluster-config`.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def start_fallback_host(name: str, doubles: Doubles, workdir: Path) -> hosts.Hos
                                  customize=_shorten_route_idle_timeout)
     if name == "host-runner":
         clusters = [{"name": c, "address": f"127.0.0.1:{port}", "connect_timeout_ms": 1000,
-                     "request_timeout_ms": ATTEMPT_TIMEOUT_MS} for c, port in ups.items()]
+                     "request_timeout_ms": ATTEMPT_TIMEOUT_MS,
+                     "idle_timeout_ms": ATTEMPT_TIMEOUT_MS} for c, port in ups.items()]
         cluster_file = workdir / "clusters.json"
         cluster_file.write_text(json.dumps({"clusters": clusters}, indent=2))
         return hosts.start_host_runner(config, {}, secrets, workdir,

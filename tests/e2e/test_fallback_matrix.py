@@ -250,6 +250,8 @@ def test_non_retryable_4xx_is_returned_not_retried(fb, sdk, model, status, strea
 # --- failures after the first byte ------------------------------------------------------------
 
 MID_STREAM = {"cut_stream": {"kind": "cut_stream", "after": 4},
+              # Silent past the stall guard (ATTEMPT_TIMEOUT_MS on every host).
+              "stall_stream": {"kind": "stall_stream", "after": 4, "seconds": 4},
               "malformed_sse": {"kind": "malformed_sse"}}
 
 
@@ -258,9 +260,9 @@ MID_STREAM = {"cut_stream": {"kind": "cut_stream", "after": 4},
 def test_mid_stream_failure_is_never_a_clean_end(fb, sdk, model, fault_name):
     """Bytes already reached the client, so there is no fallback: the stream must end with an
     error event in the caller's dialect (the SDK raises) — never as a silently truncated
-    "successful" stream. The one exception is Envoy after an upstream *reset*: its router
-    resets the client stream and gives filters no last word, so there the client sees a
-    transport error (still never a clean end)."""
+    "successful" stream. The one exception is Envoy after an upstream *reset* or a stall past
+    its `per_try_idle_timeout`: its router resets the client stream and gives filters no last
+    word, so there the client sees a transport error (still never a clean end)."""
     (p_prov, p_model), (s_prov, _) = CHAINS[model]
     inject(fb, p_prov, **MID_STREAM[fault_name])
     prompt = f"mid stream {fault_name} {sdk} {model} with quite a few words to stream back"
@@ -270,7 +272,8 @@ def test_mid_stream_failure_is_never_a_clean_end(fb, sdk, model, fault_name):
     # SDK's APIConnectionError.
     transport_errors = (httpx.TransportError, httpx2.TransportError,
                         sdk_module.APIConnectionError)
-    envoy_reset = fb.name == "envoy" and fault_name == "cut_stream"
+    # Envoy's router resets the client on an upstream reset and on its stall guard.
+    envoy_reset = fb.name == "envoy" and fault_name in ("cut_stream", "stall_stream")
     if sdk == "openai":
         client = fb.openai()
         stream = client.chat.completions.create(
@@ -579,6 +582,7 @@ def test_client_hanging_up_after_the_terminal_event_is_metered_as_success(fb, mo
 
 @pytest.mark.parametrize("fault_name", [
     "cut_stream",
+    "stall_stream",
     "malformed_sse"])
 def test_stream_failing_after_first_byte_is_metered_as_failed(fb, fault_name):
     (p_prov, _), _ = CHAINS["fb-cut"]

@@ -98,6 +98,24 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<HostBody>, 
         .get("content-length")
         .map(|v| v.to_str().unwrap().to_string());
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    if path.starts_with("/stream-stall") || path.starts_with("/plain-stall") {
+        // One piece of body, then silence for 2 s, then the end.
+        let (tx, rx) = HostBody::channel();
+        tokio::spawn(async move {
+            let _ = tx.send(Chunk::Data(Bytes::from("data: one\n\n"))).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = tx.send(Chunk::End).await;
+        });
+        let content_type = if path.starts_with("/stream") {
+            "text/event-stream"
+        } else {
+            "text/plain"
+        };
+        return Ok(Response::builder()
+            .header("content-type", content_type)
+            .body(rx)
+            .unwrap());
+    }
     if path.starts_with("/stream-reset") || path.starts_with("/plain-reset") {
         // One piece of body, then the connection is torn down mid-body.
         let (tx, rx) = HostBody::channel();
@@ -185,16 +203,19 @@ async fn start_upstream() -> SocketAddr {
 }
 
 /// A runner config for the probe guest with the standard clusters:
-/// `upstream` (the test upstream), `dead` (refuses connections), `slow` (300 ms timeout).
+/// `upstream` (the test upstream), `dead` (refuses connections), `slow` (300 ms timeout),
+/// `idle` (200 ms idle timeout between body chunks).
 pub fn probe_config(plugin_config: &str) -> RunnerConfig {
     let wasm = std::fs::read(guest("probe")).unwrap();
     let mut config = RunnerConfig::new(wasm, plugin_config.as_bytes().to_vec());
     let up = upstream().to_string();
     let mut slow = ClusterConfig::new("slow", up.clone());
     slow.request_timeout_ms = 300;
+    let mut idle = ClusterConfig::new("idle", up.clone());
+    idle.idle_timeout_ms = 200;
     let mut dead = ClusterConfig::new("dead", dead_address());
     dead.connect_timeout_ms = 500;
-    config.clusters = vec![ClusterConfig::new("upstream", up), dead, slow];
+    config.clusters = vec![ClusterConfig::new("upstream", up), dead, slow, idle];
     config.admin = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     config.vm_config = b"vm-config-bytes".to_vec();
     config
