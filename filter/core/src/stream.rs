@@ -56,18 +56,20 @@ pub trait StreamDecoder {
 /// Decodes the frames of one provider's SSE stream into canonical events.
 ///
 /// Providers implement this and get their [`StreamDecoder`] from [`SseStreamDecoder`], which
-/// owns the SSE framing, so every provider treats bad framing the same way.
+/// owns the SSE framing (and skips frames without data), so every provider treats bad
+/// framing the same way.
 pub trait SseFrameDecoder {
-    /// Decodes (and drains) the frames completed so far.
-    fn decode_frames(
+    /// Decodes one frame: its `event:` name, if any, and its non-empty, trimmed data.
+    fn decode_frame(
         &mut self,
-        frames: &mut Vec<SseEvent>,
+        event: Option<&str>,
+        data: &str,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), GatewayError>;
 }
 
-/// A [`StreamDecoder`] for an SSE stream: splits the bytes into frames and hands them to the
-/// provider's [`SseFrameDecoder`].
+/// A [`StreamDecoder`] for an SSE stream: splits the bytes into frames and hands each one
+/// with data to the provider's [`SseFrameDecoder`].
 #[derive(Default)]
 pub struct SseStreamDecoder<D> {
     sse: SseParser,
@@ -75,15 +77,29 @@ pub struct SseStreamDecoder<D> {
     frame_decoder: D,
 }
 
+impl<D: SseFrameDecoder> SseStreamDecoder<D> {
+    /// Decodes (and drains) the frames completed so far; after an error the rest are dropped.
+    fn decode_frames(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
+        for frame in self.frames.drain(..) {
+            let data = frame.data.trim();
+            if !data.is_empty() {
+                self.frame_decoder
+                    .decode_frame(frame.event.as_deref(), data, out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<D: SseFrameDecoder> StreamDecoder for SseStreamDecoder<D> {
     fn push(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
         self.sse.push(bytes, &mut self.frames).map_err(malformed)?;
-        self.frame_decoder.decode_frames(&mut self.frames, out)
+        self.decode_frames(out)
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), GatewayError> {
         self.sse.finish(&mut self.frames).map_err(malformed)?;
-        self.frame_decoder.decode_frames(&mut self.frames, out)
+        self.decode_frames(out)
     }
 }
 

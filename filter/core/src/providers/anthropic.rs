@@ -552,101 +552,93 @@ impl AnthropicStreamFrames {
 }
 
 impl SseFrameDecoder for AnthropicStreamFrames {
-    fn decode_frames(
+    fn decode_frame(
         &mut self,
-        frames: &mut Vec<SseEvent>,
+        _event: Option<&str>,
+        data: &str,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), GatewayError> {
-        for frame in frames.drain(..) {
-            let data = frame.data.trim();
-            if data.is_empty() {
-                continue;
+        let event: WireStreamEvent = serde_json::from_str(data).map_err(malformed)?;
+        match event {
+            WireStreamEvent::MessageStart { message } => {
+                out.push(StreamEvent::Start {
+                    id: message.id,
+                    model: message.model,
+                });
+                if let Some(u) = message.usage {
+                    self.merge_usage(u);
+                    out.push(StreamEvent::Usage(self.usage.canonical()));
+                }
             }
-            let event: WireStreamEvent = serde_json::from_str(data).map_err(malformed)?;
-            match event {
-                WireStreamEvent::MessageStart { message } => {
-                    out.push(StreamEvent::Start {
-                        id: message.id,
-                        model: message.model,
+            WireStreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => match content_block {
+                WireBlock::ToolUse { id, name, input } => {
+                    let tool = self.next_tool;
+                    self.next_tool += 1;
+                    self.tool_blocks.push((index, tool));
+                    out.push(StreamEvent::ToolCallStart {
+                        index: tool,
+                        id,
+                        name,
                     });
-                    if let Some(u) = message.usage {
-                        self.merge_usage(u);
-                        out.push(StreamEvent::Usage(self.usage.canonical()));
-                    }
-                }
-                WireStreamEvent::ContentBlockStart {
-                    index,
-                    content_block,
-                } => match content_block {
-                    WireBlock::ToolUse { id, name, input } => {
-                        let tool = self.next_tool;
-                        self.next_tool += 1;
-                        self.tool_blocks.push((index, tool));
-                        out.push(StreamEvent::ToolCallStart {
+                    // The start block's `input` is `{}` by convention; anything else is a
+                    // complete input sent up front.
+                    if input.as_object().is_some_and(|o| !o.is_empty()) {
+                        out.push(StreamEvent::ToolCallArgs {
                             index: tool,
-                            id,
-                            name,
+                            arguments: input.to_string(),
                         });
-                        // The start block's `input` is `{}` by convention; anything else is a
-                        // complete input sent up front.
-                        if input.as_object().is_some_and(|o| !o.is_empty()) {
-                            out.push(StreamEvent::ToolCallArgs {
-                                index: tool,
-                                arguments: input.to_string(),
-                            });
-                        }
-                    }
-                    WireBlock::Text { text } if !text.is_empty() => {
-                        out.push(StreamEvent::Text(text))
-                    }
-                    _ => {}
-                },
-                WireStreamEvent::ContentBlockDelta { index, delta } => match delta {
-                    WireDelta::TextDelta { text } if !text.is_empty() => {
-                        out.push(StreamEvent::Text(text))
-                    }
-                    WireDelta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
-                        if let Some(&(_, tool)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
-                        {
-                            out.push(StreamEvent::ToolCallArgs {
-                                index: tool,
-                                arguments: partial_json,
-                            });
-                        }
-                    }
-                    _ => {}
-                },
-                WireStreamEvent::MessageDelta { delta, usage } => {
-                    if let Some(reason) = delta.stop_reason {
-                        self.stop_reason = Some(finish_reason(&reason));
-                    }
-                    if let Some(u) = usage {
-                        self.merge_usage(u);
-                        out.push(StreamEvent::Usage(self.usage.canonical()));
                     }
                 }
-                WireStreamEvent::MessageStop {} => {
-                    if !self.finished {
-                        self.finished = true;
-                        out.push(StreamEvent::Finish(
-                            self.stop_reason.unwrap_or(FinishReason::Stop),
-                        ));
+                WireBlock::Text { text } if !text.is_empty() => out.push(StreamEvent::Text(text)),
+                _ => {}
+            },
+            WireStreamEvent::ContentBlockDelta { index, delta } => match delta {
+                WireDelta::TextDelta { text } if !text.is_empty() => {
+                    out.push(StreamEvent::Text(text))
+                }
+                WireDelta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
+                    if let Some(&(_, tool)) = self.tool_blocks.iter().find(|(b, _)| *b == index) {
+                        out.push(StreamEvent::ToolCallArgs {
+                            index: tool,
+                            arguments: partial_json,
+                        });
                     }
                 }
-                WireStreamEvent::Error { error } => {
-                    out.push(StreamEvent::Error(GatewayError::new(
-                        kind_of_error_type(&error.kind),
-                        if error.message.is_empty() {
-                            "upstream reported an error".to_string()
-                        } else {
-                            redact(&error.message)
-                        },
-                    )));
+                _ => {}
+            },
+            WireStreamEvent::MessageDelta { delta, usage } => {
+                if let Some(reason) = delta.stop_reason {
+                    self.stop_reason = Some(finish_reason(&reason));
                 }
-                WireStreamEvent::ContentBlockStop {}
-                | WireStreamEvent::Ping {}
-                | WireStreamEvent::Other => {}
+                if let Some(u) = usage {
+                    self.merge_usage(u);
+                    out.push(StreamEvent::Usage(self.usage.canonical()));
+                }
             }
+            WireStreamEvent::MessageStop {} => {
+                if !self.finished {
+                    self.finished = true;
+                    out.push(StreamEvent::Finish(
+                        self.stop_reason.unwrap_or(FinishReason::Stop),
+                    ));
+                }
+            }
+            WireStreamEvent::Error { error } => {
+                out.push(StreamEvent::Error(GatewayError::new(
+                    kind_of_error_type(&error.kind),
+                    if error.message.is_empty() {
+                        "upstream reported an error".to_string()
+                    } else {
+                        redact(&error.message)
+                    },
+                )));
+            }
+            WireStreamEvent::ContentBlockStop {}
+            | WireStreamEvent::Ping {}
+            | WireStreamEvent::Other => {}
         }
         Ok(())
     }

@@ -22,7 +22,6 @@ use crate::canonical::{
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
-use crate::sse::SseEvent;
 use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEvent};
 
 /// Native path of text generation (after the base URL prefix).
@@ -345,87 +344,78 @@ pub struct DashscopeStreamFrames {
 pub type DashscopeStreamDecoder = SseStreamDecoder<DashscopeStreamFrames>;
 
 impl SseFrameDecoder for DashscopeStreamFrames {
-    fn decode_frames(
+    fn decode_frame(
         &mut self,
-        frames: &mut Vec<SseEvent>,
+        event: Option<&str>,
+        data: &str,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), GatewayError> {
-        for frame in frames.drain(..) {
-            let data = frame.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            let chunk: WireResponse = serde_json::from_str(data).map_err(malformed)?;
-            if frame.event.as_deref() == Some("error")
-                || (chunk.output.is_none() && chunk.code.is_some())
-            {
-                out.push(StreamEvent::Error(GatewayError::new(
-                    error_kind_of_code(chunk.code.as_deref().unwrap_or("")),
-                    redact(chunk.message.as_deref().unwrap_or("upstream error")),
-                )));
-                continue;
-            }
-            if !self.started {
-                self.started = true;
-                out.push(StreamEvent::Start {
-                    id: chunk.request_id.clone(),
-                    model: String::new(),
-                });
-            }
-            let mut finish = None;
-            if let Some(output) = chunk.output {
-                if let Some(choice) = output.choices.into_iter().next() {
-                    let message = choice.message.unwrap_or_default();
-                    if let Some(text) = content_text(message.content).filter(|t| !t.is_empty()) {
-                        out.push(StreamEvent::Text(text));
-                    }
-                    for (pos, call) in message
-                        .tool_calls
-                        .unwrap_or_default()
-                        .into_iter()
-                        .enumerate()
-                    {
-                        let index = call.index.unwrap_or(pos as u32);
-                        let (name, args) = match call.function {
-                            Some(f) => {
-                                (f.name.unwrap_or_default(), f.arguments.unwrap_or_default())
-                            }
-                            None => (String::new(), String::new()),
-                        };
-                        let id = call.id.unwrap_or_default();
-                        let named = !id.is_empty() || !name.is_empty();
-                        if named && !self.tools_started.contains(&index) {
-                            self.tools_started.push(index);
-                            out.push(StreamEvent::ToolCallStart {
-                                index,
-                                id: if id.is_empty() {
-                                    format!("call_{index}")
-                                } else {
-                                    id
-                                },
-                                name,
-                            });
-                        }
-                        if !args.is_empty() {
-                            out.push(StreamEvent::ToolCallArgs {
-                                index,
-                                arguments: args,
-                            });
-                        }
-                    }
-                    finish = choice.finish_reason.as_deref().and_then(finish_reason);
-                } else if let Some(text) = output.text.filter(|t| !t.is_empty()) {
+        let chunk: WireResponse = serde_json::from_str(data).map_err(malformed)?;
+        if event == Some("error") || (chunk.output.is_none() && chunk.code.is_some()) {
+            out.push(StreamEvent::Error(GatewayError::new(
+                error_kind_of_code(chunk.code.as_deref().unwrap_or("")),
+                redact(chunk.message.as_deref().unwrap_or("upstream error")),
+            )));
+            return Ok(());
+        }
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: chunk.request_id.clone(),
+                model: String::new(),
+            });
+        }
+        let mut finish = None;
+        if let Some(output) = chunk.output {
+            if let Some(choice) = output.choices.into_iter().next() {
+                let message = choice.message.unwrap_or_default();
+                if let Some(text) = content_text(message.content).filter(|t| !t.is_empty()) {
                     out.push(StreamEvent::Text(text));
-                    finish = output.finish_reason.as_deref().and_then(finish_reason);
                 }
+                for (pos, call) in message
+                    .tool_calls
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                {
+                    let index = call.index.unwrap_or(pos as u32);
+                    let (name, args) = match call.function {
+                        Some(f) => (f.name.unwrap_or_default(), f.arguments.unwrap_or_default()),
+                        None => (String::new(), String::new()),
+                    };
+                    let id = call.id.unwrap_or_default();
+                    let named = !id.is_empty() || !name.is_empty();
+                    if named && !self.tools_started.contains(&index) {
+                        self.tools_started.push(index);
+                        out.push(StreamEvent::ToolCallStart {
+                            index,
+                            id: if id.is_empty() {
+                                format!("call_{index}")
+                            } else {
+                                id
+                            },
+                            name,
+                        });
+                    }
+                    if !args.is_empty() {
+                        out.push(StreamEvent::ToolCallArgs {
+                            index,
+                            arguments: args,
+                        });
+                    }
+                }
+                finish = choice.finish_reason.as_deref().and_then(finish_reason);
+            } else if let Some(text) = output.text.filter(|t| !t.is_empty()) {
+                out.push(StreamEvent::Text(text));
+                finish = output.finish_reason.as_deref().and_then(finish_reason);
             }
-            if let Some(u) = chunk.usage {
-                out.push(StreamEvent::Usage(u.canonical()));
-            }
-            if let Some(reason) = finish.filter(|_| !self.finished) {
-                self.finished = true;
-                out.push(StreamEvent::Finish(reason));
-            }
+        }
+        if let Some(u) = chunk.usage {
+            out.push(StreamEvent::Usage(u.canonical()));
+        }
+        if let Some(reason) = finish.filter(|_| !self.finished) {
+            self.finished = true;
+            out.push(StreamEvent::Finish(reason));
         }
         Ok(())
     }

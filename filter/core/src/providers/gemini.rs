@@ -26,7 +26,6 @@ use crate::canonical::{
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
-use crate::sse::SseEvent;
 use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEvent};
 
 /// Percent-encodes a model name for use as one path segment.
@@ -445,69 +444,63 @@ pub struct GeminiStreamFrames {
 pub type GeminiStreamDecoder = SseStreamDecoder<GeminiStreamFrames>;
 
 impl SseFrameDecoder for GeminiStreamFrames {
-    fn decode_frames(
+    fn decode_frame(
         &mut self,
-        frames: &mut Vec<SseEvent>,
+        _event: Option<&str>,
+        data: &str,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), GatewayError> {
-        for frame in frames.drain(..) {
-            let data = frame.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            let value: Value = serde_json::from_str(data).map_err(malformed)?;
-            if let Some(err) = value.get("error") {
-                let status = err.get("code").and_then(Value::as_u64).unwrap_or(502);
-                let msg = err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("upstream error");
-                let kind =
-                    u16::try_from(status).map_or(ErrorKind::BadGateway, ErrorKind::from_status);
-                out.push(StreamEvent::Error(GatewayError::new(kind, redact(msg))));
-                continue;
-            }
-            let chunk: WireResponse = serde_json::from_value(value).map_err(malformed)?;
-            if !self.started {
-                self.started = true;
-                out.push(StreamEvent::Start {
-                    id: chunk.response_id.clone(),
-                    model: chunk.model_version.clone(),
-                });
-            }
-            let mut finish = None;
-            if let Some(candidate) = chunk.candidates.into_iter().next() {
-                for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
-                    if let Some(call) = part.function_call {
-                        let index = self.next_tool;
-                        self.next_tool += 1;
-                        let call = tool_call(call, index);
-                        out.push(StreamEvent::ToolCallStart {
-                            index,
-                            id: call.id,
-                            name: call.function.name,
-                        });
-                        out.push(StreamEvent::ToolCallArgs {
-                            index,
-                            arguments: call.function.arguments,
-                        });
-                    } else if let Some(t) = part.text.filter(|t| !part.thought && !t.is_empty()) {
-                        out.push(StreamEvent::Text(t));
-                    }
+        let value: Value = serde_json::from_str(data).map_err(malformed)?;
+        if let Some(err) = value.get("error") {
+            let status = err.get("code").and_then(Value::as_u64).unwrap_or(502);
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream error");
+            let kind = u16::try_from(status).map_or(ErrorKind::BadGateway, ErrorKind::from_status);
+            out.push(StreamEvent::Error(GatewayError::new(kind, redact(msg))));
+            return Ok(());
+        }
+        let chunk: WireResponse = serde_json::from_value(value).map_err(malformed)?;
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: chunk.response_id.clone(),
+                model: chunk.model_version.clone(),
+            });
+        }
+        let mut finish = None;
+        if let Some(candidate) = chunk.candidates.into_iter().next() {
+            for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+                if let Some(call) = part.function_call {
+                    let index = self.next_tool;
+                    self.next_tool += 1;
+                    let call = tool_call(call, index);
+                    out.push(StreamEvent::ToolCallStart {
+                        index,
+                        id: call.id,
+                        name: call.function.name,
+                    });
+                    out.push(StreamEvent::ToolCallArgs {
+                        index,
+                        arguments: call.function.arguments,
+                    });
+                } else if let Some(t) = part.text.filter(|t| !part.thought && !t.is_empty()) {
+                    out.push(StreamEvent::Text(t));
                 }
-                finish = candidate
-                    .finish_reason
-                    .map(|r| finish_reason(&r, self.next_tool > 0));
-            } else if chunk.prompt_feedback.and_then(|f| f.block_reason).is_some() {
-                finish = Some(FinishReason::ContentFilter);
             }
-            if let Some(u) = chunk.usage_metadata {
-                out.push(StreamEvent::Usage(u.canonical()));
-            }
-            if let Some(reason) = finish.filter(|_| !self.finished) {
-                self.finished = true;
-                out.push(StreamEvent::Finish(reason));
-            }
+            finish = candidate
+                .finish_reason
+                .map(|r| finish_reason(&r, self.next_tool > 0));
+        } else if chunk.prompt_feedback.and_then(|f| f.block_reason).is_some() {
+            finish = Some(FinishReason::ContentFilter);
+        }
+        if let Some(u) = chunk.usage_metadata {
+            out.push(StreamEvent::Usage(u.canonical()));
+        }
+        if let Some(reason) = finish.filter(|_| !self.finished) {
+            self.finished = true;
+            out.push(StreamEvent::Finish(reason));
         }
         Ok(())
     }

@@ -205,67 +205,64 @@ pub struct OpenAiStreamFrames {
 pub type OpenAiStreamDecoder = SseStreamDecoder<OpenAiStreamFrames>;
 
 impl SseFrameDecoder for OpenAiStreamFrames {
-    fn decode_frames(
+    fn decode_frame(
         &mut self,
-        frames: &mut Vec<SseEvent>,
+        _event: Option<&str>,
+        data: &str,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), GatewayError> {
-        for frame in frames.drain(..) {
-            let data = frame.data.trim();
-            if data == "[DONE]" || data.is_empty() {
-                continue;
-            }
-            let value: Value = serde_json::from_str(data).map_err(malformed)?;
-            if let Some(err) = value.get("error") {
-                let msg = err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("upstream error");
-                out.push(StreamEvent::Error(GatewayError::new(
-                    ErrorKind::BadGateway,
-                    crate::providers::redact(msg),
-                )));
-                continue;
-            }
-            let chunk: WireResponse = serde_json::from_value(value).map_err(malformed)?;
-            if !self.started {
-                self.started = true;
-                out.push(StreamEvent::Start {
-                    id: chunk.id.clone(),
-                    model: chunk.model.clone(),
-                });
-            }
-            for choice in chunk.choices.into_iter().take(1) {
-                if let Some(delta) = choice.delta {
-                    if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
-                        out.push(StreamEvent::Text(text));
+        if data == "[DONE]" {
+            return Ok(());
+        }
+        let value: Value = serde_json::from_str(data).map_err(malformed)?;
+        if let Some(err) = value.get("error") {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream error");
+            out.push(StreamEvent::Error(GatewayError::new(
+                ErrorKind::BadGateway,
+                crate::providers::redact(msg),
+            )));
+            return Ok(());
+        }
+        let chunk: WireResponse = serde_json::from_value(value).map_err(malformed)?;
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: chunk.id.clone(),
+                model: chunk.model.clone(),
+            });
+        }
+        for choice in chunk.choices.into_iter().take(1) {
+            if let Some(delta) = choice.delta {
+                if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                    out.push(StreamEvent::Text(text));
+                }
+                for (pos, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
+                    let index = call.index.unwrap_or(pos as u32);
+                    let (name, args) = match call.function {
+                        Some(f) => (f.name, f.arguments),
+                        None => (None, None),
+                    };
+                    if call.id.is_some() || name.is_some() {
+                        out.push(StreamEvent::ToolCallStart {
+                            index,
+                            id: call.id.unwrap_or_default(),
+                            name: name.unwrap_or_default(),
+                        });
                     }
-                    for (pos, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate()
-                    {
-                        let index = call.index.unwrap_or(pos as u32);
-                        let (name, args) = match call.function {
-                            Some(f) => (f.name, f.arguments),
-                            None => (None, None),
-                        };
-                        if call.id.is_some() || name.is_some() {
-                            out.push(StreamEvent::ToolCallStart {
-                                index,
-                                id: call.id.unwrap_or_default(),
-                                name: name.unwrap_or_default(),
-                            });
-                        }
-                        if let Some(arguments) = args.filter(|a| !a.is_empty()) {
-                            out.push(StreamEvent::ToolCallArgs { index, arguments });
-                        }
+                    if let Some(arguments) = args.filter(|a| !a.is_empty()) {
+                        out.push(StreamEvent::ToolCallArgs { index, arguments });
                     }
                 }
-                if let Some(reason) = choice.finish_reason {
-                    out.push(StreamEvent::Finish(finish_reason(&reason)));
-                }
             }
-            if let Some(usage) = chunk.usage {
-                out.push(StreamEvent::Usage(usage.canonical()));
+            if let Some(reason) = choice.finish_reason {
+                out.push(StreamEvent::Finish(finish_reason(&reason)));
             }
+        }
+        if let Some(usage) = chunk.usage {
+            out.push(StreamEvent::Usage(usage.canonical()));
         }
         Ok(())
     }
