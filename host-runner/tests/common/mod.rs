@@ -98,31 +98,22 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<HostBody>, 
         .get("content-length")
         .map(|v| v.to_str().unwrap().to_string());
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    if path.starts_with("/stream-stall") || path.starts_with("/plain-stall") {
-        // One piece of body, then silence for 2 s, then the end.
+    // One piece of body, then a stall (2 s of silence, then the end) or a reset (the
+    // connection torn down mid-body); `/stream-*` as an event stream, `/plain-*` as text.
+    let broken_body = match path.split('?').next().unwrap_or_default() {
+        "/stream-stall" | "/plain-stall" => Some((Duration::from_secs(2), Chunk::End)),
+        "/stream-reset" | "/plain-reset" => Some((
+            Duration::from_millis(50),
+            Chunk::Abort("test upstream resets"),
+        )),
+        _ => None,
+    };
+    if let Some((pause, last)) = broken_body {
         let (tx, rx) = HostBody::channel();
         tokio::spawn(async move {
             let _ = tx.send(Chunk::Data(Bytes::from("data: one\n\n"))).await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let _ = tx.send(Chunk::End).await;
-        });
-        let content_type = if path.starts_with("/stream") {
-            "text/event-stream"
-        } else {
-            "text/plain"
-        };
-        return Ok(Response::builder()
-            .header("content-type", content_type)
-            .body(rx)
-            .unwrap());
-    }
-    if path.starts_with("/stream-reset") || path.starts_with("/plain-reset") {
-        // One piece of body, then the connection is torn down mid-body.
-        let (tx, rx) = HostBody::channel();
-        tokio::spawn(async move {
-            let _ = tx.send(Chunk::Data(Bytes::from("data: one\n\n"))).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = tx.send(Chunk::Abort("test upstream resets")).await;
+            tokio::time::sleep(pause).await;
+            let _ = tx.send(last).await;
         });
         let content_type = if path.starts_with("/stream") {
             "text/event-stream"
