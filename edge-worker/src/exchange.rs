@@ -184,7 +184,7 @@ impl Exchange {
 
     /// Sends the current attempt and classifies its answer.
     async fn try_attempt(&mut self, plan: &Plan) -> Step {
-        let upstream = match plan.upstream_request(self.attempt, &settings::secret) {
+        let upstream = match plan.upstream_request(self.attempt) {
             Ok(upstream) => upstream,
             // As the filter does: a primary that cannot be built is the answer; a fallback
             // that cannot be built is skipped.

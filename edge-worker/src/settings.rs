@@ -52,7 +52,9 @@ pub fn load_gateway() -> Result<Gateway, SettingsError> {
         }
         Err(e) => return Err(SettingsError::Variable(e)),
     };
-    Gateway::from_json(text.as_bytes()).map_err(|error| SettingsError::Config { source, error })
+    Gateway::from_json(text.as_bytes())
+        .map(|gateway| gateway.resolve_secrets(&secret))
+        .map_err(|error| SettingsError::Config { source, error })
 }
 
 /// Resolves a credential name from the config (`OPENAI_API_KEY`).

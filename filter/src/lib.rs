@@ -74,6 +74,14 @@ impl RootContext for SwitchyardRoot {
         };
         match Gateway::from_json(&bytes) {
             Ok(gateway) => {
+                let gateway = gateway.resolve_secrets(&|name| std::env::var(name).ok());
+                for unservable in gateway.unservable_models() {
+                    log::warn!(
+                        "switchyard: model `{}` cannot be served: {}",
+                        unservable.model,
+                        unservable.reason
+                    );
+                }
                 log::info!(
                     "switchyard: configured {} models, {} providers, {} keys",
                     gateway.config().models.len(),
@@ -229,13 +237,9 @@ impl SwitchyardHttp {
         self.reply(LocalReply::error(err, dialect))
     }
 
-    fn secret(name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-
     /// Rewrites the held request for attempt 0 of the plan and lets it go.
     fn forward(&mut self, plan: Plan, body_size: usize) -> Action {
-        let upstream = match plan.upstream_request(0, &Self::secret) {
+        let upstream = match plan.upstream_request(0) {
             Ok(u) => u,
             Err(err) => {
                 log::error!("switchyard: {}", err.message);
@@ -323,7 +327,7 @@ impl SwitchyardHttp {
                 .fallback
                 .total_timeout_ms
                 .saturating_sub(self.now_ms().saturating_sub(self.started_ms));
-            let upstream = match plan.upstream_request(self.attempt, &Self::secret) {
+            let upstream = match plan.upstream_request(self.attempt) {
                 Ok(u) => u,
                 Err(err) => {
                     self.mark_failure(Outcome::NotSent(err.message.clone()));

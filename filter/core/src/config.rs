@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::keys::GatewayKey;
 use crate::providers::ProviderKind;
@@ -98,7 +99,24 @@ pub struct ModelConfig {
     /// Overrides the global fallback policy.
     #[serde(default)]
     pub fallback: Option<FallbackPolicy>,
+    /// Request parameters applied when the client leaves them out (OpenAI Chat names, e.g.
+    /// `{"temperature": 0, "max_tokens": 256}`). A small model's sampling defaults can make
+    /// it ramble; an operator fixes that here instead of in every client.
+    #[serde(default)]
+    pub defaults: Map<String, Value>,
 }
+
+/// Request fields that shape the request itself rather than tune it: never defaultable.
+const STRUCTURAL_FIELDS: [&str; 8] = [
+    "model",
+    "messages",
+    "input",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "system",
+];
 
 /// One place a model is served.
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +259,16 @@ impl GatewayConfig {
                     return invalid(format!("model `{}`: prices must be >= 0", model.name));
                 }
             }
+            if let Some(field) = model
+                .defaults
+                .keys()
+                .find(|k| STRUCTURAL_FIELDS.contains(&k.as_str()))
+            {
+                return invalid(format!(
+                    "model `{}`: `{field}` cannot have a default (defaults tune requests, they do not shape them)",
+                    model.name
+                ));
+            }
             if model.strategy == Strategy::Weighted
                 && model.deployments.iter().all(|d| d.weight == 0)
             {
@@ -318,6 +346,10 @@ mod tests {
                 "defined twice",
             ),
             (SAMPLE.replace("9f86", "zz86"), "sha256"),
+            (
+                SAMPLE.replace("\"aliases\":[\"mm\"]", "\"defaults\":{\"messages\":[]}"),
+                "cannot have a default",
+            ),
             (
                 SAMPLE.replace("\"models\":[\"*\"]", "\"models\":[\"*\"],\"bogus\":1"),
                 "unknown field",

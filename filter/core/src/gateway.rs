@@ -10,10 +10,13 @@
 //!
 //! The host owns all I/O, clocks and randomness and passes them in.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 use crate::canonical::{ChatRequest, EmbeddingsRequest, TokenUsage};
-use crate::config::{ConfigError, FallbackPolicy, GatewayConfig, Price};
+use crate::config::{ConfigError, FallbackPolicy, GatewayConfig, ModelConfig, Price};
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::ingress;
 use crate::json_patch::patch_top_level;
@@ -107,16 +110,101 @@ pub enum HeadOutcome {
     ReadBody(Admitted),
 }
 
+/// A provider credential, resolved by the host from its secret store. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A model the configuration names but no deployment of which can be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnservableModel {
+    /// The public model name.
+    pub model: String,
+    /// Why, naming the secrets to set and where.
+    pub reason: String,
+}
+
 /// The gateway core, built once per configuration.
 #[derive(Debug, Clone)]
 pub struct Gateway {
     config: GatewayConfig,
+    /// Credential values by secret name, for the secrets the host could resolve.
+    secrets: BTreeMap<String, Secret>,
 }
 
 impl Gateway {
-    /// Wraps a validated configuration.
+    /// Wraps a validated configuration. Providers that need a credential stay unusable until
+    /// [`Gateway::resolve_secrets`] finds it.
     pub fn new(config: GatewayConfig) -> Self {
-        Gateway { config }
+        Gateway {
+            config,
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    /// Resolves every credential the config names, once, through the host's secret store
+    /// (environment, Envoy `vm_config.environment_variables`, Spin variables). Deployments
+    /// whose provider lacks its credential are left out of every attempt chain, and models
+    /// with no servable deployment left are hidden from `/v1/models` and answered with a 503
+    /// that names the missing secret.
+    pub fn resolve_secrets(mut self, resolve: &dyn Fn(&str) -> Option<String>) -> Self {
+        let names: std::collections::BTreeSet<&String> = self
+            .config
+            .providers
+            .values()
+            .filter_map(|p| p.api_key_secret.as_ref())
+            .collect();
+        let mut secrets = BTreeMap::new();
+        for name in names {
+            if let Some(value) = resolve(name).filter(|v| !v.trim().is_empty()) {
+                secrets.insert(name.clone(), Secret(value));
+            }
+        }
+        self.secrets = secrets;
+        self
+    }
+
+    /// The secret a provider still needs, if any.
+    fn missing_secret(&self, provider: &str) -> Option<&str> {
+        let name = self
+            .config
+            .providers
+            .get(provider)?
+            .api_key_secret
+            .as_ref()?;
+        (!self.secrets.contains_key(name)).then_some(name.as_str())
+    }
+
+    /// Why `model` cannot be served, or `None` when some deployment can serve it.
+    fn unservable_reason(&self, model: &ModelConfig) -> Option<String> {
+        let mut missing: Vec<String> = Vec::new();
+        for d in &model.deployments {
+            match self.missing_secret(&d.provider) {
+                None => return None,
+                Some(name) => missing.push(missing_secret_hint(&d.provider, name)),
+            }
+        }
+        missing.dedup();
+        Some(missing.join("; "))
+    }
+
+    /// Every configured model that cannot be served, for the host to report at start.
+    pub fn unservable_models(&self) -> Vec<UnservableModel> {
+        self.config
+            .models
+            .iter()
+            .filter_map(|m| {
+                self.unservable_reason(m).map(|reason| UnservableModel {
+                    model: m.name.clone(),
+                    reason,
+                })
+            })
+            .collect()
     }
 
     /// Parses, validates and wraps a configuration document.
@@ -206,6 +294,7 @@ impl Gateway {
             .config
             .models
             .iter()
+            .filter(|m| self.unservable_reason(m).is_none())
             .flat_map(|m| {
                 std::iter::once(m.name.as_str()).chain(m.aliases.iter().map(String::as_str))
             })
@@ -240,18 +329,7 @@ impl Gateway {
         if body.len() > self.max_request_bytes() {
             return Err(self.too_large());
         }
-        let request = match admitted.endpoint {
-            Endpoint::ChatCompletions | Endpoint::Messages => {
-                PlannedRequest::Chat(Box::new(ingress::decode_chat(admitted.dialect, body)?))
-            }
-            Endpoint::Embeddings => PlannedRequest::Embeddings(decode_embeddings(body)?),
-            Endpoint::Models => {
-                return Err(GatewayError::new(
-                    ErrorKind::MethodNotAllowed,
-                    "`/v1/models` has no body",
-                ))
-            }
-        };
+        let mut request = decode_request(admitted, body)?;
         let public_model = request.model().to_string();
         let model = self.config.model(&public_model).ok_or_else(|| {
             GatewayError::new(
@@ -261,6 +339,11 @@ impl Gateway {
             .with_code("model_not_found")
             .with_param("model")
         })?;
+        let mut body = Cow::Borrowed(body);
+        if let Some(with_defaults) = apply_defaults(&body, &model.defaults, admitted.dialect)? {
+            request = decode_request(admitted, &with_defaults)?;
+            body = Cow::Owned(with_defaults);
+        }
         let key = self
             .config
             .keys
@@ -274,12 +357,22 @@ impl Gateway {
             )
             .with_code("model_not_allowed"));
         }
+        if let Some(reason) = self.unservable_reason(model) {
+            return Err(GatewayError::new(
+                ErrorKind::Unavailable,
+                format!("model `{public_model}` cannot be served: {reason}"),
+            )
+            .with_code("provider_credential_missing"));
+        }
         let mut attempts = Vec::new();
         for i in attempt_order(model, health, random) {
             let d = &model.deployments[i];
             let Some(provider) = self.config.providers.get(&d.provider) else {
                 continue;
             };
+            if self.missing_secret(&d.provider).is_some() {
+                continue;
+            }
             if matches!(request, PlannedRequest::Embeddings(_))
                 && !provider.kind.supports_embeddings()
             {
@@ -302,7 +395,10 @@ impl Gateway {
                     .unwrap_or_else(|| d.provider.clone()),
                 base,
                 price: d.price,
-                api_key_secret: provider.api_key_secret.clone(),
+                api_key: provider
+                    .api_key_secret
+                    .as_ref()
+                    .and_then(|name| self.secrets.get(name).cloned()),
                 static_headers: provider
                     .headers
                     .iter()
@@ -328,13 +424,72 @@ impl Gateway {
             stream,
             client_wants_usage,
             request,
-            raw: body.to_vec(),
+            raw: body.into_owned(),
             attempts,
             fallback: self.config.fallback_for(model).clone(),
             response_id: format!("{:016x}", random ^ 0x5157_4954_4348_5944),
             created: now_unix,
         })
     }
+}
+
+/// Decodes the body of an admitted request.
+fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, GatewayError> {
+    Ok(match admitted.endpoint {
+        Endpoint::ChatCompletions | Endpoint::Messages => {
+            PlannedRequest::Chat(Box::new(ingress::decode_chat(admitted.dialect, body)?))
+        }
+        Endpoint::Embeddings => PlannedRequest::Embeddings(decode_embeddings(body)?),
+        Endpoint::Models => {
+            return Err(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                "`/v1/models` has no body",
+            ))
+        }
+    })
+}
+
+/// The message part that says which secret a provider needs, and where each host reads it.
+fn missing_secret_hint(provider: &str, secret: &str) -> String {
+    format!(
+        "provider `{provider}` needs the secret `{secret}`, which is not set (host-runner: \
+         `--env {secret}=...`; Envoy: `vm_config.environment_variables`; Spin: the variable \
+         `{}`)",
+        secret.to_ascii_lowercase()
+    )
+}
+
+/// The body with the model's default parameters added where the client left them out, or
+/// `None` when nothing is missing. Defaults use OpenAI Chat names; an Anthropic client's body
+/// gets the Anthropic name of each.
+fn apply_defaults(
+    body: &[u8],
+    defaults: &serde_json::Map<String, Value>,
+    dialect: Dialect,
+) -> Result<Option<Vec<u8>>, GatewayError> {
+    if defaults.is_empty() {
+        return Ok(None);
+    }
+    let present: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))?;
+    let patches: Vec<(&str, String)> = defaults
+        .iter()
+        .map(|(name, value)| {
+            let name = match (dialect, name.as_str()) {
+                (Dialect::Anthropic, "stop") => "stop_sequences",
+                (Dialect::Anthropic, "max_completion_tokens") => "max_tokens",
+                (_, other) => other,
+            };
+            (name, value.to_string())
+        })
+        .filter(|(name, _)| !present.contains_key(*name))
+        .collect();
+    if patches.is_empty() {
+        return Ok(None);
+    }
+    patch_top_level(body, &patches)
+        .map(Some)
+        .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))
 }
 
 fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, GatewayError> {
@@ -389,7 +544,7 @@ pub struct Attempt {
     pub base: BaseUrl,
     /// Its price.
     pub price: Price,
-    api_key_secret: Option<String>,
+    api_key: Option<Secret>,
     static_headers: Vec<(String, String)>,
 }
 
@@ -447,12 +602,8 @@ impl Plan {
         )
     }
 
-    /// The native request for attempt `index`. `secret` resolves credential names.
-    pub fn upstream_request(
-        &self,
-        index: usize,
-        secret: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    /// The native request for attempt `index`, credentials included.
+    pub fn upstream_request(&self, index: usize) -> Result<UpstreamRequest, GatewayError> {
         let attempt = self
             .attempts
             .get(index)
@@ -486,17 +637,8 @@ impl Plan {
         };
         let mut headers = egress.headers;
         headers.extend(attempt.static_headers.iter().cloned());
-        if let Some(name) = &attempt.api_key_secret {
-            let key = secret(name).filter(|k| !k.is_empty()).ok_or_else(|| {
-                GatewayError::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "credential for provider `{}` is not configured",
-                        attempt.provider
-                    ),
-                )
-            })?;
-            headers.extend(attempt.kind.auth_headers(&key));
+        if let Some(Secret(key)) = &attempt.api_key {
+            headers.extend(attempt.kind.auth_headers(key));
         }
         Ok(UpstreamRequest {
             cluster: attempt.cluster.clone(),

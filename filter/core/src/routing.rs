@@ -137,6 +137,7 @@ mod tests {
             aliases: vec![],
             strategy,
             fallback: None,
+            defaults: Default::default(),
             deployments: deps
                 .iter()
                 .map(|(p, w, price)| DeploymentConfig {

@@ -23,7 +23,9 @@ fn gateway() -> Gateway {
             {"name": "qwen", "deployments": [{"provider": "qwen", "model": "qwen-plus"}]}
         ]
     });
-    Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()
+    Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&secret)
 }
 
 fn admit(gw: &Gateway, path: &str) -> Admitted {
@@ -71,7 +73,7 @@ fn anthropic_client_to_gemini_stream() {
         json!({"model": "gemini", "max_tokens": 100, "stream": true,
                "messages": [{"role": "user", "content": "weather?"}]}),
     );
-    let up = plan.upstream_request(0, &secret).unwrap();
+    let up = plan.upstream_request(0).unwrap();
     assert_eq!(up.authority, "generativelanguage.googleapis.com");
     assert_eq!(
         up.path,
@@ -111,7 +113,7 @@ fn anthropic_client_to_anthropic_provider() {
                "system": "be brief",
                "messages": [{"role": "user", "content": "hi"}]}),
     );
-    let up = plan.upstream_request(0, &secret).unwrap();
+    let up = plan.upstream_request(0).unwrap();
     assert_eq!(up.path, "/v1/messages");
     assert_eq!(
         header(&up.headers, "x-api-key"),
@@ -164,7 +166,7 @@ fn openai_client_to_dashscope_stream() {
             &NoHealth,
         )
         .unwrap();
-    let up = plan.upstream_request(0, &secret).unwrap();
+    let up = plan.upstream_request(0).unwrap();
     assert_eq!(up.authority, "dashscope-intl.aliyuncs.com");
     assert_eq!(up.path, "/api/v1/services/aigc/text-generation/generation");
     assert_eq!(header(&up.headers, "x-dashscope-sse"), Some("enable"));
@@ -204,7 +206,7 @@ fn anthropic_to_anthropic_takes_the_fast_path() {
     let raw = json!({"model": "claude", "max_tokens": 64, "stream": true, "top_k": 5,
                      "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]});
     let plan = plan(&gw, "/v1/messages", raw);
-    let up = plan.upstream_request(0, &secret).unwrap();
+    let up = plan.upstream_request(0).unwrap();
     let body: Value = serde_json::from_slice(&up.body).unwrap();
     // Only `model` changes: fields the canonical form does not model survive.
     assert_eq!(body["model"], "claude-sonnet-4-20250514");
@@ -271,7 +273,9 @@ fn a_stream_is_complete_once_the_client_has_its_terminal_event() {
             {"name": "claude", "deployments": [{"provider": "claude", "model": "claude-sonnet-4-20250514"}]}
         ]
     });
-    let gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap();
+    let gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&secret);
     let chat = |model: &str| {
         json!({"model": model, "stream": true, "max_tokens": 64,
                                     "messages": [{"role": "user", "content": "hi"}]})
@@ -341,4 +345,130 @@ fn a_stream_is_complete_once_the_client_has_its_terminal_event() {
             "{path} {model}"
         );
     }
+}
+
+/// A model's `defaults` fill in what the client left out, in the client's own dialect, and
+/// never override what it sent.
+#[test]
+fn model_defaults_apply_only_where_the_client_is_silent() {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key("sk-gw-test"), "models": ["*"]}],
+        "providers": {
+            "local": {"kind": "openai", "base_url": "http://127.0.0.1:8100"},
+            "claude": {"kind": "anthropic", "api_key_secret": "ANTHROPIC_KEY"}
+        },
+        "models": [
+            {"name": "tiny", "defaults": {"temperature": 0, "stop": ["\n\n"], "seed": 7},
+             "deployments": [{"provider": "local", "model": "smollm2"}]},
+            {"name": "claude", "defaults": {"temperature": 0.2, "stop": ["END"]},
+             "deployments": [{"provider": "claude", "model": "claude-sonnet-4-20250514"}]}
+        ]
+    });
+    let gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&secret);
+    let sent = |path: &str, body: Value| -> Value {
+        let up = plan(&gw, path, body).upstream_request(0).unwrap();
+        serde_json::from_slice(&up.body).unwrap()
+    };
+    // OpenAI → OpenAI (the patching fast path): missing fields added, given ones kept.
+    let body = sent(
+        "/v1/chat/completions",
+        json!({"model": "tiny", "temperature": 0.9, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(body["temperature"], 0.9);
+    assert_eq!(body["stop"], json!(["\n\n"]));
+    assert_eq!(body["seed"], 7);
+    // Anthropic → Anthropic: `stop` arrives under Anthropic's own name.
+    let body = sent(
+        "/v1/messages",
+        json!({"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(body["temperature"], 0.2);
+    assert_eq!(body["stop_sequences"], json!(["END"]));
+    assert!(body.get("stop").is_none(), "{body}");
+    // OpenAI → Anthropic (translated): the default travels through the canonical form.
+    let body = sent(
+        "/v1/chat/completions",
+        json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(body["temperature"], 0.2);
+    assert_eq!(body["stop_sequences"], json!(["END"]));
+}
+
+/// A provider whose credential the host does not have is not an internal error: its
+/// deployments leave the attempt chain, `/v1/models` hides models left with none, and a
+/// request for such a model gets a 503 naming the secret and where to set it.
+#[test]
+fn a_missing_credential_is_a_clear_503_and_hides_the_model() {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key("sk-gw-test"), "models": ["*"]}],
+        "providers": {
+            "local": {"kind": "openai", "base_url": "http://127.0.0.1:8100"},
+            "oa": {"kind": "openai", "api_key_secret": "OPENAI_API_KEY"},
+            "claude": {"kind": "anthropic", "api_key_secret": "ANTHROPIC_API_KEY"}
+        },
+        "models": [
+            {"name": "tiny", "deployments": [{"provider": "local", "model": "smollm2"}]},
+            {"name": "gpt", "deployments": [{"provider": "oa", "model": "gpt-4o-mini"}]},
+            {"name": "mixed", "deployments": [
+                {"provider": "oa", "model": "gpt-4o-mini"},
+                {"provider": "claude", "model": "claude-sonnet-4-20250514"}]}
+        ]
+    });
+    let only_anthropic = |name: &str| (name == "ANTHROPIC_API_KEY").then(|| "sk-ant".to_string());
+    let gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&only_anthropic);
+    let unservable = gw.unservable_models();
+    assert_eq!(unservable.len(), 1, "{unservable:?}");
+    assert_eq!(unservable[0].model, "gpt");
+    assert!(unservable[0].reason.contains("OPENAI_API_KEY"));
+
+    let head = RequestHead {
+        method: "GET",
+        path: "/v1/models",
+        authorization: Some("Bearer sk-gw-test"),
+        ..Default::default()
+    };
+    let HeadOutcome::Reply(models) = gw.on_request_head(&head, 1_700_000_000) else {
+        panic!("/v1/models is answered locally");
+    };
+    let ids: Vec<String> = serde_json::from_slice::<Value>(&models.body).unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["tiny", "mixed"]);
+
+    let chat = |model: &str| {
+        serde_json::to_vec(
+            &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap()
+    };
+    let admitted = admit(&gw, "/v1/chat/completions");
+    let err = gw
+        .plan(&admitted, &chat("gpt"), 1, 1_700_000_000, &NoHealth)
+        .unwrap_err();
+    assert_eq!(
+        (err.status, err.code),
+        (503, Some("provider_credential_missing"))
+    );
+    for needle in ["OPENAI_API_KEY", "--env", "vm_config", "openai_api_key"] {
+        assert!(err.message.contains(needle), "{needle} in {}", err.message);
+    }
+    // A model with one servable deployment keeps only that one in its chain.
+    let plan = gw
+        .plan(&admitted, &chat("mixed"), 1, 1_700_000_000, &NoHealth)
+        .unwrap();
+    let chain: Vec<&str> = plan.attempts.iter().map(|a| a.provider.as_str()).collect();
+    assert_eq!(chain, ["claude"]);
+    let up = plan.upstream_request(0).unwrap();
+    assert_eq!(header(&up.headers, "x-api-key"), Some("sk-ant"));
+    assert!(
+        !format!("{:?}", plan.attempts).contains("sk-ant"),
+        "secrets are never printed"
+    );
 }
