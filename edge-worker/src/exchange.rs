@@ -1,28 +1,24 @@
-//! One client request through the gateway, with the Envoy filter's fallback rules.
+//! One client request: the core's [`Exchange`] driven over Spin's wasi-http.
 //!
-//! The phases are the core's: [`Gateway::on_request_head`], [`Gateway::plan`], then one
-//! [`Plan::upstream_request`] per attempt. An attempt that fails before any byte reached the
-//! client — connection failure, timeout, or a status the plan retries on — is recorded and the
-//! next deployment is tried with the request re-translated for it. Once a streamed answer has
-//! started, a failure ends the stream with the dialect's error event instead. When every
-//! attempt failed, the client gets one error in its dialect listing them, and every answer
-//! carries `x-switchyard-attempts`.
+//! This file maps what happens on the wire to the exchange's events and performs the actions
+//! it answers with — read the body, send an attempt, start the response, stream bytes, reply
+//! — nothing else; every decision is the core's (see `switchyard_core::exchange`). Every
+//! attempt is a fresh outbound request whose answer can stream, so a streamed answer reaches
+//! the client chunk by chunk whichever attempt it came from.
 
 use std::pin::pin;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::SinkExt;
+use futures::{SinkExt, Stream};
 use spin_sdk::http::{
     Fields, IncomingRequest, IncomingResponse, OutgoingResponse, ResponseOutparam,
 };
-use switchyard_core::attempts::{AttemptLog, Outcome, ATTEMPTS_HEADER};
-use switchyard_core::canonical::TokenUsage;
-use switchyard_core::{
-    Dialect, ErrorKind, Gateway, GatewayError, HeadOutcome, LocalReply, Plan, RequestHead,
-};
+use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, ResponseHead};
+use switchyard_core::{Dialect, ErrorKind, Gateway, GatewayError, LocalReply, RequestHead};
 
-use crate::health::{self, InstanceHealth};
-use crate::outbound::{self, Deadline, Failure};
+use crate::health::KeyValueHealth;
+use crate::log;
+use crate::outbound::{self, Deadline, OutboundFailure};
 use crate::settings;
 
 /// Serves one request; the answer goes to `out`.
@@ -30,63 +26,83 @@ pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
     let gateway = match settings::load_gateway() {
         Ok(gateway) => gateway,
         Err(err) => {
-            eprintln!("switchyard: {err}");
+            log::line(&format!("switchyard: {err}"));
             let err = GatewayError::new(ErrorKind::Internal, "the gateway is misconfigured");
-            send_reply(out, LocalReply::error(&err, Dialect::OpenAi), "").await;
+            let reply = LocalReply::error(&err, Dialect::OpenAi);
+            Client::Waiting(out).reply(reply).await;
             return;
         }
     };
-    let mut exchange = Exchange::new();
-    let plan = exchange.admit(&gateway, request).await;
-    let plan = match plan {
-        Ok(plan) => plan,
-        Err(reply) => {
-            send_reply(out, reply, "").await;
-            return;
-        }
+    let mut host = Host {
+        gateway,
+        exchange: Exchange::new(),
+        client: Client::Waiting(out),
+        client_gone: false,
     };
-    exchange.forward(&plan, out).await;
-    let record = plan.usage_record(
-        exchange.attempt,
-        exchange.usage,
-        exchange.final_status,
-        exchange.attempts.count(),
-        Some(exchange.elapsed_ms()),
-    );
-    // Metering: one JSON line per request on stderr, the host's log stream.
-    eprintln!("switchyard usage {}", record.to_json());
+    host.run(request).await;
+    let ending = Ending {
+        client_gone: host.client_gone,
+        client_status: None,
+    };
+    if let Some(record) = host.exchange.finish(ending, unix_ms()) {
+        // Metering: one JSON line per request on stderr, the host's log stream.
+        log::line(&format!("switchyard usage {}", record.to_json()));
+    }
 }
 
-/// What is known about the request as it proceeds.
-struct Exchange {
-    started: Instant,
-    /// Index into `plan.attempts` of the attempt in flight / that answered.
-    attempt: usize,
-    attempt_started: Instant,
-    attempts: AttemptLog,
-    usage: TokenUsage,
-    final_status: u16,
+/// The client's response body, as the SDK's sink.
+type ClientBody =
+    std::pin::Pin<Box<dyn futures::Sink<Vec<u8>, Error = wasi::io::streams::StreamError>>>;
+
+/// The client side of the request.
+enum Client {
+    /// No response yet.
+    Waiting(ResponseOutparam),
+    /// A streamed response has started; its body.
+    Streaming(ClientBody),
+    /// Answered (or gone).
+    Done,
 }
 
-impl Exchange {
-    fn new() -> Self {
-        let now = Instant::now();
-        Exchange {
-            started: now,
-            attempt: 0,
-            attempt_started: now,
-            attempts: AttemptLog::default(),
-            usage: TokenUsage::default(),
-            final_status: 0,
+impl Client {
+    /// Sends a complete answer.
+    async fn reply(self, reply: LocalReply) {
+        let Client::Waiting(out) = self else { return };
+        let response = OutgoingResponse::new(fields(&reply.headers));
+        if response.set_status_code(reply.status).is_err() {
+            let _ = response.set_status_code(500);
+        }
+        if let Err(e) = out.set_with_body(response, reply.body).await {
+            log::line(&format!("switchyard: could not send the response: {e:?}"));
         }
     }
+}
 
-    fn elapsed_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+struct Host {
+    gateway: Gateway,
+    exchange: Exchange,
+    client: Client,
+    client_gone: bool,
+}
+
+/// The current attempt's answer, as far as it has been read.
+struct Upstream {
+    response: IncomingResponse,
+    /// Deadline for the whole body, or between two chunks of a stream.
+    timeout_ms: u64,
+}
+
+impl Host {
+    fn feed(&mut self, event: Event<'_>) -> Vec<Action> {
+        let cx = Ctx {
+            now_ms: unix_ms(),
+            random: wasi::random::random::get_random_u64(),
+            health: &KeyValueHealth,
+        };
+        self.exchange.handle(&self.gateway, event, &cx)
     }
 
-    /// Header checks, body read and planning; `Err` is the local answer.
-    async fn admit(&self, gateway: &Gateway, request: IncomingRequest) -> Result<Plan, LocalReply> {
+    async fn run(&mut self, request: IncomingRequest) {
         let headers = request.headers();
         let header = |name: &str| {
             headers
@@ -100,6 +116,7 @@ impl Exchange {
         let authorization = header("authorization");
         let x_api_key = header("x-api-key");
         let anthropic_version = header("anthropic-version");
+        let request_id = header("x-request-id");
         let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
         let head = RequestHead {
             method: &method,
@@ -108,279 +125,187 @@ impl Exchange {
             x_api_key: x_api_key.as_deref(),
             anthropic_version: anthropic_version.as_deref(),
             content_length,
+            request_id: request_id.as_deref(),
         };
-        let admitted = match gateway.on_request_head(&head, unix_ms() / 1000) {
-            HeadOutcome::Reply(reply) => return Err(reply),
-            HeadOutcome::ReadBody(admitted) => admitted,
-        };
-        let dialect = admitted.dialect;
-        let body = read_request_body(gateway, request)
-            .await
-            .map_err(|err| LocalReply::error(&err, dialect))?;
-        if body.is_empty() {
-            let err = GatewayError::invalid("request body is required");
-            return Err(LocalReply::error(&err, dialect));
-        }
-        let health = InstanceHealth { now_ms: unix_ms() };
-        let random = wasi::random::random::get_random_u64();
-        gateway
-            .plan(&admitted, &body, random, unix_ms() / 1000, &health)
-            .map_err(|err| LocalReply::error(&err, dialect))
-    }
-
-    fn deployment(&self, plan: &Plan) -> String {
-        plan.attempts
-            .get(self.attempt)
-            .map(|a| a.deployment_id.clone())
-            .unwrap_or_default()
-    }
-
-    fn log_attempt(&mut self, plan: &Plan, outcome: Outcome) {
-        let millis = self.attempt_started.elapsed().as_millis() as u64;
-        let deployment = self.deployment(plan);
-        self.attempts.push(deployment, outcome, millis);
-    }
-
-    fn mark_failure(&mut self, plan: &Plan, outcome: Outcome) {
-        health::record_failure(&self.deployment(plan), &plan.fallback, unix_ms());
-        self.log_attempt(plan, outcome);
-    }
-
-    fn mark_success(&mut self, plan: &Plan, status: u16) {
-        let latency = self.attempt_started.elapsed().as_millis() as u64;
-        health::record_success(&self.deployment(plan), latency);
-        self.log_attempt(plan, Outcome::Status(status));
-    }
-
-    /// Whether another attempt may start: one is left and the total budget is not spent.
-    fn can_fall_back(&self, plan: &Plan) -> bool {
-        self.attempt + 1 < plan.attempts.len() && self.elapsed_ms() < plan.fallback.total_timeout_ms
-    }
-
-    /// Walks the attempt chain until one attempt answers, and answers the client.
-    async fn forward(&mut self, plan: &Plan, out: ResponseOutparam) {
-        loop {
-            self.attempt_started = Instant::now();
-            match self.try_attempt(plan).await {
-                Step::Answer(response) => return self.answer(plan, response, out).await,
-                Step::Reply(reply) => {
-                    self.final_status = reply.status;
-                    let attempts = self.attempts.header_value();
-                    return send_reply(out, reply, &attempts).await;
-                }
-                Step::Failed(outcome) => {
-                    self.mark_failure(plan, outcome);
-                    if !self.can_fall_back(plan) {
-                        let reply = self.all_failed(plan.dialect);
-                        self.final_status = reply.status;
-                        let attempts = self.attempts.header_value();
-                        return send_reply(out, reply, &attempts).await;
+        let mut actions = self.feed(Event::RequestHead(head));
+        let mut request = Some(request);
+        let mut upstream: Option<Upstream> = None;
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for action in actions {
+                match action {
+                    Action::ReadBody { limit } => {
+                        let Some(request) = request.take() else {
+                            continue;
+                        };
+                        next.extend(match read_request_body(request, limit).await {
+                            Ok(body) => self.feed(Event::RequestBody(&body)),
+                            Err(BodyError::TooLarge) => self.feed(Event::RequestBodyTooLarge),
+                            Err(BodyError::Unreadable(detail)) => {
+                                self.feed(Event::RequestBodyUnreadable(&detail))
+                            }
+                        });
                     }
-                    self.attempt += 1;
+                    Action::Reply(reply) => {
+                        std::mem::replace(&mut self.client, Client::Done)
+                            .reply(reply)
+                            .await;
+                    }
+                    Action::Send(send) => {
+                        let deadline = Deadline::after_ms(send.timeout_ms);
+                        next.extend(match outbound::send(&send.request, deadline).await {
+                            Ok(response) => {
+                                let status = response.status();
+                                let content_type =
+                                    outbound::response_header(&response, "content-type");
+                                let retry_after =
+                                    outbound::response_header(&response, "retry-after");
+                                let actions =
+                                    self.feed(Event::UpstreamHead(switchyard_core::UpstreamHead {
+                                        status,
+                                        content_type: content_type.as_deref(),
+                                        retry_after: retry_after.as_deref(),
+                                        body_complete: false,
+                                    }));
+                                upstream = Some(Upstream {
+                                    response,
+                                    timeout_ms: send.timeout_ms,
+                                });
+                                actions
+                            }
+                            Err(failure) => {
+                                log::line(&format!(
+                                    "switchyard: request {}: attempt {} failed: {}",
+                                    self.exchange.request_id(),
+                                    send.attempt,
+                                    failure.detail()
+                                ));
+                                self.feed(Event::UpstreamFailed(&failure.into_core()))
+                            }
+                        });
+                    }
+                    Action::ReadUpstreamBody => {
+                        let Some(up) = upstream.take() else { continue };
+                        let deadline = Deadline::after_ms(up.timeout_ms);
+                        next.extend(match outbound::read_to_end(&up.response, deadline).await {
+                            Ok(body) => self.feed(Event::UpstreamBody(&body)),
+                            Err(failure) => self.feed(Event::UpstreamFailed(&failure.into_core())),
+                        });
+                    }
+                    Action::StartResponse(head) => {
+                        self.start_response(head);
+                        let Some(up) = upstream.take() else { continue };
+                        next.extend(self.stream(up).await);
+                    }
+                    // Data and the end come from `stream`, which writes them itself.
+                    Action::Data(_) | Action::EndResponse => {}
+                    Action::Log(line) => log::line(&line),
                 }
             }
+            actions = next;
         }
     }
 
-    /// Sends the current attempt and classifies its answer.
-    async fn try_attempt(&mut self, plan: &Plan) -> Step {
-        let upstream = match plan.upstream_request(self.attempt) {
-            Ok(upstream) => upstream,
-            // As the filter does: a primary that cannot be built is the answer; a fallback
-            // that cannot be built is skipped.
-            Err(err) if self.attempt == 0 => {
-                eprintln!("switchyard: {}", err.message);
-                return Step::Reply(LocalReply::error(&err, plan.dialect));
-            }
-            Err(err) => {
-                eprintln!("switchyard: {}", err.message);
-                return Step::Failed(Outcome::NotSent(err.message.clone()));
-            }
+    fn start_response(&mut self, head: ResponseHead) {
+        let Client::Waiting(out) = std::mem::replace(&mut self.client, Client::Done) else {
+            return;
         };
-        let remaining = plan
-            .fallback
-            .total_timeout_ms
-            .saturating_sub(self.elapsed_ms());
-        let deadline = Deadline::after_ms(upstream.timeout_ms.min(remaining).max(1));
-        let response = match outbound::send(&upstream, deadline).await {
-            Ok(response) => response,
-            Err(failure) => {
-                eprintln!(
-                    "switchyard: attempt {} to {} failed: {}",
-                    self.attempt,
-                    self.deployment(plan),
-                    failure.detail()
-                );
-                return Step::Failed(failure.outcome());
-            }
-        };
-        let status = response.status();
-        // A retryable status moves on while another attempt is left; the primary's final
-        // retryable answer is translated like any error (the filter has already passed it on),
-        // a fallback's becomes the all-failed error.
-        if plan.should_retry_status(status) && (self.attempt > 0 || self.can_fall_back(plan)) {
-            return Step::Failed(Outcome::Status(status));
-        }
-        let streamed = plan.stream
-            && (200..300).contains(&status)
-            && outbound::response_header(&response, "content-type")
-                .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if streamed {
-            return Step::Answer(Answer {
-                status,
-                response,
-                deadline_ms: upstream.timeout_ms,
-            });
-        }
-        let body = match outbound::read_to_end(&response, deadline).await {
-            Ok(body) => body,
-            // Nothing has reached the client yet, so a body that never completes is a failed
-            // attempt like any other.
-            Err(failure) => return Step::Failed(failure.outcome()),
-        };
-        if !(200..300).contains(&status) {
-            if plan.should_retry_status(status) {
-                self.mark_failure(plan, Outcome::Status(status));
-            } else {
-                // A final answer: the deployment is healthy, the request is not.
-                self.log_attempt(plan, Outcome::Status(status));
-            }
-            let err = plan.translate_error(self.attempt, status, &body);
-            let mut reply = LocalReply::error(&err, plan.dialect);
-            // The provider's own back-off hint reaches the client, as through Envoy, unless the
-            // translated error carries one.
-            if err.retry_after.is_none() {
-                if let Some(retry_after) = outbound::response_header(&response, "retry-after") {
-                    reply.headers.push(("retry-after".into(), retry_after));
-                }
-            }
-            return Step::Reply(reply);
-        }
-        self.mark_success(plan, status);
-        match plan.translate_response(self.attempt, &body) {
-            Ok((out, usage)) => {
-                self.usage = usage;
-                Step::Reply(LocalReply {
-                    status,
-                    headers: vec![("content-type".into(), "application/json".into())],
-                    body: out,
-                })
-            }
-            Err(err) => Step::Reply(LocalReply::error(&err, plan.dialect)),
-        }
-    }
-
-    /// Streams a successful SSE answer to the client, translating chunk by chunk.
-    async fn answer(&mut self, plan: &Plan, answer: Answer, out: ResponseOutparam) {
-        self.mark_success(plan, answer.status);
-        self.final_status = answer.status;
-        let headers = vec![
-            (
-                "content-type".to_string(),
-                plan.response_content_type().to_string(),
-            ),
-            ("cache-control".to_string(), "no-cache".to_string()),
-            (ATTEMPTS_HEADER.to_string(), self.attempts.header_value()),
-        ];
-        let response = OutgoingResponse::new(fields(&headers));
-        // Only a 2xx gets here, and every 2xx is a valid status code.
-        let _ = response.set_status_code(answer.status);
-        let mut client = response.take_body();
+        let response = OutgoingResponse::new(fields(&head.headers));
+        // The core starts streams for 2xx answers only, and every 2xx is a valid status.
+        let _ = response.set_status_code(head.status);
+        let body: ClientBody = Box::pin(response.take_body());
         out.set(response);
+        self.client = Client::Streaming(body);
+    }
 
-        let mut translator = plan.response_stream(self.attempt);
-        let mut upstream = pin!(answer.response.take_body_stream());
+    /// Passes a streamed answer to the client chunk by chunk until the exchange ends it.
+    async fn stream(&mut self, up: Upstream) -> Vec<Action> {
+        let mut upstream = pin!(up.response.take_body_stream());
         loop {
             // Between chunks the stream may idle up to one attempt timeout, so long answers
             // are not cut while a stalled upstream still is.
-            let deadline = Deadline::after_ms(answer.deadline_ms);
-            let (bytes, done) = match outbound::next_chunk(&mut upstream, deadline).await {
-                Ok(Some(chunk)) => (translator.push(&chunk), false),
-                Ok(None) => (translator.finish(), true),
-                Err(failure) => {
-                    eprintln!(
-                        "switchyard: stream from {} failed: {}",
-                        self.deployment(plan),
-                        failure.detail()
-                    );
-                    (
-                        translator.fail(&stream_error(&failure, answer.deadline_ms)),
-                        true,
-                    )
-                }
+            let deadline = Deadline::after_ms(up.timeout_ms);
+            let actions = match outbound::next_chunk(&mut upstream, deadline).await {
+                Ok(Some(chunk)) => self.feed(Event::UpstreamData(&chunk)),
+                Ok(None) => self.feed(Event::UpstreamEnd),
+                Err(failure) => self.feed(Event::UpstreamFailed(&failure.into_core())),
             };
-            if !bytes.is_empty() && client.send(bytes).await.is_err() {
-                eprintln!("switchyard: client went away mid-stream");
-                self.final_status = 499;
-                break;
+            let mut rest = Vec::new();
+            let mut ended = false;
+            for action in actions {
+                match action {
+                    Action::Data(bytes) => {
+                        if !self.send_to_client(bytes).await {
+                            self.client_gone = true;
+                            return rest;
+                        }
+                    }
+                    Action::EndResponse => ended = true,
+                    Action::Log(line) => log::line(&line),
+                    other => rest.push(other),
+                }
             }
-            if done {
-                break;
+            if ended {
+                // Dropping the body ends the client's response.
+                self.client = Client::Done;
+                return rest;
+            }
+            if !self.exchange.streaming() {
+                return rest;
             }
         }
-        self.usage = translator.usage();
-        if translator.failed() {
-            self.final_status = 502;
+    }
+
+    /// Writes bytes to the client's stream; `false` when the client is gone.
+    async fn send_to_client(&mut self, bytes: Vec<u8>) -> bool {
+        let Client::Streaming(body) = &mut self.client else {
+            return false;
+        };
+        if body.send(bytes).await.is_err() {
+            log::line(&format!(
+                "switchyard: request {}: the client went away mid-stream",
+                self.exchange.request_id()
+            ));
+            self.client = Client::Done;
+            return false;
+        }
+        true
+    }
+}
+
+impl OutboundFailure {
+    /// The exchange's view of this failure.
+    fn into_core(self) -> Failure {
+        match self {
+            OutboundFailure::Timeout => Failure::Timeout,
+            OutboundFailure::Denied(d) => Failure::NotSent(d),
+            OutboundFailure::Connection(_) => Failure::ConnectionFailed,
+            OutboundFailure::Reset(_) => Failure::Reset,
         }
     }
-
-    /// The one error for a request whose every attempt failed.
-    fn all_failed(&self, dialect: Dialect) -> LocalReply {
-        LocalReply::error(&self.attempts.all_failed(), dialect)
-    }
 }
 
-/// What one attempt came to.
-enum Step {
-    /// A successful stream to pass on.
-    Answer(Answer),
-    /// A complete answer for the client (success or final error).
-    Reply(LocalReply),
-    /// The attempt failed before answering; the outcome says how.
-    Failed(Outcome),
+enum BodyError {
+    TooLarge,
+    Unreadable(String),
 }
 
-/// A successful streamed answer whose body has not been read yet.
-struct Answer {
-    status: u16,
-    response: IncomingResponse,
-    deadline_ms: u64,
-}
-
-fn stream_error(failure: &Failure, idle_ms: u64) -> GatewayError {
-    match failure {
-        Failure::Timeout => GatewayError::new(
-            ErrorKind::Timeout,
-            format!("upstream stream stalled for more than {idle_ms} ms"),
-        ),
-        other => GatewayError::new(
-            ErrorKind::BadGateway,
-            format!("upstream stream failed: {}", other.outcome()),
-        ),
-    }
-}
-
-/// Reads the client's body, refusing it as soon as it passes the size limit.
-async fn read_request_body(
-    gateway: &Gateway,
-    request: IncomingRequest,
-) -> Result<Vec<u8>, GatewayError> {
-    let limit = gateway.max_request_bytes();
+/// Reads the client's body, refusing it as soon as it passes `limit`.
+async fn read_request_body(request: IncomingRequest, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut stream = pin!(request.into_body_stream());
     let mut body = Vec::new();
-    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
-        let chunk = chunk.map_err(|e| {
-            GatewayError::invalid(format!(
-                "cannot read the request body: {}",
-                e.to_debug_string()
-            ))
-        })?;
+    while let Some(chunk) = next(&mut stream).await {
+        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_debug_string()))?;
         if body.len() + chunk.len() > limit {
-            return Err(gateway.too_large());
+            return Err(BodyError::TooLarge);
         }
         body.extend(chunk);
     }
     Ok(body)
+}
+
+async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    futures::StreamExt::next(stream).await
 }
 
 /// Header fields for a response; a header the host refuses is logged and left out.
@@ -391,23 +316,12 @@ fn fields(headers: &[(String, String)]) -> Fields {
             continue;
         }
         if let Err(e) = fields.append(name, &value.clone().into_bytes()) {
-            eprintln!("switchyard: dropping response header {name}: {e:?}");
+            log::line(&format!(
+                "switchyard: dropping response header {name}: {e:?}"
+            ));
         }
     }
     fields
-}
-
-/// Sends a complete answer.
-async fn send_reply(out: ResponseOutparam, reply: LocalReply, attempts: &str) {
-    let mut headers = reply.headers;
-    headers.push((ATTEMPTS_HEADER.to_string(), attempts.to_string()));
-    let response = OutgoingResponse::new(fields(&headers));
-    if response.set_status_code(reply.status).is_err() {
-        let _ = response.set_status_code(500);
-    }
-    if let Err(e) = out.set_with_body(response, reply.body).await {
-        eprintln!("switchyard: could not send the response: {e:?}");
-    }
 }
 
 fn unix_ms() -> u64 {

@@ -9,12 +9,14 @@
 //! (3.x, 4.x) and `host-runner serve-component` both provide.
 //!
 //! * [`settings`] — the gateway config (bundled or the `gateway_config` variable) and secrets;
-//! * [`exchange`] — one request: phases, fallback chain, streaming, metering;
+//! * [`exchange`] — one request: the core's exchange driven over wasi-http;
 //! * [`outbound`] — outbound HTTP with deadlines;
-//! * [`health`] — passive health, shared by all instances through Spin's key-value store.
+//! * [`health`] — the core's health records in Spin's key-value store, shared by all instances;
+//! * [`log`] — log lines written whole (usage records must never tear).
 
 pub mod exchange;
 pub mod health;
+pub mod log;
 pub mod outbound;
 pub mod settings;
 

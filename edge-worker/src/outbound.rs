@@ -15,7 +15,6 @@ use futures::future::{self, Either};
 use futures::{Stream, StreamExt};
 use spin_executor::CancelOnDropToken;
 use spin_sdk::http::{ErrorCode, IncomingResponse, Method, Request, SendError};
-use switchyard_core::attempts::Outcome;
 use switchyard_core::UpstreamRequest;
 use wasi::clocks::monotonic_clock;
 
@@ -70,9 +69,9 @@ impl Future for Expiry {
     }
 }
 
-/// Why an attempt got no usable answer.
+/// Why an attempt got no usable answer, as this host sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+pub enum OutboundFailure {
     /// The deadline passed.
     Timeout,
     /// The host refused the destination (Spin's `allowed_outbound_hosts`).
@@ -83,26 +82,18 @@ pub enum Failure {
     Reset(String),
 }
 
-impl Failure {
-    /// The outcome label used in `x-switchyard-attempts` and the all-failed error.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            Failure::Timeout => Outcome::Timeout,
-            Failure::Denied(_) => Outcome::NotSent("denied".into()),
-            Failure::Connection(_) => Outcome::ConnectionFailed,
-            Failure::Reset(_) => Outcome::Reset,
-        }
-    }
-
+impl OutboundFailure {
     /// Detail for the log (never contains credentials).
     pub fn detail(&self) -> &str {
         match self {
-            Failure::Timeout => "deadline passed",
-            Failure::Denied(d) | Failure::Connection(d) | Failure::Reset(d) => d,
+            OutboundFailure::Timeout => "deadline passed",
+            OutboundFailure::Denied(d)
+            | OutboundFailure::Connection(d)
+            | OutboundFailure::Reset(d) => d,
         }
     }
 
-    fn from_send(err: SendError) -> Failure {
+    fn from_send(err: SendError) -> OutboundFailure {
         match err {
             SendError::Http(
                 ErrorCode::ConnectionTimeout
@@ -110,11 +101,11 @@ impl Failure {
                 | ErrorCode::ConnectionWriteTimeout
                 | ErrorCode::HttpResponseTimeout
                 | ErrorCode::DnsTimeout,
-            ) => Failure::Timeout,
+            ) => OutboundFailure::Timeout,
             SendError::Http(ErrorCode::HttpRequestDenied) => {
-                Failure::Denied("destination not allowed by the host".into())
+                OutboundFailure::Denied("denied: destination not allowed by the host".into())
             }
-            other => Failure::Connection(other.to_string()),
+            other => OutboundFailure::Connection(other.to_string()),
         }
     }
 }
@@ -123,7 +114,7 @@ impl Failure {
 pub async fn send(
     upstream: &UpstreamRequest,
     deadline: Deadline,
-) -> Result<IncomingResponse, Failure> {
+) -> Result<IncomingResponse, OutboundFailure> {
     let url = format!(
         "{}://{}{}",
         upstream.scheme, upstream.authority, upstream.path
@@ -140,9 +131,9 @@ pub async fn send(
         .run(spin_sdk::http::send::<_, IncomingResponse>(request))
         .await
     {
-        None => Err(Failure::Timeout),
+        None => Err(OutboundFailure::Timeout),
         Some(Ok(response)) => Ok(response),
-        Some(Err(err)) => Err(Failure::from_send(err)),
+        Some(Err(err)) => Err(OutboundFailure::from_send(err)),
     }
 }
 
@@ -157,15 +148,18 @@ pub fn response_header(response: &IncomingResponse, name: &str) -> Option<String
 }
 
 /// The next chunk of a body: `Ok(None)` at its end.
-pub async fn next_chunk<S>(body: &mut S, deadline: Deadline) -> Result<Option<Vec<u8>>, Failure>
+pub async fn next_chunk<S>(
+    body: &mut S,
+    deadline: Deadline,
+) -> Result<Option<Vec<u8>>, OutboundFailure>
 where
     S: Stream<Item = Result<Vec<u8>, wasi::io::error::Error>> + Unpin,
 {
     match deadline.run(body.next()).await {
-        None => Err(Failure::Timeout),
+        None => Err(OutboundFailure::Timeout),
         Some(None) => Ok(None),
         Some(Some(Ok(chunk))) => Ok(Some(chunk)),
-        Some(Some(Err(err))) => Err(Failure::Reset(err.to_debug_string())),
+        Some(Some(Err(err))) => Err(OutboundFailure::Reset(err.to_debug_string())),
     }
 }
 
@@ -173,7 +167,7 @@ where
 pub async fn read_to_end(
     response: &IncomingResponse,
     deadline: Deadline,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<Vec<u8>, OutboundFailure> {
     let mut body = pin!(response.take_body_stream());
     let mut out = Vec::new();
     while let Some(chunk) = next_chunk(&mut body, deadline).await? {

@@ -427,6 +427,7 @@ fn lookup_property(state: &mut HostState, raw: &[u8]) -> Option<Vec<u8>> {
             .get_str(":status")
             .and_then(|v| v.parse::<u64>().ok())
             .and_then(int),
+        [b"response", b"flags"] => int(s.response_flags),
         [b"cluster_name"] | [b"xds", b"cluster_name"] => s.cluster.as_deref().and_then(text),
         [b"upstream", b"address"] => s
             .cluster

@@ -133,6 +133,8 @@ pub struct StreamState {
     pub info: StreamInfo,
     /// The upstream cluster once chosen, for `upstream.*` / `cluster_name` properties.
     pub cluster: Option<String>,
+    /// Envoy's response flags (e.g. `DC`, the client went away), set when the stream ends.
+    pub response_flags: u64,
 }
 
 impl StreamState {
@@ -153,6 +155,7 @@ impl StreamState {
             properties: HashMap::new(),
             info,
             cluster: None,
+            response_flags: 0,
         }
     }
 }

@@ -456,6 +456,13 @@ async fn client_gone(head: &mut Option<HeadSender>, body: &Option<ChunkSender>) 
     }
 }
 
+/// The reset reason of a client that went away before its answer was complete.
+const CLIENT_GONE: &str = "client went away";
+
+/// Envoy's `response.flags` bit `DC` (downstream connection termination), which the filter
+/// reads in `on_log` to tell a client that left from an upstream that failed.
+const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+
 /// Per-stream state of the driver.
 struct Stream {
     world: Arc<World>,
@@ -467,6 +474,8 @@ struct Stream {
     bodiless_response: bool,
     /// The chosen cluster's idle timeout between response body chunks.
     idle_timeout: Option<std::time::Duration>,
+    /// Envoy-style response flags for the `response.flags` property.
+    response_flags: u64,
 }
 
 async fn drive(
@@ -518,9 +527,11 @@ async fn drive(
         client_body: None,
         bodiless_response: parts.method == Method::HEAD,
         idle_timeout: None,
+        response_flags: 0,
     };
     stream.run(body, eos, step, ready).await;
-    let _ = vm.with(move |vm| vm.finish_stream(s)).await;
+    let flags = stream.response_flags;
+    let _ = vm.with(move |vm| vm.finish_stream(s, flags)).await;
 }
 
 /// An upstream request in flight.
@@ -573,6 +584,9 @@ impl Stream {
     }
 
     async fn reset(&mut self, why: &'static str) {
+        if why == CLIENT_GONE {
+            self.response_flags |= DOWNSTREAM_CONNECTION_TERMINATION;
+        }
         if let Some(h) = self.head.take() {
             let _ = h.send(Err(StreamReset(why)));
         }
@@ -675,7 +689,7 @@ impl Stream {
                 }
                 _ = client_gone(&mut self.head, &None) => {
                     abort_upstream(upstream.take()).await;
-                    return Err(Stop::Reset("client went away"));
+                    return Err(Stop::Reset(CLIENT_GONE));
                 }
             }
         }
@@ -759,7 +773,7 @@ impl Stream {
                 }
                 _ = client_gone(&mut self.head, &None) => {
                     up.response.abort();
-                    return Err(Stop::Reset("client went away"));
+                    return Err(Stop::Reset(CLIENT_GONE));
                 }
             }
         }
@@ -822,7 +836,7 @@ impl Stream {
                             if !chunk.is_empty()
                                 && !send_chunk(&self.client_body, Chunk::Data(chunk)).await
                             {
-                                return Err(Stop::Reset("client went away"));
+                                return Err(Stop::Reset(CLIENT_GONE));
                             }
                         }
                         Ready::Request(_) => unreachable!("ready() matches the direction"),
@@ -906,7 +920,7 @@ impl Stream {
                     next = Some((step, Phase::Signal, ready));
                 }
                 _ = client_gone(&mut self.head, &self.client_body) => {
-                    return Err(Stop::Reset("client went away"));
+                    return Err(Stop::Reset(CLIENT_GONE));
                 }
             }
         }

@@ -643,9 +643,11 @@ impl Vm {
     }
 
     /// End of stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`, then forget it.
-    pub fn finish_stream(&mut self, s: StreamRef) {
-        if self.check(s).is_err() {
-            return;
+    /// `response_flags` (Envoy's bits) is what the `response.flags` property reads from then.
+    pub fn finish_stream(&mut self, s: StreamRef, response_flags: u64) {
+        match self.check(s) {
+            Ok(state) => state.response_flags = response_flags,
+            Err(_) => return,
         }
         let id = s.id;
         let steps: [FinishStep; 3] = [

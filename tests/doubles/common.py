@@ -31,7 +31,9 @@ Fault injection, per request (a marker in the last user text or embedding input,
 * ``stall_stream`` — for streams: send ``after`` events (default 2), then go silent for
   ``seconds`` (default 10) before sending the rest;
 * ``linger_end`` — for streams: send every event, then hold the body open ``seconds``
-  (default 1) before ending it, as a slow upstream may after its terminal event.
+  (default 1) before ending it, as a slow upstream may after its terminal event;
+* ``cut_body`` — for complete (non-streamed) answers: send the head with the full
+  ``Content-Length`` and half the body, then drop the connection.
 
 Side endpoints on every double: ``GET /_last`` (last request: method, path, query, headers,
 body, and the usage the double answered with), ``GET /_requests`` (all since the last reset),
@@ -237,8 +239,48 @@ class DoubleState:
             return dict(fault)
         return None
 
+    def take_fault(self, path: str, kind: str) -> bool:
+        """Consumes the next queued fault for `path` if it is of `kind`."""
+        for fault in self.faults:
+            if fault.get("path") and fault["path"] not in path:
+                continue
+            if fault.get("kind") != kind:
+                return False
+            self.next_fault(path)
+            return True
+        return False
+
+
+CUT_BODY_MARKER = b"[[fault:cut_body]]"
+
+
+def cut_body_fault(state: DoubleState):
+    """The ``cut_body`` fault, around every handler: a complete answer's head (full
+    ``Content-Length``) and half its body, then the connection drops, as a provider that dies
+    mid-answer."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        cut = CUT_BODY_MARKER in await request.read() or state.take_fault(request.path,
+                                                                          "cut_body")
+        response = await handler(request)
+        if (cut and isinstance(response, web.Response) and response.body
+                and request.transport is not None):
+            body = bytes(response.body)
+            head = (f"HTTP/1.1 {response.status} {response.reason}\r\n"
+                    f"Content-Type: {response.content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            request.transport.write(head + body[:len(body) // 2])
+            await asyncio.sleep(0.05)
+            request.transport.abort()
+            raise asyncio.CancelledError()
+        return response
+
+    return middleware
+
 
 def add_side_routes(app: web.Application, state: DoubleState) -> None:
+    app.middlewares.append(cut_body_fault(state))
     async def last(_: web.Request) -> web.Response:
         if not state.requests:
             return web.json_response({"error": "no request yet"}, status=404)

@@ -626,3 +626,79 @@ def test_many_sequential_fallbacks_never_leak_the_primary_error(fb):
         assert r.json()["choices"][0]["message"]["content"] == expected_text(s_prov, s_model,
                                                                              prompt)
     assert not leaked, f"{len(leaked)} of 100 fallbacks answered an error: {leaked[:3]}"
+
+
+# --- the endings the hosts once disagreed on (one lifecycle in the core now) ----------------
+
+
+def wait_for_record(fb: Gateway, model: str, before: int, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while len(records := usage_records(fb.host.log, model)) <= before:
+        assert time.monotonic() < deadline, f"no usage record for {model}"
+        time.sleep(0.05)
+    assert len(records) == before + 1, records
+    return records[-1]
+
+
+@pytest.mark.parametrize("sdk,model", COMBOS, ids=[f"{s}-sdk-{m}" for s, m in COMBOS])
+def test_complete_answer_cut_mid_body_falls_back(fb, sdk, model):
+    """A provider that sends a complete answer's head (full Content-Length), half its body,
+    then resets: nothing reached the client yet, so every host falls back and meters 200."""
+    (p_prov, p_model), (s_prov, s_model) = CHAINS[model]
+    before = len(usage_records(fb.host.log, model))
+    inject(fb, p_prov, kind="cut_body")
+    prompt = f"cut body {sdk} {model}"
+    answer = ask(fb, sdk, model, prompt)
+    assert answer.text == expected_text(s_prov, s_model, prompt)
+    attempts = answer.attempts
+    assert [(a[0], a[1]) for a in attempts] == [(deployment(p_prov, p_model), "reset"),
+                                                (deployment(s_prov, s_model), "200")], attempts
+    record = wait_for_record(fb, model, before)
+    assert (record["status"], record["attempts"]) == (200, 2), record
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_complete_answer_cut_mid_body_everywhere_is_a_dialect_502(fb, sdk):
+    """With nowhere left to go, the cut answer is one 502 in the caller's dialect (never a
+    closed connection or the proxy's own text), and it is metered as the 502 it is."""
+    (p_prov, p_model), (s_prov, s_model) = CHAINS["fb-all"]
+    before = len(usage_records(fb.host.log, "fb-all"))
+    inject(fb, p_prov, kind="cut_body")
+    inject(fb, s_prov, kind="cut_body")
+    err = ask_error(fb, sdk, "fb-all", f"cut everywhere {sdk}")
+    body = assert_error_dialect(sdk, err, 502)
+    assert "reset" in body["error"]["message"], body
+    no_secret_in(fb, err.response.text)
+    record = wait_for_record(fb, "fb-all", before)
+    assert record["status"] == 502, record
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_client_hanging_up_mid_stream_is_metered_499(fb, sdk):
+    """A client that leaves mid-stream (before the terminal event) is metered 499 — "client
+    closed request" — on every host, not as an upstream failure and not as a success."""
+    (p_prov, p_model), _ = CHAINS["fb-cut"]
+    before = len(usage_records(fb.host.log, "fb-cut"))
+    # The upstream pauses after a few events (within the stall guard), so the client's
+    # hang-up happens with the stream open.
+    inject(fb, p_prov, kind="stall_stream", after=3, seconds=1)
+    prompt = "hang up mid stream with a good number of words to stream back to the client"
+    with httpx.Client(base_url=fb.base_url, timeout=10) as client:
+        if sdk == "openai":
+            path, body = "/v1/chat/completions", {
+                "model": "fb-cut", "stream": True,
+                "messages": [{"role": "user", "content": prompt}]}
+            headers = {"Authorization": f"Bearer {KEY_ALL}"}
+        else:
+            path, body = "/v1/messages", {
+                "model": "fb-cut", "stream": True, "max_tokens": 100,
+                "messages": [{"role": "user", "content": prompt}]}
+            headers = {"x-api-key": KEY_ALL, "anthropic-version": "2023-06-01"}
+        with client.stream("POST", path, json=body, headers=headers) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    break  # the first event arrived: hang up with the stream open
+    record = wait_for_record(fb, "fb-cut", before)
+    assert record["status"] == 499, record
+    assert record["deployment"] == deployment(p_prov, p_model), record

@@ -22,6 +22,8 @@ pub enum Outcome {
     ConnectionFailed,
     /// The connection was reset before a complete answer.
     Reset,
+    /// A success status with a body that could not be read (invalid JSON, a broken stream).
+    Malformed,
     /// The host could not even send it (unknown cluster, missing credential, ...).
     NotSent(String),
 }
@@ -42,6 +44,7 @@ impl fmt::Display for Outcome {
             Outcome::Timeout => f.write_str("timeout"),
             Outcome::ConnectionFailed => f.write_str("connection-failed"),
             Outcome::Reset => f.write_str("reset"),
+            Outcome::Malformed => f.write_str("malformed"),
             Outcome::NotSent(why) => write!(f, "not-sent:{why}"),
         }
     }

@@ -68,7 +68,7 @@ pub struct ProviderConfig {
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     /// Uncached input tokens.

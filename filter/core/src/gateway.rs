@@ -54,6 +54,8 @@ pub struct RequestHead<'a> {
     pub anthropic_version: Option<&'a str>,
     /// `Content-Length`, when sent.
     pub content_length: Option<u64>,
+    /// `x-request-id`, when the client or the proxy in front set one.
+    pub request_id: Option<&'a str>,
 }
 
 /// A response the host sends without contacting any upstream.
@@ -99,6 +101,8 @@ pub struct Admitted {
     pub dialect: Dialect,
     /// Id of the authenticated key.
     pub key_id: String,
+    /// The key's team.
+    pub team: Option<String>,
 }
 
 /// Outcome of the header phase.
@@ -226,7 +230,6 @@ impl Gateway {
     pub fn on_request_head(&self, head: &RequestHead, now_unix: u64) -> HeadOutcome {
         let path = head.path.split('?').next().unwrap_or("");
         let path = path.trim_end_matches('/');
-        let anthropic_client = head.anthropic_version.is_some();
         let (endpoint, method) = match path {
             "/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),
             "/v1/messages" => (Some(Endpoint::Messages), "POST"),
@@ -234,15 +237,7 @@ impl Gateway {
             "/v1/models" => (Some(Endpoint::Models), "GET"),
             _ => (None, ""),
         };
-        let dialect = match endpoint {
-            Some(Endpoint::Messages) => Dialect::Anthropic,
-            Some(Endpoint::Models) | None
-                if anthropic_client || path.starts_with("/v1/messages") =>
-            {
-                Dialect::Anthropic
-            }
-            _ => Dialect::OpenAi,
-        };
+        let dialect = request_dialect(head);
         let reply = |err: GatewayError| HeadOutcome::Reply(LocalReply::error(&err, dialect));
         let Some(endpoint) = endpoint else {
             return reply(GatewayError::new(
@@ -274,6 +269,7 @@ impl Gateway {
             endpoint,
             dialect,
             key_id: key.id.clone(),
+            team: key.team.clone(),
         })
     }
 
@@ -430,6 +426,21 @@ impl Gateway {
             response_id: format!("{:016x}", random ^ 0x5157_4954_4348_5944),
             created: now_unix,
         })
+    }
+}
+
+/// The dialect a request is answered in: each endpoint's own, and on shared or unknown paths
+/// (`/v1/models`, a typo) Anthropic for a client that sends `anthropic-version` (the
+/// Anthropic SDK) or aims under `/v1/messages`, OpenAI otherwise.
+pub fn request_dialect(head: &RequestHead<'_>) -> Dialect {
+    let path = head.path.split('?').next().unwrap_or("");
+    match path.trim_end_matches('/') {
+        "/v1/messages" => Dialect::Anthropic,
+        "/v1/chat/completions" | "/v1/embeddings" => Dialect::OpenAi,
+        p if p.starts_with("/v1/messages") || head.anthropic_version.is_some() => {
+            Dialect::Anthropic
+        }
+        _ => Dialect::OpenAi,
     }
 }
 
@@ -785,7 +796,10 @@ impl Plan {
             .attempts
             .get(index.min(self.attempts.len().saturating_sub(1)));
         UsageRecord {
+            request_id: String::new(),
+            timestamp_ms: 0,
             key_id: self.key_id.clone(),
+            team: None,
             model: self.public_model.clone(),
             provider: attempt.map(|a| a.provider.clone()).unwrap_or_default(),
             deployment: attempt.map(|a| a.deployment_id.clone()).unwrap_or_default(),
@@ -793,10 +807,12 @@ impl Plan {
             cached_input_tokens: usage.cached_input,
             output_tokens: usage.output,
             cost: attempt.map_or(0.0, |a| cost(&usage, &a.price)),
+            price: attempt.map(|a| a.price),
             status,
             attempts,
             stream: self.stream,
             latency_ms,
+            ttft_ms: None,
         }
     }
 }

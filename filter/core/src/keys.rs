@@ -26,6 +26,9 @@ pub struct GatewayKey {
     /// Free-form description.
     #[serde(default)]
     pub label: Option<String>,
+    /// The team the key belongs to (usage and budgets roll up to it).
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 fn all_models() -> Vec<String> {
@@ -155,6 +158,7 @@ mod tests {
             models: models.iter().map(|s| s.to_string()).collect(),
             expires_at,
             label: None,
+            team: None,
         }
     }
 

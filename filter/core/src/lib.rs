@@ -12,7 +12,9 @@ pub mod attempts;
 pub mod canonical;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod gateway;
+pub mod health;
 pub mod ingress;
 pub mod json_patch;
 pub mod keys;
@@ -24,6 +26,7 @@ pub mod usage;
 
 pub use config::{ConfigError, GatewayConfig};
 pub use error::{Dialect, ErrorKind, GatewayError};
+pub use exchange::{Action, Ctx, Ending, Event, Exchange, Failure, UpstreamHead};
 pub use gateway::{
     Admitted, Attempt, Endpoint, Gateway, HeadOutcome, LocalReply, Plan, RequestHead,
     UpstreamRequest,

@@ -20,10 +20,19 @@ pub fn cost(usage: &TokenUsage, price: &Price) -> f64 {
 }
 
 /// What one request consumed, and how it went.
+///
+/// The ledger stores each record once, keyed by `request_id`; the JSON form (serde field
+/// names) is the wire format hosts ship to the control plane.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UsageRecord {
-    /// Gateway key id (never the key).
+    /// Unique id of the request (also sent to the client as `x-request-id`).
+    pub request_id: String,
+    /// When the request arrived, unix ms.
+    pub timestamp_ms: u64,
+    /// Gateway key id (never the key); empty when no key was accepted.
     pub key_id: String,
+    /// The key's team, when it has one.
+    pub team: Option<String>,
     /// Public model name the client asked for.
     pub model: String,
     /// Provider that answered (or was last tried).
@@ -38,6 +47,8 @@ pub struct UsageRecord {
     pub output_tokens: u64,
     /// Cost in the price table's currency.
     pub cost: f64,
+    /// The price the cost was computed with (prices change; the record keeps the one used).
+    pub price: Option<Price>,
     /// Final HTTP status the client saw.
     pub status: u16,
     /// Deployments tried, this one included.
@@ -46,6 +57,8 @@ pub struct UsageRecord {
     pub stream: bool,
     /// Wall time from request to last byte, when the host measured it.
     pub latency_ms: Option<u64>,
+    /// Wall time from request to the first byte of a streamed answer.
+    pub ttft_ms: Option<u64>,
 }
 
 impl UsageRecord {

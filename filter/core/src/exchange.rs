@@ -1,0 +1,751 @@
+//! One request's whole life, as a sans-I/O state machine: every host drives it the same way.
+//!
+//! A host feeds an [`Exchange`] what happens — the request head and body, each attempt's
+//! response head, body or chunks, an attempt's failure — and performs the [`Action`]s it
+//! answers: read the body, send attempt N, start the client's response, stream these bytes,
+//! reply with this complete answer. When the host is done with the request (or the client
+//! went away) it calls [`Exchange::finish`] and gets the request's one usage record. Every
+//! decision — admission, the attempt chain, per-attempt deadlines from the remaining total,
+//! falling back or not, what the client gets when something fails before or after the first
+//! byte, passive health, the status that is metered — is made here, once, for the Envoy
+//! filter, host-runner and the Spin component alike.
+//!
+//! # Decided semantics
+//!
+//! **Falling back.** An attempt *fails* when it cannot be sent, cannot connect, times out,
+//! is reset before its answer is complete, answers a status in the model's `retry_on` list,
+//! or answers 2xx with a body that cannot be read (invalid JSON, or a stream that is cut
+//! short or malformed while the host still holds all of it). A failure moves on to the next
+//! deployment while nothing has reached the client and one is left within
+//! `total_timeout_ms`; each attempt's deadline is `attempt_timeout_ms` capped by what is
+//! left of the total. Exception: a `retry_on` status from the *only* attempt the chain can
+//! make is the answer (the provider's own error, `Retry-After` included), not a failure. When
+//! every attempt failed the client gets one error listing them (504 if all timed out, 429 if
+//! the last was rate limited, else 502). A non-retryable error status is the answer.
+//! After the first byte of a streamed answer there is no switching: a failure ends the stream
+//! with the dialect's error event.
+//!
+//! **Health.** A failed attempt counts against its deployment (and may eject it); an attempt
+//! that answered 2xx with a readable body counts for it, with its latency; an attempt that
+//! answered a final, non-retryable error counts neither way (the deployment worked, the
+//! request did not); an attempt that could not be sent (e.g. a translation the provider
+//! cannot take) is not the deployment's fault and is not counted.
+//!
+//! **The metered status** (the usage record's `status`) is the HTTP status the client
+//! received, with two refinements: a streamed answer that ended in an error event is metered
+//! 502 (its status line said 200, but the answer failed), and a client that went away before
+//! it had the whole answer is metered 499 (nginx's "client closed request"), unless the
+//! stream had already delivered its terminal event. A request whose answer the host could
+//! not deliver for a reason it does not report is metered as the host says the client saw
+//! it, else 502.
+//!
+//! Every request that reached the gateway yields exactly one usage record, local 4xx
+//! answers included.
+
+use crate::attempts::{AttemptLog, Outcome, ATTEMPTS_HEADER};
+use crate::canonical::TokenUsage;
+use crate::error::{Dialect, ErrorKind, GatewayError};
+use crate::gateway::{Gateway, HeadOutcome, LocalReply, Plan, RequestHead, UpstreamRequest};
+use crate::health::{record_failure, record_success, HealthSnapshot, HealthStore};
+use crate::stream::ResponseStream;
+use crate::usage::UsageRecord;
+
+/// Response header carrying the request id on every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Status metered for a client that went away before it had the whole answer.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// What the host knows and owns for one step: the clock, entropy and the health store.
+pub struct Ctx<'a> {
+    /// Now, unix ms.
+    pub now_ms: u64,
+    /// Fresh entropy (seeds weighted routing and ids).
+    pub random: u64,
+    /// Where passive health lives on this host.
+    pub health: &'a dyn HealthStore,
+}
+
+/// Something that happened to the request.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// The client's request head (always first).
+    RequestHead(RequestHead<'a>),
+    /// The client's whole body, after [`Action::ReadBody`] (empty when it sent none).
+    RequestBody(&'a [u8]),
+    /// The body grew past [`Action::ReadBody`]'s limit.
+    RequestBodyTooLarge,
+    /// Reading the body failed; the detail goes to the log, never to the client.
+    RequestBodyUnreadable(&'a str),
+    /// The current attempt's response head.
+    UpstreamHead(UpstreamHead<'a>),
+    /// The current attempt's whole body, after [`Action::ReadUpstreamBody`].
+    UpstreamBody(&'a [u8]),
+    /// A chunk of a streamed answer, after [`Action::StartResponse`].
+    UpstreamData(&'a [u8]),
+    /// The end of a streamed answer.
+    UpstreamEnd,
+    /// The current attempt failed (before its head, or before its body was complete).
+    UpstreamFailed(&'a Failure),
+}
+
+/// An attempt's response head, as the host received it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamHead<'a> {
+    /// HTTP status (a host-made 503/504 for connection failures and timeouts counts too).
+    pub status: u16,
+    /// `content-type`.
+    pub content_type: Option<&'a str>,
+    /// `retry-after`.
+    pub retry_after: Option<&'a str>,
+    /// The host already holds the whole body (a buffered call): nothing can be streamed
+    /// before it is complete, so it is judged whole.
+    pub body_complete: bool,
+}
+
+/// Why an attempt failed without a usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer (or no next chunk) within the deadline.
+    Timeout,
+    /// The connection could not be made.
+    ConnectionFailed,
+    /// The connection broke before the answer was complete.
+    Reset,
+    /// The host could not send it; the detail is for the log.
+    NotSent(String),
+}
+
+impl Failure {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Failure::Timeout => Outcome::Timeout,
+            Failure::ConnectionFailed => Outcome::ConnectionFailed,
+            Failure::Reset => Outcome::Reset,
+            Failure::NotSent(why) => Outcome::NotSent(why.clone()),
+        }
+    }
+}
+
+/// What the host must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Read the request body (at most `limit` bytes) and feed [`Event::RequestBody`].
+    ReadBody {
+        /// The largest body accepted; more is [`Event::RequestBodyTooLarge`].
+        limit: usize,
+    },
+    /// Answer the client with this complete response. It replaces anything held; nothing
+    /// of an earlier attempt may reach the client any more.
+    Reply(LocalReply),
+    /// Send an attempt; its answer comes back as [`Event::UpstreamHead`] and the rest.
+    Send(Box<Send>),
+    /// Read the current attempt's whole body before anything reaches the client, then feed
+    /// [`Event::UpstreamBody`].
+    ReadUpstreamBody,
+    /// Start the client's (streamed) response with this head.
+    StartResponse(ResponseHead),
+    /// Bytes for the client, in order.
+    Data(Vec<u8>),
+    /// The client's streamed response is complete.
+    EndResponse,
+    /// A line for the host's log (one write per line).
+    Log(String),
+}
+
+/// One attempt to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Send {
+    /// Index into the plan's attempt chain (0 is the primary).
+    pub attempt: usize,
+    /// The request, in the deployment's native schema, credentials included.
+    pub request: UpstreamRequest,
+    /// Deadline for the answer's head, or for the whole answer when the host buffers it.
+    pub timeout_ms: u64,
+    /// Whether a successful answer may be streamed to the client as it arrives.
+    pub stream: bool,
+}
+
+/// The head of a streamed response to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseHead {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// How the host's part ended, for [`Exchange::finish`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// The client went away (disconnected, reset) before the host was done.
+    pub client_gone: bool,
+    /// The status the client actually received, when the host knows it answered on its
+    /// own (Envoy's router replies directly when an upstream resets under a held response).
+    pub client_status: Option<u16>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for the request head.
+    Head,
+    /// Admitted; waiting for the body.
+    Body(crate::gateway::Admitted),
+    /// An attempt is in flight; nothing reached the client.
+    Waiting,
+    /// The current attempt's body is being read whole; nothing reached the client.
+    ReadingBody {
+        status: u16,
+        retry_after: Option<String>,
+        stream: bool,
+    },
+    /// The client's streamed response has started.
+    Streaming,
+    /// The client has its answer (or the exchange gave up on it).
+    Answered,
+}
+
+/// One request through the gateway. See the module docs for the rules it follows.
+pub struct Exchange {
+    state: State,
+    dialect: Dialect,
+    request_id: String,
+    started_ms: u64,
+    key_id: String,
+    team: Option<String>,
+    plan: Option<Plan>,
+    attempt: usize,
+    attempt_started_ms: u64,
+    attempts: AttemptLog,
+    usage: TokenUsage,
+    stream: Option<Box<dyn ResponseStream>>,
+    /// The status line the client got (a reply's, or a stream's head).
+    client_status: Option<u16>,
+    first_byte_ms: Option<u64>,
+    finished: bool,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Exchange::new()
+    }
+}
+
+impl Exchange {
+    /// A request that has not shown its head yet.
+    pub fn new() -> Self {
+        Exchange {
+            state: State::Head,
+            dialect: Dialect::OpenAi,
+            request_id: String::new(),
+            started_ms: 0,
+            key_id: String::new(),
+            team: None,
+            plan: None,
+            attempt: 0,
+            attempt_started_ms: 0,
+            attempts: AttemptLog::default(),
+            usage: TokenUsage::default(),
+            stream: None,
+            client_status: None,
+            first_byte_ms: None,
+            finished: false,
+        }
+    }
+
+    /// The request's id (set by its head).
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The plan, once the body was accepted.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+
+    /// Whether the client's answer is complete (a reply, or a stream that reached its end).
+    pub fn answered(&self) -> bool {
+        matches!(self.state, State::Answered)
+    }
+
+    /// Whether the client's streamed response has started and is not over yet.
+    pub fn streaming(&self) -> bool {
+        matches!(self.state, State::Streaming)
+    }
+
+    /// Feeds one event; returns what the host must do, in order.
+    pub fn handle(&mut self, gateway: &Gateway, event: Event<'_>, cx: &Ctx<'_>) -> Vec<Action> {
+        if self.finished {
+            return Vec::new();
+        }
+        let state = std::mem::replace(&mut self.state, State::Answered);
+        match (state, event) {
+            (State::Head, Event::RequestHead(head)) => self.on_head(gateway, &head, cx),
+            (State::Body(admitted), Event::RequestBody(body)) => {
+                self.on_body(gateway, &admitted, body, cx)
+            }
+            (State::Body(_), Event::RequestBodyTooLarge) => self.reply_error(&gateway.too_large()),
+            (State::Body(_), Event::RequestBodyUnreadable(detail)) => {
+                let mut actions = vec![Action::Log(format!(
+                    "switchyard: request {}: cannot read the request body: {detail}",
+                    self.request_id
+                ))];
+                actions.extend(
+                    self.reply_error(&GatewayError::invalid("the request body could not be read")),
+                );
+                actions
+            }
+            (State::Waiting, Event::UpstreamHead(head)) => self.on_upstream_head(&head, cx),
+            (
+                State::ReadingBody {
+                    status,
+                    retry_after,
+                    stream,
+                },
+                Event::UpstreamBody(body),
+            ) => self.on_upstream_body(status, retry_after.as_deref(), stream, body, cx),
+            (State::Streaming, Event::UpstreamData(chunk)) => {
+                let mut actions = self.stream_bytes(|s| s.push(chunk), cx);
+                if self.stream.as_ref().is_some_and(|s| s.failed()) {
+                    // Malformed mid-stream: the error event is out; nothing more can follow.
+                    actions.push(Action::EndResponse);
+                } else {
+                    self.state = State::Streaming;
+                }
+                actions
+            }
+            (State::Streaming, Event::UpstreamEnd) => {
+                let mut actions = self.stream_bytes(|s| s.finish(), cx);
+                actions.push(Action::EndResponse);
+                actions
+            }
+            (State::Waiting | State::ReadingBody { .. }, Event::UpstreamFailed(failure)) => {
+                self.attempt_failed(failure.outcome(), cx)
+            }
+            (State::Streaming, Event::UpstreamFailed(failure)) => {
+                let err = self.stream_failure(failure);
+                let mut actions = vec![Action::Log(format!(
+                    "switchyard: request {}: stream from {} failed: {}",
+                    self.request_id,
+                    self.deployment(),
+                    failure.outcome()
+                ))];
+                actions.extend(self.stream_bytes(|s| s.fail(&err), cx));
+                actions.push(Action::EndResponse);
+                actions
+            }
+            // What an upstream still delivers after the answer is settled (a replaced or
+            // failed attempt's rest) changes nothing.
+            (
+                State::Answered,
+                Event::UpstreamHead(_)
+                | Event::UpstreamData(_)
+                | Event::UpstreamEnd
+                | Event::UpstreamBody(_)
+                | Event::UpstreamFailed(_),
+            ) => Vec::new(),
+            (state, event) => {
+                // Out of order (a host bug): ignored, never a panic.
+                self.state = state;
+                vec![Action::Log(format!(
+                    "switchyard: request {}: ignored {} in state {:?}",
+                    self.request_id,
+                    event_name(&event),
+                    self.state
+                ))]
+            }
+        }
+    }
+
+    /// Ends the exchange and returns its one usage record; later calls return `None`.
+    pub fn finish(&mut self, ending: Ending, now_ms: u64) -> Option<UsageRecord> {
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        let complete_stream = self.stream.as_ref().is_some_and(|s| s.complete());
+        let failed_stream = self.stream.as_ref().is_some_and(|s| s.failed());
+        let status = match self.state {
+            State::Answered if failed_stream => 502,
+            State::Answered => self.client_status.unwrap_or(502),
+            State::Streaming if complete_stream => self.client_status.unwrap_or(200),
+            _ if ending.client_gone => CLIENT_CLOSED,
+            State::Streaming => 502,
+            _ => ending.client_status.unwrap_or(502),
+        };
+        if let Some(stream) = &self.stream {
+            self.usage.merge_max(stream.usage());
+        }
+        let latency_ms = now_ms.saturating_sub(self.started_ms);
+        let ttft_ms = self
+            .first_byte_ms
+            .map(|t| t.saturating_sub(self.started_ms));
+        Some(match &self.plan {
+            Some(plan) => {
+                let mut record = plan.usage_record(
+                    self.attempt,
+                    self.usage,
+                    status,
+                    self.attempts.count(),
+                    Some(latency_ms),
+                );
+                record.request_id = self.request_id.clone();
+                record.timestamp_ms = self.started_ms;
+                record.team = self.team.clone();
+                record.ttft_ms = ttft_ms;
+                record
+            }
+            None => UsageRecord {
+                request_id: self.request_id.clone(),
+                timestamp_ms: self.started_ms,
+                key_id: self.key_id.clone(),
+                team: self.team.clone(),
+                model: String::new(),
+                provider: String::new(),
+                deployment: String::new(),
+                input_tokens: 0,
+                cached_input_tokens: 0,
+                output_tokens: 0,
+                cost: 0.0,
+                price: None,
+                status,
+                attempts: 0,
+                stream: false,
+                latency_ms: Some(latency_ms),
+                ttft_ms: None,
+            },
+        })
+    }
+
+    fn on_head(&mut self, gateway: &Gateway, head: &RequestHead<'_>, cx: &Ctx<'_>) -> Vec<Action> {
+        self.started_ms = cx.now_ms;
+        self.request_id = match head.request_id {
+            Some(id) if valid_request_id(id) => id.to_string(),
+            _ => format!(
+                "{:032x}",
+                u128::from(cx.random) << 64 | u128::from(!cx.random)
+            ),
+        };
+        match gateway.on_request_head(head, cx.now_ms / 1000) {
+            HeadOutcome::Reply(reply) => {
+                self.dialect = crate::gateway::request_dialect(head);
+                self.reply(reply)
+            }
+            HeadOutcome::ReadBody(admitted) => {
+                self.dialect = admitted.dialect;
+                self.key_id = admitted.key_id.clone();
+                self.team = admitted.team.clone();
+                self.state = State::Body(admitted);
+                vec![Action::ReadBody {
+                    limit: gateway.max_request_bytes(),
+                }]
+            }
+        }
+    }
+
+    fn on_body(
+        &mut self,
+        gateway: &Gateway,
+        admitted: &crate::gateway::Admitted,
+        body: &[u8],
+        cx: &Ctx<'_>,
+    ) -> Vec<Action> {
+        if body.is_empty() {
+            return self.reply_error(&GatewayError::invalid("request body is required"));
+        }
+        let health = HealthSnapshot {
+            store: cx.health,
+            now_ms: cx.now_ms,
+        };
+        match gateway.plan(admitted, body, cx.random, cx.now_ms / 1000, &health) {
+            Ok(plan) => {
+                self.plan = Some(plan);
+                self.attempt = 0;
+                self.attempt_started_ms = cx.now_ms;
+                match self.send_current(cx) {
+                    Ok(send) => {
+                        self.state = State::Waiting;
+                        vec![Action::Send(Box::new(send))]
+                    }
+                    // The primary's request cannot be built (e.g. content the provider cannot
+                    // take): that is the answer, not a reason to try elsewhere.
+                    Err(err) => self.reply_error(&err),
+                }
+            }
+            Err(err) => self.reply_error(&err),
+        }
+    }
+
+    /// The [`Send`] for the current attempt.
+    fn send_current(&self, cx: &Ctx<'_>) -> Result<Send, GatewayError> {
+        let plan = self.plan.as_ref().ok_or_else(no_plan)?;
+        let request = plan.upstream_request(self.attempt)?;
+        let elapsed = cx.now_ms.saturating_sub(self.started_ms);
+        let remaining = plan.fallback.total_timeout_ms.saturating_sub(elapsed);
+        Ok(Send {
+            attempt: self.attempt,
+            timeout_ms: request.timeout_ms.min(remaining).max(1),
+            request,
+            stream: plan.stream,
+        })
+    }
+
+    fn can_fall_back(&self, cx: &Ctx<'_>) -> bool {
+        let Some(plan) = &self.plan else { return false };
+        let elapsed = cx.now_ms.saturating_sub(self.started_ms);
+        self.attempt + 1 < plan.attempts.len() && elapsed < plan.fallback.total_timeout_ms
+    }
+
+    fn deployment(&self) -> &str {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.attempts.get(self.attempt))
+            .map_or("", |a| a.deployment_id.as_str())
+    }
+
+    fn log_attempt(&mut self, outcome: Outcome, cx: &Ctx<'_>) {
+        let millis = cx.now_ms.saturating_sub(self.attempt_started_ms);
+        let deployment = self.deployment().to_string();
+        self.attempts.push(deployment, outcome, millis);
+    }
+
+    /// The current attempt failed: count it against the deployment, then move on to the next
+    /// one, or answer with the all-failed error.
+    fn attempt_failed(&mut self, outcome: Outcome, cx: &Ctx<'_>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // An attempt that was never sent is not the deployment's fault.
+        if !matches!(outcome, Outcome::NotSent(_)) {
+            if let Some(plan) = &self.plan {
+                let deployment = self.deployment().to_string();
+                if record_failure(cx.health, &deployment, &plan.fallback, cx.now_ms) {
+                    actions.push(Action::Log(format!(
+                        "switchyard: ejecting deployment {deployment} for {} ms",
+                        plan.fallback.cooldown_ms
+                    )));
+                }
+            }
+        }
+        if !matches!(outcome, Outcome::Status(_)) {
+            actions.push(Action::Log(format!(
+                "switchyard: request {}: attempt {} to {} failed: {outcome}",
+                self.request_id,
+                self.attempt,
+                self.deployment()
+            )));
+        }
+        self.log_attempt(outcome, cx);
+        while self.can_fall_back(cx) {
+            self.attempt += 1;
+            self.attempt_started_ms = cx.now_ms;
+            match self.send_current(cx) {
+                Ok(send) => {
+                    self.state = State::Waiting;
+                    actions.push(Action::Send(Box::new(send)));
+                    return actions;
+                }
+                Err(err) => {
+                    actions.push(Action::Log(format!(
+                        "switchyard: request {}: attempt {} to {} not sent: {}",
+                        self.request_id,
+                        self.attempt,
+                        self.deployment(),
+                        err.message
+                    )));
+                    self.log_attempt(Outcome::NotSent(err.message), cx);
+                }
+            }
+        }
+        let err = self.attempts.all_failed();
+        actions.extend(self.reply_error(&err));
+        actions
+    }
+
+    fn on_upstream_head(&mut self, head: &UpstreamHead<'_>, cx: &Ctx<'_>) -> Vec<Action> {
+        let Some(plan) = &self.plan else {
+            return self.reply_error(&no_plan());
+        };
+        let status = head.status;
+        if plan.should_retry_status(status) && (self.attempt > 0 || self.can_fall_back(cx)) {
+            return self.attempt_failed(Outcome::Status(status), cx);
+        }
+        let success = (200..300).contains(&status);
+        let event_stream = head
+            .content_type
+            .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+        let stream = plan.stream && success && event_stream;
+        if stream && !head.body_complete {
+            let translator = plan.response_stream(self.attempt);
+            self.succeeded(status, cx);
+            let mut headers = vec![
+                ("content-type".to_string(), "text/event-stream".to_string()),
+                ("cache-control".to_string(), "no-cache".to_string()),
+            ];
+            self.add_answer_headers(&mut headers);
+            self.stream = Some(translator);
+            self.client_status = Some(status);
+            self.state = State::Streaming;
+            return vec![Action::StartResponse(ResponseHead { status, headers })];
+        }
+        self.state = State::ReadingBody {
+            status,
+            retry_after: head.retry_after.map(str::to_string),
+            stream,
+        };
+        vec![Action::ReadUpstreamBody]
+    }
+
+    fn on_upstream_body(
+        &mut self,
+        status: u16,
+        retry_after: Option<&str>,
+        stream: bool,
+        body: &[u8],
+        cx: &Ctx<'_>,
+    ) -> Vec<Action> {
+        let Some(plan) = &self.plan else {
+            return self.reply_error(&no_plan());
+        };
+        if !(200..300).contains(&status) {
+            // A final error (or the retryable error of the only attempt the chain can make):
+            // the provider's own error is the answer.
+            if plan.should_retry_status(status) {
+                record_failure(cx.health, self.deployment(), &plan.fallback, cx.now_ms);
+            }
+            let mut err = plan.translate_error(self.attempt, status, body);
+            // The provider's back-off hint reaches the client unless the translated error
+            // carries one.
+            if err.retry_after.is_none() {
+                err.retry_after = retry_after.and_then(|v| v.trim().parse().ok());
+            }
+            self.log_attempt(Outcome::Status(status), cx);
+            return self.reply_error(&err);
+        }
+        let translated = if stream {
+            let mut translator = plan.response_stream(self.attempt);
+            let mut out = translator.push(body);
+            out.extend(translator.finish());
+            if translator.failed() {
+                Err(GatewayError::new(
+                    ErrorKind::BadGateway,
+                    "the event stream was cut short or malformed",
+                ))
+            } else {
+                Ok((out, translator.usage(), "text/event-stream"))
+            }
+        } else {
+            plan.translate_response(self.attempt, body)
+                .map(|(out, usage)| (out, usage, "application/json"))
+        };
+        match translated {
+            Ok((out, usage, content_type)) => {
+                self.succeeded(status, cx);
+                self.usage = usage;
+                let mut headers = vec![("content-type".to_string(), content_type.to_string())];
+                if stream {
+                    headers.push(("cache-control".to_string(), "no-cache".to_string()));
+                }
+                self.reply(LocalReply {
+                    status,
+                    headers,
+                    body: out,
+                })
+            }
+            // A 2xx that cannot be read is the deployment's failure, like a 5xx.
+            Err(err) => {
+                let mut actions = vec![Action::Log(format!(
+                    "switchyard: request {}: unreadable answer from {}: {}",
+                    self.request_id,
+                    self.deployment(),
+                    err.message
+                ))];
+                actions.extend(self.attempt_failed(Outcome::Malformed, cx));
+                actions
+            }
+        }
+    }
+
+    fn succeeded(&mut self, status: u16, cx: &Ctx<'_>) {
+        let latency = cx.now_ms.saturating_sub(self.attempt_started_ms);
+        record_success(cx.health, self.deployment(), latency, cx.now_ms);
+        self.log_attempt(Outcome::Status(status), cx);
+    }
+
+    fn stream_bytes(
+        &mut self,
+        step: impl FnOnce(&mut dyn ResponseStream) -> Vec<u8>,
+        cx: &Ctx<'_>,
+    ) -> Vec<Action> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Vec::new();
+        };
+        let bytes = step(stream.as_mut());
+        if bytes.is_empty() {
+            return Vec::new();
+        }
+        self.first_byte_ms.get_or_insert(cx.now_ms);
+        vec![Action::Data(bytes)]
+    }
+
+    fn stream_failure(&self, failure: &Failure) -> GatewayError {
+        match failure {
+            Failure::Timeout => GatewayError::new(
+                ErrorKind::Timeout,
+                format!("upstream {} stalled mid-stream", self.deployment()),
+            ),
+            other => GatewayError::new(
+                ErrorKind::BadGateway,
+                format!(
+                    "upstream {} failed mid-stream: {}",
+                    self.deployment(),
+                    other.outcome()
+                ),
+            ),
+        }
+    }
+
+    fn add_answer_headers(&self, headers: &mut Vec<(String, String)>) {
+        let attempts = self.attempts.header_value();
+        if !attempts.is_empty() {
+            headers.push((ATTEMPTS_HEADER.to_string(), attempts));
+        }
+        headers.push((REQUEST_ID_HEADER.to_string(), self.request_id.clone()));
+    }
+
+    fn reply(&mut self, mut reply: LocalReply) -> Vec<Action> {
+        self.add_answer_headers(&mut reply.headers);
+        self.client_status = Some(reply.status);
+        self.state = State::Answered;
+        vec![Action::Reply(reply)]
+    }
+
+    fn reply_error(&mut self, err: &GatewayError) -> Vec<Action> {
+        let reply = LocalReply::error(err, self.dialect);
+        self.reply(reply)
+    }
+}
+
+/// A request id from the client or the proxy is kept if it is a sane token.
+fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn no_plan() -> GatewayError {
+    GatewayError::new(ErrorKind::Internal, "no plan for this request")
+}
+
+fn event_name(event: &Event<'_>) -> &'static str {
+    match event {
+        Event::RequestHead(_) => "request head",
+        Event::RequestBody(_) => "request body",
+        Event::RequestBodyTooLarge => "body too large",
+        Event::RequestBodyUnreadable(_) => "unreadable body",
+        Event::UpstreamHead(_) => "upstream head",
+        Event::UpstreamBody(_) => "upstream body",
+        Event::UpstreamData(_) => "upstream data",
+        Event::UpstreamEnd => "upstream end",
+        Event::UpstreamFailed(_) => "upstream failure",
+    }
+}

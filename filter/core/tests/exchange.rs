@@ -1,0 +1,735 @@
+//! The request lifecycle (`Exchange`) as every host drives it: the decided semantics — what
+//! falls back, what the client gets, what health counts and the status that is metered —
+//! each pinned by a test, plus a property test over random event orders.
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use switchyard_core::exchange::{
+    Action, Ctx, Ending, Event, Exchange, Failure, UpstreamHead, CLIENT_CLOSED,
+};
+use switchyard_core::health::{HealthSnapshot, HealthStore, MemoryHealthStore};
+use switchyard_core::keys::hash_key;
+use switchyard_core::routing::HealthView;
+use switchyard_core::{Gateway, RequestHead};
+
+const KEY: &str = "sk-exchange-test";
+
+fn gateway() -> Gateway {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key(KEY), "models": ["*"], "team": "blue"}],
+        "providers": {
+            "a": {"kind": "openai", "base_url": "http://a.test"},
+            "b": {"kind": "openai", "base_url": "http://b.test"},
+            "c": {"kind": "anthropic", "base_url": "http://c.test", "api_key_secret": "C_KEY"}
+        },
+        "models": [
+            {"name": "solo", "deployments": [{"provider": "a", "model": "m-a"}]},
+            {"name": "chain", "deployments": [
+                {"provider": "a", "model": "m-a", "price": {"input": 1.0, "output": 2.0}},
+                {"provider": "b", "model": "m-b", "price": {"input": 1.0, "output": 2.0}},
+                {"provider": "c", "model": "m-c"}]}
+        ],
+        "fallback": {"attempt_timeout_ms": 1000, "total_timeout_ms": 2500,
+                     "eject_after_failures": 2, "cooldown_ms": 10000}
+    });
+    Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&|_| Some("sk-c".to_string()))
+}
+
+const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13}}"#;
+
+fn sse_stream() -> String {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",
+                   "choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
+        )
+    };
+    let mut s = chunk(json!({"role":"assistant","content":"Hel"}), Value::Null);
+    s += &chunk(json!({"content":"lo"}), json!("stop"));
+    s += &usage_frame();
+    s + "data: [DONE]\n\n"
+}
+
+/// The usage chunk the gateway asks for (`include_usage`) and keeps from clients that did not.
+fn usage_frame() -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],
+               "usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}})
+    )
+}
+
+/// A test host: a clock, a health store, and the exchange.
+struct Host {
+    gw: Gateway,
+    health: MemoryHealthStore,
+    now_ms: u64,
+    ex: Exchange,
+}
+
+impl Host {
+    fn new() -> Self {
+        Host {
+            gw: gateway(),
+            health: MemoryHealthStore::default(),
+            now_ms: 1_700_000_000_000,
+            ex: Exchange::new(),
+        }
+    }
+
+    fn feed(&mut self, event: Event<'_>) -> Vec<Action> {
+        let cx = Ctx {
+            now_ms: self.now_ms,
+            random: 42,
+            health: &self.health,
+        };
+        self.ex.handle(&self.gw, event, &cx)
+    }
+
+    /// Head and body of a chat request; returns the actions after the body.
+    fn request(&mut self, path: &str, body: Value) -> Vec<Action> {
+        let auth = format!("Bearer {KEY}");
+        let head = RequestHead {
+            method: "POST",
+            path,
+            authorization: Some(&auth),
+            ..Default::default()
+        };
+        let actions = self.feed(Event::RequestHead(head));
+        assert!(
+            matches!(actions.as_slice(), [Action::ReadBody { .. }]),
+            "{actions:?}"
+        );
+        let body = serde_json::to_vec(&body).unwrap();
+        self.feed(Event::RequestBody(&body))
+    }
+
+    fn chat(&mut self, model: &str, stream: bool) -> Vec<Action> {
+        self.request(
+            "/v1/chat/completions",
+            json!({"model": model, "stream": stream,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+        )
+    }
+
+    fn head(&mut self, status: u16, content_type: &str) -> Vec<Action> {
+        self.feed(Event::UpstreamHead(UpstreamHead {
+            status,
+            content_type: Some(content_type),
+            ..Default::default()
+        }))
+    }
+
+    fn finish(&mut self, ending: Ending) -> switchyard_core::usage::UsageRecord {
+        let record = self.ex.finish(ending, self.now_ms).expect("one record");
+        assert!(
+            self.ex.finish(ending, self.now_ms).is_none(),
+            "exactly one record"
+        );
+        record
+    }
+
+    fn ejected(&self, deployment: &str) -> bool {
+        HealthSnapshot {
+            store: &self.health,
+            now_ms: self.now_ms,
+        }
+        .is_ejected(deployment)
+    }
+}
+
+fn sent(actions: &[Action]) -> Vec<(usize, String, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(s) => Some((s.attempt, s.request.authority.clone(), s.timeout_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reply(actions: &[Action]) -> (u16, Value, Vec<(String, String)>) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply(r) => Some((
+                r.status,
+                serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+                r.headers.clone(),
+            )),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no reply in {actions:?}"))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn data(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Data(d) => Some(String::from_utf8_lossy(d).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_complete_answer_is_read_whole_then_replied_with_ids_and_usage() {
+    let mut h = Host::new();
+    let actions = h.chat("solo", false);
+    assert_eq!(sent(&actions), [(0, "a.test".to_string(), 1000)]);
+    assert_eq!(h.head(200, "application/json"), [Action::ReadUpstreamBody]);
+    h.now_ms += 40;
+    let (status, body, headers) = reply(&h.feed(Event::UpstreamBody(COMPLETION.as_bytes())));
+    assert_eq!(status, 200);
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello!");
+    let request_id = header(&headers, "x-request-id").unwrap().to_string();
+    assert_eq!(request_id.len(), 32);
+    assert_eq!(
+        header(&headers, "x-switchyard-attempts"),
+        Some("a/m-a;200;40ms")
+    );
+    let record = h.finish(Ending::default());
+    assert_eq!(record.request_id, request_id);
+    assert_eq!((record.status, record.attempts), (200, 1));
+    assert_eq!((record.input_tokens, record.output_tokens), (10, 3));
+    assert_eq!(record.team.as_deref(), Some("blue"));
+    assert_eq!(record.latency_ms, Some(40));
+    // A success is counted for the deployment's latency.
+    let latency = HealthSnapshot {
+        store: &h.health,
+        now_ms: h.now_ms,
+    }
+    .latency_ms("a/m-a");
+    assert_eq!(latency, Some(40.0));
+}
+
+#[test]
+fn a_request_id_from_the_proxy_is_kept_and_a_bad_one_replaced() {
+    for (given, kept) in [
+        ("0f8fad5b-d9cb-469f-a165-70867728950e", true),
+        ("bad id\r\nx: y", false),
+    ] {
+        let mut h = Host::new();
+        let auth = format!("Bearer {KEY}");
+        h.feed(Event::RequestHead(RequestHead {
+            method: "GET",
+            path: "/v1/models",
+            authorization: Some(&auth),
+            request_id: Some(given),
+            ..Default::default()
+        }));
+        let record = h.finish(Ending::default());
+        assert_eq!(record.request_id == given, kept, "{given}");
+        assert_eq!(record.status, 200);
+    }
+}
+
+#[test]
+fn retryable_statuses_fall_back_with_deadlines_from_the_remaining_total() {
+    let mut h = Host::new();
+    assert_eq!(sent(&h.chat("chain", false))[0].2, 1000);
+    h.now_ms += 1000;
+    // 503 from a: b is tried with a full attempt timeout (1.5 s of the 2.5 s total left).
+    let actions = h.head(503, "application/json");
+    assert_eq!(sent(&actions), [(1, "b.test".to_string(), 1000)]);
+    h.now_ms += 1000;
+    // b times out: c gets only what is left of the total.
+    let actions = h.feed(Event::UpstreamFailed(&Failure::Timeout));
+    assert_eq!(sent(&actions), [(2, "c.test".to_string(), 500)]);
+    h.now_ms += 10;
+    assert_eq!(h.head(200, "application/json"), [Action::ReadUpstreamBody]);
+    let anthropic = json!({"id":"msg_1","type":"message","role":"assistant","model":"m-c",
+        "content":[{"type":"text","text":"Hi from c"}],"stop_reason":"end_turn",
+        "usage":{"input_tokens":5,"output_tokens":4}});
+    let (status, body, headers) = reply(&h.feed(Event::UpstreamBody(
+        &serde_json::to_vec(&anthropic).unwrap(),
+    )));
+    assert_eq!(status, 200);
+    assert_eq!(body["choices"][0]["message"]["content"], "Hi from c");
+    assert_eq!(
+        header(&headers, "x-switchyard-attempts"),
+        Some("a/m-a;503;1000ms, b/m-b;timeout;1000ms, c/m-c;200;10ms")
+    );
+    let record = h.finish(Ending::default());
+    assert_eq!((record.status, record.attempts), (200, 3));
+    assert_eq!(record.deployment, "c/m-c");
+    assert_eq!(record.provider, "c");
+}
+
+#[test]
+fn the_only_attempts_retryable_error_is_the_answer_with_its_retry_after() {
+    let mut h = Host::new();
+    h.chat("solo", false);
+    let actions = h.feed(Event::UpstreamHead(UpstreamHead {
+        status: 429,
+        content_type: Some("application/json"),
+        retry_after: Some("7"),
+        body_complete: false,
+    }));
+    assert_eq!(actions, [Action::ReadUpstreamBody]);
+    let (status, body, headers) = reply(&h.feed(Event::UpstreamBody(
+        br#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#,
+    )));
+    assert_eq!(status, 429);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("slow down"));
+    assert_eq!(header(&headers, "retry-after"), Some("7"));
+    assert_eq!(h.finish(Ending::default()).status, 429);
+}
+
+#[test]
+fn a_final_error_is_the_answer_and_counts_neither_way_for_health() {
+    let mut h = Host::new();
+    h.chat("chain", false);
+    h.head(400, "application/json");
+    let (status, body, _) = reply(&h.feed(Event::UpstreamBody(
+        br#"{"error":{"message":"bad tool schema","type":"invalid_request_error"}}"#,
+    )));
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("bad tool schema"));
+    assert_eq!(h.health.load("a/m-a"), None, "no health write");
+    assert_eq!(h.finish(Ending::default()).status, 400);
+}
+
+#[test]
+fn a_body_cut_short_falls_back_while_nothing_reached_the_client() {
+    let mut h = Host::new();
+    h.chat("chain", false);
+    assert_eq!(h.head(200, "application/json"), [Action::ReadUpstreamBody]);
+    let actions = h.feed(Event::UpstreamFailed(&Failure::Reset));
+    assert_eq!(sent(&actions)[0].1, "b.test");
+    h.head(200, "application/json");
+    let (status, _, headers) = reply(&h.feed(Event::UpstreamBody(COMPLETION.as_bytes())));
+    assert_eq!(status, 200);
+    assert!(header(&headers, "x-switchyard-attempts")
+        .unwrap()
+        .starts_with("a/m-a;reset;"));
+    assert_eq!(h.health.load("a/m-a").unwrap().failures, 1);
+}
+
+#[test]
+fn a_body_cut_short_with_nowhere_to_go_is_a_dialect_502_and_metered_so() {
+    for (path, anthropic) in [("/v1/chat/completions", false), ("/v1/messages", true)] {
+        let mut h = Host::new();
+        h.request(
+            path,
+            json!({"model": "solo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        h.head(200, "application/json");
+        let (status, body, _) = reply(&h.feed(Event::UpstreamFailed(&Failure::Reset)));
+        assert_eq!(status, 502);
+        if anthropic {
+            assert_eq!(body["type"], "error");
+        } else {
+            assert!(body["error"]["message"].as_str().unwrap().contains("reset"));
+        }
+        assert_eq!(h.finish(Ending::default()).status, 502);
+    }
+}
+
+#[test]
+fn an_unreadable_2xx_is_the_deployments_failure_and_falls_back() {
+    let mut h = Host::new();
+    h.chat("chain", false);
+    h.head(200, "application/json");
+    let actions = h.feed(Event::UpstreamBody(b"{\"id\": \"half a bo"));
+    assert_eq!(sent(&actions)[0].1, "b.test");
+    assert_eq!(h.health.load("a/m-a").unwrap().failures, 1);
+    h.head(200, "application/json");
+    let actions = h.feed(Event::UpstreamBody(b"<html>oops</html>"));
+    assert_eq!(sent(&actions)[0].1, "c.test");
+    assert_eq!(h.health.load("b/m-b").unwrap().failures, 1);
+    assert!(!h.ejected("a/m-a"), "one failure of two needed");
+}
+
+#[test]
+fn repeated_failures_eject_and_routing_skips_the_deployment() {
+    let mut h = Host::new();
+    for _ in 0..2 {
+        h.ex = Exchange::new();
+        h.chat("chain", false);
+        h.feed(Event::UpstreamFailed(&Failure::ConnectionFailed));
+        h.feed(Event::UpstreamHead(UpstreamHead {
+            status: 200,
+            content_type: Some("application/json"),
+            ..Default::default()
+        }));
+        h.feed(Event::UpstreamBody(COMPLETION.as_bytes()));
+        h.finish(Ending::default());
+    }
+    assert!(h.ejected("a/m-a"));
+    h.ex = Exchange::new();
+    assert_eq!(sent(&h.chat("chain", false))[0].1, "b.test");
+}
+
+#[test]
+fn streams_pass_chunk_by_chunk_and_record_time_to_first_token() {
+    let mut h = Host::new();
+    h.chat("solo", true);
+    h.now_ms += 5;
+    let actions = h.head(200, "text/event-stream");
+    let [Action::StartResponse(head)] = actions.as_slice() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(head.status, 200);
+    assert!(header(&head.headers, "x-request-id").is_some());
+    let stream = sse_stream();
+    // The first chunk holds the first whole frame and a few bytes of the next.
+    let (first, rest) = stream.split_at(stream.find("\n\n").unwrap() + 5);
+    h.now_ms += 7;
+    let out1 = data(&h.feed(Event::UpstreamData(first.as_bytes())));
+    h.now_ms += 100;
+    let mut out2 = h.feed(Event::UpstreamData(rest.as_bytes()));
+    out2.extend(h.feed(Event::UpstreamEnd));
+    assert_eq!(out2.last(), Some(&Action::EndResponse));
+    assert_eq!(
+        out1 + &data(&out2),
+        stream.replace(&usage_frame(), ""),
+        "the pass-through keeps every byte but the usage the client did not ask for"
+    );
+    let record = h.finish(Ending::default());
+    assert_eq!((record.status, record.stream), (200, true));
+    assert_eq!(record.output_tokens, 2);
+    assert_eq!(record.ttft_ms, Some(12), "the first bytes left at +12 ms");
+    assert_eq!(record.latency_ms, Some(112));
+}
+
+#[test]
+fn a_stream_failing_after_its_first_byte_ends_with_an_error_event_metered_502() {
+    let mut h = Host::new();
+    h.chat("chain", true);
+    h.head(200, "text/event-stream");
+    let stream = sse_stream();
+    h.feed(Event::UpstreamData(&stream.as_bytes()[..60]));
+    let actions = h.feed(Event::UpstreamFailed(&Failure::Reset));
+    assert!(data(&actions).contains("error"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&Action::EndResponse));
+    assert!(
+        sent(&actions).is_empty(),
+        "no switching after the first byte"
+    );
+    assert_eq!(h.finish(Ending::default()).status, 502);
+}
+
+/// The two endings the host copies disagreed on, decided once.
+#[test]
+fn a_client_that_hangs_up_mid_stream_is_metered_499_everywhere() {
+    let mut h = Host::new();
+    h.chat("solo", true);
+    h.head(200, "text/event-stream");
+    h.feed(Event::UpstreamData(&sse_stream().as_bytes()[..60]));
+    let record = h.finish(Ending {
+        client_gone: true,
+        client_status: None,
+    });
+    assert_eq!(record.status, CLIENT_CLOSED);
+    // ... unless it already had the terminal event (SDKs stop reading at `[DONE]`).
+    let mut h = Host::new();
+    h.chat("solo", true);
+    h.head(200, "text/event-stream");
+    h.feed(Event::UpstreamData(sse_stream().as_bytes()));
+    let record = h.finish(Ending {
+        client_gone: true,
+        client_status: None,
+    });
+    assert_eq!(record.status, 200);
+    // A host that cannot tell who broke the stream meters the failure it is.
+    let mut h = Host::new();
+    h.chat("solo", true);
+    h.head(200, "text/event-stream");
+    h.feed(Event::UpstreamData(&sse_stream().as_bytes()[..60]));
+    assert_eq!(h.finish(Ending::default()).status, 502);
+}
+
+#[test]
+fn a_held_answer_the_host_gave_up_on_is_metered_as_the_client_saw_it() {
+    let mut h = Host::new();
+    h.chat("solo", false);
+    h.head(200, "application/json");
+    let record = h.finish(Ending {
+        client_gone: false,
+        client_status: Some(503),
+    });
+    assert_eq!(record.status, 503);
+}
+
+#[test]
+fn a_buffered_stream_is_judged_whole_before_anything_is_sent() {
+    // A fallback a proxy-wasm host fetched whole: cut short, it is a failed attempt...
+    let mut h = Host::new();
+    h.chat("chain", true);
+    let buffered = |h: &mut Host| {
+        h.feed(Event::UpstreamHead(UpstreamHead {
+            status: 200,
+            content_type: Some("text/event-stream"),
+            body_complete: true,
+            ..Default::default()
+        }))
+    };
+    assert_eq!(buffered(&mut h), [Action::ReadUpstreamBody]);
+    let stream = sse_stream();
+    let actions = h.feed(Event::UpstreamBody(&stream.as_bytes()[..70]));
+    assert_eq!(sent(&actions)[0].1, "b.test");
+    // ...and whole, it is the answer, as one event-stream body.
+    assert_eq!(buffered(&mut h), [Action::ReadUpstreamBody]);
+    let actions = h.feed(Event::UpstreamBody(stream.as_bytes()));
+    let reply = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        header(&reply.headers, "content-type"),
+        Some("text/event-stream")
+    );
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        stream.replace(&usage_frame(), "")
+    );
+    let record = h.finish(Ending::default());
+    assert_eq!((record.status, record.output_tokens), (200, 2));
+}
+
+#[test]
+fn local_answers_are_metered_too() {
+    // A bad key.
+    let mut h = Host::new();
+    let actions = h.feed(Event::RequestHead(RequestHead {
+        method: "POST",
+        path: "/v1/messages",
+        x_api_key: Some("sk-wrong"),
+        ..Default::default()
+    }));
+    let (status, body, headers) = reply(&actions);
+    assert_eq!((status, body["type"].as_str()), (401, Some("error")));
+    assert!(header(&headers, "x-request-id").is_some());
+    let record = h.finish(Ending::default());
+    assert_eq!((record.status, record.key_id.as_str()), (401, ""));
+    // An unknown model, after the body.
+    let mut h = Host::new();
+    let (status, _, _) = reply(&h.chat("nope", false));
+    assert_eq!(status, 404);
+    let record = h.finish(Ending::default());
+    assert_eq!((record.status, record.key_id.as_str()), (404, "k1"));
+    // A body over the limit.
+    let mut h = Host::new();
+    let auth = format!("Bearer {KEY}");
+    h.feed(Event::RequestHead(RequestHead {
+        method: "POST",
+        path: "/v1/chat/completions",
+        authorization: Some(&auth),
+        ..Default::default()
+    }));
+    let (status, _, _) = reply(&h.feed(Event::RequestBodyTooLarge));
+    assert_eq!(status, 413);
+    // No body at all.
+    let mut h = Host::new();
+    h.feed(Event::RequestHead(RequestHead {
+        method: "POST",
+        path: "/v1/chat/completions",
+        authorization: Some(&auth),
+        ..Default::default()
+    }));
+    let (status, _, _) = reply(&h.feed(Event::RequestBody(b"")));
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn an_unreadable_request_body_gets_a_fixed_message_and_the_detail_goes_to_the_log() {
+    let mut h = Host::new();
+    let auth = format!("Bearer {KEY}");
+    h.feed(Event::RequestHead(RequestHead {
+        method: "POST",
+        path: "/v1/chat/completions",
+        authorization: Some(&auth),
+        ..Default::default()
+    }));
+    let detail = "error reading body: stream reset at wasmtime::runtime::func::Func::call";
+    let actions = h.feed(Event::RequestBodyUnreadable(detail));
+    let (status, body, _) = reply(&actions);
+    assert_eq!(status, 400);
+    let text = body.to_string();
+    assert!(
+        !text.contains("wasmtime") && !text.contains("reset"),
+        "{text}"
+    );
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Log(l) if l.contains(detail))));
+}
+
+#[test]
+fn an_attempt_that_cannot_be_sent_is_not_held_against_the_deployment() {
+    let mut h = Host::new();
+    h.chat("chain", false);
+    let actions = h.feed(Event::UpstreamFailed(&Failure::NotSent(
+        "unknown cluster".into(),
+    )));
+    assert_eq!(sent(&actions)[0].1, "b.test");
+    assert_eq!(h.health.load("a/m-a"), None);
+}
+
+#[test]
+fn the_total_deadline_stops_the_chain() {
+    let mut h = Host::new();
+    h.chat("chain", false);
+    h.now_ms += 2_600;
+    let (status, body, _) = reply(&h.feed(Event::UpstreamFailed(&Failure::Timeout)));
+    assert_eq!(status, 504);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("all 1 deployments failed"));
+}
+
+// ---- property: any order of events ------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Step {
+    Head(u8),
+    Body(u8),
+    TooLarge,
+    Unreadable,
+    UpHead(u16, bool, bool),
+    UpBody(u8),
+    UpData(u8),
+    UpEnd,
+    UpFailed(u8),
+    Tick(u16),
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u8..4).prop_map(Step::Head),
+        (0u8..5).prop_map(Step::Body),
+        Just(Step::TooLarge),
+        Just(Step::Unreadable),
+        (
+            prop_oneof![Just(200u16), Just(400), Just(429), Just(503), 100u16..600],
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(|(s, sse, whole)| Step::UpHead(s, sse, whole)),
+        (0u8..4).prop_map(Step::UpBody),
+        (0u8..4).prop_map(Step::UpData),
+        Just(Step::UpEnd),
+        (0u8..4).prop_map(Step::UpFailed),
+        (0u16..2000).prop_map(Step::Tick),
+    ]
+}
+
+/// What the client has seen, tracked from the actions alone.
+#[derive(Default, Debug)]
+struct ClientView {
+    status: Option<u16>,
+    streamed: String,
+    ended: bool,
+    replies: u32,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn any_event_order_ends_in_one_record_whose_status_is_what_the_client_saw(
+        // Mostly a well-formed start (a head and a body), so the upstream phases are reached.
+        start in prop::option::weighted(0.8, (0u8..2, 0u8..2)),
+        rest in prop::collection::vec(arb_step(), 0..14),
+        client_gone in any::<bool>(),
+    ) {
+        let mut h = Host::new();
+        let auth = format!("Bearer {KEY}");
+        let stream = sse_stream();
+        let mut client = ClientView::default();
+        let mut steps: Vec<Step> = start
+            .map(|(head, body)| vec![Step::Head(head), Step::Body(body)])
+            .unwrap_or_default();
+        steps.extend(rest);
+        for step in &steps {
+            let bodies = [
+                serde_json::to_vec(&json!({"model": "chain", "messages": [{"role": "user", "content": "hi"}]})).unwrap(),
+                serde_json::to_vec(&json!({"model": "solo", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).unwrap(),
+                b"{not json".to_vec(),
+                serde_json::to_vec(&json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]})).unwrap(),
+                Vec::new(),
+            ];
+            let up_bodies = [COMPLETION.as_bytes(), stream.as_bytes(), b"garbage", &stream.as_bytes()[..50]];
+            let failures = [Failure::Timeout, Failure::ConnectionFailed, Failure::Reset, Failure::NotSent("x".into())];
+            let paths = ["/v1/chat/completions", "/v1/messages", "/v1/models", "/nope"];
+            let actions = match step {
+                Step::Head(i) => h.feed(Event::RequestHead(RequestHead {
+                    method: if *i == 2 { "GET" } else { "POST" },
+                    path: paths[*i as usize % 4],
+                    authorization: Some(&auth),
+                    ..Default::default()
+                })),
+                Step::Body(i) => h.feed(Event::RequestBody(&bodies[*i as usize % 5])),
+                Step::TooLarge => h.feed(Event::RequestBodyTooLarge),
+                Step::Unreadable => h.feed(Event::RequestBodyUnreadable("boom")),
+                Step::UpHead(status, sse, whole) => h.feed(Event::UpstreamHead(UpstreamHead {
+                    status: *status,
+                    content_type: Some(if *sse { "text/event-stream" } else { "application/json" }),
+                    retry_after: None,
+                    body_complete: *whole,
+                })),
+                Step::UpBody(i) => h.feed(Event::UpstreamBody(up_bodies[*i as usize % 4])),
+                Step::UpData(i) => h.feed(Event::UpstreamData(up_bodies[*i as usize % 4])),
+                Step::UpEnd => h.feed(Event::UpstreamEnd),
+                Step::UpFailed(i) => h.feed(Event::UpstreamFailed(&failures[*i as usize % 4])),
+                Step::Tick(ms) => { h.now_ms += u64::from(*ms); Vec::new() }
+            };
+            for action in actions {
+                match action {
+                    Action::Reply(r) => {
+                        prop_assert!(client.status.is_none(), "a second answer: {r:?}");
+                        client.status = Some(r.status);
+                        client.replies += 1;
+                    }
+                    Action::StartResponse(head) => {
+                        prop_assert!(client.status.is_none(), "a second answer: {head:?}");
+                        client.status = Some(head.status);
+                    }
+                    Action::Data(d) => {
+                        prop_assert!(client.status.is_some() && !client.ended, "data outside a response");
+                        client.streamed.push_str(&String::from_utf8_lossy(&d));
+                    }
+                    Action::EndResponse => client.ended = true,
+                    _ => {}
+                }
+            }
+        }
+        let ending = Ending { client_gone, client_status: None };
+        let record = h.ex.finish(ending, h.now_ms);
+        prop_assert!(record.is_some());
+        prop_assert!(h.ex.finish(ending, h.now_ms).is_none());
+        let record = record.unwrap();
+        let terminal = client.streamed.contains("[DONE]");
+        let failed_stream = client.streamed.contains("\"error\"");
+        let expected = match client.status {
+            Some(_) if failed_stream => 502,
+            Some(s) if client.replies == 1 || client.ended || terminal => s,
+            Some(_) if client_gone => CLIENT_CLOSED,
+            Some(_) => 502,
+            None if client_gone => CLIENT_CLOSED,
+            None => 502,
+        };
+        prop_assert_eq!(record.status, expected, "client saw {:?}", client);
+    }
+}

@@ -1,0 +1,452 @@
+//! One HTTP stream: proxy-wasm callbacks mapped to the core exchange's events, and its
+//! actions performed with proxy-wasm calls. See the crate docs for how attempts travel.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action as HostAction;
+use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, Send};
+use switchyard_core::{Gateway, LocalReply, RequestHead, UpstreamHead};
+
+use crate::health::SharedDataHealth;
+use crate::metrics;
+
+/// Header the route uses to pick the upstream cluster.
+pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
+
+/// Envoy's `response.flags` bit for `DC` (downstream connection termination): the client
+/// went away before the response was complete.
+const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+
+/// Where this stream's I/O is, for mapping callbacks to events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the request body is wanted.
+    RequestHead,
+    /// Buffering the request body.
+    RequestBody,
+    /// The rewritten request went through the router; its head is due.
+    Routed,
+    /// The routed answer's body is held until it is complete.
+    RoutedBody,
+    /// The routed answer streams to the client.
+    RoutedStream,
+    /// A `dispatch_http_call` is in flight, or answered: the response callbacks see only our
+    /// own reply (or a held routed response, see `hold_routed`).
+    Local,
+}
+
+/// The per-stream context.
+pub struct SwitchyardHttp {
+    gateway: Rc<Gateway>,
+    context_id: u32,
+    exchange: Exchange,
+    phase: Phase,
+    /// A routed response was held and then given up for a call or a reply: none of it may
+    /// ever pass.
+    hold_routed: bool,
+    /// Size of the buffered client body (the routed request's body is replaced whole).
+    request_body_size: usize,
+    call_started_ms: u64,
+    call_timeout_ms: u64,
+}
+
+/// What performing a batch of actions asks of the current callback.
+#[derive(Default)]
+struct Performed {
+    /// Bytes for the client from `Data` actions, in order.
+    data: Vec<u8>,
+    /// The stream must stop in this callback (a local reply was sent, or a call is out).
+    paused: bool,
+}
+
+impl SwitchyardHttp {
+    /// A stream before its request head.
+    pub fn new(gateway: Rc<Gateway>, context_id: u32) -> Self {
+        SwitchyardHttp {
+            gateway,
+            context_id,
+            exchange: Exchange::new(),
+            phase: Phase::RequestHead,
+            hold_routed: false,
+            request_body_size: 0,
+            call_started_ms: 0,
+            call_timeout_ms: 0,
+        }
+    }
+}
+
+impl Context for SwitchyardHttp {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let status: Option<u16> = (num_headers > 0)
+            .then(|| self.get_http_call_response_header(":status"))
+            .flatten()
+            .and_then(|s| s.parse().ok());
+        let Some(status) = status else {
+            // A failed call arrives without headers: a timeout if it ran out its time, else
+            // the connection broke (or never came up).
+            let elapsed = self.now_ms().saturating_sub(self.call_started_ms);
+            let failure = if elapsed + 50 >= self.call_timeout_ms {
+                Failure::Timeout
+            } else {
+                Failure::Reset
+            };
+            let actions = self.feed(Event::UpstreamFailed(&failure));
+            self.perform(actions);
+            return;
+        };
+        let content_type = self.get_http_call_response_header("content-type");
+        let retry_after = self.get_http_call_response_header("retry-after");
+        let actions = self.feed(Event::UpstreamHead(UpstreamHead {
+            status,
+            content_type: content_type.as_deref(),
+            retry_after: retry_after.as_deref(),
+            body_complete: true,
+        }));
+        if actions.contains(&Action::ReadUpstreamBody) {
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            let mut actions: Vec<Action> = actions
+                .into_iter()
+                .filter(|a| *a != Action::ReadUpstreamBody)
+                .collect();
+            actions.extend(self.feed(Event::UpstreamBody(&body)));
+            self.perform(actions);
+        } else {
+            self.perform(actions);
+        }
+    }
+}
+
+impl SwitchyardHttp {
+    fn now_ms(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    /// Per-event entropy for weighted routing and ids, without a WASI random source.
+    fn random(&self) -> u64 {
+        let nanos = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut z = nanos ^ (u64::from(self.context_id) << 32) ^ 0x9E37_79B9_7F4A_7C15;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn feed(&mut self, event: Event<'_>) -> Vec<Action> {
+        let cx = Ctx {
+            now_ms: self.now_ms(),
+            random: self.random(),
+            health: &SharedDataHealth,
+        };
+        self.exchange.handle(&self.gateway, event, &cx)
+    }
+
+    /// Performs the core's actions; returns what the current callback must do.
+    fn perform(&mut self, actions: Vec<Action>) -> Performed {
+        let mut done = Performed::default();
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::ReadBody { .. } => self.phase = Phase::RequestBody,
+                Action::Reply(reply) => {
+                    self.send_reply(reply);
+                    done.paused = true;
+                }
+                Action::Send(send) => {
+                    if send.stream && self.phase == Phase::RequestBody {
+                        self.route(&send);
+                    } else {
+                        self.give_up_routed();
+                        if let Err(failure) = self.call(&send) {
+                            queue.extend(self.feed(Event::UpstreamFailed(&failure)));
+                            continue;
+                        }
+                        done.paused = true;
+                    }
+                }
+                Action::ReadUpstreamBody => {
+                    if self.phase == Phase::Routed {
+                        self.phase = Phase::RoutedBody;
+                    }
+                    done.paused = true;
+                }
+                Action::StartResponse(head) => {
+                    // Only a routed stream starts a response here (a call's answer is whole,
+                    // so the core replies to it).
+                    self.set_http_response_header(":status", Some(&head.status.to_string()));
+                    self.set_http_response_header("content-length", None);
+                    for (name, value) in &head.headers {
+                        self.set_http_response_header(name, Some(value));
+                    }
+                    self.phase = Phase::RoutedStream;
+                }
+                Action::Data(bytes) => done.data.extend(bytes),
+                Action::EndResponse => {}
+                Action::Log(line) => log::warn!("{line}"),
+            }
+        }
+        done
+    }
+
+    /// Rewrites the held client request for `send` and lets the router take it.
+    fn route(&mut self, send: &Send) {
+        let upstream = &send.request;
+        // Never forward the client's gateway key.
+        self.set_http_request_header("authorization", None);
+        self.set_http_request_header("x-api-key", None);
+        self.set_http_request_header(":method", Some(upstream.method));
+        self.set_http_request_header(":path", Some(&upstream.path));
+        self.set_http_request_header(":authority", Some(&upstream.authority));
+        self.set_http_request_header(CLUSTER_HEADER, Some(&upstream.cluster));
+        self.set_http_request_header("accept-encoding", None);
+        // Bounds the time to the first byte: Envoy stops the per-try timer once the response
+        // starts, so a long stream is not cut (the route has no shorter global timeout).
+        self.set_http_request_header(
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            Some(&send.timeout_ms.to_string()),
+        );
+        for (name, value) in &upstream.headers {
+            self.set_http_request_header(name, Some(value));
+        }
+        self.set_http_request_header("content-length", Some(&upstream.body.len().to_string()));
+        self.set_http_request_body(0, self.request_body_size, &upstream.body);
+        self.phase = Phase::Routed;
+    }
+
+    /// Sends `send` as a `dispatch_http_call`.
+    fn call(&mut self, send: &Send) -> Result<(), Failure> {
+        let upstream = &send.request;
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", upstream.method),
+            (":path", &upstream.path),
+            (":authority", &upstream.authority),
+            (":scheme", &upstream.scheme),
+        ];
+        headers.extend(
+            upstream
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        self.call_started_ms = self.now_ms();
+        self.call_timeout_ms = send.timeout_ms;
+        self.dispatch_http_call(
+            &upstream.cluster,
+            headers,
+            Some(&upstream.body),
+            vec![],
+            Duration::from_millis(send.timeout_ms),
+        )
+        .map(|_| ())
+        .map_err(|status| {
+            Failure::NotSent(format!(
+                "dispatch to cluster `{}` failed: {status:?}",
+                upstream.cluster
+            ))
+        })
+    }
+
+    /// Leaves the router's response behind: held if one is under way, never to pass.
+    fn give_up_routed(&mut self) {
+        if matches!(
+            self.phase,
+            Phase::Routed | Phase::RoutedBody | Phase::RoutedStream
+        ) {
+            self.hold_routed = true;
+        }
+        self.phase = Phase::Local;
+    }
+
+    fn send_reply(&mut self, reply: LocalReply) {
+        self.give_up_routed();
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.send_http_response(u32::from(reply.status), headers, Some(&reply.body));
+    }
+
+    /// Writes a complete answer over the held routed response (its body is complete).
+    fn replace_routed(&mut self, reply: &LocalReply, body_size: usize) {
+        self.set_http_response_header(":status", Some(&reply.status.to_string()));
+        self.set_http_response_header("content-length", None);
+        self.set_http_response_header("content-encoding", None);
+        for (name, value) in &reply.headers {
+            self.set_http_response_header(name, Some(value));
+        }
+        self.set_http_response_body(0, body_size, &reply.body);
+        self.phase = Phase::Local;
+    }
+
+    /// An integer property (Envoy encodes them as 8 little-endian bytes).
+    fn u64_property(&self, path: &[&str]) -> Option<u64> {
+        let bytes = self.get_property(path.to_vec())?;
+        Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+    }
+}
+
+impl HttpContext for SwitchyardHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> HostAction {
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let authorization = self.get_http_request_header("authorization");
+        let x_api_key = self.get_http_request_header("x-api-key");
+        let anthropic_version = self.get_http_request_header("anthropic-version");
+        let request_id = self.get_http_request_header("x-request-id");
+        let content_length = self
+            .get_http_request_header("content-length")
+            .and_then(|v| v.trim().parse().ok());
+        let head = RequestHead {
+            method: &method,
+            path: &path,
+            authorization: authorization.as_deref(),
+            x_api_key: x_api_key.as_deref(),
+            anthropic_version: anthropic_version.as_deref(),
+            content_length,
+            request_id: request_id.as_deref(),
+        };
+        let mut actions = self.feed(Event::RequestHead(head));
+        if end_of_stream && actions.iter().any(|a| matches!(a, Action::ReadBody { .. })) {
+            actions.extend(self.feed(Event::RequestBody(&[])));
+        }
+        self.perform(actions);
+        HostAction::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
+        if self.phase != Phase::RequestBody {
+            return HostAction::Continue;
+        }
+        let actions = if body_size > self.gateway.max_request_bytes() {
+            self.feed(Event::RequestBodyTooLarge)
+        } else if !end_of_stream {
+            // Keep buffering: the whole body is needed to read `model`.
+            return HostAction::Pause;
+        } else {
+            self.request_body_size = body_size;
+            let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+            self.feed(Event::RequestBody(&body))
+        };
+        if self.perform(actions).paused {
+            HostAction::Pause
+        } else {
+            HostAction::Continue
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> HostAction {
+        if self.hold_routed {
+            // A replaced or held routed response never passes.
+            return HostAction::Pause;
+        }
+        if self.phase != Phase::Routed {
+            // Our own reply, or one Envoy made before the request was routed, passes.
+            return HostAction::Continue;
+        }
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(502);
+        let content_type = self.get_http_response_header("content-type");
+        let retry_after = self.get_http_response_header("retry-after");
+        let mut actions = self.feed(Event::UpstreamHead(UpstreamHead {
+            status,
+            content_type: content_type.as_deref(),
+            retry_after: retry_after.as_deref(),
+            body_complete: false,
+        }));
+        if end_of_stream && actions.contains(&Action::ReadUpstreamBody) {
+            // No body follows; the reply is sent in place of this response.
+            actions.extend(self.feed(Event::UpstreamBody(&[])));
+        }
+        let performed = self.perform(actions);
+        if performed.paused {
+            HostAction::Pause
+        } else {
+            HostAction::Continue
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
+        match self.phase {
+            Phase::RoutedStream => {
+                let chunk = self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default();
+                let mut actions = self.feed(Event::UpstreamData(&chunk));
+                if end_of_stream {
+                    actions.extend(self.feed(Event::UpstreamEnd));
+                }
+                let performed = self.perform(actions);
+                self.set_http_response_body(0, body_size, &performed.data);
+                HostAction::Continue
+            }
+            Phase::RoutedBody => {
+                if !end_of_stream {
+                    return HostAction::Pause;
+                }
+                let body = self
+                    .get_http_response_body(0, body_size)
+                    .unwrap_or_default();
+                let actions = self.feed(Event::UpstreamBody(&body));
+                // A complete answer is written over the held response in place; a fallback
+                // call keeps holding it.
+                if actions.iter().any(|a| matches!(a, Action::Send(_))) {
+                    self.perform(actions);
+                    return HostAction::Pause;
+                }
+                for action in actions {
+                    match action {
+                        Action::Reply(reply) => self.replace_routed(&reply, body_size),
+                        Action::Log(line) => log::warn!("{line}"),
+                        _ => {}
+                    }
+                }
+                HostAction::Continue
+            }
+            // A failed primary's rest is held, then dropped with the stream.
+            _ if self.hold_routed => HostAction::Pause,
+            _ => HostAction::Continue,
+        }
+    }
+
+    fn on_log(&mut self) {
+        let answered = self.exchange.answered();
+        let ending = if answered {
+            Ending::default()
+        } else {
+            // Envoy says why the stream ended early: the client went away, or the host
+            // answered on its own (a reset under a held response).
+            let flags = self.u64_property(&["response", "flags"]).unwrap_or(0);
+            let code = self
+                .u64_property(&["response", "code"])
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| *c != 0);
+            Ending {
+                client_gone: flags & DOWNSTREAM_CONNECTION_TERMINATION != 0,
+                client_status: code,
+            }
+        };
+        if let Some(record) = self.exchange.finish(ending, self.now_ms()) {
+            metrics::record(&record);
+            log::info!("switchyard usage {}", record.to_json());
+        }
+    }
+}
