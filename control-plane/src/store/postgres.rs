@@ -99,6 +99,18 @@ impl PostgresStore {
     }
 }
 
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing a synchronous client blocks on its own runtime, which tokio forbids on an
+        // async thread (where the last `Store` clone is usually dropped): close them on a
+        // thread of their own.
+        let idle = std::mem::take(&mut self.lock_pool().idle);
+        if !idle.is_empty() {
+            std::thread::spawn(move || drop(idle));
+        }
+    }
+}
+
 /// A connection on loan; back to the pool when dropped (closed ones are forgotten).
 struct PooledClient<'s> {
     store: &'s PostgresStore,
