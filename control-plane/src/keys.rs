@@ -42,13 +42,15 @@ pub struct UpdateKey {
     /// New team id, or `null` to leave every team.
     #[serde(default, deserialize_with = "validate::nullable")]
     pub team: Option<Option<String>>,
-    /// New model globs.
-    pub models: Option<Vec<String>>,
+    /// New model globs (`null` is refused: use `["*"]` for every model).
+    #[serde(default, deserialize_with = "validate::nullable")]
+    pub models: Option<Option<Vec<String>>>,
     /// New expiry (unix seconds), or `null` for none.
     #[serde(default, deserialize_with = "validate::nullable")]
     pub expires_at: Option<Option<u64>>,
-    /// New metadata object (replaces the old one).
-    pub metadata: Option<Value>,
+    /// New metadata object (replaces the old one; `null` is refused, `{}` empties it).
+    #[serde(default, deserialize_with = "validate::nullable")]
+    pub metadata: Option<Option<Value>>,
 }
 
 /// Body of `POST /admin/v1/keys/{id}/rotate`.
@@ -386,6 +388,7 @@ pub fn update(tx: &mut dyn Tx, id: &str, patch: UpdateKey, now: i64) -> Result<K
         key.team = team;
     }
     if let Some(models) = patch.models {
+        let models = validate::not_null("models", models)?;
         validate::models(&models)?;
         key.models = models;
     }
@@ -394,7 +397,11 @@ pub fn update(tx: &mut dyn Tx, id: &str, patch: UpdateKey, now: i64) -> Result<K
             .map(|t| validate::unix_seconds("expires_at", t))
             .transpose()?;
     }
-    let metadata = validate::metadata(&patch.metadata.unwrap_or(key.metadata))?;
+    let metadata = match patch.metadata {
+        Some(metadata) => validate::not_null("metadata", metadata)?,
+        None => key.metadata,
+    };
+    let metadata = validate::metadata(&metadata)?;
     tx.execute(
         "UPDATE keys SET label = $2, team_id = $3, models = $4, expires_at = $5, \
          metadata = $6, updated_at = $7 WHERE id = $1",

@@ -115,14 +115,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<UsageRecord>, Error> {
         .into_iter()
         .enumerate()
         .map(|(i, value)| {
-            let record: UsageRecord = serde_json::from_value(value).map_err(|e| {
-                let code = if e.to_string().starts_with("missing field") {
-                    "missing_field"
-                } else {
-                    "invalid_value"
-                };
-                Error::invalid(format!("records[{i}]: {e}"), code)
-            })?;
+            let record: UsageRecord = crate::validate::from_value(value, &format!("records[{i}]"))?;
             check_record(&record).map_err(|message| {
                 Error::invalid(format!("records[{i}]: {message}"), "invalid_value")
             })?;

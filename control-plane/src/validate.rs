@@ -81,6 +81,11 @@ pub fn unix_seconds(field: &str, value: u64) -> Result<i64, Error> {
         .ok_or_else(|| Error::invalid(format!("`{field}` is out of range"), "invalid_value"))
 }
 
+/// An update field that may be absent but not `null`.
+pub fn not_null<T>(field: &str, value: Option<T>) -> Result<T, Error> {
+    value.ok_or_else(|| Error::invalid(format!("`{field}` cannot be null"), "invalid_value"))
+}
+
 /// For optional fields of an update: absent → `None` (leave as is), `null` → `Some(None)`
 /// (clear), a value → `Some(Some(v))`. Use with `#[serde(default, deserialize_with = …)]`.
 pub fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
@@ -92,16 +97,43 @@ where
 }
 
 /// Parses a JSON request body, answering malformed JSON, wrong types, unknown and missing
-/// fields with a 400 that says which.
+/// fields with a 400 that names the field.
 pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        let (what, code) = match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                ("malformed JSON", "invalid_json")
-            }
-            _ if e.to_string().starts_with("missing field") => ("invalid body", "missing_field"),
-            _ => ("invalid body", "invalid_value"),
-        };
-        Error::invalid(format!("{what}: {e}"), code)
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| described(e.path().to_string(), e.into_inner()))?;
+    deserializer.end().map_err(|e| described(".".into(), e))?;
+    Ok(value)
+}
+
+/// Deserializes `value`, naming the field of a failure as `{context}.{field}`.
+pub fn from_value<T: serde::de::DeserializeOwned>(value: Value, context: &str) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let error = described(path, e.into_inner());
+        match error {
+            Error::InvalidRequest { message, code } => Error::InvalidRequest {
+                message: format!("{context}: {message}"),
+                code,
+            },
+            other => other,
+        }
     })
+}
+
+/// A serde_json error as a 400: `at `field`: what` (the path is `.` for the whole body).
+fn described(path: String, error: serde_json::Error) -> Error {
+    let text = error.to_string();
+    let code = match error.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            return Error::invalid(format!("malformed JSON: {text}"), "invalid_json");
+        }
+        _ if text.starts_with("missing field") => "missing_field",
+        _ => "invalid_value",
+    };
+    if path == "." {
+        Error::invalid(format!("invalid body: {text}"), code)
+    } else {
+        Error::invalid(format!("invalid body at `{path}`: {text}"), code)
+    }
 }
