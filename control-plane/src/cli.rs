@@ -56,7 +56,8 @@ impl ControlPlaneArgs {
             return Ok(None);
         }
         let sqlite_path = self.data_dir.join(SQLITE_FILE);
-        let store = Store::open(self.database_url.as_deref(), &sqlite_path).await?;
+        let database_url = self.database_url.as_deref().filter(|url| !url.is_empty());
+        let store = Store::open(database_url, &sqlite_path).await?;
         let mut bootstrap_hashes: Vec<String> = self.admin_key_sha256.iter().cloned().collect();
         if let Some(key) = std::env::var(ADMIN_KEY_ENV).ok().filter(|k| !k.is_empty()) {
             bootstrap_hashes.push(secrets::sha256_hex(&key));
@@ -65,7 +66,7 @@ impl ControlPlaneArgs {
         for hash in &bootstrap_hashes {
             control.ensure_admin_key(hash).await?;
         }
-        match &self.database_url {
+        match database_url {
             Some(_) => println!("control plane: PostgreSQL store"),
             None => println!("control plane: SQLite store at {}", sqlite_path.display()),
         }
