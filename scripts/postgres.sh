@@ -46,6 +46,16 @@ as_owner() {
     fi
 }
 
+# As root the server runs as `postgres`, which must reach the cluster directory; a checkout
+# under a private directory gets one in the temporary directory instead.
+if [[ "$(id -u)" == 0 && -z "${SWITCHYARD_POSTGRES_DIR:-}" ]] && id postgres >/dev/null 2>&1; then
+    mkdir -p "$dir" && chown postgres: "$dir"
+    if ! runuser -u postgres -- test -w "$dir"; then
+        dir="${TMPDIR:-/tmp}/switchyard-postgres-$(printf %s "$repo_root" | sha256sum | cut -c1-12)"
+        data="$dir/data"
+    fi
+fi
+
 running() { [[ -f "$data/PG_VERSION" ]] && as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; }
 
 if [[ "${1:-}" == "stop" ]]; then
@@ -72,7 +82,7 @@ if ! running; then
     [[ -n "$port" ]] || { log "no free port found"; exit 1; }
     log "starting on 127.0.0.1:$port"
     as_owner "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >&2
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" start >&2
     echo "$port" > "$dir/port"
 fi
 port="$(cat "$dir/port")"
