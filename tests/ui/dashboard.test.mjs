@@ -94,6 +94,7 @@ before(async () => {
     "--no-models", "--listen", `127.0.0.1:${port}`, "--data-dir", dataDir,
     "--edge-token-sha256", sha256(edgeToken),
   ], { env: { ...process.env, SWITCHYARD_ADMIN_KEY: adminKey, SWITCHYARD_DATABASE_URL: "" } });
+  server.on("error", (error) => { serverLog += `could not start ${binary}: ${error.message}\n`; });
   server.stdout.on("data", (d) => { serverLog += d; });
   server.stderr.on("data", (d) => { serverLog += d; });
   await waitForServer(base + "/dashboard", 30_000);

@@ -21,6 +21,8 @@ fi
 if [[ -z "${SWITCHYARD_GPU_BACKEND:-}" ]]; then
     (cd "$repo" && cargo build --release -p gpu-backend)
     export SWITCHYARD_GPU_BACKEND="$repo/target/release/gpu-backend"
+else
+    export SWITCHYARD_GPU_BACKEND="$(realpath "$SWITCHYARD_GPU_BACKEND")"
 fi
 
 cd "$here"
