@@ -2,6 +2,7 @@
 //!
 //! Fetch the weights once with `scripts/fetch-models.sh`, then run
 //! `gpu-backend --listen 127.0.0.1:8100`. See `gpu-backend --help` for every option.
+//! The same binary mounts the control plane (`control-plane` crate) beside the models.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,11 @@ use gpu_backend::server::{router, Limits};
 ///   GET  /v1/models             models with their load state (cold/loading/warm)
 ///   GET  /healthz               200 once every pinned model is warm, else 503
 ///   GET  /metrics               Prometheus metrics
+///
+/// and the control plane (unless --no-control-plane; --no-models serves only it):
+///   /admin/v1/...               keys, teams, usage, invoices (admin key)
+///   /edge/v1/keys, /edge/v1/usage   key snapshot and usage ledger for edges (edge token)
+///   GET  /dashboard             the web dashboard
 ///
 /// Example:
 ///   scripts/fetch-models.sh
@@ -71,6 +77,13 @@ struct Cli {
     /// Run on CUDA device N (needs a build with `--features cuda`).
     #[arg(long, value_name = "N")]
     cuda_device: Option<usize>,
+
+    /// Load no models: serve only the control plane.
+    #[arg(long)]
+    no_models: bool,
+
+    #[command(flatten)]
+    control_plane: control_plane::cli::ControlPlaneArgs,
 }
 
 fn device(cli: &Cli) -> anyhow::Result<Device> {
@@ -86,6 +99,43 @@ fn device(cli: &Cli) -> anyhow::Result<Device> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.no_models && cli.control_plane.no_control_plane {
+        bail!("--no-models and --no-control-plane together leave nothing to serve");
+    }
+    let mut app = axum::Router::new();
+    let mut served = Vec::new();
+    if !cli.no_models {
+        let (inference, ids) = inference_router(&cli)?;
+        app = app.merge(inference);
+        served.push(format!("models: {}; pinned models load in the background, /healthz turns 200 when they are warm", ids.join(", ")));
+    }
+    if let Some(control) = cli
+        .control_plane
+        .start()
+        .await
+        .context("starting the control plane")?
+    {
+        app = app.merge(control);
+        served.push("control plane: /admin/v1, /edge/v1, /dashboard".to_string());
+    }
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "gpu-backend listening on http://{addr} ({})",
+        served.join("; ")
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving HTTP")
+}
+
+/// Starts the worker pool over the models in --models-dir; returns its router and model ids.
+fn inference_router(cli: &Cli) -> anyhow::Result<(axum::Router, Vec<String>)> {
     let specs = catalog::discover(&cli.models_dir).with_context(|| {
         format!(
             "reading models from {} (run scripts/fetch-models.sh first)",
@@ -109,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         pinned,
         memory_budget_bytes: cli.memory_budget_mib * 1024 * 1024,
         workers: cli.workers,
-        device: device(&cli)?,
+        device: device(cli)?,
         before_load: None,
     };
     let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
@@ -118,18 +168,5 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: cli.max_body_bytes,
         ..Limits::default()
     };
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("binding {}", cli.listen))?;
-    let addr = listener.local_addr()?;
-    println!(
-        "gpu-backend listening on http://{addr} (models: {}; pinned models load in the background, /healthz turns 200 when they are warm)",
-        ids.join(", ")
-    );
-    axum::serve(listener, router(engine, limits))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("serving HTTP")
+    Ok((router(engine, limits), ids))
 }
