@@ -33,6 +33,7 @@ pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
             return;
         }
     };
+    let gateway = crate::control::with_managed_keys(gateway).await;
     let mut host = Host {
         gateway,
         exchange: Exchange::new(),
@@ -45,8 +46,10 @@ pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
         client_status: None,
     };
     if let Some(record) = host.exchange.finish(ending, unix_ms()) {
-        // Metering: one JSON line per request on stderr, the host's log stream.
+        // Metering: one JSON line per request on stderr, the host's log stream, and the
+        // ledger when a control plane is configured (the client has its answer by now).
         log::line(&format!("switchyard usage {}", record.to_json()));
+        crate::control::ship(&host.gateway, &record).await;
     }
 }
 

@@ -119,13 +119,19 @@ pub async fn send(
         "{}://{}{}",
         upstream.scheme, upstream.authority, upstream.path
     );
-    let mut request = Request::new(Method::Post, url);
+    let method = match upstream.method {
+        "GET" => Method::Get,
+        _ => Method::Post,
+    };
+    let mut request = Request::new(method, url);
     for (name, value) in &upstream.headers {
         request.set_header(name.as_str(), value.as_str());
     }
     // A declared length rather than chunked transfer: some provider front ends refuse
     // chunked request bodies, and the body is complete anyway.
-    request.set_header("content-length", upstream.body.len().to_string());
+    if !upstream.body.is_empty() || upstream.method == "POST" {
+        request.set_header("content-length", upstream.body.len().to_string());
+    }
     *request.body_mut() = upstream.body.clone();
     match deadline
         .run(spin_sdk::http::send::<_, IncomingResponse>(request))

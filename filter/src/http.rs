@@ -444,8 +444,10 @@ impl HttpContext for SwitchyardHttp {
                 client_status: code,
             }
         };
-        if let Some(record) = self.exchange.finish(ending, self.now_ms()) {
+        let now_ms = self.now_ms();
+        if let Some(record) = self.exchange.finish(ending, now_ms) {
             metrics::record(&record);
+            crate::control::ship(&record, now_ms);
             log::info!("switchyard usage {}", record.to_json());
         }
     }

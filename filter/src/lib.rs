@@ -22,15 +22,19 @@
 //! exception on Envoy: the router resets the client stream and calls no filter callback that
 //! could still write, so the client sees a transport error.
 
+mod control;
 mod health;
 mod http;
 mod metrics;
 
 use std::rc::Rc;
+use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use switchyard_core::Gateway;
+
+use crate::control::{Change, ControlLink};
 
 pub use crate::http::CLUSTER_HEADER;
 
@@ -39,13 +43,79 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(SwitchyardRoot::default()) });
 }}
 
-/// One per VM: holds the validated gateway configuration.
+/// One per VM: holds the validated gateway configuration, and the link to the control plane.
 #[derive(Default)]
 struct SwitchyardRoot {
+    /// The gateway new requests use: the config's, with the control plane's keys once synced.
     gateway: Option<Rc<Gateway>>,
+    /// The gateway as configured (the managed keys are applied over it).
+    configured: Option<Gateway>,
+    control: Option<ControlLink>,
 }
 
-impl Context for SwitchyardRoot {}
+impl SwitchyardRoot {
+    fn now_ms(&self) -> u64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn apply(&mut self, change: Option<Change>) {
+        if let (Some(Change::Keys(snapshot)), Some(configured)) = (change, &self.configured) {
+            self.gateway = Some(Rc::new(configured.with_managed_keys(snapshot)));
+        }
+    }
+
+    /// Starts key sync and usage shipping when the config names a control plane.
+    fn link_control_plane(&mut self, gateway: &Gateway) {
+        let Some((cfg, token)) = gateway.control_plane() else {
+            return;
+        };
+        let Some(token) = token else {
+            log::error!(
+                "switchyard: control_plane is configured but its token secret `{}` is not set; \
+                 key sync and usage shipping are off (static keys only)",
+                cfg.token_secret
+            );
+            return;
+        };
+        let nanos = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let me = format!("{nanos:x}");
+        self.control = Some(ControlLink::new(cfg.clone(), token.to_string(), me));
+        self.set_tick_period(control::TICK);
+        log::info!(
+            "switchyard: syncing keys from and shipping usage to {}",
+            cfg.base_url
+        );
+    }
+}
+
+impl Context for SwitchyardRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let status = (num_headers > 0)
+            .then(|| self.get_http_call_response_header(":status"))
+            .flatten()
+            .and_then(|s| s.parse().ok());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let now_ms = self.now_ms();
+        let change = self
+            .control
+            .as_mut()
+            .and_then(|c| c.on_answer(token, status, &body, now_ms));
+        self.apply(change);
+    }
+}
 
 impl RootContext for SwitchyardRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -71,6 +141,8 @@ impl RootContext for SwitchyardRoot {
                     gateway.config().providers.len(),
                     gateway.config().keys.len()
                 );
+                self.link_control_plane(&gateway);
+                self.configured = Some(gateway.clone());
                 self.gateway = Some(Rc::new(gateway));
                 true
             }
@@ -79,6 +151,12 @@ impl RootContext for SwitchyardRoot {
                 false
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        let now_ms = self.now_ms();
+        let change = self.control.as_mut().and_then(|c| c.on_tick(now_ms));
+        self.apply(change);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

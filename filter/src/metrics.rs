@@ -42,21 +42,38 @@ pub fn tagged_name(base: &str, tags: &[(&str, &str)]) -> String {
     name
 }
 
+/// The id of metric `name`, defined on first use (ids are cached: names are built once per
+/// label set, not per request).
+fn metric_id(name: &str, kind: MetricType) -> Option<u32> {
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if let Some(id) = ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        ids.insert(name.to_string(), id);
+        Some(id)
+    })
+}
+
 fn add(name: String, value: u64) {
     if value == 0 {
         return;
     }
-    let id = IDS.with(|ids| {
-        let mut ids = ids.borrow_mut();
-        if let Some(id) = ids.get(&name) {
-            return Some(*id);
-        }
-        let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
-        ids.insert(name.clone(), id);
-        Some(id)
-    });
-    if let Some(id) = id {
+    if let Some(id) = metric_id(&name, MetricType::Counter) {
         let _ = hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+}
+
+/// Adds `value` to the unlabelled counter `name`.
+pub fn count(name: &str, value: u64) {
+    add(name.to_string(), value);
+}
+
+/// Sets the unlabelled gauge `name`.
+pub fn gauge(name: &str, value: i64) {
+    if let Some(id) = metric_id(name, MetricType::Gauge) {
+        let _ = hostcalls::record_metric(id, value as u64);
     }
 }
 

@@ -171,8 +171,9 @@ def envoy_config(config: dict, upstreams: dict[str, int], wasm: Path) -> dict:
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
     plugin["configuration"]["value"] = json.dumps(config)
     keys = plugin["vm_config"]["environment_variables"]["host_env_keys"]
-    for provider in config["providers"].values():
-        secret = provider.get("api_key_secret")
+    named = [p.get("api_key_secret") for p in config["providers"].values()]
+    named.append(config.get("control_plane", {}).get("token_secret"))
+    for secret in named:
         if secret and secret not in keys:
             keys.append(secret)
     # As envoy.yaml says: the route's per-try idle timeout is a stall guard (the filter bounds

@@ -42,6 +42,10 @@ pub struct GatewayConfig {
     /// Default fallback policy (models may override).
     #[serde(default)]
     pub fallback: FallbackPolicy,
+    /// The control plane this edge syncs keys from and ships usage to (optional: the static
+    /// config works alone).
+    #[serde(default)]
+    pub control_plane: Option<crate::control::ControlPlaneConfig>,
 }
 
 /// One upstream provider account or server.
@@ -277,6 +281,9 @@ impl GatewayConfig {
         }
         if self.limits.max_request_bytes == 0 {
             return invalid("limits.max_request_bytes must be > 0".into());
+        }
+        if let Some(cp) = &self.control_plane {
+            cp.validate().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

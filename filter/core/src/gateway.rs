@@ -139,6 +139,10 @@ pub struct Gateway {
     config: GatewayConfig,
     /// Credential values by secret name, for the secrets the host could resolve.
     secrets: BTreeMap<String, Secret>,
+    /// Keys from the control plane, beside the config's static keys.
+    managed_keys: Vec<crate::keys::GatewayKey>,
+    /// The version of `managed_keys` (the control plane's key-set version).
+    managed_version: Option<u64>,
 }
 
 impl Gateway {
@@ -148,7 +152,32 @@ impl Gateway {
         Gateway {
             config,
             secrets: BTreeMap::new(),
+            managed_keys: Vec::new(),
+            managed_version: None,
         }
+    }
+
+    /// This gateway with the control plane's key set (replacing any earlier one; the static
+    /// config keys stay).
+    pub fn with_managed_keys(&self, snapshot: crate::control::KeySnapshot) -> Gateway {
+        Gateway {
+            config: self.config.clone(),
+            secrets: self.secrets.clone(),
+            managed_keys: snapshot.keys,
+            managed_version: Some(snapshot.version),
+        }
+    }
+
+    /// The version of the control plane's key set in force, once one was applied.
+    pub fn managed_keys_version(&self) -> Option<u64> {
+        self.managed_version
+    }
+
+    /// The control plane settings and the resolved edge token, when configured.
+    pub fn control_plane(&self) -> Option<(&crate::control::ControlPlaneConfig, Option<&str>)> {
+        let cp = self.config.control_plane.as_ref()?;
+        let token = self.secrets.get(&cp.token_secret).map(|s| s.0.as_str());
+        Some((cp, token))
     }
 
     /// Resolves every credential the config names, once, through the host's secret store
@@ -162,6 +191,7 @@ impl Gateway {
             .providers
             .values()
             .filter_map(|p| p.api_key_secret.as_ref())
+            .chain(self.config.control_plane.iter().map(|cp| &cp.token_secret))
             .collect();
         let mut secrets = BTreeMap::new();
         for name in names {
@@ -171,6 +201,11 @@ impl Gateway {
         }
         self.secrets = secrets;
         self
+    }
+
+    /// Every key that may authenticate: the config's and the control plane's.
+    fn keys(&self) -> impl Iterator<Item = &crate::keys::GatewayKey> + Clone {
+        self.config.keys.iter().chain(&self.managed_keys)
     }
 
     /// The secret a provider still needs, if any.
@@ -252,7 +287,7 @@ impl Gateway {
             ));
         }
         let presented = presented_key(head.authorization, head.x_api_key);
-        let key = match authenticate(&self.config.keys, presented, now_unix) {
+        let key = match authenticate(self.keys(), presented, now_unix) {
             Ok(key) => key,
             Err(err) => return reply(err),
         };
@@ -341,9 +376,7 @@ impl Gateway {
             body = Cow::Owned(with_defaults);
         }
         let key = self
-            .config
-            .keys
-            .iter()
+            .keys()
             .find(|k| k.id == admitted.key_id)
             .ok_or_else(|| GatewayError::new(ErrorKind::Authentication, "invalid API key"))?;
         if !key.allows(&public_model) && !key.allows(&model.name) {

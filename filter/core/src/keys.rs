@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ErrorKind, GatewayError};
 
 /// A configured gateway key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayKey {
     /// Stable id used in usage records and metrics (never the key).
@@ -88,7 +88,7 @@ pub fn presented_key<'a>(
 
 /// Finds the key matching `presented`, in constant time over all configured keys.
 pub fn authenticate<'a>(
-    keys: &'a [GatewayKey],
+    keys: impl IntoIterator<Item = &'a GatewayKey>,
     presented: Option<&str>,
     now_unix: u64,
 ) -> Result<&'a GatewayKey, GatewayError> {

@@ -11,6 +11,7 @@
 pub mod attempts;
 pub mod canonical;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod exchange;
 pub mod gateway;
