@@ -9,8 +9,10 @@
 //! - [`engine`] admits it into a bounded queue (503 + `Retry-After` when full) and hands it
 //!   to a worker thread that owns a device and the models loaded on it;
 //! - the worker's continuous-batching scheduler runs every active sequence of a model in
-//!   one step over [`llama`]'s quantized forward pass, each sequence with its own KV cache,
-//!   and streams tokens back as they are made; embeddings go through [`embedder`].
+//!   one step over [`llama`]'s quantized forward pass (on the CPU, the [`kernels`]: SIMD
+//!   matmul tiles straight on the GGUF blocks, one matmul per layer for every sequence of the
+//!   step), each sequence with its own KV cache, and streams tokens back as they are made;
+//!   embeddings go through [`embedder`].
 //!
 //! Models come from a directory laid out by `scripts/fetch-models.sh` ([`catalog`]): SmolLM2
 //! as GGUF (its tokenizer is rebuilt from the GGUF metadata by [`gguf_tokenizer`]) and
@@ -23,6 +25,7 @@ pub mod embedder;
 pub mod engine;
 pub mod error;
 pub mod gguf_tokenizer;
+pub mod kernels;
 pub mod llama;
 pub mod metrics;
 pub mod server;
