@@ -5,7 +5,8 @@
 //! `/healthz` (200 only once pinned models are warm) and Prometheus `/metrics`.
 //!
 //! How a request flows:
-//! - [`server`] parses and validates it and answers errors in OpenAI's JSON;
+//! - [`server`] parses it into `switchyard-core`'s canonical types, validates it, and
+//!   answers with the core's OpenAI encoders (errors in OpenAI's JSON);
 //! - [`engine`] admits it into a bounded queue (503 + `Retry-After` when full) and hands it
 //!   to a worker thread that owns a device and the models loaded on it;
 //! - the worker's continuous-batching scheduler runs every active sequence of a model in
@@ -18,6 +19,8 @@
 //! as GGUF (its tokenizer is rebuilt from the GGUF metadata by [`gguf_tokenizer`]) and
 //! all-MiniLM-L6-v2 as safetensors. CPU is the default device; the `cuda` cargo feature
 //! enables candle's CUDA backend.
+
+#![warn(missing_docs)]
 
 pub mod catalog;
 pub mod chat_model;
