@@ -1,11 +1,11 @@
 //! The native CPU kernels on the real SmolLM2 weights, held to an independent f32 reference
 //! (`fixtures/smollm2_reference_forward.py`: numpy over the dequantized weights).
 //!
-//! The native path computes in f32 over the dequantized weights, as the reference does, so
-//! the tolerance is float rounding. (llama.cpp and candle round activations to 8 bits before
-//! each matmul and land 0.2-1.2 away from the same reference logits on the fixture prompt;
-//! candle's greedy continuation of the haiku prompt below leaves the reference's after a
-//! few tokens.) Fails (never skips) when the weights are missing: run
+//! The native path multiplies the dequantized weights with activations rounded to 16 bits,
+//! so its logits stay within 0.01 of the reference. (llama.cpp and candle round activations
+//! to 8 bits before each matmul and land 0.2-1.2 away from the same reference logits on the
+//! fixture prompt; candle's greedy continuation of the haiku prompt below leaves the
+//! reference's after a few tokens.) Fails (never skips) when the weights are missing: run
 //! `scripts/fetch-models.sh`.
 
 mod common;

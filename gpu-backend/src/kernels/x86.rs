@@ -1,15 +1,15 @@
-//! AVX2 + FMA matmul tiles, chosen at run time so one binary serves every x86_64 CPU.
+//! AVX2 matmul tiles, chosen at run time so one binary serves every x86_64 CPU.
 //!
-//! A weight block (32 values) is decoded once into four vectors of eight f32 (`d·q + m`, the
-//! f16 scales converted with F16C) and multiplied into every activation row of the tile with
-//! FMAs, so decoding is shared by the rows and the arithmetic is the f32 reference's, not an
-//! 8-bit approximation of the activations. Each (weight row, activation row) pair is summed
-//! the same way whatever tile it is computed in, so a row's result does not depend on the
-//! rows batched with it.
+//! A weight block (32 values) is widened once to two vectors of sixteen i16 and multiplied
+//! into every activation row of the tile (16-bit, see [`super::Act16`]) with `madd`, which
+//! sums pairs of products into i32 lanes; each block's sum is scaled in f32 (`d_w·d_x`, plus
+//! `m_w·s_x` for Q4_1's minimum). Each (weight row, activation row) pair is summed the same
+//! way whatever tile it is computed in, so a row's result does not depend on the rows
+//! batched with it.
 
 use std::arch::x86_64::*;
 
-use super::{SharedOut, WeightFormat, BLOCK};
+use super::{Act16, SharedOut, WeightFormat, BLOCK};
 
 /// Whether this CPU runs these kernels.
 pub(super) fn available() -> bool {
@@ -30,7 +30,7 @@ pub(super) unsafe fn matmul_rows(
     w: &[u8],
     row_bytes: usize,
     rows: std::ops::Range<usize>,
-    x: &[f32],
+    x: &Act16,
     t: usize,
     cols: usize,
     out: SharedOut,
@@ -45,11 +45,20 @@ pub(super) unsafe fn matmul_rows(
     }
 }
 
+/// A weight block decoded for the tiles: 32 values as i16, scale and minimum.
+struct Block {
+    q: [__m256i; 2],
+    d: f32,
+    m: f32,
+}
+
 /// A block format the tiles decode.
 trait Decode {
     const BYTES: usize;
-    /// The 32 values of the block at `b` as f32, eight per vector, in order.
-    unsafe fn decode(b: *const u8) -> [__m256; 4];
+    /// Whether blocks carry a minimum (`d·q + m`) rather than only a scale.
+    const HAS_MIN: bool;
+    /// The block at `b`.
+    unsafe fn decode(b: *const u8) -> Block;
 }
 
 struct Q4_1;
@@ -57,60 +66,42 @@ struct Q8_0;
 
 impl Decode for Q4_1 {
     const BYTES: usize = 20;
+    const HAS_MIN: bool = true;
     #[inline(always)]
-    unsafe fn decode(b: *const u8) -> [__m256; 4] {
-        // SAFETY: the caller guarantees a whole block at `b`; AVX2/FMA/F16C are enabled in
-        // every caller (they are inlined into `tile`).
+    unsafe fn decode(b: *const u8) -> Block {
+        // SAFETY: the caller guarantees a whole block at `b`; AVX2/F16C are enabled in every
+        // caller (this is inlined into `tile`).
         unsafe {
             let raw = (b as *const i32).read_unaligned();
             let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(raw));
-            let d = _mm256_set1_ps(_mm_cvtss_f32(dm));
-            let m = _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm)));
             let qs = _mm_loadu_si128(b.add(4) as *const __m128i);
             let low = _mm_set1_epi8(0x0F);
             let lo = _mm_and_si128(qs, low); // values 0..16
             let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low); // values 16..32
-            [
-                widen_u8(lo, d, m),
-                widen_u8(_mm_srli_si128(lo, 8), d, m),
-                widen_u8(hi, d, m),
-                widen_u8(_mm_srli_si128(hi, 8), d, m),
-            ]
+            Block {
+                q: [_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi)],
+                d: _mm_cvtss_f32(dm),
+                m: _mm_cvtss_f32(_mm_movehdup_ps(dm)),
+            }
         }
-    }
-}
-
-/// Eight unsigned bytes (the low half of `v`) as `d·q + m`.
-#[inline(always)]
-unsafe fn widen_u8(v: __m128i, d: __m256, m: __m256) -> __m256 {
-    // SAFETY: AVX2/FMA are enabled in every caller (inlined into `tile`).
-    unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), d, m) }
-}
-
-/// Eight signed bytes at `p` as `d·q`.
-#[inline(always)]
-unsafe fn widen_i8(p: *const u8, d: __m256) -> __m256 {
-    // SAFETY: 8 readable bytes at `p`; AVX2 is enabled in every caller.
-    unsafe {
-        let q = _mm_loadl_epi64(p as *const __m128i);
-        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d)
     }
 }
 
 impl Decode for Q8_0 {
     const BYTES: usize = 34;
+    const HAS_MIN: bool = false;
     #[inline(always)]
-    unsafe fn decode(b: *const u8) -> [__m256; 4] {
+    unsafe fn decode(b: *const u8) -> Block {
         // SAFETY: as for Q4_1.
         unsafe {
             let raw = (b as *const u16).read_unaligned() as i32;
-            let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(raw))));
-            [
-                widen_i8(b.add(2), d),
-                widen_i8(b.add(10), d),
-                widen_i8(b.add(18), d),
-                widen_i8(b.add(26), d),
-            ]
+            let lo = _mm_loadu_si128(b.add(2) as *const __m128i);
+            let hi = _mm_loadu_si128(b.add(18) as *const __m128i);
+            Block {
+                q: [_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)],
+                d: _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(raw))),
+                m: 0.0,
+            }
         }
     }
 }
@@ -126,29 +117,44 @@ unsafe fn hsum(v: __m256) -> f32 {
     }
 }
 
-/// `R` weight rows × `N` activation rows. Every pair keeps two accumulators (values 0..8
-/// and 16..24 into one, 8..16 and 24..32 into the other), so its sum is the same in any
-/// tile shape.
+/// One activation row of a tile: its 16-bit values, block scales and block sums.
+#[derive(Clone, Copy)]
+struct Row {
+    q: *const i16,
+    d: *const f32,
+    s: *const f32,
+}
+
+/// `R` weight rows × `N` activation rows; every pair has one vector and one scalar
+/// accumulator, the same in any tile shape.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile<F: Decode, const R: usize, const N: usize>(
     w: [*const u8; R],
-    x: [*const f32; N],
+    x: [Row; N],
     blocks: usize,
 ) -> [[f32; N]; R] {
-    let mut acc = [[[_mm256_setzero_ps(); 2]; N]; R];
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut mins = [[0f32; N]; R];
     for b in 0..blocks {
         for r in 0..R {
-            // SAFETY: each weight row has `blocks` blocks and each activation row
-            // `blocks × 32` values (the caller's contract).
+            // SAFETY: each weight row has `blocks` blocks and each activation row `blocks`
+            // blocks of 32 values, a scale and a sum (the caller's contract).
             unsafe {
-                let wv = F::decode(w[r].add(b * F::BYTES));
+                let wb = F::decode(w[r].add(b * F::BYTES));
                 for n in 0..N {
-                    let xp = x[n].add(b * BLOCK);
-                    let a = &mut acc[r][n];
-                    a[0] = _mm256_fmadd_ps(wv[0], _mm256_loadu_ps(xp), a[0]);
-                    a[1] = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xp.add(8)), a[1]);
-                    a[0] = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xp.add(16)), a[0]);
-                    a[1] = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xp.add(24)), a[1]);
+                    let xq = x[n].q.add(b * BLOCK);
+                    let p = _mm256_add_epi32(
+                        _mm256_madd_epi16(wb.q[0], _mm256_loadu_si256(xq as *const __m256i)),
+                        _mm256_madd_epi16(
+                            wb.q[1],
+                            _mm256_loadu_si256(xq.add(16) as *const __m256i),
+                        ),
+                    );
+                    let scale = _mm256_set1_ps(wb.d * *x[n].d.add(b));
+                    acc[r][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r][n]);
+                    if F::HAS_MIN {
+                        mins[r][n] += wb.m * *x[n].s.add(b);
+                    }
                 }
             }
         }
@@ -157,7 +163,7 @@ unsafe fn tile<F: Decode, const R: usize, const N: usize>(
     for r in 0..R {
         for n in 0..N {
             // SAFETY: AVX is enabled here.
-            out[r][n] = unsafe { hsum(_mm256_add_ps(acc[r][n][0], acc[r][n][1])) };
+            out[r][n] = unsafe { hsum(acc[r][n]) } + mins[r][n];
         }
     }
     out
@@ -165,22 +171,26 @@ unsafe fn tile<F: Decode, const R: usize, const N: usize>(
 
 /// Tiles the rows: four activation rows per weight row when there are four or more (the
 /// decode is shared), else four weight rows per activation row (independent sums keep the
-/// FMA units busy).
+/// units busy).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn drive<F: Decode>(
     w: &[u8],
     row_bytes: usize,
     rows: std::ops::Range<usize>,
-    x: &[f32],
+    x: &Act16,
     t: usize,
     cols: usize,
     out: SharedOut,
     n: usize,
 ) {
     let blocks = cols / BLOCK;
-    let wp = |r: usize| w[r * row_bytes..].as_ptr();
-    let xp = |i: usize| x[i * cols..].as_ptr();
+    let wp = |r: usize| w[r * row_bytes..(r + 1) * row_bytes].as_ptr();
+    let xr = |i: usize| Row {
+        q: x.q[i * cols..(i + 1) * cols].as_ptr(),
+        d: x.d[i * blocks..(i + 1) * blocks].as_ptr(),
+        s: x.s[i * blocks..(i + 1) * blocks].as_ptr(),
+    };
     // SAFETY (every block below): pointers come from in-bounds rows (checked by slicing),
     // and the caller owns the output columns in `rows`.
     unsafe {
@@ -189,14 +199,14 @@ unsafe fn drive<F: Decode>(
                 let mut i = 0;
                 while i + 4 <= t {
                     let o =
-                        tile::<F, 1, 4>([wp(r)], [xp(i), xp(i + 1), xp(i + 2), xp(i + 3)], blocks);
+                        tile::<F, 1, 4>([wp(r)], [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)], blocks);
                     for (k, v) in o[0].iter().enumerate() {
                         out.write((i + k) * n + r, *v);
                     }
                     i += 4;
                 }
                 for i in i..t {
-                    out.write(i * n + r, tile::<F, 1, 1>([wp(r)], [xp(i)], blocks)[0][0]);
+                    out.write(i * n + r, tile::<F, 1, 1>([wp(r)], [xr(i)], blocks)[0][0]);
                 }
             }
         } else {
@@ -204,7 +214,7 @@ unsafe fn drive<F: Decode>(
             while r + 4 <= rows.end {
                 for i in 0..t {
                     let o =
-                        tile::<F, 4, 1>([wp(r), wp(r + 1), wp(r + 2), wp(r + 3)], [xp(i)], blocks);
+                        tile::<F, 4, 1>([wp(r), wp(r + 1), wp(r + 2), wp(r + 3)], [xr(i)], blocks);
                     for (k, v) in o.iter().enumerate() {
                         out.write(i * n + r + k, v[0]);
                     }
@@ -213,7 +223,7 @@ unsafe fn drive<F: Decode>(
             }
             for r in r..rows.end {
                 for i in 0..t {
-                    out.write(i * n + r, tile::<F, 1, 1>([wp(r)], [xp(i)], blocks)[0][0]);
+                    out.write(i * n + r, tile::<F, 1, 1>([wp(r)], [xr(i)], blocks)[0][0]);
                 }
             }
         }
