@@ -393,6 +393,32 @@ mod tests {
         }
     }
 
+    /// The portable path (what CPUs without AVX2 run) against the same reference.
+    #[test]
+    fn portable_matmul_matches_dequantized_reference() {
+        for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+            let (rows, cols, t) = (9, 64, 3);
+            let w = matrix(format, rows, cols, 4);
+            let x = values(2, t * cols);
+            let mut out = vec![0f32; t * rows];
+            // SAFETY: `out` holds t × rows values and nothing else uses it.
+            unsafe { scalar::matmul_rows(&w, 0..rows, &x, SharedOut(out.as_mut_ptr()), rows) };
+            let mut wr = vec![0f32; cols];
+            for r in 0..rows {
+                w.dequantize_row(r, &mut wr);
+                for ti in 0..t {
+                    let want: f64 = wr
+                        .iter()
+                        .zip(&x[ti * cols..])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    let got = out[ti * rows + r] as f64;
+                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "{format:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
         for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
