@@ -21,7 +21,9 @@ pub enum ModelKind {
 /// A model found on disk, not necessarily loaded.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
+    /// The directory name, which clients put in `model`.
     pub id: String,
+    /// Which endpoint it serves.
     pub kind: ModelKind,
     /// The GGUF file (chat) or the model directory (embedding).
     pub path: PathBuf,

@@ -13,13 +13,17 @@ use crate::llama::QuantizedLlama;
 /// One message of a conversation, already flattened to text.
 #[derive(Debug, Clone)]
 pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`, as the template names turns.
     pub role: String,
+    /// The message's text (parts joined).
     pub content: String,
 }
 
 /// Weights, tokenizer and end-of-turn tokens of one GGUF chat model.
 pub struct ChatModel {
+    /// The network.
     pub llama: QuantizedLlama,
+    /// Built from the GGUF metadata, so it always matches the weights.
     pub tokenizer: Tokenizer,
     /// Tokens that end the assistant's turn (`<|im_end|>`, and `eos` if different).
     stop_tokens: Vec<u32>,

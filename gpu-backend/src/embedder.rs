@@ -22,6 +22,7 @@ pub struct Embedder {
 
 /// Embeddings for a batch of inputs, in input order.
 pub struct Embeddings {
+    /// One L2-normalised vector per input.
     pub vectors: Vec<Vec<f32>>,
     /// Real tokens consumed (padding excluded), for `usage.prompt_tokens`.
     pub prompt_tokens: usize,

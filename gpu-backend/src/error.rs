@@ -12,7 +12,9 @@ pub enum ApiError {
     /// The body is not JSON, or a field has the wrong type or an out-of-range value.
     #[error("{message}")]
     InvalidRequest {
+        /// What is wrong, for a human.
         message: String,
+        /// The request field at fault, when there is one.
         param: Option<String>,
     },
     /// The prompt plus requested completion does not fit the model's context window.
@@ -24,7 +26,9 @@ pub enum ApiError {
     /// The model exists but serves the other endpoint (chat vs embeddings).
     #[error("The model `{model}` does not support {endpoint}.")]
     WrongEndpoint {
+        /// The model asked for.
         model: String,
+        /// The endpoint it was asked on.
         endpoint: &'static str,
     },
     /// The request body or input list is larger than this backend accepts.
@@ -32,10 +36,18 @@ pub enum ApiError {
     TooLarge(String),
     /// The admission queue is full; the client should retry after `retry_after_s`.
     #[error("The server is overloaded: the request queue is full. Retry after {retry_after_s}s.")]
-    QueueFull { retry_after_s: u64 },
+    QueueFull {
+        /// Seconds for `Retry-After`.
+        retry_after_s: u64,
+    },
     /// The model could not be loaded (missing or corrupt weights).
     #[error("The model `{model}` failed to load: {reason}")]
-    ModelUnavailable { model: String, reason: String },
+    ModelUnavailable {
+        /// The model asked for.
+        model: String,
+        /// Why it failed to load.
+        reason: String,
+    },
     /// Inference failed inside the engine; the request is dropped, the worker keeps running.
     #[error("Inference failed: {0}")]
     Internal(String),
@@ -104,17 +116,24 @@ impl ApiError {
 /// Failures while loading or running a model, inside the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// A model file could not be read.
     #[error("reading {path}: {source}")]
     Io {
+        /// The file or directory.
         path: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// candle failed (loading tensors, or a forward pass on the candle path).
     #[error("tensor computation: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The tokenizer could not be built or failed to encode/decode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A pinned model id that is not in the models directory.
     #[error("model `{0}` is not in the models directory")]
     UnknownModel(String),
+    /// The file's contents do not fit what the engine supports, or a step was malformed.
     #[error("model file: {0}")]
     Format(String),
 }

@@ -5,17 +5,22 @@
 //! `/healthz` (200 only once pinned models are warm) and Prometheus `/metrics`.
 //!
 //! How a request flows:
-//! - [`server`] parses and validates it and answers errors in OpenAI's JSON;
+//! - [`server`] parses it into `switchyard-core`'s canonical types, validates it, and
+//!   answers with the core's OpenAI encoders (errors in OpenAI's JSON);
 //! - [`engine`] admits it into a bounded queue (503 + `Retry-After` when full) and hands it
 //!   to a worker thread that owns a device and the models loaded on it;
 //! - the worker's continuous-batching scheduler runs every active sequence of a model in
-//!   one step over [`llama`]'s quantized forward pass, each sequence with its own KV cache,
-//!   and streams tokens back as they are made; embeddings go through [`embedder`].
+//!   one step over [`llama`]'s quantized forward pass (on the CPU, the [`kernels`]: SIMD
+//!   matmul tiles straight on the GGUF blocks, one matmul per layer for every sequence of the
+//!   step), each sequence with its own KV cache, and streams tokens back as they are made;
+//!   embeddings go through [`embedder`].
 //!
 //! Models come from a directory laid out by `scripts/fetch-models.sh` ([`catalog`]): SmolLM2
 //! as GGUF (its tokenizer is rebuilt from the GGUF metadata by [`gguf_tokenizer`]) and
 //! all-MiniLM-L6-v2 as safetensors. CPU is the default device; the `cuda` cargo feature
 //! enables candle's CUDA backend.
+
+#![warn(missing_docs)]
 
 pub mod catalog;
 pub mod chat_model;
@@ -23,6 +28,7 @@ pub mod embedder;
 pub mod engine;
 pub mod error;
 pub mod gguf_tokenizer;
+pub mod kernels;
 pub mod llama;
 pub mod metrics;
 pub mod server;

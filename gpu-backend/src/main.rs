@@ -107,7 +107,11 @@ async fn main() -> anyhow::Result<()> {
     if !cli.no_models {
         let (inference, ids) = inference_router(&cli)?;
         app = app.merge(inference);
-        served.push(format!("models: {}; pinned models load in the background, /healthz turns 200 when they are warm", ids.join(", ")));
+        served.push(format!(
+            "models: {}; pinned models load in the background, /healthz turns 200 when they are warm; CPU matmul kernels: {}",
+            ids.join(", "),
+            gpu_backend::kernels::kernel_name()
+        ));
     }
     if let Some(control) = cli
         .control_plane

@@ -14,11 +14,17 @@ const TTFT_BUCKETS: [f64; 12] = [
 /// Process-wide serving metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Completion tokens sampled.
     pub tokens_generated: AtomicU64,
+    /// Prompt tokens of sequences that joined a batch.
     pub prompt_tokens: AtomicU64,
+    /// Chat and embedding requests answered in full.
     pub requests_completed: AtomicU64,
+    /// Requests dropped because their client went away.
     pub requests_cancelled: AtomicU64,
+    /// Requests answered 503 because the admission queue was full.
     pub requests_rejected_queue_full: AtomicU64,
+    /// Forward steps run (one per model per scheduler iteration).
     pub batch_steps: AtomicU64,
     /// Sequences currently in a running batch, all workers together.
     pub running: AtomicUsize,
@@ -29,8 +35,11 @@ pub struct Metrics {
 
 /// One model's line in the load-state gauges.
 pub struct ModelGauge {
+    /// Model id (the `model` label).
     pub id: String,
+    /// Loaded on some worker.
     pub warm: bool,
+    /// How long its last load took.
     pub load_ms: Option<u64>,
 }
 

@@ -1,5 +1,10 @@
 //! The OpenAI-compatible HTTP API over the [`Engine`].
 //!
+//! The OpenAI schema is not declared here: requests parse into `switchyard-core`'s canonical
+//! types and answers (responses, stream chunks, embeddings) are encoded with the core's
+//! OpenAI types and encoders, the code the gateway uses, so the gateway and this backend
+//! cannot drift apart on the wire (the hermesllm pattern).
+//!
 //! Bodies are parsed by hand from bytes (not axum's `Json` extractor) so that every failure,
 //! including a body over the size limit, is answered in OpenAI's error JSON with OpenAI's
 //! status, which is what the gateway and the OpenAI SDKs expect from a provider.
@@ -16,8 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine as _;
-use serde::Deserialize;
 use serde_json::{json, Value};
+use switchyard_core::canonical::{
+    ChatRequest, ChatResponse, Content, ContentPart, EmbeddingVector, EmbeddingsRequest,
+    EmbeddingsResponse, Message, Role,
+};
+use switchyard_core::providers::openai::{self, OpenAiStreamEncoder};
+use switchyard_core::stream::{StreamEncoder, StreamEvent};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::catalog::ModelKind;
@@ -122,73 +132,26 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     })
 }
 
-#[derive(Deserialize)]
-struct ChatCompletionRequest {
-    model: String,
-    messages: Vec<WireMessage>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    stop: Option<StopField>,
-    seed: Option<i64>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    n: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StopField {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct WireMessage {
-    role: String,
-    content: Option<WireContent>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireContent {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
-
-fn flatten_message(m: WireMessage, index: usize) -> Result<ChatMessage, ApiError> {
-    if !ROLES.contains(&m.role.as_str()) {
-        return Err(ApiError::invalid(
-            format!("Invalid value for 'messages[{index}].role': expected one of {ROLES:?}."),
-            Some(&format!("messages[{index}].role")),
-        ));
-    }
+/// Flattens one message to the text the chat template renders. The template has one system
+/// role; `developer` is OpenAI's newer name for it.
+fn flatten_message(m: Message, index: usize) -> Result<ChatMessage, ApiError> {
+    let role = match m.role {
+        Role::System | Role::Developer => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
     let content = match m.content {
         None => String::new(),
-        Some(WireContent::Text(t)) => t,
-        Some(WireContent::Parts(parts)) => {
+        Some(Content::Text(t)) => t,
+        Some(Content::Parts(parts)) => {
             let mut text = String::new();
             for part in parts {
-                match (part.kind.as_str(), part.text) {
-                    ("text", Some(t)) => text.push_str(&t),
-                    (kind, _) => {
+                match part {
+                    ContentPart::Text { text: t } => text.push_str(&t),
+                    ContentPart::ImageUrl { .. } => {
                         return Err(ApiError::invalid(
-                            format!("Content part type '{kind}' is not supported by this model."),
+                            "Content part type 'image_url' is not supported by this model.",
                             Some(&format!("messages[{index}].content")),
                         ))
                     }
@@ -197,24 +160,27 @@ fn flatten_message(m: WireMessage, index: usize) -> Result<ChatMessage, ApiError
             text
         }
     };
-    // The template has one system role; `developer` is OpenAI's newer name for it.
-    let role = if m.role == "developer" {
-        "system".to_owned()
-    } else {
-        m.role
-    };
-    Ok(ChatMessage { role, content })
+    Ok(ChatMessage {
+        role: role.to_owned(),
+        content,
+    })
+}
+
+/// The parts of a chat request the HTTP layer needs after handing it to the engine.
+struct ChatOptions {
+    stream: bool,
+    include_usage: bool,
 }
 
 /// Checks the request and turns it into the engine's form.
-fn to_generate(req: ChatCompletionRequest) -> Result<(GenerateRequest, bool, bool), ApiError> {
+fn to_generate(req: ChatRequest) -> Result<(GenerateRequest, ChatOptions), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "'messages' must not be empty.",
             Some("messages"),
         ));
     }
-    if req.n.is_some_and(|n| n != 1) {
+    if req.extra.get("n").is_some_and(|n| n.as_u64() != Some(1)) {
         return Err(ApiError::invalid("Only n=1 is supported.", Some("n")));
     }
     let temperature = req.temperature.unwrap_or(1.0);
@@ -231,39 +197,33 @@ fn to_generate(req: ChatCompletionRequest) -> Result<(GenerateRequest, bool, boo
             Some("top_p"),
         ));
     }
-    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
+    let max_tokens = match req.output_limit() {
         Some(0) => {
             return Err(ApiError::invalid(
                 "'max_tokens' must be at least 1.",
                 Some("max_tokens"),
             ))
         }
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-        None => None,
+        limit => limit.map(|n| n as usize),
     };
-    let stop = match req.stop {
-        None => Vec::new(),
-        Some(StopField::One(s)) => vec![s],
-        Some(StopField::Many(v)) => v,
-    };
+    let stop = req.stop_sequences();
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
         return Err(ApiError::invalid(
             "'stop' takes up to 4 non-empty strings.",
             Some("stop"),
         ));
     }
+    let options = ChatOptions {
+        stream: req.stream,
+        include_usage: req.wants_stream_usage(),
+    };
+    let seed = req.seed.map_or_else(rand::random::<u64>, |s| s as u64);
     let messages = req
         .messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| flatten_message(m, i))
         .collect::<Result<Vec<_>, _>>()?;
-    let seed = req.seed.map_or_else(rand::random::<u64>, |s| s as u64);
-    let stream = req.stream.unwrap_or(false);
-    let include_usage = req
-        .stream_options
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
     Ok((
         GenerateRequest {
             model: req.model,
@@ -276,8 +236,7 @@ fn to_generate(req: ChatCompletionRequest) -> Result<(GenerateRequest, bool, boo
             },
             stop,
         },
-        stream,
-        include_usage,
+        options,
     ))
 }
 
@@ -295,166 +254,98 @@ async fn chat_inner(
     state: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ChatCompletionRequest = parse_body(body)?;
-    let (request, stream, include_usage) = to_generate(req)?;
+    let req: ChatRequest = parse_body(body)?;
+    let (request, options) = to_generate(req)?;
     let model = request.model.clone();
     let mut rx = state.engine.generate(request)?;
     // Wait until the sequence is admitted, so admission errors still get a proper status.
-    let prompt_tokens = match rx.recv().await {
-        Some(ChatEvent::Started { prompt_tokens }) => prompt_tokens,
+    match rx.recv().await {
+        Some(ChatEvent::Started) => {}
         Some(ChatEvent::Failed(e)) => return Err(e),
         _ => return Err(ApiError::Internal("the worker dropped the request".into())),
-    };
-    let meta = CompletionMeta {
-        id: format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32),
-        created: unix_now(),
-        model,
-    };
-    if stream {
-        Ok(stream_response(rx, meta, prompt_tokens, include_usage))
-    } else {
-        collect_response(rx, meta).await
     }
-}
-
-struct CompletionMeta {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-fn usage(prompt: usize, completion: usize) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    let id = format!("chatcmpl-{:024x}", rand::random::<u128>() >> 32);
+    let created = unix_now();
+    if options.stream {
+        let encoder = OpenAiStreamEncoder::new(id, model, created, options.include_usage);
+        Ok(stream_response(rx, encoder))
+    } else {
+        collect_response(rx, id, model, created).await
+    }
 }
 
 async fn collect_response(
     mut rx: UnboundedReceiver<ChatEvent>,
-    meta: CompletionMeta,
+    id: String,
+    model: String,
+    created: u64,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     loop {
         match rx.recv().await {
             Some(ChatEvent::Delta(d)) => text.push_str(&d),
-            Some(ChatEvent::Finished {
-                reason,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                let body = json!({
-                    "id": meta.id,
-                    "object": "chat.completion",
-                    "created": meta.created,
-                    "model": meta.model,
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": null},
-                        "logprobs": null,
-                        "finish_reason": reason.as_str(),
-                    }],
-                    "usage": usage(prompt_tokens, completion_tokens),
-                    "system_fingerprint": null,
-                });
-                return Ok(axum::Json(body).into_response());
+            Some(ChatEvent::Finished { reason, usage }) => {
+                let response = ChatResponse {
+                    id,
+                    model,
+                    created,
+                    text: Some(text),
+                    tool_calls: Vec::new(),
+                    finish_reason: Some(reason),
+                    usage,
+                };
+                let body = openai::encode_response(&response);
+                return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
             }
             Some(ChatEvent::Failed(e)) => return Err(e),
-            Some(ChatEvent::Started { .. }) => {}
+            Some(ChatEvent::Started) => {}
             None => return Err(ApiError::Internal("the worker dropped the request".into())),
         }
     }
 }
 
-/// Where a streamed completion is: role chunk first, then content, then the end frames.
-enum StreamPhase {
-    Role,
-    Content,
-    Done,
-}
-
-struct StreamState {
-    rx: UnboundedReceiver<ChatEvent>,
-    meta: CompletionMeta,
-    prompt_tokens: usize,
-    include_usage: bool,
-    phase: StreamPhase,
-}
-
-impl StreamState {
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> String {
-        let mut chunk = json!({
-            "id": self.meta.id,
-            "object": "chat.completion.chunk",
-            "created": self.meta.created,
-            "model": self.meta.model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
+/// Streams the engine's events as OpenAI chunks through the core's encoder: the role chunk
+/// at once, a chunk per delta, then the finish chunk, the usage chunk when asked for, and
+/// `[DONE]`. A failure ends the stream with an OpenAI error frame.
+fn stream_response(rx: UnboundedReceiver<ChatEvent>, encoder: OpenAiStreamEncoder) -> Response {
+    let frames = futures_util::stream::unfold(Some((rx, encoder, true)), |state| async move {
+        let (mut rx, mut enc, first) = state?;
+        let mut out = Vec::new();
+        if first {
+            // Empty id and model keep the encoder's own.
+            let start = StreamEvent::Start {
+                id: String::new(),
+                model: String::new(),
+            };
+            enc.encode(&start, &mut out);
+            return Some((
+                Ok::<_, Infallible>(Bytes::from(out)),
+                Some((rx, enc, false)),
+            ));
         }
-        format!("data: {chunk}\n\n")
-    }
-}
-
-fn stream_response(
-    rx: UnboundedReceiver<ChatEvent>,
-    meta: CompletionMeta,
-    prompt_tokens: usize,
-    include_usage: bool,
-) -> Response {
-    let state = StreamState {
-        rx,
-        meta,
-        prompt_tokens,
-        include_usage,
-        phase: StreamPhase::Role,
-    };
-    let frames = futures_util::stream::unfold(state, |mut st| async move {
-        let frame = match st.phase {
-            StreamPhase::Done => return None,
-            StreamPhase::Role => {
-                st.phase = StreamPhase::Content;
-                st.chunk(
-                    json!({"role": "assistant", "content": "", "refusal": null}),
-                    None,
-                )
+        let go_on = match rx.recv().await {
+            Some(ChatEvent::Delta(d)) => {
+                enc.encode(&StreamEvent::Text(d), &mut out);
+                true
             }
-            StreamPhase::Content => match st.rx.recv().await {
-                Some(ChatEvent::Delta(d)) => st.chunk(json!({"content": d}), None),
-                Some(ChatEvent::Finished {
-                    reason,
-                    prompt_tokens,
-                    completion_tokens,
-                }) => {
-                    st.phase = StreamPhase::Done;
-                    let mut out = st.chunk(json!({}), Some(reason.as_str()));
-                    if st.include_usage {
-                        let last = json!({
-                            "id": st.meta.id,
-                            "object": "chat.completion.chunk",
-                            "created": st.meta.created,
-                            "model": st.meta.model,
-                            "system_fingerprint": null,
-                            "choices": [],
-                            "usage": usage(prompt_tokens.max(st.prompt_tokens), completion_tokens),
-                        });
-                        out.push_str(&format!("data: {last}\n\n"));
-                    }
-                    out.push_str("data: [DONE]\n\n");
-                    out
-                }
-                Some(ChatEvent::Started { .. }) => String::new(),
-                Some(ChatEvent::Failed(e)) => {
-                    st.phase = StreamPhase::Done;
-                    format!("data: {}\n\n", e.to_json())
-                }
-                None => {
-                    st.phase = StreamPhase::Done;
-                    let e = ApiError::Internal("the worker dropped the request".into());
-                    format!("data: {}\n\n", e.to_json())
-                }
-            },
+            Some(ChatEvent::Started) => true,
+            Some(ChatEvent::Finished { reason, usage }) => {
+                enc.encode(&StreamEvent::Finish(reason), &mut out);
+                enc.encode(&StreamEvent::Usage(usage), &mut out);
+                enc.finish(&mut out);
+                false
+            }
+            Some(ChatEvent::Failed(e)) => {
+                error_frame(&e, &mut out);
+                false
+            }
+            None => {
+                let e = ApiError::Internal("the worker dropped the request".into());
+                error_frame(&e, &mut out);
+                false
+            }
         };
-        Some((Ok::<_, Infallible>(Bytes::from(frame)), st))
+        Some((Ok(Bytes::from(out)), go_on.then_some((rx, enc, false))))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -463,19 +354,10 @@ fn stream_response(
         .unwrap_or_else(|_| error_response(&ApiError::Internal("building the stream".into())))
 }
 
-#[derive(Deserialize)]
-struct EmbeddingRequest {
-    model: String,
-    input: EmbeddingInput,
-    encoding_format: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum EmbeddingInput {
-    One(String),
-    Many(Vec<String>),
-    Tokens(Vec<serde::de::IgnoredAny>),
+/// An error inside a stream: one `data:` frame with the OpenAI error body, which the
+/// OpenAI SDKs raise as an `APIError`.
+fn error_frame(e: &ApiError, out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("data: {}\n\n", e.to_json()).as_bytes());
 }
 
 async fn embeddings(
@@ -492,16 +374,25 @@ async fn embeddings_inner(
     state: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: EmbeddingRequest = parse_body(body)?;
-    let inputs = match req.input {
-        EmbeddingInput::One(s) => vec![s],
-        EmbeddingInput::Many(v) => v,
-        EmbeddingInput::Tokens(items) => {
+    let req: EmbeddingsRequest = parse_body(body)?;
+    let inputs: Vec<String> = match req.input {
+        Value::String(s) => vec![s],
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Value::Array(items) => {
             return Err(ApiError::invalid(
                 format!(
                     "'input' must be a string or an array of strings (got an array of {} non-string items; token arrays are not supported).",
                     items.len()
                 ),
+                Some("input"),
+            ))
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "'input' must be a string or an array of strings.",
                 Some("input"),
             ))
         }
@@ -519,38 +410,31 @@ async fn embeddings_inner(
             state.limits.max_embedding_inputs
         )));
     }
-    let base64 = match req.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
+    let base64 = match req.extra.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
         Some(other) => {
             return Err(ApiError::invalid(
-                format!("'encoding_format' must be 'float' or 'base64', not '{other}'."),
+                format!("'encoding_format' must be 'float' or 'base64', not {other}."),
                 Some("encoding_format"),
             ))
         }
     };
     let result = state.engine.embed(&req.model, inputs).await?;
-    let data: Vec<Value> = result
+    let vectors = result
         .vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 {
+        .into_iter()
+        .map(|v| match base64 {
+            true => {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(v)
-            };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            false => EmbeddingVector::Float(v),
         })
         .collect();
-    Ok(axum::Json(json!({
-        "object": "list",
-        "data": data,
-        "model": req.model,
-        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-    }))
-    .into_response())
+    let response = EmbeddingsResponse::new(req.model, vectors, result.prompt_tokens as u64);
+    Ok(axum::Json(response).into_response())
 }
 
 async fn list_models(State(state): State<Arc<AppState>>) -> Response {

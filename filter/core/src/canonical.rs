@@ -394,6 +394,73 @@ pub struct EmbeddingsRequest {
     pub extra: Map<String, Value>,
 }
 
+/// An embeddings answer (OpenAI shape), for a server that computes embeddings itself (the
+/// native backend) and answers in the same schema the gateway forwards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingsResponse {
+    /// Always `list`.
+    pub object: String,
+    /// One vector per input, in input order.
+    pub data: Vec<EmbeddingData>,
+    /// The model that embedded the inputs.
+    pub model: String,
+    /// Tokens read.
+    pub usage: EmbeddingsUsage,
+}
+
+impl EmbeddingsResponse {
+    /// A response holding `vectors` in input order.
+    pub fn new(model: String, vectors: Vec<EmbeddingVector>, prompt_tokens: u64) -> Self {
+        EmbeddingsResponse {
+            object: "list".into(),
+            data: vectors
+                .into_iter()
+                .enumerate()
+                .map(|(index, embedding)| EmbeddingData {
+                    object: "embedding".into(),
+                    index: index as u32,
+                    embedding,
+                })
+                .collect(),
+            model,
+            usage: EmbeddingsUsage {
+                prompt_tokens,
+                total_tokens: prompt_tokens,
+            },
+        }
+    }
+}
+
+/// One input's embedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingData {
+    /// Always `embedding`.
+    pub object: String,
+    /// Position of the input in the request.
+    pub index: u32,
+    /// The vector, as the request's `encoding_format` asked.
+    pub embedding: EmbeddingVector,
+}
+
+/// An embedding vector: floats, or base64 of little-endian f32s (`encoding_format: base64`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    /// `encoding_format: float` (the default).
+    Float(Vec<f32>),
+    /// `encoding_format: base64`.
+    Base64(String),
+}
+
+/// Token counts of an embeddings request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EmbeddingsUsage {
+    /// Tokens read.
+    pub prompt_tokens: u64,
+    /// The same as `prompt_tokens` (embeddings produce no tokens).
+    pub total_tokens: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +494,30 @@ mod tests {
         let again: ChatRequest =
             serde_json::from_slice(&serde_json::to_vec(&req).unwrap()).unwrap();
         assert_eq!(again, req);
+    }
+
+    #[test]
+    fn embeddings_response_has_openai_shape() {
+        let resp = EmbeddingsResponse::new(
+            "m".into(),
+            vec![
+                EmbeddingVector::Float(vec![0.5, -1.0]),
+                EmbeddingVector::Base64("AAAA".into()),
+            ],
+            7,
+        );
+        let v = serde_json::to_value(&resp).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "object": "list", "model": "m",
+                "data": [
+                    {"object": "embedding", "index": 0, "embedding": [0.5, -1.0]},
+                    {"object": "embedding", "index": 1, "embedding": "AAAA"}
+                ],
+                "usage": {"prompt_tokens": 7, "total_tokens": 7}
+            })
+        );
     }
 
     #[test]

@@ -1,0 +1,318 @@
+//! A worker thread and its continuous-batching scheduler.
+//!
+//! A worker loop, between two token steps:
+//! 1. takes new jobs and finished model loads off its channel;
+//! 2. drops waiting jobs and running sequences whose client went away (the receiver of
+//!    their event channel was dropped), freeing queue room and batch slots at once;
+//! 3. answers embedding jobs whose model is warm;
+//! 4. admits waiting chat jobs into the running batch, up to `max_batch`;
+//! 5. runs one forward step per chat model over all its running sequences — a whole prompt
+//!    for a newly admitted sequence, one token for the others — samples one token for each,
+//!    streams it out, and retires the sequences that finished.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+
+use super::jobs::{ChatEvent, Job};
+use super::registry::{Loaded, ModelState, Resident};
+use super::sequence::{start_sequence, Sequence};
+use super::Shared;
+use crate::chat_model::ChatModel;
+use crate::error::{ApiError, ModelError};
+use crate::llama::StepInput;
+
+pub(super) enum WorkerMsg {
+    Job(Job),
+    /// The engine is gone: fail what is left and end the thread.
+    Shutdown,
+    Load(String),
+    Loaded {
+        model: String,
+        result: Result<Loaded, String>,
+        load_ms: u64,
+    },
+}
+
+pub(super) struct Worker {
+    pub(super) index: usize,
+    pub(super) shared: Arc<Shared>,
+    pub(super) device: Device,
+    pub(super) tx: mpsc::Sender<WorkerMsg>,
+    pub(super) rx: mpsc::Receiver<WorkerMsg>,
+    pub(super) models: HashMap<String, Resident>,
+    pub(super) loading: HashSet<String>,
+    pub(super) waiting: VecDeque<Job>,
+    pub(super) running: Vec<Sequence>,
+    pub(super) published_running: usize,
+}
+
+impl Worker {
+    pub(super) fn run(mut self) {
+        loop {
+            if self.running.is_empty() && !self.has_ready_job() {
+                match self.rx.recv() {
+                    Ok(WorkerMsg::Shutdown) | Err(_) => break,
+                    Ok(msg) => self.handle(msg),
+                }
+            }
+            let mut shutdown = false;
+            while let Ok(msg) = self.rx.try_recv() {
+                match msg {
+                    WorkerMsg::Shutdown => shutdown = true,
+                    msg => self.handle(msg),
+                }
+            }
+            if shutdown {
+                break;
+            }
+            self.drop_cancelled();
+            self.run_embeddings();
+            self.admit_chats();
+            self.step();
+            self.publish_running();
+        }
+        for job in self.waiting.drain(..) {
+            job.fail(ApiError::Internal("the backend is shutting down".into()));
+        }
+        for seq in self.running.drain(..) {
+            let _ = seq.job.events.send(ChatEvent::Failed(ApiError::Internal(
+                "the backend is shutting down".into(),
+            )));
+        }
+        self.publish_running();
+    }
+
+    pub(super) fn has_ready_job(&self) -> bool {
+        self.waiting
+            .iter()
+            .any(|j| self.models.contains_key(j.model()))
+    }
+
+    pub(super) fn handle(&mut self, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::Job(job) => {
+                let model = job.model().to_owned();
+                if !self.models.contains_key(&model) && !self.loading.contains(&model) {
+                    self.start_load(&model);
+                }
+                self.waiting.push_back(job);
+            }
+            WorkerMsg::Shutdown => {}
+            WorkerMsg::Load(model) => {
+                if !self.models.contains_key(&model) && !self.loading.contains(&model) {
+                    self.start_load(&model);
+                }
+            }
+            WorkerMsg::Loaded {
+                model,
+                result,
+                load_ms,
+            } => {
+                self.loading.remove(&model);
+                match result {
+                    Ok(loaded) => {
+                        let size = self.shared.catalog.get(&model).map_or(0, |s| s.size_bytes);
+                        self.models.insert(
+                            model.clone(),
+                            Resident {
+                                model: loaded,
+                                size,
+                                last_used: Instant::now(),
+                            },
+                        );
+                        self.shared
+                            .set_status(self.index, &model, ModelState::Warm, Some(load_ms));
+                        eprintln!(
+                            "gpu-backend: worker {} loaded {model} in {load_ms} ms",
+                            self.index
+                        );
+                    }
+                    Err(reason) => {
+                        self.shared
+                            .set_status(self.index, &model, ModelState::Failed, None);
+                        eprintln!(
+                            "gpu-backend: worker {} failed to load {model}: {reason}",
+                            self.index
+                        );
+                        let (failed, keep): (VecDeque<Job>, VecDeque<Job>) =
+                            self.waiting.drain(..).partition(|j| j.model() == model);
+                        self.waiting = keep;
+                        for job in failed {
+                            job.fail(ApiError::ModelUnavailable {
+                                model: model.clone(),
+                                reason: reason.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn drop_cancelled(&mut self) {
+        let before = self.waiting.len() + self.running.len();
+        self.waiting.retain(|j| !j.cancelled());
+        self.running.retain(|s| !s.job.events.is_closed());
+        let dropped = before - self.waiting.len() - self.running.len();
+        self.shared
+            .metrics
+            .requests_cancelled
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn run_embeddings(&mut self) {
+        let mut rest = VecDeque::with_capacity(self.waiting.len());
+        for job in std::mem::take(&mut self.waiting) {
+            let Job::Embed(job) = job else {
+                rest.push_back(job);
+                continue;
+            };
+            let Some(resident) = self.models.get_mut(&job.model) else {
+                rest.push_back(Job::Embed(job));
+                continue;
+            };
+            resident.last_used = Instant::now();
+            let Loaded::Embedding(embedder) = &resident.model else {
+                let _ = job
+                    .reply
+                    .send(Err(ApiError::Internal("not an embedding model".into())));
+                continue;
+            };
+            let result = catch_unwind(AssertUnwindSafe(|| embedder.embed(&job.inputs)))
+                .unwrap_or_else(|_| Err(ModelError::Format("embedding panicked".into())))
+                .map_err(|e| ApiError::Internal(e.to_string()));
+            if result.is_ok() {
+                self.shared
+                    .metrics
+                    .requests_completed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = job.reply.send(result);
+        }
+        self.waiting = rest;
+    }
+
+    pub(super) fn admit_chats(&mut self) {
+        let max_batch = self.shared.config.max_batch.max(1);
+        let mut rest = VecDeque::with_capacity(self.waiting.len());
+        for job in std::mem::take(&mut self.waiting) {
+            let Job::Chat(job) = job else {
+                rest.push_back(job);
+                continue;
+            };
+            if self.running.len() >= max_batch {
+                rest.push_back(Job::Chat(job));
+                continue;
+            }
+            let Some(resident) = self.models.get_mut(&job.request.model) else {
+                rest.push_back(Job::Chat(job));
+                continue;
+            };
+            resident.last_used = Instant::now();
+            let Loaded::Chat(model) = &resident.model else {
+                let _ = job.events.send(ChatEvent::Failed(ApiError::Internal(
+                    "not a chat model".into(),
+                )));
+                continue;
+            };
+            if let Some(seq) = start_sequence(model.clone(), job) {
+                self.shared
+                    .metrics
+                    .prompt_tokens
+                    .fetch_add(seq.prompt_tokens as u64, Ordering::Relaxed);
+                self.running.push(seq);
+            }
+        }
+        self.waiting = rest;
+    }
+
+    /// One forward step per chat model over all of its running sequences.
+    pub(super) fn step(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        let mut groups: Vec<Arc<ChatModel>> = Vec::new();
+        for s in &self.running {
+            if !groups.iter().any(|m| Arc::ptr_eq(m, &s.model)) {
+                groups.push(s.model.clone());
+            }
+        }
+        let mut finished = vec![false; self.running.len()];
+        for model in groups {
+            let members: Vec<usize> = (0..self.running.len())
+                .filter(|&i| Arc::ptr_eq(&self.running[i].model, &model))
+                .collect();
+            let result = {
+                let mut inputs: Vec<StepInput<'_>> = self
+                    .running
+                    .iter_mut()
+                    .filter(|s| Arc::ptr_eq(&s.model, &model))
+                    .map(|s| StepInput {
+                        tokens: &s.pending,
+                        cache: &mut s.cache,
+                    })
+                    .collect();
+                catch_unwind(AssertUnwindSafe(|| model.llama.forward(&mut inputs)))
+                    .unwrap_or_else(|_| Err(ModelError::Format("forward step panicked".into())))
+            };
+            self.shared
+                .metrics
+                .batch_steps
+                .fetch_add(1, Ordering::Relaxed);
+            let logits = match result {
+                Ok(l) => l,
+                Err(e) => {
+                    for &i in &members {
+                        let _ = self.running[i]
+                            .job
+                            .events
+                            .send(ChatEvent::Failed(ApiError::Internal(e.to_string())));
+                        finished[i] = true;
+                    }
+                    continue;
+                }
+            };
+            for (row, &i) in members.iter().enumerate() {
+                let seq = &mut self.running[i];
+                let done = logits
+                    .get(row)
+                    .map_err(ModelError::from)
+                    .and_then(|l| seq.sampler.sample(&l).map_err(ModelError::from))
+                    .and_then(|token| seq.accept(token, &self.shared.metrics));
+                finished[i] = match done {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let _ = seq
+                            .job
+                            .events
+                            .send(ChatEvent::Failed(ApiError::Internal(e.to_string())));
+                        true
+                    }
+                };
+            }
+        }
+        let mut i = 0;
+        self.running.retain(|_| {
+            let keep = !finished[i];
+            i += 1;
+            keep
+        });
+    }
+
+    pub(super) fn publish_running(&mut self) {
+        let now = self.running.len();
+        let m = &self.shared.metrics.running;
+        if now > self.published_running {
+            m.fetch_add(now - self.published_running, Ordering::AcqRel);
+        } else {
+            m.fetch_sub(self.published_running - now, Ordering::AcqRel);
+        }
+        self.published_running = now;
+    }
+}

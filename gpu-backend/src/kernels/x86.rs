@@ -1,0 +1,231 @@
+//! AVX2 matmul tiles, chosen at run time so one binary serves every x86_64 CPU.
+//!
+//! A weight block (32 values) is widened once to two vectors of sixteen i16 and multiplied
+//! into every activation row of the tile (16-bit, see [`super::Act16`]) with `madd`, which
+//! sums pairs of products into i32 lanes; each block's sum is scaled in f32 (`d_w·d_x`, plus
+//! `m_w·s_x` for Q4_1's minimum). Each (weight row, activation row) pair is summed the same
+//! way whatever tile it is computed in, so a row's result does not depend on the rows
+//! batched with it.
+
+use std::arch::x86_64::*;
+
+use super::{Act16, SharedOut, WeightFormat, BLOCK};
+
+/// Whether this CPU runs these kernels.
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// Computes `out[ti·n + r]` for weight rows `rows` (raw blocks, `row_bytes` each, from
+/// `w`) and every activation row of `x` (`t` rows of `cols`).
+///
+/// # Safety
+/// [`available`] is true; `w` holds every row in `rows`; `out` holds `t × n` values and no
+/// other thread writes the columns in `rows` meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn matmul_rows(
+    format: WeightFormat,
+    w: &[u8],
+    row_bytes: usize,
+    rows: std::ops::Range<usize>,
+    x: &Act16,
+    t: usize,
+    cols: usize,
+    out: SharedOut,
+    n: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match format {
+            WeightFormat::Q4_1 => drive::<Q4_1>(w, row_bytes, rows, x, t, cols, out, n),
+            WeightFormat::Q8_0 => drive::<Q8_0>(w, row_bytes, rows, x, t, cols, out, n),
+        }
+    }
+}
+
+/// A weight block decoded for the tiles: 32 values as i16, scale and minimum.
+struct Block {
+    q: [__m256i; 2],
+    d: f32,
+    m: f32,
+}
+
+/// A block format the tiles decode.
+trait Decode {
+    const BYTES: usize;
+    /// Whether blocks carry a minimum (`d·q + m`) rather than only a scale.
+    const HAS_MIN: bool;
+    /// The block at `b`.
+    unsafe fn decode(b: *const u8) -> Block;
+}
+
+struct Q4_1;
+struct Q8_0;
+
+impl Decode for Q4_1 {
+    const BYTES: usize = 20;
+    const HAS_MIN: bool = true;
+    #[inline(always)]
+    unsafe fn decode(b: *const u8) -> Block {
+        // SAFETY: the caller guarantees a whole block at `b`; AVX2/F16C are enabled in every
+        // caller (this is inlined into `tile`).
+        unsafe {
+            let raw = (b as *const i32).read_unaligned();
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(raw));
+            let qs = _mm_loadu_si128(b.add(4) as *const __m128i);
+            let low = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(qs, low); // values 0..16
+            let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low); // values 16..32
+            Block {
+                q: [_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi)],
+                d: _mm_cvtss_f32(dm),
+                m: _mm_cvtss_f32(_mm_movehdup_ps(dm)),
+            }
+        }
+    }
+}
+
+impl Decode for Q8_0 {
+    const BYTES: usize = 34;
+    const HAS_MIN: bool = false;
+    #[inline(always)]
+    unsafe fn decode(b: *const u8) -> Block {
+        // SAFETY: as for Q4_1.
+        unsafe {
+            let raw = (b as *const u16).read_unaligned() as i32;
+            let lo = _mm_loadu_si128(b.add(2) as *const __m128i);
+            let hi = _mm_loadu_si128(b.add(18) as *const __m128i);
+            Block {
+                q: [_mm256_cvtepi8_epi16(lo), _mm256_cvtepi8_epi16(hi)],
+                d: _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(raw))),
+                m: 0.0,
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: AVX is enabled in every caller.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// One activation row of a tile: its 16-bit values, block scales and block sums.
+#[derive(Clone, Copy)]
+struct Row {
+    q: *const i16,
+    d: *const f32,
+    s: *const f32,
+}
+
+/// `R` weight rows × `N` activation rows; every pair has one vector and one scalar
+/// accumulator, the same in any tile shape.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<F: Decode, const R: usize, const N: usize>(
+    w: [*const u8; R],
+    x: [Row; N],
+    blocks: usize,
+) -> [[f32; N]; R] {
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut mins = [[0f32; N]; R];
+    for b in 0..blocks {
+        for r in 0..R {
+            // SAFETY: each weight row has `blocks` blocks and each activation row `blocks`
+            // blocks of 32 values, a scale and a sum (the caller's contract).
+            unsafe {
+                let wb = F::decode(w[r].add(b * F::BYTES));
+                for n in 0..N {
+                    let xq = x[n].q.add(b * BLOCK);
+                    let p = _mm256_add_epi32(
+                        _mm256_madd_epi16(wb.q[0], _mm256_loadu_si256(xq as *const __m256i)),
+                        _mm256_madd_epi16(
+                            wb.q[1],
+                            _mm256_loadu_si256(xq.add(16) as *const __m256i),
+                        ),
+                    );
+                    let scale = _mm256_set1_ps(wb.d * *x[n].d.add(b));
+                    acc[r][n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r][n]);
+                    if F::HAS_MIN {
+                        mins[r][n] += wb.m * *x[n].s.add(b);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; N]; R];
+    for r in 0..R {
+        for n in 0..N {
+            // SAFETY: AVX is enabled here.
+            out[r][n] = unsafe { hsum(acc[r][n]) } + mins[r][n];
+        }
+    }
+    out
+}
+
+/// Tiles the rows: four activation rows per weight row when there are four or more (the
+/// decode is shared), else four weight rows per activation row (independent sums keep the
+/// units busy).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn drive<F: Decode>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: std::ops::Range<usize>,
+    x: &Act16,
+    t: usize,
+    cols: usize,
+    out: SharedOut,
+    n: usize,
+) {
+    let blocks = cols / BLOCK;
+    let wp = |r: usize| w[r * row_bytes..(r + 1) * row_bytes].as_ptr();
+    let xr = |i: usize| Row {
+        q: x.q[i * cols..(i + 1) * cols].as_ptr(),
+        d: x.d[i * blocks..(i + 1) * blocks].as_ptr(),
+        s: x.s[i * blocks..(i + 1) * blocks].as_ptr(),
+    };
+    // SAFETY (every block below): pointers come from in-bounds rows (checked by slicing),
+    // and the caller owns the output columns in `rows`.
+    unsafe {
+        if t >= 4 {
+            for r in rows {
+                let mut i = 0;
+                while i + 4 <= t {
+                    let o =
+                        tile::<F, 1, 4>([wp(r)], [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)], blocks);
+                    for (k, v) in o[0].iter().enumerate() {
+                        out.write((i + k) * n + r, *v);
+                    }
+                    i += 4;
+                }
+                for i in i..t {
+                    out.write(i * n + r, tile::<F, 1, 1>([wp(r)], [xr(i)], blocks)[0][0]);
+                }
+            }
+        } else {
+            let mut r = rows.start;
+            while r + 4 <= rows.end {
+                for i in 0..t {
+                    let o =
+                        tile::<F, 4, 1>([wp(r), wp(r + 1), wp(r + 2), wp(r + 3)], [xr(i)], blocks);
+                    for (k, v) in o.iter().enumerate() {
+                        out.write(i * n + r + k, v[0]);
+                    }
+                }
+                r += 4;
+            }
+            for r in r..rows.end {
+                for i in 0..t {
+                    out.write(i * n + r, tile::<F, 1, 1>([wp(r)], [xr(i)], blocks)[0][0]);
+                }
+            }
+        }
+    }
+}
