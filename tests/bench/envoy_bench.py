@@ -10,7 +10,10 @@ script prints a Markdown table with requests/s, p50 and p99, and ratios against 
     python3 tests/bench/envoy_bench.py [--envoy PATH] [--wasm PATH] [--duration 10] [--conns 1,64,512]
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
         [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
-        [--component-runner HOST_RUNNER ...] [--components-only]
+        [--component-runner HOST_RUNNER ...] [--components-only] [--filter LABEL=PATH ...]
+
+With --filter (repeatable), one more Envoy + filter row per build, in the same Envoy, to
+compare filter builds (before/after a change) in one run.
 
 With --host-runner, two more rows: host-runner running the passthrough guest (every callback
 continues; the request carries `x-switchyard-cluster` itself) and host-runner running
@@ -94,7 +97,9 @@ def gateway_config(upstream_port):
     })
 
 
-def write_configs(tmp, wasm, ports):
+def write_configs(tmp, wasm, ports, extra_filters=()):
+    """Envoy configs: the upstream, and the proxies (pass-through, the filter, and one more
+    filter listener per `(label, path, port)` in `extra_filters`)."""
     up, passthrough, filtered, admin = ports
     direct = (f'direct_response: {{status: 200, body: {{inline_string: {json.dumps(COMPLETION)}}}}}\n'
               '                response_headers_to_add: [{header: {key: content-type, value: application/json}}]')
@@ -103,7 +108,9 @@ admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}
 static_resources:
   listeners:{listener(up, ROUTER, direct)}
 """
-    wasm_filter = f"""
+
+    def wasm_filter(path, vm):
+        return f"""
           - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -114,12 +121,17 @@ static_resources:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: {json.dumps(gateway_config(up))}
                 vm_config:
+                  vm_id: {vm}
                   runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {wasm}}}}}"""
+                  code: {{local: {{filename: {path}}}}}"""
+    route = "route: {cluster_header: x-switchyard-cluster, timeout: 0s}"
+    filters = listener(filtered, wasm_filter(wasm, "main") + ROUTER, route)
+    for i, (_, path, port) in enumerate(extra_filters):
+        filters += listener(port, wasm_filter(path, f"extra{i}") + ROUTER, route)
     proxies_yaml = f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin + 1}}}}}}}
 static_resources:
-  listeners:{listener(passthrough, ROUTER, "route: {cluster: upstream, timeout: 0s}")}{listener(filtered, wasm_filter + ROUTER, "route: {cluster_header: x-switchyard-cluster, timeout: 0s}")}
+  listeners:{listener(passthrough, ROUTER, "route: {cluster: upstream, timeout: 0s}")}{filters}
   clusters:{cluster("upstream", up)}
 """
     paths = []
@@ -179,6 +191,8 @@ def main():
     ap.add_argument("--component-runner", action="append", default=[],
                     help="the host-runner binary serving the n-th --component (default "
                          "--host-runner), to compare host-runner builds")
+    ap.add_argument("--filter", action="append", default=[],
+                    help="LABEL=PATH of another filter.wasm build to measure in the same Envoy")
     ap.add_argument("--components-only", action="store_true",
                     help="measure only the upstream direct and the components")
     ap.add_argument("--passthrough", default=os.path.join(
@@ -189,7 +203,11 @@ def main():
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
     base = args.base_port
     ports = (base, base + 1, base + 2, base + 10)
-    upstream_cfg, proxies_cfg = write_configs(tmp, args.wasm, ports)
+    extra_filters = []
+    for i, spec in enumerate(args.filter):
+        label, _, path = spec.rpartition("=")
+        extra_filters.append((label or path, os.path.abspath(path), base + 30 + i))
+    upstream_cfg, proxies_cfg = write_configs(tmp, args.wasm, ports, extra_filters)
     lua = os.path.join(tmp, "post.lua")
     with open(lua, "w") as f:
         f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST)}\n'
@@ -206,6 +224,7 @@ def main():
         setups = [("upstream direct", ports[0])]
         if not args.components_only:
             setups += [("envoy pass-through", ports[1]), ("envoy + filter.wasm", ports[2])]
+            setups += [(f"envoy + {label}", port) for label, _, port in extra_filters]
         if args.host_runner and not args.components_only:
             gw_path = os.path.join(tmp, "gateway.json")
             with open(gw_path, "w") as f:
