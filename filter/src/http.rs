@@ -10,8 +10,8 @@ use proxy_wasm::types::Action as HostAction;
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, Send};
 use switchyard_core::{Gateway, LocalReply, RequestHead, UpstreamHead};
 
-use crate::health::SharedDataHealth;
 use crate::metrics;
+use crate::shared::{SharedDataCounters, SharedDataHealth};
 
 /// Header the route uses to pick the upstream cluster.
 pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
@@ -153,6 +153,7 @@ impl SwitchyardHttp {
             now_ms: self.now_ms(),
             random: self.random(),
             health: &SharedDataHealth,
+            counters: &SharedDataCounters,
         };
         self.exchange.handle(&self.gateway, event, &cx)
     }
@@ -445,7 +446,13 @@ impl HttpContext for SwitchyardHttp {
             }
         };
         let now_ms = self.now_ms();
-        if let Some(record) = self.exchange.finish(ending, now_ms) {
+        let cx = Ctx {
+            now_ms,
+            random: 0,
+            health: &SharedDataHealth,
+            counters: &SharedDataCounters,
+        };
+        if let Some(record) = self.exchange.finish(ending, &cx) {
             metrics::record(&record);
             crate::control::ship(&record, now_ms);
             log::info!("switchyard usage {}", record.to_json());

@@ -29,6 +29,9 @@ pub struct GatewayKey {
     /// The team the key belongs to (usage and budgets roll up to it).
     #[serde(default)]
     pub team: Option<String>,
+    /// The key's own rate limits and budget.
+    #[serde(default)]
+    pub limits: Option<crate::limits::Quota>,
 }
 
 fn all_models() -> Vec<String> {
@@ -39,6 +42,9 @@ impl GatewayKey {
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() {
             return Err("a key has an empty id".into());
+        }
+        if let Some(quota) = &self.limits {
+            quota.validate(&format!("key `{}`", self.id))?;
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
@@ -159,6 +165,7 @@ mod tests {
             expires_at,
             label: None,
             team: None,
+            limits: None,
         }
     }
 
