@@ -14,14 +14,12 @@ use tokio::task::JoinHandle;
 use super::convert::upstream_request;
 use super::local_reply::text_reply;
 use super::stream::{
-    client_gone, fetch_signal, ready, send_chunk, Dir, Phase, Ready, Release, Stop, Stream,
+    client_gone, fetch_signal, send_chunk, still_paused, Dir, Phase, Ready, Release, Stop, Stream,
     CLIENT_GONE,
 };
 use super::{PER_TRY_TIMEOUT_HEADER, TIMEOUT_HEADER};
-use crate::abi::Action;
 use crate::body::{Chunk, ChunkSender, HostBody};
 use crate::clusters::UpstreamError;
-use crate::error::VmError;
 use crate::vm::Step;
 
 /// An upstream request in flight.
@@ -39,7 +37,6 @@ impl Stream {
         first: Step,
         first_ready: Option<Ready>,
     ) -> Result<Upstream, Stop> {
-        let s = self.s;
         let max = self.world.config.max_buffer_bytes;
         let mut upstream: Option<Upstream> = None;
         let mut paused = false;
@@ -55,11 +52,7 @@ impl Stream {
                     abort_upstream(upstream.take()).await;
                     return Err(Stop::Reset("closed by the filter"));
                 }
-                match phase {
-                    Phase::Body => paused = step.action == Action::Pause,
-                    Phase::Signal if step.control.continue_request => paused = false,
-                    _ => {}
-                }
+                paused = still_paused(paused, Dir::Request, phase, &step);
                 if let Some(ready) = ready {
                     match (ready, &mut upstream) {
                         (Ready::Request(release), None) => {
@@ -107,15 +100,7 @@ impl Stream {
                         abort_upstream(upstream.take()).await;
                         return Err(Stop::Local(text_reply(413, "Payload Too Large")));
                     }
-                    let (world, released) = (self.world.clone(), upstream.is_some());
-                    let (step, ready) = self
-                        .vm
-                        .with(move |vm| {
-                            let step = vm.on_request_body(s, &chunk, eos)?;
-                            let ready = ready(vm, &world, s, Dir::Request, released, &step, Phase::Body)?;
-                            Ok::<_, VmError>((step, ready))
-                        })
-                        .await??;
+                    let (step, ready) = self.on_body(Dir::Request, chunk, eos, upstream.is_some()).await?;
                     next = Some((step, Phase::Body, ready));
                 }
                 sig = self.signals.recv() => {

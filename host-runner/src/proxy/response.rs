@@ -9,9 +9,9 @@ use http_body_util::BodyExt;
 use super::convert::{downstream_response, response_header_map, ContentLength};
 use super::local_reply::text_reply;
 use super::stream::{
-    client_gone, fetch_signal, ready, send_chunk, Dir, Phase, Ready, Stop, Stream, CLIENT_GONE,
+    client_gone, fetch_signal, ready, send_chunk, still_paused, Dir, Phase, Ready, Stop, Stream,
+    CLIENT_GONE,
 };
-use crate::abi::Action;
 use crate::body::{Chunk, HostBody};
 use crate::error::VmError;
 use crate::headers::Headers;
@@ -74,11 +74,7 @@ impl Stream {
                 if step.control.close {
                     return Err(Stop::Reset("closed by the filter"));
                 }
-                match phase {
-                    Phase::Body => paused = step.action == Action::Pause,
-                    Phase::Signal if step.control.continue_response => paused = false,
-                    _ => {}
-                }
+                paused = still_paused(paused, Dir::Response, phase, &step);
                 if let Some(ready) = ready {
                     match ready {
                         Ready::Response(headers, body) => {
@@ -155,15 +151,8 @@ impl Stream {
                             Stop::Reset("response buffer limit exceeded")
                         });
                     }
-                    let (world, released) = (self.world.clone(), self.head.is_none());
-                    let (step, ready) = self
-                        .vm
-                        .with(move |vm| {
-                            let step = vm.on_response_body(s, &chunk, eos)?;
-                            let ready = ready(vm, &world, s, Dir::Response, released, &step, Phase::Body)?;
-                            Ok::<_, VmError>((step, ready))
-                        })
-                        .await??;
+                    let released = self.head.is_none();
+                    let (step, ready) = self.on_body(Dir::Response, chunk, eos, released).await?;
                     next = Some((step, Phase::Body, ready));
                 }
                 sig = self.signals.recv() => {

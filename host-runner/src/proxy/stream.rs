@@ -201,6 +201,29 @@ impl Stream {
         }
     }
 
+    /// Append a body chunk in `dir` and run the filter's body callback, collecting in the same
+    /// VM job what it lets through (`released`: whether that direction's headers already went).
+    pub(super) async fn on_body(
+        &self,
+        dir: Dir,
+        chunk: Bytes,
+        eos: bool,
+        released: bool,
+    ) -> Result<(Step, Option<Ready>), Stop> {
+        let (s, world) = (self.s, self.world.clone());
+        Ok(self
+            .vm
+            .with(move |vm| {
+                let step = match dir {
+                    Dir::Request => vm.on_request_body(s, &chunk, eos)?,
+                    Dir::Response => vm.on_response_body(s, &chunk, eos)?,
+                };
+                let ready = ready(vm, &world, s, dir, released, &step, Phase::Body)?;
+                Ok::<_, VmError>((step, ready))
+            })
+            .await??)
+    }
+
     pub(super) async fn reset(&mut self, why: &'static str) {
         if why == CLIENT_GONE {
             self.response_flags |= DOWNSTREAM_CONNECTION_TERMINATION;
@@ -281,6 +304,21 @@ pub(super) enum Ready {
     Response(Headers, Bytes),
     /// More body in a direction whose headers are already released.
     Chunk(Bytes),
+}
+
+/// Whether a direction stays paused after `step`: a body callback decides anew (`Pause` keeps
+/// buffering), `proxy_continue_stream` for this direction lifts the pause, anything else
+/// leaves it as it was.
+pub(super) fn still_paused(paused: bool, dir: Dir, phase: Phase, step: &Step) -> bool {
+    let continued = match dir {
+        Dir::Request => step.control.continue_request,
+        Dir::Response => step.control.continue_response,
+    };
+    match phase {
+        Phase::Body => step.action == Action::Pause,
+        Phase::Signal if continued => false,
+        _ => paused,
+    }
 }
 
 /// Runs on the worker thread right after a callback: if the filter let data through
