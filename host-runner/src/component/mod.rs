@@ -16,6 +16,8 @@
 //! `outbound` (outbound HTTP and its origin policy), `variables` and `key_value` (Spin's
 //! interfaces, over the `bindings` generated from Spin's WIT), `config` (flags and
 //! configuration).
+//!
+//! [`ProxyPre`]: wasmtime_wasi_http::p2::bindings::ProxyPre
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

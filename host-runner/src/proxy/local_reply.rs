@@ -42,7 +42,6 @@ pub(super) fn reply_response(reply: LocalReply) -> Response<http_body_util::Full
 pub(super) fn text_reply(status: u16, body: &str) -> LocalReply {
     LocalReply {
         status,
-        details: String::new(),
         headers: Headers::new(),
         body: Bytes::from(format!("{body}\n")),
     }
