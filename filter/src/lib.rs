@@ -57,6 +57,8 @@ struct SwitchyardRoot {
     control: Option<ControlLink>,
     /// When the control link's next tick is due (the root ticks faster while streams wait).
     next_control_ms: u64,
+    /// The tick period set last.
+    tick: Option<std::time::Duration>,
 }
 
 impl SwitchyardRoot {
@@ -69,6 +71,13 @@ impl SwitchyardRoot {
     fn apply(&mut self, change: Option<Change>) {
         if let (Some(Change::Keys(snapshot)), Some(configured)) = (change, &self.configured) {
             self.gateway = Some(Rc::new(configured.with_managed_keys(snapshot)));
+        }
+    }
+
+    fn tick_every(&mut self, period: std::time::Duration) {
+        if self.tick != Some(period) {
+            self.tick = Some(period);
+            self.set_tick_period(period);
         }
     }
 
@@ -153,7 +162,7 @@ impl RootContext for SwitchyardRoot {
                 // The tick drives key sync and usage shipping, and wakes streams that wait
                 // for a saturated model's capacity.
                 if self.control.is_some() || gateway.config().may_queue() {
-                    self.set_tick_period(waiters::TICK);
+                    self.tick_every(waiters::TICK);
                 }
                 self.configured = Some(gateway.clone());
                 self.gateway = Some(Rc::new(gateway));
@@ -168,7 +177,12 @@ impl RootContext for SwitchyardRoot {
 
     fn on_tick(&mut self) {
         let now_ms = self.now_ms();
-        waiters::wake(self.context_id, now_ms);
+        let busy = waiters::wake(self.context_id, now_ms);
+        self.tick_every(if busy {
+            waiters::BUSY_TICK
+        } else {
+            waiters::TICK
+        });
         if now_ms >= self.next_control_ms {
             self.next_control_ms = now_ms + control::TICK.as_millis() as u64;
             let change = self.control.as_mut().and_then(|c| c.on_tick(now_ms));

@@ -161,7 +161,10 @@ async def one(session: aiohttp.ClientSession, url: str, i: int, hold: float) -> 
                 if line.startswith("data: {") and json.loads(line[6:]).get("choices"))
             out.complete = sse.rstrip().endswith("data: [DONE]") and content.endswith(want)
         else:
-            out.code = json.loads(raw).get("error", {}).get("code") or ""
+            try:
+                out.code = json.loads(raw).get("error", {}).get("code") or ""
+            except ValueError:
+                out.error = f"not JSON: {raw[:120]!r}"  # a host's own answer, not the gateway's
     except Exception as e:  # noqa: BLE001 — every failure is counted, not raised
         out.error = f"{type(e).__name__}: {e}"
     return out
