@@ -184,8 +184,8 @@ def usage_records(log: Path) -> dict[str, int]:
         _, found, record = line.partition("switchyard usage ")
         if not found:
             continue
-        try:
-            rid = json.loads(record)["request_id"]
+        try:  # host-runner's log lines may end in terminal colour codes
+            rid = json.loads(record[record.index("{"):record.rindex("}") + 1])["request_id"]
         except (ValueError, KeyError):
             continue
         counts[rid] = counts.get(rid, 0) + 1
