@@ -477,6 +477,8 @@ impl Gateway {
             fallback: self.config.fallback_for(model).clone(),
             scopes,
             estimate,
+            model: model.name.clone(),
+            queue: self.config.queue_for(model),
             response_id: format!("{:016x}", random ^ 0x5157_4954_4348_5944),
             created: now_unix,
         })
@@ -720,6 +722,10 @@ pub struct Plan {
     pub scopes: Vec<crate::limits::Scope>,
     /// Upper bounds of the tokens and cost, for admission.
     pub estimate: crate::limits::Estimate,
+    /// The model's configured name (its queue's name, whatever alias the client used).
+    pub model: String,
+    /// How long and how many requests may wait when every deployment is at its limits.
+    pub queue: crate::queue::QueuePolicy,
     response_id: String,
     created: u64,
 }
