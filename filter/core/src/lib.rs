@@ -24,6 +24,7 @@ pub mod providers;
 pub mod routing;
 pub mod sse;
 pub mod stream;
+pub mod tasks;
 pub mod usage;
 
 pub use config::{ConfigError, GatewayConfig};
