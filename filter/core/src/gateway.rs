@@ -908,3 +908,26 @@ impl Plan {
         }
     }
 }
+
+/// What a native plane beside the edges (the task plane) asks of the key set.
+impl Gateway {
+    /// Authenticates a key presented as `Authorization: Bearer` or `x-api-key` against the
+    /// config's and the control plane's keys, as the header phase does.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        x_api_key: Option<&str>,
+        now_unix: u64,
+    ) -> Result<&crate::keys::GatewayKey, GatewayError> {
+        authenticate(
+            self.keys(),
+            presented_key(authorization, x_api_key),
+            now_unix,
+        )
+    }
+
+    /// The key with this id, if it is in the key set.
+    pub fn key(&self, id: &str) -> Option<&crate::keys::GatewayKey> {
+        self.keys().find(|k| k.id == id)
+    }
+}
