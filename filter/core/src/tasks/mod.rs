@@ -5,6 +5,8 @@
 //! * [`webhook`] — Standard Webhooks signing and verification (Switchyard's own webhooks to
 //!   clients, and Replicate's to us), plus the HMAC helpers other providers' schemes use.
 //! * [`target`] — which webhook URLs may be called at all (no way into the private network).
+//! * [`edge`] — which client requests an edge forwards to the task plane, and how.
 
+pub mod edge;
 pub mod target;
 pub mod webhook;
