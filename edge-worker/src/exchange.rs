@@ -218,6 +218,22 @@ impl Host {
                     }
                     // Data and the end come from `stream`, which writes them itself.
                     Action::Data(_) | Action::EndResponse => {}
+                    Action::Admit(request) => {
+                        let deadline = Deadline::after_ms(request.timeout_ms);
+                        let answer = match outbound::send(&request, deadline).await {
+                            Ok(response) => {
+                                let status = response.status();
+                                outbound::read_to_end(&response, deadline)
+                                    .await
+                                    .ok()
+                                    .map(|body| (status, body))
+                            }
+                            Err(_) => None,
+                        };
+                        next.extend(self.feed(Event::AdmitAnswer(
+                            answer.as_ref().map(|(s, b)| (*s, b.as_slice())),
+                        )));
+                    }
                     Action::Log(line) => log::line(&line),
                 }
             }

@@ -91,6 +91,9 @@ pub enum Event<'a> {
     UpstreamEnd,
     /// The current attempt failed (before its head, or before its body was complete).
     UpstreamFailed(&'a Failure),
+    /// The control plane's answer to [`Action::Admit`]: status and body, `None` when the call
+    /// failed.
+    AdmitAnswer(Option<(u16, &'a [u8])>),
 }
 
 /// An attempt's response head, as the host received it.
@@ -155,6 +158,9 @@ pub enum Action {
     EndResponse,
     /// A line for the host's log (one write per line).
     Log(String),
+    /// Ask the control plane to admit the request (limits and budgets shared by every edge
+    /// instance): send this call and feed [`Event::AdmitAnswer`].
+    Admit(Box<UpstreamRequest>),
 }
 
 /// One attempt to send.
@@ -197,6 +203,8 @@ enum State {
     Body(crate::gateway::Admitted),
     /// A task-plane request, admitted; waiting for its body.
     ForwardBody,
+    /// Planned; waiting for the control plane's admission.
+    Admitting,
     /// An attempt is in flight; nothing reached the client.
     Waiting,
     /// The current attempt's body is being read whole; nothing reached the client.
@@ -310,6 +318,7 @@ impl Exchange {
                 self.on_body(gateway, &admitted, body, cx)
             }
             (State::Body(_), Event::RequestBodyTooLarge) => self.reply_error(&gateway.too_large()),
+            (State::Admitting, Event::AdmitAnswer(answer)) => self.on_admit_answer(answer, cx),
             (State::Body(_), Event::RequestBodyUnreadable(detail)) => {
                 let mut actions = vec![Action::Log(format!(
                     "switchyard: request {}: cannot read the request body: {detail}",
@@ -594,6 +603,30 @@ impl Exchange {
             Ok(plan) => plan,
             Err(err) => return self.reply_error(&err),
         };
+        let remote = match gateway.control_plane() {
+            Some((cfg, Some(token))) if !plan.scopes.is_empty() => Some(cfg.admit_request(
+                token,
+                &crate::control::AdmitRequest {
+                    request_id: self.request_id.clone(),
+                    scopes: plan.scopes.clone(),
+                    estimate: plan.estimate,
+                },
+            )),
+            _ => None,
+        };
+        self.plan = Some(plan);
+        if let Some(request) = remote {
+            self.state = State::Admitting;
+            return vec![Action::Admit(Box::new(request))];
+        }
+        self.admit_locally(Vec::new(), cx)
+    }
+
+    /// Admits the request against this host's own counters, then sends its first attempt.
+    fn admit_locally(&mut self, actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
+        let Some(plan) = &self.plan else {
+            return self.reply_error(&no_plan());
+        };
         match admit(cx.counters, &plan.scopes, plan.estimate, cx.now_ms) {
             Ok(admission) => {
                 self.ratelimit_headers = admission.headers.clone();
@@ -601,14 +634,46 @@ impl Exchange {
             }
             Err(refusal) => {
                 self.ratelimit_headers = refusal.headers;
-                self.plan = Some(plan);
-                return self.reply_error(&refusal.error);
+                let mut actions = actions;
+                actions.extend(self.reply_error(&refusal.error));
+                return actions;
             }
         }
-        self.plan = Some(plan);
+        self.start_attempts(actions, cx)
+    }
+
+    fn start_attempts(&mut self, actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
         self.attempt = 0;
         self.attempt_started_ms = cx.now_ms;
-        self.send_or_next(Vec::new(), cx)
+        self.send_or_next(actions, cx)
+    }
+
+    /// The control plane admitted the request (its reservation settles when the usage record
+    /// reaches the ledger), refused it, or could not be asked: then this host's own counters
+    /// decide, so an outage degrades limits to per-instance ones instead of refusing traffic.
+    fn on_admit_answer(&mut self, answer: Option<(u16, &[u8])>, cx: &Ctx<'_>) -> Vec<Action> {
+        let parsed = answer.and_then(|(status, body)| {
+            let answer: crate::control::AdmitAnswer = serde_json::from_slice(body).ok()?;
+            matches!(status, 200 | 429).then_some(answer)
+        });
+        match parsed {
+            Some(answer) => {
+                self.ratelimit_headers = answer.headers;
+                match answer.refusal {
+                    Some(refusal) => self.reply_error(&refusal.error()),
+                    None => self.start_attempts(Vec::new(), cx),
+                }
+            }
+            None => {
+                let why = answer.map_or("no answer".to_string(), |(s, _)| format!("HTTP {s}"));
+                let log = Action::Log(format!(
+                    "switchyard: request {}: the control plane could not admit it ({why}); \
+                     this instance's own limits apply",
+                    self.request_id
+                ));
+                self.admit_locally(vec![log], cx)
+            }
+        }
     }
 
     /// Sends the current attempt, or the next one that can go — a deployment at its own
@@ -958,5 +1023,6 @@ fn event_name(event: &Event<'_>) -> &'static str {
         Event::UpstreamData(_) => "upstream data",
         Event::UpstreamEnd => "upstream end",
         Event::UpstreamFailed(_) => "upstream failure",
+        Event::AdmitAnswer(_) => "admission answer",
     }
 }

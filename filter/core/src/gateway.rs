@@ -146,6 +146,8 @@ pub struct Gateway {
     managed_keys: Vec<crate::keys::GatewayKey>,
     /// The version of `managed_keys` (the control plane's key-set version).
     managed_version: Option<u64>,
+    /// Team limits from the control plane (over the config's, for the same team).
+    managed_teams: BTreeMap<String, crate::limits::Quota>,
 }
 
 impl Gateway {
@@ -157,6 +159,7 @@ impl Gateway {
             secrets: BTreeMap::new(),
             managed_keys: Vec::new(),
             managed_version: None,
+            managed_teams: BTreeMap::new(),
         }
     }
 
@@ -168,6 +171,7 @@ impl Gateway {
             secrets: self.secrets.clone(),
             managed_keys: snapshot.keys,
             managed_version: Some(snapshot.version),
+            managed_teams: snapshot.teams,
         }
     }
 
@@ -455,11 +459,13 @@ impl Gateway {
         if let Some(quota) = key.limits.as_ref().filter(|q| q.is_limited()) {
             scopes.push(crate::limits::Scope::key(&key.id, quota));
         }
-        if let Some((team, quota)) = key
-            .team
-            .as_ref()
-            .and_then(|t| Some((t, self.config.limits.teams.get(t)?)))
-        {
+        if let Some((team, quota)) = key.team.as_ref().and_then(|t| {
+            let quota = self
+                .managed_teams
+                .get(t)
+                .or_else(|| self.config.limits.teams.get(t))?;
+            Some((t, quota))
+        }) {
             scopes.push(crate::limits::Scope::team(team, quota));
         }
         let estimate = estimate(&request, body.len(), model, &attempts);

@@ -32,6 +32,9 @@ pub struct GatewayKey {
     /// The key's own rate limits and budget.
     #[serde(default)]
     pub limits: Option<crate::limits::Quota>,
+    /// `sha256` decoded, once: authentication compares every key on every request.
+    #[serde(skip)]
+    decoded: std::sync::OnceLock<[u8; 32]>,
 }
 
 fn all_models() -> Vec<String> {
@@ -55,12 +58,14 @@ impl GatewayKey {
         Ok(())
     }
 
-    fn digest(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&self.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-        out
+    fn digest(&self) -> &[u8; 32] {
+        self.decoded.get_or_init(|| {
+            let mut out = [0u8; 32];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&self.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+            out
+        })
     }
 
     /// Whether this key may use `model` (a public name).
@@ -166,6 +171,7 @@ mod tests {
             label: None,
             team: None,
             limits: None,
+            decoded: Default::default(),
         }
     }
 

@@ -330,7 +330,7 @@ fn counter(bytes: Option<&[u8]>) -> u64 {
 // ---- admission ------------------------------------------------------------------------------
 
 /// A scope whose limits apply to a request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct Scope {
     /// `key:<id>`, `team:<id>` or `deployment:<id>` — the records' key prefix.
     pub name: String,
@@ -367,7 +367,7 @@ impl Scope {
 }
 
 /// What a request is expected to use, for admission.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Estimate {
     /// Upper bound of input + output tokens.
     pub tokens: u64,
@@ -376,7 +376,7 @@ pub struct Estimate {
 }
 
 /// What admission took from one scope, to give back or settle when the request ends.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 struct Taken {
     scope: Scope,
     /// One request was taken from the requests-per-minute bucket.
@@ -387,7 +387,8 @@ struct Taken {
 }
 
 /// What a request holds after admission; settle it exactly once with [`Admission::settle`].
-#[derive(Debug, Clone, Default, PartialEq)]
+/// It serializes, so a control plane can keep it until the request's usage record arrives.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
 pub struct Admission {
     taken: Vec<Taken>,
     /// The rate-limit headers for the answer (`x-ratelimit-*`), from the first scope with
