@@ -30,11 +30,7 @@ use crate::time::now_ms;
 use crate::worker::{finale, Billing};
 use crate::Plane;
 
-/// Header naming the endpoint whose request the body is (an edge forwarding a generation
-/// endpoint, or a direct caller doing the same).
-pub const OPERATION_HEADER: &str = "x-switchyard-operation";
-/// Header with the webhook URL for an endpoint-shaped submission.
-pub const WEBHOOK_HEADER: &str = "x-switchyard-webhook";
+pub use switchyard_core::tasks::edge::{OPERATION_HEADER, WEBHOOK_HEADER};
 /// Header bounding how long a synchronous submission waits for its result.
 pub const WAIT_HEADER: &str = "x-switchyard-wait-ms";
 /// Longest `Idempotency-Key` accepted.

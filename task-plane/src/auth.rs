@@ -8,10 +8,7 @@
 use axum::http::HeaderMap;
 use switchyard_core::{ErrorKind, Gateway, GatewayError};
 
-/// Header carrying the authenticated key id from an edge.
-pub const KEY_ID_HEADER: &str = "x-switchyard-key-id";
-/// Header carrying that key's team from an edge.
-pub const TEAM_HEADER: &str = "x-switchyard-team";
+pub use switchyard_core::tasks::edge::{KEY_ID_HEADER, TEAM_HEADER};
 
 /// The caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -280,17 +280,29 @@ pub fn claim_tasks(
     .collect()
 }
 
-/// Extends a held lease; `false` when it is no longer this token's.
+/// Extends a held lease; `None` when it is no longer this token's, else whether the
+/// client asked to cancel the task meanwhile.
 pub fn renew_task_lease(
     tx: &mut dyn Tx,
     id: &str,
     token: &str,
     lease_until_ms: u64,
-) -> Result<bool, Error> {
-    Ok(tx.execute(
+) -> Result<Option<bool>, Error> {
+    if tx.execute(
         "UPDATE tasks SET lease_until_ms = $3 WHERE id = $1 AND lease_owner = $2",
         &[id.into(), token.into(), (lease_until_ms as i64).into()],
-    )? == 1)
+    )? != 1
+    {
+        return Ok(None);
+    }
+    let rows = tx.query(
+        "SELECT cancel_requested FROM tasks WHERE id = $1",
+        &[id.into()],
+    )?;
+    Ok(Some(match rows.first() {
+        Some(row) => row.int(0)? != 0,
+        None => false,
+    }))
 }
 
 /// What a final state brings along, written in the same transaction.

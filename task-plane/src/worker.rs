@@ -193,11 +193,15 @@ pub(crate) async fn key_refresh_loop(plane: Arc<Plane>) {
     }
 }
 
-/// One step of one claimed task, its lease kept alive meanwhile.
+/// One step of one claimed task, its lease kept alive meanwhile. A cancel requested while
+/// the step runs (seen by the heartbeat) ends it at once: the attempt in flight is dropped
+/// and the task is canceled, whatever that attempt would have answered.
 async fn step(plane: &Arc<Plane>, mut task: Task, token: &str) {
+    let (canceled_tx, canceled_rx) = oneshot::channel::<()>();
     let heartbeat = {
         let plane = Arc::clone(plane);
         let (id, token) = (task.id.clone(), token.to_string());
+        let mut canceled_tx = Some(canceled_tx);
         tokio::spawn(async move {
             let every = Duration::from_millis((plane.settings.lease_ms / 3).max(100));
             loop {
@@ -208,13 +212,27 @@ async fn step(plane: &Arc<Plane>, mut task: Task, token: &str) {
                     .store
                     .transact(move |tx| store::renew_task_lease(tx, &id, &token, until))
                     .await;
-                if !matches!(renewed, Ok(true)) {
-                    return;
+                match renewed {
+                    Ok(Some(false)) => {}
+                    Ok(Some(true)) => {
+                        if let Some(tx) = canceled_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        // Keep the lease while the step winds down and saves.
+                    }
+                    _ => return,
                 }
             }
         })
     };
-    let billing = advance(plane, &mut task).await;
+    let outcome = tokio::select! {
+        billing = advance(plane, &mut task) => Some(billing),
+        Ok(()) = canceled_rx => None,
+    };
+    let billing = match outcome {
+        Some(billing) => billing,
+        None => Some(cancel(&mut task, now_ms())),
+    };
     heartbeat.abort();
     let now = now_ms();
     let finale = task
@@ -248,14 +266,20 @@ async fn step(plane: &Arc<Plane>, mut task: Task, token: &str) {
     }
 }
 
+/// Ends `task` as canceled (nothing is billed).
+fn cancel(task: &mut Task, now: u64) -> Billing {
+    task.state = TaskState::Canceled;
+    task.cancel_requested = true;
+    task.error = Some(canceled_error());
+    task.completed_at_ms = Some(now);
+    Billing::default()
+}
+
 /// Advances `task` by one step; when it finished, returns who served it.
 async fn advance(plane: &Plane, task: &mut Task) -> Option<Billing> {
     let now = now_ms();
     if task.cancel_requested {
-        task.state = TaskState::Canceled;
-        task.error = Some(canceled_error());
-        task.completed_at_ms = Some(now);
-        return Some(Billing::default());
+        return Some(cancel(task, now));
     }
     if now >= task.deadline_at_ms {
         task.state = TaskState::Failed;

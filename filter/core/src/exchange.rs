@@ -319,16 +319,7 @@ impl Exchange {
             }
             (State::Body(_), Event::RequestBodyTooLarge) => self.reply_error(&gateway.too_large()),
             (State::Admitting, Event::AdmitAnswer(answer)) => self.on_admit_answer(answer, cx),
-            (State::Body(_), Event::RequestBodyUnreadable(detail)) => {
-                let mut actions = vec![Action::Log(format!(
-                    "switchyard: request {}: cannot read the request body: {detail}",
-                    self.request_id
-                ))];
-                actions.extend(
-                    self.reply_error(&GatewayError::invalid("the request body could not be read")),
-                );
-                actions
-            }
+            (State::Body(_), Event::RequestBodyUnreadable(detail)) => self.body_unreadable(detail),
             (State::Waiting, Event::UpstreamHead(head)) => self.on_upstream_head(&head, cx),
             (
                 State::ReadingBody {
@@ -516,6 +507,18 @@ impl Exchange {
         }
     }
 
+    /// The answer to a request body the host could not read: the fixed dialect 400, the
+    /// host's detail only in the log.
+    fn body_unreadable(&mut self, detail: &str) -> Vec<Action> {
+        let mut actions = vec![Action::Log(format!(
+            "switchyard: request {}: cannot read the request body: {detail}",
+            self.request_id
+        ))];
+        actions
+            .extend(self.reply_error(&GatewayError::invalid("the request body could not be read")));
+        actions
+    }
+
     /// The life of a task-plane request after its head: one call, its answer passed on.
     fn handle_forward(&mut self, gateway: &Gateway, state: State, event: Event<'_>) -> Vec<Action> {
         let Some(forward) = self.forward.as_mut() else {
@@ -540,14 +543,7 @@ impl Exchange {
                 self.reply_error(&gateway.too_large())
             }
             (State::ForwardBody, Event::RequestBodyUnreadable(detail)) => {
-                let mut actions = vec![Action::Log(format!(
-                    "switchyard: request {}: cannot read the request body: {detail}",
-                    self.request_id
-                ))];
-                actions.extend(
-                    self.reply_error(&GatewayError::invalid("the request body could not be read")),
-                );
-                actions
+                self.body_unreadable(detail)
             }
             (State::Waiting, Event::UpstreamHead(head)) => {
                 forward.answer_head(head.content_type);

@@ -22,19 +22,19 @@ use crate::providers::BaseUrl;
 
 /// Client headers a host passes in [`RequestHead::forwarded`] (only these reach the task
 /// plane; credentials never do).
-pub const FORWARDED_HEADERS: [&str; 4] = [
-    "content-type",
-    "prefer",
-    "idempotency-key",
-    "x-switchyard-webhook",
-];
+pub const FORWARDED_HEADERS: [&str; 4] =
+    ["content-type", "prefer", "idempotency-key", WEBHOOK_HEADER];
 
 /// Header carrying the authenticated key id to the task plane.
 pub const KEY_ID_HEADER: &str = "x-switchyard-key-id";
 /// Header carrying the key's team to the task plane.
 pub const TEAM_HEADER: &str = "x-switchyard-team";
-/// Header naming the endpoint whose request a submission carries.
+/// Header naming the endpoint whose request a submission carries (an edge forwarding a
+/// generation endpoint, or a direct caller doing the same).
 pub const OPERATION_HEADER: &str = "x-switchyard-operation";
+/// Header with the webhook URL for an endpoint-shaped submission (its body is the
+/// endpoint's own request, with no room for one).
+pub const WEBHOOK_HEADER: &str = "x-switchyard-webhook";
 
 /// Where the task plane is (the gateway config's `tasks` section). Every field defaults to
 /// the `control_plane` section's, since both usually live in the same `gpu-backend`.
