@@ -5,8 +5,10 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as HostAction;
+use proxy_wasm::types::LogLevel;
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, Send};
 use switchyard_core::tasks::edge::FORWARDED_HEADERS;
 use switchyard_core::{Gateway, LocalReply, RequestHead, UpstreamHead, UpstreamRequest};
@@ -485,7 +487,11 @@ impl HttpContext for SwitchyardHttp {
         if let Some(record) = self.exchange.finish(ending, &cx) {
             metrics::record(&record);
             crate::control::ship(&record, now_ms);
-            log::info!("switchyard usage {}", record.to_json());
+            // The host's own level, asked per request: at `warn` and above (a production
+            // Envoy's usual `-l`), the line would be formatted and sent only to be dropped.
+            if hostcalls::get_log_level().map_or(true, |l| l as u32 <= LogLevel::Info as u32) {
+                log::info!("switchyard usage {}", record.to_json());
+            }
         }
     }
 }

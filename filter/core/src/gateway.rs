@@ -604,6 +604,28 @@ fn apply_defaults(
         .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))
 }
 
+/// A pass-through answer's usage, read in the same parse that checks the answer is JSON: the
+/// parse keeps the `usage` object's bytes, and the provider's usage reader reads only those
+/// (not the whole answer a second time).
+fn passthrough_usage(kind: ProviderKind, body: &[u8]) -> Result<TokenUsage, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct UsageField<'a> {
+        #[serde(borrow, default)]
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    let Some(raw) = serde_json::from_slice::<UsageField>(body)?.usage else {
+        return Ok(TokenUsage::default());
+    };
+    let mut only = Vec::with_capacity(raw.get().len() + 10);
+    only.extend_from_slice(b"{\"usage\":");
+    only.extend_from_slice(raw.get().as_bytes());
+    only.push(b'}');
+    Ok(match kind {
+        ProviderKind::Anthropic => anthropic::usage_of(&only),
+        _ => openai::usage_of(&only),
+    })
+}
+
 fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, GatewayError> {
     let req: EmbeddingsRequest = serde_json::from_slice(body)
         .map_err(|e| GatewayError::invalid(format!("invalid embeddings request: {e}")))?;
@@ -849,16 +871,12 @@ impl Plan {
             .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
         if matches!(self.request, PlannedRequest::Embeddings(_)) || self.passthrough(attempt) {
             // Validate it is JSON so a garbage 200 becomes a clean 502.
-            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+            let usage = passthrough_usage(attempt.kind, body).map_err(|e| {
                 GatewayError::new(
                     ErrorKind::BadGateway,
                     format!("upstream returned invalid JSON: {e}"),
                 )
             })?;
-            let usage = match attempt.kind {
-                ProviderKind::Anthropic => anthropic::usage_of(body),
-                _ => openai::usage_of(body),
-            };
             return Ok((body.to_vec(), usage));
         }
         let mut resp = attempt.kind.parse_chat(body)?;
