@@ -55,9 +55,27 @@ impl ControlPlaneArgs {
         if self.no_control_plane {
             return Ok(None);
         }
+        let store = self.open_store().await?;
+        self.mount(store).await
+    }
+
+    /// Opens (and migrates) the store these options name, for the control plane and the
+    /// planes that share it (the task plane).
+    pub async fn open_store(&self) -> Result<Store, Error> {
         let sqlite_path = self.data_dir.join(SQLITE_FILE);
         let database_url = self.database_url.as_deref().filter(|url| !url.is_empty());
-        let store = Store::open(database_url, &sqlite_path).await?;
+        Ok(Store::open(database_url, &sqlite_path).await?)
+    }
+
+    /// The control plane over an opened `store` (see [`ControlPlaneArgs::open_store`]):
+    /// ensures the bootstrap admin keys and returns the router; `None` with
+    /// `--no-control-plane`.
+    pub async fn mount(&self, store: Store) -> Result<Option<Router>, Error> {
+        if self.no_control_plane {
+            return Ok(None);
+        }
+        let sqlite_path = self.data_dir.join(SQLITE_FILE);
+        let database_url = self.database_url.as_deref().filter(|url| !url.is_empty());
         let mut bootstrap_hashes: Vec<String> = self.admin_key_sha256.iter().cloned().collect();
         if let Some(key) = std::env::var(ADMIN_KEY_ENV).ok().filter(|k| !k.is_empty()) {
             bootstrap_hashes.push(secrets::sha256_hex(&key));

@@ -23,6 +23,12 @@ pub struct Price {
     pub cached_input: Option<f64>,
     /// Output tokens.
     pub output: f64,
+    /// Per image generated (media tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<f64>,
+    /// Per second of audio or video (media tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<f64>,
 }
 
 /// One request as the edge metered it. Unknown fields are ignored (newer edges may send
@@ -50,6 +56,12 @@ pub struct UsageRecord {
     pub cached_input_tokens: u64,
     /// Output tokens.
     pub output_tokens: u64,
+    /// Images generated (media tasks; absent means none).
+    #[serde(default)]
+    pub images: u64,
+    /// Seconds of audio or video produced or transcribed (media tasks; absent means none).
+    #[serde(default)]
+    pub media_seconds: f64,
     /// Cost in USD.
     pub cost: f64,
     /// Price used for `cost`.
@@ -75,6 +87,8 @@ pub const MAX_BATCH: usize = 10_000;
 const MAX_FIELD: usize = 256;
 /// Largest single cost accepted (keeps nano-USD sums far from `i64::MAX`).
 const MAX_COST_USD: f64 = 1_000_000.0;
+/// Most seconds of media in one record (about 30 years).
+const MAX_MEDIA_SECONDS: f64 = 1e9;
 
 /// What an ingest did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,11 +167,25 @@ fn check_record(record: &UsageRecord) -> Result<(), String> {
             return Err(format!("`{name}` is out of range"));
         }
     }
+    if i64::try_from(record.images).is_err()
+        || !(record.media_seconds.is_finite()
+            && (0.0..=MAX_MEDIA_SECONDS).contains(&record.media_seconds))
+    {
+        return Err(format!(
+            "`images` and `media_seconds` must be non-negative and at most {MAX_MEDIA_SECONDS}"
+        ));
+    }
     if !(record.cost.is_finite() && (0.0..=MAX_COST_USD).contains(&record.cost)) {
         return Err(format!("`cost` must be a number from 0 to {MAX_COST_USD}"));
     }
     if let Some(price) = &record.price {
-        let prices = [Some(price.input), price.cached_input, Some(price.output)];
+        let prices = [
+            Some(price.input),
+            price.cached_input,
+            Some(price.output),
+            price.image,
+            price.second,
+        ];
         if prices
             .into_iter()
             .flatten()
@@ -172,8 +200,8 @@ fn check_record(record: &UsageRecord) -> Result<(), String> {
 const RECORD_COLUMNS: &str = "request_id, timestamp_ms, key_id, team, model, provider, \
      deployment, input_tokens, cached_input_tokens, output_tokens, cost, cost_nano_usd, \
      price_input, price_cached_input, price_output, status, attempts, stream, latency_ms, \
-     ttft_ms, received_at_ms";
-const RECORD_COLUMN_COUNT: usize = 21;
+     ttft_ms, received_at_ms, images, media_seconds, price_image, price_second";
+const RECORD_COLUMN_COUNT: usize = 25;
 /// Rows per INSERT statement: few statements per batch, under both engines' parameter limits.
 const ROWS_PER_INSERT: usize = 250;
 
@@ -201,6 +229,10 @@ fn record_params(record: &UsageRecord, received_at_ms: i64, out: &mut Vec<SqlVal
         record.latency_ms.map(|v| v as i64).into(),
         record.ttft_ms.map(|v| v as i64).into(),
         SqlValue::Int(received_at_ms),
+        SqlValue::Int(record.images as i64),
+        SqlValue::Real(record.media_seconds),
+        record.price.and_then(|p| p.image).into(),
+        record.price.and_then(|p| p.second).into(),
     ]);
 }
 
@@ -650,6 +682,8 @@ fn stored_from_row(row: &Row) -> Result<StoredRecord, Error> {
             input,
             cached_input: row.opt_real(13)?,
             output,
+            image: row.opt_real(23)?,
+            second: row.opt_real(24)?,
         }),
         _ => None,
     };
@@ -665,6 +699,8 @@ fn stored_from_row(row: &Row) -> Result<StoredRecord, Error> {
             input_tokens: unsigned(row.int(7)?),
             cached_input_tokens: unsigned(row.int(8)?),
             output_tokens: unsigned(row.int(9)?),
+            images: unsigned(row.int(21)?),
+            media_seconds: row.opt_real(22)?.unwrap_or(0.0),
             cost: row.opt_real(10)?.unwrap_or(0.0),
             price,
             status: row.int(15)? as u16,
@@ -711,8 +747,8 @@ mod tests {
     fn insert_sql_numbers_every_parameter() {
         let sql = insert_sql(2);
         assert!(sql.contains("($1, $2,"));
-        assert!(sql.contains("($22, $23,"));
-        assert!(sql.ends_with("$42) ON CONFLICT (request_id) DO NOTHING"));
+        assert!(sql.contains("($26, $27,"));
+        assert!(sql.ends_with("$50) ON CONFLICT (request_id) DO NOTHING"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use spin_sdk::http::{
     Fields, IncomingRequest, IncomingResponse, OutgoingResponse, ResponseOutparam,
 };
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, ResponseHead};
+use switchyard_core::tasks::edge::FORWARDED_HEADERS;
 use switchyard_core::{Dialect, ErrorKind, Gateway, GatewayError, LocalReply, RequestHead};
 
 use crate::counters::KeyValueCounters;
@@ -136,6 +137,12 @@ impl Host {
         let anthropic_version = header("anthropic-version");
         let request_id = header("x-request-id");
         let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
+        let forwarded: Vec<(&str, String)> = FORWARDED_HEADERS
+            .iter()
+            .filter_map(|name| Some((*name, header(name)?)))
+            .collect();
+        let forwarded: Vec<(&str, &str)> =
+            forwarded.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let head = RequestHead {
             method: &method,
             path: &path,
@@ -144,6 +151,7 @@ impl Host {
             anthropic_version: anthropic_version.as_deref(),
             content_length,
             request_id: request_id.as_deref(),
+            forwarded: &forwarded,
         };
         let mut actions = self.feed(Event::RequestHead(head));
         let mut request = Some(request);

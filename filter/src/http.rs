@@ -11,6 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as HostAction;
 use proxy_wasm::types::LogLevel;
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, Send};
+use switchyard_core::tasks::edge::FORWARDED_HEADERS;
 use switchyard_core::{Gateway, LocalReply, RequestHead, UpstreamHead, UpstreamRequest};
 
 use crate::metrics;
@@ -424,6 +425,12 @@ impl HttpContext for SwitchyardHttp {
         let content_length = self
             .get_http_request_header("content-length")
             .and_then(|v| v.trim().parse().ok());
+        let forwarded: Vec<(&str, String)> = FORWARDED_HEADERS
+            .iter()
+            .filter_map(|name| Some((*name, self.get_http_request_header(name)?)))
+            .collect();
+        let forwarded: Vec<(&str, &str)> =
+            forwarded.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let head = RequestHead {
             method: &method,
             path: &path,
@@ -432,6 +439,7 @@ impl HttpContext for SwitchyardHttp {
             anthropic_version: anthropic_version.as_deref(),
             content_length,
             request_id: request_id.as_deref(),
+            forwarded: &forwarded,
         };
         let mut actions = self.feed(Event::RequestHead(head));
         if end_of_stream && actions.iter().any(|a| matches!(a, Action::ReadBody { .. })) {

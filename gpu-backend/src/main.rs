@@ -31,6 +31,9 @@ use gpu_backend::server::{router, Limits};
 ///   /edge/v1/keys, /edge/v1/usage   key snapshot and usage ledger for edges (edge token)
 ///   GET  /dashboard             the web dashboard
 ///
+/// and, with --gateway-config, the task plane (async tasks, signed webhooks):
+///   /v1/tasks, /v1/tasks/{id}, /v1/tasks/{id}/cancel, /v1/webhook-settings
+///
 /// Example:
 ///   scripts/fetch-models.sh
 ///   gpu-backend --listen 127.0.0.1:8100 --pin smollm2-135m-instruct
@@ -84,6 +87,9 @@ struct Cli {
 
     #[command(flatten)]
     control_plane: control_plane::cli::ControlPlaneArgs,
+
+    #[command(flatten)]
+    task_plane: task_plane::cli::TaskPlaneArgs,
 }
 
 fn device(cli: &Cli) -> anyhow::Result<Device> {
@@ -99,8 +105,11 @@ fn device(cli: &Cli) -> anyhow::Result<Device> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cli.no_models && cli.control_plane.no_control_plane {
-        bail!("--no-models and --no-control-plane together leave nothing to serve");
+    if cli.no_models
+        && cli.control_plane.no_control_plane
+        && cli.task_plane.gateway_config.is_none()
+    {
+        bail!("--no-models and --no-control-plane together (without --gateway-config) leave nothing to serve");
     }
     let mut app = axum::Router::new();
     let mut served = Vec::new();
@@ -113,14 +122,30 @@ async fn main() -> anyhow::Result<()> {
             gpu_backend::kernels::kernel_name()
         ));
     }
-    if let Some(control) = cli
-        .control_plane
-        .start()
-        .await
-        .context("starting the control plane")?
-    {
-        app = app.merge(control);
-        served.push("control plane: /admin/v1, /edge/v1, /dashboard".to_string());
+    let wants_tasks = !cli.task_plane.no_task_plane && cli.task_plane.gateway_config.is_some();
+    if !cli.control_plane.no_control_plane || wants_tasks {
+        let store = cli
+            .control_plane
+            .open_store()
+            .await
+            .context("opening the store")?;
+        if let Some(control) = cli
+            .control_plane
+            .mount(store.clone())
+            .await
+            .context("starting the control plane")?
+        {
+            app = app.merge(control);
+            served.push("control plane: /admin/v1, /edge/v1, /dashboard".to_string());
+        }
+        if let Some(tasks) = cli
+            .task_plane
+            .start(store, &cli.control_plane.edge_token_sha256)
+            .context("starting the task plane")?
+        {
+            app = app.merge(tasks);
+            served.push("task plane: /v1/tasks, /v1/webhook-settings".to_string());
+        }
     }
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await

@@ -4,6 +4,7 @@ with a bootstrap admin key and an edge token, and helpers for its admin API."""
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import subprocess
 import time
@@ -32,8 +33,13 @@ def free_port() -> int:
 class ControlPlane:
     """One control plane process; `restart` keeps its port and its database."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """`extra_args` and `env` reach `gpu-backend` as given (e.g. the task plane's
+        `--gateway-config` and the provider secrets it names)."""
         self.workdir = workdir
+        self.extra_args = list(extra_args or [])
+        self.env = dict(env or {})
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "control-plane.log"
@@ -45,8 +51,9 @@ class ControlPlane:
         self.proc = subprocess.Popen(
             [str(paths.gpu_backend()), "--no-models", "--listen", f"127.0.0.1:{self.port}",
              "--data-dir", str(self.workdir / "data"), "--admin-key-sha256", sha(ADMIN_KEY),
-             "--edge-token-sha256", sha(EDGE_TOKEN)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=paths.REPO)
+             "--edge-token-sha256", sha(EDGE_TOKEN), *self.extra_args],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=paths.REPO,
+            env={**os.environ, **self.env})
         out.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -173,6 +173,7 @@ def envoy_config(config: dict, upstreams: dict[str, int], wasm: Path) -> dict:
     keys = plugin["vm_config"]["environment_variables"]["host_env_keys"]
     named = [p.get("api_key_secret") for p in config["providers"].values()]
     named.append(config.get("control_plane", {}).get("token_secret"))
+    named.append((config.get("tasks") or {}).get("token_secret"))
     for secret in named:
         if secret and secret not in keys:
             keys.append(secret)

@@ -11,11 +11,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys, teams, admin keys, usage ledger",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys, teams, admin keys, usage ledger",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "tasks, webhook deliveries and settings; media units in the ledger",
+        sql: include_str!("migrations/0002_tasks.sql"),
+    },
+];
 
 /// Any fixed number: the advisory lock that serialises nodes migrating one PostgreSQL database.
 const POSTGRES_MIGRATION_LOCK: i64 = 0x5359_4d49_4752;

@@ -50,6 +50,10 @@ pub struct GatewayConfig {
     /// config works alone).
     #[serde(default)]
     pub control_plane: Option<crate::control::ControlPlaneConfig>,
+    /// The task plane this edge forwards `/v1/tasks` and async requests to (optional:
+    /// without it those answer 404).
+    #[serde(default)]
+    pub tasks: Option<crate::tasks::edge::TasksConfig>,
 }
 
 /// One upstream provider account or server.
@@ -307,6 +311,11 @@ impl GatewayConfig {
         }
         if let Some(cp) = &self.control_plane {
             cp.validate().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(tasks) = &self.tasks {
+            tasks
+                .resolve(self.control_plane.as_ref())
+                .map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -61,6 +61,7 @@ use crate::health::{record_failure, record_success, HealthSnapshot, HealthStore}
 use crate::limits::{admit, Admission, CounterStore, Scope};
 use crate::queue;
 use crate::stream::ResponseStream;
+use crate::tasks::edge::Forward;
 use crate::usage::UsageRecord;
 
 /// Response header carrying the request id on every answer.
@@ -227,6 +228,8 @@ enum State {
     Head,
     /// Admitted; waiting for the body.
     Body(crate::gateway::Admitted),
+    /// A task-plane request, admitted; waiting for its body.
+    ForwardBody,
     /// Planned; waiting for the control plane's admission.
     Admitting,
     /// Waiting in the model's queue for a deployment with capacity.
@@ -275,6 +278,9 @@ pub struct Exchange {
     queued: Option<(u64, u64)>,
     /// How long the request waited in the queue, once it left it.
     queued_ms: Option<u64>,
+    /// A request for the task plane (see [`crate::tasks::edge`]): one call, its answer
+    /// passed through.
+    forward: Option<crate::tasks::edge::Forward>,
 }
 
 impl Default for Exchange {
@@ -308,6 +314,7 @@ impl Exchange {
             saturated_retry_s: None,
             queued: None,
             queued_ms: None,
+            forward: None,
         }
     }
 
@@ -342,6 +349,9 @@ impl Exchange {
             return Vec::new();
         }
         let state = std::mem::replace(&mut self.state, State::Answered);
+        if self.forward.is_some() {
+            return self.handle_forward(gateway, state, event);
+        }
         match (state, event) {
             (State::Head, Event::RequestHead(head)) => self.on_head(gateway, &head, cx),
             (State::Body(admitted), Event::RequestBody(body)) => {
@@ -354,16 +364,7 @@ impl Exchange {
                 self.saturated_retry_s = None;
                 self.start_attempts(Vec::new(), cx)
             }
-            (State::Body(_), Event::RequestBodyUnreadable(detail)) => {
-                let mut actions = vec![Action::Log(format!(
-                    "switchyard: request {}: cannot read the request body: {detail}",
-                    self.request_id
-                ))];
-                actions.extend(
-                    self.reply_error(&GatewayError::invalid("the request body could not be read")),
-                );
-                actions
-            }
+            (State::Body(_), Event::RequestBodyUnreadable(detail)) => self.body_unreadable(detail),
             (State::Waiting, Event::UpstreamHead(head)) => self.on_upstream_head(&head, cx),
             (
                 State::ReadingBody {
@@ -485,8 +486,16 @@ impl Exchange {
                 timestamp_ms: self.started_ms,
                 key_id: self.key_id.clone(),
                 team: self.team.clone(),
-                model: String::new(),
-                provider: String::new(),
+                model: self
+                    .forward
+                    .as_ref()
+                    .and_then(|f| f.model.clone())
+                    .unwrap_or_default(),
+                provider: if self.forward.is_some() {
+                    "task-plane".to_string()
+                } else {
+                    String::new()
+                },
                 deployment: String::new(),
                 input_tokens: 0,
                 cached_input_tokens: 0,
@@ -511,6 +520,22 @@ impl Exchange {
                 u128::from(cx.random) << 64 | u128::from(!cx.random)
             ),
         };
+        let dialect = crate::gateway::request_dialect(head);
+        if let Some(forward) = Forward::from_head(gateway, head, dialect, cx.now_ms / 1000) {
+            self.dialect = dialect;
+            return match forward {
+                Ok(forward) => {
+                    self.key_id = forward.key_id().to_string();
+                    self.team = forward.team().map(str::to_string);
+                    self.forward = Some(forward);
+                    self.state = State::ForwardBody;
+                    vec![Action::ReadBody {
+                        limit: gateway.max_request_bytes(),
+                    }]
+                }
+                Err(err) => self.reply_error(&err),
+            };
+        }
         match gateway.on_request_head(head, cx.now_ms / 1000) {
             HeadOutcome::Reply(reply) => {
                 self.dialect = crate::gateway::request_dialect(head);
@@ -524,6 +549,80 @@ impl Exchange {
                 vec![Action::ReadBody {
                     limit: gateway.max_request_bytes(),
                 }]
+            }
+        }
+    }
+
+    /// The answer to a request body the host could not read: the fixed dialect 400, the
+    /// host's detail only in the log.
+    fn body_unreadable(&mut self, detail: &str) -> Vec<Action> {
+        let mut actions = vec![Action::Log(format!(
+            "switchyard: request {}: cannot read the request body: {detail}",
+            self.request_id
+        ))];
+        actions
+            .extend(self.reply_error(&GatewayError::invalid("the request body could not be read")));
+        actions
+    }
+
+    /// The life of a task-plane request after its head: one call, its answer passed on.
+    fn handle_forward(&mut self, gateway: &Gateway, state: State, event: Event<'_>) -> Vec<Action> {
+        let Some(forward) = self.forward.as_mut() else {
+            return Vec::new();
+        };
+        match (state, event) {
+            (State::ForwardBody, Event::RequestBody(body)) => {
+                match forward.request(gateway, body, &self.request_id) {
+                    Ok(request) => {
+                        self.state = State::Waiting;
+                        vec![Action::Send(Box::new(Send {
+                            attempt: 0,
+                            timeout_ms: request.timeout_ms,
+                            request,
+                            stream: false,
+                        }))]
+                    }
+                    Err(err) => self.reply_error(&err),
+                }
+            }
+            (State::ForwardBody, Event::RequestBodyTooLarge) => {
+                self.reply_error(&gateway.too_large())
+            }
+            (State::ForwardBody, Event::RequestBodyUnreadable(detail)) => {
+                self.body_unreadable(detail)
+            }
+            (State::Waiting, Event::UpstreamHead(head)) => {
+                forward.answer_head(head.content_type);
+                self.state = State::ReadingBody {
+                    status: head.status,
+                    retry_after: None,
+                    stream: false,
+                };
+                vec![Action::ReadUpstreamBody]
+            }
+            (State::ReadingBody { status, .. }, Event::UpstreamBody(body)) => {
+                let reply = forward.answer(status, body);
+                self.reply(reply)
+            }
+            (State::Waiting | State::ReadingBody { .. }, Event::UpstreamFailed(failure)) => {
+                let err = forward.failure(failure);
+                let mut actions = vec![Action::Log(format!(
+                    "switchyard: request {}: the task plane call failed: {}",
+                    self.request_id,
+                    failure.outcome()
+                ))];
+                actions.extend(self.reply_error(&err));
+                actions
+            }
+            (State::Answered, _) => Vec::new(),
+            (state, event) => {
+                self.state = state;
+                vec![Action::Log(format!(
+                    "switchyard: request {}: ignored {} in state {:?}",
+                    self.request_id,
+                    event_name(&event),
+                    self.state
+                ))]
             }
         }
     }

@@ -56,6 +56,9 @@ pub struct RequestHead<'a> {
     pub content_length: Option<u64>,
     /// `x-request-id`, when the client or the proxy in front set one.
     pub request_id: Option<&'a str>,
+    /// The client's headers named in [`crate::tasks::edge::FORWARDED_HEADERS`] that it sent
+    /// (`Prefer`, `Idempotency-Key`, …): what the task plane needs.
+    pub forwarded: &'a [(&'a str, &'a str)],
 }
 
 /// A response the host sends without contacting any upstream.
@@ -196,6 +199,12 @@ impl Gateway {
             .values()
             .filter_map(|p| p.api_key_secret.as_ref())
             .chain(self.config.control_plane.iter().map(|cp| &cp.token_secret))
+            .chain(
+                self.config
+                    .tasks
+                    .iter()
+                    .filter_map(|t| t.token_secret.as_ref()),
+            )
             .collect();
         let mut secrets = BTreeMap::new();
         for name in names {
@@ -936,5 +945,43 @@ impl Plan {
             latency_ms,
             ttft_ms: None,
         }
+    }
+}
+
+/// What a native plane beside the edges (the task plane) asks of the key set.
+impl Gateway {
+    /// Authenticates a key presented as `Authorization: Bearer` or `x-api-key` against the
+    /// config's and the control plane's keys, as the header phase does.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        x_api_key: Option<&str>,
+        now_unix: u64,
+    ) -> Result<&crate::keys::GatewayKey, GatewayError> {
+        authenticate(
+            self.keys(),
+            presented_key(authorization, x_api_key),
+            now_unix,
+        )
+    }
+
+    /// The key with this id, if it is in the key set.
+    pub fn key(&self, id: &str) -> Option<&crate::keys::GatewayKey> {
+        self.keys().find(|k| k.id == id)
+    }
+
+    /// Where the task plane is and the resolved edge token, when the config has `tasks`.
+    pub fn tasks(&self) -> Option<(crate::tasks::edge::TaskPlaneLocation, Option<&str>)> {
+        let location = self
+            .config
+            .tasks
+            .as_ref()?
+            .resolve(self.config.control_plane.as_ref())
+            .ok()?;
+        let token = self
+            .secrets
+            .get(&location.token_secret)
+            .map(|s| s.0.as_str());
+        Some((location, token))
     }
 }

@@ -25,6 +25,7 @@ pub mod queue;
 pub mod routing;
 pub mod sse;
 pub mod stream;
+pub mod tasks;
 pub mod usage;
 
 pub use config::{ConfigError, GatewayConfig};

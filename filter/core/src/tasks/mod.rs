@@ -1,0 +1,12 @@
+//! The task plane's decisions, sans-I/O: what async tasks, webhooks and the providers behind
+//! them look like on the wire, for the native task plane (which performs the I/O) and the
+//! edge hosts alike.
+//!
+//! * [`webhook`] — Standard Webhooks signing and verification (Switchyard's own webhooks to
+//!   clients, and Replicate's to us), plus the HMAC helpers other providers' schemes use.
+//! * [`target`] — which webhook URLs may be called at all (no way into the private network).
+//! * [`edge`] — which client requests an edge forwards to the task plane, and how.
+
+pub mod edge;
+pub mod target;
+pub mod webhook;
