@@ -1,12 +1,14 @@
 //! Ingress dialects: decoding client requests into canonical form and encoding answers back.
 //!
-//! OpenAI clients speak the canonical form already; Anthropic SDK clients are translated by
-//! [`crate::providers::anthropic`], which owns the Messages wire schema in both directions.
+//! OpenAI clients speak the canonical form already; each other dialect has one module here
+//! that decodes its requests and encodes answers (complete and streamed) for its clients.
 
 use crate::canonical::{ChatRequest, ChatResponse};
 use crate::error::{Dialect, GatewayError};
-use crate::providers::{anthropic, openai};
+use crate::providers::openai;
 use crate::stream::StreamEncoder;
+
+pub mod anthropic;
 
 /// Decodes and validates a chat request in `dialect`.
 pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, GatewayError> {
