@@ -5,10 +5,10 @@
 
 use crate::canonical::{ChatRequest, ChatResponse};
 use crate::error::{Dialect, GatewayError};
-use crate::providers::openai;
 use crate::stream::StreamEncoder;
 
 pub mod anthropic;
+pub mod openai;
 
 /// Decodes and validates a chat request in `dialect`.
 pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, GatewayError> {
