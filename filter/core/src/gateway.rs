@@ -21,6 +21,7 @@ use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::ingress;
 use crate::json_patch::patch_top_level;
 use crate::keys::{authenticate, presented_key};
+use crate::providers::passthrough::PassthroughStream;
 use crate::providers::{anthropic, openai, BaseUrl, ProviderKind};
 use crate::routing::{attempt_order, deployment_id, HealthView};
 use crate::stream::{ResponseStream, TranslatingStream};
@@ -741,10 +742,14 @@ impl Plan {
             .get(index)
             .map_or(ProviderKind::Openai, |a| a.kind);
         if self.dialect == Dialect::OpenAi && kind == ProviderKind::Openai {
-            return Box::new(openai::PassthroughStream::new(self.client_wants_usage));
+            return Box::new(PassthroughStream::new(openai::OpenAiPassthrough::new(
+                self.client_wants_usage,
+            )));
         }
         if self.dialect == Dialect::Anthropic && kind == ProviderKind::Anthropic {
-            return Box::new(anthropic::AnthropicPassthroughStream::new());
+            return Box::new(PassthroughStream::new(
+                anthropic::AnthropicPassthrough::default(),
+            ));
         }
         let encoder = ingress::stream_encoder(
             self.dialect,

@@ -14,6 +14,7 @@ pub mod anthropic;
 pub mod dashscope;
 pub mod gemini;
 pub mod openai;
+pub mod passthrough;
 
 /// The wire formats Switchyard speaks upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -11,8 +11,9 @@ use crate::canonical::{
     ChatRequest, ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall,
 };
 use crate::error::{ErrorKind, GatewayError};
+use crate::ingress::openai::OpenAiStreamEncoder;
+use crate::providers::passthrough::{FrameKind, PassthroughFormat};
 use crate::providers::{error_message, EgressRequest};
-use crate::sse::{write_event, SseEvent, SseParser};
 use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEncoder, StreamEvent};
 
 /// Native path of chat completions (after the base URL prefix).
@@ -259,144 +260,60 @@ impl SseFrameDecoder for OpenAiStreamFrames {
     }
 }
 
-/// The OpenAI → OpenAI stream fast path: frames pass through as the upstream wrote them;
-/// usage is read on the way, and the usage-only chunk is dropped when the gateway (not the
-/// client) asked for it.
-pub struct PassthroughStream {
-    sse: SseParser,
-    frames: Vec<SseEvent>,
+/// The OpenAI → OpenAI stream fast path's view of chunks (for
+/// [`crate::providers::passthrough::PassthroughStream`]): `[DONE]` is the terminal event, a
+/// chunk with `error` an upstream error; usage is read on the way, and the usage-only chunk
+/// is hidden when the gateway (not the client) asked for it.
+pub struct OpenAiPassthrough {
     usage: TokenUsage,
-    strip_usage_chunk: bool,
-    saw_done: bool,
-    done: bool,
-    failed: bool,
+    hide_usage_chunk: bool,
 }
 
-impl PassthroughStream {
+impl OpenAiPassthrough {
     /// `client_wants_usage`: whether the client itself asked for `include_usage`.
     pub fn new(client_wants_usage: bool) -> Self {
-        PassthroughStream {
-            sse: SseParser::new(),
-            frames: Vec::new(),
+        OpenAiPassthrough {
             usage: TokenUsage::default(),
-            strip_usage_chunk: !client_wants_usage,
-            saw_done: false,
-            done: false,
-            failed: false,
-        }
-    }
-
-    fn forward(&mut self, out: &mut Vec<u8>) {
-        for frame in std::mem::take(&mut self.frames) {
-            if self.done {
-                break;
-            }
-            let data = frame.data.trim();
-            if data == "[DONE]" {
-                self.saw_done = true;
-                write_event(out, frame.event.as_deref(), &frame.data);
-                continue;
-            }
-            #[derive(Deserialize)]
-            struct Peek {
-                #[serde(default)]
-                choices: Option<Vec<Value>>,
-                #[serde(default)]
-                usage: Option<WireUsage>,
-                #[serde(default)]
-                error: Option<Value>,
-            }
-            match serde_json::from_str::<Peek>(data) {
-                Ok(peek) => {
-                    if peek.error.is_some() {
-                        self.failed = true;
-                    }
-                    let usage_only = peek.choices.as_ref().is_some_and(|c| c.is_empty());
-                    if let Some(u) = &peek.usage {
-                        self.usage.merge_max(u.canonical());
-                    }
-                    if !(usage_only && peek.usage.is_some() && self.strip_usage_chunk) {
-                        write_event(out, frame.event.as_deref(), &frame.data);
-                    }
-                }
-                Err(e) => {
-                    let err = malformed(e);
-                    self.fail_into(&err, out);
-                }
-            }
-        }
-    }
-
-    fn fail_into(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
-        if self.saw_done {
-            // The client already has the whole answer: a failure after `[DONE]` (a stall or
-            // reset before the body ends) loses nothing, and an error event would follow the
-            // stream's own end.
-            self.done = true;
-            return;
-        }
-        if !self.done {
-            let mut enc = crate::ingress::openai::OpenAiStreamEncoder::new(
-                String::new(),
-                String::new(),
-                0,
-                false,
-            );
-            enc.error(err, out);
-            self.done = true;
-            self.failed = true;
+            hide_usage_chunk: !client_wants_usage,
         }
     }
 }
 
-impl crate::stream::ResponseStream for PassthroughStream {
-    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
+impl PassthroughFormat for OpenAiPassthrough {
+    fn inspect(&mut self, _event: Option<&str>, data: &str) -> Result<FrameKind, GatewayError> {
+        if data == "[DONE]" {
+            return Ok(FrameKind::Terminal);
         }
-        if let Err(e) = self.sse.push(bytes, &mut self.frames) {
-            self.forward(&mut out);
-            self.fail_into(&malformed(e), &mut out);
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default)]
+            choices: Option<Vec<serde::de::IgnoredAny>>,
+            #[serde(default)]
+            usage: Option<WireUsage>,
+            #[serde(default)]
+            error: Option<serde::de::IgnoredAny>,
+        }
+        let peek: Peek = serde_json::from_str(data).map_err(malformed)?;
+        if peek.error.is_some() {
+            return Ok(FrameKind::Error);
+        }
+        let Some(usage) = peek.usage else {
+            return Ok(FrameKind::Event);
+        };
+        self.usage.merge_max(usage.canonical());
+        let usage_only = peek.choices.is_some_and(|c| c.is_empty());
+        Ok(if usage_only && self.hide_usage_chunk {
+            FrameKind::Hidden
         } else {
-            self.forward(&mut out);
-        }
-        out
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        let result = self.sse.finish(&mut self.frames);
-        self.forward(&mut out);
-        match result {
-            Err(e) => self.fail_into(&malformed(e), &mut out),
-            Ok(()) if !self.saw_done && !self.failed => {
-                self.fail_into(&crate::stream::truncated(), &mut out)
-            }
-            Ok(()) => self.done = true,
-        }
-        out
-    }
-
-    fn fail(&mut self, err: &GatewayError) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.fail_into(err, &mut out);
-        out
+            FrameKind::Event
+        })
     }
 
     fn usage(&self) -> TokenUsage {
         self.usage
     }
 
-    fn failed(&self) -> bool {
-        self.failed
-    }
-
-    fn complete(&self) -> bool {
-        // `[DONE]` is forwarded as soon as it arrives.
-        self.saw_done && !self.failed
+    fn write_error(&self, err: &GatewayError, out: &mut Vec<u8>) {
+        OpenAiStreamEncoder::new(String::new(), String::new(), 0, false).error(err, out);
     }
 }

@@ -23,7 +23,7 @@
 //!   them, so they are added on the way in and subtracted on the way out.
 //! - Anthropic-only request fields the canonical form cannot carry (`top_k`, `thinking`,
 //!   `cache_control`) are dropped when translating to another provider; the Anthropic →
-//!   Anthropic fast path ([`AnthropicPassthroughStream`], `Plan`'s body patch) keeps them.
+//!   Anthropic fast path ([`AnthropicPassthrough`], `Plan`'s body patch) keeps them.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -38,7 +38,7 @@ mod stream;
 pub use error::parse_error;
 pub use request::{build_chat, request_body};
 pub use response::{parse_chat, usage_of};
-pub use stream::{AnthropicPassthroughStream, AnthropicStreamDecoder, AnthropicStreamFrames};
+pub use stream::{AnthropicPassthrough, AnthropicStreamDecoder, AnthropicStreamFrames};
 
 /// Native path of the Messages API (after the base URL prefix).
 pub const MESSAGES_PATH: &str = "/v1/messages";
@@ -115,6 +115,18 @@ pub(crate) struct WireUsage {
 }
 
 impl WireUsage {
+    /// Takes the counts `newer` reports; a stream reports each count once or repeats it.
+    pub(crate) fn merge(&mut self, newer: WireUsage) {
+        self.input_tokens = newer.input_tokens.or(self.input_tokens);
+        self.output_tokens = newer.output_tokens.or(self.output_tokens);
+        self.cache_read_input_tokens = newer
+            .cache_read_input_tokens
+            .or(self.cache_read_input_tokens);
+        self.cache_creation_input_tokens = newer
+            .cache_creation_input_tokens
+            .or(self.cache_creation_input_tokens);
+    }
+
     /// Canonical usage: Anthropic's `input_tokens` excludes cache reads and writes.
     pub(crate) fn canonical(&self) -> TokenUsage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);

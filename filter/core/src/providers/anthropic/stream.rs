@@ -7,8 +7,8 @@ use super::{error::kind_of_error_type, finish_reason, WireBlock, WireUsage};
 use crate::canonical::{FinishReason, TokenUsage};
 use crate::error::GatewayError;
 use crate::ingress::anthropic::AnthropicStreamEncoder;
+use crate::providers::passthrough::{FrameKind, PassthroughFormat};
 use crate::providers::redact;
-use crate::sse::{write_event, SseEvent, SseParser};
 use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEncoder, StreamEvent};
 
 /// Decodes an Anthropic Messages event stream.
@@ -98,18 +98,6 @@ struct WireErrorBody {
     message: String,
 }
 
-impl AnthropicStreamFrames {
-    fn merge_usage(&mut self, u: WireUsage) {
-        let mine = &mut self.usage;
-        mine.input_tokens = u.input_tokens.or(mine.input_tokens);
-        mine.output_tokens = u.output_tokens.or(mine.output_tokens);
-        mine.cache_read_input_tokens = u.cache_read_input_tokens.or(mine.cache_read_input_tokens);
-        mine.cache_creation_input_tokens = u
-            .cache_creation_input_tokens
-            .or(mine.cache_creation_input_tokens);
-    }
-}
-
 impl SseFrameDecoder for AnthropicStreamFrames {
     fn decode_frame(
         &mut self,
@@ -125,7 +113,7 @@ impl SseFrameDecoder for AnthropicStreamFrames {
                     model: message.model,
                 });
                 if let Some(u) = message.usage {
-                    self.merge_usage(u);
+                    self.usage.merge(u);
                     out.push(StreamEvent::Usage(self.usage.canonical()));
                 }
             }
@@ -173,7 +161,7 @@ impl SseFrameDecoder for AnthropicStreamFrames {
                     self.stop_reason = Some(finish_reason(&reason));
                 }
                 if let Some(u) = usage {
-                    self.merge_usage(u);
+                    self.usage.merge(u);
                     out.push(StreamEvent::Usage(self.usage.canonical()));
                 }
             }
@@ -203,38 +191,16 @@ impl SseFrameDecoder for AnthropicStreamFrames {
     }
 }
 
-/// The Anthropic → Anthropic stream fast path: events pass through as the upstream wrote
-/// them (re-framed, not re-encoded); usage is read on the way, a stream cut before
-/// `message_stop` ends in an `error` event, and an upstream `error` event ends the stream.
-pub struct AnthropicPassthroughStream {
-    sse: SseParser,
-    frames: Vec<SseEvent>,
+/// The Anthropic → Anthropic stream fast path's view of events (for
+/// [`crate::providers::passthrough::PassthroughStream`]): `message_stop` is the terminal
+/// event, `error` an upstream error; usage is read on the way.
+#[derive(Default)]
+pub struct AnthropicPassthrough {
     usage: WireUsage,
-    saw_stop: bool,
-    done: bool,
-    failed: bool,
 }
 
-impl Default for AnthropicPassthroughStream {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl AnthropicPassthroughStream {
-    /// A pass-through stream at its start.
-    pub fn new() -> Self {
-        AnthropicPassthroughStream {
-            sse: SseParser::new(),
-            frames: Vec::new(),
-            usage: WireUsage::default(),
-            saw_stop: false,
-            done: false,
-            failed: false,
-        }
-    }
-
-    fn forward(&mut self, out: &mut Vec<u8>) {
+impl PassthroughFormat for AnthropicPassthrough {
+    fn inspect(&mut self, _event: Option<&str>, data: &str) -> Result<FrameKind, GatewayError> {
         #[derive(Deserialize)]
         struct Peek {
             #[serde(default, rename = "type")]
@@ -249,101 +215,22 @@ impl AnthropicPassthroughStream {
             #[serde(default)]
             usage: Option<WireUsage>,
         }
-        for frame in std::mem::take(&mut self.frames) {
-            if self.done {
-                break;
-            }
-            match serde_json::from_str::<Peek>(frame.data.trim()) {
-                Ok(peek) => {
-                    let usage = peek.usage.or(peek.message.and_then(|m| m.usage));
-                    if let Some(u) = usage {
-                        let mine = &mut self.usage;
-                        mine.input_tokens = u.input_tokens.or(mine.input_tokens);
-                        mine.output_tokens = u.output_tokens.or(mine.output_tokens);
-                        mine.cache_read_input_tokens =
-                            u.cache_read_input_tokens.or(mine.cache_read_input_tokens);
-                        mine.cache_creation_input_tokens = u
-                            .cache_creation_input_tokens
-                            .or(mine.cache_creation_input_tokens);
-                    }
-                    write_event(out, frame.event.as_deref(), &frame.data);
-                    match peek.kind.as_str() {
-                        "message_stop" => {
-                            self.saw_stop = true;
-                            self.done = true;
-                        }
-                        "error" => {
-                            self.failed = true;
-                            self.done = true;
-                        }
-                        _ => {}
-                    }
-                }
-                Err(e) => self.fail_into(&malformed(e), out),
-            }
+        let peek: Peek = serde_json::from_str(data).map_err(malformed)?;
+        if let Some(u) = peek.usage.or(peek.message.and_then(|m| m.usage)) {
+            self.usage.merge(u);
         }
-    }
-
-    fn fail_into(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
-        if self.saw_stop {
-            // The client already has the whole answer: a failure after `message_stop` loses
-            // nothing, and an error event would follow the stream's own end.
-            self.done = true;
-            return;
-        }
-        if !self.done {
-            AnthropicStreamEncoder::new(String::new(), String::new()).error(err, out);
-            self.done = true;
-            self.failed = true;
-        }
-    }
-}
-
-impl crate::stream::ResponseStream for AnthropicPassthroughStream {
-    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        let result = self.sse.push(bytes, &mut self.frames);
-        self.forward(&mut out);
-        if let Err(e) = result {
-            self.fail_into(&malformed(e), &mut out);
-        }
-        out
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        let result = self.sse.finish(&mut self.frames);
-        self.forward(&mut out);
-        match result {
-            Err(e) => self.fail_into(&malformed(e), &mut out),
-            Ok(()) if !self.saw_stop => self.fail_into(&crate::stream::truncated(), &mut out),
-            Ok(()) => self.done = true,
-        }
-        out
-    }
-
-    fn fail(&mut self, err: &GatewayError) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.fail_into(err, &mut out);
-        out
+        Ok(match peek.kind.as_str() {
+            "message_stop" => FrameKind::Terminal,
+            "error" => FrameKind::Error,
+            _ => FrameKind::Event,
+        })
     }
 
     fn usage(&self) -> TokenUsage {
         self.usage.canonical()
     }
 
-    fn failed(&self) -> bool {
-        self.failed
-    }
-
-    fn complete(&self) -> bool {
-        // `message_stop`, the last event, is forwarded as soon as it arrives.
-        self.saw_stop && !self.failed
+    fn write_error(&self, err: &GatewayError, out: &mut Vec<u8>) {
+        AnthropicStreamEncoder::new(String::new(), String::new()).error(err, out);
     }
 }
