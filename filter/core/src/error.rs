@@ -16,6 +16,11 @@ pub enum Dialect {
     Anthropic,
 }
 
+impl Dialect {
+    /// Every dialect, for tests and fuzzing that must cover them all.
+    pub const ALL: [Dialect; 2] = [Dialect::OpenAi, Dialect::Anthropic];
+}
+
 /// What went wrong, independent of dialect; decides the status code and error type names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {

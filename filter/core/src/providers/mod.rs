@@ -42,6 +42,14 @@ pub struct EgressRequest {
 }
 
 impl ProviderKind {
+    /// Every wire format, for tests and fuzzing that must cover them all.
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Openai,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Dashscope,
+    ];
+
     /// The public endpoint used when the config gives no `base_url`.
     pub fn default_base_url(self) -> &'static str {
         match self {
