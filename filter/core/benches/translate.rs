@@ -63,6 +63,17 @@ fn openai_stream_chunks() -> Vec<Vec<u8>> {
     events.into_iter().map(String::into_bytes).collect()
 }
 
+/// The encoder context of a bench stream.
+fn context(include_usage: bool) -> ingress::AnswerContext<'static> {
+    ingress::AnswerContext {
+        id: "id",
+        model: "m",
+        created: 0,
+        include_usage,
+        request: b"{}",
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let request = REQUEST.as_bytes();
     c.bench_function("fast_path_openai_patch", |b| {
@@ -88,7 +99,7 @@ fn benches(c: &mut Criterion) {
             let resp = ProviderKind::Anthropic
                 .parse_chat(black_box(response))
                 .unwrap();
-            ingress::encode_chat_response(Dialect::OpenAi, &resp)
+            ingress::encode_chat_response(Dialect::OpenAi, &resp, b"{}")
         })
     });
     let chunks = anthropic_stream_chunks();
@@ -97,7 +108,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut s = TranslatingStream::new(
                 ProviderKind::Anthropic.stream_decoder(),
-                ingress::stream_encoder(Dialect::OpenAi, "id".into(), "m".into(), 0, true),
+                ingress::stream_encoder(Dialect::OpenAi, &context(true)),
             );
             let mut n = 0;
             for chunk in &chunks {
@@ -114,7 +125,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut s = TranslatingStream::new(
                 ProviderKind::Openai.stream_decoder(),
-                ingress::stream_encoder(Dialect::Anthropic, "id".into(), "m".into(), 0, false),
+                ingress::stream_encoder(Dialect::Anthropic, &context(false)),
             );
             let mut n = 0;
             for chunk in &chunks {

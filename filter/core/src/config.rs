@@ -49,7 +49,7 @@ pub struct GatewayConfig {
 }
 
 /// One upstream provider account or server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Which wire format it speaks.
@@ -69,6 +69,10 @@ pub struct ProviderConfig {
     /// Extra static headers sent upstream (e.g. `anthropic-version`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `openai` kind only: the provider also serves the Responses API (`/v1/responses`), as
+    /// OpenAI itself does, so Responses clients pass through to it untouched.
+    #[serde(default)]
+    pub responses_api: bool,
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).

@@ -14,11 +14,13 @@ pub enum Dialect {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// OpenAI Responses (errors as OpenAI's).
+    Responses,
 }
 
 impl Dialect {
     /// Every dialect, for tests and fuzzing that must cover them all.
-    pub const ALL: [Dialect; 2] = [Dialect::OpenAi, Dialect::Anthropic];
+    pub const ALL: [Dialect; 3] = [Dialect::OpenAi, Dialect::Anthropic, Dialect::Responses];
 }
 
 /// What went wrong, independent of dialect; decides the status code and error type names.
@@ -177,7 +179,7 @@ impl GatewayError {
     /// The error body in `dialect`'s JSON shape.
     pub fn body(&self, dialect: Dialect) -> Vec<u8> {
         let value = match dialect {
-            Dialect::OpenAi => json!({
+            Dialect::OpenAi | Dialect::Responses => json!({
                 "error": {
                     "message": self.message,
                     "type": self.kind.openai_type(),

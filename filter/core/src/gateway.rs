@@ -16,13 +16,15 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::canonical::{ChatRequest, EmbeddingsRequest, TokenUsage};
-use crate::config::{ConfigError, FallbackPolicy, GatewayConfig, ModelConfig, Price};
+use crate::config::{
+    ConfigError, FallbackPolicy, GatewayConfig, ModelConfig, Price, ProviderConfig,
+};
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::ingress;
 use crate::json_patch::patch_top_level;
 use crate::keys::{authenticate, presented_key};
-use crate::providers::passthrough::PassthroughStream;
-use crate::providers::{anthropic, openai, BaseUrl, ProviderKind};
+use crate::providers::passthrough::FastPath;
+use crate::providers::{openai, BaseUrl, ProviderKind};
 use crate::routing::{attempt_order, deployment_id, HealthView};
 use crate::stream::{ResponseStream, TranslatingStream};
 use crate::usage::{cost, UsageRecord};
@@ -34,6 +36,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/messages` (Anthropic).
     Messages,
+    /// `POST /v1/responses` (OpenAI Responses).
+    Responses,
     /// `POST /v1/embeddings`.
     Embeddings,
     /// `GET /v1/models`.
@@ -269,6 +273,7 @@ impl Gateway {
         let (endpoint, method) = match path {
             "/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),
             "/v1/messages" => (Some(Endpoint::Messages), "POST"),
+            "/v1/responses" => (Some(Endpoint::Responses), "POST"),
             "/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
             "/v1/models" => (Some(Endpoint::Models), "GET"),
             _ => (None, ""),
@@ -333,7 +338,7 @@ impl Gateway {
             .filter(|n| key.allows(n))
             .collect();
         let body = match dialect {
-            Dialect::OpenAi => json!({
+            Dialect::OpenAi | Dialect::Responses => json!({
                 "object": "list",
                 "data": names.iter().map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "switchyard"})).collect::<Vec<_>>(),
             }),
@@ -434,6 +439,7 @@ impl Gateway {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                settings: provider.clone(),
             });
         }
         if attempts.is_empty() {
@@ -470,6 +476,7 @@ pub fn request_dialect(head: &RequestHead<'_>) -> Dialect {
     let path = head.path.split('?').next().unwrap_or("");
     match path.trim_end_matches('/') {
         "/v1/messages" => Dialect::Anthropic,
+        "/v1/responses" => Dialect::Responses,
         "/v1/chat/completions" | "/v1/embeddings" => Dialect::OpenAi,
         p if p.starts_with("/v1/messages") || head.anthropic_version.is_some() => {
             Dialect::Anthropic
@@ -481,7 +488,7 @@ pub fn request_dialect(head: &RequestHead<'_>) -> Dialect {
 /// Decodes the body of an admitted request.
 fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, GatewayError> {
     Ok(match admitted.endpoint {
-        Endpoint::ChatCompletions | Endpoint::Messages => {
+        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             PlannedRequest::Chat(Box::new(ingress::decode_chat(admitted.dialect, body)?))
         }
         Endpoint::Embeddings => PlannedRequest::Embeddings(decode_embeddings(body)?),
@@ -519,13 +526,18 @@ fn apply_defaults(
         .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))?;
     let patches: Vec<(&str, String)> = defaults
         .iter()
-        .map(|(name, value)| {
+        .filter_map(|(name, value)| {
             let name = match (dialect, name.as_str()) {
                 (Dialect::Anthropic, "stop") => "stop_sequences",
                 (Dialect::Anthropic, "max_completion_tokens") => "max_tokens",
+                (Dialect::Responses, "max_tokens" | "max_completion_tokens") => "max_output_tokens",
+                // The Responses API has no such parameter: nothing to default.
+                (Dialect::Responses, other) if !ingress::responses::TUNABLE.contains(&other) => {
+                    return None
+                }
                 (_, other) => other,
             };
-            (name, value.to_string())
+            Some((name, value.to_string()))
         })
         .filter(|(name, _)| !present.contains_key(*name))
         .collect();
@@ -591,6 +603,8 @@ pub struct Attempt {
     pub price: Price,
     api_key: Option<Secret>,
     static_headers: Vec<(String, String)>,
+    /// The provider's configuration: the wire-format options its translator reads.
+    settings: ProviderConfig,
 }
 
 /// A request ready to send upstream.
@@ -639,12 +653,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Whether request and answer pass through as the client wrote them (same wire format).
-    fn passthrough(&self, attempt: &Attempt) -> bool {
-        matches!(
-            (self.dialect, attempt.kind),
-            (Dialect::OpenAi, ProviderKind::Openai) | (Dialect::Anthropic, ProviderKind::Anthropic)
-        )
+    /// The fast path to `attempt`, when request and answer pass through as the client
+    /// wrote them (same wire format).
+    fn fast_path(&self, attempt: &Attempt) -> Option<FastPath> {
+        FastPath::between(self.dialect, attempt.kind, &attempt.settings)
     }
 
     /// The native request for attempt `index`, credentials included.
@@ -653,32 +665,23 @@ impl Plan {
             .attempts
             .get(index)
             .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
-        let egress = match &self.request {
-            PlannedRequest::Embeddings(_) => crate::providers::EgressRequest {
+        let egress = match (&self.request, self.fast_path(attempt)) {
+            (PlannedRequest::Embeddings(_), _) => crate::providers::EgressRequest {
                 path: openai::EMBEDDINGS_PATH.to_string(),
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: self.patch_raw(attempt, false)?,
             },
-            PlannedRequest::Chat(_)
-                if self.passthrough(attempt) && attempt.kind == ProviderKind::Anthropic =>
-            {
+            (PlannedRequest::Chat(_), Some(fast)) => {
+                let (path, headers) = fast.egress();
                 crate::providers::EgressRequest {
-                    path: anthropic::MESSAGES_PATH.to_string(),
-                    headers: vec![
-                        ("content-type".into(), "application/json".into()),
-                        ("anthropic-version".into(), anthropic::API_VERSION.into()),
-                    ],
-                    body: self.patch_raw(attempt, false)?,
+                    path: path.to_string(),
+                    headers,
+                    body: self.patch_raw(attempt, self.stream && fast.forces_stream_usage())?,
                 }
             }
-            PlannedRequest::Chat(_) if self.passthrough(attempt) => {
-                crate::providers::EgressRequest {
-                    path: openai::CHAT_PATH.to_string(),
-                    headers: vec![("content-type".into(), "application/json".into())],
-                    body: self.patch_raw(attempt, self.stream)?,
-                }
+            (PlannedRequest::Chat(chat), None) => {
+                attempt.kind.build_chat(chat, &attempt.upstream_model)?
             }
-            PlannedRequest::Chat(chat) => attempt.kind.build_chat(chat, &attempt.upstream_model)?,
         };
         let mut headers = egress.headers;
         headers.extend(attempt.static_headers.iter().cloned());
@@ -741,22 +744,18 @@ impl Plan {
             .attempts
             .get(index)
             .map_or(ProviderKind::Openai, |a| a.kind);
-        if self.dialect == Dialect::OpenAi && kind == ProviderKind::Openai {
-            return Box::new(PassthroughStream::new(openai::OpenAiPassthrough::new(
-                self.client_wants_usage,
-            )));
-        }
-        if self.dialect == Dialect::Anthropic && kind == ProviderKind::Anthropic {
-            return Box::new(PassthroughStream::new(
-                anthropic::AnthropicPassthrough::default(),
-            ));
+        if let Some(fast) = self.attempts.get(index).and_then(|a| self.fast_path(a)) {
+            return fast.stream(self.client_wants_usage);
         }
         let encoder = ingress::stream_encoder(
             self.dialect,
-            self.response_id(),
-            self.public_model.clone(),
-            self.created,
-            self.client_wants_usage,
+            &ingress::AnswerContext {
+                id: &self.response_id(),
+                model: &self.public_model,
+                created: self.created,
+                include_usage: self.client_wants_usage,
+                request: &self.raw,
+            },
         );
         Box::new(TranslatingStream::new(kind.stream_decoder(), encoder))
     }
@@ -765,6 +764,7 @@ impl Plan {
         match self.dialect {
             Dialect::OpenAi => format!("chatcmpl-{}", self.response_id),
             Dialect::Anthropic => format!("msg_{}", self.response_id),
+            Dialect::Responses => format!("resp_{}", self.response_id),
         }
     }
 
@@ -778,7 +778,8 @@ impl Plan {
             .attempts
             .get(index)
             .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
-        if matches!(self.request, PlannedRequest::Embeddings(_)) || self.passthrough(attempt) {
+        let fast = self.fast_path(attempt);
+        if matches!(self.request, PlannedRequest::Embeddings(_)) || fast.is_some() {
             // Validate it is JSON so a garbage 200 becomes a clean 502.
             serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
                 GatewayError::new(
@@ -786,10 +787,7 @@ impl Plan {
                     format!("upstream returned invalid JSON: {e}"),
                 )
             })?;
-            let usage = match attempt.kind {
-                ProviderKind::Anthropic => anthropic::usage_of(body),
-                _ => openai::usage_of(body),
-            };
+            let usage = fast.map_or_else(|| openai::usage_of(body), |f| f.usage_of(body));
             return Ok((body.to_vec(), usage));
         }
         let mut resp = attempt.kind.parse_chat(body)?;
@@ -803,7 +801,7 @@ impl Plan {
             resp.model = self.public_model.clone();
         }
         Ok((
-            ingress::encode_chat_response(self.dialect, &resp),
+            ingress::encode_chat_response(self.dialect, &resp, &self.raw),
             resp.usage,
         ))
     }

@@ -151,11 +151,27 @@ fn response_goldens(kind: ProviderKind, dir: &str, name: &str) {
     resp.created = 1_700_000_000;
     golden(
         &format!("{dir}/{name}.openai.expected.json"),
-        &pretty(&ingress::encode_chat_response(Dialect::OpenAi, &resp)),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::OpenAi,
+            &resp,
+            b"{}",
+        )),
     );
     golden(
         &format!("{dir}/{name}.anthropic.expected.json"),
-        &pretty(&ingress::encode_chat_response(Dialect::Anthropic, &resp)),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::Anthropic,
+            &resp,
+            b"{}",
+        )),
+    );
+    golden(
+        &format!("{dir}/{name}.responses.expected.json"),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::Responses,
+            &resp,
+            common::RESPONSES_REQUEST,
+        )),
     );
 }
 
@@ -204,6 +220,9 @@ fn stream_goldens(kind: ProviderKind, dir: &str, name: &str) {
     let (anthropic, _, failed) = translate_chunks(kind, Dialect::Anthropic, false, &[&upstream]);
     assert!(!failed, "{dir}/{name} → Anthropic failed");
     golden(&format!("{dir}/{name}.anthropic.expected.sse"), &anthropic);
+    let (responses, _, failed) = translate_chunks(kind, Dialect::Responses, false, &[&upstream]);
+    assert!(!failed, "{dir}/{name} → Responses failed");
+    golden(&format!("{dir}/{name}.responses.expected.sse"), &responses);
 }
 
 #[test]

@@ -242,7 +242,7 @@ proptest! {
     #[test]
     fn ingress_decoders_never_panic(v in arb_json(), bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let body = serde_json::to_vec(&v).unwrap();
-        for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+        for dialect in Dialect::ALL {
             let _ = ingress::decode_chat(dialect, &body);
             let _ = ingress::decode_chat(dialect, &bytes);
         }
@@ -261,16 +261,18 @@ proptest! {
         sse.extend_from_slice(b"\n\n");
         for kind in [ProviderKind::Openai, ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Dashscope] {
             if let Ok(resp) = kind.parse_chat(&body) {
-                for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
-                    let out = ingress::encode_chat_response(dialect, &resp);
+                for dialect in Dialect::ALL {
+                    let out = ingress::encode_chat_response(dialect, &resp, b"{}");
                     prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
                 }
             }
             let _ = kind.parse_error(status, &body);
-            for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+            for dialect in Dialect::ALL {
                 let mut t = switchyard_core::stream::TranslatingStream::new(
                     kind.stream_decoder(),
-                    ingress::stream_encoder(dialect, "id".into(), "m".into(), 0, true),
+                    ingress::stream_encoder(dialect, &ingress::AnswerContext {
+                        id: "id", model: "m", created: 0, include_usage: true, request: b"{}",
+                    }),
                 );
                 let mut out = t.push(&sse);
                 out.extend(t.push(&sse));

@@ -23,7 +23,7 @@ const STREAMS: &[(ProviderKind, &str)] = &[
     (ProviderKind::Openai, "openai/stream_tools.sse"),
 ];
 
-const DIALECTS: &[Dialect] = &[Dialect::OpenAi, Dialect::Anthropic];
+const DIALECTS: &[Dialect] = &Dialect::ALL;
 
 #[test]
 fn every_two_piece_split_gives_identical_output() {
@@ -70,10 +70,7 @@ fn client_view(kind: ProviderKind, file: &str, dialect: Dialect) -> Final {
         "{file} → {dialect:?}:\n{}",
         String::from_utf8_lossy(&out)
     );
-    match dialect {
-        Dialect::OpenAi => accumulate_openai(&out),
-        Dialect::Anthropic => accumulate_anthropic(&out),
-    }
+    common::accumulate(dialect, &out)
 }
 
 /// Normalises argument JSON so `{"a": 1}` and `{"a":1}` compare equal.
@@ -274,10 +271,7 @@ fn truncated_streams_end_in_a_well_formed_error() {
             for &dialect in DIALECTS {
                 let (out, _, failed) = translate_chunks(kind, dialect, true, &[&upstream[..cut]]);
                 assert!(failed, "{file} cut at {cut} → {dialect:?} must fail");
-                let f = match dialect {
-                    Dialect::OpenAi => accumulate_openai(&out),
-                    Dialect::Anthropic => accumulate_anthropic(&out),
-                };
+                let f = common::accumulate(dialect, &out);
                 let err = f
                     .error
                     .unwrap_or_else(|| panic!("{file} cut at {cut}: no error event"));
@@ -287,7 +281,7 @@ fn truncated_streams_end_in_a_well_formed_error() {
                     msg.contains("ended before") || msg.contains("malformed"),
                     "{err}"
                 );
-                assert_eq!(err["type"], "api_error");
+                assert_eq!(common::error_type(dialect, &err), "bad_gateway", "{err}");
             }
         }
     }
@@ -300,12 +294,13 @@ fn garbage_in_a_stream_ends_in_a_bad_gateway_error() {
             for garbage in [&b"data: {not json\n\n"[..], b"data: \xff\xfe\n\n"] {
                 let (out, _, failed) = translate_chunks(kind, dialect, true, &[garbage]);
                 assert!(failed);
-                let f = match dialect {
-                    Dialect::OpenAi => accumulate_openai(&out),
-                    Dialect::Anthropic => accumulate_anthropic(&out),
-                };
+                let f = common::accumulate(dialect, &out);
                 let err = f.error.expect("error event");
-                assert_eq!(err["type"], "api_error", "{kind:?} → {dialect:?}");
+                assert_eq!(
+                    common::error_type(dialect, &err),
+                    "bad_gateway",
+                    "{kind:?} → {dialect:?}"
+                );
             }
         }
     }

@@ -39,7 +39,7 @@ pub fn provider_response(data: &[u8]) {
     let kind = pick(&ProviderKind::ALL, first);
     if let Ok(resp) = kind.parse_chat(body) {
         for dialect in Dialect::ALL {
-            let out = ingress::encode_chat_response(dialect, &resp);
+            let out = ingress::encode_chat_response(dialect, &resp, body);
             assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
         }
     }
@@ -60,7 +60,16 @@ pub fn provider_stream(data: &[u8]) {
         .map(|&dialect| -> Box<dyn ResponseStream> {
             Box::new(TranslatingStream::new(
                 kind.stream_decoder(),
-                ingress::stream_encoder(dialect, "id".into(), "m".into(), 0, true),
+                ingress::stream_encoder(
+                    dialect,
+                    &ingress::AnswerContext {
+                        id: "id",
+                        model: "m",
+                        created: 0,
+                        include_usage: true,
+                        request: rest,
+                    },
+                ),
             ))
         })
         .collect();
@@ -69,6 +78,9 @@ pub fn provider_stream(data: &[u8]) {
     )));
     streams.push(Box::new(PassthroughStream::new(
         anthropic::AnthropicPassthrough::default(),
+    )));
+    streams.push(Box::new(PassthroughStream::new(
+        openai::ResponsesPassthrough::default(),
     )));
     for stream in &mut streams {
         let mut out = Vec::new();

@@ -9,6 +9,24 @@ use crate::stream::StreamEncoder;
 
 pub mod anthropic;
 pub mod openai;
+pub mod responses;
+
+/// What an answer's encoder knows about the request it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerContext<'a> {
+    /// The gateway's id for the answer, already in the dialect's shape (`chatcmpl-…`,
+    /// `msg_…`, `resp_…`); used until (unless) the upstream provides its own.
+    pub id: &'a str,
+    /// The model name to report until (unless) the upstream names its own.
+    pub model: &'a str,
+    /// Unix seconds.
+    pub created: u64,
+    /// Whether an OpenAI Chat client asked for a final usage chunk (other dialects always
+    /// carry usage).
+    pub include_usage: bool,
+    /// The client's request body: Responses answers echo its settings.
+    pub request: &'a [u8],
+}
 
 /// Decodes and validates a chat request in `dialect`.
 pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, GatewayError> {
@@ -16,6 +34,7 @@ pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, Gateway
         Dialect::OpenAi => serde_json::from_slice::<ChatRequest>(body)
             .map_err(|e| GatewayError::invalid(format!("invalid chat completion request: {e}")))?,
         Dialect::Anthropic => anthropic::decode_request(body)?,
+        Dialect::Responses => responses::decode_request(body)?,
     };
     if req.model.is_empty() {
         return Err(GatewayError::invalid("`model` must not be empty").with_param("model"));
@@ -26,30 +45,33 @@ pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, Gateway
     Ok(req)
 }
 
-/// Encodes a complete answer for `dialect`.
-pub fn encode_chat_response(dialect: Dialect, resp: &ChatResponse) -> Vec<u8> {
+/// Encodes a complete answer for `dialect`; `request` is the client's request body.
+pub fn encode_chat_response(dialect: Dialect, resp: &ChatResponse, request: &[u8]) -> Vec<u8> {
     match dialect {
         Dialect::OpenAi => openai::encode_response(resp),
         Dialect::Anthropic => anthropic::encode_response(resp),
+        Dialect::Responses => {
+            responses::encode_response(resp, &responses::Echo::from_request(request))
+        }
     }
 }
 
-/// A stream encoder for `dialect`. Anthropic streams always carry usage, so
-/// `include_usage` only matters to OpenAI clients.
-pub fn stream_encoder(
-    dialect: Dialect,
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
-) -> Box<dyn StreamEncoder> {
+/// A stream encoder for `dialect`.
+pub fn stream_encoder(dialect: Dialect, ctx: &AnswerContext) -> Box<dyn StreamEncoder> {
+    let (id, model) = (ctx.id.to_string(), ctx.model.to_string());
     match dialect {
         Dialect::OpenAi => Box::new(openai::OpenAiStreamEncoder::new(
             id,
             model,
-            created,
-            include_usage,
+            ctx.created,
+            ctx.include_usage,
         )),
         Dialect::Anthropic => Box::new(anthropic::AnthropicStreamEncoder::new(id, model)),
+        Dialect::Responses => Box::new(responses::ResponsesStreamEncoder::new(
+            id,
+            model,
+            ctx.created,
+            responses::Echo::from_request(ctx.request),
+        )),
     }
 }

@@ -18,6 +18,8 @@ use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEncoder,
 
 /// Native path of chat completions (after the base URL prefix).
 pub const CHAT_PATH: &str = "/v1/chat/completions";
+/// Native path of the Responses API, for providers that speak it (`responses_api`).
+pub const RESPONSES_PATH: &str = "/v1/responses";
 /// Native path of embeddings.
 pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
 
@@ -315,5 +317,126 @@ impl PassthroughFormat for OpenAiPassthrough {
 
     fn write_error(&self, err: &GatewayError, out: &mut Vec<u8>) {
         OpenAiStreamEncoder::new(String::new(), String::new(), 0, false).error(err, out);
+    }
+}
+
+/// The Responses API's `usage` object.
+#[derive(Deserialize, Default)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<PromptDetails>,
+}
+
+impl ResponsesUsage {
+    fn canonical(&self) -> TokenUsage {
+        TokenUsage {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cached_input: self
+                .input_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.cached_tokens),
+        }
+    }
+}
+
+/// Extracts only `usage` from a Responses API `response` body (the pass-through path).
+pub fn responses_usage_of(body: &[u8]) -> TokenUsage {
+    #[derive(Deserialize)]
+    struct OnlyUsage {
+        #[serde(default)]
+        usage: Option<ResponsesUsage>,
+    }
+    serde_json::from_slice::<OnlyUsage>(body)
+        .ok()
+        .and_then(|u| u.usage)
+        .map(|u| u.canonical())
+        .unwrap_or_default()
+}
+
+/// The Responses → Responses stream fast path's view of events (for
+/// [`crate::providers::passthrough::PassthroughStream`]), for providers that speak the
+/// Responses API natively: `response.completed` and `response.incomplete` are terminal,
+/// `response.failed` and `error` are upstream errors; usage is read from the final
+/// `response`. The response's id is remembered so a stream that breaks ends with a
+/// `response.failed` for the same response, as the SDK's accumulator requires.
+#[derive(Default)]
+pub struct ResponsesPassthrough {
+    usage: TokenUsage,
+    sequence: u64,
+    response: Option<(String, Value)>,
+}
+
+impl PassthroughFormat for ResponsesPassthrough {
+    fn inspect(&mut self, _event: Option<&str>, data: &str) -> Result<FrameKind, GatewayError> {
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default, rename = "type")]
+            kind: String,
+            #[serde(default)]
+            sequence_number: Option<u64>,
+            #[serde(default)]
+            response: Option<PeekResponse>,
+        }
+        #[derive(Deserialize)]
+        struct PeekResponse {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            model: Value,
+            #[serde(default)]
+            usage: Option<ResponsesUsage>,
+        }
+        let peek: Peek = serde_json::from_str(data).map_err(malformed)?;
+        if let Some(n) = peek.sequence_number {
+            self.sequence = self.sequence.max(n.saturating_add(1));
+        }
+        if let Some(r) = peek.response {
+            if let (None, Some(id)) = (&self.response, r.id) {
+                self.response = Some((id, r.model));
+            }
+            if let Some(u) = r.usage {
+                self.usage.merge_max(u.canonical());
+            }
+        }
+        Ok(match peek.kind.as_str() {
+            "response.completed" | "response.incomplete" => FrameKind::Terminal,
+            "response.failed" | "error" => FrameKind::Error,
+            _ => FrameKind::Event,
+        })
+    }
+
+    fn usage(&self) -> TokenUsage {
+        self.usage
+    }
+
+    fn write_error(&self, err: &GatewayError, out: &mut Vec<u8>) {
+        let code = if err.kind == ErrorKind::RateLimited {
+            "rate_limit_exceeded"
+        } else {
+            "server_error"
+        };
+        let Some((id, model)) = &self.response else {
+            // Nothing reached the client yet that a `response.failed` could refer to.
+            let body = serde_json::json!({
+                "type": "error", "code": code, "message": err.message, "param": err.param,
+                "sequence_number": self.sequence,
+            });
+            crate::sse::write_event(out, Some("error"), &body.to_string());
+            return;
+        };
+        let body = serde_json::json!({
+            "type": "response.failed",
+            "sequence_number": self.sequence,
+            "response": {
+                "id": id, "object": "response", "model": model, "status": "failed",
+                "error": {"code": code, "message": err.message},
+            },
+        });
+        crate::sse::write_event(out, Some("response.failed"), &body.to_string());
     }
 }

@@ -11,9 +11,88 @@
 //!   nothing and fails nothing: the client already has the whole answer.
 
 use crate::canonical::TokenUsage;
-use crate::error::GatewayError;
+use crate::config::ProviderConfig;
+use crate::error::{Dialect, GatewayError};
+use crate::providers::{anthropic, openai, ProviderKind};
 use crate::sse::{write_event, SseEvent, SseParser};
 use crate::stream::{malformed, truncated, ResponseStream};
+
+/// A route on which client and provider speak the same wire format: the client's body goes
+/// upstream with only `model` patched (fields the canonical form does not model survive),
+/// and the answer comes back as the upstream wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastPath {
+    /// OpenAI Chat Completions to an OpenAI-compatible provider.
+    OpenAiChat,
+    /// Anthropic Messages to Anthropic.
+    AnthropicMessages,
+    /// OpenAI Responses to a provider marked `responses_api`.
+    OpenAiResponses,
+}
+
+impl FastPath {
+    /// The fast path between a client dialect and a provider, if they share a format.
+    pub fn between(
+        dialect: Dialect,
+        kind: ProviderKind,
+        provider: &ProviderConfig,
+    ) -> Option<Self> {
+        match (dialect, kind) {
+            (Dialect::OpenAi, ProviderKind::Openai) => Some(FastPath::OpenAiChat),
+            (Dialect::Anthropic, ProviderKind::Anthropic) => Some(FastPath::AnthropicMessages),
+            (Dialect::Responses, ProviderKind::Openai) if provider.responses_api => {
+                Some(FastPath::OpenAiResponses)
+            }
+            _ => None,
+        }
+    }
+
+    /// The native path (after the base URL prefix) and the headers the body needs.
+    pub fn egress(self) -> (&'static str, Vec<(String, String)>) {
+        let json = ("content-type".to_string(), "application/json".to_string());
+        match self {
+            FastPath::OpenAiChat => (openai::CHAT_PATH, vec![json]),
+            FastPath::AnthropicMessages => (
+                anthropic::MESSAGES_PATH,
+                vec![
+                    json,
+                    ("anthropic-version".into(), anthropic::API_VERSION.into()),
+                ],
+            ),
+            FastPath::OpenAiResponses => (openai::RESPONSES_PATH, vec![json]),
+        }
+    }
+
+    /// Whether a streamed request must ask for usage (`stream_options.include_usage`),
+    /// which only Chat Completions leaves out by default.
+    pub fn forces_stream_usage(self) -> bool {
+        self == FastPath::OpenAiChat
+    }
+
+    /// The pass-through stream for a streamed answer.
+    pub fn stream(self, client_wants_usage: bool) -> Box<dyn ResponseStream> {
+        match self {
+            FastPath::OpenAiChat => Box::new(PassthroughStream::new(
+                openai::OpenAiPassthrough::new(client_wants_usage),
+            )),
+            FastPath::AnthropicMessages => Box::new(PassthroughStream::new(
+                anthropic::AnthropicPassthrough::default(),
+            )),
+            FastPath::OpenAiResponses => Box::new(PassthroughStream::new(
+                openai::ResponsesPassthrough::default(),
+            )),
+        }
+    }
+
+    /// The usage of a complete answer.
+    pub fn usage_of(self, body: &[u8]) -> TokenUsage {
+        match self {
+            FastPath::OpenAiChat => openai::usage_of(body),
+            FastPath::AnthropicMessages => anthropic::usage_of(body),
+            FastPath::OpenAiResponses => openai::responses_usage_of(body),
+        }
+    }
+}
 
 /// What a pass-through stream does with one upstream frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
