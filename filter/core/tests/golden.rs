@@ -257,6 +257,16 @@ fn upstream_error_event_becomes_client_error_event() {
     );
     assert!(failed);
     golden("anthropic/stream_error.openai.expected.sse", &out);
+    let (out, _, failed) = translate_chunks(
+        ProviderKind::Anthropic,
+        Dialect::Responses,
+        false,
+        &[&upstream],
+    );
+    assert!(failed);
+    golden("anthropic/stream_error.responses.expected.sse", &out);
+    let f = common::accumulate_responses(&out);
+    assert_eq!(f.error.unwrap()["message"], "Overloaded");
 }
 
 // ---- errors -----------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """Feeds the gateway's golden client outputs to the official SDKs.
 
-The golden files under ../fixtures/*/*.anthropic.expected.* and *.openai.expected.* are what
-the core writes for Anthropic and OpenAI clients. This script serves each one from a local
-HTTP server (127.0.0.1 only) and checks that the official `anthropic` and `openai` Python
-SDKs consume it: `client.messages.stream(...).get_final_message()`, `messages.create`,
-`chat.completions.create(stream=True)`, and that error events raise.
+The golden files under ../fixtures/*/*.{anthropic,openai,responses}.expected.* are what
+the core writes for Anthropic, OpenAI Chat and OpenAI Responses clients. This script serves
+each one from a local HTTP server (127.0.0.1 only) and checks that the official `anthropic`
+and `openai` Python SDKs consume it: `client.messages.stream(...).get_final_message()`,
+`messages.create`, `chat.completions.create(stream=True)`,
+`responses.stream(...).get_final_response()` (the SDK's strict event accumulator),
+`responses.create` (validated against the SDK's pydantic model), and that error events raise.
 
-Run: python3 -m venv /tmp/sdk && /tmp/sdk/bin/pip install anthropic openai &&
-     /tmp/sdk/bin/python filter/core/tests/sdk/sdk_check.py
+Run (the repository's .venv has the pinned SDKs, `scripts/python-env.sh`):
+     .venv/bin/python filter/core/tests/sdk/sdk_check.py
 """
 
 import glob
@@ -53,7 +55,7 @@ def main():
     args = dict(model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
     for path in sorted(glob.glob(os.path.join(FIXTURES, "*", "*.expected.*"))):
         name = os.path.relpath(path, FIXTURES)
-        if ".anthropic." not in name and ".openai." not in name:
+        if not any(d in name for d in (".anthropic.", ".openai.", ".responses.")):
             continue
         serve(path)
         expect_error = "error" in name
@@ -86,6 +88,30 @@ def main():
                 for e in calls.values():
                     json.loads(e[2])
                 detail = f"finish={finish} usage={usage} text={text!r} calls={list(calls.values())}"
+            elif name.endswith(".responses.expected.sse") and expect_error:
+                # The SDK yields a failed response as an event; its accumulator must take it.
+                with oc.responses.stream(model="m", input="hi") as stream:
+                    events = list(stream)
+                last = events[-1]
+                assert last.type == "response.failed" and last.response.error.message, last
+                print(f"ok    {name}: ends with response.failed: {last.response.error.message}")
+                passed += 1
+                continue
+            elif name.endswith(".responses.expected.sse"):
+                with oc.responses.stream(model="m", input="hi") as stream:
+                    r = stream.get_final_response()
+                for item in r.output:
+                    if item.type == "function_call":
+                        json.loads(item.arguments)
+                        assert item.call_id and item.name, item
+                u = r.usage
+                detail = (f"status={r.status} usage=({u.input_tokens},{u.output_tokens},"
+                          f"cached={u.input_tokens_details.cached_tokens}) "
+                          f"text={r.output_text!r} items={[o.type for o in r.output]}")
+            elif name.endswith(".responses.expected.json"):
+                r = oc.responses.create(model="m", input="hi")
+                openai.types.responses.Response.model_validate(r.to_dict())
+                detail = f"status={r.status} items={[o.type for o in r.output]}"
             else:
                 r = oc.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
                 detail = f"finish={r.choices[0].finish_reason}"
