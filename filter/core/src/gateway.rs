@@ -38,9 +38,15 @@ pub enum Endpoint {
     Messages,
     /// `POST /v1/responses` (OpenAI Responses).
     Responses,
+    /// `POST /v1beta/models/{model}:generateContent` (Gemini; `stream`:
+    /// `:streamGenerateContent`).
+    GenerateContent {
+        /// Whether the method streams.
+        stream: bool,
+    },
     /// `POST /v1/embeddings`.
     Embeddings,
-    /// `GET /v1/models`.
+    /// `GET /v1/models` (`GET /v1beta/models` for Gemini clients).
     Models,
 }
 
@@ -55,6 +61,8 @@ pub struct RequestHead<'a> {
     pub authorization: Option<&'a str>,
     /// `x-api-key` header.
     pub x_api_key: Option<&'a str>,
+    /// `x-goog-api-key` header (how the Gemini SDK sends its key).
+    pub x_goog_api_key: Option<&'a str>,
     /// `anthropic-version` header (marks an Anthropic SDK client on shared paths).
     pub anthropic_version: Option<&'a str>,
     /// `Content-Length`, when sent.
@@ -104,6 +112,8 @@ pub struct Admitted {
     pub endpoint: Endpoint,
     /// The caller's dialect.
     pub dialect: Dialect,
+    /// The model named by the path (Gemini's `models/{model}:generateContent`).
+    pub path_model: Option<String>,
     /// Id of the authenticated key.
     pub key_id: String,
     /// The key's team.
@@ -270,13 +280,20 @@ impl Gateway {
     pub fn on_request_head(&self, head: &RequestHead, now_unix: u64) -> HeadOutcome {
         let path = head.path.split('?').next().unwrap_or("");
         let path = path.trim_end_matches('/');
+        let gemini = ingress::gemini::route(path);
         let (endpoint, method) = match path {
             "/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),
             "/v1/messages" => (Some(Endpoint::Messages), "POST"),
             "/v1/responses" => (Some(Endpoint::Responses), "POST"),
             "/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
             "/v1/models" => (Some(Endpoint::Models), "GET"),
-            _ => (None, ""),
+            _ => match &gemini {
+                Some(ingress::gemini::Route::Generate { stream, .. }) => {
+                    (Some(Endpoint::GenerateContent { stream: *stream }), "POST")
+                }
+                Some(ingress::gemini::Route::List) => (Some(Endpoint::Models), "GET"),
+                None => (None, ""),
+            },
         };
         let dialect = request_dialect(head);
         let reply = |err: GatewayError| HeadOutcome::Reply(LocalReply::error(&err, dialect));
@@ -292,7 +309,14 @@ impl Gateway {
                 format!("`{path}` accepts {method} only"),
             ));
         }
-        let presented = presented_key(head.authorization, head.x_api_key);
+        let presented = presented_key(head.authorization, head.x_api_key)
+            .or_else(|| presented_key(None, head.x_goog_api_key))
+            .or_else(|| {
+                // Google also takes the key as `?key=`; only on its own paths.
+                (dialect == Dialect::Gemini)
+                    .then(|| ingress::gemini::query_key(head.path))
+                    .flatten()
+            });
         let key = match authenticate(self.keys(), presented, now_unix) {
             Ok(key) => key,
             Err(err) => return reply(err),
@@ -309,6 +333,10 @@ impl Gateway {
         HeadOutcome::ReadBody(Admitted {
             endpoint,
             dialect,
+            path_model: match gemini {
+                Some(ingress::gemini::Route::Generate { model, .. }) => Some(model),
+                _ => None,
+            },
             key_id: key.id.clone(),
             team: key.team.clone(),
         })
@@ -347,6 +375,12 @@ impl Gateway {
                 "has_more": false,
                 "first_id": names.first(),
                 "last_id": names.last(),
+            }),
+            Dialect::Gemini => json!({
+                "models": names.iter().map(|n| json!({
+                    "name": format!("models/{n}"), "displayName": n,
+                    "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+                })).collect::<Vec<_>>(),
             }),
         };
         serde_json::to_vec(&body).unwrap_or_default()
@@ -469,15 +503,17 @@ impl Gateway {
     }
 }
 
-/// The dialect a request is answered in: each endpoint's own, and on shared or unknown paths
-/// (`/v1/models`, a typo) Anthropic for a client that sends `anthropic-version` (the
-/// Anthropic SDK) or aims under `/v1/messages`, OpenAI otherwise.
+/// The dialect a request is answered in: each endpoint's own (Google's on the Gemini API's
+/// paths), and on shared or unknown paths (`/v1/models`, a typo) Anthropic for a client that
+/// sends `anthropic-version` (the Anthropic SDK) or aims under `/v1/messages`, OpenAI
+/// otherwise.
 pub fn request_dialect(head: &RequestHead<'_>) -> Dialect {
     let path = head.path.split('?').next().unwrap_or("");
     match path.trim_end_matches('/') {
         "/v1/messages" => Dialect::Anthropic,
         "/v1/responses" => Dialect::Responses,
         "/v1/chat/completions" | "/v1/embeddings" => Dialect::OpenAi,
+        p if ingress::gemini::is_gemini_path(p) => Dialect::Gemini,
         p if p.starts_with("/v1/messages") || head.anthropic_version.is_some() => {
             Dialect::Anthropic
         }
@@ -490,6 +526,13 @@ fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, Ga
     Ok(match admitted.endpoint {
         Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             PlannedRequest::Chat(Box::new(ingress::decode_chat(admitted.dialect, body)?))
+        }
+        Endpoint::GenerateContent { stream } => {
+            PlannedRequest::Chat(Box::new(ingress::gemini::decode_request(
+                body,
+                admitted.path_model.as_deref().unwrap_or_default(),
+                stream,
+            )?))
         }
         Endpoint::Embeddings => PlannedRequest::Embeddings(decode_embeddings(body)?),
         Endpoint::Models => {
@@ -521,6 +564,9 @@ fn apply_defaults(
 ) -> Result<Option<Vec<u8>>, GatewayError> {
     if defaults.is_empty() {
         return Ok(None);
+    }
+    if dialect == Dialect::Gemini {
+        return ingress::gemini::apply_defaults(body, defaults);
     }
     let present: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_slice(body)
         .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))?;
@@ -765,6 +811,7 @@ impl Plan {
             Dialect::OpenAi => format!("chatcmpl-{}", self.response_id),
             Dialect::Anthropic => format!("msg_{}", self.response_id),
             Dialect::Responses => format!("resp_{}", self.response_id),
+            Dialect::Gemini => self.response_id.clone(),
         }
     }
 

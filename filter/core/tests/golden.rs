@@ -166,6 +166,14 @@ fn response_goldens(kind: ProviderKind, dir: &str, name: &str) {
         )),
     );
     golden(
+        &format!("{dir}/{name}.gemini.expected.json"),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::Gemini,
+            &resp,
+            b"{}",
+        )),
+    );
+    golden(
         &format!("{dir}/{name}.responses.expected.json"),
         &pretty(&ingress::encode_chat_response(
             Dialect::Responses,
@@ -223,6 +231,9 @@ fn stream_goldens(kind: ProviderKind, dir: &str, name: &str) {
     let (responses, _, failed) = translate_chunks(kind, Dialect::Responses, false, &[&upstream]);
     assert!(!failed, "{dir}/{name} → Responses failed");
     golden(&format!("{dir}/{name}.responses.expected.sse"), &responses);
+    let (gemini, _, failed) = translate_chunks(kind, Dialect::Gemini, false, &[&upstream]);
+    assert!(!failed, "{dir}/{name} → Gemini failed");
+    golden(&format!("{dir}/{name}.gemini.expected.sse"), &gemini);
 }
 
 #[test]
@@ -265,6 +276,18 @@ fn upstream_error_event_becomes_client_error_event() {
     );
     assert!(failed);
     golden("anthropic/stream_error.responses.expected.sse", &out);
+    let (gemini, _, failed) = translate_chunks(
+        ProviderKind::Anthropic,
+        Dialect::Gemini,
+        false,
+        &[&upstream],
+    );
+    assert!(failed);
+    golden("anthropic/stream_error.gemini.expected.sse", &gemini);
+    assert_eq!(
+        common::accumulate_gemini(&gemini).error.unwrap()["status"],
+        "UNAVAILABLE"
+    );
     let f = common::accumulate_responses(&out);
     assert_eq!(f.error.unwrap()["message"], "Overloaded");
 }

@@ -249,6 +249,13 @@ proptest! {
         // Anthropic-shaped requests with arbitrary messages.
         let shaped = serde_json::to_vec(&json!({"model": "m", "max_tokens": 5, "messages": [v.clone()], "system": v, "tools": [v], "tool_choice": v})).unwrap();
         let _ = ingress::decode_chat(Dialect::Anthropic, &shaped);
+        let _ = ingress::gemini::decode_request(&body, "m", true);
+        let _ = ingress::gemini::decode_request(&bytes, "m", false);
+        // Responses- and Gemini-shaped requests with arbitrary items, parts and tools.
+        let shaped = serde_json::to_vec(&json!({"model": "m", "input": [v.clone()], "tools": [v.clone()], "tool_choice": v.clone(), "text": {"format": v.clone()}})).unwrap();
+        let _ = ingress::decode_chat(Dialect::Responses, &shaped);
+        let shaped = serde_json::to_vec(&json!({"contents": [{"role": "model", "parts": [v.clone()]}, {"role": "user", "parts": [v.clone()]}], "tools": [v.clone()], "generationConfig": v.clone(), "systemInstruction": v})).unwrap();
+        let _ = ingress::gemini::decode_request(&shaped, "m", false);
     }
 
     /// Provider response parsers, error parsers and stream decoders never panic, and
@@ -335,6 +342,13 @@ fn arb_json() -> impl Strategy<Value = Value> {
         "code",
         "request_id",
         "thought",
+        "functionResponse",
+        "functionDeclarations",
+        "inlineData",
+        "mimeType",
+        "response",
+        "call_id",
+        "instructions",
     ];
     const WORDS: &[&str] = &[
         "text",
@@ -364,6 +378,14 @@ fn arb_json() -> impl Strategy<Value = Value> {
         "stop",
         "tool_calls",
         "{\"a\":1}",
+        "message",
+        "function_call",
+        "function_call_output",
+        "input_text",
+        "input_image",
+        "function",
+        "model",
+        "OBJECT",
         "",
     ];
     let leaf = prop_oneof![

@@ -23,7 +23,11 @@ pub fn ingress_request(data: &[u8]) {
     let Some((&first, body)) = data.split_first() else {
         return;
     };
-    if let Ok(req) = ingress::decode_chat(pick(&Dialect::ALL, first), body) {
+    let decoded = match pick(&Dialect::ALL, first) {
+        Dialect::Gemini => ingress::gemini::decode_request(body, "m", first % 2 == 0),
+        dialect => ingress::decode_chat(dialect, body),
+    };
+    if let Ok(req) = decoded {
         for kind in ProviderKind::ALL {
             let _ = kind.build_chat(&req, "m");
         }

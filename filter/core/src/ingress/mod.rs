@@ -8,6 +8,7 @@ use crate::error::{Dialect, GatewayError};
 use crate::stream::StreamEncoder;
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 pub mod responses;
 
@@ -28,9 +29,16 @@ pub struct AnswerContext<'a> {
     pub request: &'a [u8],
 }
 
-/// Decodes and validates a chat request in `dialect`.
+/// Decodes and validates a chat request in `dialect`. A Gemini request names its model and
+/// whether it streams in the path: decode it with [`gemini::decode_request`].
 pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, GatewayError> {
     let req = match dialect {
+        Dialect::Gemini => {
+            return Err(GatewayError::invalid(
+                "a Gemini API request names its model in the path \
+                 (`models/{model}:generateContent`)",
+            ))
+        }
         Dialect::OpenAi => serde_json::from_slice::<ChatRequest>(body)
             .map_err(|e| GatewayError::invalid(format!("invalid chat completion request: {e}")))?,
         Dialect::Anthropic => anthropic::decode_request(body)?,
@@ -53,6 +61,7 @@ pub fn encode_chat_response(dialect: Dialect, resp: &ChatResponse, request: &[u8
         Dialect::Responses => {
             responses::encode_response(resp, &responses::Echo::from_request(request))
         }
+        Dialect::Gemini => gemini::encode_response(resp),
     }
 }
 
@@ -73,5 +82,6 @@ pub fn stream_encoder(dialect: Dialect, ctx: &AnswerContext) -> Box<dyn StreamEn
             ctx.created,
             responses::Echo::from_request(ctx.request),
         )),
+        Dialect::Gemini => Box::new(gemini::GeminiStreamEncoder::new(id, model)),
     }
 }

@@ -70,6 +70,7 @@ pub fn gateway_id(dialect: Dialect) -> &'static str {
         Dialect::OpenAi => "chatcmpl-gw",
         Dialect::Anthropic => "msg_gw",
         Dialect::Responses => "resp_gw",
+        Dialect::Gemini => "gw-response-id",
     }
 }
 
@@ -474,6 +475,7 @@ pub fn accumulate(dialect: Dialect, bytes: &[u8]) -> Final {
         Dialect::OpenAi => accumulate_openai(bytes),
         Dialect::Anthropic => accumulate_anthropic(bytes),
         Dialect::Responses => accumulate_responses(bytes),
+        Dialect::Gemini => accumulate_gemini(bytes),
     }
 }
 
@@ -484,10 +486,69 @@ pub fn error_type(dialect: Dialect, err: &Value) -> String {
     let raw = match dialect {
         Dialect::OpenAi | Dialect::Anthropic => err["type"].as_str(),
         Dialect::Responses => err["code"].as_str(),
+        Dialect::Gemini => err["status"].as_str(),
     };
     match raw {
-        Some("api_error" | "server_error") => "bad_gateway".to_string(),
+        Some("api_error" | "server_error" | "UNAVAILABLE") => "bad_gateway".to_string(),
         Some(other) => other.to_string(),
         None => format!("(no type in {err})"),
     }
+}
+
+/// Accumulates a Gemini `alt=sse` stream as the `google-genai` SDK does, asserting its
+/// shape: no `event:` names, every chunk a `GenerateContentResponse` with one candidate
+/// whose content is a `model` turn, every function call whole (arguments an object), the
+/// same `responseId` throughout, `finishReason` only on the last chunk; or a chunk with
+/// `error`, which ends the stream (the SDK raises it).
+pub fn accumulate_gemini(bytes: &[u8]) -> Final {
+    let mut f = Final::default();
+    let frames = sse_frames(bytes);
+    let mut id: Option<String> = None;
+    for (i, (name, v)) in frames.iter().enumerate() {
+        assert!(name.is_none(), "Gemini streams have no event names");
+        assert!(
+            f.finish.is_none(),
+            "nothing after the chunk with finishReason"
+        );
+        if let Some(err) = v.get("error") {
+            assert_eq!(i, frames.len() - 1, "an error ends the stream");
+            assert!(err["code"].is_u64() && err["status"].is_string(), "{err}");
+            f.error = Some(err.clone());
+            continue;
+        }
+        let rid = v["responseId"].as_str().expect("responseId").to_string();
+        assert_eq!(id.get_or_insert(rid.clone()), &rid, "responseId changed");
+        let candidates = v["candidates"].as_array().expect("candidates");
+        assert_eq!(candidates.len(), 1);
+        let c = &candidates[0];
+        assert_eq!(c["content"]["role"], "model");
+        for part in c["content"]["parts"].as_array().expect("parts") {
+            if let Some(t) = part["text"].as_str() {
+                f.text.push_str(t);
+            } else if let Some(call) = part.get("functionCall") {
+                assert!(call["args"].is_object(), "arguments arrive whole: {call}");
+                f.tool_calls.push((
+                    call["id"].as_str().unwrap_or("").to_string(),
+                    call["name"].as_str().unwrap().to_string(),
+                    call["args"].to_string(),
+                ));
+            } else {
+                panic!("unexpected part {part}");
+            }
+        }
+        if let Some(u) = v.get("usageMetadata") {
+            f.input_tokens = u["promptTokenCount"].as_u64().unwrap();
+            f.output_tokens = u["candidatesTokenCount"].as_u64().unwrap();
+        }
+        if let Some(reason) = c["finishReason"].as_str() {
+            f.finish = Some(reason.to_string());
+        }
+    }
+    if f.error.is_none() {
+        assert!(
+            f.finish.is_some(),
+            "a successful stream ends with finishReason"
+        );
+    }
+    f
 }
