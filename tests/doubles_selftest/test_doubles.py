@@ -216,3 +216,145 @@ def test_dashscope_native_and_compat(doubles):
     c = compat.chat.completions.create(model="qwen-plus",
                                        messages=[{"role": "user", "content": "ni hao"}])
     assert c.choices[0].message.content.startswith("dashscope/qwen-plus echo")
+
+
+# -- Bedrock: boto3 (AWS's own SDK) signs and parses; the double verifies with botocore --------
+
+
+def bedrock(d, **kw):
+    import boto3
+    from botocore.config import Config
+
+    from doubles.server import BEDROCK_CREDENTIALS
+    creds = dict(aws_access_key_id=BEDROCK_CREDENTIALS["access_key_id"],
+                 aws_secret_access_key=BEDROCK_CREDENTIALS["secret_access_key"])
+    creds.update(kw)
+    return boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=d.base_url,
+                        config=Config(retries={"max_attempts": 0}), **creds)
+
+
+TOOL_CONFIG = {"tools": [{"toolSpec": {"name": "get_weather", "description": "Weather",
+                                       "inputSchema": {"json": WEATHER["function"]["parameters"]}}}]}
+MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+def test_bedrock_converse_and_tool_round_trip(doubles):
+    d = doubles["bedrock"]
+    client = bedrock(d)
+    r = client.converse(modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "hi aws"}]}],
+                        system=[{"text": "be brief"}], inferenceConfig={"maxTokens": 64})
+    assert r["output"]["message"]["content"] == [{"text": expected_text("bedrock", MODEL_ID, "hi aws")}]
+    assert r["stopReason"] == "end_turn"
+    assert r["usage"]["outputTokens"] > 0
+    # The model id travels percent-encoded and is signed double-encoded; the double checked it.
+    assert d.last()["path"] == f"/model/{MODEL_ID}/converse"
+    msgs = [{"role": "user", "content": [{"text": "weather? [cache]"}]}]
+    r = client.converse(modelId=MODEL_ID, messages=msgs, toolConfig=TOOL_CONFIG)
+    use = r["output"]["message"]["content"][0]["toolUse"]
+    assert use["name"] == "get_weather" and use["input"] == {"city": "city-get_weather", "days": 42}
+    assert r["stopReason"] == "tool_use" and r["usage"]["cacheReadInputTokens"] > 0
+    msgs += [r["output"]["message"],
+             {"role": "user", "content": [{"toolResult": {"toolUseId": use["toolUseId"],
+                                                          "content": [{"text": "sunny"}]}}]}]
+    r = client.converse(modelId=MODEL_ID, messages=msgs, toolConfig=TOOL_CONFIG)
+    assert r["output"]["message"]["content"][0]["text"] == "tool results: get_weather=sunny"
+
+
+def test_bedrock_converse_stream_is_parsed_by_boto3(doubles):
+    d = doubles["bedrock"]
+    r = bedrock(d).converse_stream(
+        modelId=MODEL_ID, toolConfig=TOOL_CONFIG,
+        messages=[{"role": "user", "content": [{"text": "stream it [text+tools]"}]}])
+    kinds, text, args, usage, stop = [], "", "", None, None
+    for ev in r["stream"]:
+        kind = next(iter(ev))
+        kinds.append(kind)
+        if kind == "contentBlockDelta":
+            delta = ev[kind]["delta"]
+            text += delta.get("text", "")
+            args += delta.get("toolUse", {}).get("input", "")
+        if kind == "messageStop":
+            stop = ev[kind]["stopReason"]
+        if kind == "metadata":
+            usage = ev[kind]["usage"]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    assert "contentBlockStart" in kinds
+    assert text == expected_text("bedrock", MODEL_ID, "stream it [text+tools]")
+    assert json.loads(args) == {"city": "city-get_weather", "days": 42}
+    assert stop == "tool_use" and usage["outputTokens"] > 0
+
+
+def test_bedrock_rejects_bad_signatures_and_requests(doubles):
+    import botocore.exceptions
+
+    d = doubles["bedrock"]
+    msgs = [{"role": "user", "content": [{"text": "hi"}]}]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bedrock(d, aws_secret_access_key="wrong").converse(modelId=MODEL_ID, messages=msgs)
+    assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bedrock(d, aws_access_key_id="AKIAOTHER").converse(modelId=MODEL_ID, messages=msgs)
+    assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    for bad in ([{"role": "assistant", "content": [{"text": "x"}]}],
+                [{"role": "user", "content": [{"text": "  "}]}],
+                msgs + msgs):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            bedrock(d).converse(modelId=MODEL_ID, messages=bad)
+        assert e.value.response["Error"]["Code"] == "ValidationException"
+    # A signature from 10 minutes ago is expired.
+    r = httpx.post(d.base_url + "/model/m/converse", content=b"{}", headers={
+        "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAUPSTREAMBEDROCK7/20200101/us-east-1/"
+                         "bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=00",
+        "X-Amz-Date": "20200101T000000Z"})
+    assert r.status_code == 403 and "expired" in r.json()["message"]
+    # A Bedrock API key works as a bearer token.
+    from doubles.server import BEDROCK_CREDENTIALS
+    r = httpx.post(d.base_url + "/model/m/converse", json={"messages": msgs},
+                   headers={"Authorization": f"Bearer {BEDROCK_CREDENTIALS['api_key']}"})
+    assert r.status_code == 200, r.text
+    # Faults in AWS's shape, and a throttling exception inside the stream.
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bedrock(d).converse(modelId=MODEL_ID, messages=[
+            {"role": "user", "content": [{"text": "x [[fault:status,status=429]]"}]}])
+    assert e.value.response["Error"]["Code"] == "ThrottlingException"
+    r = bedrock(d).converse_stream(modelId=MODEL_ID, messages=[
+        {"role": "user", "content": [{"text": "x [[fault:stream_exception]]"}]}])
+    with pytest.raises(botocore.exceptions.EventStreamError) as e:
+        list(r["stream"])
+    assert "throttlingException" in str(e.value)
+
+
+def test_gemini_double_with_google_genai(doubles):
+    from google import genai
+    from google.genai import types
+
+    d = doubles["gemini"]
+    client = genai.Client(api_key=d.api_key, http_options=types.HttpOptions(base_url=d.base_url))
+    r = client.models.generate_content(model="gemini-2.0-flash", contents="hi genai")
+    assert r.text == expected_text("gemini", "gemini-2.0-flash", "hi genai")
+    text = "".join(c.text or "" for c in client.models.generate_content_stream(
+        model="gemini-2.0-flash", contents="stream genai"))
+    assert text == expected_text("gemini", "gemini-2.0-flash", "stream genai")
+
+
+def test_bedrock_fixture_streams_decode_with_botocore():
+    """The core's binary Bedrock fixtures (written by this double's framing) are what
+    botocore's own event-stream parser reads back: prelude, headers, payload, CRCs."""
+    import glob
+    import os
+
+    from botocore.eventstream import EventStreamBuffer
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "filter", "core", "tests",
+                        "fixtures", "bedrock")
+    paths = sorted(glob.glob(os.path.join(root, "*.events.json")))
+    assert len(paths) >= 3
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            events = json.load(f)
+        with open(path.replace(".events.json", ".eventstream"), "rb") as f:
+            raw = f.read()
+        buffer = EventStreamBuffer()
+        buffer.add_data(raw)
+        decoded = [(m.headers, json.loads(m.payload)) for m in buffer]
+        assert decoded == [(h, p) for h, p in events], path

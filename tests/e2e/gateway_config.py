@@ -39,8 +39,14 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
     providers = {
         name: {"kind": name, "base_url": d.base_url, "cluster": cluster_name(name),
                "api_key_secret": d.secret_env}
-        for name, d in doubles.by_name.items()
+        for name, d in doubles.by_name.items() if name != "bedrock"
     }
+    # Bedrock signs with SigV4: the region and the secrets of the key pair.
+    providers["bedrock"] = {
+        "kind": "bedrock", "base_url": doubles["bedrock"].base_url,
+        "cluster": cluster_name("bedrock"),
+        "aws": {"region": "us-east-1", "access_key_id_secret": "BEDROCK_AWS_ACCESS_KEY_ID",
+                "secret_access_key_secret": "BEDROCK_AWS_SECRET_ACCESS_KEY"}}
     models = [
         {"name": name, "strategy": "priority",
          "aliases": ["fast"] if name == "gpt-4o-mini" else [],

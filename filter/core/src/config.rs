@@ -73,6 +73,11 @@ pub struct ProviderConfig {
     /// OpenAI itself does, so Responses clients pass through to it untouched.
     #[serde(default)]
     pub responses_api: bool,
+    /// `bedrock` kind: the region and the secrets holding the AWS credentials requests are
+    /// signed with (SigV4). Without credential secrets, `api_key_secret` may name a Bedrock
+    /// API key instead.
+    #[serde(default)]
+    pub aws: Option<crate::providers::bedrock::AwsConfig>,
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).
@@ -234,9 +239,23 @@ impl GatewayConfig {
             }
         }
         for (name, provider) in &self.providers {
-            if let Some(url) = &provider.base_url {
-                crate::providers::BaseUrl::parse(url)
-                    .map_err(|e| ConfigError::Invalid(format!("provider `{name}`: {e}")))?;
+            if provider.kind == ProviderKind::Bedrock && provider.aws.is_none() {
+                return invalid(format!(
+                    "provider `{name}`: a `bedrock` provider needs `aws` (at least its `region`)"
+                ));
+            }
+            let url = provider
+                .base_url()
+                .map_err(|e| ConfigError::Invalid(format!("provider `{name}`: {e}")))?;
+            crate::providers::BaseUrl::parse(&url)
+                .map_err(|e| ConfigError::Invalid(format!("provider `{name}`: {e}")))?;
+            if let Some(aws) = &provider.aws {
+                if aws.access_key_id_secret.is_some() != aws.secret_access_key_secret.is_some() {
+                    return invalid(format!(
+                        "provider `{name}`: `aws` needs both `access_key_id_secret` and \
+                         `secret_access_key_secret`, or neither"
+                    ));
+                }
             }
         }
         let mut names = HashSet::new();
@@ -312,9 +331,8 @@ impl GatewayConfig {
             .map(|(name, p)| {
                 (
                     p.cluster.clone().unwrap_or_else(|| name.clone()),
-                    p.base_url
-                        .clone()
-                        .unwrap_or_else(|| p.kind.default_base_url().to_string()),
+                    // Every provider's URL was checked at load.
+                    p.base_url().unwrap_or_default(),
                 )
             })
             .collect();

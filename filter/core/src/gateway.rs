@@ -201,17 +201,22 @@ impl Gateway {
     /// with no servable deployment left are hidden from `/v1/models` and answered with a 503
     /// that names the missing secret.
     pub fn resolve_secrets(mut self, resolve: &dyn Fn(&str) -> Option<String>) -> Self {
-        let names: std::collections::BTreeSet<&String> = self
+        let names: std::collections::BTreeSet<&str> = self
             .config
             .providers
             .values()
-            .filter_map(|p| p.api_key_secret.as_ref())
-            .chain(self.config.control_plane.iter().map(|cp| &cp.token_secret))
+            .flat_map(|p| p.secret_names())
+            .chain(
+                self.config
+                    .control_plane
+                    .iter()
+                    .map(|cp| cp.token_secret.as_str()),
+            )
             .collect();
         let mut secrets = BTreeMap::new();
         for name in names {
             if let Some(value) = resolve(name).filter(|v| !v.trim().is_empty()) {
-                secrets.insert(name.clone(), Secret(value));
+                secrets.insert(name.to_string(), Secret(value));
             }
         }
         self.secrets = secrets;
@@ -225,13 +230,12 @@ impl Gateway {
 
     /// The secret a provider still needs, if any.
     fn missing_secret(&self, provider: &str) -> Option<&str> {
-        let name = self
-            .config
+        self.config
             .providers
             .get(provider)?
-            .api_key_secret
-            .as_ref()?;
-        (!self.secrets.contains_key(name)).then_some(name.as_str())
+            .required_secrets()
+            .into_iter()
+            .find(|name| !self.secrets.contains_key(*name))
     }
 
     /// Why `model` cannot be served, or `None` when some deployment can serve it.
@@ -447,12 +451,10 @@ impl Gateway {
             {
                 continue;
             }
-            let base_url = provider
-                .base_url
-                .clone()
-                .unwrap_or_else(|| provider.kind.default_base_url().to_string());
-            let base =
-                BaseUrl::parse(&base_url).map_err(|e| GatewayError::new(ErrorKind::Internal, e))?;
+            let base = provider
+                .base_url()
+                .and_then(|url| BaseUrl::parse(&url))
+                .map_err(|e| GatewayError::new(ErrorKind::Internal, e))?;
             attempts.push(Attempt {
                 deployment_id: deployment_id(d),
                 provider: d.provider.clone(),
@@ -473,6 +475,8 @@ impl Gateway {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                aws: provider
+                    .signing_credentials(&|name| self.secrets.get(name).map(|s| s.0.clone())),
                 settings: provider.clone(),
             });
         }
@@ -651,6 +655,8 @@ pub struct Attempt {
     static_headers: Vec<(String, String)>,
     /// The provider's configuration: the wire-format options its translator reads.
     settings: ProviderConfig,
+    /// AWS credentials, for providers whose requests are signed (Bedrock).
+    aws: Option<crate::providers::bedrock::sigv4::Credentials>,
 }
 
 /// A request ready to send upstream.
@@ -726,12 +732,24 @@ impl Plan {
                 }
             }
             (PlannedRequest::Chat(chat), None) => {
-                attempt.kind.build_chat(chat, &attempt.upstream_model)?
+                attempt.settings.build_chat(chat, &attempt.upstream_model)?
             }
         };
         let mut headers = egress.headers;
         headers.extend(attempt.static_headers.iter().cloned());
-        if let Some(Secret(key)) = &attempt.api_key {
+        let path = format!("{}{}", attempt.base.prefix, egress.path);
+        if let Some(credentials) = &attempt.aws {
+            // Signed for the time the plan was made (see `providers::bedrock`).
+            crate::providers::sign_aws(
+                &attempt.settings,
+                credentials,
+                &attempt.base.authority,
+                &path,
+                &mut headers,
+                &egress.body,
+                self.created,
+            )?;
+        } else if let Some(Secret(key)) = &attempt.api_key {
             headers.extend(attempt.kind.auth_headers(key));
         }
         Ok(UpstreamRequest {
@@ -739,7 +757,7 @@ impl Plan {
             scheme: attempt.base.scheme.clone(),
             authority: attempt.base.authority.clone(),
             method: "POST",
-            path: format!("{}{}", attempt.base.prefix, egress.path),
+            path,
             headers,
             body: egress.body,
             timeout_ms: self

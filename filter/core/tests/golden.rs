@@ -7,7 +7,7 @@ mod common;
 use common::{fixture, golden, golden_json, pretty, translate_chunks};
 use serde_json::Value;
 use switchyard_core::canonical::ChatRequest;
-use switchyard_core::providers::{anthropic, dashscope, gemini, ProviderKind};
+use switchyard_core::providers::{anthropic, bedrock, dashscope, gemini, ProviderKind};
 use switchyard_core::{ingress, Dialect, ErrorKind};
 
 fn canonical(name: &str) -> ChatRequest {
@@ -118,7 +118,7 @@ fn auth_headers_per_provider() {
     assert_eq!(kinds[2], ProviderKind::Dashscope);
     assert_eq!(
         ProviderKind::Gemini.default_base_url(),
-        "https://generativelanguage.googleapis.com"
+        Some("https://generativelanguage.googleapis.com")
     );
 }
 
@@ -207,6 +207,39 @@ fn gemini_response_goldens() {
 }
 
 #[test]
+fn bedrock_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Bedrock
+        .build_chat(&req, "anthropic.claude-3-5-haiku-20241022-v1:0")
+        .unwrap();
+    assert_eq!(
+        egress.path,
+        "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream"
+    );
+    assert!(egress
+        .headers
+        .contains(&("accept".into(), "application/vnd.amazon.eventstream".into())));
+    golden_json(
+        "bedrock/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+    // An image by https URL cannot be sent: Converse takes bytes only.
+    let err = ProviderKind::Bedrock
+        .build_chat(&canonical("openai/request_full.json"), "m")
+        .unwrap_err();
+    assert_eq!((err.status, err.param.as_deref()), (400, Some("messages")));
+    response_goldens(ProviderKind::Bedrock, "bedrock", "response_text");
+    response_goldens(ProviderKind::Bedrock, "bedrock", "response_tools");
+    let resp = bedrock::parse_chat(&fixture("bedrock/response_tools.json")).unwrap();
+    // inputTokens excludes cache reads and writes; canonical input includes them.
+    assert_eq!(
+        (resp.usage.input, resp.usage.cached_input, resp.usage.output),
+        (410 + 2048, 2048, 98)
+    );
+    assert_eq!(resp.tool_calls[1].id, "tooluse_Fe8zL0hKS9eWIt3oFT7sfw");
+}
+
+#[test]
 fn dashscope_response_goldens() {
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_text");
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_tools");
@@ -216,8 +249,16 @@ fn dashscope_response_goldens() {
 
 // ---- streams ----------------------------------------------------------------------------
 
+/// The file a provider's upstream stream fixture is in: SSE, or AWS's binary event stream.
+fn stream_fixture(kind: ProviderKind, dir: &str, name: &str) -> Vec<u8> {
+    match kind {
+        ProviderKind::Bedrock => fixture(&format!("{dir}/{name}.eventstream")),
+        _ => fixture(&format!("{dir}/{name}.sse")),
+    }
+}
+
 fn stream_goldens(kind: ProviderKind, dir: &str, name: &str) {
-    let upstream = fixture(&format!("{dir}/{name}.sse"));
+    let upstream = stream_fixture(kind, dir, name);
     let (openai, _, failed) = translate_chunks(kind, Dialect::OpenAi, true, &[&upstream]);
     assert!(
         !failed,
@@ -245,6 +286,8 @@ fn stream_goldens_all_providers() {
     stream_goldens(ProviderKind::Dashscope, "dashscope", "stream_text");
     stream_goldens(ProviderKind::Dashscope, "dashscope", "stream_tools");
     stream_goldens(ProviderKind::Openai, "openai", "stream_tools");
+    stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_text");
+    stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_tools");
 }
 
 #[test]
@@ -353,6 +396,31 @@ fn provider_errors_keep_status_and_meaning() {
             429,
             "rate limit",
         ),
+        (
+            ProviderKind::Bedrock,
+            "bedrock/error_throttling.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "Too many requests",
+        ),
+        (
+            ProviderKind::Bedrock,
+            "bedrock/error_validation.json",
+            400,
+            ErrorKind::InvalidRequest,
+            400,
+            "alternate between user and assistant",
+        ),
+        // The model failed while answering: the upstream's failure, and retryable.
+        (
+            ProviderKind::Bedrock,
+            "bedrock/error_model.json",
+            424,
+            ErrorKind::BadGateway,
+            502,
+            "unexpected error",
+        ),
     ];
     for (kind, file, status, want_kind, want_status, text) in cases {
         let err = kind.parse_error(*status, &fixture(file));
@@ -365,11 +433,7 @@ fn provider_errors_keep_status_and_meaning() {
         let o: Value = serde_json::from_slice(&err.body(Dialect::OpenAi)).unwrap();
         assert!(o["error"]["message"].is_string());
     }
-    for kind in [
-        ProviderKind::Anthropic,
-        ProviderKind::Gemini,
-        ProviderKind::Dashscope,
-    ] {
+    for kind in ProviderKind::ALL {
         for (status, want) in [
             (400, ErrorKind::InvalidRequest),
             (401, ErrorKind::Authentication),
@@ -402,11 +466,7 @@ fn secrets_in_upstream_errors_are_not_echoed() {
 
 #[test]
 fn malformed_upstream_json_is_a_bad_gateway() {
-    for kind in [
-        ProviderKind::Anthropic,
-        ProviderKind::Gemini,
-        ProviderKind::Dashscope,
-    ] {
+    for kind in ProviderKind::ALL {
         for body in [&b"{not json"[..], b"", b"[1,2]", b"{\"content\": 7}"] {
             let err = kind.parse_chat(body);
             if let Err(err) = err {
@@ -435,7 +495,11 @@ fn untranslatable_requests_are_400s_not_panics() {
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[1,2"}}]}
     ]));
-    for kind in [ProviderKind::Anthropic, ProviderKind::Gemini] {
+    for kind in [
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Bedrock,
+    ] {
         let err = kind.build_chat(&bad_args, "m").unwrap_err();
         assert_eq!(
             (err.status, err.param.as_deref()),
@@ -475,6 +539,11 @@ fn untranslatable_requests_are_400s_not_panics() {
     ] {
         assert!(kind.build_chat(&empty_args, "m").is_ok(), "{kind:?}");
     }
+    // Converse refuses tool blocks without declared tools; the gateway says so first.
+    let err = ProviderKind::Bedrock
+        .build_chat(&empty_args, "m")
+        .unwrap_err();
+    assert_eq!((err.status, err.param.as_deref()), (400, Some("tools")));
     // `max_tokens` is required by Anthropic: a default is filled in.
     let body = anthropic::request_body(
         &with(serde_json::json!([{"role": "user", "content": "hi"}])),

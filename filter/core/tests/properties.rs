@@ -266,7 +266,7 @@ proptest! {
         let mut sse = b"data: ".to_vec();
         sse.extend_from_slice(&body);
         sse.extend_from_slice(b"\n\n");
-        for kind in [ProviderKind::Openai, ProviderKind::Anthropic, ProviderKind::Gemini, ProviderKind::Dashscope] {
+        for kind in ProviderKind::ALL {
             if let Ok(resp) = kind.parse_chat(&body) {
                 for dialect in Dialect::ALL {
                     let out = ingress::encode_chat_response(dialect, &resp, b"{}");

@@ -21,6 +21,9 @@ const STREAMS: &[(ProviderKind, &str)] = &[
     (ProviderKind::Dashscope, "dashscope/stream_text.sse"),
     (ProviderKind::Dashscope, "dashscope/stream_tools.sse"),
     (ProviderKind::Openai, "openai/stream_tools.sse"),
+    (ProviderKind::Bedrock, "bedrock/stream_text.eventstream"),
+    (ProviderKind::Bedrock, "bedrock/stream_tools.eventstream"),
+    (ProviderKind::Bedrock, "bedrock/stream_error.eventstream"),
 ];
 
 const DIALECTS: &[Dialect] = &Dialect::ALL;

@@ -6,6 +6,7 @@
 //! again; translated streams and answers are well-formed in every client dialect; the SSE
 //! parser gives the same events however its input is split.
 
+use switchyard_core::providers::bedrock::eventstream;
 use switchyard_core::providers::passthrough::PassthroughStream;
 use switchyard_core::providers::{anthropic, openai, ProviderKind};
 use switchyard_core::sse::SseParser;
@@ -100,6 +101,119 @@ pub fn provider_stream(data: &[u8]) {
     }
 }
 
+/// Every client encoder after `kind`'s decoder, fed `bytes` in `size`-byte chunks; the
+/// client bytes must parse as SSE (every dialect streams SSE).
+fn through_every_dialect(kind: ProviderKind, bytes: &[u8], size: usize) {
+    for dialect in Dialect::ALL {
+        let mut stream = TranslatingStream::new(
+            kind.stream_decoder(),
+            ingress::stream_encoder(
+                dialect,
+                &ingress::AnswerContext {
+                    id: "id",
+                    model: "m",
+                    created: 0,
+                    include_usage: true,
+                    request: b"{}",
+                },
+            ),
+        );
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(size) {
+            out.extend(stream.push(chunk));
+        }
+        out.extend(stream.finish());
+        let mut parser = SseParser::new();
+        let mut events = Vec::new();
+        assert!(parser.push(&out, &mut events).is_ok());
+    }
+}
+
+/// The AWS event-stream framing alone: any bytes, the same messages whole as split at the
+/// offset the first byte picks, never a panic.
+pub fn event_stream(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let cut = usize::from(first).min(rest.len());
+    let run = |chunks: &[&[u8]]| {
+        let mut d = eventstream::Decoder::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            d.push(c, &mut out).ok()?;
+        }
+        d.finish().ok().map(|_| out)
+    };
+    if let (Some(a), Some(b)) = (run(&[rest]), run(&[&rest[..cut], &rest[cut..]])) {
+        assert_eq!(a, b);
+    }
+}
+
+/// ConverseStream with valid framing (random bytes almost never pass two CRC32 checks):
+/// the input, split at `\n`, becomes event payloads whose `:event-type` (or exception) the
+/// first byte of each piece picks; then Bedrock's decoder and every client encoder.
+pub fn bedrock_stream(data: &[u8]) {
+    const TYPES: [&str; 8] = [
+        "messageStart",
+        "contentBlockStart",
+        "contentBlockDelta",
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+        "throttlingException",
+        "unknownEvent",
+    ];
+    let mut bytes = Vec::new();
+    for piece in data.split(|&b| b == b'\n') {
+        let Some((&first, payload)) = piece.split_first() else {
+            continue;
+        };
+        let kind = pick(&TYPES, first);
+        let headers: &[(&str, &str)] = if kind.ends_with("Exception") {
+            &[(":message-type", "exception"), (":exception-type", kind)]
+        } else {
+            &[(":message-type", "event"), (":event-type", kind)]
+        };
+        bytes.extend(eventstream::encode(headers, payload));
+    }
+    let size = data.first().map_or(1, |b| usize::from(b % 32) + 1);
+    through_every_dialect(ProviderKind::Bedrock, &bytes, size);
+}
+
+/// The Responses pass-through's event inspection: the input, split at `\n`, becomes SSE
+/// frames whose event name the first byte of each line picks.
+pub fn responses_stream(data: &[u8]) {
+    const EVENTS: [&str; 6] = [
+        "response.created",
+        "response.output_text.delta",
+        "response.completed",
+        "response.failed",
+        "error",
+        "response.in_progress",
+    ];
+    let mut sse = Vec::new();
+    for line in data.split(|&b| b == b'\n') {
+        let Some((&first, json)) = line.split_first() else {
+            continue;
+        };
+        sse.extend_from_slice(b"event: ");
+        sse.extend_from_slice(pick(&EVENTS, first).as_bytes());
+        sse.extend_from_slice(b"\ndata: ");
+        sse.extend_from_slice(json);
+        sse.extend_from_slice(b"\n\n");
+    }
+    let mut stream = PassthroughStream::new(openai::ResponsesPassthrough::default());
+    let mut out = Vec::new();
+    for chunk in sse.chunks(7) {
+        out.extend(stream.push(chunk));
+    }
+    out.extend(stream.finish());
+    let _ = stream.usage();
+    let mut parser = SseParser::new();
+    let mut events = Vec::new();
+    assert!(parser.push(&out, &mut events).is_ok());
+}
+
 /// The SSE parser: the same events whole as split at the offset the first byte picks.
 pub fn sse_parser(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else {
@@ -156,6 +270,9 @@ mod tests {
                 super::provider_response(&input[1..]);
                 super::provider_stream(&input);
                 super::sse_parser(&input[1..]);
+                super::event_stream(&input[1..]);
+                super::bedrock_stream(&input[1..]);
+                super::responses_stream(&input[1..]);
             }
         }
     }

@@ -3,11 +3,9 @@
 use serde_json::{json, Map, Value};
 
 use super::{API_VERSION, DEFAULT_MAX_TOKENS, MESSAGES_PATH};
-use crate::canonical::{
-    ChatRequest, ContentPart, ImageUrl, Message, ResponseFormat, Role, ToolChoice,
-};
+use crate::canonical::{ChatRequest, ContentPart, ImageUrl, Message, Role, ToolChoice};
 use crate::error::{ErrorKind, GatewayError};
-use crate::providers::EgressRequest;
+use crate::providers::{json_instruction, EgressRequest};
 
 fn image_block(image: &ImageUrl) -> Value {
     match image.as_data() {
@@ -58,27 +56,6 @@ fn content_blocks(message: &Message) -> Vec<Value> {
         })
         .filter(|b| b.get("text").and_then(Value::as_str) != Some(""))
         .collect()
-}
-
-fn json_instruction(format: &ResponseFormat) -> Option<String> {
-    match format {
-        ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => {
-            Some("Respond with a single JSON object and nothing else.".to_string())
-        }
-        ResponseFormat::JsonSchema { json_schema } => {
-            let schema = json_schema
-                .schema
-                .as_ref()
-                .map(Value::to_string)
-                .unwrap_or_else(|| "{}".to_string());
-            Some(format!(
-                "Respond with a single JSON value and nothing else. It must conform to the JSON \
-                 schema named `{}`: {schema}",
-                json_schema.name
-            ))
-        }
-    }
 }
 
 /// Builds an Anthropic Messages request from canonical form.
