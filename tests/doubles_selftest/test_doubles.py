@@ -358,3 +358,34 @@ def test_bedrock_fixture_streams_decode_with_botocore():
         buffer.add_data(raw)
         decoded = [(m.headers, json.loads(m.payload)) for m in buffer]
         assert decoded == [(h, p) for h, p in events], path
+
+
+def test_azure_double_with_the_official_azure_client(doubles):
+    d = doubles["azure"]
+    client = openai.AzureOpenAI(azure_endpoint=d.base_url, api_key=d.api_key,
+                                api_version="2024-10-21", max_retries=0)
+    r = client.chat.completions.create(model="gpt-4o-mini-prod",
+                                       messages=[{"role": "user", "content": "hi azure"}])
+    assert r.choices[0].message.content == expected_text("azure", "gpt-4o-mini-prod", "hi azure")
+    assert d.last()["path"] == "/openai/deployments/gpt-4o-mini-prod/chat/completions"
+    assert d.last()["query"] == {"api-version": "2024-10-21"}
+    assert d.last()["headers"]["api-key"] == d.api_key
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini-prod", stream=True, stream_options={"include_usage": True},
+        tools=[WEATHER], messages=[{"role": "user", "content": "weather [text+tools]"}]))
+    assert chunks[0].choices == [] and chunks[0].prompt_filter_results
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected_text("azure", "gpt-4o-mini-prod", "weather [text+tools]")
+    assert chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="d", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"top_k": 3})
+    assert "Unrecognized request argument" in str(e.value)
+    with pytest.raises(openai.AuthenticationError):
+        openai.AzureOpenAI(azure_endpoint=d.base_url, api_key="nope", api_version="2024-10-21",
+                           max_retries=0).chat.completions.create(
+            model="d", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="d", messages=[
+            {"role": "user", "content": "x [[fault:content_filter]]"}])
+    assert e.value.code == "content_filter"

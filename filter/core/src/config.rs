@@ -78,6 +78,13 @@ pub struct ProviderConfig {
     /// API key instead.
     #[serde(default)]
     pub aws: Option<crate::providers::bedrock::AwsConfig>,
+    /// `azure` kind: the `api-version` query parameter (default `2024-10-21`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// `openai` and `azure` kinds: how the server departs from OpenAI's API (output-limit
+    /// name, `stream_options` support, fields it rejects).
+    #[serde(default)]
+    pub compat: Option<crate::providers::openai::Compat>,
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).
@@ -239,6 +246,18 @@ impl GatewayConfig {
             }
         }
         for (name, provider) in &self.providers {
+            if provider.responses_api && provider.kind != ProviderKind::Openai {
+                return invalid(format!(
+                    "provider `{name}`: `responses_api` is for `openai` providers"
+                ));
+            }
+            if provider.compat.is_some()
+                && !matches!(provider.kind, ProviderKind::Openai | ProviderKind::Azure)
+            {
+                return invalid(format!(
+                    "provider `{name}`: `compat` is for `openai` and `azure` providers"
+                ));
+            }
             if provider.kind == ProviderKind::Bedrock && provider.aws.is_none() {
                 return invalid(format!(
                     "provider `{name}`: a `bedrock` provider needs `aws` (at least its `region`)"

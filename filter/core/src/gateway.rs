@@ -724,11 +724,13 @@ impl Plan {
                 body: self.patch_raw(attempt, false)?,
             },
             (PlannedRequest::Chat(_), Some(fast)) => {
-                let (path, headers) = fast.egress();
+                let (path, headers) = fast.egress(&attempt.settings, &attempt.upstream_model);
+                let force_usage = self.stream && fast.forces_stream_usage(&attempt.settings);
                 crate::providers::EgressRequest {
-                    path: path.to_string(),
+                    path,
                     headers,
-                    body: self.patch_raw(attempt, self.stream && fast.forces_stream_usage())?,
+                    body: fast
+                        .finish_body(&attempt.settings, self.patch_raw(attempt, force_usage)?)?,
                 }
             }
             (PlannedRequest::Chat(chat), None) => {

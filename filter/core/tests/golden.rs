@@ -240,6 +240,20 @@ fn bedrock_request_and_response_goldens() {
 }
 
 #[test]
+fn azure_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Azure.build_chat(&req, "gpt-4o-prod").unwrap();
+    assert_eq!(
+        egress.path,
+        "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    );
+    let body = body_json(&egress.body);
+    assert_eq!(body["model"], "gpt-4o-prod");
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    response_goldens(ProviderKind::Azure, "azure", "response_tools");
+}
+
+#[test]
 fn dashscope_response_goldens() {
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_text");
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_tools");
@@ -288,6 +302,7 @@ fn stream_goldens_all_providers() {
     stream_goldens(ProviderKind::Openai, "openai", "stream_tools");
     stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_text");
     stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_tools");
+    stream_goldens(ProviderKind::Azure, "azure", "stream_tools");
 }
 
 #[test]
@@ -411,6 +426,30 @@ fn provider_errors_keep_status_and_meaning() {
             ErrorKind::InvalidRequest,
             400,
             "alternate between user and assistant",
+        ),
+        (
+            ProviderKind::Azure,
+            "azure/error_rate_limit.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "exceeded token rate limit",
+        ),
+        (
+            ProviderKind::Azure,
+            "azure/error_content_filter.json",
+            400,
+            ErrorKind::InvalidRequest,
+            400,
+            "content management policy",
+        ),
+        (
+            ProviderKind::Azure,
+            "azure/error_deployment.json",
+            404,
+            ErrorKind::NotFound,
+            404,
+            "deployment for this resource does not exist",
         ),
         // The model failed while answering: the upstream's failure, and retryable.
         (

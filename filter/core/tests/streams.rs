@@ -24,6 +24,7 @@ const STREAMS: &[(ProviderKind, &str)] = &[
     (ProviderKind::Bedrock, "bedrock/stream_text.eventstream"),
     (ProviderKind::Bedrock, "bedrock/stream_tools.eventstream"),
     (ProviderKind::Bedrock, "bedrock/stream_error.eventstream"),
+    (ProviderKind::Azure, "azure/stream_tools.sse"),
 ];
 
 const DIALECTS: &[Dialect] = &Dialect::ALL;

@@ -13,6 +13,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::stream::StreamDecoder;
 
 pub mod anthropic;
+pub mod azure;
 pub mod bedrock;
 pub mod dashscope;
 pub mod gemini;
@@ -33,6 +34,8 @@ pub enum ProviderKind {
     Dashscope,
     /// AWS Bedrock Runtime Converse / ConverseStream.
     Bedrock,
+    /// Azure OpenAI (deployment-scoped OpenAI Chat Completions).
+    Azure,
 }
 
 /// A request body and the path/headers it needs, before host-specific routing.
@@ -48,12 +51,13 @@ pub struct EgressRequest {
 
 impl ProviderKind {
     /// Every wire format, for tests and fuzzing that must cover them all.
-    pub const ALL: [ProviderKind; 5] = [
+    pub const ALL: [ProviderKind; 6] = [
         ProviderKind::Openai,
         ProviderKind::Anthropic,
         ProviderKind::Gemini,
         ProviderKind::Dashscope,
         ProviderKind::Bedrock,
+        ProviderKind::Azure,
     ];
 
     /// The public endpoint used when the config gives no `base_url`, for providers with
@@ -64,7 +68,7 @@ impl ProviderKind {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
             ProviderKind::Dashscope => Some("https://dashscope.aliyuncs.com"),
-            ProviderKind::Bedrock => None,
+            ProviderKind::Bedrock | ProviderKind::Azure => None,
         }
     }
 
@@ -90,6 +94,7 @@ impl ProviderKind {
                 vec![("authorization".into(), format!("Bearer {api_key}"))]
             }
             ProviderKind::Anthropic => vec![("x-api-key".into(), api_key.to_string())],
+            ProviderKind::Azure => vec![("api-key".into(), api_key.to_string())],
             ProviderKind::Gemini => vec![("x-goog-api-key".into(), api_key.to_string())],
         }
     }
@@ -97,7 +102,7 @@ impl ProviderKind {
     /// Parses a complete (non-streamed) chat response.
     pub fn parse_chat(self, body: &[u8]) -> Result<ChatResponse, GatewayError> {
         match self {
-            ProviderKind::Openai => openai::parse_chat(body),
+            ProviderKind::Openai | ProviderKind::Azure => openai::parse_chat(body),
             ProviderKind::Anthropic => anthropic::parse_chat(body),
             ProviderKind::Gemini => gemini::parse_chat(body),
             ProviderKind::Dashscope => dashscope::parse_chat(body),
@@ -108,7 +113,9 @@ impl ProviderKind {
     /// A fresh decoder for one streamed response.
     pub fn stream_decoder(self) -> Box<dyn StreamDecoder> {
         match self {
-            ProviderKind::Openai => Box::new(openai::OpenAiStreamDecoder::default()),
+            ProviderKind::Openai | ProviderKind::Azure => {
+                Box::new(openai::OpenAiStreamDecoder::default())
+            }
             ProviderKind::Anthropic => Box::new(anthropic::AnthropicStreamDecoder::default()),
             ProviderKind::Gemini => Box::new(gemini::GeminiStreamDecoder::default()),
             ProviderKind::Dashscope => Box::new(dashscope::DashscopeStreamDecoder::default()),
@@ -124,6 +131,7 @@ impl ProviderKind {
             ProviderKind::Gemini => gemini::parse_error(status, body),
             ProviderKind::Dashscope => dashscope::parse_error(status, body),
             ProviderKind::Bedrock => bedrock::parse_error(status, body),
+            ProviderKind::Azure => azure::parse_error(status, body),
         }
     }
 }
@@ -141,7 +149,14 @@ impl ProviderConfig {
             headers: Default::default(),
             responses_api: false,
             aws: None,
+            api_version: None,
+            compat: None,
         }
+    }
+
+    /// The OpenAI-compatible quirks in force (none by default).
+    pub fn compat(&self) -> openai::Compat {
+        self.compat.clone().unwrap_or_default()
     }
 
     /// Where the provider lives: the configured `base_url`, else the kind's public (or
@@ -155,6 +170,9 @@ impl ProviderConfig {
         }
         match (self.kind, &self.aws) {
             (ProviderKind::Bedrock, Some(aws)) => Ok(aws.default_base_url()),
+            (ProviderKind::Azure, _) => Err("an `azure` provider needs its resource's `base_url` \
+                 (`https://<resource>.openai.azure.com`)"
+                .to_string()),
             (_, _) => Err("this provider needs a `base_url`".to_string()),
         }
     }
@@ -197,11 +215,29 @@ impl ProviderConfig {
         upstream_model: &str,
     ) -> Result<EgressRequest, GatewayError> {
         match self.kind {
-            ProviderKind::Openai => openai::build_chat(req, upstream_model),
+            ProviderKind::Openai => openai::build_chat(req, upstream_model, &self.compat()),
             ProviderKind::Anthropic => anthropic::build_chat(req, upstream_model),
             ProviderKind::Gemini => gemini::build_chat(req, upstream_model),
             ProviderKind::Dashscope => dashscope::build_chat(req, upstream_model),
             ProviderKind::Bedrock => bedrock::build_chat(req, upstream_model),
+            ProviderKind::Azure => {
+                azure::build_chat(req, upstream_model, self.api_version(), &self.compat())
+            }
+        }
+    }
+
+    /// Azure's API version in force.
+    pub fn api_version(&self) -> &str {
+        self.api_version
+            .as_deref()
+            .unwrap_or(azure::DEFAULT_API_VERSION)
+    }
+
+    /// The native chat path of a fast-path (pass-through) request to this provider.
+    pub fn chat_path(&self, upstream_model: &str) -> String {
+        match self.kind {
+            ProviderKind::Azure => azure::chat_path(upstream_model, self.api_version()),
+            _ => openai::CHAT_PATH.to_string(),
         }
     }
 
@@ -300,6 +336,20 @@ impl BaseUrl {
             prefix: prefix.to_string(),
         })
     }
+}
+
+/// Percent-encodes `s` as one path segment: everything but unreserved characters
+/// (`A-Z a-z 0-9 - _ . ~`) as `%XX`. Model and deployment names carry `:` and `/`.
+pub(crate) fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The function name of the latest tool call with `id` among `earlier` messages: providers

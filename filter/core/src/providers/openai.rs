@@ -5,7 +5,7 @@
 //! `filter/core/tests/fixtures/openai/` note their source).
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::canonical::{
     ChatRequest, ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall,
@@ -23,20 +23,128 @@ pub const RESPONSES_PATH: &str = "/v1/responses";
 /// Native path of embeddings.
 pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
 
-/// Builds an OpenAI request from canonical form (used when the ingress was not OpenAI).
-pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressRequest, GatewayError> {
+/// How an OpenAI-compatible server departs from OpenAI's API, as configuration (`compat`
+/// in a provider's config), so Groq, DeepSeek, Together, Fireworks, OpenRouter, xAI, Ollama
+/// or vLLM need data, not code.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compat {
+    /// The one name the server takes for the output-token limit; the other is renamed.
+    #[serde(default)]
+    pub max_tokens_field: Option<MaxTokensField>,
+    /// Whether the server takes `stream_options.include_usage` (default: yes). Servers
+    /// that reject it get no `stream_options`, and usage only if they send it anyway.
+    #[serde(default = "default_true")]
+    pub stream_usage: bool,
+    /// Top-level request fields the server rejects, removed before sending.
+    #[serde(default)]
+    pub drop_params: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Compat {
+    fn default() -> Self {
+        Compat {
+            max_tokens_field: None,
+            stream_usage: true,
+            drop_params: Vec::new(),
+        }
+    }
+}
+
+/// The output-token limit's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens` (older servers, DeepSeek, Ollama, Together, Fireworks, OpenRouter).
+    MaxTokens,
+    /// `max_completion_tokens` (OpenAI's current name).
+    MaxCompletionTokens,
+}
+
+impl Compat {
+    /// Whether the body needs adjusting at all (the fast path keeps the client's bytes
+    /// when it does not).
+    pub fn is_default(&self) -> bool {
+        *self == Compat::default()
+    }
+
+    /// Applies the quirks to a request body.
+    pub fn adjust(&self, body: &mut Map<String, Value>) {
+        if let Some(field) = self.max_tokens_field {
+            let (keep, other) = match field {
+                MaxTokensField::MaxTokens => ("max_tokens", "max_completion_tokens"),
+                MaxTokensField::MaxCompletionTokens => ("max_completion_tokens", "max_tokens"),
+            };
+            if let Some(limit) = body.remove(other) {
+                body.entry(keep).or_insert(limit);
+            }
+        }
+        if !self.stream_usage {
+            body.remove("stream_options");
+        }
+        for name in &self.drop_params {
+            body.remove(name);
+        }
+    }
+
+    /// Applies the quirks to a serialised body (the fast path), leaving it untouched when
+    /// there are none.
+    pub fn adjust_bytes(&self, body: Vec<u8>) -> Result<Vec<u8>, GatewayError> {
+        if self.is_default() {
+            return Ok(body);
+        }
+        let mut map: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+            GatewayError::invalid(format!("request body is not a JSON object: {e}"))
+        })?;
+        self.adjust(&mut map);
+        serde_json::to_vec(&map)
+            .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))
+    }
+}
+
+/// The JSON body of an OpenAI Chat request from canonical form, with usage asked for on
+/// streams and the server's quirks applied.
+pub(crate) fn chat_body(
+    req: &ChatRequest,
+    upstream_model: &str,
+    compat: &Compat,
+) -> Result<Vec<u8>, GatewayError> {
     let mut req = req.clone();
     req.model = upstream_model.to_string();
     if req.stream {
         let opts = req.stream_options.get_or_insert_with(Default::default);
         opts.include_usage = Some(true);
     }
-    let body = serde_json::to_vec(&req)
-        .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))?;
+    let encode = |e: serde_json::Error| {
+        GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}"))
+    };
+    if compat.is_default() {
+        return serde_json::to_vec(&req).map_err(encode);
+    }
+    let Value::Object(mut map) = serde_json::to_value(&req).map_err(encode)? else {
+        return Err(GatewayError::new(
+            ErrorKind::Internal,
+            "a request encodes as an object",
+        ));
+    };
+    compat.adjust(&mut map);
+    serde_json::to_vec(&map).map_err(encode)
+}
+
+/// Builds an OpenAI request from canonical form (used when the ingress was not OpenAI).
+pub fn build_chat(
+    req: &ChatRequest,
+    upstream_model: &str,
+    compat: &Compat,
+) -> Result<EgressRequest, GatewayError> {
     Ok(EgressRequest {
         path: CHAT_PATH.to_string(),
         headers: vec![("content-type".into(), "application/json".into())],
-        body,
+        body: chat_body(req, upstream_model, compat)?,
     })
 }
 

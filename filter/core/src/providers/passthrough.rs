@@ -38,7 +38,9 @@ impl FastPath {
         provider: &ProviderConfig,
     ) -> Option<Self> {
         match (dialect, kind) {
-            (Dialect::OpenAi, ProviderKind::Openai) => Some(FastPath::OpenAiChat),
+            (Dialect::OpenAi, ProviderKind::Openai | ProviderKind::Azure) => {
+                Some(FastPath::OpenAiChat)
+            }
             (Dialect::Anthropic, ProviderKind::Anthropic) => Some(FastPath::AnthropicMessages),
             (Dialect::Responses, ProviderKind::Openai) if provider.responses_api => {
                 Some(FastPath::OpenAiResponses)
@@ -47,26 +49,44 @@ impl FastPath {
         }
     }
 
-    /// The native path (after the base URL prefix) and the headers the body needs.
-    pub fn egress(self) -> (&'static str, Vec<(String, String)>) {
+    /// The native path (after the base URL prefix) of `upstream_model` at `provider`, and
+    /// the headers the body needs.
+    pub fn egress(
+        self,
+        provider: &ProviderConfig,
+        upstream_model: &str,
+    ) -> (String, Vec<(String, String)>) {
         let json = ("content-type".to_string(), "application/json".to_string());
         match self {
-            FastPath::OpenAiChat => (openai::CHAT_PATH, vec![json]),
+            FastPath::OpenAiChat => (provider.chat_path(upstream_model), vec![json]),
             FastPath::AnthropicMessages => (
-                anthropic::MESSAGES_PATH,
+                anthropic::MESSAGES_PATH.to_string(),
                 vec![
                     json,
                     ("anthropic-version".into(), anthropic::API_VERSION.into()),
                 ],
             ),
-            FastPath::OpenAiResponses => (openai::RESPONSES_PATH, vec![json]),
+            FastPath::OpenAiResponses => (openai::RESPONSES_PATH.to_string(), vec![json]),
         }
     }
 
     /// Whether a streamed request must ask for usage (`stream_options.include_usage`),
-    /// which only Chat Completions leaves out by default.
-    pub fn forces_stream_usage(self) -> bool {
-        self == FastPath::OpenAiChat
+    /// which only Chat Completions leaves out by default, and only from servers that take
+    /// the option.
+    pub fn forces_stream_usage(self, provider: &ProviderConfig) -> bool {
+        self == FastPath::OpenAiChat && provider.compat().stream_usage
+    }
+
+    /// The patched client body as the provider must receive it (its quirks applied).
+    pub fn finish_body(
+        self,
+        provider: &ProviderConfig,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, GatewayError> {
+        match self {
+            FastPath::OpenAiChat => provider.compat().adjust_bytes(body),
+            FastPath::AnthropicMessages | FastPath::OpenAiResponses => Ok(body),
+        }
     }
 
     /// The pass-through stream for a streamed answer.

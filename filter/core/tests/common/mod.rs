@@ -199,6 +199,11 @@ pub fn accumulate_openai(bytes: &[u8]) -> Final {
             f.error = Some(err.clone());
             continue;
         }
+        if v["object"] == "" && v["choices"] == serde_json::json!([]) {
+            // Azure's first chunk: the prompt filter's verdict, nothing for the SDK.
+            assert!(v.get("prompt_filter_results").is_some(), "{v}");
+            continue;
+        }
         assert_eq!(v["object"], "chat.completion.chunk");
         if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
             f.input_tokens = u["prompt_tokens"].as_u64().unwrap();

@@ -77,7 +77,7 @@ impl AwsConfig {
 /// The native path of a model's Converse (or ConverseStream) endpoint. Model ids and ARNs
 /// carry `:` and `/`, which are percent-encoded to stay one path segment.
 pub fn chat_path(upstream_model: &str, stream: bool) -> String {
-    let model = sigv4::uri_encode(upstream_model, false);
+    let model = crate::providers::encode_segment(upstream_model);
     if stream {
         format!("/model/{model}/converse-stream")
     } else {
