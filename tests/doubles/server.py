@@ -16,8 +16,8 @@ import urllib.request
 
 from aiohttp import web
 
-from . import (anthropic_double, azure_double, bedrock_double, dashscope_double,
-               gemini_double, openai_double)
+from . import (anthropic_double, azure_double, bedrock_double, cohere_double,
+               dashscope_double, gemini_double, mistral_double, openai_double)
 
 PROVIDERS = {
     "openai": (openai_double.make_app, "OPENAI_API_KEY", "sk-upstream-openai-7f3a"),
@@ -25,6 +25,8 @@ PROVIDERS = {
     "gemini": (gemini_double.make_app, "GEMINI_API_KEY", "AIza-upstream-gemini-55d0"),
     "dashscope": (dashscope_double.make_app, "DASHSCOPE_API_KEY", "sk-upstream-dashscope-c41e"),
     "azure": (azure_double.make_app, "AZURE_OPENAI_API_KEY", "azure-upstream-key-3b9d0c"),
+    "cohere": (cohere_double.make_app, "COHERE_API_KEY", "co-upstream-cohere-8e2a41"),
+    "mistral": (mistral_double.make_app, "MISTRAL_API_KEY", "mistral-upstream-key-6c7d2f"),
 }
 
 # Bedrock signs with an AWS key pair (SigV4) instead of one API key: its secrets.

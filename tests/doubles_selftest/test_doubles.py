@@ -389,3 +389,64 @@ def test_azure_double_with_the_official_azure_client(doubles):
         client.chat.completions.create(model="d", messages=[
             {"role": "user", "content": "x [[fault:content_filter]]"}])
     assert e.value.code == "content_filter"
+
+
+def test_cohere_double_with_the_official_sdk(doubles):
+    import cohere
+
+    d = doubles["cohere"]
+    co = cohere.ClientV2(api_key=d.api_key, base_url=d.base_url)
+    r = co.chat(model="command-a-03-2025", messages=[{"role": "user", "content": "hi cohere"}])
+    assert r.message.content[0].text == expected_text("cohere", "command-a-03-2025", "hi cohere")
+    assert r.finish_reason == "COMPLETE" and r.usage.billed_units.output_tokens > 0
+    tools = [{"type": "function", "function": {"name": "get_weather",
+                                               "parameters": WEATHER["function"]["parameters"]}}]
+    events = list(co.chat_stream(model="command-a-03-2025", tools=tools,
+                                 messages=[{"role": "user", "content": "weather [text+tools]"}]))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message-start" and kinds[-1] == "message-end"
+    assert "tool-call-start" in kinds and "tool-plan-delta" in kinds
+    args = "".join(e.delta.message.tool_calls.function.arguments or "" for e in events
+                   if e.type == "tool-call-delta")
+    assert json.loads(args) == {"city": "city-get_weather", "days": 42}
+    assert events[-1].delta.finish_reason == "TOOL_CALL"
+    call_id = next(e.delta.message.tool_calls.id for e in events if e.type == "tool-call-start")
+    r = co.chat(model="command-a-03-2025", tools=tools, messages=[
+        {"role": "user", "content": "weather"},
+        {"role": "assistant", "tool_plan": "I will check.", "tool_calls": [
+            {"id": call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"}])
+    assert r.message.content[0].text == "tool results: get_weather=sunny"
+    with pytest.raises(cohere.errors.BadRequestError):
+        co.chat(model="m", messages=[{"role": "user", "content": "x"}], tool_choice="AUTO")
+
+
+def test_mistral_double_with_the_official_sdk(doubles):
+    from mistralai.client import Mistral
+
+    d = doubles["mistral"]
+    client = Mistral(api_key=d.api_key, server_url=d.base_url)
+    r = client.chat.complete(model="mistral-large-latest",
+                             messages=[{"role": "user", "content": "hi mistral"}])
+    assert r.choices[0].message.content == expected_text("mistral", "mistral-large-latest",
+                                                         "hi mistral")
+    r = client.chat.complete(model="mistral-large-latest", tools=[WEATHER], tool_choice="any",
+                             messages=[{"role": "user", "content": "weather?"}])
+    call = r.choices[0].message.tool_calls[0]
+    assert len(call.id) == 9 and call.id.isalnum()
+    chunks = list(client.chat.stream(model="mistral-large-latest", tools=[WEATHER],
+                                     messages=[{"role": "user", "content": "stream [text+tools]"}]))
+    last = chunks[-1].data
+    assert last.choices[0].finish_reason == "tool_calls" and last.usage.completion_tokens > 0
+    r = httpx.post(d.base_url + "/v1/chat/completions", headers={
+        "Authorization": f"Bearer {d.api_key}"}, json={
+        "model": "m", "user": "u-1", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 422 and r.json()["message"]["detail"][0]["type"] == "extra_forbidden"
+    r = httpx.post(d.base_url + "/v1/chat/completions", headers={
+        "Authorization": f"Bearer {d.api_key}"}, json={"model": "m", "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "call_abc123", "type": "function",
+                                                                "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_abc123", "content": "1"}]})
+    assert r.status_code == 400 and "length of 9" in r.json()["message"]

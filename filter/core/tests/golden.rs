@@ -254,6 +254,47 @@ fn azure_request_and_response_goldens() {
 }
 
 #[test]
+fn cohere_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Cohere
+        .build_chat(&req, "command-a-03-2025")
+        .unwrap();
+    assert_eq!(egress.path, "/v2/chat");
+    golden_json(
+        "cohere/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+    response_goldens(ProviderKind::Cohere, "cohere", "response_text");
+    response_goldens(ProviderKind::Cohere, "cohere", "response_tools");
+    let resp = ProviderKind::Cohere
+        .parse_chat(&fixture("cohere/response_tools.json"))
+        .unwrap();
+    // Billed units are what Cohere charges; the tool plan is the turn's text.
+    assert_eq!(
+        (resp.usage.input, resp.usage.output, resp.usage.cached_input),
+        (37, 28, 512)
+    );
+    assert_eq!(
+        resp.text.as_deref(),
+        Some("I will search the weather for Madrid and Brasilia.")
+    );
+}
+
+#[test]
+fn mistral_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Mistral
+        .build_chat(&req, "mistral-large-latest")
+        .unwrap();
+    assert_eq!(egress.path, "/v1/chat/completions");
+    golden_json(
+        "mistral/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+    response_goldens(ProviderKind::Mistral, "mistral", "response_tools");
+}
+
+#[test]
 fn dashscope_response_goldens() {
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_text");
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_tools");
@@ -303,6 +344,9 @@ fn stream_goldens_all_providers() {
     stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_text");
     stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_tools");
     stream_goldens(ProviderKind::Azure, "azure", "stream_tools");
+    stream_goldens(ProviderKind::Cohere, "cohere", "stream_text");
+    stream_goldens(ProviderKind::Cohere, "cohere", "stream_tools");
+    stream_goldens(ProviderKind::Mistral, "mistral", "stream_tools");
 }
 
 #[test]
@@ -450,6 +494,38 @@ fn provider_errors_keep_status_and_meaning() {
             ErrorKind::NotFound,
             404,
             "deployment for this resource does not exist",
+        ),
+        (
+            ProviderKind::Cohere,
+            "cohere/error_auth.json",
+            401,
+            ErrorKind::Authentication,
+            401,
+            "invalid api token",
+        ),
+        (
+            ProviderKind::Cohere,
+            "cohere/error_rate_limit.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "limited to 10 API calls",
+        ),
+        (
+            ProviderKind::Mistral,
+            "mistral/error_validation.json",
+            422,
+            ErrorKind::Unprocessable,
+            422,
+            "Extra inputs are not permitted",
+        ),
+        (
+            ProviderKind::Mistral,
+            "mistral/error_rate_limit.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "rate limit exceeded",
         ),
         // The model failed while answering: the upstream's failure, and retryable.
         (

@@ -25,6 +25,9 @@ const STREAMS: &[(ProviderKind, &str)] = &[
     (ProviderKind::Bedrock, "bedrock/stream_tools.eventstream"),
     (ProviderKind::Bedrock, "bedrock/stream_error.eventstream"),
     (ProviderKind::Azure, "azure/stream_tools.sse"),
+    (ProviderKind::Cohere, "cohere/stream_text.sse"),
+    (ProviderKind::Cohere, "cohere/stream_tools.sse"),
+    (ProviderKind::Mistral, "mistral/stream_tools.sse"),
 ];
 
 const DIALECTS: &[Dialect] = &Dialect::ALL;

@@ -15,8 +15,10 @@ use crate::stream::StreamDecoder;
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod cohere;
 pub mod dashscope;
 pub mod gemini;
+pub mod mistral;
 pub mod openai;
 pub mod passthrough;
 
@@ -36,6 +38,10 @@ pub enum ProviderKind {
     Bedrock,
     /// Azure OpenAI (deployment-scoped OpenAI Chat Completions).
     Azure,
+    /// Cohere Chat API v2.
+    Cohere,
+    /// Mistral AI chat completions (OpenAI's shape, Mistral's function-calling rules).
+    Mistral,
 }
 
 /// A request body and the path/headers it needs, before host-specific routing.
@@ -51,13 +57,15 @@ pub struct EgressRequest {
 
 impl ProviderKind {
     /// Every wire format, for tests and fuzzing that must cover them all.
-    pub const ALL: [ProviderKind; 6] = [
+    pub const ALL: [ProviderKind; 8] = [
         ProviderKind::Openai,
         ProviderKind::Anthropic,
         ProviderKind::Gemini,
         ProviderKind::Dashscope,
         ProviderKind::Bedrock,
         ProviderKind::Azure,
+        ProviderKind::Cohere,
+        ProviderKind::Mistral,
     ];
 
     /// The public endpoint used when the config gives no `base_url`, for providers with
@@ -68,6 +76,8 @@ impl ProviderKind {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
             ProviderKind::Dashscope => Some("https://dashscope.aliyuncs.com"),
+            ProviderKind::Cohere => Some("https://api.cohere.com"),
+            ProviderKind::Mistral => Some("https://api.mistral.ai"),
             ProviderKind::Bedrock | ProviderKind::Azure => None,
         }
     }
@@ -90,7 +100,11 @@ impl ProviderKind {
     /// The credential headers for an API key.
     pub fn auth_headers(self, api_key: &str) -> Vec<(String, String)> {
         match self {
-            ProviderKind::Openai | ProviderKind::Dashscope | ProviderKind::Bedrock => {
+            ProviderKind::Openai
+            | ProviderKind::Dashscope
+            | ProviderKind::Bedrock
+            | ProviderKind::Cohere
+            | ProviderKind::Mistral => {
                 vec![("authorization".into(), format!("Bearer {api_key}"))]
             }
             ProviderKind::Anthropic => vec![("x-api-key".into(), api_key.to_string())],
@@ -102,7 +116,10 @@ impl ProviderKind {
     /// Parses a complete (non-streamed) chat response.
     pub fn parse_chat(self, body: &[u8]) -> Result<ChatResponse, GatewayError> {
         match self {
-            ProviderKind::Openai | ProviderKind::Azure => openai::parse_chat(body),
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mistral => {
+                openai::parse_chat(body)
+            }
+            ProviderKind::Cohere => cohere::parse_chat(body),
             ProviderKind::Anthropic => anthropic::parse_chat(body),
             ProviderKind::Gemini => gemini::parse_chat(body),
             ProviderKind::Dashscope => dashscope::parse_chat(body),
@@ -113,9 +130,10 @@ impl ProviderKind {
     /// A fresh decoder for one streamed response.
     pub fn stream_decoder(self) -> Box<dyn StreamDecoder> {
         match self {
-            ProviderKind::Openai | ProviderKind::Azure => {
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mistral => {
                 Box::new(openai::OpenAiStreamDecoder::default())
             }
+            ProviderKind::Cohere => Box::new(cohere::CohereStreamDecoder::default()),
             ProviderKind::Anthropic => Box::new(anthropic::AnthropicStreamDecoder::default()),
             ProviderKind::Gemini => Box::new(gemini::GeminiStreamDecoder::default()),
             ProviderKind::Dashscope => Box::new(dashscope::DashscopeStreamDecoder::default()),
@@ -132,6 +150,8 @@ impl ProviderKind {
             ProviderKind::Dashscope => dashscope::parse_error(status, body),
             ProviderKind::Bedrock => bedrock::parse_error(status, body),
             ProviderKind::Azure => azure::parse_error(status, body),
+            ProviderKind::Cohere => cohere::parse_error(status, body),
+            ProviderKind::Mistral => mistral::parse_error(status, body),
         }
     }
 }
@@ -223,6 +243,8 @@ impl ProviderConfig {
             ProviderKind::Azure => {
                 azure::build_chat(req, upstream_model, self.api_version(), &self.compat())
             }
+            ProviderKind::Cohere => cohere::build_chat(req, upstream_model),
+            ProviderKind::Mistral => mistral::build_chat(req, upstream_model),
         }
     }
 
