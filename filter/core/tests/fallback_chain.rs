@@ -1,14 +1,16 @@
 //! One model served by Bedrock, then Azure, then Gemini: a request with tools falls back
-//! through all three, each attempt re-translated for its provider with the tools in its
-//! native form, as a host walks the plan (upstream request → status → next attempt).
+//! through all three, driven through the request lifecycle ([`Exchange`]) as every host
+//! drives it — each attempt re-translated for its provider with the tools in its native
+//! form, each failure before the first byte invisible to the client, one usage record.
 
 mod common;
 
 use common::{accumulate, fixture};
 use serde_json::{json, Value};
+use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Send, UpstreamHead};
+use switchyard_core::health::MemoryHealthStore;
 use switchyard_core::keys::hash_key;
-use switchyard_core::routing::NoHealth;
-use switchyard_core::{Dialect, Gateway, HeadOutcome, Plan, RequestHead};
+use switchyard_core::{Dialect, Gateway, RequestHead};
 
 fn gateway() -> Gateway {
     let config = json!({
@@ -33,14 +35,31 @@ fn gateway() -> Gateway {
         .resolve_secrets(&|name| Some(format!("secret-for-{name}")))
 }
 
-const TOOLS_REQUEST: &str = r#"{"model": "resilient", "stream": true,
-  "messages": [{"role": "user", "content": "Weather in Paris and the time in Tokyo?"}],
-  "tools": [
-    {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-      "parameters": {"type": "object", "properties": {"location": {"type": "string"}, "unit": {"type": "string"}}, "required": ["location"]}}},
-    {"type": "function", "function": {"name": "get_time",
-      "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}}}}],
-  "tool_choice": "auto"}"#;
+/// The tools request, as the client of `path` writes it.
+fn tools_request(path: &str) -> Value {
+    let weather = json!({"type": "object", "properties": {
+        "location": {"type": "string"}, "unit": {"type": "string"}}, "required": ["location"]});
+    let time = json!({"type": "object", "properties": {"timezone": {"type": "string"}}});
+    let prompt = "Weather in Paris and the time in Tokyo?";
+    match path {
+        "/v1/responses" => json!({"model": "resilient", "stream": true, "input": prompt,
+            "tools": [{"type": "function", "name": "get_weather", "parameters": weather},
+                      {"type": "function", "name": "get_time", "parameters": time}]}),
+        "/v1/messages" => json!({"model": "resilient", "stream": true, "max_tokens": 200,
+            "messages": [{"role": "user", "content": prompt}],
+            "tools": [{"name": "get_weather", "input_schema": weather},
+                      {"name": "get_time", "input_schema": time}]}),
+        "/v1beta/models/resilient:streamGenerateContent" => json!({
+            "contents": [{"role": "user", "parts": [{"text": prompt}]}],
+            "tools": [{"functionDeclarations": [
+                {"name": "get_weather", "parametersJsonSchema": weather},
+                {"name": "get_time", "parametersJsonSchema": time}]}]}),
+        _ => json!({"model": "resilient", "stream": true,
+            "messages": [{"role": "user", "content": prompt}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": weather}},
+                      {"type": "function", "function": {"name": "get_time", "parameters": time}}]}),
+    }
+}
 
 /// The tool names an upstream request declares, read in each provider's own schema.
 fn declared_tools(attempt: usize, body: &Value) -> Vec<String> {
@@ -70,134 +89,219 @@ fn declared_tools(attempt: usize, body: &Value) -> Vec<String> {
         .collect()
 }
 
-fn plan_for(gw: &Gateway, path: &str) -> Plan {
-    let head = RequestHead {
-        method: "POST",
-        path,
-        authorization: Some("Bearer sk-gw-test"),
-        ..Default::default()
-    };
-    let HeadOutcome::ReadBody(admitted) = gw.on_request_head(&head, 1_700_000_000) else {
-        panic!("rejected")
-    };
-    let body = if admitted.dialect == Dialect::Responses {
-        let chat: Value = serde_json::from_str(TOOLS_REQUEST).unwrap();
-        json!({"model": "resilient", "stream": true, "input": chat["messages"][0]["content"],
-               "tools": chat["tools"].as_array().unwrap().iter().map(|t| {
-                   let mut f = t["function"].clone();
-                   f["type"] = json!("function");
-                   f
-               }).collect::<Vec<_>>()})
-    } else {
-        serde_json::from_str(TOOLS_REQUEST).unwrap()
-    };
-    gw.plan(
-        &admitted,
-        &serde_json::to_vec(&body).unwrap(),
-        11,
-        1_700_000_000,
-        &NoHealth,
-    )
-    .unwrap()
+fn the_send(actions: &[Action]) -> &Send {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(s) => Some(&**s),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no send in {actions:?}"))
 }
 
 #[test]
-fn bedrock_then_azure_then_gemini_with_tools() {
+fn bedrock_then_azure_then_gemini_with_tools_for_every_client() {
     let gw = gateway();
     for (path, dialect) in [
         ("/v1/chat/completions", Dialect::OpenAi),
+        ("/v1/messages", Dialect::Anthropic),
         ("/v1/responses", Dialect::Responses),
+        (
+            "/v1beta/models/resilient:streamGenerateContent",
+            Dialect::Gemini,
+        ),
     ] {
-        let plan = plan_for(&gw, path);
-        assert_eq!(plan.attempts.len(), 3);
-        // Each provider gets the tools in its own schema, its own path and credential.
-        let failures: [(u16, &[u8]); 2] = [
-            (503, br#"{"message":"Bedrock is unable to process your request."}"#),
-            (
-                429,
-                br#"{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation have exceeded token rate limit."}}"#,
-            ),
+        let health = MemoryHealthStore::default();
+        let mut now_ms = 1_700_000_000_000u64;
+        let mut ex = Exchange::new();
+        let feed = |ex: &mut Exchange, event: Event<'_>, now_ms: u64| {
+            ex.handle(
+                &gw,
+                event,
+                &Ctx {
+                    now_ms,
+                    random: 7,
+                    health: &health,
+                },
+            )
+        };
+        let query_path = if dialect == Dialect::Gemini {
+            format!("{path}?alt=sse")
+        } else {
+            path.to_string()
+        };
+        let head = RequestHead {
+            method: "POST",
+            path: &query_path,
+            authorization: Some("Bearer sk-gw-test"),
+            ..Default::default()
+        };
+        let read = feed(&mut ex, Event::RequestHead(head), now_ms);
+        assert!(
+            matches!(read.as_slice(), [Action::ReadBody { .. }]),
+            "{read:?}"
+        );
+        let body = serde_json::to_vec(&tools_request(path)).unwrap();
+        let mut actions = feed(&mut ex, Event::RequestBody(&body), now_ms);
+        // Bedrock (503), then Azure (429), before anything reaches the client.
+        let failures = [
+            (503, "Bedrock is unable to process your request."),
+            (429, "exceeded token rate limit"),
         ];
         let mut tried = Vec::new();
-        let mut index = 0;
-        loop {
-            let up = plan.upstream_request(index).unwrap();
-            let body: Value = serde_json::from_slice(&up.body).unwrap();
+        for (attempt, (status, _)) in failures.iter().enumerate() {
+            let send = the_send(&actions);
+            assert_eq!(send.attempt, attempt, "{path}");
+            let sent: Value = serde_json::from_slice(&send.request.body).unwrap();
             assert_eq!(
-                declared_tools(index, &body),
+                declared_tools(attempt, &sent),
                 ["get_weather", "get_time"],
-                "{path} attempt {index}"
+                "{path} attempt {attempt}"
             );
-            tried.push((up.authority.clone(), up.path.clone()));
-            let Some((status, error)) = failures.get(index) else {
-                break;
-            };
-            // The host asks the plan whether to move on; the error is rendered only if
-            // the chain runs out.
-            assert!(plan.should_retry_status(*status));
-            let err = plan.translate_error(index, *status, error);
-            assert_eq!(err.status, *status);
-            assert!(err.is_retryable());
-            index += 1;
+            tried.push(send.request.authority.clone());
+            now_ms += 30;
+            actions = feed(
+                &mut ex,
+                Event::UpstreamHead(UpstreamHead {
+                    status: *status,
+                    content_type: Some("application/json"),
+                    ..Default::default()
+                }),
+                now_ms,
+            );
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Reply(_) | Action::StartResponse(_))),
+                "{path}: a failure before the first byte reached the client: {actions:?}"
+            );
         }
-        assert_eq!(index, 2);
+        // Gemini answers with a stream of two calls.
+        let send = the_send(&actions);
+        assert_eq!(send.attempt, 2);
+        let sent: Value = serde_json::from_slice(&send.request.body).unwrap();
+        assert_eq!(declared_tools(2, &sent), ["get_weather", "get_time"]);
+        tried.push(send.request.authority.clone());
         assert_eq!(
             tried,
             [
-                (
-                    "bedrock-runtime.us-east-1.amazonaws.com".to_string(),
-                    "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream".to_string()
-                ),
-                (
-                    "contoso.openai.azure.com".to_string(),
-                    "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
-                        .to_string()
-                ),
-                (
-                    "generativelanguage.googleapis.com".to_string(),
-                    "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse".to_string()
-                ),
-            ],
-            "{path}"
+                "bedrock-runtime.us-east-1.amazonaws.com",
+                "contoso.openai.azure.com",
+                "generativelanguage.googleapis.com"
+            ]
         );
-        // Gemini answers with two calls; the client gets them in its own dialect.
-        let mut stream = plan.response_stream(2);
-        let upstream = fixture("gemini/stream_tools.sse");
+        let started = feed(
+            &mut ex,
+            Event::UpstreamHead(UpstreamHead {
+                status: 200,
+                content_type: Some("text/event-stream"),
+                ..Default::default()
+            }),
+            now_ms,
+        );
+        let attempts_header = started
+            .iter()
+            .find_map(|a| match a {
+                Action::StartResponse(head) => head
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "x-switchyard-attempts")
+                    .map(|(_, v)| v.clone()),
+                _ => None,
+            })
+            .expect("the stream starts with the attempts header");
+        assert!(
+            attempts_header.starts_with("aws/anthropic.claude-3-5-haiku-20241022-v1:0;503"),
+            "{attempts_header}"
+        );
+        assert!(attempts_header.contains("azure/gpt-4o-prod;429"));
         let mut out = Vec::new();
-        for chunk in upstream.chunks(9) {
-            out.extend(stream.push(chunk));
+        for chunk in fixture("gemini/stream_tools.sse").chunks(9) {
+            for action in feed(&mut ex, Event::UpstreamData(chunk), now_ms) {
+                if let Action::Data(bytes) = action {
+                    out.extend(bytes);
+                }
+            }
         }
-        out.extend(stream.finish());
+        for action in feed(&mut ex, Event::UpstreamEnd, now_ms) {
+            if let Action::Data(bytes) = action {
+                out.extend(bytes);
+            }
+        }
         let f = accumulate(dialect, &out);
         let names: Vec<&str> = f.tool_calls.iter().map(|c| c.1.as_str()).collect();
         assert_eq!(names, ["get_weather", "get_time"], "{path}");
-        let record = plan.usage_record(2, stream.usage(), 200, 3, Some(1200));
+        assert!(f.error.is_none(), "{path}");
+        let record = ex
+            .finish(Ending::default(), now_ms + 5)
+            .expect("one record");
         assert_eq!(
             (record.provider.as_str(), record.attempts, record.status),
-            ("google", 3, 200)
+            ("google", 3, 200),
+            "{path}"
         );
+        assert_eq!(record.deployment, "google/gemini-2.5-flash");
         assert_eq!(
-            record.deployment, "google/gemini-2.5-flash",
-            "metered against the deployment that answered"
+            (record.input_tokens, record.output_tokens),
+            (60, 35),
+            "{path}"
         );
         assert!(record.cost > 0.0);
     }
 }
 
-/// When every attempt fails, the last error reaches the client in its dialect.
+/// A streamed Bedrock answer is recognised by its content type (the binary AWS event
+/// stream, not SSE) and streamed to the client as it arrives.
 #[test]
-fn the_last_failure_is_what_the_client_sees() {
+fn a_bedrock_event_stream_is_streamed_through_the_lifecycle() {
     let gw = gateway();
-    let plan = plan_for(&gw, "/v1/chat/completions");
-    let err = plan.translate_error(
-        2,
-        429,
-        br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#,
+    let health = MemoryHealthStore::default();
+    let cx = Ctx {
+        now_ms: 1_700_000_000_000,
+        random: 3,
+        health: &health,
+    };
+    let mut ex = Exchange::new();
+    let head = RequestHead {
+        method: "POST",
+        path: "/v1/chat/completions",
+        authorization: Some("Bearer sk-gw-test"),
+        ..Default::default()
+    };
+    ex.handle(&gw, Event::RequestHead(head), &cx);
+    let body = serde_json::to_vec(&tools_request("/v1/chat/completions")).unwrap();
+    let actions = ex.handle(&gw, Event::RequestBody(&body), &cx);
+    assert_eq!(the_send(&actions).attempt, 0);
+    let started = ex.handle(
+        &gw,
+        Event::UpstreamHead(UpstreamHead {
+            status: 200,
+            content_type: Some("application/vnd.amazon.eventstream"),
+            ..Default::default()
+        }),
+        &cx,
     );
-    let v: Value = serde_json::from_slice(&err.body(plan.dialect)).unwrap();
-    assert_eq!(v["error"]["type"], "rate_limit_error");
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("(from google)"));
+    assert!(
+        started
+            .iter()
+            .any(|a| matches!(a, Action::StartResponse(_))),
+        "{started:?}"
+    );
+    let mut out = Vec::new();
+    for chunk in fixture("bedrock/stream_tools.eventstream").chunks(100) {
+        for action in ex.handle(&gw, Event::UpstreamData(chunk), &cx) {
+            if let Action::Data(bytes) = action {
+                out.extend(bytes);
+            }
+        }
+    }
+    for action in ex.handle(&gw, Event::UpstreamEnd, &cx) {
+        if let Action::Data(bytes) = action {
+            out.extend(bytes);
+        }
+    }
+    let f = common::accumulate_openai(&out);
+    assert_eq!(f.tool_calls.len(), 2);
+    let record = ex.finish(Ending::default(), cx.now_ms).unwrap();
+    assert_eq!((record.status, record.cached_input_tokens), (200, 2048));
 }

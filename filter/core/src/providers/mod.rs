@@ -82,6 +82,16 @@ impl ProviderKind {
         }
     }
 
+    /// Whether an answer of `content_type` is this provider's stream format: SSE for most,
+    /// the binary AWS event stream for Bedrock.
+    pub fn is_stream_content_type(self, content_type: &str) -> bool {
+        let ct = content_type.trim_start();
+        match self {
+            ProviderKind::Bedrock => ct.starts_with("application/vnd.amazon.eventstream"),
+            _ => ct.starts_with("text/event-stream"),
+        }
+    }
+
     /// Whether the provider serves `/v1/embeddings` in OpenAI shape.
     pub fn supports_embeddings(self) -> bool {
         matches!(self, ProviderKind::Openai)
