@@ -17,7 +17,7 @@ import urllib.request
 from aiohttp import web
 
 from . import (anthropic_double, azure_double, bedrock_double, cohere_double,
-               dashscope_double, gemini_double, mistral_double, openai_double)
+               dashscope_double, gemini_double, mistral_double, openai_double, vertex_double)
 
 PROVIDERS = {
     "openai": (openai_double.make_app, "OPENAI_API_KEY", "sk-upstream-openai-7f3a"),
@@ -27,6 +27,7 @@ PROVIDERS = {
     "azure": (azure_double.make_app, "AZURE_OPENAI_API_KEY", "azure-upstream-key-3b9d0c"),
     "cohere": (cohere_double.make_app, "COHERE_API_KEY", "co-upstream-cohere-8e2a41"),
     "mistral": (mistral_double.make_app, "MISTRAL_API_KEY", "mistral-upstream-key-6c7d2f"),
+    "vertex": (vertex_double.make_app, "VERTEX_ACCESS_TOKEN", "ya29.upstream-vertex-token-91d3"),
 }
 
 # Bedrock signs with an AWS key pair (SigV4) instead of one API key: its secrets.

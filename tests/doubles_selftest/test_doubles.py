@@ -450,3 +450,28 @@ def test_mistral_double_with_the_official_sdk(doubles):
                                                                 "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "call_abc123", "content": "1"}]})
     assert r.status_code == 400 and "length of 9" in r.json()["message"]
+
+
+def test_vertex_double_with_google_genai_in_vertex_mode(doubles):
+    from google import genai
+    from google.genai import types
+    from google.oauth2.credentials import Credentials
+
+    from doubles.vertex_double import LOCATION, PROJECT
+
+    d = doubles["vertex"]
+    client = genai.Client(vertexai=True, project=PROJECT, location=LOCATION,
+                          credentials=Credentials(token=d.api_key),
+                          http_options=types.HttpOptions(base_url=d.base_url + "/"))
+    r = client.models.generate_content(model="gemini-2.5-flash", contents="hi vertex")
+    assert r.text == expected_text("vertex", "gemini-2.5-flash", "hi vertex")
+    assert d.last()["path"].endswith(f"/projects/{PROJECT}/locations/{LOCATION}/publishers/"
+                                     "google/models/gemini-2.5-flash:generateContent")
+    assert d.last()["headers"]["authorization"] == f"Bearer {d.api_key}"
+    text = "".join(c.text or "" for c in client.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="stream vertex"))
+    assert text == expected_text("vertex", "gemini-2.5-flash", "stream vertex")
+    r = httpx.post(d.base_url + f"/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/"
+                   "models/m:generateContent", headers={"Authorization": "Bearer nope"},
+                   json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+    assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"

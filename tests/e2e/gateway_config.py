@@ -41,6 +41,8 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
                "api_key_secret": d.secret_env}
         for name, d in doubles.by_name.items() if name != "bedrock"
     }
+    # Vertex scopes requests to a project and region; its token is the api_key secret.
+    providers["vertex"]["vertex"] = {"project": "switchyard-e2e", "location": "us-central1"}
     # Bedrock signs with SigV4: the region and the secrets of the key pair.
     providers["bedrock"] = {
         "kind": "bedrock", "base_url": doubles["bedrock"].base_url,

@@ -85,6 +85,10 @@ pub struct ProviderConfig {
     /// name, `stream_options` support, fields it rejects).
     #[serde(default)]
     pub compat: Option<crate::providers::openai::Compat>,
+    /// `vertex` kind: the Google Cloud project and region; the access token is the secret
+    /// `api_key_secret` names (refreshing it is the host's job, see `providers::vertex`).
+    #[serde(default)]
+    pub vertex: Option<crate::providers::vertex::VertexConfig>,
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).
@@ -256,6 +260,11 @@ impl GatewayConfig {
             {
                 return invalid(format!(
                     "provider `{name}`: `compat` is for `openai` and `azure` providers"
+                ));
+            }
+            if provider.kind == ProviderKind::Vertex && provider.vertex.is_none() {
+                return invalid(format!(
+                    "provider `{name}`: a `vertex` provider needs `vertex` (`project` and `location`)"
                 ));
             }
             if provider.kind == ProviderKind::Bedrock && provider.aws.is_none() {

@@ -295,6 +295,32 @@ fn mistral_request_and_response_goldens() {
 }
 
 #[test]
+fn vertex_request_and_response_goldens() {
+    let provider: switchyard_core::config::ProviderConfig = serde_json::from_value(
+        serde_json::json!({"kind": "vertex", "api_key_secret": "VERTEX_TOKEN",
+                           "vertex": {"project": "my-project", "location": "europe-west4"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        provider.base_url().unwrap(),
+        "https://europe-west4-aiplatform.googleapis.com"
+    );
+    let req = canonical("openai/request_text_tools.json");
+    let egress = provider.build_chat(&req, "gemini-2.5-flash").unwrap();
+    assert_eq!(
+        egress.path,
+        "/v1/projects/my-project/locations/europe-west4/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    // The body is the Gemini API's.
+    assert_eq!(body_json(&egress.body), gemini::request_body(&req).unwrap());
+    assert_eq!(
+        ProviderKind::Vertex.auth_headers("ya29.token"),
+        vec![("authorization".to_string(), "Bearer ya29.token".to_string())]
+    );
+    response_goldens(ProviderKind::Vertex, "vertex", "response_text");
+}
+
+#[test]
 fn dashscope_response_goldens() {
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_text");
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_tools");
@@ -347,6 +373,7 @@ fn stream_goldens_all_providers() {
     stream_goldens(ProviderKind::Cohere, "cohere", "stream_text");
     stream_goldens(ProviderKind::Cohere, "cohere", "stream_tools");
     stream_goldens(ProviderKind::Mistral, "mistral", "stream_tools");
+    stream_goldens(ProviderKind::Vertex, "vertex", "stream_tools");
 }
 
 #[test]
@@ -526,6 +553,22 @@ fn provider_errors_keep_status_and_meaning() {
             ErrorKind::RateLimited,
             429,
             "rate limit exceeded",
+        ),
+        (
+            ProviderKind::Vertex,
+            "vertex/error_auth.json",
+            401,
+            ErrorKind::Authentication,
+            401,
+            "invalid authentication credentials",
+        ),
+        (
+            ProviderKind::Vertex,
+            "vertex/error_quota.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "Resource exhausted",
         ),
         // The model failed while answering: the upstream's failure, and retryable.
         (

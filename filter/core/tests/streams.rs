@@ -28,6 +28,7 @@ const STREAMS: &[(ProviderKind, &str)] = &[
     (ProviderKind::Cohere, "cohere/stream_text.sse"),
     (ProviderKind::Cohere, "cohere/stream_tools.sse"),
     (ProviderKind::Mistral, "mistral/stream_tools.sse"),
+    (ProviderKind::Vertex, "vertex/stream_tools.sse"),
 ];
 
 const DIALECTS: &[Dialect] = &Dialect::ALL;

@@ -21,6 +21,7 @@ pub mod gemini;
 pub mod mistral;
 pub mod openai;
 pub mod passthrough;
+pub mod vertex;
 
 /// The wire formats Switchyard speaks upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -42,6 +43,8 @@ pub enum ProviderKind {
     Cohere,
     /// Mistral AI chat completions (OpenAI's shape, Mistral's function-calling rules).
     Mistral,
+    /// Google Vertex AI (Gemini's format, project- and region-scoped, OAuth token).
+    Vertex,
 }
 
 /// A request body and the path/headers it needs, before host-specific routing.
@@ -57,7 +60,7 @@ pub struct EgressRequest {
 
 impl ProviderKind {
     /// Every wire format, for tests and fuzzing that must cover them all.
-    pub const ALL: [ProviderKind; 8] = [
+    pub const ALL: [ProviderKind; 9] = [
         ProviderKind::Openai,
         ProviderKind::Anthropic,
         ProviderKind::Gemini,
@@ -66,6 +69,7 @@ impl ProviderKind {
         ProviderKind::Azure,
         ProviderKind::Cohere,
         ProviderKind::Mistral,
+        ProviderKind::Vertex,
     ];
 
     /// The public endpoint used when the config gives no `base_url`, for providers with
@@ -78,7 +82,7 @@ impl ProviderKind {
             ProviderKind::Dashscope => Some("https://dashscope.aliyuncs.com"),
             ProviderKind::Cohere => Some("https://api.cohere.com"),
             ProviderKind::Mistral => Some("https://api.mistral.ai"),
-            ProviderKind::Bedrock | ProviderKind::Azure => None,
+            ProviderKind::Bedrock | ProviderKind::Azure | ProviderKind::Vertex => None,
         }
     }
 
@@ -114,7 +118,8 @@ impl ProviderKind {
             | ProviderKind::Dashscope
             | ProviderKind::Bedrock
             | ProviderKind::Cohere
-            | ProviderKind::Mistral => {
+            | ProviderKind::Mistral
+            | ProviderKind::Vertex => {
                 vec![("authorization".into(), format!("Bearer {api_key}"))]
             }
             ProviderKind::Anthropic => vec![("x-api-key".into(), api_key.to_string())],
@@ -131,7 +136,7 @@ impl ProviderKind {
             }
             ProviderKind::Cohere => cohere::parse_chat(body),
             ProviderKind::Anthropic => anthropic::parse_chat(body),
-            ProviderKind::Gemini => gemini::parse_chat(body),
+            ProviderKind::Gemini | ProviderKind::Vertex => gemini::parse_chat(body),
             ProviderKind::Dashscope => dashscope::parse_chat(body),
             ProviderKind::Bedrock => bedrock::parse_chat(body),
         }
@@ -145,7 +150,9 @@ impl ProviderKind {
             }
             ProviderKind::Cohere => Box::new(cohere::CohereStreamDecoder::default()),
             ProviderKind::Anthropic => Box::new(anthropic::AnthropicStreamDecoder::default()),
-            ProviderKind::Gemini => Box::new(gemini::GeminiStreamDecoder::default()),
+            ProviderKind::Gemini | ProviderKind::Vertex => {
+                Box::new(gemini::GeminiStreamDecoder::default())
+            }
             ProviderKind::Dashscope => Box::new(dashscope::DashscopeStreamDecoder::default()),
             ProviderKind::Bedrock => Box::new(bedrock::BedrockStreamDecoder::default()),
         }
@@ -156,7 +163,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Openai => openai::parse_error(status, body),
             ProviderKind::Anthropic => anthropic::parse_error(status, body),
-            ProviderKind::Gemini => gemini::parse_error(status, body),
+            ProviderKind::Gemini | ProviderKind::Vertex => gemini::parse_error(status, body),
             ProviderKind::Dashscope => dashscope::parse_error(status, body),
             ProviderKind::Bedrock => bedrock::parse_error(status, body),
             ProviderKind::Azure => azure::parse_error(status, body),
@@ -181,6 +188,7 @@ impl ProviderConfig {
             aws: None,
             api_version: None,
             compat: None,
+            vertex: None,
         }
     }
 
@@ -200,6 +208,13 @@ impl ProviderConfig {
         }
         match (self.kind, &self.aws) {
             (ProviderKind::Bedrock, Some(aws)) => Ok(aws.default_base_url()),
+            (ProviderKind::Vertex, _) => self
+                .vertex
+                .as_ref()
+                .map(vertex::VertexConfig::default_base_url)
+                .ok_or_else(|| {
+                    "a `vertex` provider needs `vertex.project` and `vertex.location`".to_string()
+                }),
             (ProviderKind::Azure, _) => Err("an `azure` provider needs its resource's `base_url` \
                  (`https://<resource>.openai.azure.com`)"
                 .to_string()),
@@ -255,6 +270,7 @@ impl ProviderConfig {
             }
             ProviderKind::Cohere => cohere::build_chat(req, upstream_model),
             ProviderKind::Mistral => mistral::build_chat(req, upstream_model),
+            ProviderKind::Vertex => vertex::build_chat(req, upstream_model, self.vertex.as_ref()),
         }
     }
 
