@@ -89,6 +89,15 @@ pub struct ProviderConfig {
     /// `api_key_secret` names (refreshing it is the host's job, see `providers::vertex`).
     #[serde(default)]
     pub vertex: Option<crate::providers::vertex::VertexConfig>,
+    /// The model-catalog namespace its models are found under (`groq`, `bedrock`...):
+    /// defaults to the provider's name when that is a namespace of its kind, else its kind's
+    /// (see `crate::catalog`).
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// Serve every chat and embedding model of its catalog namespace as
+    /// `<provider>/<model>`, with the catalog's prices, limits and capabilities.
+    #[serde(default)]
+    pub expose_catalog: bool,
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).
@@ -146,16 +155,28 @@ const STRUCTURAL_FIELDS: [&str; 8] = [
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
-    /// Provider name (a key of `providers`).
+    /// Provider name (a key of `providers`); with `catalog`, defaults to the one provider
+    /// serving the entry's namespace.
+    #[serde(default)]
     pub provider: String,
-    /// The provider's own model name.
+    /// The provider's own model name; with `catalog`, defaults to the entry's upstream id
+    /// (for Azure: name the deployment after the model, or set this).
+    #[serde(default)]
     pub model: String,
+    /// A model-catalog id (`anthropic/claude-sonnet-4-6`): limits, prices and capabilities
+    /// come from the catalog (see `crate::catalog`).
+    #[serde(default)]
+    pub catalog: Option<String>,
     /// Relative weight for the weighted strategy.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// Price for metering and the cheapest strategy.
+    /// Price for metering and the cheapest strategy (with `catalog`: the catalog's unless
+    /// set).
     #[serde(default)]
     pub price: Price,
+    /// The catalog entry, once resolved at load.
+    #[serde(skip)]
+    pub catalog_entry: Option<&'static crate::catalog::CatalogModel>,
 }
 
 fn default_weight() -> u32 {
@@ -235,7 +256,8 @@ impl Default for FallbackPolicy {
 impl GatewayConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let config: GatewayConfig = serde_json::from_slice(bytes)?;
+        let mut config: GatewayConfig = serde_json::from_slice(bytes)?;
+        crate::catalog::resolve(&mut config)?;
         config.validate()?;
         Ok(config)
     }

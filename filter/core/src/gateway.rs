@@ -359,32 +359,52 @@ impl Gateway {
     }
 
     fn models_body(&self, key: &crate::keys::GatewayKey, dialect: Dialect) -> Vec<u8> {
-        let names: Vec<&str> = self
+        // Each name with its first deployment's catalog entry, whose fields describe it.
+        let named: Vec<(&str, Option<&crate::catalog::CatalogModel>)> = self
             .config
             .models
             .iter()
             .filter(|m| self.unservable_reason(m).is_none())
             .flat_map(|m| {
-                std::iter::once(m.name.as_str()).chain(m.aliases.iter().map(String::as_str))
+                let entry = m.deployments.iter().find_map(|d| d.catalog_entry);
+                std::iter::once(m.name.as_str())
+                    .chain(m.aliases.iter().map(String::as_str))
+                    .map(move |n| (n, entry))
             })
-            .filter(|n| key.allows(n))
+            .filter(|(n, _)| key.allows(n))
             .collect();
+        let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+        let with_catalog = |mut item: Value, entry: Option<&crate::catalog::CatalogModel>| {
+            if let (Some(obj), Some(Value::Object(fields))) =
+                (item.as_object_mut(), entry.map(|e| e.describe()))
+            {
+                obj.extend(fields);
+            }
+            item
+        };
         let body = match dialect {
             Dialect::OpenAi | Dialect::Responses => json!({
                 "object": "list",
-                "data": names.iter().map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "switchyard"})).collect::<Vec<_>>(),
+                "data": named.iter().map(|(n, e)| with_catalog(json!({"id": n, "object": "model", "created": 0, "owned_by": "switchyard"}), *e)).collect::<Vec<_>>(),
             }),
             Dialect::Anthropic => json!({
-                "data": names.iter().map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
+                "data": named.iter().map(|(n, e)| with_catalog(json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}), *e)).collect::<Vec<_>>(),
                 "has_more": false,
                 "first_id": names.first(),
                 "last_id": names.last(),
             }),
             Dialect::Gemini => json!({
-                "models": names.iter().map(|n| json!({
-                    "name": format!("models/{n}"), "displayName": n,
-                    "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
-                })).collect::<Vec<_>>(),
+                "models": named.iter().map(|(n, e)| {
+                    let mut m = json!({
+                        "name": format!("models/{n}"), "displayName": n,
+                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+                    });
+                    if let Some(e) = e {
+                        m["inputTokenLimit"] = json!(e.context_window);
+                        m["outputTokenLimit"] = json!(e.max_output);
+                    }
+                    m
+                }).collect::<Vec<_>>(),
             }),
         };
         serde_json::to_vec(&body).unwrap_or_default()
@@ -438,6 +458,8 @@ impl Gateway {
             .with_code("provider_credential_missing"));
         }
         let mut attempts = Vec::new();
+        // The first catalog capability a deployment lacks, answered if none is left.
+        let mut refused: Option<crate::catalog::Unsupported> = None;
         for i in attempt_order(model, health, random) {
             let d = &model.deployments[i];
             let Some(provider) = self.config.providers.get(&d.provider) else {
@@ -450,6 +472,16 @@ impl Gateway {
                 && !provider.kind.supports_embeddings()
             {
                 continue;
+            }
+            if let Some(entry) = d.catalog_entry {
+                let served = match &request {
+                    PlannedRequest::Chat(c) => entry.serves_chat(c),
+                    PlannedRequest::Embeddings(_) => entry.serves_embeddings(),
+                };
+                if let Err(why) = served {
+                    refused.get_or_insert(why);
+                    continue;
+                }
             }
             let base = provider
                 .base_url()
@@ -479,6 +511,13 @@ impl Gateway {
                     .signing_credentials(&|name| self.secrets.get(name).map(|s| s.0.clone())),
                 settings: provider.clone(),
             });
+        }
+        if let (true, Some(why)) = (attempts.is_empty(), &refused) {
+            return Err(GatewayError::invalid(format!(
+                "model `{public_model}` cannot serve this request: {why}"
+            ))
+            .with_code("unsupported_by_model")
+            .with_param(why.param()));
         }
         if attempts.is_empty() {
             return Err(GatewayError::invalid(format!(

@@ -189,6 +189,8 @@ impl ProviderConfig {
             api_version: None,
             compat: None,
             vertex: None,
+            catalog: None,
+            expose_catalog: false,
         }
     }
 
