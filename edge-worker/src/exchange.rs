@@ -4,7 +4,11 @@
 //! it answers with — read the body, send an attempt, start the response, stream bytes, reply
 //! — nothing else; every decision is the core's (see `switchyard_core::exchange`). Every
 //! attempt is a fresh outbound request whose answer can stream, so a streamed answer reaches
-//! the client chunk by chunk whichever attempt it came from.
+//! the client chunk by chunk whichever attempt it came from. A request the core tells to wait
+//! for a saturated model's capacity sleeps and retries every [`QUEUE_POLL_MS`] within this
+//! instance (instances share only the key-value counters, so a freed slot goes to whichever
+//! waiting instance polls first: no arrival order among waiters, only the core's rule that a
+//! newcomer queues behind them).
 
 use std::pin::pin;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -59,6 +63,9 @@ pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
         crate::control::ship(&host.gateway, &record).await;
     }
 }
+
+/// How often a request waiting in a model's queue looks for capacity again, ms.
+const QUEUE_POLL_MS: u64 = 50;
 
 /// The client's response body, as the SDK's sink.
 type ClientBody =
@@ -229,6 +236,13 @@ impl Host {
                         )));
                     }
                     Action::Log(line) => log::line(&line),
+                    Action::Wait { until_ms, .. } => {
+                        // A component instance serves one request and has no signal when
+                        // capacity frees elsewhere: it polls, and is answered at its bound.
+                        let left = until_ms.saturating_sub(unix_ms());
+                        Deadline::after_ms(left.min(QUEUE_POLL_MS)).reached().await;
+                        next.extend(self.feed(Event::Retry));
+                    }
                 }
             }
             actions = next;

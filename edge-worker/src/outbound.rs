@@ -36,6 +36,11 @@ impl Deadline {
         }
     }
 
+    /// Completes once the deadline has passed (a sleep on the host's monotonic clock).
+    pub async fn reached(self) {
+        self.expired().await
+    }
+
     /// Runs `work` unless the deadline passes first (`None`).
     pub async fn run<F: Future>(self, work: F) -> Option<F::Output> {
         match future::select(pin!(work), pin!(self.expired())).await {

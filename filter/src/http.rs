@@ -1,17 +1,21 @@
 //! One HTTP stream: proxy-wasm callbacks mapped to the core exchange's events, and its
 //! actions performed with proxy-wasm calls. See the crate docs for how attempts travel.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as HostAction;
+use proxy_wasm::types::LogLevel;
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, Send};
 use switchyard_core::{Gateway, LocalReply, RequestHead, UpstreamHead, UpstreamRequest};
 
 use crate::metrics;
 use crate::shared::{SharedDataCounters, SharedDataHealth};
+use crate::waiters;
 
 /// Header the route uses to pick the upstream cluster.
 pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
@@ -53,6 +57,59 @@ pub struct SwitchyardHttp {
     call_timeout_ms: u64,
     /// The call in flight is the control plane's admission, not an attempt.
     admitting: bool,
+    /// This stream, for the root context to wake it while it waits in a queue.
+    me: Weak<RefCell<SwitchyardHttp>>,
+    /// Listed in a queue (see `crate::waiters`).
+    listed: bool,
+    /// `on_log` ran: the exchange is over.
+    ended: bool,
+}
+
+/// The context the SDK holds: the stream is shared with this VM's list of waiting streams,
+/// so the root context's tick can wake it (see `crate::waiters`).
+pub struct Shell(Rc<RefCell<SwitchyardHttp>>);
+
+impl Shell {
+    /// A stream before its request head.
+    pub fn new(gateway: Rc<Gateway>, context_id: u32) -> Self {
+        Shell(Rc::new_cyclic(|me| {
+            RefCell::new(SwitchyardHttp::new(gateway, context_id, me.clone()))
+        }))
+    }
+}
+
+impl Context for Shell {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
+        self.0
+            .borrow_mut()
+            .on_http_call_response(token, headers, body, trailers);
+    }
+}
+
+impl HttpContext for Shell {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> HostAction {
+        self.0
+            .borrow_mut()
+            .on_http_request_headers(num_headers, end_of_stream)
+    }
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
+        self.0
+            .borrow_mut()
+            .on_http_request_body(body_size, end_of_stream)
+    }
+    fn on_http_response_headers(&mut self, num_headers: usize, end_of_stream: bool) -> HostAction {
+        self.0
+            .borrow_mut()
+            .on_http_response_headers(num_headers, end_of_stream)
+    }
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
+        self.0
+            .borrow_mut()
+            .on_http_response_body(body_size, end_of_stream)
+    }
+    fn on_log(&mut self) {
+        self.0.borrow_mut().on_log();
+    }
 }
 
 /// What performing a batch of actions asks of the current callback.
@@ -65,8 +122,7 @@ struct Performed {
 }
 
 impl SwitchyardHttp {
-    /// A stream before its request head.
-    pub fn new(gateway: Rc<Gateway>, context_id: u32) -> Self {
+    fn new(gateway: Rc<Gateway>, context_id: u32, me: Weak<RefCell<SwitchyardHttp>>) -> Self {
         SwitchyardHttp {
             gateway,
             context_id,
@@ -77,7 +133,27 @@ impl SwitchyardHttp {
             call_started_ms: 0,
             call_timeout_ms: 0,
             admitting: false,
+            me,
+            listed: false,
+            ended: false,
         }
+    }
+
+    /// Woken from the root context while waiting in a queue (this stream is the effective
+    /// context): feeds the retry and performs what follows. Returns whether it still waits.
+    pub fn retry(&mut self) -> bool {
+        if self.ended || !self.exchange.queued() {
+            self.listed = false;
+            return false;
+        }
+        let actions = self.feed(Event::Retry);
+        self.perform(actions);
+        if self.phase == Phase::Routed {
+            // The held client request was rewritten for a streamed attempt: let it go.
+            self.resume_http_request();
+        }
+        self.listed = self.exchange.queued();
+        self.listed
     }
 }
 
@@ -215,6 +291,13 @@ impl SwitchyardHttp {
                 Action::Data(bytes) => done.data.extend(bytes),
                 Action::EndResponse => {}
                 Action::Log(line) => log::warn!("{line}"),
+                Action::Wait { queue, until_ms } => {
+                    if !self.listed {
+                        waiters::add(&queue, self.context_id, self.me.clone(), until_ms);
+                        self.listed = true;
+                    }
+                    done.paused = true;
+                }
                 Action::Admit(request) => {
                     if self.call(&request, request.timeout_ms).is_err() {
                         queue.extend(self.feed(Event::AdmitAnswer(None)));
@@ -277,7 +360,12 @@ impl SwitchyardHttp {
             vec![],
             Duration::from_millis(timeout_ms),
         )
-        .map(|_| ())
+        .map(|token| {
+            if waiters::driving() {
+                // Made from the root's callback: its answer arrives there.
+                waiters::forward_call(token, self.context_id, self.me.clone());
+            }
+        })
         .map_err(|status| {
             Failure::NotSent(format!(
                 "dispatch to cluster `{}` failed: {status:?}",
@@ -454,6 +542,7 @@ impl HttpContext for SwitchyardHttp {
     }
 
     fn on_log(&mut self) {
+        self.ended = true;
         let answered = self.exchange.answered();
         let ending = if answered {
             Ending::default()
@@ -480,7 +569,11 @@ impl HttpContext for SwitchyardHttp {
         if let Some(record) = self.exchange.finish(ending, &cx) {
             metrics::record(&record);
             crate::control::ship(&record, now_ms);
-            log::info!("switchyard usage {}", record.to_json());
+            // The host's own level, asked per request: at `warn` and above (a production
+            // Envoy's usual `-l`), the line would be formatted and sent only to be dropped.
+            if hostcalls::get_log_level().map_or(true, |l| l as u32 <= LogLevel::Info as u32) {
+                log::info!("switchyard usage {}", record.to_json());
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ mod control;
 mod http;
 mod metrics;
 mod shared;
+mod waiters;
 
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -40,17 +41,24 @@ pub use crate::http::CLUSTER_HEADER;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(SwitchyardRoot::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(SwitchyardRoot { context_id, ..SwitchyardRoot::default() })
+    });
 }}
 
 /// One per VM: holds the validated gateway configuration, and the link to the control plane.
 #[derive(Default)]
 struct SwitchyardRoot {
+    context_id: u32,
     /// The gateway new requests use: the config's, with the control plane's keys once synced.
     gateway: Option<Rc<Gateway>>,
     /// The gateway as configured (the managed keys are applied over it).
     configured: Option<Gateway>,
     control: Option<ControlLink>,
+    /// When the control link's next tick is due (the root ticks faster while streams wait).
+    next_control_ms: u64,
+    /// The tick period set last.
+    tick: Option<std::time::Duration>,
 }
 
 impl SwitchyardRoot {
@@ -63,6 +71,13 @@ impl SwitchyardRoot {
     fn apply(&mut self, change: Option<Change>) {
         if let (Some(Change::Keys(snapshot)), Some(configured)) = (change, &self.configured) {
             self.gateway = Some(Rc::new(configured.with_managed_keys(snapshot)));
+        }
+    }
+
+    fn tick_every(&mut self, period: std::time::Duration) {
+        if self.tick != Some(period) {
+            self.tick = Some(period);
+            self.set_tick_period(period);
         }
     }
 
@@ -85,7 +100,6 @@ impl SwitchyardRoot {
             .map_or(0, |d| d.as_nanos());
         let me = format!("{nanos:x}");
         self.control = Some(ControlLink::new(cfg.clone(), token.to_string(), me));
-        self.set_tick_period(control::TICK);
         log::info!(
             "switchyard: syncing keys from and shipping usage to {}",
             cfg.base_url
@@ -99,8 +113,11 @@ impl Context for SwitchyardRoot {
         token: u32,
         num_headers: usize,
         body_size: usize,
-        _trailers: usize,
+        trailers: usize,
     ) {
+        if waiters::deliver_call(self.context_id, token, num_headers, body_size, trailers) {
+            return;
+        }
         let status = (num_headers > 0)
             .then(|| self.get_http_call_response_header(":status"))
             .flatten()
@@ -142,6 +159,11 @@ impl RootContext for SwitchyardRoot {
                     gateway.config().keys.len()
                 );
                 self.link_control_plane(&gateway);
+                // The tick drives key sync and usage shipping, and wakes streams that wait
+                // for a saturated model's capacity.
+                if self.control.is_some() || gateway.config().may_queue() {
+                    self.tick_every(waiters::TICK);
+                }
                 self.configured = Some(gateway.clone());
                 self.gateway = Some(Rc::new(gateway));
                 true
@@ -155,13 +177,22 @@ impl RootContext for SwitchyardRoot {
 
     fn on_tick(&mut self) {
         let now_ms = self.now_ms();
-        let change = self.control.as_mut().and_then(|c| c.on_tick(now_ms));
-        self.apply(change);
+        let busy = waiters::wake(self.context_id, now_ms);
+        self.tick_every(if busy {
+            waiters::BUSY_TICK
+        } else {
+            waiters::TICK
+        });
+        if now_ms >= self.next_control_ms {
+            self.next_control_ms = now_ms + control::TICK.as_millis() as u64;
+            let change = self.control.as_mut().and_then(|c| c.on_tick(now_ms));
+            self.apply(change);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = self.gateway.clone()?;
-        Some(Box::new(http::SwitchyardHttp::new(gateway, context_id)))
+        Some(Box::new(http::Shell::new(gateway, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -77,39 +77,100 @@ pub fn gauge(name: &str, value: i64) {
     }
 }
 
+/// The counters [`record`] moves, in the order of [`LabelSet::ids`].
+const RECORDED: [&str; 6] = [
+    "switchyard_requests_total",
+    "switchyard_input_tokens_total",
+    "switchyard_output_tokens_total",
+    "switchyard_cached_input_tokens_total",
+    "switchyard_cost_micro_usd_total",
+    "switchyard_fallbacks_total",
+];
+
+/// One label set's counters: their ids once defined (a counter is defined on its first
+/// non-zero value, as before), so a request builds no metric name and hashes no string but
+/// its labels once.
+struct LabelSet {
+    key: String,
+    model: String,
+    provider: String,
+    status: u16,
+    ids: [Option<u32>; 6],
+}
+
+thread_local! {
+    /// Label sets by a hash of their labels (collisions share a bucket).
+    static SETS: RefCell<HashMap<u64, Vec<LabelSet>>> = RefCell::new(HashMap::new());
+}
+
 /// Counts one finished request: requests, tokens and cost by key, model and provider.
 pub fn record(r: &UsageRecord) {
-    let tags = [
-        ("key", r.key_id.as_str()),
-        ("model", r.model.as_str()),
-        ("provider", r.provider.as_str()),
-    ];
-    let status = r.status.to_string();
-    let mut with_status = tags.to_vec();
-    with_status.push(("status", status.as_str()));
-    add(tagged_name("switchyard_requests_total", &with_status), 1);
-    add(
-        tagged_name("switchyard_input_tokens_total", &tags),
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        r.key_id.as_str(),
+        r.model.as_str(),
+        r.provider.as_str(),
+        r.status,
+    )
+        .hash(&mut hasher);
+    let values = [
+        1,
         r.input_tokens,
-    );
-    add(
-        tagged_name("switchyard_output_tokens_total", &tags),
         r.output_tokens,
-    );
-    add(
-        tagged_name("switchyard_cached_input_tokens_total", &tags),
         r.cached_input_tokens,
-    );
-    add(
-        tagged_name("switchyard_cost_micro_usd_total", &tags),
         (r.cost * 1_000_000.0).round() as u64,
-    );
-    if r.attempts > 1 {
-        add(
-            tagged_name("switchyard_fallbacks_total", &tags),
-            u64::from(r.attempts - 1),
-        );
-    }
+        u64::from(r.attempts.saturating_sub(1)),
+    ];
+    SETS.with(|sets| {
+        let mut sets = sets.borrow_mut();
+        let bucket = sets.entry(hasher.finish()).or_default();
+        let index = match bucket.iter().position(|s| {
+            s.status == r.status
+                && s.key == r.key_id
+                && s.model == r.model
+                && s.provider == r.provider
+        }) {
+            Some(index) => index,
+            None => {
+                bucket.push(LabelSet {
+                    key: r.key_id.clone(),
+                    model: r.model.clone(),
+                    provider: r.provider.clone(),
+                    status: r.status,
+                    ids: [None; 6],
+                });
+                bucket.len() - 1
+            }
+        };
+        let set = &mut bucket[index];
+        for (i, value) in values.into_iter().enumerate() {
+            if value == 0 {
+                continue;
+            }
+            let id = match set.ids[i] {
+                Some(id) => id,
+                None => {
+                    let status = set.status.to_string();
+                    let mut tags = vec![
+                        ("key", set.key.as_str()),
+                        ("model", set.model.as_str()),
+                        ("provider", set.provider.as_str()),
+                    ];
+                    if i == 0 {
+                        tags.push(("status", status.as_str()));
+                    }
+                    let name = tagged_name(RECORDED[i], &tags);
+                    let Ok(id) = hostcalls::define_metric(MetricType::Counter, &name) else {
+                        continue;
+                    };
+                    set.ids[i] = Some(id);
+                    id
+                }
+            };
+            let _ = hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX));
+        }
+    });
 }
 
 #[cfg(test)]

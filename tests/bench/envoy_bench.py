@@ -11,9 +11,17 @@ script prints a Markdown table with requests/s, p50 and p99, and ratios against 
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
         [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
         [--component-runner HOST_RUNNER ...] [--components-only] [--filter LABEL=PATH ...]
+        [--empty-filter] [--envoy-options] [--rounds N]
 
 With --filter (repeatable), one more Envoy + filter row per build, in the same Envoy, to
-compare filter builds (before/after a change) in one run.
+compare filter builds (before/after a change) in one run. --empty-filter adds the floor: the
+passthrough guest (every callback continues) loaded as a wasm filter the same way, the least
+any wasm filter costs. --envoy-options adds filter.wasm rows with each per-request Envoy
+default turned off (request-id generation; the router's dynamic stats), to price them.
+
+Every row also reports the CPU time per request of the process serving it (the proxies'
+Envoy, host-runner, serve-component), from /proc: on a loaded machine it moves less than
+req/s, which also counts time spent waiting for a core.
 
 With --host-runner, two more rows: host-runner running the passthrough guest (every callback
 continues; the request carries `x-switchyard-cluster` itself) and host-runner running
@@ -53,7 +61,7 @@ REQUEST = json.dumps({
 })
 
 
-def listener(port, http_filters, route):
+def listener(port, http_filters, route, hcm_extra=""):
     return f"""
   - address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
@@ -61,7 +69,7 @@ def listener(port, http_filters, route):
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: p{port}
+          stat_prefix: p{port}{hcm_extra}
           route_config:
             virtual_hosts:
             - name: all
@@ -76,6 +84,16 @@ def listener(port, http_filters, route):
 ROUTER = """
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"""
+
+# Envoy options the shipped envoy.yaml leaves at their defaults, each turned off in a row of its
+# own (--envoy-options): (label, HTTP connection manager lines, router).
+ENVOY_OPTIONS = [
+    ("generate_request_id: false", """
+          generate_request_id: false""", ROUTER),
+    ("router dynamic_stats: false", "", """
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, dynamic_stats: false}"""),
+]
 
 
 def cluster(name, port):
@@ -105,7 +123,7 @@ def gateway_config(upstream_port, control_plane_port=None):
     return json.dumps(config)
 
 
-def write_configs(tmp, wasm, ports, extra_filters=(), control_plane=None):
+def write_configs(tmp, wasm, ports, extra_filters=(), control_plane=None, options_ports=()):
     """Envoy configs: the upstream, and the proxies (pass-through, the filter, one more
     filter listener per `(label, path, port)` in `extra_filters`, and with `control_plane`
     `(its port, listener port)` the filter synced to a control plane)."""
@@ -139,6 +157,8 @@ static_resources:
     filters = listener(filtered, wasm_filter(wasm, "main") + ROUTER, route)
     for i, (_, path, port) in enumerate(extra_filters):
         filters += listener(port, wasm_filter(path, f"extra{i}") + ROUTER, route)
+    for (_, hcm, router), port in zip(ENVOY_OPTIONS, options_ports):
+        filters += listener(port, wasm_filter(wasm, "main") + router, route, hcm)
     clusters = cluster("upstream", up)
     if control_plane:
         cp_port, port = control_plane
@@ -179,18 +199,31 @@ def to_ms(text):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, conns, duration, lua):
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far (from /proc), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(port, conns, duration, lua, pid=None):
+    """req/s, p50 ms, p99 ms, and with `pid` the CPU µs that process spent per request (its
+    CPU time over the cell / requests answered: steadier than req/s on a loaded machine, as
+    it does not count time spent waiting for a core)."""
     threads = min(2, conns)
+    cpu_before = cpu_seconds(pid) if pid else None
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-s", lua,
                           f"http://127.0.0.1:{port}/v1/chat/completions"],
                          capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = ((cpu_seconds(pid) - cpu_before) * 1e6 / max(requests, 1)) if pid else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise SystemExit(f"port {port}: {errors.group(1)} non-2xx responses\n{out}")
-    return rps, p50, p99
+    return rps, p50, p99, cpu_us
 
 
 def main():
@@ -215,6 +248,12 @@ def main():
     ap.add_argument("--control-plane", metavar="GPU_BACKEND",
                     help="also measure the filter synced to a control plane (key sync and usage "
                          "shipping), run as `GPU_BACKEND --no-models`")
+    ap.add_argument("--empty-filter", action="store_true",
+                    help="also measure the floor: the passthrough guest (every callback continues) "
+                         "as an Envoy wasm filter, loaded like filter.wasm")
+    ap.add_argument("--envoy-options", action="store_true",
+                    help="also measure filter.wasm with each Envoy default that costs per request "
+                         "turned off (request-id generation, the router's dynamic stats)")
     ap.add_argument("--components-only", action="store_true",
                     help="measure only the upstream direct and the components")
     ap.add_argument("--passthrough", default=os.path.join(
@@ -226,12 +265,15 @@ def main():
     base = args.base_port
     ports = (base, base + 1, base + 2, base + 10)
     extra_filters = []
+    if args.empty_filter:
+        args.filter.insert(0, f"empty filter (passthrough guest)={args.passthrough}")
     for i, spec in enumerate(args.filter):
         label, _, path = spec.rpartition("=")
         extra_filters.append((label or path, os.path.abspath(path), base + 30 + i))
     control_plane = (base + 40, base + 41) if args.control_plane else None
+    options_ports = [base + 50 + i for i in range(len(ENVOY_OPTIONS))] if args.envoy_options else []
     upstream_cfg, proxies_cfg = write_configs(tmp, args.wasm, ports, extra_filters,
-                                              control_plane)
+                                              control_plane, options_ports)
     lua = os.path.join(tmp, "post.lua")
     with open(lua, "w") as f:
         f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST)}\n'
@@ -252,12 +294,17 @@ def main():
                                            "--base-id", str(base + base_id)],
                                           env={**os.environ, "SWITCHYARD_EDGE_TOKEN": EDGE_TOKEN},
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        setups = [("upstream direct", ports[0])]
+        # (name, port, the process whose CPU time the row reports)
+        upstream_pid, proxies_pid = procs[-2].pid, procs[-1].pid
+        setups = [("upstream direct", ports[0], upstream_pid)]
         if not args.components_only:
-            setups += [("envoy pass-through", ports[1]), ("envoy + filter.wasm", ports[2])]
-            setups += [(f"envoy + {label}", port) for label, _, port in extra_filters]
+            setups += [("envoy pass-through", ports[1], proxies_pid),
+                       ("envoy + filter.wasm", ports[2], proxies_pid)]
+            setups += [(f"envoy + {label}", port, proxies_pid) for label, _, port in extra_filters]
             if control_plane:
-                setups.append(("envoy + filter.wasm + control plane", control_plane[1]))
+                setups.append(("envoy + filter.wasm + control plane", control_plane[1], proxies_pid))
+            setups += [(f"envoy + filter.wasm, {label}", port, proxies_pid)
+                       for (label, _, _), port in zip(ENVOY_OPTIONS, options_ports)]
         if args.host_runner and not args.components_only:
             gw_path = os.path.join(tmp, "gateway.json")
             with open(gw_path, "w") as f:
@@ -269,7 +316,7 @@ def main():
                     [args.host_runner, "serve", "--filter", wasm, "--listen", f"127.0.0.1:{port}",
                      "--no-admin", "--cluster", f"upstream=127.0.0.1:{ports[0]}", "--log-level", "warn"] + extra,
                     stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"{port}.log"), "wb")))
-                setups.append((name, port))
+                setups.append((name, port, procs[-1].pid))
         for i, spec in enumerate(args.component):
             label, _, path = spec.rpartition("=")
             runner = (args.component_runner[i] if i < len(args.component_runner)
@@ -281,17 +328,21 @@ def main():
                 [runner, "serve-component", "--component", path,
                  "--listen", f"127.0.0.1:{port}", "--var", f"gateway_config={gateway_config(ports[0])}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            setups.append((f"serve-component + {label or 'edge_worker.wasm'}", port))
-        for _, port in setups:
+            setups.append((f"serve-component + {label or 'edge_worker.wasm'}", port, procs[-1].pid))
+        for _, port, _ in setups:
             wait_ready(port)
         rows = []
         for conns in [int(c) for c in args.conns.split(",")]:
-            samples = {name: [] for name, _ in setups}
+            samples = {name: [] for name, _, _ in setups}
             for _ in range(args.rounds):
-                for name, port in setups:
-                    samples[name].append(run_wrk(port, conns, args.duration, lua))
-            # The median round by req/s, per setup.
-            results = {name: sorted(runs)[len(runs) // 2] for name, runs in samples.items()}
+                for name, port, pid in setups:
+                    samples[name].append(run_wrk(port, conns, args.duration, lua, pid))
+            # The median round by req/s, per setup; CPU per request is its own median.
+            results = {}
+            for name, runs in samples.items():
+                rps, p50, p99, _ = sorted(runs)[len(runs) // 2]
+                cpus = sorted(r[3] for r in runs)
+                results[name] = (rps, p50, p99, cpus[len(cpus) // 2])
             rows.append((conns, results))
         cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
         load = open("/proc/loadavg").read().split()[0]
@@ -301,15 +352,19 @@ def main():
         print("Ratios (the baseline column): each Envoy row against Envoy pass-through; each "
               "host-runner row against host-runner + passthrough; the component against the "
               "upstream direct.\n")
-        print("| conns | setup | req/s | p50 ms | p99 ms | req/s vs pass-through | p99 vs pass-through |")
-        print("|---|---|---|---|---|---|---|")
+        print("CPU µs/req: CPU time of the process serving the row (the proxies' Envoy, host-runner, "
+              "or serve-component) over the cell, per request answered.\n")
+        print("| conns | setup | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs pass-through "
+              "| p99 vs pass-through | CPU vs pass-through |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for conns, results in rows:
-            for name, (rps, p50, p99) in results.items():
+            for name, (rps, p50, p99, cpu) in results.items():
                 baseline = ("host-runner + passthrough" if name.startswith("host-runner")
                             else "envoy pass-through" if name.startswith("envoy")
                             else "upstream direct")
-                base_rps, _, base_p99 = results[baseline]
-                print(f"| {conns} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {rps / base_rps:.2f} | {p99 / base_p99:.2f} |")
+                base_rps, _, base_p99, base_cpu = results[baseline]
+                print(f"| {conns} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} | "
+                      f"{rps / base_rps:.2f} | {p99 / base_p99:.2f} | {cpu / base_cpu:.2f} |")
     finally:
         for p in procs:
             p.terminate()

@@ -201,5 +201,5 @@ def make_app(api_key: str) -> tuple[web.Application, DoubleState]:
     state = DoubleState()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     AnthropicDouble(api_key, state).routes(app)
-    common.add_side_routes(app, state)
+    common.add_side_routes(app, state, error_for_status)
     return app, state

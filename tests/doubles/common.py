@@ -35,6 +35,12 @@ Fault injection, per request (a marker in the last user text or embedding input,
 * ``cut_body`` — for complete (non-streamed) answers: send the head with the full
   ``Content-Length`` and half the body, then drop the connection.
 
+Concurrency cap (OpenAI and Anthropic doubles), as a provider's own quota: ``POST /_limits``
+(``{"concurrent": 100}``) lets at most that many requests per upstream model (the body's
+``model``) be in flight at once — a streamed answer counts until its last byte — and answers
+the next one 429 in the provider's error format with ``Retry-After: 1``. ``GET /_limits``
+reports ``in_flight``, ``peak`` and ``refused`` per model; ``POST /_reset`` lifts the cap.
+
 Side endpoints on every double: ``GET /_last`` (last request: method, path, query, headers,
 body, and the usage the double answered with), ``GET /_requests`` (all since the last reset),
 ``POST /_reset`` (clear requests and faults), ``POST /_faults``, ``GET /_health``.
@@ -210,6 +216,13 @@ class DoubleState:
     def __init__(self) -> None:
         self.requests: list[dict] = []
         self.faults: list[dict] = []
+        self.clear_limits()
+
+    def clear_limits(self) -> None:
+        self.concurrent: int | None = None
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
 
     def record(self, request: web.Request, body: bytes) -> dict:
         try:
@@ -279,8 +292,34 @@ def cut_body_fault(state: DoubleState):
     return middleware
 
 
-def add_side_routes(app: web.Application, state: DoubleState) -> None:
+def concurrency_cap(state: DoubleState, error_fn):
+    """The concurrency cap (see the module docs), around every non-side handler."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        if state.concurrent is None or request.path.startswith("/_"):
+            return await handler(request)
+        try:
+            model = str(json.loads(await request.read()).get("model", ""))
+        except (ValueError, AttributeError):
+            model = ""
+        if state.in_flight.get(model, 0) >= state.concurrent:
+            state.refused[model] = state.refused.get(model, 0) + 1
+            return json_response(error_fn(429), 429, {"Retry-After": "1"})
+        state.in_flight[model] = state.in_flight.get(model, 0) + 1
+        state.peak[model] = max(state.peak.get(model, 0), state.in_flight[model])
+        try:
+            return await handler(request)
+        finally:
+            state.in_flight[model] -= 1
+
+    return middleware
+
+
+def add_side_routes(app: web.Application, state: DoubleState, error_fn=None) -> None:
     app.middlewares.append(cut_body_fault(state))
+    if error_fn is not None:
+        app.middlewares.append(concurrency_cap(state, error_fn))
     async def last(_: web.Request) -> web.Response:
         if not state.requests:
             return web.json_response({"error": "no request yet"}, status=404)
@@ -292,7 +331,15 @@ def add_side_routes(app: web.Application, state: DoubleState) -> None:
     async def reset(_: web.Request) -> web.Response:
         state.requests.clear()
         state.faults.clear()
+        state.clear_limits()
         return web.json_response({"ok": True})
+
+    async def limits(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            state.clear_limits()
+            state.concurrent = int((await request.json())["concurrent"])
+        return web.json_response({"concurrent": state.concurrent, "in_flight": state.in_flight,
+                                  "peak": state.peak, "refused": state.refused})
 
     async def faults(request: web.Request) -> web.Response:
         if request.method == "DELETE":
@@ -311,6 +358,8 @@ def add_side_routes(app: web.Application, state: DoubleState) -> None:
     app.router.add_post("/_faults", faults)
     app.router.add_delete("/_faults", faults)
     app.router.add_get("/_health", health)
+    app.router.add_post("/_limits", limits)
+    app.router.add_get("/_limits", limits)
 
 
 async def close_mid_headers(request: web.Request) -> web.StreamResponse:

@@ -277,5 +277,5 @@ def make_app(api_key: str) -> tuple[web.Application, DoubleState]:
     double = OpenAIDouble(api_key, state)
     double.routes(app)
     ResponsesRoute(double).routes(app)
-    common.add_side_routes(app, state)
+    common.add_side_routes(app, state, error_for_status)
     return app, state

@@ -65,6 +65,14 @@ class Double:
     def fault(self, **fault) -> None:
         self._call("POST", "/_faults", {"faults": [fault]})
 
+    def cap(self, concurrent: int) -> None:
+        """At most `concurrent` requests per upstream model in flight; more get a 429."""
+        self._call("POST", "/_limits", {"concurrent": concurrent})
+
+    def limits(self) -> dict:
+        """The cap's counters: `in_flight`, `peak` and `refused` per upstream model."""
+        return self._call("GET", "/_limits")
+
 
 def _quiet_loop_errors(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     """Faults (dropped connections, cancelled handlers) are the doubles' job, not errors.

@@ -171,6 +171,54 @@ def test_openai_auth_and_faults(doubles):
             messages=[{"role": "user", "content": "a b c d [[fault:malformed_sse]]"}]))
 
 
+def test_concurrency_cap_answers_429_like_the_provider(doubles):
+    """With a cap of one, a second request while a streamed one is still open is refused 429
+    in the provider's error format (the SDK's RateLimitError), then served once it ends."""
+    from concurrent.futures import ThreadPoolExecutor
+    import time
+
+    for name in ("openai", "anthropic"):
+        d = doubles[name]
+        d.cap(1)
+
+        def streamed():
+            if name == "openai":
+                return list(oai(d).chat.completions.create(
+                    model="capped", stream=True,
+                    messages=[{"role": "user", "content": "slow [[fault:linger_end,seconds=1]]"}]))
+            with ant(d).messages.stream(model="capped", max_tokens=10, messages=[
+                    {"role": "user", "content": "slow [[fault:linger_end,seconds=1]]"}]) as s:
+                return list(s.text_stream)
+
+        def one():
+            if name == "openai":
+                return oai(d).chat.completions.create(
+                    model="capped", messages=[{"role": "user", "content": "second"}])
+            return ant(d).messages.create(model="capped", max_tokens=10,
+                                          messages=[{"role": "user", "content": "second"}])
+
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(streamed)
+            time.sleep(0.4)
+            with pytest.raises((openai.RateLimitError, anthropic.RateLimitError)) as info:
+                one()
+            assert held.result()
+        assert info.value.status_code == 429
+        assert info.value.response.headers["retry-after"] == "1"
+        if name == "anthropic":
+            assert info.value.body["type"] == "error"
+        else:
+            assert info.value.body["code"] == "rate_limit_exceeded"
+        # The double counts the stream out after its last byte: wait for that, then room again.
+        deadline = time.monotonic() + 5
+        while d.limits()["in_flight"]["capped"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert one()
+        limits = d.limits()
+        assert (limits["peak"]["capped"], limits["refused"]["capped"]) == (1, 1)
+        assert limits["in_flight"]["capped"] == 0
+
+
 def test_anthropic_message_and_stream(doubles):
     d = doubles["anthropic"]
     c = ant(d)

@@ -60,8 +60,8 @@ def limits_config(doubles) -> dict:
     config["models"] += [
         {"name": "budgeted", "max_output_tokens": MAX_OUTPUT, "deployments": [
             {"provider": "openai", "model": "gpt-budgeted", "price": PRICES["openai"]}]},
-        # Two deployments, one request at a time each.
-        {"name": "narrow", "deployments": [
+        # Two deployments, one request at a time each; no queue (test_queue.py has it).
+        {"name": "narrow", "queue": {"max_wait_ms": 0}, "deployments": [
             {"provider": "openai", "model": "gpt-narrow", "price": PRICES["openai"],
              "limits": {"concurrent": 1}},
             {"provider": "anthropic", "model": "claude-narrow", "price": PRICES["anthropic"],

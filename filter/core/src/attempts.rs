@@ -92,11 +92,14 @@ impl AttemptLog {
 
     /// Value of the [`ATTEMPTS_HEADER`]; empty when nothing was attempted.
     pub fn header_value(&self) -> String {
-        self.records
-            .iter()
-            .map(|a| format!("{};{};{}ms", a.deployment, a.outcome, a.millis))
-            .collect::<Vec<_>>()
-            .join(", ")
+        use std::fmt::Write;
+        // Written into one string: this runs on every answer.
+        let mut value = String::with_capacity(self.records.len() * 48);
+        for (i, a) in self.records.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(value, "{sep}{};{};{}ms", a.deployment, a.outcome, a.millis);
+        }
+        value
     }
 
     /// The error for a request whose every attempt failed: 504 when all timed out, 429 (with

@@ -482,6 +482,7 @@ pub(crate) fn resolve(config: &mut GatewayConfig) -> Result<(), ConfigError> {
                 }],
                 fallback: None,
                 max_output_tokens: entry.max_output,
+                queue: None,
                 defaults: Default::default(),
             });
         }

@@ -42,6 +42,10 @@ pub struct GatewayConfig {
     /// Default fallback policy (models may override).
     #[serde(default)]
     pub fallback: FallbackPolicy,
+    /// Default wait queue for models whose every deployment is at its limits (models may
+    /// override): 10 s for up to 1,000 requests per model unless set.
+    #[serde(default)]
+    pub queue: crate::queue::QueuePolicy,
     /// The control plane this edge syncs keys from and ships usage to (optional: the static
     /// config works alone).
     #[serde(default)]
@@ -132,6 +136,9 @@ pub struct ModelConfig {
     /// Overrides the global fallback policy.
     #[serde(default)]
     pub fallback: Option<FallbackPolicy>,
+    /// Overrides the global wait queue.
+    #[serde(default)]
+    pub queue: Option<crate::queue::QueuePolicy>,
     /// Output tokens a request without `max_tokens` is assumed to use at most, for budget and
     /// token-limit estimates (the model's real maximum output).
     #[serde(default)]
@@ -387,6 +394,19 @@ impl GatewayConfig {
     /// The fallback policy in force for `model`.
     pub fn fallback_for<'a>(&'a self, model: &'a ModelConfig) -> &'a FallbackPolicy {
         model.fallback.as_ref().unwrap_or(&self.fallback)
+    }
+
+    /// The wait queue in force for `model`.
+    pub fn queue_for(&self, model: &ModelConfig) -> crate::queue::QueuePolicy {
+        model.queue.unwrap_or(self.queue)
+    }
+
+    /// Whether a request may ever wait in a queue: some model has deployment limits and its
+    /// queue on (a host that wakes waiting requests on a timer needs it only then).
+    pub fn may_queue(&self) -> bool {
+        self.models.iter().any(|m| {
+            self.queue_for(m).enabled() && m.deployments.iter().any(|d| d.limits.is_some())
+        })
     }
 
     /// Every distinct cluster name the hosts must provide, with the base URL it points at.

@@ -39,6 +39,17 @@
 //! not deliver for a reason it does not report is metered as the host says the client saw
 //! it, else 502.
 //!
+//! **Waiting for capacity.** When every deployment of the model is at its own limits and
+//! nothing was sent, the request joins the model's bounded queue ([`crate::queue`]):
+//! [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
+//! freed, and at the latest at its `until_ms`. A retry walks the chain again; the request
+//! leaves the queue when a deployment takes it, or is answered 429 `deployments_saturated`
+//! with `Retry-After` once `max_wait_ms` has passed (at once when the queue is full or off).
+//! A request that arrives while others of its model wait joins behind them without trying
+//! the deployments, so it cannot take capacity a waiting request is due. The wait does not
+//! count against `total_timeout_ms`; answers of a request that waited carry
+//! `x-switchyard-queued-ms`.
+//!
 //! Every request that reached the gateway yields exactly one usage record, local 4xx
 //! answers included.
 
@@ -48,6 +59,7 @@ use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::gateway::{Gateway, HeadOutcome, LocalReply, Plan, RequestHead, UpstreamRequest};
 use crate::health::{record_failure, record_success, HealthSnapshot, HealthStore};
 use crate::limits::{admit, Admission, CounterStore, Scope};
+use crate::queue;
 use crate::stream::ResponseStream;
 use crate::usage::UsageRecord;
 
@@ -56,6 +68,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Status metered for a client that went away before it had the whole answer.
 pub const CLIENT_CLOSED: u16 = 499;
+
+/// Response header saying how long a request waited in the queue for capacity, ms.
+pub const QUEUED_HEADER: &str = "x-switchyard-queued-ms";
 
 /// What the host knows and owns for one step: the clock, entropy and the health store.
 pub struct Ctx<'a> {
@@ -93,6 +108,9 @@ pub enum Event<'a> {
     /// The control plane's answer to [`Action::Admit`]: status and body, `None` when the call
     /// failed.
     AdmitAnswer(Option<(u16, &'a [u8])>),
+    /// A request held by [`Action::Wait`] may try again: capacity may have freed, or its wait
+    /// is up.
+    Retry,
 }
 
 /// An attempt's response head, as the host received it.
@@ -160,6 +178,15 @@ pub enum Action {
     /// Ask the control plane to admit the request (limits and budgets shared by every edge
     /// instance): send this call and feed [`Event::AdmitAnswer`].
     Admit(Box<UpstreamRequest>),
+    /// Every deployment is at its limits and the request holds a place in `queue`: keep the
+    /// client waiting and feed [`Event::Retry`] when capacity may have freed (wake a queue's
+    /// requests oldest first), and no later than `until_ms` (unix ms).
+    Wait {
+        /// The model's queue (requests of one queue compete for the same capacity).
+        queue: String,
+        /// When the wait is up.
+        until_ms: u64,
+    },
 }
 
 /// One attempt to send.
@@ -202,6 +229,8 @@ enum State {
     Body(crate::gateway::Admitted),
     /// Planned; waiting for the control plane's admission.
     Admitting,
+    /// Waiting in the model's queue for a deployment with capacity.
+    Queued,
     /// An attempt is in flight; nothing reached the client.
     Waiting,
     /// The current attempt's body is being read whole; nothing reached the client.
@@ -242,6 +271,10 @@ pub struct Exchange {
     ratelimit_headers: Vec<(String, String)>,
     /// The soonest a saturated deployment frees up, seconds (for `Retry-After`).
     saturated_retry_s: Option<u64>,
+    /// The place held in the model's queue: since and until when (unix ms).
+    queued: Option<(u64, u64)>,
+    /// How long the request waited in the queue, once it left it.
+    queued_ms: Option<u64>,
 }
 
 impl Default for Exchange {
@@ -273,6 +306,8 @@ impl Exchange {
             deployment_admission: None,
             ratelimit_headers: Vec::new(),
             saturated_retry_s: None,
+            queued: None,
+            queued_ms: None,
         }
     }
 
@@ -296,6 +331,11 @@ impl Exchange {
         matches!(self.state, State::Streaming)
     }
 
+    /// Whether the request waits in its model's queue (after [`Action::Wait`]).
+    pub fn queued(&self) -> bool {
+        matches!(self.state, State::Queued)
+    }
+
     /// Feeds one event; returns what the host must do, in order.
     pub fn handle(&mut self, gateway: &Gateway, event: Event<'_>, cx: &Ctx<'_>) -> Vec<Action> {
         if self.finished {
@@ -309,6 +349,11 @@ impl Exchange {
             }
             (State::Body(_), Event::RequestBodyTooLarge) => self.reply_error(&gateway.too_large()),
             (State::Admitting, Event::AdmitAnswer(answer)) => self.on_admit_answer(answer, cx),
+            (State::Queued, Event::Retry) => {
+                self.attempts = AttemptLog::default();
+                self.saturated_retry_s = None;
+                self.start_attempts(Vec::new(), cx)
+            }
             (State::Body(_), Event::RequestBodyUnreadable(detail)) => {
                 let mut actions = vec![Action::Log(format!(
                     "switchyard: request {}: cannot read the request body: {detail}",
@@ -388,6 +433,7 @@ impl Exchange {
             return None;
         }
         self.finished = true;
+        self.leave_queue(cx);
         let now_ms = cx.now_ms;
         let complete_stream = self.stream.as_ref().is_some_and(|s| s.complete());
         let failed_stream = self.stream.as_ref().is_some_and(|s| s.failed());
@@ -542,7 +588,84 @@ impl Exchange {
     fn start_attempts(&mut self, actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
         self.attempt = 0;
         self.attempt_started_ms = cx.now_ms;
+        if self.queued.is_none() && self.others_wait(cx) {
+            // Capacity that frees while others wait is theirs: join behind them.
+            return self.saturated(actions, cx);
+        }
         self.send_or_next(actions, cx)
+    }
+
+    /// Whether requests of this model wait in its queue now.
+    fn others_wait(&self, cx: &Ctx<'_>) -> bool {
+        self.plan.as_ref().is_some_and(|plan| {
+            plan.queue.enabled()
+                && plan.attempts.iter().any(|a| a.limits.is_some())
+                && queue::depth(cx.counters, &plan.model) > 0
+        })
+    }
+
+    /// Every deployment is at its limits: wait in the model's queue while the policy allows,
+    /// else answer 429 with `Retry-After`.
+    fn saturated(&mut self, mut actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
+        let Some(plan) = &self.plan else {
+            return self.reply_error(&no_plan());
+        };
+        let (model, policy) = (plan.model.clone(), plan.queue);
+        let public = plan.public_model.clone();
+        let mut full = false;
+        if self.queued.is_none() && policy.enabled() {
+            if queue::enter(cx.counters, &model, policy.max_depth) {
+                self.queued = Some((cx.now_ms, cx.now_ms.saturating_add(policy.max_wait_ms)));
+            } else {
+                full = true;
+            }
+        }
+        if let Some((_, until_ms)) = self.queued {
+            if cx.now_ms < until_ms {
+                self.state = State::Queued;
+                actions.push(Action::Wait {
+                    queue: model,
+                    until_ms,
+                });
+                return actions;
+            }
+        }
+        let waited = self.leave_queue(cx);
+        let message = match waited {
+            Some(ms) => format!(
+                "every deployment of `{public}` stayed at its limit for the {ms} ms this request \
+                 waited; retry shortly"
+            ),
+            None if full => format!(
+                "every deployment of `{public}` is at its limit and {} requests already wait; \
+                 retry shortly",
+                policy.max_depth
+            ),
+            None => format!("every deployment of `{public}` is at its limit; retry shortly"),
+        };
+        let mut err =
+            GatewayError::new(ErrorKind::RateLimited, message).with_code("deployments_saturated");
+        err.retry_after = Some(self.saturated_retry_s.unwrap_or(1));
+        actions.extend(self.reply_error(&err));
+        actions
+    }
+
+    /// Gives the request's place in its queue back; how long it waited, if it had one.
+    fn leave_queue(&mut self, cx: &Ctx<'_>) -> Option<u64> {
+        let (since_ms, _) = self.queued.take()?;
+        if let Some(plan) = &self.plan {
+            queue::leave(cx.counters, &plan.model);
+        }
+        let waited = cx.now_ms.saturating_sub(since_ms);
+        self.queued_ms = Some(waited);
+        Some(waited)
+    }
+
+    /// Time spent on the attempt chain so far (a wait in the queue not included).
+    fn chain_elapsed_ms(&self, cx: &Ctx<'_>) -> u64 {
+        cx.now_ms
+            .saturating_sub(self.started_ms)
+            .saturating_sub(self.queued_ms.unwrap_or(0))
     }
 
     /// The control plane admitted the request (its reservation settles when the usage record
@@ -579,6 +702,7 @@ impl Exchange {
     fn send_or_next(&mut self, mut actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
         loop {
             if self.take_deployment(cx) {
+                self.leave_queue(cx);
                 match self.send_current(cx) {
                     Ok(send) => {
                         self.state = State::Waiting;
@@ -614,21 +738,10 @@ impl Exchange {
             self.attempt_started_ms = cx.now_ms;
         }
         let records = self.attempts.records();
-        let err = if !records.is_empty() && records.iter().all(|r| r.outcome == Outcome::Saturated)
-        {
-            let mut err = GatewayError::new(
-                ErrorKind::RateLimited,
-                format!(
-                    "every deployment of `{}` is at its limit; retry shortly",
-                    self.plan.as_ref().map_or("", |p| p.public_model.as_str())
-                ),
-            )
-            .with_code("deployments_saturated");
-            err.retry_after = Some(self.saturated_retry_s.unwrap_or(1));
-            err
-        } else {
-            self.attempts.all_failed()
-        };
+        if !records.is_empty() && records.iter().all(|r| r.outcome == Outcome::Saturated) {
+            return self.saturated(actions, cx);
+        }
+        let err = self.attempts.all_failed();
         actions.extend(self.reply_error(&err));
         actions
     }
@@ -667,7 +780,7 @@ impl Exchange {
     fn send_current(&self, cx: &Ctx<'_>) -> Result<Send, GatewayError> {
         let plan = self.plan.as_ref().ok_or_else(no_plan)?;
         let request = plan.upstream_request(self.attempt)?;
-        let elapsed = cx.now_ms.saturating_sub(self.started_ms);
+        let elapsed = self.chain_elapsed_ms(cx);
         let remaining = plan.fallback.total_timeout_ms.saturating_sub(elapsed);
         Ok(Send {
             attempt: self.attempt,
@@ -679,7 +792,7 @@ impl Exchange {
 
     fn can_fall_back(&self, cx: &Ctx<'_>) -> bool {
         let Some(plan) = &self.plan else { return false };
-        let elapsed = cx.now_ms.saturating_sub(self.started_ms);
+        let elapsed = self.chain_elapsed_ms(cx);
         self.attempt + 1 < plan.attempts.len() && elapsed < plan.fallback.total_timeout_ms
     }
 
@@ -879,6 +992,9 @@ impl Exchange {
 
     fn add_answer_headers(&self, headers: &mut Vec<(String, String)>) {
         headers.extend(self.ratelimit_headers.iter().cloned());
+        if let Some(ms) = self.queued_ms {
+            headers.push((QUEUED_HEADER.to_string(), ms.to_string()));
+        }
         let attempts = self.attempts.header_value();
         if !attempts.is_empty() {
             headers.push((ATTEMPTS_HEADER.to_string(), attempts));
@@ -923,5 +1039,6 @@ fn event_name(event: &Event<'_>) -> &'static str {
         Event::UpstreamEnd => "upstream end",
         Event::UpstreamFailed(_) => "upstream failure",
         Event::AdmitAnswer(_) => "admission answer",
+        Event::Retry => "retry",
     }
 }

@@ -561,6 +561,8 @@ impl Gateway {
             fallback: self.config.fallback_for(model).clone(),
             scopes,
             estimate,
+            model: model.name.clone(),
+            queue: self.config.queue_for(model),
             response_id: format!("{:016x}", random ^ 0x5157_4954_4348_5944),
             created: now_unix,
         })
@@ -697,6 +699,26 @@ fn apply_defaults(
         .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))
 }
 
+/// A pass-through answer's usage, read in the same parse that checks the answer is JSON: the
+/// parse keeps the `usage` object's bytes, and the provider's usage reader reads only those
+/// (not the whole answer a second time).
+fn passthrough_usage(fast: Option<FastPath>, body: &[u8]) -> Result<TokenUsage, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct UsageField<'a> {
+        #[serde(borrow, default)]
+        usage: Option<&'a serde_json::value::RawValue>,
+    }
+    let Some(raw) = serde_json::from_slice::<UsageField>(body)?.usage else {
+        return Ok(TokenUsage::default());
+    };
+    let mut only = Vec::with_capacity(raw.get().len() + 10);
+    only.extend_from_slice(b"{\"usage\":");
+    only.extend_from_slice(raw.get().as_bytes());
+    only.push(b'}');
+    // Embeddings (no fast path) report OpenAI's usage.
+    Ok(fast.map_or_else(|| openai::usage_of(&only), |f| f.usage_of(&only)))
+}
+
 fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, GatewayError> {
     let req: EmbeddingsRequest = serde_json::from_slice(body)
         .map_err(|e| GatewayError::invalid(format!("invalid embeddings request: {e}")))?;
@@ -804,6 +826,10 @@ pub struct Plan {
     pub scopes: Vec<crate::limits::Scope>,
     /// Upper bounds of the tokens and cost, for admission.
     pub estimate: crate::limits::Estimate,
+    /// The model's configured name (its queue's name, whatever alias the client used).
+    pub model: String,
+    /// How long and how many requests may wait when every deployment is at its limits.
+    pub queue: crate::queue::QueuePolicy,
     response_id: String,
     created: u64,
 }
@@ -952,13 +978,12 @@ impl Plan {
         let fast = self.fast_path(attempt);
         if matches!(self.request, PlannedRequest::Embeddings(_)) || fast.is_some() {
             // Validate it is JSON so a garbage 200 becomes a clean 502.
-            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| {
+            let usage = passthrough_usage(fast, body).map_err(|e| {
                 GatewayError::new(
                     ErrorKind::BadGateway,
                     format!("upstream returned invalid JSON: {e}"),
                 )
             })?;
-            let usage = fast.map_or_else(|| openai::usage_of(body), |f| f.usage_of(body));
             return Ok((body.to_vec(), usage));
         }
         let mut resp = attempt.kind.parse_chat(body)?;

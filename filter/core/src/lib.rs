@@ -22,6 +22,7 @@ pub mod json_patch;
 pub mod keys;
 pub mod limits;
 pub mod providers;
+pub mod queue;
 pub mod routing;
 pub mod sse;
 pub mod stream;

@@ -137,6 +137,7 @@ mod tests {
             aliases: vec![],
             strategy,
             fallback: None,
+            queue: None,
             defaults: Default::default(),
             max_output_tokens: None,
             deployments: deps

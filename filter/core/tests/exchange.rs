@@ -757,7 +757,7 @@ fn limited_gateway(key_limits: Value) -> Gateway {
         "models": [
             {"name": "priced", "max_output_tokens": 1000, "deployments": [
                 {"provider": "a", "model": "m-a", "price": {"input": 1.0, "output": 4.0}}]},
-            {"name": "busy", "deployments": [
+            {"name": "busy", "queue": {"max_wait_ms": 0}, "deployments": [
                 {"provider": "a", "model": "m-a", "limits": {"concurrent": 1}},
                 {"provider": "b", "model": "m-b", "limits": {"concurrent": 1}}]}
         ],

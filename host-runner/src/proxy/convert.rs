@@ -59,13 +59,21 @@ pub(super) fn request_header_map(parts: &http::request::Parts) -> Headers {
 }
 
 fn new_request_id() -> String {
+    // A version-4 UUID as Envoy generates one: per-process random SipHash keys over a counter
+    // and the clock, so ids are unique across processes and restarts and not guessable.
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    use std::hash::BuildHasher;
+    let keys = KEYS.get_or_init(Default::default);
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed) as u128;
-    let x = nanos ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let high = u128::from(keys.hash_one((n, nanos, 0u8)));
+    let low = u128::from(keys.hash_one((n, nanos, 1u8)));
+    let x = (high << 64 | low) & !(0xf << 76) & !(0x3 << 62) | (0x4 << 76) | (0x2 << 62);
     let hex = format!("{x:032x}");
     format!(
         "{}-{}-{}-{}-{}",
@@ -179,4 +187,26 @@ pub(super) enum ContentLength {
     Set(usize),
     /// The body streams and may be rewritten: no length, chunked framing.
     Remove,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_request_id;
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            let groups: Vec<&str> = id.split('-').collect();
+            let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+            assert!(
+                id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(groups[2].starts_with('4'), "version nibble: {id}");
+            assert!("89ab".contains(&groups[3][..1]), "variant bits: {id}");
+        }
+    }
 }

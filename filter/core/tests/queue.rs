@@ -1,0 +1,401 @@
+//! The bounded wait queue as the exchange decides it: a request that finds every deployment
+//! of its model at its limits waits (Action::Wait), retries (Event::Retry), is sent when
+//! capacity frees or answered 429 with Retry-After when its wait is up or the queue is full;
+//! the depth counter is exact and never leaks, and no request is answered twice.
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use switchyard_core::exchange::{
+    Action, Ctx, Ending, Event, Exchange, UpstreamHead, CLIENT_CLOSED, QUEUED_HEADER,
+};
+use switchyard_core::health::MemoryHealthStore;
+use switchyard_core::keys::hash_key;
+use switchyard_core::limits::{in_flight, DeploymentLimits, MemoryCounters, Scope};
+use switchyard_core::queue;
+use switchyard_core::usage::UsageRecord;
+use switchyard_core::{Gateway, RequestHead};
+
+const KEY: &str = "sk-queue-test";
+const T0: u64 = 1_700_000_000_000;
+const COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13}}"#;
+
+/// `narrow`: two deployments of `slots` concurrent requests each, a queue of `depth` for
+/// `wait_ms`.
+fn gateway(slots: u64, wait_ms: u64, depth: u64) -> Gateway {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key(KEY), "models": ["*"]}],
+        "providers": {
+            "a": {"kind": "openai", "base_url": "http://a.test"},
+            "b": {"kind": "openai", "base_url": "http://b.test"}
+        },
+        "models": [{"name": "narrow", "aliases": ["thin"],
+            "queue": {"max_wait_ms": wait_ms, "max_depth": depth},
+            "deployments": [
+                {"provider": "a", "model": "m-a", "limits": {"concurrent": slots}},
+                {"provider": "b", "model": "m-b", "limits": {"concurrent": slots}}]}],
+        "fallback": {"attempt_timeout_ms": 1000, "total_timeout_ms": 2500}
+    });
+    Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()
+}
+
+/// Many exchanges over one store and one clock, as one host's workers.
+struct Host {
+    gw: Gateway,
+    health: MemoryHealthStore,
+    counters: MemoryCounters,
+    now_ms: u64,
+}
+
+impl Host {
+    fn new(gw: Gateway) -> Self {
+        Host {
+            gw,
+            health: MemoryHealthStore::default(),
+            counters: MemoryCounters::default(),
+            now_ms: T0,
+        }
+    }
+
+    fn feed(&self, ex: &mut Exchange, event: Event<'_>) -> Vec<Action> {
+        let cx = Ctx {
+            now_ms: self.now_ms,
+            random: 7,
+            health: &self.health,
+            counters: &self.counters,
+        };
+        ex.handle(&self.gw, event, &cx)
+    }
+
+    /// A new request for `model`; the actions after its body.
+    fn arrive(&self, model: &str) -> (Exchange, Vec<Action>) {
+        let mut ex = Exchange::new();
+        let auth = format!("Bearer {KEY}");
+        self.feed(
+            &mut ex,
+            Event::RequestHead(RequestHead {
+                method: "POST",
+                path: "/v1/chat/completions",
+                authorization: Some(&auth),
+                ..Default::default()
+            }),
+        );
+        let body = serde_json::to_vec(
+            &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap();
+        let actions = self.feed(&mut ex, Event::RequestBody(&body));
+        (ex, actions)
+    }
+
+    /// The sent attempt answers 200; the client's reply.
+    fn complete(&self, ex: &mut Exchange) -> (u16, Vec<(String, String)>) {
+        self.feed(
+            ex,
+            Event::UpstreamHead(UpstreamHead {
+                status: 200,
+                content_type: Some("application/json"),
+                ..Default::default()
+            }),
+        );
+        let (status, _, headers) =
+            reply(&self.feed(ex, Event::UpstreamBody(COMPLETION.as_bytes())));
+        (status, headers)
+    }
+
+    fn finish(&self, ex: &mut Exchange, ending: Ending) -> UsageRecord {
+        let cx = Ctx {
+            now_ms: self.now_ms,
+            random: 7,
+            health: &self.health,
+            counters: &self.counters,
+        };
+        let record = ex.finish(ending, &cx).expect("one record");
+        assert!(ex.finish(ending, &cx).is_none(), "exactly one record");
+        record
+    }
+
+    fn depth(&self) -> u64 {
+        queue::depth(&self.counters, "narrow")
+    }
+
+    fn in_flight(&self, deployment: &str, slots: u64) -> u64 {
+        let limits = DeploymentLimits {
+            concurrent: Some(slots),
+            ..DeploymentLimits::default()
+        };
+        in_flight(&self.counters, &Scope::deployment(deployment, &limits))
+    }
+}
+
+fn sent(actions: &[Action]) -> Option<String> {
+    actions.iter().find_map(|a| match a {
+        Action::Send(s) => Some(s.request.authority.clone()),
+        _ => None,
+    })
+}
+
+fn waits(actions: &[Action]) -> Option<(String, u64)> {
+    actions.iter().find_map(|a| match a {
+        Action::Wait { queue, until_ms } => Some((queue.clone(), *until_ms)),
+        _ => None,
+    })
+}
+
+fn reply(actions: &[Action]) -> (u16, Value, Vec<(String, String)>) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply(r) => Some((
+                r.status,
+                serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+                r.headers.clone(),
+            )),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no reply in {actions:?}"))
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_saturated_model_queues_then_sends_when_a_slot_frees() {
+    let h = Host::new(gateway(1, 1_000, 2));
+    let (mut a, first) = h.arrive("narrow");
+    let (mut b, second) = h.arrive("narrow");
+    assert_eq!(sent(&first).as_deref(), Some("a.test"));
+    assert_eq!(sent(&second).as_deref(), Some("b.test"));
+    // Both full: the third waits in the model's queue (an alias shares it), up to 1 s.
+    let (mut c, third) = h.arrive("thin");
+    assert_eq!(waits(&third), Some(("narrow".to_string(), T0 + 1_000)));
+    assert!(c.queued() && sent(&third).is_none());
+    assert_eq!(h.depth(), 1);
+    // Still full: a retry keeps it waiting, its place kept.
+    assert!(waits(&h.feed(&mut c, Event::Retry)).is_some());
+    assert_eq!(h.depth(), 1);
+    // a's request ends: the retry takes its slot and leaves the queue.
+    let mut h = h;
+    h.now_ms += 300;
+    assert_eq!(h.complete(&mut a).0, 200);
+    h.finish(&mut a, Ending::default());
+    let retried = h.feed(&mut c, Event::Retry);
+    assert_eq!(sent(&retried).as_deref(), Some("a.test"));
+    assert_eq!(h.depth(), 0);
+    let (status, headers) = h.complete(&mut c);
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, QUEUED_HEADER), Some("300"));
+    let record = h.finish(&mut c, Ending::default());
+    // Latency is the client's: from arrival, the wait included.
+    assert_eq!((record.status, record.latency_ms), (200, Some(300)));
+    h.complete(&mut b);
+    h.finish(&mut b, Ending::default());
+    assert_eq!((h.in_flight("a/m-a", 1), h.in_flight("b/m-b", 1)), (0, 0));
+}
+
+#[test]
+fn the_wait_is_bounded_and_so_is_the_queue() {
+    let mut h = Host::new(gateway(1, 1_000, 2));
+    let mut held: Vec<Exchange> = (0..2).map(|_| h.arrive("narrow").0).collect();
+    let (mut w1, a1) = h.arrive("narrow");
+    let (mut w2, a2) = h.arrive("narrow");
+    assert!(waits(&a1).is_some() && waits(&a2).is_some());
+    // A third waiter does not fit: 429 at once, in dialect, with Retry-After.
+    let (mut full, a3) = h.arrive("narrow");
+    let (status, err, headers) = reply(&a3);
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("deployments_saturated"))
+    );
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 requests already wait"));
+    assert!(header(&headers, "retry-after").is_some());
+    assert_eq!(h.finish(&mut full, Ending::default()).status, 429);
+    assert_eq!(h.depth(), 2);
+    // The wait runs out: the retry answers 429 with Retry-After and gives the place back.
+    h.now_ms += 1_000;
+    let (status, err, headers) = reply(&h.feed(&mut w1, Event::Retry));
+    assert_eq!(status, 429);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1000 ms"),
+        "{err}"
+    );
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    assert_eq!(header(&headers, QUEUED_HEADER), Some("1000"));
+    assert_eq!(h.depth(), 1);
+    let again = h.feed(&mut w1, Event::Retry);
+    assert!(
+        again.iter().all(|a| matches!(a, Action::Log(_))),
+        "answered once: {again:?}"
+    );
+    assert_eq!(h.finish(&mut w1, Ending::default()).status, 429);
+    // A client that goes away while waiting leaves the queue too, metered 499.
+    assert_eq!(
+        h.finish(
+            &mut w2,
+            Ending {
+                client_gone: true,
+                client_status: None
+            }
+        )
+        .status,
+        CLIENT_CLOSED
+    );
+    assert_eq!(h.depth(), 0);
+    for ex in &mut held {
+        h.complete(ex);
+        h.finish(ex, Ending::default());
+    }
+}
+
+#[test]
+fn a_newcomer_does_not_overtake_a_waiting_request() {
+    let h = Host::new(gateway(1, 5_000, 10));
+    let (mut a, _) = h.arrive("narrow");
+    let (mut b, _) = h.arrive("narrow");
+    let (mut waiting, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_some());
+    h.complete(&mut a);
+    h.finish(&mut a, Ending::default());
+    // A slot is free, but a request waits: the newcomer queues behind it...
+    let (mut newcomer, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    assert_eq!(h.depth(), 2);
+    // ...and the waiting one gets the slot.
+    assert_eq!(
+        sent(&h.feed(&mut waiting, Event::Retry)).as_deref(),
+        Some("a.test")
+    );
+    assert!(waits(&h.feed(&mut newcomer, Event::Retry)).is_some());
+    for ex in [&mut b, &mut waiting] {
+        h.complete(ex);
+        h.finish(ex, Ending::default());
+    }
+    assert!(sent(&h.feed(&mut newcomer, Event::Retry)).is_some());
+    h.complete(&mut newcomer);
+    h.finish(&mut newcomer, Ending::default());
+    assert_eq!(h.depth(), 0);
+}
+
+#[test]
+fn with_the_queue_off_a_saturated_model_answers_at_once() {
+    let h = Host::new(gateway(1, 0, 10));
+    let _held: Vec<_> = (0..2).map(|_| h.arrive("narrow").0).collect();
+    let (mut ex, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_none());
+    assert_eq!(reply(&actions).0, 429);
+    h.finish(&mut ex, Ending::default());
+    assert_eq!(h.depth(), 0);
+}
+
+/// What one step of the random schedule does.
+#[derive(Debug, Clone)]
+enum Op {
+    Arrive,
+    /// The sent request at this index (modulo) completes.
+    Complete(usize),
+    /// The waiting request at this index gets a retry (the host's wake-up, in any order).
+    Retry(usize),
+    /// The waiting request at this index loses its client.
+    Gone(usize),
+    Tick(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Arrive),
+        3 => any::<usize>().prop_map(Op::Complete),
+        4 => any::<usize>().prop_map(Op::Retry),
+        1 => any::<usize>().prop_map(Op::Gone),
+        2 => (0u16..400).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    #[test]
+    fn the_queue_never_overflows_leaks_or_answers_twice(ops in prop::collection::vec(op(), 1..120)) {
+        const SLOTS: u64 = 2;
+        const DEPTH: u64 = 3;
+        let mut h = Host::new(gateway(SLOTS, 1_000, DEPTH));
+        let mut sent_ex: Vec<Exchange> = Vec::new();
+        let mut queued: Vec<(Exchange, u64)> = Vec::new();
+        let mut records = 0usize;
+        let mut arrivals = 0usize;
+        for op in ops {
+            match op {
+                Op::Arrive => {
+                    arrivals += 1;
+                    let (mut ex, actions) = h.arrive("narrow");
+                    if sent(&actions).is_some() {
+                        sent_ex.push(ex);
+                    } else if let Some((_, until)) = waits(&actions) {
+                        prop_assert_eq!(until, h.now_ms + 1_000);
+                        queued.push((ex, until));
+                    } else {
+                        prop_assert_eq!(reply(&actions).0, 429);
+                        prop_assert!(h.depth() == DEPTH || h.depth() == 0);
+                        h.finish(&mut ex, Ending::default());
+                        records += 1;
+                    }
+                }
+                Op::Complete(i) if !sent_ex.is_empty() => {
+                    let mut ex = sent_ex.remove(i % sent_ex.len());
+                    prop_assert_eq!(h.complete(&mut ex).0, 200);
+                    h.finish(&mut ex, Ending::default());
+                    records += 1;
+                }
+                Op::Retry(i) if !queued.is_empty() => {
+                    let (mut ex, until) = queued.remove(i % queued.len());
+                    let actions = h.feed(&mut ex, Event::Retry);
+                    if sent(&actions).is_some() {
+                        sent_ex.push(ex);
+                    } else if waits(&actions).is_some() {
+                        prop_assert!(h.now_ms < until, "waited past its bound");
+                        queued.push((ex, until));
+                    } else {
+                        let (status, _, headers) = reply(&actions);
+                        prop_assert_eq!(status, 429);
+                        prop_assert!(h.now_ms >= until, "gave up early");
+                        prop_assert!(header(&headers, "retry-after").is_some());
+                        h.finish(&mut ex, Ending::default());
+                        records += 1;
+                    }
+                }
+                Op::Gone(i) if !queued.is_empty() => {
+                    let (mut ex, _) = queued.remove(i % queued.len());
+                    let record = h.finish(&mut ex, Ending { client_gone: true, client_status: None });
+                    prop_assert_eq!(record.status, CLIENT_CLOSED);
+                    records += 1;
+                }
+                Op::Tick(ms) => h.now_ms += u64::from(ms),
+                _ => {}
+            }
+            prop_assert_eq!(h.depth(), queued.len() as u64, "depth counts exactly the waiting");
+            prop_assert!(h.depth() <= DEPTH);
+            let busy = h.in_flight("a/m-a", SLOTS) + h.in_flight("b/m-b", SLOTS);
+            prop_assert_eq!(busy, sent_ex.len() as u64);
+            prop_assert!(busy <= 2 * SLOTS);
+        }
+        for (mut ex, _) in queued.drain(..) {
+            h.finish(&mut ex, Ending { client_gone: true, client_status: None });
+            records += 1;
+        }
+        for mut ex in sent_ex.drain(..) {
+            h.complete(&mut ex);
+            h.finish(&mut ex, Ending::default());
+            records += 1;
+        }
+        prop_assert_eq!(records, arrivals, "one record per request");
+        prop_assert_eq!(h.depth(), 0);
+        prop_assert_eq!(h.in_flight("a/m-a", SLOTS) + h.in_flight("b/m-b", SLOTS), 0);
+    }
+}

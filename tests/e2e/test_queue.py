@@ -1,0 +1,149 @@
+"""The wait queue on every host: when every deployment of a model is at its own limits,
+requests wait at the edge (the Envoy filter and host-runner pause the stream and wake it from
+the root tick; the Spin component sleeps and retries) up to the model's `queue.max_wait_ms`,
+then get 429 with Retry-After in the caller's dialect; at most `queue.max_depth` wait at once.
+
+The provider doubles enforce the same concurrency as the deployments' limits (a per-model cap
+answering 429 like the provider), so a provider 429 reaching the gateway would show in their
+counters."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from . import hosts, paths
+from .conftest import Gateway, secrets
+from .gateway_config import PRICES, gateway_config, upstreams
+
+SLOTS = 3           # concurrent requests each deployment (and its double) allows
+WIDE_WAIT_MS = 30_000
+SHORT_WAIT_MS = 400
+HOLD = "[[fault:hang,seconds=1]]"
+
+
+def deployments(slots: int, tag: str) -> list[dict]:
+    return [
+        {"provider": "openai", "model": f"gpt-{tag}-a", "price": PRICES["openai"],
+         "limits": {"concurrent": slots}},
+        {"provider": "openai", "model": f"gpt-{tag}-b", "price": PRICES["openai"],
+         "limits": {"concurrent": slots}},
+    ]
+
+
+def queue_config(doubles) -> dict:
+    config = gateway_config(doubles)
+    config["models"] += [
+        {"name": "wide", "queue": {"max_wait_ms": WIDE_WAIT_MS, "max_depth": 100},
+         "deployments": deployments(SLOTS, "wide")},
+        {"name": "short", "queue": {"max_wait_ms": SHORT_WAIT_MS, "max_depth": 100},
+         "deployments": deployments(1, "short")},
+        {"name": "shallow", "queue": {"max_wait_ms": WIDE_WAIT_MS, "max_depth": 2},
+         "deployments": deployments(1, "shallow")[:1]},
+    ]
+    return config
+
+
+@pytest.fixture(scope="module", params=paths.selected_hosts())
+def qgw(request, doubles, tmp_path_factory) -> Gateway:
+    name = request.param
+    host = hosts.start(name, queue_config(doubles), upstreams(doubles), secrets(doubles),
+                       Path(tmp_path_factory.mktemp(f"{name}-queue")))
+    yield Gateway(host, doubles)
+    host.stop()
+
+
+def chat(client: openai.OpenAI, model: str, text: str, stream: bool):
+    """One request; (status, headers, text) — 429s are caught, anything else raises."""
+    try:
+        if stream:
+            with client.chat.completions.with_streaming_response.create(
+                    model=model, stream=True, messages=[{"role": "user", "content": text}]) as r:
+                body = "".join(
+                    c.choices[0].delta.content or "" for c in r.parse() if c.choices)
+                return r.status_code, dict(r.headers), body
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": text}])
+        return raw.status_code, dict(raw.headers), raw.parse().choices[0].message.content
+    except openai.RateLimitError as e:
+        return 429, dict(e.response.headers), e.body
+
+
+def test_three_times_the_capacity_all_served_within_the_bound(qgw):
+    """3N concurrent requests (streamed and not) against a model whose two deployments allow
+    N = 2 × SLOTS at once: N hold every slot, the 2N more that arrive meanwhile wait in the
+    queue, and every one is answered 200 within the wait bound; no double ever saw more than
+    its cap, so no provider 429 was possible."""
+    openai_double = qgw.doubles["openai"]
+    openai_double.cap(SLOTS)
+    client = qgw.openai(timeout=60)
+    n = 2 * SLOTS
+    with ThreadPoolExecutor(max_workers=3 * n) as pool:
+        first = [pool.submit(chat, client, "wide", f"wide {i:02d} [[fault:hang,seconds=3]]",
+                             i % 2 == 0) for i in range(n)]
+        deadline = time.monotonic() + 15
+        while sum(openai_double.limits()["in_flight"].values()) < n:
+            assert time.monotonic() < deadline, openai_double.limits()
+            time.sleep(0.05)
+        rest = [pool.submit(chat, client, "wide", f"wide {i:02d} {HOLD}", i % 2 == 0)
+                for i in range(n, 3 * n)]
+        results = [f.result() for f in first + rest]
+    assert [r[0] for r in results] == [200] * 3 * n, results
+    for i, (_, headers, text) in enumerate(results):
+        assert f"wide {i:02d}" in text
+    waited = [int(h["x-switchyard-queued-ms"]) for _, h, _ in results[n:]]
+    assert all(0 < ms <= WIDE_WAIT_MS for ms in waited), waited
+    limits = openai_double.limits()
+    assert limits["refused"] == {}, f"a provider answered 429: {limits}"
+    for model in ("gpt-wide-a", "gpt-wide-b"):
+        assert limits["peak"].get(model, 0) <= SLOTS, limits
+
+
+def test_a_short_wait_ends_in_a_dialect_429_with_retry_after(qgw):
+    client = qgw.openai(timeout=30)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        held = [pool.submit(chat, client, "short", f"short hold {i} [[fault:hang,seconds=3]]",
+                            False) for i in range(2)]
+        time.sleep(0.5)
+        excess = [pool.submit(chat, client, "short", f"short excess {i}", i == 0)
+                  for i in range(3)]
+        with pytest.raises(anthropic.RateLimitError) as info:
+            qgw.anthropic(timeout=30).messages.create(
+                model="short", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+        outcomes = [f.result() for f in excess]
+        assert [f.result()[0] for f in held] == [200, 200]
+    for status, headers, body in outcomes:
+        assert status == 429, (status, body)
+        assert body["code"] == "deployments_saturated"
+        assert "this request waited" in body["message"]
+        assert int(headers["retry-after"]) >= 1
+        assert int(headers["x-switchyard-queued-ms"]) >= SHORT_WAIT_MS
+    err = info.value
+    assert err.status_code == 429 and err.body["type"] == "error"
+    assert err.body["error"]["type"] == "rate_limit_error"
+    assert int(err.response.headers["retry-after"]) >= 1
+    assert int(err.response.headers["x-switchyard-queued-ms"]) >= SHORT_WAIT_MS
+
+
+def test_no_more_than_max_depth_wait(qgw):
+    """One slot, a queue of two: with the slot held, of four more requests two wait (and are
+    served once it frees) and two are refused at once because the queue is full."""
+    client = qgw.openai(timeout=60)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        held = pool.submit(chat, client, "shallow", "shallow hold [[fault:hang,seconds=2]]", False)
+        time.sleep(0.5)
+        rest = list(pool.map(lambda i: chat(client, "shallow", f"shallow {i}", False), range(4)))
+        assert held.result()[0] == 200
+    served = [r for r in rest if r[0] == 200]
+    refused = [r for r in rest if r[0] == 429]
+    assert (len(served), len(refused)) == (2, 2), rest
+    for _, headers, body in refused:
+        assert "2 requests already wait" in body["message"], body
+        assert int(headers["retry-after"]) >= 1
+    for _, headers, _ in served:
+        assert int(headers["x-switchyard-queued-ms"]) > 0
