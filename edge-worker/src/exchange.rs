@@ -134,6 +134,7 @@ impl Host {
         let path = request.path_with_query().unwrap_or_default();
         let authorization = header("authorization");
         let x_api_key = header("x-api-key");
+        let x_goog_api_key = header("x-goog-api-key");
         let anthropic_version = header("anthropic-version");
         let request_id = header("x-request-id");
         let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
@@ -148,6 +149,7 @@ impl Host {
             path: &path,
             authorization: authorization.as_deref(),
             x_api_key: x_api_key.as_deref(),
+            x_goog_api_key: x_goog_api_key.as_deref(),
             anthropic_version: anthropic_version.as_deref(),
             content_length,
             request_id: request_id.as_deref(),

@@ -318,6 +318,7 @@ impl SwitchyardHttp {
         // Never forward the client's gateway key.
         self.set_http_request_header("authorization", None);
         self.set_http_request_header("x-api-key", None);
+        self.set_http_request_header("x-goog-api-key", None);
         self.set_http_request_header(":method", Some(upstream.method));
         self.set_http_request_header(":path", Some(&upstream.path));
         self.set_http_request_header(":authority", Some(&upstream.authority));
@@ -420,6 +421,7 @@ impl HttpContext for SwitchyardHttp {
         let path = self.get_http_request_header(":path").unwrap_or_default();
         let authorization = self.get_http_request_header("authorization");
         let x_api_key = self.get_http_request_header("x-api-key");
+        let x_goog_api_key = self.get_http_request_header("x-goog-api-key");
         let anthropic_version = self.get_http_request_header("anthropic-version");
         let request_id = self.get_http_request_header("x-request-id");
         let content_length = self
@@ -436,6 +438,7 @@ impl HttpContext for SwitchyardHttp {
             path: &path,
             authorization: authorization.as_deref(),
             x_api_key: x_api_key.as_deref(),
+            x_goog_api_key: x_goog_api_key.as_deref(),
             anthropic_version: anthropic_version.as_deref(),
             content_length,
             request_id: request_id.as_deref(),

@@ -298,6 +298,8 @@ async fn submit_inner(
         dialect: submission.operation.dialect(),
         key_id: caller.key_id.clone(),
         team: caller.team.clone(),
+        // Tasks name their model in the body, never in a path.
+        path_model: None,
     };
     let request_bytes = serde_json::to_vec(&submission.request).unwrap_or_default();
     gateway.plan(&admitted, &request_bytes, 0, now_ms() / 1000, &NoHealth)?;

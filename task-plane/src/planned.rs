@@ -32,6 +32,8 @@ pub(crate) fn plan(plane: &Plane, task: &Task) -> Result<Plan, GatewayError> {
         dialect: task.operation.dialect(),
         key_id: task.key_id.clone(),
         team: task.team.clone(),
+        // Tasks name their model in the body, never in a path.
+        path_model: None,
     };
     let body = serde_json::to_vec(&task.input).unwrap_or_default();
     gateway.plan(&admitted, &body, seed(&task.id), now_ms() / 1000, &NoHealth)

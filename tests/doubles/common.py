@@ -392,20 +392,23 @@ def sse_headers(extra: dict | None = None) -> dict:
 
 
 class Stream:
-    """An SSE response that honours the stream faults (`cut_stream`, `stall_stream`,
-    `malformed_sse`, `linger_end`)."""
+    """A streamed response (SSE, or a binary event stream) that honours the stream faults
+    (`cut_stream`, `stall_stream`, `malformed_sse`, `linger_end`)."""
 
-    def __init__(self, request: web.Request, fault: dict | None, headers: dict) -> None:
+    def __init__(self, request: web.Request, fault: dict | None, headers: dict,
+                 malformed: bytes = b'data: {"this is": not json\n\n') -> None:
         self.request = request
         self.fault = fault or {}
         self.response = web.StreamResponse(status=200, headers=headers)
         self.sent = 0
         self.stalled = False
+        # What `malformed_sse` sends: broken SSE, or a broken frame of a binary stream.
+        self.malformed = malformed
 
     async def start(self) -> None:
         await self.response.prepare(self.request)
 
-    async def send(self, raw: str) -> None:
+    async def send(self, raw: str | bytes) -> None:
         kind = self.fault.get("kind")
         if kind == "cut_stream" and self.sent >= int(self.fault.get("after", 2)):
             cut_connection(self.request)
@@ -415,10 +418,10 @@ class Stream:
             self.stalled = True
             await asyncio.sleep(min(float(self.fault.get("seconds", 10)), MAX_HANG_S))
         if kind == "malformed_sse" and self.sent == 1:
-            await self.response.write(b'data: {"this is": not json\n\n')
+            await self.response.write(self.malformed)
             self.sent += 1
             raise _EndStream()
-        await self.response.write(raw.encode())
+        await self.response.write(raw if isinstance(raw, bytes) else raw.encode())
         self.sent += 1
         await asyncio.sleep(0)
 

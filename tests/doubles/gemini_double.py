@@ -16,7 +16,8 @@ from .common import Conversation, DoubleState, Reply, ToolResult, ToolSpec
 from .openai_double import embedding_vector
 
 PROVIDER = "gemini"
-STATUS_NAMES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                404: "NOT_FOUND",
                 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
                 504: "DEADLINE_EXCEEDED"}
 MESSAGES = {429: "Resource has been exhausted (e.g. check quota).",
@@ -124,6 +125,9 @@ def stream_events(model: str, reply: Reply):
 
 
 class GeminiDouble:
+    # The name in the answers' text (`expected_text`).
+    provider = PROVIDER
+
     def __init__(self, api_key: str, state: DoubleState) -> None:
         self.api_key = api_key
         self.state = state
@@ -132,9 +136,8 @@ class GeminiDouble:
         app.router.add_post("/v1beta/models/{target}", self.dispatch)
         app.router.add_post("/v1/models/{target}", self.dispatch)
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        entry = self.state.record(request, raw)
+    def authenticate(self, request: web.Request) -> web.Response | None:
+        """The answer for a request without the right credential, or None."""
         key = request.headers.get("x-goog-api-key") or request.query.get("key")
         if not key:
             return common.json_response(google_error(
@@ -147,6 +150,18 @@ class GeminiDouble:
                 [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
                   "domain": "googleapis.com",
                   "metadata": {"service": "generativelanguage.googleapis.com"}}]), 400)
+        return None
+
+    def check_body(self, body: dict) -> web.Response | None:
+        """A request body the service refuses beyond the common checks, or None."""
+        return None
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        entry = self.state.record(request, raw)
+        denied = self.authenticate(request)
+        if denied is not None:
+            return denied
         model, _, method = request.match_info["target"].partition(":")
         try:
             body = json.loads(raw)
@@ -166,6 +181,9 @@ class GeminiDouble:
         if not body.get("contents"):
             return common.json_response(google_error(
                 400, "* GenerateContentRequest.contents: contents is not specified\n"), 400)
+        refused = self.check_body(body)
+        if refused is not None:
+            return refused
         conv = conversation(model, body, stream)
         fault = common.parse_fault_marker(conv.last_user_text) or self.state.next_fault(request.path)
         if fault:
@@ -177,7 +195,7 @@ class GeminiDouble:
                 await common.hang(fault)
             if fault["kind"] == "close_headers":
                 return await common.close_mid_headers(request)
-        reply = common.plan_reply(PROVIDER, conv)
+        reply = common.plan_reply(self.provider, conv)
         entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
         if not stream:

@@ -16,21 +16,34 @@ import urllib.request
 
 from aiohttp import web
 
-from . import anthropic_double, dashscope_double, gemini_double, openai_double
+from . import (anthropic_double, azure_double, bedrock_double, cohere_double,
+               dashscope_double, gemini_double, mistral_double, openai_double, vertex_double)
 
 PROVIDERS = {
     "openai": (openai_double.make_app, "OPENAI_API_KEY", "sk-upstream-openai-7f3a"),
     "anthropic": (anthropic_double.make_app, "ANTHROPIC_API_KEY", "sk-ant-upstream-91c2"),
     "gemini": (gemini_double.make_app, "GEMINI_API_KEY", "AIza-upstream-gemini-55d0"),
     "dashscope": (dashscope_double.make_app, "DASHSCOPE_API_KEY", "sk-upstream-dashscope-c41e"),
+    "azure": (azure_double.make_app, "AZURE_OPENAI_API_KEY", "azure-upstream-key-3b9d0c"),
+    "cohere": (cohere_double.make_app, "COHERE_API_KEY", "co-upstream-cohere-8e2a41"),
+    "mistral": (mistral_double.make_app, "MISTRAL_API_KEY", "mistral-upstream-key-6c7d2f"),
+    "vertex": (vertex_double.make_app, "VERTEX_ACCESS_TOKEN", "ya29.upstream-vertex-token-91d3"),
 }
+
+# Bedrock signs with an AWS key pair (SigV4) instead of one API key: its secrets.
+BEDROCK_CREDENTIALS = bedrock_double.new_credentials()
+BEDROCK_SECRETS = {"BEDROCK_AWS_ACCESS_KEY_ID": BEDROCK_CREDENTIALS["access_key_id"],
+                   "BEDROCK_AWS_SECRET_ACCESS_KEY": BEDROCK_CREDENTIALS["secret_access_key"]}
 
 
 class Double:
-    """A running double: its base URL and the credential it expects."""
+    """A running double: its base URL and the credentials it expects (`secrets`: secret
+    name → value, as a gateway host must be given them)."""
 
-    def __init__(self, name: str, port: int, secret_env: str, api_key: str) -> None:
+    def __init__(self, name: str, port: int, secret_env: str, api_key: str,
+                 secrets: dict[str, str] | None = None) -> None:
         self.name, self.port, self.secret_env, self.api_key = name, port, secret_env, api_key
+        self.secrets = secrets if secrets is not None else {secret_env: api_key}
         self.base_url = f"http://127.0.0.1:{port}"
 
     def _call(self, method: str, path: str, payload=None):
@@ -94,8 +107,11 @@ class Doubles:
         return self
 
     async def _start(self, ports: dict[str, int]) -> None:
-        for name, (make_app, env, key) in PROVIDERS.items():
-            app, _state = make_app(key)
+        apps = [(name, make_app(key), env, key, None)
+                for name, (make_app, env, key) in PROVIDERS.items()]
+        apps.append(("bedrock", bedrock_double.make_app(BEDROCK_CREDENTIALS),
+                     "BEDROCK_API_KEY", BEDROCK_CREDENTIALS["api_key"], BEDROCK_SECRETS))
+        for name, (app, _state), env, key, secrets in apps:
             runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                    shutdown_timeout=1.0)
             await runner.setup()
@@ -103,7 +119,7 @@ class Doubles:
             await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             self.runners.append(runner)
-            self.by_name[name] = Double(name, port, env, key)
+            self.by_name[name] = Double(name, port, env, key, secrets)
 
     def reset(self) -> None:
         for d in self.by_name.values():
@@ -122,12 +138,14 @@ class Doubles:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for name in PROVIDERS:
+    names = [*PROVIDERS, "bedrock"]
+    for name in names:
         parser.add_argument(f"--{name}", type=int, default=0, help=f"port for the {name} double")
     args = parser.parse_args()
-    doubles = Doubles().start({n: getattr(args, n) for n in PROVIDERS})
+    doubles = Doubles().start({n: getattr(args, n) for n in names})
     for d in doubles.by_name.values():
-        print(f"{d.name}: {d.base_url}  (expects {d.secret_env}={d.api_key})", flush=True)
+        expects = " ".join(f"{k}={v}" for k, v in d.secrets.items())
+        print(f"{d.name}: {d.base_url}  (expects {expects})", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

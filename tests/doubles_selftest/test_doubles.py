@@ -89,6 +89,53 @@ def test_openai_tool_results(doubles):
     assert r.choices[0].message.content == "tool results: get_weather=sunny"
 
 
+RESPONSES_WEATHER = {"type": "function", "name": "get_weather",
+                     "parameters": WEATHER["function"]["parameters"]}
+
+
+def test_openai_responses_create_stream_and_tool_round_trip(doubles):
+    d = doubles["openai"]
+    client = oai(d)
+    r = client.responses.create(model="gpt-4o-mini", instructions="be brief",
+                                input="hello there [cache]")
+    assert r.output_text == expected_text("openai", "gpt-4o-mini", "hello there [cache]")
+    assert r.status == "completed"
+    assert r.usage.input_tokens == 4 and r.usage.input_tokens_details.cached_tokens == 2
+    # The SDK's accumulator checks event order, indexes and the final object.
+    with client.responses.stream(model="gpt-4o-mini", tools=[RESPONSES_WEATHER],
+                                 input="weather? [text+tools]") as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert "response.function_call_arguments.delta" in kinds
+    assert [i.type for i in final.output] == ["message", "function_call"]
+    call = final.output[1]
+    assert call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "city-get_weather", "days": 42}
+    events = [json.loads(line[6:]) for line in httpx.post(
+        d.base_url + "/v1/responses", headers={"authorization": f"Bearer {d.api_key}"},
+        json={"model": "m", "input": "hi", "stream": True}).text.splitlines()
+        if line.startswith("data: ")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    back = client.responses.create(model="gpt-4o-mini", tools=[RESPONSES_WEATHER], input=[
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name,
+         "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert back.output_text == "tool results: get_weather=sunny"
+    # Strict like the API: unknown fields, orphan outputs and stored state are refused.
+    for body, status, param in [
+            ({"model": "m", "input": "x", "bogus": 1}, 400, "bogus"),
+            ({"model": "m", "input": [{"type": "function_call_output", "call_id": "c",
+                                       "output": "x"}]}, 400, "input"),
+            ({"model": "m", "input": "x", "previous_response_id": "resp_1"}, 404,
+             "previous_response_id")]:
+        bad = httpx.post(d.base_url + "/v1/responses", json=body,
+                         headers={"authorization": f"Bearer {d.api_key}"})
+        assert bad.status_code == status and bad.json()["error"]["param"] == param
+
+
 def test_openai_embeddings_base64_default(doubles):
     d = doubles["openai"]
     r = oai(d).embeddings.create(model="text-embedding-3-small", input=["a", "b c"])
@@ -264,3 +311,262 @@ def test_dashscope_native_and_compat(doubles):
     c = compat.chat.completions.create(model="qwen-plus",
                                        messages=[{"role": "user", "content": "ni hao"}])
     assert c.choices[0].message.content.startswith("dashscope/qwen-plus echo")
+
+
+# -- Bedrock: boto3 (AWS's own SDK) signs and parses; the double verifies with botocore --------
+
+
+def bedrock(d, **kw):
+    import boto3
+    from botocore.config import Config
+
+    from doubles.server import BEDROCK_CREDENTIALS
+    creds = dict(aws_access_key_id=BEDROCK_CREDENTIALS["access_key_id"],
+                 aws_secret_access_key=BEDROCK_CREDENTIALS["secret_access_key"])
+    creds.update(kw)
+    return boto3.client("bedrock-runtime", region_name="us-east-1", endpoint_url=d.base_url,
+                        config=Config(retries={"max_attempts": 0}), **creds)
+
+
+TOOL_CONFIG = {"tools": [{"toolSpec": {"name": "get_weather", "description": "Weather",
+                                       "inputSchema": {"json": WEATHER["function"]["parameters"]}}}]}
+MODEL_ID = "anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+def test_bedrock_converse_and_tool_round_trip(doubles):
+    d = doubles["bedrock"]
+    client = bedrock(d)
+    r = client.converse(modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "hi aws"}]}],
+                        system=[{"text": "be brief"}], inferenceConfig={"maxTokens": 64})
+    assert r["output"]["message"]["content"] == [{"text": expected_text("bedrock", MODEL_ID, "hi aws")}]
+    assert r["stopReason"] == "end_turn"
+    assert r["usage"]["outputTokens"] > 0
+    # The model id travels percent-encoded and is signed double-encoded; the double checked it.
+    assert d.last()["path"] == f"/model/{MODEL_ID}/converse"
+    msgs = [{"role": "user", "content": [{"text": "weather? [cache]"}]}]
+    r = client.converse(modelId=MODEL_ID, messages=msgs, toolConfig=TOOL_CONFIG)
+    use = r["output"]["message"]["content"][0]["toolUse"]
+    assert use["name"] == "get_weather" and use["input"] == {"city": "city-get_weather", "days": 42}
+    assert r["stopReason"] == "tool_use" and r["usage"]["cacheReadInputTokens"] > 0
+    msgs += [r["output"]["message"],
+             {"role": "user", "content": [{"toolResult": {"toolUseId": use["toolUseId"],
+                                                          "content": [{"text": "sunny"}]}}]}]
+    r = client.converse(modelId=MODEL_ID, messages=msgs, toolConfig=TOOL_CONFIG)
+    assert r["output"]["message"]["content"][0]["text"] == "tool results: get_weather=sunny"
+
+
+def test_bedrock_converse_stream_is_parsed_by_boto3(doubles):
+    d = doubles["bedrock"]
+    r = bedrock(d).converse_stream(
+        modelId=MODEL_ID, toolConfig=TOOL_CONFIG,
+        messages=[{"role": "user", "content": [{"text": "stream it [text+tools]"}]}])
+    kinds, text, args, usage, stop = [], "", "", None, None
+    for ev in r["stream"]:
+        kind = next(iter(ev))
+        kinds.append(kind)
+        if kind == "contentBlockDelta":
+            delta = ev[kind]["delta"]
+            text += delta.get("text", "")
+            args += delta.get("toolUse", {}).get("input", "")
+        if kind == "messageStop":
+            stop = ev[kind]["stopReason"]
+        if kind == "metadata":
+            usage = ev[kind]["usage"]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    assert "contentBlockStart" in kinds
+    assert text == expected_text("bedrock", MODEL_ID, "stream it [text+tools]")
+    assert json.loads(args) == {"city": "city-get_weather", "days": 42}
+    assert stop == "tool_use" and usage["outputTokens"] > 0
+
+
+def test_bedrock_rejects_bad_signatures_and_requests(doubles):
+    import botocore.exceptions
+
+    d = doubles["bedrock"]
+    msgs = [{"role": "user", "content": [{"text": "hi"}]}]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bedrock(d, aws_secret_access_key="wrong").converse(modelId=MODEL_ID, messages=msgs)
+    assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bedrock(d, aws_access_key_id="AKIAOTHER").converse(modelId=MODEL_ID, messages=msgs)
+    assert e.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    for bad in ([{"role": "assistant", "content": [{"text": "x"}]}],
+                [{"role": "user", "content": [{"text": "  "}]}],
+                msgs + msgs):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            bedrock(d).converse(modelId=MODEL_ID, messages=bad)
+        assert e.value.response["Error"]["Code"] == "ValidationException"
+    # A signature from 10 minutes ago is expired.
+    r = httpx.post(d.base_url + "/model/m/converse", content=b"{}", headers={
+        "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAUPSTREAMBEDROCK7/20200101/us-east-1/"
+                         "bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=00",
+        "X-Amz-Date": "20200101T000000Z"})
+    assert r.status_code == 403 and "expired" in r.json()["message"]
+    # A Bedrock API key works as a bearer token.
+    from doubles.server import BEDROCK_CREDENTIALS
+    r = httpx.post(d.base_url + "/model/m/converse", json={"messages": msgs},
+                   headers={"Authorization": f"Bearer {BEDROCK_CREDENTIALS['api_key']}"})
+    assert r.status_code == 200, r.text
+    # Faults in AWS's shape, and a throttling exception inside the stream.
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bedrock(d).converse(modelId=MODEL_ID, messages=[
+            {"role": "user", "content": [{"text": "x [[fault:status,status=429]]"}]}])
+    assert e.value.response["Error"]["Code"] == "ThrottlingException"
+    r = bedrock(d).converse_stream(modelId=MODEL_ID, messages=[
+        {"role": "user", "content": [{"text": "x [[fault:stream_exception]]"}]}])
+    with pytest.raises(botocore.exceptions.EventStreamError) as e:
+        list(r["stream"])
+    assert "throttlingException" in str(e.value)
+
+
+def test_gemini_double_with_google_genai(doubles):
+    from google import genai
+    from google.genai import types
+
+    d = doubles["gemini"]
+    client = genai.Client(api_key=d.api_key, http_options=types.HttpOptions(base_url=d.base_url))
+    r = client.models.generate_content(model="gemini-2.0-flash", contents="hi genai")
+    assert r.text == expected_text("gemini", "gemini-2.0-flash", "hi genai")
+    text = "".join(c.text or "" for c in client.models.generate_content_stream(
+        model="gemini-2.0-flash", contents="stream genai"))
+    assert text == expected_text("gemini", "gemini-2.0-flash", "stream genai")
+
+
+def test_bedrock_fixture_streams_decode_with_botocore():
+    """The core's binary Bedrock fixtures (written by this double's framing) are what
+    botocore's own event-stream parser reads back: prelude, headers, payload, CRCs."""
+    import glob
+    import os
+
+    from botocore.eventstream import EventStreamBuffer
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "filter", "core", "tests",
+                        "fixtures", "bedrock")
+    paths = sorted(glob.glob(os.path.join(root, "*.events.json")))
+    assert len(paths) >= 3
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            events = json.load(f)
+        with open(path.replace(".events.json", ".eventstream"), "rb") as f:
+            raw = f.read()
+        buffer = EventStreamBuffer()
+        buffer.add_data(raw)
+        decoded = [(m.headers, json.loads(m.payload)) for m in buffer]
+        assert decoded == [(h, p) for h, p in events], path
+
+
+def test_azure_double_with_the_official_azure_client(doubles):
+    d = doubles["azure"]
+    client = openai.AzureOpenAI(azure_endpoint=d.base_url, api_key=d.api_key,
+                                api_version="2024-10-21", max_retries=0)
+    r = client.chat.completions.create(model="gpt-4o-mini-prod",
+                                       messages=[{"role": "user", "content": "hi azure"}])
+    assert r.choices[0].message.content == expected_text("azure", "gpt-4o-mini-prod", "hi azure")
+    assert d.last()["path"] == "/openai/deployments/gpt-4o-mini-prod/chat/completions"
+    assert d.last()["query"] == {"api-version": "2024-10-21"}
+    assert d.last()["headers"]["api-key"] == d.api_key
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini-prod", stream=True, stream_options={"include_usage": True},
+        tools=[WEATHER], messages=[{"role": "user", "content": "weather [text+tools]"}]))
+    assert chunks[0].choices == [] and chunks[0].prompt_filter_results
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected_text("azure", "gpt-4o-mini-prod", "weather [text+tools]")
+    assert chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="d", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"top_k": 3})
+    assert "Unrecognized request argument" in str(e.value)
+    with pytest.raises(openai.AuthenticationError):
+        openai.AzureOpenAI(azure_endpoint=d.base_url, api_key="nope", api_version="2024-10-21",
+                           max_retries=0).chat.completions.create(
+            model="d", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="d", messages=[
+            {"role": "user", "content": "x [[fault:content_filter]]"}])
+    assert e.value.code == "content_filter"
+
+
+def test_cohere_double_with_the_official_sdk(doubles):
+    import cohere
+
+    d = doubles["cohere"]
+    co = cohere.ClientV2(api_key=d.api_key, base_url=d.base_url)
+    r = co.chat(model="command-a-03-2025", messages=[{"role": "user", "content": "hi cohere"}])
+    assert r.message.content[0].text == expected_text("cohere", "command-a-03-2025", "hi cohere")
+    assert r.finish_reason == "COMPLETE" and r.usage.billed_units.output_tokens > 0
+    tools = [{"type": "function", "function": {"name": "get_weather",
+                                               "parameters": WEATHER["function"]["parameters"]}}]
+    events = list(co.chat_stream(model="command-a-03-2025", tools=tools,
+                                 messages=[{"role": "user", "content": "weather [text+tools]"}]))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message-start" and kinds[-1] == "message-end"
+    assert "tool-call-start" in kinds and "tool-plan-delta" in kinds
+    args = "".join(e.delta.message.tool_calls.function.arguments or "" for e in events
+                   if e.type == "tool-call-delta")
+    assert json.loads(args) == {"city": "city-get_weather", "days": 42}
+    assert events[-1].delta.finish_reason == "TOOL_CALL"
+    call_id = next(e.delta.message.tool_calls.id for e in events if e.type == "tool-call-start")
+    r = co.chat(model="command-a-03-2025", tools=tools, messages=[
+        {"role": "user", "content": "weather"},
+        {"role": "assistant", "tool_plan": "I will check.", "tool_calls": [
+            {"id": call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"}])
+    assert r.message.content[0].text == "tool results: get_weather=sunny"
+    with pytest.raises(cohere.errors.BadRequestError):
+        co.chat(model="m", messages=[{"role": "user", "content": "x"}], tool_choice="AUTO")
+
+
+def test_mistral_double_with_the_official_sdk(doubles):
+    from mistralai.client import Mistral
+
+    d = doubles["mistral"]
+    client = Mistral(api_key=d.api_key, server_url=d.base_url)
+    r = client.chat.complete(model="mistral-large-latest",
+                             messages=[{"role": "user", "content": "hi mistral"}])
+    assert r.choices[0].message.content == expected_text("mistral", "mistral-large-latest",
+                                                         "hi mistral")
+    r = client.chat.complete(model="mistral-large-latest", tools=[WEATHER], tool_choice="any",
+                             messages=[{"role": "user", "content": "weather?"}])
+    call = r.choices[0].message.tool_calls[0]
+    assert len(call.id) == 9 and call.id.isalnum()
+    chunks = list(client.chat.stream(model="mistral-large-latest", tools=[WEATHER],
+                                     messages=[{"role": "user", "content": "stream [text+tools]"}]))
+    last = chunks[-1].data
+    assert last.choices[0].finish_reason == "tool_calls" and last.usage.completion_tokens > 0
+    r = httpx.post(d.base_url + "/v1/chat/completions", headers={
+        "Authorization": f"Bearer {d.api_key}"}, json={
+        "model": "m", "user": "u-1", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 422 and r.json()["message"]["detail"][0]["type"] == "extra_forbidden"
+    r = httpx.post(d.base_url + "/v1/chat/completions", headers={
+        "Authorization": f"Bearer {d.api_key}"}, json={"model": "m", "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "", "tool_calls": [{"id": "call_abc123", "type": "function",
+                                                                "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_abc123", "content": "1"}]})
+    assert r.status_code == 400 and "length of 9" in r.json()["message"]
+
+
+def test_vertex_double_with_google_genai_in_vertex_mode(doubles):
+    from google import genai
+    from google.genai import types
+    from google.oauth2.credentials import Credentials
+
+    from doubles.vertex_double import LOCATION, PROJECT
+
+    d = doubles["vertex"]
+    client = genai.Client(vertexai=True, project=PROJECT, location=LOCATION,
+                          credentials=Credentials(token=d.api_key),
+                          http_options=types.HttpOptions(base_url=d.base_url + "/"))
+    r = client.models.generate_content(model="gemini-2.5-flash", contents="hi vertex")
+    assert r.text == expected_text("vertex", "gemini-2.5-flash", "hi vertex")
+    assert d.last()["path"].endswith(f"/projects/{PROJECT}/locations/{LOCATION}/publishers/"
+                                     "google/models/gemini-2.5-flash:generateContent")
+    assert d.last()["headers"]["authorization"] == f"Bearer {d.api_key}"
+    text = "".join(c.text or "" for c in client.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="stream vertex"))
+    assert text == expected_text("vertex", "gemini-2.5-flash", "stream vertex")
+    r = httpx.post(d.base_url + f"/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/"
+                   "models/m:generateContent", headers={"Authorization": "Bearer nope"},
+                   json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+    assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"

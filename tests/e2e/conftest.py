@@ -50,7 +50,7 @@ class Gateway:
 
 
 def secrets(doubles: Doubles) -> dict[str, str]:
-    return {d.secret_env: d.api_key for d in doubles.by_name.values()}
+    return {k: v for d in doubles.by_name.values() for k, v in d.secrets.items()}
 
 
 @pytest.fixture(scope="session")

@@ -127,7 +127,7 @@ def start_fallback_host(name: str, doubles: Doubles, workdir: Path) -> hosts.Hos
     dead_port = free_port()
     config = fallback_gateway_config(doubles, dead_port)
     ups = fallback_upstreams(doubles, dead_port)
-    secrets = {d.secret_env: d.api_key for d in doubles.by_name.values()}
+    secrets = {k: v for d in doubles.by_name.values() for k, v in d.secrets.items()}
     workdir.mkdir(parents=True, exist_ok=True)
     if name == "envoy":
         return hosts.start_envoy(config, ups, secrets, workdir,

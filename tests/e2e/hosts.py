@@ -171,9 +171,12 @@ def envoy_config(config: dict, upstreams: dict[str, int], wasm: Path) -> dict:
     plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
     plugin["configuration"]["value"] = json.dumps(config)
     keys = plugin["vm_config"]["environment_variables"]["host_env_keys"]
-    named = [p.get("api_key_secret") for p in config["providers"].values()]
-    named.append(config.get("control_plane", {}).get("token_secret"))
-    named.append((config.get("tasks") or {}).get("token_secret"))
+    named = [config.get("control_plane", {}).get("token_secret"),
+             (config.get("tasks") or {}).get("token_secret")]
+    for provider in config["providers"].values():
+        aws = provider.get("aws") or {}
+        named += [provider.get("api_key_secret"), aws.get("access_key_id_secret"),
+                  aws.get("secret_access_key_secret"), aws.get("session_token_secret")]
     for secret in named:
         if secret and secret not in keys:
             keys.append(secret)

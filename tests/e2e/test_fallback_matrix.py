@@ -151,7 +151,8 @@ def assert_single_attempt(answer: Answer, dep: str) -> None:
 def no_secret_in(gw: Gateway, *blobs: str) -> None:
     for d in gw.doubles.by_name.values():
         for blob in blobs:
-            assert d.api_key not in blob, f"{d.name}'s provider key leaked to the client"
+            for secret in [d.api_key, *d.secrets.values()]:
+                assert secret not in blob, f"{d.name}'s provider key leaked to the client"
 
 
 # --- fallback on every fault kind -----------------------------------------------------------

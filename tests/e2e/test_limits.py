@@ -14,6 +14,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
 
 from . import hosts, paths
 from .conftest import Gateway, secrets
@@ -97,6 +100,16 @@ def test_requests_per_minute_refuse_with_openai_headers_on_every_answer(lim):
             model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "x"}])
     assert getattr(info.value, "status_code", None) == 429
     assert info.value.body["type"] == "error"
+    # So do the Responses API and google-genai clients.
+    with pytest.raises(openai.RateLimitError) as info:
+        client.responses.create(model="gpt-4o-mini", input="responses, one too many")
+    assert info.value.body["code"] == "rate_limit_exceeded"
+    assert info.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    gemini = genai.Client(api_key=KEY_RPM, http_options=types.HttpOptions(
+        base_url=lim.base_url, timeout=15_000))
+    with pytest.raises(genai_errors.APIError) as info:
+        gemini.models.generate_content(model="gpt-4o-mini", contents="gemini, one too many")
+    assert (info.value.code, info.value.status) == (429, "RESOURCE_EXHAUSTED")
 
 
 def test_a_burst_never_spends_past_the_budget(lim):

@@ -4,6 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use switchyard_core::json_patch::patch_top_level;
+use switchyard_core::providers::bedrock::eventstream;
 use switchyard_core::providers::ProviderKind;
 use switchyard_core::stream::{ResponseStream, TranslatingStream};
 use switchyard_core::{ingress, Dialect};
@@ -18,6 +19,63 @@ const REQUEST: &str = r#"{"model":"public-model","temperature":0.3,"max_tokens":
 "tool_choice":"auto","user":"customer-42"}"#;
 
 const RESPONSE: &str = r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"March in Tokyo is mild, around 10 to 14 °C, with cherry blossoms late in the month."},{"type":"tool_use","id":"toolu_01A09q90qw90lq917835lq9","name":"get_weather","input":{"city":"Tokyo","month":"March"}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":310,"cache_read_input_tokens":128,"output_tokens":52}}"#;
+
+/// The same conversation as `REQUEST`, as an OpenAI Responses API request.
+const RESPONSES_REQUEST: &str = r#"{"model":"public-model","temperature":0.3,"max_output_tokens":512,
+"instructions":"You are a concise assistant for a travel company. Answer in two sentences at most and never invent prices.",
+"input":[
+{"type":"message","role":"user","content":[{"type":"input_text","text":"I am flying from Lisbon to Tokyo in March. Which airports should I consider, and how long is the trip?"}]},
+{"type":"message","role":"assistant","content":[{"type":"output_text","text":"Tokyo has two airports, Haneda (HND) and Narita (NRT); Haneda is closer to the city. Flights from Lisbon take about 17 to 20 hours with one stop."}]},
+{"type":"message","role":"user","content":[{"type":"input_text","text":"What is the weather like there in March? Please check before answering."}]}],
+"tools":[{"type":"function","name":"get_weather","description":"Average weather for a city and month","parameters":{"type":"object","properties":{"city":{"type":"string"},"month":{"type":"string"}},"required":["city","month"]},"strict":false}],
+"tool_choice":"auto","user":"customer-42"}"#;
+
+/// A Bedrock ConverseStream answer of exactly 100 event-stream messages (messageStart, 95
+/// text deltas, contentBlockStop, messageStop, metadata... as AWS frames them), one message
+/// per chunk.
+fn bedrock_stream_chunks() -> Vec<Vec<u8>> {
+    let event = |kind: &str, payload: String| {
+        eventstream::encode(
+            &[
+                (":event-type", kind),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.as_bytes(),
+        )
+    };
+    let mut events = vec![
+        event(
+            "messageStart",
+            r#"{"role":"assistant","p":"abcdefgh"}"#.into(),
+        ),
+        event(
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":""},"p":"abcd"}"#.into(),
+        ),
+    ];
+    for i in 0..95 {
+        events.push(event(
+            "contentBlockDelta",
+            format!(
+                r#"{{"contentBlockIndex":0,"delta":{{"text":"token {i} "}},"p":"abcdefghijk"}}"#
+            ),
+        ));
+    }
+    events.push(event(
+        "contentBlockStop",
+        r#"{"contentBlockIndex":0,"p":"ab"}"#.into(),
+    ));
+    events.push(event(
+        "messageStop",
+        r#"{"stopReason":"end_turn","p":"abcdef"}"#.into(),
+    ));
+    events.push(event(
+        "metadata",
+        r#"{"usage":{"inputTokens":25,"outputTokens":96,"totalTokens":121},"metrics":{"latencyMs":812},"p":"abc"}"#.into(),
+    ));
+    events
+}
 
 /// An Anthropic stream of exactly 100 events, delivered one event per chunk.
 fn anthropic_stream_chunks() -> Vec<Vec<u8>> {
@@ -63,6 +121,17 @@ fn openai_stream_chunks() -> Vec<Vec<u8>> {
     events.into_iter().map(String::into_bytes).collect()
 }
 
+/// The encoder context of a bench stream.
+fn context(include_usage: bool) -> ingress::AnswerContext<'static> {
+    ingress::AnswerContext {
+        id: "id",
+        model: "m",
+        created: 0,
+        include_usage,
+        request: b"{}",
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let request = REQUEST.as_bytes();
     c.bench_function("fast_path_openai_patch", |b| {
@@ -82,13 +151,23 @@ fn benches(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    let responses_request = RESPONSES_REQUEST.as_bytes();
+    c.bench_function("responses_to_anthropic_request", |b| {
+        b.iter(|| {
+            let req =
+                ingress::decode_chat(Dialect::Responses, black_box(responses_request)).unwrap();
+            ProviderKind::Anthropic
+                .build_chat(&req, "claude-sonnet-4-20250514")
+                .unwrap()
+        })
+    });
     let response = RESPONSE.as_bytes();
     c.bench_function("anthropic_response_to_openai", |b| {
         b.iter(|| {
             let resp = ProviderKind::Anthropic
                 .parse_chat(black_box(response))
                 .unwrap();
-            ingress::encode_chat_response(Dialect::OpenAi, &resp)
+            ingress::encode_chat_response(Dialect::OpenAi, &resp, b"{}")
         })
     });
     let chunks = anthropic_stream_chunks();
@@ -97,7 +176,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut s = TranslatingStream::new(
                 ProviderKind::Anthropic.stream_decoder(),
-                ingress::stream_encoder(Dialect::OpenAi, "id".into(), "m".into(), 0, true),
+                ingress::stream_encoder(Dialect::OpenAi, &context(true)),
             );
             let mut n = 0;
             for chunk in &chunks {
@@ -114,7 +193,63 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut s = TranslatingStream::new(
                 ProviderKind::Openai.stream_decoder(),
-                ingress::stream_encoder(Dialect::Anthropic, "id".into(), "m".into(), 0, false),
+                ingress::stream_encoder(Dialect::Anthropic, &context(false)),
+            );
+            let mut n = 0;
+            for chunk in &chunks {
+                n += s.push(black_box(chunk)).len();
+            }
+            n += s.finish().len();
+            assert!(!s.failed());
+            n
+        })
+    });
+    let req = ingress::decode_chat(Dialect::OpenAi, request).unwrap();
+    let converse = ProviderKind::Bedrock
+        .build_chat(&req, "anthropic.claude-sonnet-4-6")
+        .unwrap();
+    let provider: switchyard_core::config::ProviderConfig =
+        serde_json::from_str(r#"{"kind":"bedrock","aws":{"region":"us-east-1"}}"#).unwrap();
+    let credentials = switchyard_core::providers::bedrock::sigv4::Credentials {
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+        session_token: None,
+    };
+    c.bench_function("sigv4_sign_converse_request", |b| {
+        b.iter(|| {
+            let mut headers = converse.headers.clone();
+            switchyard_core::providers::sign_aws(
+                &provider,
+                &credentials,
+                "bedrock-runtime.us-east-1.amazonaws.com",
+                black_box(&converse.path),
+                &mut headers,
+                black_box(&converse.body),
+                1_764_806_400,
+            )
+            .unwrap();
+            headers
+        })
+    });
+    let chunks = bedrock_stream_chunks();
+    assert_eq!(chunks.len(), 100);
+    c.bench_function("eventstream_decode_100_messages", |b| {
+        b.iter(|| {
+            let mut decoder = eventstream::Decoder::new();
+            let mut out = Vec::new();
+            for chunk in &chunks {
+                decoder.push(black_box(chunk), &mut out).unwrap();
+            }
+            decoder.finish().unwrap();
+            assert_eq!(out.len(), 100);
+            out.len()
+        })
+    });
+    c.bench_function("bedrock_stream_100_messages_to_openai", |b| {
+        b.iter(|| {
+            let mut s = TranslatingStream::new(
+                ProviderKind::Bedrock.stream_decoder(),
+                ingress::stream_encoder(Dialect::OpenAi, &context(true)),
             );
             let mut n = 0;
             for chunk in &chunks {

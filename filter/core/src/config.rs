@@ -57,7 +57,7 @@ pub struct GatewayConfig {
 }
 
 /// One upstream provider account or server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Which wire format it speaks.
@@ -77,6 +77,35 @@ pub struct ProviderConfig {
     /// Extra static headers sent upstream (e.g. `anthropic-version`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `openai` kind only: the provider also serves the Responses API (`/v1/responses`), as
+    /// OpenAI itself does, so Responses clients pass through to it untouched.
+    #[serde(default)]
+    pub responses_api: bool,
+    /// `bedrock` kind: the region and the secrets holding the AWS credentials requests are
+    /// signed with (SigV4). Without credential secrets, `api_key_secret` may name a Bedrock
+    /// API key instead.
+    #[serde(default)]
+    pub aws: Option<crate::providers::bedrock::AwsConfig>,
+    /// `azure` kind: the `api-version` query parameter (default `2024-10-21`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// `openai` and `azure` kinds: how the server departs from OpenAI's API (output-limit
+    /// name, `stream_options` support, fields it rejects).
+    #[serde(default)]
+    pub compat: Option<crate::providers::openai::Compat>,
+    /// `vertex` kind: the Google Cloud project and region; the access token is the secret
+    /// `api_key_secret` names (refreshing it is the host's job, see `providers::vertex`).
+    #[serde(default)]
+    pub vertex: Option<crate::providers::vertex::VertexConfig>,
+    /// The model-catalog namespace its models are found under (`groq`, `bedrock`...):
+    /// defaults to the provider's name when that is a namespace of its kind, else its kind's
+    /// (see `crate::catalog`).
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// Serve every chat and embedding model of its catalog namespace as
+    /// `<provider>/<model>`, with the catalog's prices, limits and capabilities.
+    #[serde(default)]
+    pub expose_catalog: bool,
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).
@@ -141,16 +170,28 @@ const STRUCTURAL_FIELDS: [&str; 8] = [
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
-    /// Provider name (a key of `providers`).
+    /// Provider name (a key of `providers`); with `catalog`, defaults to the one provider
+    /// serving the entry's namespace.
+    #[serde(default)]
     pub provider: String,
-    /// The provider's own model name.
+    /// The provider's own model name; with `catalog`, defaults to the entry's upstream id
+    /// (for Azure: name the deployment after the model, or set this).
+    #[serde(default)]
     pub model: String,
+    /// A model-catalog id (`anthropic/claude-sonnet-4-6`): limits, prices and capabilities
+    /// come from the catalog (see `crate::catalog`).
+    #[serde(default)]
+    pub catalog: Option<String>,
     /// Relative weight for the weighted strategy.
     #[serde(default = "default_weight")]
     pub weight: u32,
-    /// Price for metering and the cheapest strategy.
+    /// Price for metering and the cheapest strategy (with `catalog`: the catalog's unless
+    /// set).
     #[serde(default)]
     pub price: Price,
+    /// The catalog entry, once resolved at load.
+    #[serde(skip)]
+    pub catalog_entry: Option<&'static crate::catalog::CatalogModel>,
     /// The provider's quota for this deployment: at its limit the deployment is skipped.
     #[serde(default)]
     pub limits: Option<crate::limits::DeploymentLimits>,
@@ -237,7 +278,8 @@ impl Default for FallbackPolicy {
 impl GatewayConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let config: GatewayConfig = serde_json::from_slice(bytes)?;
+        let mut config: GatewayConfig = serde_json::from_slice(bytes)?;
+        crate::catalog::resolve(&mut config)?;
         config.validate()?;
         Ok(config)
     }
@@ -257,9 +299,40 @@ impl GatewayConfig {
             }
         }
         for (name, provider) in &self.providers {
-            if let Some(url) = &provider.base_url {
-                crate::providers::BaseUrl::parse(url)
-                    .map_err(|e| ConfigError::Invalid(format!("provider `{name}`: {e}")))?;
+            if provider.responses_api && provider.kind != ProviderKind::Openai {
+                return invalid(format!(
+                    "provider `{name}`: `responses_api` is for `openai` providers"
+                ));
+            }
+            if provider.compat.is_some()
+                && !matches!(provider.kind, ProviderKind::Openai | ProviderKind::Azure)
+            {
+                return invalid(format!(
+                    "provider `{name}`: `compat` is for `openai` and `azure` providers"
+                ));
+            }
+            if provider.kind == ProviderKind::Vertex && provider.vertex.is_none() {
+                return invalid(format!(
+                    "provider `{name}`: a `vertex` provider needs `vertex` (`project` and `location`)"
+                ));
+            }
+            if provider.kind == ProviderKind::Bedrock && provider.aws.is_none() {
+                return invalid(format!(
+                    "provider `{name}`: a `bedrock` provider needs `aws` (at least its `region`)"
+                ));
+            }
+            let url = provider
+                .base_url()
+                .map_err(|e| ConfigError::Invalid(format!("provider `{name}`: {e}")))?;
+            crate::providers::BaseUrl::parse(&url)
+                .map_err(|e| ConfigError::Invalid(format!("provider `{name}`: {e}")))?;
+            if let Some(aws) = &provider.aws {
+                if aws.access_key_id_secret.is_some() != aws.secret_access_key_secret.is_some() {
+                    return invalid(format!(
+                        "provider `{name}`: `aws` needs both `access_key_id_secret` and \
+                         `secret_access_key_secret`, or neither"
+                    ));
+                }
             }
         }
         let mut names = HashSet::new();
@@ -353,9 +426,8 @@ impl GatewayConfig {
             .map(|(name, p)| {
                 (
                     p.cluster.clone().unwrap_or_else(|| name.clone()),
-                    p.base_url
-                        .clone()
-                        .unwrap_or_else(|| p.kind.default_base_url().to_string()),
+                    // Every provider's URL was checked at load.
+                    p.base_url().unwrap_or_default(),
                 )
             })
             .collect();

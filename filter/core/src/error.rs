@@ -14,6 +14,20 @@ pub enum Dialect {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// OpenAI Responses (errors as OpenAI's).
+    Responses,
+    /// Google Gemini API (`generateContent`; errors as Google's).
+    Gemini,
+}
+
+impl Dialect {
+    /// Every dialect, for tests and fuzzing that must cover them all.
+    pub const ALL: [Dialect; 4] = [
+        Dialect::OpenAi,
+        Dialect::Anthropic,
+        Dialect::Responses,
+        Dialect::Gemini,
+    ];
 }
 
 /// What went wrong, independent of dialect; decides the status code and error type names.
@@ -98,6 +112,23 @@ impl ErrorKind {
         }
     }
 
+    /// Google's canonical status name (`google.rpc.Code`) for this kind of failure.
+    fn google_status(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::RequestTooLarge
+            | ErrorKind::Unprocessable => "INVALID_ARGUMENT",
+            ErrorKind::Authentication => "UNAUTHENTICATED",
+            ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+            ErrorKind::Internal => "INTERNAL",
+            ErrorKind::BadGateway | ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Timeout => "DEADLINE_EXCEEDED",
+        }
+    }
+
     fn anthropic_type(self) -> &'static str {
         match self {
             ErrorKind::InvalidRequest | ErrorKind::MethodNotAllowed | ErrorKind::Unprocessable => {
@@ -172,7 +203,7 @@ impl GatewayError {
     /// The error body in `dialect`'s JSON shape.
     pub fn body(&self, dialect: Dialect) -> Vec<u8> {
         let value = match dialect {
-            Dialect::OpenAi => json!({
+            Dialect::OpenAi | Dialect::Responses => json!({
                 "error": {
                     "message": self.message,
                     "type": self.kind.openai_type(),
@@ -183,6 +214,13 @@ impl GatewayError {
             Dialect::Anthropic => json!({
                 "type": "error",
                 "error": {"type": self.kind.anthropic_type(), "message": self.message},
+            }),
+            Dialect::Gemini => json!({
+                "error": {
+                    "code": self.status,
+                    "message": self.message,
+                    "status": self.kind.google_status(),
+                }
             }),
         };
         serde_json::to_vec(&value).unwrap_or_default()
@@ -225,6 +263,15 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "not_found_error");
         assert_eq!(err.status, 404);
+    }
+
+    #[test]
+    fn gemini_error_shape() {
+        let err = GatewayError::new(ErrorKind::RateLimited, "slow down");
+        let v: serde_json::Value = serde_json::from_slice(&err.body(Dialect::Gemini)).unwrap();
+        assert_eq!(v["error"]["code"], 429);
+        assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(v["error"]["message"], "slow down");
     }
 
     #[test]

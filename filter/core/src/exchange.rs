@@ -953,9 +953,11 @@ impl Exchange {
             return self.attempt_failed(Outcome::Status(status), cx);
         }
         let success = (200..300).contains(&status);
+        let kind = plan.attempts.get(self.attempt).map(|a| a.kind);
         let event_stream = head
             .content_type
-            .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+            .zip(kind)
+            .is_some_and(|(ct, kind)| kind.is_stream_content_type(ct));
         let stream = plan.stream && success && event_stream;
         if stream && !head.body_complete {
             let translator = plan.response_stream(self.attempt);

@@ -16,12 +16,15 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::canonical::{ChatRequest, EmbeddingsRequest, TokenUsage};
-use crate::config::{ConfigError, FallbackPolicy, GatewayConfig, ModelConfig, Price};
+use crate::config::{
+    ConfigError, FallbackPolicy, GatewayConfig, ModelConfig, Price, ProviderConfig,
+};
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::ingress;
 use crate::json_patch::patch_top_level;
 use crate::keys::{authenticate, presented_key};
-use crate::providers::{anthropic, openai, BaseUrl, ProviderKind};
+use crate::providers::passthrough::FastPath;
+use crate::providers::{openai, BaseUrl, ProviderKind};
 use crate::routing::{attempt_order, deployment_id, HealthView};
 use crate::stream::{ResponseStream, TranslatingStream};
 use crate::usage::{cost, UsageRecord};
@@ -33,9 +36,17 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/messages` (Anthropic).
     Messages,
+    /// `POST /v1/responses` (OpenAI Responses).
+    Responses,
+    /// `POST /v1beta/models/{model}:generateContent` (Gemini; `stream`:
+    /// `:streamGenerateContent`).
+    GenerateContent {
+        /// Whether the method streams.
+        stream: bool,
+    },
     /// `POST /v1/embeddings`.
     Embeddings,
-    /// `GET /v1/models`.
+    /// `GET /v1/models` (`GET /v1beta/models` for Gemini clients).
     Models,
 }
 
@@ -50,6 +61,8 @@ pub struct RequestHead<'a> {
     pub authorization: Option<&'a str>,
     /// `x-api-key` header.
     pub x_api_key: Option<&'a str>,
+    /// `x-goog-api-key` header (how the Gemini SDK sends its key).
+    pub x_goog_api_key: Option<&'a str>,
     /// `anthropic-version` header (marks an Anthropic SDK client on shared paths).
     pub anthropic_version: Option<&'a str>,
     /// `Content-Length`, when sent.
@@ -102,6 +115,8 @@ pub struct Admitted {
     pub endpoint: Endpoint,
     /// The caller's dialect.
     pub dialect: Dialect,
+    /// The model named by the path (Gemini's `models/{model}:generateContent`).
+    pub path_model: Option<String>,
     /// Id of the authenticated key.
     pub key_id: String,
     /// The key's team.
@@ -193,23 +208,28 @@ impl Gateway {
     /// with no servable deployment left are hidden from `/v1/models` and answered with a 503
     /// that names the missing secret.
     pub fn resolve_secrets(mut self, resolve: &dyn Fn(&str) -> Option<String>) -> Self {
-        let names: std::collections::BTreeSet<&String> = self
+        let names: std::collections::BTreeSet<&str> = self
             .config
             .providers
             .values()
-            .filter_map(|p| p.api_key_secret.as_ref())
-            .chain(self.config.control_plane.iter().map(|cp| &cp.token_secret))
+            .flat_map(|p| p.secret_names())
+            .chain(
+                self.config
+                    .control_plane
+                    .iter()
+                    .map(|cp| cp.token_secret.as_str()),
+            )
             .chain(
                 self.config
                     .tasks
                     .iter()
-                    .filter_map(|t| t.token_secret.as_ref()),
+                    .filter_map(|t| t.token_secret.as_deref()),
             )
             .collect();
         let mut secrets = BTreeMap::new();
         for name in names {
             if let Some(value) = resolve(name).filter(|v| !v.trim().is_empty()) {
-                secrets.insert(name.clone(), Secret(value));
+                secrets.insert(name.to_string(), Secret(value));
             }
         }
         self.secrets = secrets;
@@ -223,13 +243,12 @@ impl Gateway {
 
     /// The secret a provider still needs, if any.
     fn missing_secret(&self, provider: &str) -> Option<&str> {
-        let name = self
-            .config
+        self.config
             .providers
             .get(provider)?
-            .api_key_secret
-            .as_ref()?;
-        (!self.secrets.contains_key(name)).then_some(name.as_str())
+            .required_secrets()
+            .into_iter()
+            .find(|name| !self.secrets.contains_key(*name))
     }
 
     /// Why `model` cannot be served, or `None` when some deployment can serve it.
@@ -278,12 +297,20 @@ impl Gateway {
     pub fn on_request_head(&self, head: &RequestHead, now_unix: u64) -> HeadOutcome {
         let path = head.path.split('?').next().unwrap_or("");
         let path = path.trim_end_matches('/');
+        let gemini = ingress::gemini::route(path);
         let (endpoint, method) = match path {
             "/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),
             "/v1/messages" => (Some(Endpoint::Messages), "POST"),
+            "/v1/responses" => (Some(Endpoint::Responses), "POST"),
             "/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
             "/v1/models" => (Some(Endpoint::Models), "GET"),
-            _ => (None, ""),
+            _ => match &gemini {
+                Some(ingress::gemini::Route::Generate { stream, .. }) => {
+                    (Some(Endpoint::GenerateContent { stream: *stream }), "POST")
+                }
+                Some(ingress::gemini::Route::List) => (Some(Endpoint::Models), "GET"),
+                None => (None, ""),
+            },
         };
         let dialect = request_dialect(head);
         let reply = |err: GatewayError| HeadOutcome::Reply(LocalReply::error(&err, dialect));
@@ -299,7 +326,14 @@ impl Gateway {
                 format!("`{path}` accepts {method} only"),
             ));
         }
-        let presented = presented_key(head.authorization, head.x_api_key);
+        let presented = presented_key(head.authorization, head.x_api_key)
+            .or_else(|| presented_key(None, head.x_goog_api_key))
+            .or_else(|| {
+                // Google also takes the key as `?key=`; only on its own paths.
+                (dialect == Dialect::Gemini)
+                    .then(|| ingress::gemini::query_key(head.path))
+                    .flatten()
+            });
         let key = match authenticate(self.keys(), presented, now_unix) {
             Ok(key) => key,
             Err(err) => return reply(err),
@@ -316,6 +350,10 @@ impl Gateway {
         HeadOutcome::ReadBody(Admitted {
             endpoint,
             dialect,
+            path_model: match gemini {
+                Some(ingress::gemini::Route::Generate { model, .. }) => Some(model),
+                _ => None,
+            },
             key_id: key.id.clone(),
             team: key.team.clone(),
         })
@@ -334,26 +372,52 @@ impl Gateway {
     }
 
     fn models_body(&self, key: &crate::keys::GatewayKey, dialect: Dialect) -> Vec<u8> {
-        let names: Vec<&str> = self
+        // Each name with its first deployment's catalog entry, whose fields describe it.
+        let named: Vec<(&str, Option<&crate::catalog::CatalogModel>)> = self
             .config
             .models
             .iter()
             .filter(|m| self.unservable_reason(m).is_none())
             .flat_map(|m| {
-                std::iter::once(m.name.as_str()).chain(m.aliases.iter().map(String::as_str))
+                let entry = m.deployments.iter().find_map(|d| d.catalog_entry);
+                std::iter::once(m.name.as_str())
+                    .chain(m.aliases.iter().map(String::as_str))
+                    .map(move |n| (n, entry))
             })
-            .filter(|n| key.allows(n))
+            .filter(|(n, _)| key.allows(n))
             .collect();
+        let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
+        let with_catalog = |mut item: Value, entry: Option<&crate::catalog::CatalogModel>| {
+            if let (Some(obj), Some(Value::Object(fields))) =
+                (item.as_object_mut(), entry.map(|e| e.describe()))
+            {
+                obj.extend(fields);
+            }
+            item
+        };
         let body = match dialect {
-            Dialect::OpenAi => json!({
+            Dialect::OpenAi | Dialect::Responses => json!({
                 "object": "list",
-                "data": names.iter().map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "switchyard"})).collect::<Vec<_>>(),
+                "data": named.iter().map(|(n, e)| with_catalog(json!({"id": n, "object": "model", "created": 0, "owned_by": "switchyard"}), *e)).collect::<Vec<_>>(),
             }),
             Dialect::Anthropic => json!({
-                "data": names.iter().map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
+                "data": named.iter().map(|(n, e)| with_catalog(json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}), *e)).collect::<Vec<_>>(),
                 "has_more": false,
                 "first_id": names.first(),
                 "last_id": names.last(),
+            }),
+            Dialect::Gemini => json!({
+                "models": named.iter().map(|(n, e)| {
+                    let mut m = json!({
+                        "name": format!("models/{n}"), "displayName": n,
+                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+                    });
+                    if let Some(e) = e {
+                        m["inputTokenLimit"] = json!(e.context_window);
+                        m["outputTokenLimit"] = json!(e.max_output);
+                    }
+                    m
+                }).collect::<Vec<_>>(),
             }),
         };
         serde_json::to_vec(&body).unwrap_or_default()
@@ -407,6 +471,8 @@ impl Gateway {
             .with_code("provider_credential_missing"));
         }
         let mut attempts = Vec::new();
+        // The first catalog capability a deployment lacks, answered if none is left.
+        let mut refused: Option<crate::catalog::Unsupported> = None;
         for i in attempt_order(model, health, random) {
             let d = &model.deployments[i];
             let Some(provider) = self.config.providers.get(&d.provider) else {
@@ -420,12 +486,20 @@ impl Gateway {
             {
                 continue;
             }
-            let base_url = provider
-                .base_url
-                .clone()
-                .unwrap_or_else(|| provider.kind.default_base_url().to_string());
-            let base =
-                BaseUrl::parse(&base_url).map_err(|e| GatewayError::new(ErrorKind::Internal, e))?;
+            if let Some(entry) = d.catalog_entry {
+                let served = match &request {
+                    PlannedRequest::Chat(c) => entry.serves_chat(c),
+                    PlannedRequest::Embeddings(_) => entry.serves_embeddings(),
+                };
+                if let Err(why) = served {
+                    refused.get_or_insert(why);
+                    continue;
+                }
+            }
+            let base = provider
+                .base_url()
+                .and_then(|url| BaseUrl::parse(&url))
+                .map_err(|e| GatewayError::new(ErrorKind::Internal, e))?;
             attempts.push(Attempt {
                 deployment_id: deployment_id(d),
                 provider: d.provider.clone(),
@@ -447,7 +521,17 @@ impl Gateway {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                aws: provider
+                    .signing_credentials(&|name| self.secrets.get(name).map(|s| s.0.clone())),
+                settings: provider.clone(),
             });
+        }
+        if let (true, Some(why)) = (attempts.is_empty(), &refused) {
+            return Err(GatewayError::invalid(format!(
+                "model `{public_model}` cannot serve this request: {why}"
+            ))
+            .with_code("unsupported_by_model")
+            .with_param(why.param()));
         }
         if attempts.is_empty() {
             return Err(GatewayError::invalid(format!(
@@ -494,14 +578,17 @@ impl Gateway {
     }
 }
 
-/// The dialect a request is answered in: each endpoint's own, and on shared or unknown paths
-/// (`/v1/models`, a typo) Anthropic for a client that sends `anthropic-version` (the
-/// Anthropic SDK) or aims under `/v1/messages`, OpenAI otherwise.
+/// The dialect a request is answered in: each endpoint's own (Google's on the Gemini API's
+/// paths), and on shared or unknown paths (`/v1/models`, a typo) Anthropic for a client that
+/// sends `anthropic-version` (the Anthropic SDK) or aims under `/v1/messages`, OpenAI
+/// otherwise.
 pub fn request_dialect(head: &RequestHead<'_>) -> Dialect {
     let path = head.path.split('?').next().unwrap_or("");
     match path.trim_end_matches('/') {
         "/v1/messages" => Dialect::Anthropic,
+        "/v1/responses" => Dialect::Responses,
         "/v1/chat/completions" | "/v1/embeddings" => Dialect::OpenAi,
+        p if ingress::gemini::is_gemini_path(p) => Dialect::Gemini,
         p if p.starts_with("/v1/messages") || head.anthropic_version.is_some() => {
             Dialect::Anthropic
         }
@@ -512,8 +599,15 @@ pub fn request_dialect(head: &RequestHead<'_>) -> Dialect {
 /// Decodes the body of an admitted request.
 fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, GatewayError> {
     Ok(match admitted.endpoint {
-        Endpoint::ChatCompletions | Endpoint::Messages => {
+        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             PlannedRequest::Chat(Box::new(ingress::decode_chat(admitted.dialect, body)?))
+        }
+        Endpoint::GenerateContent { stream } => {
+            PlannedRequest::Chat(Box::new(ingress::gemini::decode_request(
+                body,
+                admitted.path_model.as_deref().unwrap_or_default(),
+                stream,
+            )?))
         }
         Endpoint::Embeddings => PlannedRequest::Embeddings(decode_embeddings(body)?),
         Endpoint::Models => {
@@ -584,17 +678,25 @@ fn apply_defaults(
     if defaults.is_empty() {
         return Ok(None);
     }
+    if dialect == Dialect::Gemini {
+        return ingress::gemini::apply_defaults(body, defaults);
+    }
     let present: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_slice(body)
         .map_err(|e| GatewayError::invalid(format!("request body is not a JSON object: {e}")))?;
     let patches: Vec<(&str, String)> = defaults
         .iter()
-        .map(|(name, value)| {
+        .filter_map(|(name, value)| {
             let name = match (dialect, name.as_str()) {
                 (Dialect::Anthropic, "stop") => "stop_sequences",
                 (Dialect::Anthropic, "max_completion_tokens") => "max_tokens",
+                (Dialect::Responses, "max_tokens" | "max_completion_tokens") => "max_output_tokens",
+                // The Responses API has no such parameter: nothing to default.
+                (Dialect::Responses, other) if !ingress::responses::TUNABLE.contains(&other) => {
+                    return None
+                }
                 (_, other) => other,
             };
-            (name, value.to_string())
+            Some((name, value.to_string()))
         })
         .filter(|(name, _)| !present.contains_key(*name))
         .collect();
@@ -609,7 +711,7 @@ fn apply_defaults(
 /// A pass-through answer's usage, read in the same parse that checks the answer is JSON: the
 /// parse keeps the `usage` object's bytes, and the provider's usage reader reads only those
 /// (not the whole answer a second time).
-fn passthrough_usage(kind: ProviderKind, body: &[u8]) -> Result<TokenUsage, serde_json::Error> {
+fn passthrough_usage(fast: Option<FastPath>, body: &[u8]) -> Result<TokenUsage, serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct UsageField<'a> {
         #[serde(borrow, default)]
@@ -622,10 +724,8 @@ fn passthrough_usage(kind: ProviderKind, body: &[u8]) -> Result<TokenUsage, serd
     only.extend_from_slice(b"{\"usage\":");
     only.extend_from_slice(raw.get().as_bytes());
     only.push(b'}');
-    Ok(match kind {
-        ProviderKind::Anthropic => anthropic::usage_of(&only),
-        _ => openai::usage_of(&only),
-    })
+    // Embeddings (no fast path) report OpenAI's usage.
+    Ok(fast.map_or_else(|| openai::usage_of(&only), |f| f.usage_of(&only)))
 }
 
 fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, GatewayError> {
@@ -684,6 +784,10 @@ pub struct Attempt {
     pub limits: Option<crate::limits::DeploymentLimits>,
     api_key: Option<Secret>,
     static_headers: Vec<(String, String)>,
+    /// The provider's configuration: the wire-format options its translator reads.
+    settings: ProviderConfig,
+    /// AWS credentials, for providers whose requests are signed (Bedrock).
+    aws: Option<crate::providers::bedrock::sigv4::Credentials>,
 }
 
 /// A request ready to send upstream.
@@ -740,12 +844,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Whether request and answer pass through as the client wrote them (same wire format).
-    fn passthrough(&self, attempt: &Attempt) -> bool {
-        matches!(
-            (self.dialect, attempt.kind),
-            (Dialect::OpenAi, ProviderKind::Openai) | (Dialect::Anthropic, ProviderKind::Anthropic)
-        )
+    /// The fast path to `attempt`, when request and answer pass through as the client
+    /// wrote them (same wire format).
+    fn fast_path(&self, attempt: &Attempt) -> Option<FastPath> {
+        FastPath::between(self.dialect, attempt.kind, &attempt.settings)
     }
 
     /// The native request for attempt `index`, credentials included.
@@ -754,36 +856,41 @@ impl Plan {
             .attempts
             .get(index)
             .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
-        let egress = match &self.request {
-            PlannedRequest::Embeddings(_) => crate::providers::EgressRequest {
+        let egress = match (&self.request, self.fast_path(attempt)) {
+            (PlannedRequest::Embeddings(_), _) => crate::providers::EgressRequest {
                 path: openai::EMBEDDINGS_PATH.to_string(),
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: self.patch_raw(attempt, false)?,
             },
-            PlannedRequest::Chat(_)
-                if self.passthrough(attempt) && attempt.kind == ProviderKind::Anthropic =>
-            {
+            (PlannedRequest::Chat(_), Some(fast)) => {
+                let (path, headers) = fast.egress(&attempt.settings, &attempt.upstream_model);
+                let force_usage = self.stream && fast.forces_stream_usage(&attempt.settings);
                 crate::providers::EgressRequest {
-                    path: anthropic::MESSAGES_PATH.to_string(),
-                    headers: vec![
-                        ("content-type".into(), "application/json".into()),
-                        ("anthropic-version".into(), anthropic::API_VERSION.into()),
-                    ],
-                    body: self.patch_raw(attempt, false)?,
+                    path,
+                    headers,
+                    body: fast
+                        .finish_body(&attempt.settings, self.patch_raw(attempt, force_usage)?)?,
                 }
             }
-            PlannedRequest::Chat(_) if self.passthrough(attempt) => {
-                crate::providers::EgressRequest {
-                    path: openai::CHAT_PATH.to_string(),
-                    headers: vec![("content-type".into(), "application/json".into())],
-                    body: self.patch_raw(attempt, self.stream)?,
-                }
+            (PlannedRequest::Chat(chat), None) => {
+                attempt.settings.build_chat(chat, &attempt.upstream_model)?
             }
-            PlannedRequest::Chat(chat) => attempt.kind.build_chat(chat, &attempt.upstream_model)?,
         };
         let mut headers = egress.headers;
         headers.extend(attempt.static_headers.iter().cloned());
-        if let Some(Secret(key)) = &attempt.api_key {
+        let path = format!("{}{}", attempt.base.prefix, egress.path);
+        if let Some(credentials) = &attempt.aws {
+            // Signed for the time the plan was made (see `providers::bedrock`).
+            crate::providers::sign_aws(
+                &attempt.settings,
+                credentials,
+                &attempt.base.authority,
+                &path,
+                &mut headers,
+                &egress.body,
+                self.created,
+            )?;
+        } else if let Some(Secret(key)) = &attempt.api_key {
             headers.extend(attempt.kind.auth_headers(key));
         }
         Ok(UpstreamRequest {
@@ -791,7 +898,7 @@ impl Plan {
             scheme: attempt.base.scheme.clone(),
             authority: attempt.base.authority.clone(),
             method: "POST",
-            path: format!("{}{}", attempt.base.prefix, egress.path),
+            path,
             headers,
             body: egress.body,
             timeout_ms: self
@@ -842,18 +949,18 @@ impl Plan {
             .attempts
             .get(index)
             .map_or(ProviderKind::Openai, |a| a.kind);
-        if self.dialect == Dialect::OpenAi && kind == ProviderKind::Openai {
-            return Box::new(openai::PassthroughStream::new(self.client_wants_usage));
-        }
-        if self.dialect == Dialect::Anthropic && kind == ProviderKind::Anthropic {
-            return Box::new(anthropic::AnthropicPassthroughStream::new());
+        if let Some(fast) = self.attempts.get(index).and_then(|a| self.fast_path(a)) {
+            return fast.stream(self.client_wants_usage);
         }
         let encoder = ingress::stream_encoder(
             self.dialect,
-            self.response_id(),
-            self.public_model.clone(),
-            self.created,
-            self.client_wants_usage,
+            &ingress::AnswerContext {
+                id: &self.response_id(),
+                model: &self.public_model,
+                created: self.created,
+                include_usage: self.client_wants_usage,
+                request: &self.raw,
+            },
         );
         Box::new(TranslatingStream::new(kind.stream_decoder(), encoder))
     }
@@ -862,6 +969,8 @@ impl Plan {
         match self.dialect {
             Dialect::OpenAi => format!("chatcmpl-{}", self.response_id),
             Dialect::Anthropic => format!("msg_{}", self.response_id),
+            Dialect::Responses => format!("resp_{}", self.response_id),
+            Dialect::Gemini => self.response_id.clone(),
         }
     }
 
@@ -875,9 +984,10 @@ impl Plan {
             .attempts
             .get(index)
             .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
-        if matches!(self.request, PlannedRequest::Embeddings(_)) || self.passthrough(attempt) {
+        let fast = self.fast_path(attempt);
+        if matches!(self.request, PlannedRequest::Embeddings(_)) || fast.is_some() {
             // Validate it is JSON so a garbage 200 becomes a clean 502.
-            let usage = passthrough_usage(attempt.kind, body).map_err(|e| {
+            let usage = passthrough_usage(fast, body).map_err(|e| {
                 GatewayError::new(
                     ErrorKind::BadGateway,
                     format!("upstream returned invalid JSON: {e}"),
@@ -896,7 +1006,7 @@ impl Plan {
             resp.model = self.public_model.clone();
         }
         Ok((
-            ingress::encode_chat_response(self.dialect, &resp),
+            ingress::encode_chat_response(self.dialect, &resp, &self.raw),
             resp.usage,
         ))
     }

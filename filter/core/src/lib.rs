@@ -10,6 +10,7 @@
 
 pub mod attempts;
 pub mod canonical;
+pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod error;

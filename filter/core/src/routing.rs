@@ -145,6 +145,8 @@ mod tests {
                 .map(|(p, w, price)| DeploymentConfig {
                     provider: p.to_string(),
                     model: "x".into(),
+                    catalog: None,
+                    catalog_entry: None,
                     weight: *w,
                     price: Price {
                         input: *price,

@@ -882,3 +882,93 @@ fn a_deployment_at_its_limit_is_skipped_and_all_saturated_is_a_429() {
         Some("a.test")
     );
 }
+
+/// Where a dialect's answer carries its text.
+type AnswerText = fn(&Value) -> &Value;
+
+/// Every ingress dialect goes through the same admission: the model's defaults reach the
+/// provider whichever dialect the client spoke, every answer carries the request id and the
+/// `x-ratelimit-*` headers, and a request over the key's rate limit is a 429 with
+/// `Retry-After` in the client's own error shape.
+#[test]
+fn limits_defaults_and_request_ids_hold_in_every_dialect() {
+    let text_of: [(&str, Value, AnswerText); 4] = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "capped", "messages": [{"role": "user", "content": "hi"}]}),
+            |b| &b["choices"][0]["message"]["content"],
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "capped", "messages": [{"role": "user", "content": "hi"}]}),
+            |b| &b["content"][0]["text"],
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "capped", "input": "hi"}),
+            |b| &b["output"][0]["content"][0]["text"],
+        ),
+        (
+            "/v1beta/models/capped:generateContent",
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+            |b| &b["candidates"][0]["content"]["parts"][0]["text"],
+        ),
+    ];
+    for (path, body, text) in text_of {
+        let config = json!({
+            "keys": [{"id": "k1", "sha256": hash_key(KEY), "models": ["*"],
+                      "limits": {"rpm": 1}}],
+            "providers": {"a": {"kind": "openai", "base_url": "http://a.test"}},
+            "models": [{"name": "capped", "defaults": {"temperature": 0.25, "max_tokens": 77},
+                        "deployments": [{"provider": "a", "model": "m-a"}]}]
+        });
+        let mut h = Host::new();
+        h.gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap();
+        let actions = h.request(path, body.clone());
+        let upstream: Value = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Send(s) => Some(serde_json::from_slice(&s.request.body).unwrap()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{path}: nothing sent: {actions:?}"));
+        assert_eq!(upstream["temperature"], 0.25, "{path}: {upstream}");
+        let max = upstream
+            .get("max_completion_tokens")
+            .or(upstream.get("max_tokens"));
+        assert_eq!(max, Some(&json!(77)), "{path}: {upstream}");
+        h.head(200, "application/json");
+        let (status, answer, headers) = reply(&h.feed(Event::UpstreamBody(COMPLETION.as_bytes())));
+        assert_eq!((status, text(&answer)), (200, &json!("Hello!")), "{path}");
+        assert_eq!(header(&headers, "x-request-id").map(str::len), Some(32));
+        assert_eq!(
+            header(&headers, "x-ratelimit-remaining-requests"),
+            Some("0"),
+            "{path}"
+        );
+        h.finish(Ending::default());
+
+        h.ex = Exchange::new();
+        let (status, err, headers) = reply(&h.request(path, body));
+        assert_eq!(status, 429, "{path}");
+        assert!(header(&headers, "retry-after").is_some(), "{path}");
+        assert!(header(&headers, "x-request-id").is_some(), "{path}");
+        assert_eq!(
+            header(&headers, "x-ratelimit-limit-requests"),
+            Some("1"),
+            "{path}"
+        );
+        match path {
+            "/v1/messages" => {
+                assert_eq!(err["type"], "error");
+                assert_eq!(err["error"]["type"], "rate_limit_error");
+            }
+            "/v1beta/models/capped:generateContent" => {
+                assert_eq!(err["error"]["code"], 429);
+                assert_eq!(err["error"]["status"], "RESOURCE_EXHAUSTED");
+            }
+            _ => assert_eq!(err["error"]["code"], "rate_limit_exceeded", "{path}"),
+        }
+        assert_eq!(h.finish(Ending::default()).status, 429, "{path}");
+    }
+}

@@ -7,7 +7,7 @@ mod common;
 use common::{fixture, golden, golden_json, pretty, translate_chunks};
 use serde_json::Value;
 use switchyard_core::canonical::ChatRequest;
-use switchyard_core::providers::{anthropic, dashscope, gemini, ProviderKind};
+use switchyard_core::providers::{anthropic, bedrock, dashscope, gemini, ProviderKind};
 use switchyard_core::{ingress, Dialect, ErrorKind};
 
 fn canonical(name: &str) -> ChatRequest {
@@ -118,7 +118,7 @@ fn auth_headers_per_provider() {
     assert_eq!(kinds[2], ProviderKind::Dashscope);
     assert_eq!(
         ProviderKind::Gemini.default_base_url(),
-        "https://generativelanguage.googleapis.com"
+        Some("https://generativelanguage.googleapis.com")
     );
 }
 
@@ -151,11 +151,35 @@ fn response_goldens(kind: ProviderKind, dir: &str, name: &str) {
     resp.created = 1_700_000_000;
     golden(
         &format!("{dir}/{name}.openai.expected.json"),
-        &pretty(&ingress::encode_chat_response(Dialect::OpenAi, &resp)),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::OpenAi,
+            &resp,
+            b"{}",
+        )),
     );
     golden(
         &format!("{dir}/{name}.anthropic.expected.json"),
-        &pretty(&ingress::encode_chat_response(Dialect::Anthropic, &resp)),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::Anthropic,
+            &resp,
+            b"{}",
+        )),
+    );
+    golden(
+        &format!("{dir}/{name}.gemini.expected.json"),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::Gemini,
+            &resp,
+            b"{}",
+        )),
+    );
+    golden(
+        &format!("{dir}/{name}.responses.expected.json"),
+        &pretty(&ingress::encode_chat_response(
+            Dialect::Responses,
+            &resp,
+            common::RESPONSES_REQUEST,
+        )),
     );
 }
 
@@ -183,6 +207,120 @@ fn gemini_response_goldens() {
 }
 
 #[test]
+fn bedrock_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Bedrock
+        .build_chat(&req, "anthropic.claude-3-5-haiku-20241022-v1:0")
+        .unwrap();
+    assert_eq!(
+        egress.path,
+        "/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse-stream"
+    );
+    assert!(egress
+        .headers
+        .contains(&("accept".into(), "application/vnd.amazon.eventstream".into())));
+    golden_json(
+        "bedrock/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+    // An image by https URL cannot be sent: Converse takes bytes only.
+    let err = ProviderKind::Bedrock
+        .build_chat(&canonical("openai/request_full.json"), "m")
+        .unwrap_err();
+    assert_eq!((err.status, err.param.as_deref()), (400, Some("messages")));
+    response_goldens(ProviderKind::Bedrock, "bedrock", "response_text");
+    response_goldens(ProviderKind::Bedrock, "bedrock", "response_tools");
+    let resp = bedrock::parse_chat(&fixture("bedrock/response_tools.json")).unwrap();
+    // inputTokens excludes cache reads and writes; canonical input includes them.
+    assert_eq!(
+        (resp.usage.input, resp.usage.cached_input, resp.usage.output),
+        (410 + 2048, 2048, 98)
+    );
+    assert_eq!(resp.tool_calls[1].id, "tooluse_Fe8zL0hKS9eWIt3oFT7sfw");
+}
+
+#[test]
+fn azure_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Azure.build_chat(&req, "gpt-4o-prod").unwrap();
+    assert_eq!(
+        egress.path,
+        "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    );
+    let body = body_json(&egress.body);
+    assert_eq!(body["model"], "gpt-4o-prod");
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    response_goldens(ProviderKind::Azure, "azure", "response_tools");
+}
+
+#[test]
+fn cohere_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Cohere
+        .build_chat(&req, "command-a-03-2025")
+        .unwrap();
+    assert_eq!(egress.path, "/v2/chat");
+    golden_json(
+        "cohere/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+    response_goldens(ProviderKind::Cohere, "cohere", "response_text");
+    response_goldens(ProviderKind::Cohere, "cohere", "response_tools");
+    let resp = ProviderKind::Cohere
+        .parse_chat(&fixture("cohere/response_tools.json"))
+        .unwrap();
+    // Billed units are what Cohere charges; the tool plan is the turn's text.
+    assert_eq!(
+        (resp.usage.input, resp.usage.output, resp.usage.cached_input),
+        (37, 28, 512)
+    );
+    assert_eq!(
+        resp.text.as_deref(),
+        Some("I will search the weather for Madrid and Brasilia.")
+    );
+}
+
+#[test]
+fn mistral_request_and_response_goldens() {
+    let req = canonical("openai/request_text_tools.json");
+    let egress = ProviderKind::Mistral
+        .build_chat(&req, "mistral-large-latest")
+        .unwrap();
+    assert_eq!(egress.path, "/v1/chat/completions");
+    golden_json(
+        "mistral/request_text_tools.expected.json",
+        &body_json(&egress.body),
+    );
+    response_goldens(ProviderKind::Mistral, "mistral", "response_tools");
+}
+
+#[test]
+fn vertex_request_and_response_goldens() {
+    let provider: switchyard_core::config::ProviderConfig = serde_json::from_value(
+        serde_json::json!({"kind": "vertex", "api_key_secret": "VERTEX_TOKEN",
+                           "vertex": {"project": "my-project", "location": "europe-west4"}}),
+    )
+    .unwrap();
+    assert_eq!(
+        provider.base_url().unwrap(),
+        "https://europe-west4-aiplatform.googleapis.com"
+    );
+    let req = canonical("openai/request_text_tools.json");
+    let egress = provider.build_chat(&req, "gemini-2.5-flash").unwrap();
+    assert_eq!(
+        egress.path,
+        "/v1/projects/my-project/locations/europe-west4/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    // The body is the Gemini API's.
+    assert_eq!(body_json(&egress.body), gemini::request_body(&req).unwrap());
+    assert_eq!(
+        ProviderKind::Vertex.auth_headers("ya29.token"),
+        vec![("authorization".to_string(), "Bearer ya29.token".to_string())]
+    );
+    response_goldens(ProviderKind::Vertex, "vertex", "response_text");
+}
+
+#[test]
 fn dashscope_response_goldens() {
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_text");
     response_goldens(ProviderKind::Dashscope, "dashscope", "response_tools");
@@ -192,8 +330,16 @@ fn dashscope_response_goldens() {
 
 // ---- streams ----------------------------------------------------------------------------
 
+/// The file a provider's upstream stream fixture is in: SSE, or AWS's binary event stream.
+fn stream_fixture(kind: ProviderKind, dir: &str, name: &str) -> Vec<u8> {
+    match kind {
+        ProviderKind::Bedrock => fixture(&format!("{dir}/{name}.eventstream")),
+        _ => fixture(&format!("{dir}/{name}.sse")),
+    }
+}
+
 fn stream_goldens(kind: ProviderKind, dir: &str, name: &str) {
-    let upstream = fixture(&format!("{dir}/{name}.sse"));
+    let upstream = stream_fixture(kind, dir, name);
     let (openai, _, failed) = translate_chunks(kind, Dialect::OpenAi, true, &[&upstream]);
     assert!(
         !failed,
@@ -204,6 +350,12 @@ fn stream_goldens(kind: ProviderKind, dir: &str, name: &str) {
     let (anthropic, _, failed) = translate_chunks(kind, Dialect::Anthropic, false, &[&upstream]);
     assert!(!failed, "{dir}/{name} → Anthropic failed");
     golden(&format!("{dir}/{name}.anthropic.expected.sse"), &anthropic);
+    let (responses, _, failed) = translate_chunks(kind, Dialect::Responses, false, &[&upstream]);
+    assert!(!failed, "{dir}/{name} → Responses failed");
+    golden(&format!("{dir}/{name}.responses.expected.sse"), &responses);
+    let (gemini, _, failed) = translate_chunks(kind, Dialect::Gemini, false, &[&upstream]);
+    assert!(!failed, "{dir}/{name} → Gemini failed");
+    golden(&format!("{dir}/{name}.gemini.expected.sse"), &gemini);
 }
 
 #[test]
@@ -215,6 +367,13 @@ fn stream_goldens_all_providers() {
     stream_goldens(ProviderKind::Dashscope, "dashscope", "stream_text");
     stream_goldens(ProviderKind::Dashscope, "dashscope", "stream_tools");
     stream_goldens(ProviderKind::Openai, "openai", "stream_tools");
+    stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_text");
+    stream_goldens(ProviderKind::Bedrock, "bedrock", "stream_tools");
+    stream_goldens(ProviderKind::Azure, "azure", "stream_tools");
+    stream_goldens(ProviderKind::Cohere, "cohere", "stream_text");
+    stream_goldens(ProviderKind::Cohere, "cohere", "stream_tools");
+    stream_goldens(ProviderKind::Mistral, "mistral", "stream_tools");
+    stream_goldens(ProviderKind::Vertex, "vertex", "stream_tools");
 }
 
 #[test]
@@ -238,6 +397,28 @@ fn upstream_error_event_becomes_client_error_event() {
     );
     assert!(failed);
     golden("anthropic/stream_error.openai.expected.sse", &out);
+    let (out, _, failed) = translate_chunks(
+        ProviderKind::Anthropic,
+        Dialect::Responses,
+        false,
+        &[&upstream],
+    );
+    assert!(failed);
+    golden("anthropic/stream_error.responses.expected.sse", &out);
+    let (gemini, _, failed) = translate_chunks(
+        ProviderKind::Anthropic,
+        Dialect::Gemini,
+        false,
+        &[&upstream],
+    );
+    assert!(failed);
+    golden("anthropic/stream_error.gemini.expected.sse", &gemini);
+    assert_eq!(
+        common::accumulate_gemini(&gemini).error.unwrap()["status"],
+        "UNAVAILABLE"
+    );
+    let f = common::accumulate_responses(&out);
+    assert_eq!(f.error.unwrap()["message"], "Overloaded");
 }
 
 // ---- errors -----------------------------------------------------------------------------
@@ -301,6 +482,103 @@ fn provider_errors_keep_status_and_meaning() {
             429,
             "rate limit",
         ),
+        (
+            ProviderKind::Bedrock,
+            "bedrock/error_throttling.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "Too many requests",
+        ),
+        (
+            ProviderKind::Bedrock,
+            "bedrock/error_validation.json",
+            400,
+            ErrorKind::InvalidRequest,
+            400,
+            "alternate between user and assistant",
+        ),
+        (
+            ProviderKind::Azure,
+            "azure/error_rate_limit.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "exceeded token rate limit",
+        ),
+        (
+            ProviderKind::Azure,
+            "azure/error_content_filter.json",
+            400,
+            ErrorKind::InvalidRequest,
+            400,
+            "content management policy",
+        ),
+        (
+            ProviderKind::Azure,
+            "azure/error_deployment.json",
+            404,
+            ErrorKind::NotFound,
+            404,
+            "deployment for this resource does not exist",
+        ),
+        (
+            ProviderKind::Cohere,
+            "cohere/error_auth.json",
+            401,
+            ErrorKind::Authentication,
+            401,
+            "invalid api token",
+        ),
+        (
+            ProviderKind::Cohere,
+            "cohere/error_rate_limit.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "limited to 10 API calls",
+        ),
+        (
+            ProviderKind::Mistral,
+            "mistral/error_validation.json",
+            422,
+            ErrorKind::Unprocessable,
+            422,
+            "Extra inputs are not permitted",
+        ),
+        (
+            ProviderKind::Mistral,
+            "mistral/error_rate_limit.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "rate limit exceeded",
+        ),
+        (
+            ProviderKind::Vertex,
+            "vertex/error_auth.json",
+            401,
+            ErrorKind::Authentication,
+            401,
+            "invalid authentication credentials",
+        ),
+        (
+            ProviderKind::Vertex,
+            "vertex/error_quota.json",
+            429,
+            ErrorKind::RateLimited,
+            429,
+            "Resource exhausted",
+        ),
+        // The model failed while answering: the upstream's failure, and retryable.
+        (
+            ProviderKind::Bedrock,
+            "bedrock/error_model.json",
+            424,
+            ErrorKind::BadGateway,
+            502,
+            "unexpected error",
+        ),
     ];
     for (kind, file, status, want_kind, want_status, text) in cases {
         let err = kind.parse_error(*status, &fixture(file));
@@ -313,11 +591,7 @@ fn provider_errors_keep_status_and_meaning() {
         let o: Value = serde_json::from_slice(&err.body(Dialect::OpenAi)).unwrap();
         assert!(o["error"]["message"].is_string());
     }
-    for kind in [
-        ProviderKind::Anthropic,
-        ProviderKind::Gemini,
-        ProviderKind::Dashscope,
-    ] {
+    for kind in ProviderKind::ALL {
         for (status, want) in [
             (400, ErrorKind::InvalidRequest),
             (401, ErrorKind::Authentication),
@@ -350,11 +624,7 @@ fn secrets_in_upstream_errors_are_not_echoed() {
 
 #[test]
 fn malformed_upstream_json_is_a_bad_gateway() {
-    for kind in [
-        ProviderKind::Anthropic,
-        ProviderKind::Gemini,
-        ProviderKind::Dashscope,
-    ] {
+    for kind in ProviderKind::ALL {
         for body in [&b"{not json"[..], b"", b"[1,2]", b"{\"content\": 7}"] {
             let err = kind.parse_chat(body);
             if let Err(err) = err {
@@ -383,7 +653,11 @@ fn untranslatable_requests_are_400s_not_panics() {
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[1,2"}}]}
     ]));
-    for kind in [ProviderKind::Anthropic, ProviderKind::Gemini] {
+    for kind in [
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Bedrock,
+    ] {
         let err = kind.build_chat(&bad_args, "m").unwrap_err();
         assert_eq!(
             (err.status, err.param.as_deref()),
@@ -423,6 +697,11 @@ fn untranslatable_requests_are_400s_not_panics() {
     ] {
         assert!(kind.build_chat(&empty_args, "m").is_ok(), "{kind:?}");
     }
+    // Converse refuses tool blocks without declared tools; the gateway says so first.
+    let err = ProviderKind::Bedrock
+        .build_chat(&empty_args, "m")
+        .unwrap_err();
+    assert_eq!((err.status, err.param.as_deref()), (400, Some("tools")));
     // `max_tokens` is required by Anthropic: a default is filled in.
     let body = anthropic::request_body(
         &with(serde_json::json!([{"role": "user", "content": "hi"}])),

@@ -21,9 +21,17 @@ const STREAMS: &[(ProviderKind, &str)] = &[
     (ProviderKind::Dashscope, "dashscope/stream_text.sse"),
     (ProviderKind::Dashscope, "dashscope/stream_tools.sse"),
     (ProviderKind::Openai, "openai/stream_tools.sse"),
+    (ProviderKind::Bedrock, "bedrock/stream_text.eventstream"),
+    (ProviderKind::Bedrock, "bedrock/stream_tools.eventstream"),
+    (ProviderKind::Bedrock, "bedrock/stream_error.eventstream"),
+    (ProviderKind::Azure, "azure/stream_tools.sse"),
+    (ProviderKind::Cohere, "cohere/stream_text.sse"),
+    (ProviderKind::Cohere, "cohere/stream_tools.sse"),
+    (ProviderKind::Mistral, "mistral/stream_tools.sse"),
+    (ProviderKind::Vertex, "vertex/stream_tools.sse"),
 ];
 
-const DIALECTS: &[Dialect] = &[Dialect::OpenAi, Dialect::Anthropic];
+const DIALECTS: &[Dialect] = &Dialect::ALL;
 
 #[test]
 fn every_two_piece_split_gives_identical_output() {
@@ -70,10 +78,7 @@ fn client_view(kind: ProviderKind, file: &str, dialect: Dialect) -> Final {
         "{file} → {dialect:?}:\n{}",
         String::from_utf8_lossy(&out)
     );
-    match dialect {
-        Dialect::OpenAi => accumulate_openai(&out),
-        Dialect::Anthropic => accumulate_anthropic(&out),
-    }
+    common::accumulate(dialect, &out)
 }
 
 /// Normalises argument JSON so `{"a": 1}` and `{"a":1}` compare equal.
@@ -274,10 +279,7 @@ fn truncated_streams_end_in_a_well_formed_error() {
             for &dialect in DIALECTS {
                 let (out, _, failed) = translate_chunks(kind, dialect, true, &[&upstream[..cut]]);
                 assert!(failed, "{file} cut at {cut} → {dialect:?} must fail");
-                let f = match dialect {
-                    Dialect::OpenAi => accumulate_openai(&out),
-                    Dialect::Anthropic => accumulate_anthropic(&out),
-                };
+                let f = common::accumulate(dialect, &out);
                 let err = f
                     .error
                     .unwrap_or_else(|| panic!("{file} cut at {cut}: no error event"));
@@ -287,7 +289,7 @@ fn truncated_streams_end_in_a_well_formed_error() {
                     msg.contains("ended before") || msg.contains("malformed"),
                     "{err}"
                 );
-                assert_eq!(err["type"], "api_error");
+                assert_eq!(common::error_type(dialect, &err), "bad_gateway", "{err}");
             }
         }
     }
@@ -300,12 +302,13 @@ fn garbage_in_a_stream_ends_in_a_bad_gateway_error() {
             for garbage in [&b"data: {not json\n\n"[..], b"data: \xff\xfe\n\n"] {
                 let (out, _, failed) = translate_chunks(kind, dialect, true, &[garbage]);
                 assert!(failed);
-                let f = match dialect {
-                    Dialect::OpenAi => accumulate_openai(&out),
-                    Dialect::Anthropic => accumulate_anthropic(&out),
-                };
+                let f = common::accumulate(dialect, &out);
                 let err = f.error.expect("error event");
-                assert_eq!(err["type"], "api_error", "{kind:?} → {dialect:?}");
+                assert_eq!(
+                    common::error_type(dialect, &err),
+                    "bad_gateway",
+                    "{kind:?} → {dialect:?}"
+                );
             }
         }
     }
@@ -327,4 +330,83 @@ fn host_failure_mid_stream_is_reported_once() {
     let f = accumulate_anthropic(&out);
     assert_eq!(f.error.unwrap()["type"], "timeout_error");
     assert!(t.failed());
+}
+
+/// What a client got from a pass-through stream: bytes, usage, failed, complete.
+type PassedThrough = (Vec<u8>, switchyard_core::canonical::TokenUsage, bool, bool);
+
+/// A constructor of fresh pass-through streams.
+type MakeStream<'a> = &'a dyn Fn() -> Box<dyn ResponseStream>;
+
+/// Drives a pass-through stream over `chunks`.
+fn pass_through(mut stream: Box<dyn ResponseStream>, chunks: &[&[u8]]) -> PassedThrough {
+    let mut out = Vec::new();
+    for c in chunks {
+        out.extend(stream.push(c));
+    }
+    out.extend(stream.finish());
+    (out, stream.usage(), stream.failed(), stream.complete())
+}
+
+#[test]
+fn pass_through_streams_forward_every_split_unchanged_and_end_cleanly() {
+    use switchyard_core::providers::passthrough::PassthroughStream;
+    use switchyard_core::providers::{anthropic, openai};
+    let openai_stream = || -> Box<dyn ResponseStream> {
+        Box::new(PassthroughStream::new(openai::OpenAiPassthrough::new(
+            false,
+        )))
+    };
+    let anthropic_stream = || -> Box<dyn ResponseStream> {
+        Box::new(PassthroughStream::new(
+            anthropic::AnthropicPassthrough::default(),
+        ))
+    };
+    let cases: [(MakeStream, &str, u64, u64); 2] = [
+        (&openai_stream, "openai/stream_tools.sse", 82, 41),
+        (&anthropic_stream, "anthropic/stream_tools.sse", 472, 89),
+    ];
+    for (make, file, input, output) in cases {
+        let upstream = fixture(file);
+        let whole = pass_through(make(), &[&upstream]);
+        assert!(!whole.2 && whole.3, "{file}: failed or incomplete");
+        assert_eq!((whole.1.input, whole.1.output), (input, output), "{file}");
+        for i in 0..=upstream.len() {
+            let split = pass_through(make(), &[&upstream[..i], &upstream[i..]]);
+            assert!(split == whole, "{file}: split at byte {i} differs");
+        }
+    }
+    // The usage-only chunk the gateway forced is hidden from a client that did not ask.
+    let (out, usage, _, _) = pass_through(openai_stream(), &[&fixture("openai/stream_tools.sse")]);
+    let f = accumulate_openai(&out);
+    assert_eq!((f.input_tokens, f.output_tokens), (0, 0));
+    assert_eq!((usage.input, usage.cached_input), (82, 64));
+    // An upstream error chunk is forwarded and ends the stream: nothing after it is sent.
+    let errored = b"data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n\
+data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n\
+data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"late\"}}]}\n\ndata: [DONE]\n\n";
+    let (out, _, failed, complete) = pass_through(openai_stream(), &[errored]);
+    assert!(failed && !complete);
+    let f = accumulate_openai(&out);
+    assert_eq!(f.text, "a");
+    assert_eq!(f.error.unwrap()["message"], "overloaded");
+    // Garbage and truncation end in the format's own error event.
+    for (make, garbage) in [
+        (
+            &openai_stream as &dyn Fn() -> Box<dyn ResponseStream>,
+            &b"data: {nope\n\n"[..],
+        ),
+        (&anthropic_stream, b"event: x\ndata: {nope\n\n"),
+    ] {
+        let (out, _, failed, _) = pass_through(make(), &[garbage]);
+        assert!(failed, "{}", String::from_utf8_lossy(&out));
+        assert!(String::from_utf8_lossy(&out).contains("malformed"));
+    }
+    let upstream = fixture("anthropic/stream_tools.sse");
+    let (out, _, failed, _) = pass_through(anthropic_stream(), &[&upstream[..upstream.len() / 2]]);
+    assert!(failed);
+    assert_eq!(
+        accumulate_anthropic(&out).error.unwrap()["type"],
+        "api_error"
+    );
 }

@@ -25,28 +25,15 @@ use crate::canonical::{
     Role, TokenUsage, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
-use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
+use crate::providers::{encode_segment, error_message, redact, tool_name_for, EgressRequest};
 use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEvent};
-
-/// Percent-encodes a model name for use as one path segment.
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// The native path for a model, streaming or not.
 pub fn chat_path(upstream_model: &str, stream: bool) -> String {
     let model = upstream_model
         .strip_prefix("models/")
         .unwrap_or(upstream_model);
-    let model = path_segment(model);
+    let model = encode_segment(model);
     if stream {
         format!("/v1beta/models/{model}:streamGenerateContent?alt=sse")
     } else {

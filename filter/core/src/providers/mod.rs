@@ -5,15 +5,23 @@
 //! knows a provider's schema.
 
 use serde::Deserialize;
+use serde_json::Value;
 
-use crate::canonical::{ChatRequest, ChatResponse, Message};
-use crate::error::GatewayError;
+use crate::canonical::{ChatRequest, ChatResponse, Message, ResponseFormat};
+use crate::config::ProviderConfig;
+use crate::error::{ErrorKind, GatewayError};
 use crate::stream::StreamDecoder;
 
 pub mod anthropic;
+pub mod azure;
+pub mod bedrock;
+pub mod cohere;
 pub mod dashscope;
 pub mod gemini;
+pub mod mistral;
 pub mod openai;
+pub mod passthrough;
+pub mod vertex;
 
 /// The wire formats Switchyard speaks upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -27,6 +35,16 @@ pub enum ProviderKind {
     Gemini,
     /// Alibaba DashScope native text-generation API (Qwen).
     Dashscope,
+    /// AWS Bedrock Runtime Converse / ConverseStream.
+    Bedrock,
+    /// Azure OpenAI (deployment-scoped OpenAI Chat Completions).
+    Azure,
+    /// Cohere Chat API v2.
+    Cohere,
+    /// Mistral AI chat completions (OpenAI's shape, Mistral's function-calling rules).
+    Mistral,
+    /// Google Vertex AI (Gemini's format, project- and region-scoped, OAuth token).
+    Vertex,
 }
 
 /// A request body and the path/headers it needs, before host-specific routing.
@@ -41,13 +59,40 @@ pub struct EgressRequest {
 }
 
 impl ProviderKind {
-    /// The public endpoint used when the config gives no `base_url`.
-    pub fn default_base_url(self) -> &'static str {
+    /// Every wire format, for tests and fuzzing that must cover them all.
+    pub const ALL: [ProviderKind; 9] = [
+        ProviderKind::Openai,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Dashscope,
+        ProviderKind::Bedrock,
+        ProviderKind::Azure,
+        ProviderKind::Cohere,
+        ProviderKind::Mistral,
+        ProviderKind::Vertex,
+    ];
+
+    /// The public endpoint used when the config gives no `base_url`, for providers with
+    /// one fixed endpoint (a regional one comes from [`ProviderConfig::base_url`]).
+    pub fn default_base_url(self) -> Option<&'static str> {
         match self {
-            ProviderKind::Openai => "https://api.openai.com",
-            ProviderKind::Anthropic => "https://api.anthropic.com",
-            ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
-            ProviderKind::Dashscope => "https://dashscope.aliyuncs.com",
+            ProviderKind::Openai => Some("https://api.openai.com"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+            ProviderKind::Dashscope => Some("https://dashscope.aliyuncs.com"),
+            ProviderKind::Cohere => Some("https://api.cohere.com"),
+            ProviderKind::Mistral => Some("https://api.mistral.ai"),
+            ProviderKind::Bedrock | ProviderKind::Azure | ProviderKind::Vertex => None,
+        }
+    }
+
+    /// Whether an answer of `content_type` is this provider's stream format: SSE for most,
+    /// the binary AWS event stream for Bedrock.
+    pub fn is_stream_content_type(self, content_type: &str) -> bool {
+        let ct = content_type.trim_start();
+        match self {
+            ProviderKind::Bedrock => ct.starts_with("application/vnd.amazon.eventstream"),
+            _ => ct.starts_with("text/event-stream"),
         }
     }
 
@@ -56,27 +101,29 @@ impl ProviderKind {
         matches!(self, ProviderKind::Openai)
     }
 
-    /// The provider's native chat request for `req`, addressed to `upstream_model`.
+    /// The provider's native chat request for `req`, addressed to `upstream_model`, with
+    /// every provider option at its default (see [`ProviderConfig::build_chat`]).
     pub fn build_chat(
         self,
         req: &ChatRequest,
         upstream_model: &str,
     ) -> Result<EgressRequest, GatewayError> {
-        match self {
-            ProviderKind::Openai => openai::build_chat(req, upstream_model),
-            ProviderKind::Anthropic => anthropic::build_chat(req, upstream_model),
-            ProviderKind::Gemini => gemini::build_chat(req, upstream_model),
-            ProviderKind::Dashscope => dashscope::build_chat(req, upstream_model),
-        }
+        ProviderConfig::of_kind(self).build_chat(req, upstream_model)
     }
 
     /// The credential headers for an API key.
     pub fn auth_headers(self, api_key: &str) -> Vec<(String, String)> {
         match self {
-            ProviderKind::Openai | ProviderKind::Dashscope => {
+            ProviderKind::Openai
+            | ProviderKind::Dashscope
+            | ProviderKind::Bedrock
+            | ProviderKind::Cohere
+            | ProviderKind::Mistral
+            | ProviderKind::Vertex => {
                 vec![("authorization".into(), format!("Bearer {api_key}"))]
             }
             ProviderKind::Anthropic => vec![("x-api-key".into(), api_key.to_string())],
+            ProviderKind::Azure => vec![("api-key".into(), api_key.to_string())],
             ProviderKind::Gemini => vec![("x-goog-api-key".into(), api_key.to_string())],
         }
     }
@@ -84,20 +131,30 @@ impl ProviderKind {
     /// Parses a complete (non-streamed) chat response.
     pub fn parse_chat(self, body: &[u8]) -> Result<ChatResponse, GatewayError> {
         match self {
-            ProviderKind::Openai => openai::parse_chat(body),
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mistral => {
+                openai::parse_chat(body)
+            }
+            ProviderKind::Cohere => cohere::parse_chat(body),
             ProviderKind::Anthropic => anthropic::parse_chat(body),
-            ProviderKind::Gemini => gemini::parse_chat(body),
+            ProviderKind::Gemini | ProviderKind::Vertex => gemini::parse_chat(body),
             ProviderKind::Dashscope => dashscope::parse_chat(body),
+            ProviderKind::Bedrock => bedrock::parse_chat(body),
         }
     }
 
     /// A fresh decoder for one streamed response.
     pub fn stream_decoder(self) -> Box<dyn StreamDecoder> {
         match self {
-            ProviderKind::Openai => Box::new(openai::OpenAiStreamDecoder::default()),
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Mistral => {
+                Box::new(openai::OpenAiStreamDecoder::default())
+            }
+            ProviderKind::Cohere => Box::new(cohere::CohereStreamDecoder::default()),
             ProviderKind::Anthropic => Box::new(anthropic::AnthropicStreamDecoder::default()),
-            ProviderKind::Gemini => Box::new(gemini::GeminiStreamDecoder::default()),
+            ProviderKind::Gemini | ProviderKind::Vertex => {
+                Box::new(gemini::GeminiStreamDecoder::default())
+            }
             ProviderKind::Dashscope => Box::new(dashscope::DashscopeStreamDecoder::default()),
+            ProviderKind::Bedrock => Box::new(bedrock::BedrockStreamDecoder::default()),
         }
     }
 
@@ -106,10 +163,194 @@ impl ProviderKind {
         match self {
             ProviderKind::Openai => openai::parse_error(status, body),
             ProviderKind::Anthropic => anthropic::parse_error(status, body),
-            ProviderKind::Gemini => gemini::parse_error(status, body),
+            ProviderKind::Gemini | ProviderKind::Vertex => gemini::parse_error(status, body),
             ProviderKind::Dashscope => dashscope::parse_error(status, body),
+            ProviderKind::Bedrock => bedrock::parse_error(status, body),
+            ProviderKind::Azure => azure::parse_error(status, body),
+            ProviderKind::Cohere => cohere::parse_error(status, body),
+            ProviderKind::Mistral => mistral::parse_error(status, body),
         }
     }
+}
+
+/// What a provider's configuration decides about its wire format: endpoint, credentials,
+/// request shape. Kept next to the providers so that a new option and its use sit together.
+impl ProviderConfig {
+    /// A provider of `kind` with every option at its default.
+    pub fn of_kind(kind: ProviderKind) -> Self {
+        ProviderConfig {
+            kind,
+            base_url: None,
+            cluster: None,
+            api_key_secret: None,
+            headers: Default::default(),
+            responses_api: false,
+            aws: None,
+            api_version: None,
+            compat: None,
+            vertex: None,
+            catalog: None,
+            expose_catalog: false,
+        }
+    }
+
+    /// The OpenAI-compatible quirks in force (none by default).
+    pub fn compat(&self) -> openai::Compat {
+        self.compat.clone().unwrap_or_default()
+    }
+
+    /// Where the provider lives: the configured `base_url`, else the kind's public (or
+    /// regional) endpoint.
+    pub fn base_url(&self) -> Result<String, String> {
+        if let Some(url) = &self.base_url {
+            return Ok(url.clone());
+        }
+        if let Some(url) = self.kind.default_base_url() {
+            return Ok(url.to_string());
+        }
+        match (self.kind, &self.aws) {
+            (ProviderKind::Bedrock, Some(aws)) => Ok(aws.default_base_url()),
+            (ProviderKind::Vertex, _) => self
+                .vertex
+                .as_ref()
+                .map(vertex::VertexConfig::default_base_url)
+                .ok_or_else(|| {
+                    "a `vertex` provider needs `vertex.project` and `vertex.location`".to_string()
+                }),
+            (ProviderKind::Azure, _) => Err("an `azure` provider needs its resource's `base_url` \
+                 (`https://<resource>.openai.azure.com`)"
+                .to_string()),
+            (_, _) => Err("this provider needs a `base_url`".to_string()),
+        }
+    }
+
+    /// Every secret the provider names, required or not.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.api_key_secret.iter().map(String::as_str).collect();
+        if let Some(aws) = &self.aws {
+            names.extend(
+                [
+                    &aws.access_key_id_secret,
+                    &aws.secret_access_key_secret,
+                    &aws.session_token_secret,
+                ]
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
+            );
+        }
+        names
+    }
+
+    /// The secrets without which the provider cannot be called (a session token is
+    /// optional: only temporary credentials have one).
+    pub fn required_secrets(&self) -> Vec<&str> {
+        let session = self
+            .aws
+            .as_ref()
+            .and_then(|a| a.session_token_secret.as_deref());
+        self.secret_names()
+            .into_iter()
+            .filter(|name| Some(*name) != session)
+            .collect()
+    }
+
+    /// The provider's native chat request for `req`, addressed to `upstream_model`.
+    pub fn build_chat(
+        &self,
+        req: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<EgressRequest, GatewayError> {
+        match self.kind {
+            ProviderKind::Openai => openai::build_chat(req, upstream_model, &self.compat()),
+            ProviderKind::Anthropic => anthropic::build_chat(req, upstream_model),
+            ProviderKind::Gemini => gemini::build_chat(req, upstream_model),
+            ProviderKind::Dashscope => dashscope::build_chat(req, upstream_model),
+            ProviderKind::Bedrock => bedrock::build_chat(req, upstream_model),
+            ProviderKind::Azure => {
+                azure::build_chat(req, upstream_model, self.api_version(), &self.compat())
+            }
+            ProviderKind::Cohere => cohere::build_chat(req, upstream_model),
+            ProviderKind::Mistral => mistral::build_chat(req, upstream_model),
+            ProviderKind::Vertex => vertex::build_chat(req, upstream_model, self.vertex.as_ref()),
+        }
+    }
+
+    /// Azure's API version in force.
+    pub fn api_version(&self) -> &str {
+        self.api_version
+            .as_deref()
+            .unwrap_or(azure::DEFAULT_API_VERSION)
+    }
+
+    /// The native chat path of a fast-path (pass-through) request to this provider.
+    pub fn chat_path(&self, upstream_model: &str) -> String {
+        match self.kind {
+            ProviderKind::Azure => azure::chat_path(upstream_model, self.api_version()),
+            _ => openai::CHAT_PATH.to_string(),
+        }
+    }
+
+    /// Credentials resolved from the host's secrets (`secret` looks a name up) for the
+    /// providers that sign requests: AWS SigV4 for Bedrock.
+    pub fn signing_credentials(
+        &self,
+        secret: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<bedrock::sigv4::Credentials> {
+        let aws = self.aws.as_ref()?;
+        Some(bedrock::sigv4::Credentials {
+            access_key_id: secret(aws.access_key_id_secret.as_deref()?)?,
+            secret_access_key: secret(aws.secret_access_key_secret.as_deref()?)?,
+            session_token: aws.session_token_secret.as_deref().and_then(secret),
+        })
+    }
+}
+
+/// Signs a request for AWS (SigV4), adding `x-amz-date`, `x-amz-security-token` and
+/// `authorization` to `headers`. `authority` is the `Host` the request is sent with,
+/// `path` its full path; `now_unix` is the signing time.
+pub fn sign_aws(
+    provider: &ProviderConfig,
+    credentials: &bedrock::sigv4::Credentials,
+    authority: &str,
+    path: &str,
+    headers: &mut Vec<(String, String)>,
+    body: &[u8],
+    now_unix: u64,
+) -> Result<(), GatewayError> {
+    let region = provider
+        .aws
+        .as_ref()
+        .map(|a| a.region.as_str())
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::Internal,
+                "an AWS-signed provider needs `aws.region`",
+            )
+        })?;
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut signed: Vec<(&str, &str)> = vec![("host", authority)];
+    signed.extend(
+        headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let signature = bedrock::sigv4::sign(
+        &bedrock::sigv4::Request {
+            method: "POST",
+            path,
+            query,
+            headers: &signed,
+            body,
+        },
+        credentials,
+        region,
+        bedrock::SIGNING_SERVICE,
+        now_unix,
+    );
+    headers.extend(signature.headers);
+    Ok(())
 }
 
 /// A parsed `base_url`: scheme, authority and path prefix.
@@ -147,6 +388,20 @@ impl BaseUrl {
     }
 }
 
+/// Percent-encodes `s` as one path segment: everything but unreserved characters
+/// (`A-Z a-z 0-9 - _ . ~`) as `%XX`. Model and deployment names carry `:` and `/`.
+pub(crate) fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The function name of the latest tool call with `id` among `earlier` messages: providers
 /// whose tool results name the function, not the call (Gemini, DashScope), need it.
 pub(crate) fn tool_name_for(earlier: &[Message], id: &str) -> Option<String> {
@@ -157,6 +412,30 @@ pub(crate) fn tool_name_for(earlier: &[Message], id: &str) -> Option<String> {
             .find(|c| c.id == id)
             .map(|c| c.function.name.clone())
     })
+}
+
+/// Structured-output constraints as an instruction, for providers without a native JSON
+/// mode (Anthropic, Bedrock Converse). A forced tool would be stricter but would turn the
+/// answer into a tool call the client did not ask for.
+pub(crate) fn json_instruction(format: &ResponseFormat) -> Option<String> {
+    match format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => {
+            Some("Respond with a single JSON object and nothing else.".to_string())
+        }
+        ResponseFormat::JsonSchema { json_schema } => {
+            let schema = json_schema
+                .schema
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_else(|| "{}".to_string());
+            Some(format!(
+                "Respond with a single JSON value and nothing else. It must conform to the JSON \
+                 schema named `{}`: {schema}",
+                json_schema.name
+            ))
+        }
+    }
 }
 
 /// Extracts a human message from common error JSON shapes, never echoing unknown content

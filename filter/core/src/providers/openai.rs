@@ -1,39 +1,150 @@
-//! OpenAI Chat Completions: egress to OpenAI-compatible servers, and the OpenAI ingress
-//! dialect (responses and streams encoded for OpenAI SDK clients).
+//! OpenAI Chat Completions: egress to OpenAI and every OpenAI-compatible server. (The OpenAI
+//! ingress dialect, answers encoded for OpenAI SDK clients, is [`crate::ingress::openai`].)
 //!
 //! Wire format: <https://platform.openai.com/docs/api-reference/chat> (fixtures in
 //! `filter/core/tests/fixtures/openai/` note their source).
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::canonical::{
     ChatRequest, ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall,
 };
 use crate::error::{ErrorKind, GatewayError};
+use crate::ingress::openai::OpenAiStreamEncoder;
+use crate::providers::passthrough::{FrameKind, PassthroughFormat};
 use crate::providers::{error_message, EgressRequest};
-use crate::sse::{write_event, SseEvent, SseParser};
 use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEncoder, StreamEvent};
 
 /// Native path of chat completions (after the base URL prefix).
 pub const CHAT_PATH: &str = "/v1/chat/completions";
+/// Native path of the Responses API, for providers that speak it (`responses_api`).
+pub const RESPONSES_PATH: &str = "/v1/responses";
 /// Native path of embeddings.
 pub const EMBEDDINGS_PATH: &str = "/v1/embeddings";
 
-/// Builds an OpenAI request from canonical form (used when the ingress was not OpenAI).
-pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressRequest, GatewayError> {
+/// How an OpenAI-compatible server departs from OpenAI's API, as configuration (`compat`
+/// in a provider's config), so Groq, DeepSeek, Together, Fireworks, OpenRouter, xAI, Ollama
+/// or vLLM need data, not code.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compat {
+    /// The one name the server takes for the output-token limit; the other is renamed.
+    #[serde(default)]
+    pub max_tokens_field: Option<MaxTokensField>,
+    /// Whether the server takes `stream_options.include_usage` (default: yes). Servers
+    /// that reject it get no `stream_options`, and usage only if they send it anyway.
+    #[serde(default = "default_true")]
+    pub stream_usage: bool,
+    /// Top-level request fields the server rejects, removed before sending.
+    #[serde(default)]
+    pub drop_params: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Compat {
+    fn default() -> Self {
+        Compat {
+            max_tokens_field: None,
+            stream_usage: true,
+            drop_params: Vec::new(),
+        }
+    }
+}
+
+/// The output-token limit's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens` (older servers, DeepSeek, Ollama, Together, Fireworks, OpenRouter).
+    MaxTokens,
+    /// `max_completion_tokens` (OpenAI's current name).
+    MaxCompletionTokens,
+}
+
+impl Compat {
+    /// Whether the body needs adjusting at all (the fast path keeps the client's bytes
+    /// when it does not).
+    pub fn is_default(&self) -> bool {
+        *self == Compat::default()
+    }
+
+    /// Applies the quirks to a request body.
+    pub fn adjust(&self, body: &mut Map<String, Value>) {
+        if let Some(field) = self.max_tokens_field {
+            let (keep, other) = match field {
+                MaxTokensField::MaxTokens => ("max_tokens", "max_completion_tokens"),
+                MaxTokensField::MaxCompletionTokens => ("max_completion_tokens", "max_tokens"),
+            };
+            if let Some(limit) = body.remove(other) {
+                body.entry(keep).or_insert(limit);
+            }
+        }
+        if !self.stream_usage {
+            body.remove("stream_options");
+        }
+        for name in &self.drop_params {
+            body.remove(name);
+        }
+    }
+
+    /// Applies the quirks to a serialised body (the fast path), leaving it untouched when
+    /// there are none.
+    pub fn adjust_bytes(&self, body: Vec<u8>) -> Result<Vec<u8>, GatewayError> {
+        if self.is_default() {
+            return Ok(body);
+        }
+        let mut map: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+            GatewayError::invalid(format!("request body is not a JSON object: {e}"))
+        })?;
+        self.adjust(&mut map);
+        serde_json::to_vec(&map)
+            .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))
+    }
+}
+
+/// The JSON body of an OpenAI Chat request from canonical form, with usage asked for on
+/// streams and the server's quirks applied.
+pub(crate) fn chat_body(
+    req: &ChatRequest,
+    upstream_model: &str,
+    compat: &Compat,
+) -> Result<Vec<u8>, GatewayError> {
     let mut req = req.clone();
     req.model = upstream_model.to_string();
     if req.stream {
         let opts = req.stream_options.get_or_insert_with(Default::default);
         opts.include_usage = Some(true);
     }
-    let body = serde_json::to_vec(&req)
-        .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))?;
+    let encode = |e: serde_json::Error| {
+        GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}"))
+    };
+    if compat.is_default() {
+        return serde_json::to_vec(&req).map_err(encode);
+    }
+    let Value::Object(mut map) = serde_json::to_value(&req).map_err(encode)? else {
+        return Err(GatewayError::new(
+            ErrorKind::Internal,
+            "a request encodes as an object",
+        ));
+    };
+    compat.adjust(&mut map);
+    serde_json::to_vec(&map).map_err(encode)
+}
+
+/// Builds an OpenAI request from canonical form (used when the ingress was not OpenAI).
+pub fn build_chat(
+    req: &ChatRequest,
+    upstream_model: &str,
+    compat: &Compat,
+) -> Result<EgressRequest, GatewayError> {
     Ok(EgressRequest {
         path: CHAT_PATH.to_string(),
         headers: vec![("content-type".into(), "application/json".into())],
-        body,
+        body: chat_body(req, upstream_model, compat)?,
     })
 }
 
@@ -137,15 +248,6 @@ fn finish_reason(s: &str) -> FinishReason {
         "tool_calls" | "function_call" => FinishReason::ToolCalls,
         "content_filter" => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
-    }
-}
-
-fn finish_str(r: FinishReason) -> &'static str {
-    match r {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-        FinishReason::ContentFilter => "content_filter",
     }
 }
 
@@ -268,368 +370,189 @@ impl SseFrameDecoder for OpenAiStreamFrames {
     }
 }
 
-/// Encodes a canonical response for an OpenAI client.
-pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
-    let tool_calls: Vec<Value> = resp
-        .tool_calls
-        .iter()
-        .map(|t| json!({"id": t.id, "type": "function", "function": {"name": t.function.name, "arguments": t.function.arguments}}))
-        .collect();
-    let mut message = json!({"role": "assistant", "content": resp.text, "refusal": null});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    let u = resp.usage;
-    let body = json!({
-        "id": resp.id,
-        "object": "chat.completion",
-        "created": resp.created,
-        "model": resp.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": resp.finish_reason.map(finish_str),
-        }],
-        "usage": usage_json(&u),
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
-}
-
-fn usage_json(u: &TokenUsage) -> Value {
-    json!({
-        "prompt_tokens": u.input,
-        "completion_tokens": u.output,
-        "total_tokens": u.input + u.output,
-        "prompt_tokens_details": {"cached_tokens": u.cached_input},
-    })
-}
-
-/// Encodes canonical stream events as OpenAI `chat.completion.chunk` SSE.
-pub struct OpenAiStreamEncoder {
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
-    started: bool,
-    usage: Option<TokenUsage>,
-}
-
-impl OpenAiStreamEncoder {
-    /// `id`/`model`/`created` are used until (unless) the upstream provides its own.
-    pub fn new(id: String, model: String, created: u64, include_usage: bool) -> Self {
-        OpenAiStreamEncoder {
-            id,
-            model,
-            created,
-            include_usage,
-            started: false,
-            usage: None,
-        }
-    }
-
-    /// Writes one chunk, serialised straight from borrowed data (no `Value` tree per event:
-    /// this runs once per streamed token).
-    fn chunk(&self, out: &mut Vec<u8>, delta: DeltaOut<'_>, finish: Option<&str>) {
-        let chunk = ChunkOut {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: [ChoiceOut {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-            }],
-        };
-        out.extend_from_slice(b"data: ");
-        // Serialising plain structs of strings and integers cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &chunk);
-        out.extend_from_slice(b"\n\n");
-    }
-
-    fn ensure_started(&mut self, out: &mut Vec<u8>) {
-        if !self.started {
-            self.started = true;
-            let delta = DeltaOut {
-                role: Some("assistant"),
-                content: Some(""),
-                ..DeltaOut::default()
-            };
-            self.chunk(out, delta, None);
-        }
-    }
-}
-
-impl StreamEncoder for OpenAiStreamEncoder {
-    fn encode(&mut self, event: &StreamEvent, out: &mut Vec<u8>) {
-        match event {
-            StreamEvent::Start { id, model } => {
-                if !id.is_empty() {
-                    self.id = id.clone();
-                }
-                if !model.is_empty() {
-                    self.model = model.clone();
-                }
-                self.ensure_started(out);
-            }
-            StreamEvent::Text(text) => {
-                self.ensure_started(out);
-                let delta = DeltaOut {
-                    content: Some(text),
-                    ..DeltaOut::default()
-                };
-                self.chunk(out, delta, None);
-            }
-            StreamEvent::ToolCallStart { index, id, name } => {
-                self.ensure_started(out);
-                let call = ToolDeltaOut {
-                    index: *index,
-                    id: Some(id),
-                    kind: Some("function"),
-                    function: FunctionDeltaOut {
-                        name: Some(name),
-                        arguments: "",
-                    },
-                };
-                let delta = DeltaOut {
-                    tool_calls: Some([call]),
-                    ..DeltaOut::default()
-                };
-                self.chunk(out, delta, None);
-            }
-            StreamEvent::ToolCallArgs { index, arguments } => {
-                self.ensure_started(out);
-                let call = ToolDeltaOut {
-                    index: *index,
-                    id: None,
-                    kind: None,
-                    function: FunctionDeltaOut {
-                        name: None,
-                        arguments,
-                    },
-                };
-                let delta = DeltaOut {
-                    tool_calls: Some([call]),
-                    ..DeltaOut::default()
-                };
-                self.chunk(out, delta, None);
-            }
-            StreamEvent::Finish(reason) => {
-                self.ensure_started(out);
-                self.chunk(out, DeltaOut::default(), Some(finish_str(*reason)));
-            }
-            StreamEvent::Usage(u) => {
-                let mut total = self.usage.unwrap_or_default();
-                total.merge_max(*u);
-                self.usage = Some(total);
-            }
-            StreamEvent::Error(_) => {}
-        }
-    }
-
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        self.ensure_started(out);
-        if self.include_usage {
-            let body = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": usage_json(&self.usage.unwrap_or_default()),
-            });
-            write_event(out, None, &body.to_string());
-        }
-        write_event(out, None, "[DONE]");
-    }
-
-    fn error(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
-        // The OpenAI SDKs raise an APIError for a chunk carrying `error`.
-        let body: Value =
-            serde_json::from_slice(&err.body(crate::error::Dialect::OpenAi)).unwrap_or_default();
-        write_event(out, None, &body.to_string());
-    }
-}
-
-#[derive(Serialize)]
-struct ChunkOut<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: [ChoiceOut<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct ChoiceOut<'a> {
-    index: u32,
-    delta: DeltaOut<'a>,
-    logprobs: Option<()>,
-    finish_reason: Option<&'a str>,
-}
-
-#[derive(Serialize, Default)]
-struct DeltaOut<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_calls: Option<[ToolDeltaOut<'a>; 1]>,
-}
-
-#[derive(Serialize)]
-struct ToolDeltaOut<'a> {
-    index: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-    function: FunctionDeltaOut<'a>,
-}
-
-#[derive(Serialize)]
-struct FunctionDeltaOut<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    arguments: &'a str,
-}
-
-/// The OpenAI → OpenAI stream fast path: frames pass through as the upstream wrote them;
-/// usage is read on the way, and the usage-only chunk is dropped when the gateway (not the
-/// client) asked for it.
-pub struct PassthroughStream {
-    sse: SseParser,
-    frames: Vec<SseEvent>,
+/// The OpenAI → OpenAI stream fast path's view of chunks (for
+/// [`crate::providers::passthrough::PassthroughStream`]): `[DONE]` is the terminal event, a
+/// chunk with `error` an upstream error; usage is read on the way, the usage-only chunk is
+/// hidden when the gateway (not the client) asked for it, and chunks with neither choices
+/// nor usage (Azure's prompt-filter chunk) are hidden.
+pub struct OpenAiPassthrough {
     usage: TokenUsage,
-    strip_usage_chunk: bool,
-    saw_done: bool,
-    done: bool,
-    failed: bool,
+    hide_usage_chunk: bool,
 }
 
-impl PassthroughStream {
+impl OpenAiPassthrough {
     /// `client_wants_usage`: whether the client itself asked for `include_usage`.
     pub fn new(client_wants_usage: bool) -> Self {
-        PassthroughStream {
-            sse: SseParser::new(),
-            frames: Vec::new(),
+        OpenAiPassthrough {
             usage: TokenUsage::default(),
-            strip_usage_chunk: !client_wants_usage,
-            saw_done: false,
-            done: false,
-            failed: false,
-        }
-    }
-
-    fn forward(&mut self, out: &mut Vec<u8>) {
-        for frame in std::mem::take(&mut self.frames) {
-            if self.done {
-                break;
-            }
-            let data = frame.data.trim();
-            if data == "[DONE]" {
-                self.saw_done = true;
-                write_event(out, frame.event.as_deref(), &frame.data);
-                continue;
-            }
-            #[derive(Deserialize)]
-            struct Peek {
-                #[serde(default)]
-                choices: Option<Vec<Value>>,
-                #[serde(default)]
-                usage: Option<WireUsage>,
-                #[serde(default)]
-                error: Option<Value>,
-            }
-            match serde_json::from_str::<Peek>(data) {
-                Ok(peek) => {
-                    if peek.error.is_some() {
-                        self.failed = true;
-                    }
-                    let usage_only = peek.choices.as_ref().is_some_and(|c| c.is_empty());
-                    if let Some(u) = &peek.usage {
-                        self.usage.merge_max(u.canonical());
-                    }
-                    if !(usage_only && peek.usage.is_some() && self.strip_usage_chunk) {
-                        write_event(out, frame.event.as_deref(), &frame.data);
-                    }
-                }
-                Err(e) => {
-                    let err = malformed(e);
-                    self.fail_into(&err, out);
-                }
-            }
-        }
-    }
-
-    fn fail_into(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
-        if self.saw_done {
-            // The client already has the whole answer: a failure after `[DONE]` (a stall or
-            // reset before the body ends) loses nothing, and an error event would follow the
-            // stream's own end.
-            self.done = true;
-            return;
-        }
-        if !self.done {
-            let mut enc = OpenAiStreamEncoder::new(String::new(), String::new(), 0, false);
-            enc.error(err, out);
-            self.done = true;
-            self.failed = true;
+            hide_usage_chunk: !client_wants_usage,
         }
     }
 }
 
-impl crate::stream::ResponseStream for PassthroughStream {
-    fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
+impl PassthroughFormat for OpenAiPassthrough {
+    fn inspect(&mut self, _event: Option<&str>, data: &str) -> Result<FrameKind, GatewayError> {
+        if data == "[DONE]" {
+            return Ok(FrameKind::Terminal);
         }
-        if let Err(e) = self.sse.push(bytes, &mut self.frames) {
-            self.forward(&mut out);
-            self.fail_into(&malformed(e), &mut out);
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default)]
+            choices: Option<Vec<serde::de::IgnoredAny>>,
+            #[serde(default)]
+            usage: Option<WireUsage>,
+            #[serde(default)]
+            error: Option<serde::de::IgnoredAny>,
+        }
+        let peek: Peek = serde_json::from_str(data).map_err(malformed)?;
+        if peek.error.is_some() {
+            return Ok(FrameKind::Error);
+        }
+        let no_choices = peek.choices.as_ref().is_some_and(|c| c.is_empty());
+        let Some(usage) = peek.usage else {
+            // A chunk without choices or usage carries nothing OpenAI sends (Azure's
+            // `prompt_filter_results` chunk, with an empty `object`): hidden, so every
+            // OpenAI-compatible provider's stream reads as OpenAI's.
+            return Ok(if no_choices {
+                FrameKind::Hidden
+            } else {
+                FrameKind::Event
+            });
+        };
+        self.usage.merge_max(usage.canonical());
+        Ok(if no_choices && self.hide_usage_chunk {
+            FrameKind::Hidden
         } else {
-            self.forward(&mut out);
-        }
-        out
-    }
-
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        let result = self.sse.finish(&mut self.frames);
-        self.forward(&mut out);
-        match result {
-            Err(e) => self.fail_into(&malformed(e), &mut out),
-            Ok(()) if !self.saw_done && !self.failed => {
-                self.fail_into(&crate::stream::truncated(), &mut out)
-            }
-            Ok(()) => self.done = true,
-        }
-        out
-    }
-
-    fn fail(&mut self, err: &GatewayError) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.fail_into(err, &mut out);
-        out
+            FrameKind::Event
+        })
     }
 
     fn usage(&self) -> TokenUsage {
         self.usage
     }
 
-    fn failed(&self) -> bool {
-        self.failed
+    fn write_error(&self, err: &GatewayError, out: &mut Vec<u8>) {
+        OpenAiStreamEncoder::new(String::new(), String::new(), 0, false).error(err, out);
+    }
+}
+
+/// The Responses API's `usage` object.
+#[derive(Deserialize, Default)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<PromptDetails>,
+}
+
+impl ResponsesUsage {
+    fn canonical(&self) -> TokenUsage {
+        TokenUsage {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cached_input: self
+                .input_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.cached_tokens),
+        }
+    }
+}
+
+/// Extracts only `usage` from a Responses API `response` body (the pass-through path).
+pub fn responses_usage_of(body: &[u8]) -> TokenUsage {
+    #[derive(Deserialize)]
+    struct OnlyUsage {
+        #[serde(default)]
+        usage: Option<ResponsesUsage>,
+    }
+    serde_json::from_slice::<OnlyUsage>(body)
+        .ok()
+        .and_then(|u| u.usage)
+        .map(|u| u.canonical())
+        .unwrap_or_default()
+}
+
+/// The Responses → Responses stream fast path's view of events (for
+/// [`crate::providers::passthrough::PassthroughStream`]), for providers that speak the
+/// Responses API natively: `response.completed` and `response.incomplete` are terminal,
+/// `response.failed` and `error` are upstream errors; usage is read from the final
+/// `response`. The response's id is remembered so a stream that breaks ends with a
+/// `response.failed` for the same response, as the SDK's accumulator requires.
+#[derive(Default)]
+pub struct ResponsesPassthrough {
+    usage: TokenUsage,
+    sequence: u64,
+    response: Option<(String, Value)>,
+}
+
+impl PassthroughFormat for ResponsesPassthrough {
+    fn inspect(&mut self, _event: Option<&str>, data: &str) -> Result<FrameKind, GatewayError> {
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default, rename = "type")]
+            kind: String,
+            #[serde(default)]
+            sequence_number: Option<u64>,
+            #[serde(default)]
+            response: Option<PeekResponse>,
+        }
+        #[derive(Deserialize)]
+        struct PeekResponse {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            model: Value,
+            #[serde(default)]
+            usage: Option<ResponsesUsage>,
+        }
+        let peek: Peek = serde_json::from_str(data).map_err(malformed)?;
+        if let Some(n) = peek.sequence_number {
+            self.sequence = self.sequence.max(n.saturating_add(1));
+        }
+        if let Some(r) = peek.response {
+            if let (None, Some(id)) = (&self.response, r.id) {
+                self.response = Some((id, r.model));
+            }
+            if let Some(u) = r.usage {
+                self.usage.merge_max(u.canonical());
+            }
+        }
+        Ok(match peek.kind.as_str() {
+            "response.completed" | "response.incomplete" => FrameKind::Terminal,
+            "response.failed" | "error" => FrameKind::Error,
+            _ => FrameKind::Event,
+        })
     }
 
-    fn complete(&self) -> bool {
-        // `[DONE]` is forwarded as soon as it arrives.
-        self.saw_done && !self.failed
+    fn usage(&self) -> TokenUsage {
+        self.usage
+    }
+
+    fn write_error(&self, err: &GatewayError, out: &mut Vec<u8>) {
+        let code = if err.kind == ErrorKind::RateLimited {
+            "rate_limit_exceeded"
+        } else {
+            "server_error"
+        };
+        let Some((id, model)) = &self.response else {
+            // Nothing reached the client yet that a `response.failed` could refer to.
+            let body = serde_json::json!({
+                "type": "error", "code": code, "message": err.message, "param": err.param,
+                "sequence_number": self.sequence,
+            });
+            crate::sse::write_event(out, Some("error"), &body.to_string());
+            return;
+        };
+        let body = serde_json::json!({
+            "type": "response.failed",
+            "sequence_number": self.sequence,
+            "response": {
+                "id": id, "object": "response", "model": model, "status": "failed",
+                "error": {"code": code, "message": err.message},
+            },
+        });
+        crate::sse::write_event(out, Some("response.failed"), &body.to_string());
     }
 }

@@ -64,20 +64,32 @@ pub fn golden_json(name: &str, value: &Value) {
     golden(name, &pretty(&serde_json::to_vec(value).unwrap()));
 }
 
-/// The stream translator a plan would build, with fixed id/model/created.
-pub fn translator(kind: ProviderKind, dialect: Dialect, include_usage: bool) -> TranslatingStream {
-    let id = match dialect {
+/// The id a plan gives an answer in `dialect`, fixed for goldens.
+pub fn gateway_id(dialect: Dialect) -> &'static str {
+    match dialect {
         Dialect::OpenAi => "chatcmpl-gw",
         Dialect::Anthropic => "msg_gw",
-    };
+        Dialect::Responses => "resp_gw",
+        Dialect::Gemini => "gw-response-id",
+    }
+}
+
+/// The client request whose settings Responses answers echo in the goldens.
+pub const RESPONSES_REQUEST: &[u8] = br#"{"model":"public-model","input":"hi","instructions":"Be brief.","tools":[{"type":"function","name":"get_weather","parameters":{"type":"object","properties":{"location":{"type":"string"}}},"strict":null}],"temperature":0.2}"#;
+
+/// The stream translator a plan would build, with fixed id/model/created.
+pub fn translator(kind: ProviderKind, dialect: Dialect, include_usage: bool) -> TranslatingStream {
     TranslatingStream::new(
         kind.stream_decoder(),
         ingress::stream_encoder(
             dialect,
-            id.to_string(),
-            "public-model".to_string(),
-            1_700_000_000,
-            include_usage,
+            &ingress::AnswerContext {
+                id: gateway_id(dialect),
+                model: "public-model",
+                created: 1_700_000_000,
+                include_usage,
+                request: RESPONSES_REQUEST,
+            },
         ),
     )
 }
@@ -185,6 +197,11 @@ pub fn accumulate_openai(bytes: &[u8]) -> Final {
         }
         if let Some(err) = v.get("error") {
             f.error = Some(err.clone());
+            continue;
+        }
+        if v["object"] == "" && v["choices"] == serde_json::json!([]) {
+            // Azure's first chunk: the prompt filter's verdict, nothing for the SDK.
+            assert!(v.get("prompt_filter_results").is_some(), "{v}");
             continue;
         }
         assert_eq!(v["object"], "chat.completion.chunk");
@@ -320,6 +337,223 @@ pub fn accumulate_anthropic(bytes: &[u8]) -> Final {
     }
     if f.error.is_none() {
         assert!(stopped, "a successful stream ends with message_stop");
+    }
+    f
+}
+
+/// Accumulates a Responses event stream as the official SDK's `ResponseStreamState` does,
+/// asserting its protocol: `response.created` first, `sequence_number`s counting from 0,
+/// event name = data `type`, the same response id on every lifecycle event, output items
+/// added once in `output_index` order, text deltas only to an added message's added part,
+/// argument deltas only to an added function call, every added item done (with the same
+/// identity) before `response.completed` / `response.incomplete`, which end the stream; or
+/// `response.failed`, which ends it with an error.
+pub fn accumulate_responses(bytes: &[u8]) -> Final {
+    let mut f = Final::default();
+    let frames = sse_frames(bytes);
+    let mut id: Option<String> = None;
+    // output_index → (type, item id, call id, accumulated text/arguments, done)
+    let mut items: Vec<(String, String, String, String, bool)> = Vec::new();
+    let mut ended = false;
+    for (seq, (name, v)) in frames.iter().enumerate() {
+        assert!(!ended, "nothing after the terminal event: {v}");
+        let t = v["type"].as_str().expect("every event has a type");
+        assert_eq!(name.as_deref(), Some(t), "event name matches data type");
+        assert_eq!(v["sequence_number"].as_u64(), Some(seq as u64), "{t}");
+        if seq == 0 {
+            assert_eq!(t, "response.created", "response.created comes first");
+        }
+        if let Some(r) = v.get("response") {
+            let rid = r["id"].as_str().expect("response id").to_string();
+            assert!(rid.starts_with("resp_"), "{rid}");
+            assert_eq!(id.get_or_insert(rid.clone()), &rid, "lifecycle id changed");
+            assert_eq!(r["object"], "response");
+        }
+        let index = v["output_index"].as_u64().map(|i| i as usize);
+        match t {
+            "response.created" | "response.in_progress" => {
+                assert_eq!(v["response"]["status"], "in_progress");
+                assert_eq!(v["response"]["output"], serde_json::json!([]));
+            }
+            "response.output_item.added" => {
+                let index = index.unwrap();
+                assert_eq!(index, items.len(), "items added in output order");
+                let item = &v["item"];
+                let kind = item["type"].as_str().unwrap().to_string();
+                assert_eq!(item["status"], "in_progress");
+                let item_id = item["id"].as_str().unwrap().to_string();
+                let call_id = item["call_id"].as_str().unwrap_or("").to_string();
+                if kind == "function_call" {
+                    f.tool_calls.push((
+                        call_id.clone(),
+                        item["name"].as_str().unwrap().to_string(),
+                        String::new(),
+                    ));
+                } else {
+                    assert_eq!(kind, "message");
+                    assert_eq!(item["content"], serde_json::json!([]));
+                }
+                items.push((kind, item_id, call_id, String::new(), false));
+            }
+            "response.content_part.added" => {
+                let item = &items[index.unwrap()];
+                assert_eq!(
+                    (item.0.as_str(), v["item_id"].as_str()),
+                    ("message", Some(item.1.as_str()))
+                );
+                assert_eq!(v["content_index"], 0);
+                assert_eq!(v["part"]["type"], "output_text");
+            }
+            "response.output_text.delta" => {
+                let item = &mut items[index.unwrap()];
+                assert!(!item.4, "delta to a done item");
+                assert_eq!(v["item_id"].as_str(), Some(item.1.as_str()));
+                let d = v["delta"].as_str().unwrap();
+                item.3.push_str(d);
+                f.text.push_str(d);
+            }
+            "response.output_text.done" | "response.content_part.done" => {
+                let item = &items[index.unwrap()];
+                let text = v["text"].as_str().or(v["part"]["text"].as_str()).unwrap();
+                assert_eq!(text, item.3, "{t} repeats the whole text");
+            }
+            "response.function_call_arguments.delta" => {
+                let index = index.unwrap();
+                let item = &mut items[index];
+                assert_eq!(item.0, "function_call");
+                assert!(!item.4, "delta to a done item");
+                item.3.push_str(v["delta"].as_str().unwrap());
+                let pos = items[..index]
+                    .iter()
+                    .filter(|i| i.0 == "function_call")
+                    .count();
+                f.tool_calls[pos].2.push_str(v["delta"].as_str().unwrap());
+            }
+            "response.function_call_arguments.done" => {
+                let item = &items[index.unwrap()];
+                assert_eq!(v["arguments"].as_str(), Some(item.3.as_str()));
+            }
+            "response.output_item.done" => {
+                let item = &mut items[index.unwrap()];
+                let done = &v["item"];
+                assert_eq!(done["type"].as_str(), Some(item.0.as_str()), "same type");
+                assert_eq!(done["id"].as_str(), Some(item.1.as_str()), "same id");
+                assert_eq!(done["status"], "completed");
+                if item.0 == "function_call" {
+                    assert_eq!(done["call_id"].as_str(), Some(item.2.as_str()));
+                    assert_eq!(done["arguments"].as_str(), Some(item.3.as_str()));
+                } else {
+                    assert_eq!(done["content"][0]["text"].as_str(), Some(item.3.as_str()));
+                }
+                item.4 = true;
+            }
+            "response.completed" | "response.incomplete" => {
+                assert!(items.iter().all(|i| i.4), "every item done before {t}");
+                let r = &v["response"];
+                assert_eq!(r["output"].as_array().unwrap().len(), items.len());
+                let status = r["status"].as_str().unwrap();
+                assert_eq!(format!("response.{status}"), t);
+                f.finish = Some(match r["incomplete_details"]["reason"].as_str() {
+                    Some(reason) => reason.to_string(),
+                    None if f.tool_calls.is_empty() => "completed".into(),
+                    None => "tool_calls".into(),
+                });
+                f.input_tokens = r["usage"]["input_tokens"].as_u64().unwrap();
+                f.output_tokens = r["usage"]["output_tokens"].as_u64().unwrap();
+                ended = true;
+            }
+            "response.failed" => {
+                assert_eq!(v["response"]["status"], "failed");
+                f.error = Some(v["response"]["error"].clone());
+                ended = true;
+            }
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert!(ended, "a Responses stream ends with a terminal event");
+    f
+}
+
+/// Accumulates a client stream in `dialect`'s protocol.
+pub fn accumulate(dialect: Dialect, bytes: &[u8]) -> Final {
+    match dialect {
+        Dialect::OpenAi => accumulate_openai(bytes),
+        Dialect::Anthropic => accumulate_anthropic(bytes),
+        Dialect::Responses => accumulate_responses(bytes),
+        Dialect::Gemini => accumulate_gemini(bytes),
+    }
+}
+
+/// What kind of failure a client's error object reports, read the way its SDK reads it:
+/// `bad_gateway` for an upstream failure (OpenAI and Anthropic `api_error`, Responses
+/// `server_error`), else the dialect's own type or code.
+pub fn error_type(dialect: Dialect, err: &Value) -> String {
+    let raw = match dialect {
+        Dialect::OpenAi | Dialect::Anthropic => err["type"].as_str(),
+        Dialect::Responses => err["code"].as_str(),
+        Dialect::Gemini => err["status"].as_str(),
+    };
+    match raw {
+        Some("api_error" | "server_error" | "UNAVAILABLE") => "bad_gateway".to_string(),
+        Some(other) => other.to_string(),
+        None => format!("(no type in {err})"),
+    }
+}
+
+/// Accumulates a Gemini `alt=sse` stream as the `google-genai` SDK does, asserting its
+/// shape: no `event:` names, every chunk a `GenerateContentResponse` with one candidate
+/// whose content is a `model` turn, every function call whole (arguments an object), the
+/// same `responseId` throughout, `finishReason` only on the last chunk; or a chunk with
+/// `error`, which ends the stream (the SDK raises it).
+pub fn accumulate_gemini(bytes: &[u8]) -> Final {
+    let mut f = Final::default();
+    let frames = sse_frames(bytes);
+    let mut id: Option<String> = None;
+    for (i, (name, v)) in frames.iter().enumerate() {
+        assert!(name.is_none(), "Gemini streams have no event names");
+        assert!(
+            f.finish.is_none(),
+            "nothing after the chunk with finishReason"
+        );
+        if let Some(err) = v.get("error") {
+            assert_eq!(i, frames.len() - 1, "an error ends the stream");
+            assert!(err["code"].is_u64() && err["status"].is_string(), "{err}");
+            f.error = Some(err.clone());
+            continue;
+        }
+        let rid = v["responseId"].as_str().expect("responseId").to_string();
+        assert_eq!(id.get_or_insert(rid.clone()), &rid, "responseId changed");
+        let candidates = v["candidates"].as_array().expect("candidates");
+        assert_eq!(candidates.len(), 1);
+        let c = &candidates[0];
+        assert_eq!(c["content"]["role"], "model");
+        for part in c["content"]["parts"].as_array().expect("parts") {
+            if let Some(t) = part["text"].as_str() {
+                f.text.push_str(t);
+            } else if let Some(call) = part.get("functionCall") {
+                assert!(call["args"].is_object(), "arguments arrive whole: {call}");
+                f.tool_calls.push((
+                    call["id"].as_str().unwrap_or("").to_string(),
+                    call["name"].as_str().unwrap().to_string(),
+                    call["args"].to_string(),
+                ));
+            } else {
+                panic!("unexpected part {part}");
+            }
+        }
+        if let Some(u) = v.get("usageMetadata") {
+            f.input_tokens = u["promptTokenCount"].as_u64().unwrap();
+            f.output_tokens = u["candidatesTokenCount"].as_u64().unwrap();
+        }
+        if let Some(reason) = c["finishReason"].as_str() {
+            f.finish = Some(reason.to_string());
+        }
+    }
+    if f.error.is_none() {
+        assert!(
+            f.finish.is_some(),
+            "a successful stream ends with finishReason"
+        );
     }
     f
 }

@@ -1,13 +1,16 @@
 """Feeds the gateway's golden client outputs to the official SDKs.
 
-The golden files under ../fixtures/*/*.anthropic.expected.* and *.openai.expected.* are what
-the core writes for Anthropic and OpenAI clients. This script serves each one from a local
-HTTP server (127.0.0.1 only) and checks that the official `anthropic` and `openai` Python
-SDKs consume it: `client.messages.stream(...).get_final_message()`, `messages.create`,
-`chat.completions.create(stream=True)`, and that error events raise.
+The golden files under ../fixtures/*/*.{anthropic,openai,responses,gemini}.expected.* are
+what the core writes for Anthropic, OpenAI Chat, OpenAI Responses and Gemini clients. This script serves
+each one from a local HTTP server (127.0.0.1 only) and checks that the official `anthropic`
+and `openai` Python SDKs consume it: `client.messages.stream(...).get_final_message()`,
+`messages.create`, `chat.completions.create(stream=True)`,
+`responses.stream(...).get_final_response()` (the SDK's strict event accumulator),
+`responses.create` (validated against the SDK's pydantic model), `google-genai`'s
+`models.generate_content_stream` / `generate_content`, and that error events raise.
 
-Run: python3 -m venv /tmp/sdk && /tmp/sdk/bin/pip install anthropic openai &&
-     /tmp/sdk/bin/python filter/core/tests/sdk/sdk_check.py
+Run (the repository's .venv has the pinned SDKs, `scripts/python-env.sh`):
+     .venv/bin/python filter/core/tests/sdk/sdk_check.py
 """
 
 import glob
@@ -19,6 +22,9 @@ import threading
 
 import anthropic
 import openai
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 current = {"body": b"", "type": "application/json"}
@@ -49,11 +55,12 @@ def main():
     base = f"http://127.0.0.1:{server.server_address[1]}"
     ac = anthropic.Anthropic(api_key="test", base_url=base, max_retries=0)
     oc = openai.OpenAI(api_key="test", base_url=base + "/v1", max_retries=0)
+    gc = genai.Client(api_key="test", http_options=genai_types.HttpOptions(base_url=base))
     passed = failed = 0
     args = dict(model="m", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
     for path in sorted(glob.glob(os.path.join(FIXTURES, "*", "*.expected.*"))):
         name = os.path.relpath(path, FIXTURES)
-        if ".anthropic." not in name and ".openai." not in name:
+        if not any(d in name for d in (".anthropic.", ".openai.", ".responses.", ".gemini.")):
             continue
         serve(path)
         expect_error = "error" in name
@@ -86,6 +93,53 @@ def main():
                 for e in calls.values():
                     json.loads(e[2])
                 detail = f"finish={finish} usage={usage} text={text!r} calls={list(calls.values())}"
+            elif name.endswith(".gemini.expected.sse"):
+                text, calls, finish, usage = "", [], None, None
+                for chunk in gc.models.generate_content_stream(model="m", contents="hi"):
+                    c = chunk.candidates[0]
+                    for part in c.content.parts or []:
+                        if part.function_call:
+                            assert isinstance(part.function_call.args, dict), part
+                            calls.append((part.function_call.id, part.function_call.name,
+                                          part.function_call.args))
+                        elif part.text:
+                            text += part.text
+                    finish = c.finish_reason or finish
+                    if chunk.usage_metadata:
+                        u = chunk.usage_metadata
+                        usage = (u.prompt_token_count, u.candidates_token_count,
+                                 u.cached_content_token_count)
+                detail = f"finish={finish} usage={usage} text={text!r} calls={calls}"
+            elif name.endswith(".gemini.expected.json"):
+                r = gc.models.generate_content(model="m", contents="hi")
+                calls = [(f.id, f.name, f.args) for f in r.function_calls or []]
+                detail = (f"finish={r.candidates[0].finish_reason} text={r.text!r} calls={calls} "
+                          f"usage=({r.usage_metadata.prompt_token_count},"
+                          f"{r.usage_metadata.candidates_token_count})")
+            elif name.endswith(".responses.expected.sse") and expect_error:
+                # The SDK yields a failed response as an event; its accumulator must take it.
+                with oc.responses.stream(model="m", input="hi") as stream:
+                    events = list(stream)
+                last = events[-1]
+                assert last.type == "response.failed" and last.response.error.message, last
+                print(f"ok    {name}: ends with response.failed: {last.response.error.message}")
+                passed += 1
+                continue
+            elif name.endswith(".responses.expected.sse"):
+                with oc.responses.stream(model="m", input="hi") as stream:
+                    r = stream.get_final_response()
+                for item in r.output:
+                    if item.type == "function_call":
+                        json.loads(item.arguments)
+                        assert item.call_id and item.name, item
+                u = r.usage
+                detail = (f"status={r.status} usage=({u.input_tokens},{u.output_tokens},"
+                          f"cached={u.input_tokens_details.cached_tokens}) "
+                          f"text={r.output_text!r} items={[o.type for o in r.output]}")
+            elif name.endswith(".responses.expected.json"):
+                r = oc.responses.create(model="m", input="hi")
+                openai.types.responses.Response.model_validate(r.to_dict())
+                detail = f"status={r.status} items={[o.type for o in r.output]}"
             else:
                 r = oc.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
                 detail = f"finish={r.choices[0].finish_reason}"
@@ -93,7 +147,7 @@ def main():
                 raise AssertionError("expected the SDK to raise")
             print(f"ok    {name}: {detail}")
             passed += 1
-        except (anthropic.APIError, openai.APIError) as e:
+        except (anthropic.APIError, openai.APIError, genai_errors.APIError) as e:
             if expect_error:
                 print(f"ok    {name}: raised {type(e).__name__}: {e}")
                 passed += 1

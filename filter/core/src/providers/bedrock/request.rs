@@ -1,0 +1,211 @@
+//! Canonical request → Bedrock Converse request.
+
+use serde_json::{json, Map, Value};
+
+use super::chat_path;
+use crate::canonical::{ChatRequest, ContentPart, Message, Role, ToolChoice};
+use crate::error::{ErrorKind, GatewayError};
+use crate::providers::{json_instruction, EgressRequest};
+
+/// Builds a Converse (or ConverseStream) request from canonical form.
+pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressRequest, GatewayError> {
+    let body = request_body(req)?;
+    let body = serde_json::to_vec(&body)
+        .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))?;
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    if req.stream {
+        headers.push(("accept".into(), "application/vnd.amazon.eventstream".into()));
+    } else {
+        headers.push(("accept".into(), "application/json".into()));
+    }
+    Ok(EgressRequest {
+        path: chat_path(upstream_model, req.stream),
+        headers,
+        body,
+    })
+}
+
+/// The image formats Converse takes, by media type.
+fn image_format(media_type: &str) -> Option<&'static str> {
+    match media_type {
+        "image/png" => Some("png"),
+        "image/jpeg" | "image/jpg" => Some("jpeg"),
+        "image/gif" => Some("gif"),
+        "image/webp" => Some("webp"),
+        _ => None,
+    }
+}
+
+/// The content blocks of a message's text and images (empty text is left out: Converse
+/// rejects blank text blocks).
+fn content_blocks(message: &Message) -> Result<Vec<Value>, GatewayError> {
+    let mut blocks = Vec::new();
+    for part in message.parts() {
+        match part {
+            ContentPart::Text { text } if text.is_empty() => {}
+            ContentPart::Text { text } => blocks.push(json!({"text": text})),
+            ContentPart::ImageUrl { image_url } => {
+                let (media_type, data) = image_url.as_data().ok_or_else(|| {
+                    GatewayError::invalid(
+                        "Bedrock takes images inline only: send them as `data:` URLs",
+                    )
+                    .with_param("messages")
+                })?;
+                let format = image_format(media_type).ok_or_else(|| {
+                    GatewayError::invalid(format!(
+                        "Bedrock takes png, jpeg, gif or webp images, not `{media_type}`"
+                    ))
+                    .with_param("messages")
+                })?;
+                blocks.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
+            }
+        }
+    }
+    Ok(blocks)
+}
+
+/// Appends blocks to the last message if it has the same role, else starts a new message.
+fn push_blocks(
+    messages: &mut Vec<(&'static str, Vec<Value>)>,
+    role: &'static str,
+    blocks: Vec<Value>,
+) {
+    if blocks.is_empty() {
+        return;
+    }
+    match messages.last_mut() {
+        Some((last, existing)) if *last == role => existing.extend(blocks),
+        _ => messages.push((role, blocks)),
+    }
+}
+
+/// Tool-call arguments as the object Converse wants as `input`.
+fn tool_input(arguments: &str) -> Result<Value, GatewayError> {
+    if arguments.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        _ => Err(GatewayError::invalid(
+            "tool call arguments must be a JSON object to be sent to a Bedrock model",
+        )
+        .with_param("messages")),
+    }
+}
+
+/// The Converse request body as JSON (exposed for tests and benchmarks).
+pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
+    let mut system: Vec<Value> = Vec::new();
+    let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    let mut has_tool_blocks = false;
+    for message in &req.messages {
+        match message.role {
+            Role::System | Role::Developer => {
+                let text = message.text_content();
+                if !text.is_empty() {
+                    system.push(json!({"text": text}));
+                }
+            }
+            Role::User => push_blocks(&mut messages, "user", content_blocks(message)?),
+            Role::Assistant => {
+                let mut blocks = content_blocks(message)?;
+                for call in message.tool_calls.iter().flatten() {
+                    has_tool_blocks = true;
+                    blocks.push(json!({"toolUse": {
+                        "toolUseId": call.id,
+                        "name": call.function.name,
+                        "input": tool_input(&call.function.arguments)?,
+                    }}));
+                }
+                push_blocks(&mut messages, "assistant", blocks);
+            }
+            Role::Tool => {
+                has_tool_blocks = true;
+                let id = message.tool_call_id.clone().ok_or_else(|| {
+                    GatewayError::invalid("a `tool` message needs `tool_call_id`")
+                        .with_param("messages")
+                })?;
+                let mut content = content_blocks(message)?;
+                if content.is_empty() {
+                    // A result must carry content; an empty one is an empty text.
+                    content.push(json!({"text": ""}));
+                }
+                push_blocks(
+                    &mut messages,
+                    "user",
+                    vec![json!({"toolResult": {"toolUseId": id, "content": content}})],
+                );
+            }
+        }
+    }
+    if let Some(instruction) = req.response_format.as_ref().and_then(json_instruction) {
+        system.push(json!({"text": instruction}));
+    }
+    let mut body = Map::new();
+    body.insert(
+        "messages".into(),
+        Value::Array(
+            messages
+                .into_iter()
+                .map(|(role, content)| json!({"role": role, "content": content}))
+                .collect(),
+        ),
+    );
+    if !system.is_empty() {
+        body.insert("system".into(), Value::Array(system));
+    }
+    let mut inference = Map::new();
+    if let Some(n) = req.output_limit() {
+        inference.insert("maxTokens".into(), json!(n));
+    }
+    if let Some(t) = req.temperature {
+        inference.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        inference.insert("topP".into(), json!(p));
+    }
+    let stops = req.stop_sequences();
+    if !stops.is_empty() {
+        inference.insert("stopSequences".into(), json!(stops));
+    }
+    if !inference.is_empty() {
+        body.insert("inferenceConfig".into(), Value::Object(inference));
+    }
+    let tools: Vec<Value> = req
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| {
+            let mut spec = json!({
+                "name": t.function.name,
+                "inputSchema": {"json": t.function.parameters.clone()
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}}))},
+            });
+            if let Some(d) = t.function.description.as_ref().filter(|d| !d.is_empty()) {
+                spec["description"] = json!(d);
+            }
+            json!({"toolSpec": spec})
+        })
+        .collect();
+    if !tools.is_empty() {
+        let mut config = json!({"tools": tools});
+        let choice = match &req.tool_choice {
+            Some(ToolChoice::Mode(m)) if m == "required" => Some(json!({"any": {}})),
+            Some(ToolChoice::Mode(m)) if m == "auto" => Some(json!({"auto": {}})),
+            Some(ToolChoice::Named { function, .. }) => {
+                Some(json!({"tool": {"name": function.name}}))
+            }
+            _ => None,
+        };
+        if let Some(choice) = choice {
+            config["toolChoice"] = choice;
+        }
+        body.insert("toolConfig".into(), config);
+    } else if has_tool_blocks {
+        return Err(GatewayError::invalid(
+            "Bedrock needs the `tools` declared when the conversation has tool calls or results",
+        )
+        .with_param("tools"));
+    }
+    Ok(Value::Object(body))
+}
