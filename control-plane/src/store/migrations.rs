@@ -11,11 +11,20 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys, teams, admin keys, usage ledger",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+// Version 2 is the task plane's (branch `tasks`); versions apply by number, not in a row,
+// so 3 works with or without it.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys, teams, admin keys, usage ledger",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "key and team limits, limit counters, admissions",
+        sql: include_str!("migrations/0003_limits.sql"),
+    },
+];
 
 /// Any fixed number: the advisory lock that serialises nodes migrating one PostgreSQL database.
 const POSTGRES_MIGRATION_LOCK: i64 = 0x5359_4d49_4752;
