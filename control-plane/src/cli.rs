@@ -43,6 +43,11 @@ pub struct ControlPlaneArgs {
         value_delimiter = ','
     )]
     pub edge_token_sha256: Vec<String>,
+
+    /// Seconds an admission (POST /edge/v1/admit) waits for its usage record before it
+    /// expires and its estimate is charged as spent.
+    #[arg(long, env = "SWITCHYARD_ADMISSION_TTL_S", default_value_t = crate::limits::DEFAULT_ADMISSION_TTL_MS / 1000)]
+    pub admission_ttl_s: u64,
 }
 
 /// Environment variable holding a plain bootstrap admin key (hashed at start, never stored).
@@ -80,7 +85,8 @@ impl ControlPlaneArgs {
         if let Some(key) = std::env::var(ADMIN_KEY_ENV).ok().filter(|k| !k.is_empty()) {
             bootstrap_hashes.push(secrets::sha256_hex(&key));
         }
-        let control = ControlPlane::new(store, Arc::new(SystemClock), &self.edge_token_sha256)?;
+        let control = ControlPlane::new(store, Arc::new(SystemClock), &self.edge_token_sha256)?
+            .with_admission_ttl_ms(self.admission_ttl_s.saturating_mul(1000));
         for hash in &bootstrap_hashes {
             control.ensure_admin_key(hash).await?;
         }

@@ -4,6 +4,7 @@
 //! Bodies and queries are parsed by hand from bytes, not with axum's extractors, so every
 //! failure answers `{"error":{"message","type","code"}}` with the right status.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -20,7 +21,7 @@ use crate::admin_keys::{self, AdminKeyView, Role};
 use crate::clock::Clock;
 use crate::ledger::{self, Bucket, Filter, GroupBy};
 use crate::store::Store;
-use crate::{keys, secrets, teams, time, validate, Error};
+use crate::{keys, limits, secrets, teams, time, validate, Error};
 
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 1024 * 1024;
@@ -35,6 +36,10 @@ pub(crate) struct AppState {
     pub(crate) clock: Arc<dyn Clock>,
     /// SHA-256 hex (lower-case) of each accepted edge token.
     pub(crate) edge_token_hashes: Vec<String>,
+    /// How long an admission waits for its usage record.
+    pub(crate) admission_ttl_ms: u64,
+    /// When admissions were last looked at for expiry, unix ms.
+    pub(crate) last_expiry_ms: AtomicU64,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -68,6 +73,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let edge = Router::new()
         .route("/edge/v1/keys", get(edge_keys))
         .route("/edge/v1/usage", post(edge_usage))
+        .route("/edge/v1/admit", post(edge_admit))
         .route("/edge/v1/{*path}", axum::routing::any(unknown_endpoint))
         .layer(DefaultBodyLimit::max(EDGE_BODY_LIMIT));
     Router::new()
@@ -588,11 +594,65 @@ async fn edge_usage(
 ) -> Answer {
     state.authorize_edge(&headers)?;
     let records = ledger::parse_batch(&body_bytes(body)?)?;
-    let received_at_ms = state.clock.now_ms() as i64;
-    ok(&state
+    let now_ms = state.clock.now_ms();
+    let outcome = state
         .store
-        .transact(move |tx| ledger::ingest(tx, &records, received_at_ms))
-        .await?)
+        .transact(move |tx| {
+            let outcome = ledger::ingest(tx, &records, now_ms as i64)?;
+            limits::settle(tx, &records, now_ms)?;
+            Ok::<_, Error>(outcome)
+        })
+        .await?;
+    state.expire_admissions().await?;
+    ok(&outcome)
+}
+
+/// `POST /edge/v1/admit`: 200 admitted, 429 refused (see [`limits`]).
+async fn edge_admit(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    state.authorize_edge(&headers)?;
+    let request = Arc::new(limits::parse_request(&body_bytes(body)?)?);
+    let ttl_ms = state.admission_ttl_ms;
+    let mut retried = false;
+    let (status, answer) = loop {
+        let request = Arc::clone(&request);
+        let now_ms = state.clock.now_ms();
+        let answer = state
+            .store
+            .transact(move |tx| limits::admit(tx, &request, now_ms, ttl_ms))
+            .await?;
+        // Refused: reservations whose records never came may be what holds the capacity.
+        if answer.0 == 429 && !retried && state.expire_admissions().await? > 0 {
+            retried = true;
+            continue;
+        }
+        break answer;
+    };
+    let mut response = axum::Json(&answer).into_response();
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok(response)
+}
+
+impl AppState {
+    /// Expires admissions past their deadline, at most once a second; how many expired.
+    async fn expire_admissions(&self) -> Result<usize, Error> {
+        let now_ms = self.clock.now_ms();
+        let last = self.last_expiry_ms.load(Ordering::Relaxed);
+        if now_ms < last.saturating_add(1_000)
+            || self
+                .last_expiry_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(0);
+        }
+        self.store
+            .transact(move |tx| limits::expire(tx, now_ms))
+            .await
+    }
 }
 
 // ---- dashboard ----

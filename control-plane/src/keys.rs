@@ -5,10 +5,11 @@
 //! would see bumps the snapshot version in that same transaction, so an edge polling
 //! `GET /edge/v1/keys` never holds a version whose content it has not seen.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use switchyard_core::limits::Quota;
 
 use crate::secrets::{self, KEY_PREFIX};
 use crate::store::{Row, SqlValue, Tx};
@@ -30,6 +31,8 @@ pub struct CreateKey {
     pub expires_at: Option<u64>,
     /// Any JSON object, kept for the operator.
     pub metadata: Option<Value>,
+    /// Rate limits and budget (`rpm`, `tpm`, `concurrent`, `budget: {usd, period}`).
+    pub limits: Option<Quota>,
 }
 
 /// Body of `PATCH /admin/v1/keys/{id}`: absent fields stay, `null` clears.
@@ -51,6 +54,9 @@ pub struct UpdateKey {
     /// New metadata object (replaces the old one; `null` is refused, `{}` empties it).
     #[serde(default, deserialize_with = "validate::nullable")]
     pub metadata: Option<Option<Value>>,
+    /// New limits (replace the old ones), or `null` for none.
+    #[serde(default, deserialize_with = "validate::nullable")]
+    pub limits: Option<Option<Quota>>,
 }
 
 /// Body of `POST /admin/v1/keys/{id}/rotate`.
@@ -80,6 +86,8 @@ pub struct KeyView {
     pub expires_at: Option<i64>,
     /// Operator's JSON object.
     pub metadata: Value,
+    /// Rate limits and budget.
+    pub limits: Option<Quota>,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds of the last change.
@@ -119,19 +127,25 @@ pub struct EdgeKey {
     pub label: Option<String>,
     /// Team id.
     pub team: Option<String>,
+    /// The key's rate limits and budget, when it has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Quota>,
 }
 
 /// What `GET /edge/v1/keys` answers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeySnapshot {
-    /// Increases with every key change.
+    /// Increases with every key or team-limit change.
     pub version: u64,
     /// Every usable secret of every live key.
     pub keys: Vec<EdgeKey>,
+    /// The limits of every team that has some, by team id.
+    #[serde(default)]
+    pub teams: BTreeMap<String, Quota>,
 }
 
 const KEY_COLUMNS: &str =
-    "id, label, team_id, models, expires_at, metadata, created_at, updated_at, revoked_at";
+    "id, label, team_id, models, expires_at, metadata, created_at, updated_at, revoked_at, limits";
 
 struct KeyRow {
     id: String,
@@ -143,6 +157,7 @@ struct KeyRow {
     created_at: i64,
     updated_at: i64,
     revoked_at: Option<i64>,
+    limits: Option<Quota>,
 }
 
 impl KeyRow {
@@ -157,6 +172,7 @@ impl KeyRow {
             created_at: row.int(6)?,
             updated_at: row.int(7)?,
             revoked_at: row.opt_int(8)?,
+            limits: row.opt_text(9)?.map(|t| json_column(&t)).transpose()?,
         })
     }
 
@@ -181,12 +197,26 @@ impl KeyRow {
             models: self.models,
             expires_at: self.expires_at,
             metadata: self.metadata,
+            limits: self.limits,
             created_at: self.created_at,
             updated_at: self.updated_at,
             revoked_at: self.revoked_at,
             status,
         }
     }
+}
+
+/// Checks limits from the admin API and turns them into their stored form.
+pub(crate) fn limits_column(limits: Option<&Quota>) -> Result<Option<String>, Error> {
+    let Some(limits) = limits else {
+        return Ok(None);
+    };
+    limits
+        .validate("limits")
+        .map_err(|e| Error::invalid(e, "invalid_value"))?;
+    Ok(limits
+        .is_limited()
+        .then(|| serde_json::to_string(limits).unwrap_or_default()))
 }
 
 /// Parses a JSON document the store holds as text.
@@ -329,6 +359,7 @@ pub fn create(tx: &mut dyn Tx, request: CreateKey, now: i64) -> Result<KeyWithSe
             .metadata
             .unwrap_or_else(|| Value::Object(Default::default())),
     )?;
+    let limits = limits_column(request.limits.as_ref())?;
     if let Some(team) = &request.team {
         require_team(tx, team)?;
     }
@@ -342,7 +373,9 @@ pub fn create(tx: &mut dyn Tx, request: CreateKey, now: i64) -> Result<KeyWithSe
         ));
     }
     tx.execute(
-        &format!("INSERT INTO keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL)"),
+        &format!(
+            "INSERT INTO keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, NULL, $8)"
+        ),
         &[
             id.as_str().into(),
             request.label.into(),
@@ -351,6 +384,7 @@ pub fn create(tx: &mut dyn Tx, request: CreateKey, now: i64) -> Result<KeyWithSe
             expires_at.into(),
             metadata.into(),
             now.into(),
+            limits.into(),
         ],
     )?;
     let secret = add_secret(tx, &id, now)?;
@@ -402,9 +436,13 @@ pub fn update(tx: &mut dyn Tx, id: &str, patch: UpdateKey, now: i64) -> Result<K
         None => key.metadata,
     };
     let metadata = validate::metadata(&metadata)?;
+    if let Some(limits) = patch.limits {
+        key.limits = limits;
+    }
+    let limits = limits_column(key.limits.as_ref())?;
     tx.execute(
         "UPDATE keys SET label = $2, team_id = $3, models = $4, expires_at = $5, \
-         metadata = $6, updated_at = $7 WHERE id = $1",
+         metadata = $6, updated_at = $7, limits = $8 WHERE id = $1",
         &[
             id.into(),
             key.label.into(),
@@ -415,6 +453,7 @@ pub fn update(tx: &mut dyn Tx, id: &str, patch: UpdateKey, now: i64) -> Result<K
             key.expires_at.into(),
             metadata.into(),
             now.into(),
+            limits.into(),
         ],
     )?;
     bump_version(tx)?;
@@ -491,7 +530,8 @@ pub fn version(tx: &mut dyn Tx) -> Result<u64, Error> {
 pub fn snapshot(tx: &mut dyn Tx, now: i64) -> Result<KeySnapshot, Error> {
     let version = version(tx)?;
     let rows = tx.query(
-        "SELECT k.id, s.sha256, k.models, k.expires_at, s.expires_at, k.label, k.team_id \
+        "SELECT k.id, s.sha256, k.models, k.expires_at, s.expires_at, k.label, k.team_id, \
+         k.limits \
          FROM key_secrets s JOIN keys k ON k.id = s.key_id \
          WHERE k.revoked_at IS NULL \
            AND (k.expires_at IS NULL OR k.expires_at > $1) \
@@ -514,8 +554,21 @@ pub fn snapshot(tx: &mut dyn Tx, now: i64) -> Result<KeySnapshot, Error> {
                 },
                 label: row.opt_text(5)?,
                 team: row.opt_text(6)?,
+                limits: row.opt_text(7)?.map(|t| json_column(&t)).transpose()?,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok(KeySnapshot { version, keys })
+    let teams = tx
+        .query(
+            "SELECT id, limits FROM teams WHERE limits IS NOT NULL ORDER BY id",
+            &[],
+        )?
+        .iter()
+        .map(|row| Ok((row.text(0)?, json_column(&row.text(1)?)?)))
+        .collect::<Result<_, Error>>()?;
+    Ok(KeySnapshot {
+        version,
+        keys,
+        teams,
+    })
 }

@@ -49,7 +49,19 @@
 //! `{"accepted": n, "duplicates": m}`. A record already stored (same `request_id`, or twice
 //! in the batch) counts as a duplicate, so retrying a batch is safe. Any invalid record
 //! rejects the whole batch with 400 naming it (`records[3]: missing field `key_id``);
-//! unknown fields are ignored. See [`ledger::UsageRecord`] for the fields.
+//! unknown fields are ignored. See [`ledger::UsageRecord`] for the fields. Records settle
+//! the admissions of their `request_id` in the same transaction.
+//!
+//! `POST /edge/v1/admit` with `{"request_id", "scopes": [{"name": "key:<id>"|"team:<id>",
+//! "quota": {"rpm","tpm","concurrent","budget":{"usd","period"}}}], "estimate": {"tokens",
+//! "cost_nano"}}` → 200 `{"headers": [[name, value]…]}` (admitted: the estimate is reserved
+//! until the request's usage record arrives) or 429 `{"headers", "refusal": {"message",
+//! "code", "retry_after"}}`. Asking again for the same `request_id` admits it once. See
+//! [`limits`] for the rules and the bound on overshoot across edge instances.
+//!
+//! Keys (`limits` on create and `PATCH`) and teams (`limits` likewise) carry limits; the key
+//! snapshot carries each key's `limits` and a `teams` map of the limits of teams that have
+//! some, and a change to either bumps its version.
 
 #![warn(missing_docs)]
 
@@ -60,6 +72,7 @@ mod error;
 mod http;
 pub mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod secrets;
 pub mod store;
 pub mod teams;
@@ -107,8 +120,19 @@ impl ControlPlane {
                 store,
                 clock,
                 edge_token_hashes,
+                admission_ttl_ms: limits::DEFAULT_ADMISSION_TTL_MS,
+                last_expiry_ms: Default::default(),
             }),
         })
+    }
+
+    /// Sets how long an admission waits for its usage record before it expires (default
+    /// [`limits::DEFAULT_ADMISSION_TTL_MS`]). Call before [`ControlPlane::router`].
+    pub fn with_admission_ttl_ms(mut self, ttl_ms: u64) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.admission_ttl_ms = ttl_ms.max(1);
+        }
+        self
     }
 
     /// Creates an admin key (role `admin`) with this SHA-256 hex unless one exists.

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use switchyard_core::limits::Quota;
 
-use crate::keys::json_column;
+use crate::keys::{bump_version, json_column, limits_column};
 use crate::store::{Row, Tx};
 use crate::{secrets, validate, Error};
 
@@ -17,6 +18,8 @@ pub struct CreateTeam {
     pub name: String,
     /// Any JSON object.
     pub metadata: Option<Value>,
+    /// Rate limits and budget shared by every key of the team.
+    pub limits: Option<Quota>,
 }
 
 /// Body of `PATCH /admin/v1/teams/{id}`.
@@ -27,6 +30,9 @@ pub struct UpdateTeam {
     pub name: Option<String>,
     /// New metadata object (replaces the old one).
     pub metadata: Option<Value>,
+    /// New limits (replace the old ones), or `null` for none.
+    #[serde(default, deserialize_with = "crate::validate::nullable")]
+    pub limits: Option<Option<Quota>>,
 }
 
 /// A team as the admin API shows it.
@@ -38,6 +44,8 @@ pub struct TeamView {
     pub name: String,
     /// Operator's JSON object.
     pub metadata: Value,
+    /// Rate limits and budget shared by the team's keys.
+    pub limits: Option<Quota>,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds of the last change.
@@ -47,7 +55,7 @@ pub struct TeamView {
 }
 
 const TEAM_SELECT: &str = "SELECT t.id, t.name, t.metadata, t.created_at, t.updated_at, \
-     (SELECT COUNT(*) FROM keys k WHERE k.team_id = t.id AND k.revoked_at IS NULL) \
+     (SELECT COUNT(*) FROM keys k WHERE k.team_id = t.id AND k.revoked_at IS NULL), t.limits \
      FROM teams t";
 
 fn from_row(row: &Row) -> Result<TeamView, Error> {
@@ -58,6 +66,7 @@ fn from_row(row: &Row) -> Result<TeamView, Error> {
         created_at: row.int(3)?,
         updated_at: row.int(4)?,
         active_keys: row.int(5)?,
+        limits: row.opt_text(6)?.map(|t| json_column(&t)).transpose()?,
     })
 }
 
@@ -118,15 +127,22 @@ pub fn create(tx: &mut dyn Tx, request: CreateTeam, now: i64) -> Result<TeamView
         ));
     }
     require_unique_name(tx, &request.name, &id)?;
+    let limits = limits_column(request.limits.as_ref())?;
+    let limited = limits.is_some();
     tx.execute(
-        "INSERT INTO teams (id, name, metadata, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+        "INSERT INTO teams (id, name, metadata, created_at, updated_at, limits) \
+         VALUES ($1, $2, $3, $4, $4, $5)",
         &[
             id.as_str().into(),
             request.name.into(),
             metadata.into(),
             now.into(),
+            limits.into(),
         ],
     )?;
+    if limited {
+        bump_version(tx)?;
+    }
     get(tx, &id)
 }
 
@@ -137,10 +153,22 @@ pub fn update(tx: &mut dyn Tx, id: &str, patch: UpdateTeam, now: i64) -> Result<
     validate::text("name", &name, false)?;
     require_unique_name(tx, &name, id)?;
     let metadata = validate::metadata(&patch.metadata.unwrap_or(team.metadata))?;
+    let limits_changed = patch.limits.is_some();
+    let limits = limits_column(patch.limits.unwrap_or(team.limits).as_ref())?;
     tx.execute(
-        "UPDATE teams SET name = $2, metadata = $3, updated_at = $4 WHERE id = $1",
-        &[id.into(), name.into(), metadata.into(), now.into()],
+        "UPDATE teams SET name = $2, metadata = $3, updated_at = $4, limits = $5 WHERE id = $1",
+        &[
+            id.into(),
+            name.into(),
+            metadata.into(),
+            now.into(),
+            limits.into(),
+        ],
     )?;
+    if limits_changed {
+        // Edges carry team limits in the key snapshot.
+        bump_version(tx)?;
+    }
     get(tx, id)
 }
 
@@ -157,5 +185,8 @@ pub fn delete(tx: &mut dyn Tx, id: &str) -> Result<(), Error> {
         ));
     }
     tx.execute("DELETE FROM teams WHERE id = $1", &[id.into()])?;
+    if team.limits.is_some() {
+        bump_version(tx)?;
+    }
     Ok(())
 }

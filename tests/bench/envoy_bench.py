@@ -23,6 +23,11 @@ Every row also reports the CPU time per request of the process serving it (the p
 Envoy, host-runner, serve-component), from /proc: on a loaded machine it moves less than
 req/s, which also counts time spent waiting for a core.
 
+With --limits, one more Envoy + filter row whose key has every limit (requests and tokens per
+minute, concurrency, a budget; all far above what the run uses), enforced on Envoy's shared
+data; with --control-plane as well, one more where the same key is admitted by the control
+plane (POST /edge/v1/admit per request, settled by the usage records).
+
 With --host-runner, two more rows: host-runner running the passthrough guest (every callback
 continues; the request carries `x-switchyard-cluster` itself) and host-runner running
 filter.wasm, both in front of the same upstream. With --component as well, one more row: the
@@ -109,9 +114,17 @@ def cluster(name, port):
 EDGE_TOKEN = "bench-edge-token"
 
 
-def gateway_config(upstream_port, control_plane_port=None):
+# Every limit, far above what a run uses: the cost of enforcing them, never a refusal.
+BENCH_LIMITS = {"rpm": 10**8, "tpm": 10**10, "concurrent": 10**6,
+                "budget": {"usd": 10**6, "period": "month"}}
+
+
+def gateway_config(upstream_port, control_plane_port=None, limits=False):
+    key = {"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}
+    if limits:
+        key["limits"] = BENCH_LIMITS
     config = {
-        "keys": [{"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+        "keys": [key],
         "providers": {"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}", "cluster": "upstream"}},
         "models": [{"name": "bench", "deployments": [{"provider": "up", "model": "bench-upstream",
                                                        "price": {"input": 1.0, "output": 2.0}}]}],
@@ -123,10 +136,12 @@ def gateway_config(upstream_port, control_plane_port=None):
     return json.dumps(config)
 
 
-def write_configs(tmp, wasm, ports, extra_filters=(), control_plane=None, options_ports=()):
+def write_configs(tmp, wasm, ports, extra_filters=(), control_plane=None, options_ports=(),
+                  limits=None):
     """Envoy configs: the upstream, and the proxies (pass-through, the filter, one more
-    filter listener per `(label, path, port)` in `extra_filters`, and with `control_plane`
-    `(its port, listener port)` the filter synced to a control plane)."""
+    filter listener per `(label, path, port)` in `extra_filters`, with `control_plane`
+    `(its port, listener port)` the filter synced to a control plane, and with `limits`
+    `(listener port, listener port through the control plane)` the key limited)."""
     up, passthrough, filtered, admin = ports
     direct = (f'direct_response: {{status: 200, body: {{inline_string: {json.dumps(COMPLETION)}}}}}\n'
               '                response_headers_to_add: [{header: {key: content-type, value: application/json}}]')
@@ -136,7 +151,7 @@ static_resources:
   listeners:{listener(up, ROUTER, direct)}
 """
 
-    def wasm_filter(path, vm, cp_port=None):
+    def wasm_filter(path, vm, cp_port=None, limited=False):
         env = ('''
                   environment_variables: {host_env_keys: [SWITCHYARD_EDGE_TOKEN]}''' if cp_port else "")
         return f"""
@@ -148,7 +163,7 @@ static_resources:
                 allow_on_headers_stop_iteration: true
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {json.dumps(gateway_config(up, cp_port))}
+                  value: {json.dumps(gateway_config(up, cp_port, limited))}
                 vm_config:
                   vm_id: {vm}
                   runtime: envoy.wasm.runtime.v8
@@ -164,6 +179,13 @@ static_resources:
         cp_port, port = control_plane
         filters += listener(port, wasm_filter(wasm, "synced", cp_port) + ROUTER, route)
         clusters += cluster("control_plane", cp_port)
+    if limits:
+        local_port, cp_limits_port = limits
+        filters += listener(local_port, wasm_filter(wasm, "limits", None, True) + ROUTER, route)
+        if control_plane:
+            filters += listener(cp_limits_port,
+                                wasm_filter(wasm, "cplimits", control_plane[0], True) + ROUTER,
+                                route)
     proxies_yaml = f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin + 1}}}}}}}
 static_resources:
@@ -254,6 +276,9 @@ def main():
     ap.add_argument("--envoy-options", action="store_true",
                     help="also measure filter.wasm with each Envoy default that costs per request "
                          "turned off (request-id generation, the router's dynamic stats)")
+    ap.add_argument("--limits", action="store_true",
+                    help="also measure the filter with every limit on the key (and, with "
+                         "--control-plane, admitted by the control plane)")
     ap.add_argument("--components-only", action="store_true",
                     help="measure only the upstream direct and the components")
     ap.add_argument("--passthrough", default=os.path.join(
@@ -272,8 +297,9 @@ def main():
         extra_filters.append((label or path, os.path.abspath(path), base + 30 + i))
     control_plane = (base + 40, base + 41) if args.control_plane else None
     options_ports = [base + 50 + i for i in range(len(ENVOY_OPTIONS))] if args.envoy_options else []
+    limits = (base + 42, base + 43) if args.limits else None
     upstream_cfg, proxies_cfg = write_configs(tmp, args.wasm, ports, extra_filters,
-                                              control_plane, options_ports)
+                                              control_plane, options_ports, limits)
     lua = os.path.join(tmp, "post.lua")
     with open(lua, "w") as f:
         f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST)}\n'
@@ -303,6 +329,11 @@ def main():
             setups += [(f"envoy + {label}", port, proxies_pid) for label, _, port in extra_filters]
             if control_plane:
                 setups.append(("envoy + filter.wasm + control plane", control_plane[1], proxies_pid))
+            if limits:
+                setups.append(("envoy + filter.wasm + limits", limits[0], proxies_pid))
+                if control_plane:
+                    setups.append(("envoy + filter.wasm + limits via control plane", limits[1],
+                                   proxies_pid))
             setups += [(f"envoy + filter.wasm, {label}", port, proxies_pid)
                        for (label, _, _), port in zip(ENVOY_OPTIONS, options_ports)]
         if args.host_runner and not args.components_only:

@@ -1,5 +1,6 @@
-"""A real control plane for the e2e tests: `gpu-backend --no-models` on SQLite in a temp dir,
-with a bootstrap admin key and an edge token, and helpers for its admin API."""
+"""A real control plane for the e2e tests: `gpu-backend --no-models` on SQLite in a temp dir
+(or on PostgreSQL: `postgres_url()` starts the throwaway server of scripts/postgres.sh), with
+a bootstrap admin key and an edge token, and helpers for its admin API."""
 
 from __future__ import annotations
 
@@ -34,12 +35,14 @@ class ControlPlane:
     """One control plane process; `restart` keeps its port and its database."""
 
     def __init__(self, workdir: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, database_url: str | None = None) -> None:
         """`extra_args` and `env` reach `gpu-backend` as given (e.g. the task plane's
-        `--gateway-config` and the provider secrets it names)."""
+        `--gateway-config` and the provider secrets it names); `database_url` selects
+        PostgreSQL instead of SQLite in the work dir."""
         self.workdir = workdir
         self.extra_args = list(extra_args or [])
         self.env = dict(env or {})
+        self.database_url = database_url
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "control-plane.log"
@@ -51,7 +54,8 @@ class ControlPlane:
         self.proc = subprocess.Popen(
             [str(paths.gpu_backend()), "--no-models", "--listen", f"127.0.0.1:{self.port}",
              "--data-dir", str(self.workdir / "data"), "--admin-key-sha256", sha(ADMIN_KEY),
-             "--edge-token-sha256", sha(EDGE_TOKEN), *self.extra_args],
+             "--edge-token-sha256", sha(EDGE_TOKEN), *self.extra_args,
+             *(["--database-url", self.database_url] if self.database_url else [])],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=paths.REPO,
             env={**os.environ, **self.env})
         out.close()
@@ -94,3 +98,13 @@ class ControlPlane:
         return {"base_url": self.base_url, "cluster": "control_plane",
                 "token_secret": EDGE_TOKEN_SECRET, "key_sync_interval_ms": 1000,
                 "usage_flush_ms": 200, "call_timeout_ms": 2000}
+
+
+def postgres_url() -> str:
+    """A fresh, empty PostgreSQL database (scripts/postgres.sh starts the server if needed and
+    recreates the database); stop the server with `scripts/postgres.sh stop`."""
+    done = subprocess.run([str(paths.REPO / "scripts" / "postgres.sh")], capture_output=True,
+                          text=True, timeout=300, cwd=paths.REPO)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/postgres.sh failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip()

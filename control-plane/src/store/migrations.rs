@@ -22,6 +22,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "tasks, webhook deliveries and settings; media units in the ledger",
         sql: include_str!("migrations/0002_tasks.sql"),
     },
+    Migration {
+        version: 3,
+        name: "key and team limits, limit counters, admissions",
+        sql: include_str!("migrations/0003_limits.sql"),
+    },
 ];
 
 /// Any fixed number: the advisory lock that serialises nodes migrating one PostgreSQL database.

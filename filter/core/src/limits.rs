@@ -62,7 +62,9 @@ impl Quota {
             || self.budget.is_some()
     }
 
-    pub(crate) fn validate(&self, what: &str) -> Result<(), String> {
+    /// Checks the limits are usable (`what` names the owner in the message): a 0 limit is
+    /// refused, since leaving the limit out is how to say "none".
+    pub fn validate(&self, what: &str) -> Result<(), String> {
         if [self.rpm, self.tpm, self.concurrent].contains(&Some(0)) {
             return Err(format!(
                 "{what}: limits must be > 0 (leave a limit out for none)"
@@ -364,6 +366,23 @@ impl Scope {
     fn record(&self, kind: &str) -> String {
         format!("switchyard/limits/{}/{kind}", self.name)
     }
+
+    /// The counter records this scope's limits use. A store that locks records (a database)
+    /// takes them all, in one order, before [`admit`] runs, so concurrent admissions cannot
+    /// deadlock.
+    pub fn records(&self) -> Vec<String> {
+        let q = &self.quota;
+        [
+            ("rpm", q.rpm.is_some()),
+            ("tpm", q.tpm.is_some()),
+            ("concurrent", q.concurrent.is_some()),
+            ("budget", q.budget.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, limited)| *limited)
+        .map(|(kind, _)| self.record(kind))
+        .collect()
+    }
 }
 
 /// What a request is expected to use, for admission.
@@ -434,6 +453,11 @@ impl Admission {
     /// Whether anything is held.
     pub fn is_empty(&self) -> bool {
         self.taken.is_empty()
+    }
+
+    /// The scopes something is held in.
+    pub fn scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.taken.iter().map(|t| &t.scope)
     }
 
     /// The request ended having used `tokens` and cost `cost_nano`: concurrency is given back,
@@ -657,6 +681,28 @@ fn give_back(store: &dyn CounterStore, taken: &Taken, used: Option<(u64, i64)>, 
     }
 }
 
+/// Charges usage no reservation covers (or corrects one settled with a guess): `tokens` go
+/// into the tokens-per-minute bucket (a debt when it is empty), `cost_nano` onto the budget's
+/// spending. Negative amounts give back what a guess charged too much.
+pub fn charge(store: &dyn CounterStore, scope: &Scope, tokens: i64, cost_nano: i64, now_ms: u64) {
+    let q = &scope.quota;
+    if let (Some(tpm), true) = (q.tpm, tokens != 0) {
+        store.update(&scope.record("tpm"), &mut |cur| {
+            let mut b = Bucket::decode(cur, tpm, now_ms).refilled(tpm, now_ms);
+            b.level_milli = (b.level_milli - tokens * 1000).min(tpm as i64 * 1000);
+            Some(b.encode())
+        });
+    }
+    if let (Some(budget), true) = (q.budget, cost_nano != 0) {
+        let (start, _) = budget.period.bounds(now_ms);
+        store.update(&scope.record("budget"), &mut |cur| {
+            let mut l = Ledger::decode(cur, start);
+            l.spent_nano += cost_nano;
+            Some(l.encode())
+        });
+    }
+}
+
 /// A scope's budget as stored now: (spent, reserved) in nano-USD for the current period.
 pub fn budget_state(store: &dyn CounterStore, scope: &Scope, now_ms: u64) -> Option<(i64, i64)> {
     let budget = scope.quota.budget?;
@@ -871,5 +917,29 @@ mod tests {
         assert_eq!(bucket.level_milli, 9_000);
         held.settle(&store, 50, usd_to_nano(1.0), T0);
         assert_eq!(counter(store.load(&key.record("concurrent")).as_deref()), 0);
+    }
+
+    #[test]
+    fn records_name_every_limited_counter_and_charges_correct_a_guess() {
+        let scope = Scope::key("k", &quota(None, Some(100), None, Some(1.0)));
+        assert_eq!(
+            scope.records(),
+            [
+                "switchyard/limits/key:k/tpm",
+                "switchyard/limits/key:k/budget"
+            ]
+        );
+        let store = MemoryCounters::default();
+        let held = admit(&store, std::slice::from_ref(&scope), est(40, 0.5), T0).unwrap();
+        assert_eq!(held.scopes().collect::<Vec<_>>(), [&scope]);
+        // Settled with its estimate as a guess, then corrected to the real $0.1 and 10 tokens.
+        held.settle(&store, 40, usd_to_nano(0.5), T0);
+        charge(&store, &scope, -30, usd_to_nano(-0.4), T0);
+        assert_eq!(
+            budget_state(&store, &scope, T0),
+            Some((usd_to_nano(0.1), 0))
+        );
+        let bucket = Bucket::decode(store.load(&scope.record("tpm")).as_deref(), 100, T0);
+        assert_eq!(bucket.level_milli, 90_000);
     }
 }
