@@ -19,6 +19,9 @@ from . import common
 from .common import Conversation, DoubleState, Reply, ToolResult, ToolSpec
 
 PROVIDER = "cohere"
+# Cohere's models explain tool calls in a `tool_plan`; without planned text, the double's is
+# this.
+DEFAULT_TOOL_PLAN = "I will call the tools."
 FIELDS = {"model", "messages", "stream", "tools", "documents", "citation_options",
           "response_format", "safety_mode", "max_tokens", "stop_sequences", "temperature",
           "seed", "frequency_penalty", "presence_penalty", "k", "p", "logprobs", "tool_choice",
@@ -109,7 +112,7 @@ def finish_reason(reply: Reply) -> str:
 def message(reply: Reply) -> dict:
     msg: dict = {"role": "assistant"}
     if reply.tool_calls:
-        msg["tool_plan"] = reply.text or "I will call the tools."
+        msg["tool_plan"] = reply.text or DEFAULT_TOOL_PLAN
         msg["tool_calls"] = [{"id": c.id, "type": "function",
                               "function": {"name": c.name, "arguments": c.arguments_json}}
                              for c in reply.tool_calls]
@@ -126,7 +129,7 @@ def stream_events(reply: Reply):
     yield event("message-start", {"id": common.new_id(""), "delta": {"message": {
         "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}})
     if reply.tool_calls:
-        for piece in common.split_text(reply.text or "I will call the tools."):
+        for piece in common.split_text(reply.text or DEFAULT_TOOL_PLAN):
             yield event("tool-plan-delta", {"delta": {"message": {"tool_plan": piece}}})
         for i, call in enumerate(reply.tool_calls):
             yield event("tool-call-start", {"index": i, "delta": {"message": {"tool_calls": {

@@ -24,7 +24,7 @@ PROVIDER = "mistral"
 FIELDS = {"model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop",
           "random_seed", "response_format", "tools", "tool_choice", "presence_penalty",
           "frequency_penalty", "n", "prediction", "parallel_tool_calls", "safe_prompt",
-          "prompt_mode"}
+          "prompt_mode", "prompt_cache_key"}
 MESSAGE_FIELDS = {"system": {"role", "content"}, "user": {"role", "content"},
                   "assistant": {"role", "content", "tool_calls", "prefix"},
                   "tool": {"role", "content", "tool_call_id", "name"}}
@@ -83,6 +83,17 @@ def call_id(seed: str) -> str:
     return "".join(c for c in digest if c.isalnum())[:9]
 
 
+def usage_json(reply: Reply) -> dict:
+    """Mistral's usage; cache hits (prompt caching) are part of `prompt_tokens` and reported in
+    `prompt_tokens_details.cached_tokens` only when there is one."""
+    u = reply.usage
+    usage = {"prompt_tokens": u.input, "completion_tokens": u.output,
+             "total_tokens": u.input + u.output}
+    if u.cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": u.cached}
+    return usage
+
+
 def stream_events(model: str, reply: Reply):
     cid, created = common.new_id("cmpl-"), int(time.time())
 
@@ -94,8 +105,7 @@ def stream_events(model: str, reply: Reply):
             payload["usage"] = usage
         return f"data: {json.dumps(payload)}\n\n"
 
-    usage = {"prompt_tokens": reply.usage.input, "completion_tokens": reply.usage.output,
-             "total_tokens": reply.usage.input + reply.usage.output}
+    usage = usage_json(reply)
     yield chunk({"role": "assistant", "content": ""})
     if reply.text:
         for piece in common.split_text(reply.text):
@@ -151,9 +161,7 @@ class MistralDouble:
             body = openai_double.completion(conv.model, reply)
             for key in ("service_tier", "system_fingerprint"):
                 body.pop(key, None)
-            body["usage"] = {"prompt_tokens": reply.usage.input,
-                             "completion_tokens": reply.usage.output,
-                             "total_tokens": reply.usage.input + reply.usage.output}
+            body["usage"] = usage_json(reply)
             return common.json_response(body)
         s = common.Stream(request, fault, common.sse_headers())
         return await common.run_stream(s, stream_events(conv.model, reply))

@@ -1,5 +1,6 @@
 """OpenAI double: Chat Completions (plain, streamed with `stream_options.include_usage`, tool
-calls streamed with incremental arguments), Embeddings (float and base64), Models.
+calls streamed with incremental arguments), Responses (`openai_responses.py`), Embeddings
+(float and base64), Models.
 
 Wire format: https://platform.openai.com/docs/api-reference/chat (see README.md).
 """
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from . import common
 from .common import Conversation, DoubleState, Reply, ToolResult, ToolSpec
+from .openai_responses import ResponsesRoute
 
 PROVIDER = "openai"
 
@@ -272,6 +274,8 @@ class OpenAIDouble:
 def make_app(api_key: str) -> tuple[web.Application, DoubleState]:
     state = DoubleState()
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    OpenAIDouble(api_key, state).routes(app)
+    double = OpenAIDouble(api_key, state)
+    double.routes(app)
+    ResponsesRoute(double).routes(app)
     common.add_side_routes(app, state)
     return app, state

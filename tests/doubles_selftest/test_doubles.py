@@ -89,6 +89,53 @@ def test_openai_tool_results(doubles):
     assert r.choices[0].message.content == "tool results: get_weather=sunny"
 
 
+RESPONSES_WEATHER = {"type": "function", "name": "get_weather",
+                     "parameters": WEATHER["function"]["parameters"]}
+
+
+def test_openai_responses_create_stream_and_tool_round_trip(doubles):
+    d = doubles["openai"]
+    client = oai(d)
+    r = client.responses.create(model="gpt-4o-mini", instructions="be brief",
+                                input="hello there [cache]")
+    assert r.output_text == expected_text("openai", "gpt-4o-mini", "hello there [cache]")
+    assert r.status == "completed"
+    assert r.usage.input_tokens == 4 and r.usage.input_tokens_details.cached_tokens == 2
+    # The SDK's accumulator checks event order, indexes and the final object.
+    with client.responses.stream(model="gpt-4o-mini", tools=[RESPONSES_WEATHER],
+                                 input="weather? [text+tools]") as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    assert "response.function_call_arguments.delta" in kinds
+    assert [i.type for i in final.output] == ["message", "function_call"]
+    call = final.output[1]
+    assert call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "city-get_weather", "days": 42}
+    events = [json.loads(line[6:]) for line in httpx.post(
+        d.base_url + "/v1/responses", headers={"authorization": f"Bearer {d.api_key}"},
+        json={"model": "m", "input": "hi", "stream": True}).text.splitlines()
+        if line.startswith("data: ")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    back = client.responses.create(model="gpt-4o-mini", tools=[RESPONSES_WEATHER], input=[
+        {"role": "user", "content": "weather?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name,
+         "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert back.output_text == "tool results: get_weather=sunny"
+    # Strict like the API: unknown fields, orphan outputs and stored state are refused.
+    for body, status, param in [
+            ({"model": "m", "input": "x", "bogus": 1}, 400, "bogus"),
+            ({"model": "m", "input": [{"type": "function_call_output", "call_id": "c",
+                                       "output": "x"}]}, 400, "input"),
+            ({"model": "m", "input": "x", "previous_response_id": "resp_1"}, 404,
+             "previous_response_id")]:
+        bad = httpx.post(d.base_url + "/v1/responses", json=body,
+                         headers={"authorization": f"Bearer {d.api_key}"})
+        assert bad.status_code == status and bad.json()["error"]["param"] == param
+
+
 def test_openai_embeddings_base64_default(doubles):
     d = doubles["openai"]
     r = oai(d).embeddings.create(model="text-embedding-3-small", input=["a", "b c"])

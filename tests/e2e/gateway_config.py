@@ -18,12 +18,22 @@ CHAT_MODELS = {
     "claude-haiku": ("anthropic", "claude-3-5-haiku-20241022"),
     "gemini-flash": ("gemini", "gemini-2.0-flash-001"),
     "qwen-plus": ("dashscope", "qwen-plus-2025-01-25"),
+    "claude-bedrock": ("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0"),
+    "gpt-azure": ("azure", "gpt-4o-mini-deployment"),
+    "command-a": ("cohere", "command-a-03-2025"),
+    "mistral-small": ("mistral", "mistral-small-latest"),
+    "gemini-vertex": ("vertex", "gemini-2.0-flash-001"),
 }
 PRICES = {
     "openai": {"input": 0.15, "cached_input": 0.075, "output": 0.60},
     "anthropic": {"input": 0.80, "cached_input": 0.08, "output": 4.00},
     "gemini": {"input": 0.10, "cached_input": 0.025, "output": 0.40},
     "dashscope": {"input": 0.40, "output": 1.20},
+    "bedrock": {"input": 0.80, "cached_input": 0.08, "output": 4.00},
+    "azure": {"input": 0.165, "cached_input": 0.083, "output": 0.66},
+    "cohere": {"input": 2.50, "output": 10.00},
+    "mistral": {"input": 0.10, "output": 0.30},
+    "vertex": {"input": 0.15, "cached_input": 0.0375, "output": 0.60},
 }
 
 
@@ -41,6 +51,8 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
                "api_key_secret": d.secret_env}
         for name, d in doubles.by_name.items() if name != "bedrock"
     }
+    # OpenAI also serves the Responses API: Responses clients pass through to it untouched.
+    providers["openai"]["responses_api"] = True
     # Vertex scopes requests to a project and region; its token is the api_key secret.
     providers["vertex"]["vertex"] = {"project": "switchyard-e2e", "location": "us-central1"}
     # Bedrock signs with SigV4: the region and the secrets of the key pair.
@@ -65,6 +77,15 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
             {"provider": "anthropic", "model": "claude-secondary", "price": PRICES["anthropic"]}],
          # Ejection off here (every test starts with a healthy primary); see "ejecting".
          "fallback": {"attempt_timeout_ms": 2000, "total_timeout_ms": 8000,
+                      "eject_after_failures": 1000000}},
+        # Bedrock → Azure → Gemini: three wire formats in one fallback chain (ejection off,
+        # as for fallback-chain).
+        {"name": "tri-fallback", "strategy": "priority", "deployments": [
+            {"provider": "bedrock", "model": "anthropic.claude-tri-v1:0",
+             "price": PRICES["bedrock"]},
+            {"provider": "azure", "model": "gpt-tri-deployment", "price": PRICES["azure"]},
+            {"provider": "gemini", "model": "gemini-tri", "price": PRICES["gemini"]}],
+         "fallback": {"attempt_timeout_ms": 4000, "total_timeout_ms": 12000,
                       "eject_after_failures": 1000000}},
         # Passive health: after 2 failures the primary is skipped for the cooldown.
         {"name": "ejecting", "strategy": "priority", "deployments": [

@@ -65,7 +65,10 @@ def test_system_prompt_reaches_provider_natively(gw):
             text = system if isinstance(system, str) else "".join(b["text"] for b in system)
             assert text == "SYSTEM-MARKER-42"
             assert all(m["role"] != "system" for m in body["messages"])
-        elif provider == "gemini":
+        elif provider == "bedrock":
+            assert body["system"] == [{"text": "SYSTEM-MARKER-42"}]
+            assert all(m["role"] != "system" for m in body["messages"])
+        elif provider in ("gemini", "vertex"):
             si = body.get("systemInstruction") or body.get("system_instruction")
             assert si["parts"][0]["text"] == "SYSTEM-MARKER-42"
         elif provider == "dashscope":

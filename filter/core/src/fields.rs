@@ -355,7 +355,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "reasoning_effort" => Refused(NO_EFFORT),
             _ => Refused(
                 "Mistral answers 422 to fields it does not know (its own `safe_prompt`, \
-                 `prediction` and `prompt_mode` pass)",
+                 `prediction`, `prompt_mode` and `prompt_cache_key` pass)",
             ),
         },
         ProviderKind::Anthropic => match field {

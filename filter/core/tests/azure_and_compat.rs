@@ -93,7 +93,8 @@ fn an_openai_client_reaches_azure_on_the_fast_path() {
     assert_eq!(sent["stream_options"]["include_usage"], true);
     let upstream = fixture("azure/stream_tools.sse");
     let (out, usage) = run(&plan, &upstream);
-    // Azure's chunks pass through as sent, the forced usage chunk hidden.
+    // Azure's chunks pass through as sent, but for the forced usage chunk and Azure's
+    // prompt-filter chunk (no choices, empty `object`), which OpenAI never sends.
     let f = accumulate_openai(&out);
     assert_eq!(f.text, "Checking Seattle.");
     assert_eq!(f.tool_calls[0].1, "get_weather");
@@ -102,7 +103,17 @@ fn an_openai_client_reaches_azure_on_the_fast_path() {
         (usage.input, usage.cached_input, usage.output),
         (95, 64, 21)
     );
-    assert!(String::from_utf8_lossy(&out).contains("prompt_filter_results"));
+    let out = String::from_utf8_lossy(&out);
+    assert!(!out.contains("prompt_filter_results"));
+    assert!(
+        out.contains("content_filter_results"),
+        "other chunks untouched"
+    );
+    let frames = common::sse_frames(out.as_bytes());
+    assert_eq!(frames.last().unwrap().1, "[DONE]");
+    for (_, chunk) in &frames[..frames.len() - 1] {
+        assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
+    }
 }
 
 #[test]

@@ -12,8 +12,9 @@
 //!   to it too (Azure ignores it).
 //! - Bodies, answers and streams are OpenAI's, so the OpenAI translators serve them; an
 //!   OpenAI Chat client takes the fast path (body patched, stream passed through). Azure's
-//!   extra stream chunk with `prompt_filter_results` and no choices reaches such clients as
-//!   Azure sends it (the OpenAI SDKs skip chunks without choices).
+//!   extra stream chunk with `prompt_filter_results`, no choices and an empty `object` is
+//!   not OpenAI's: the pass-through hides it, so a client sees OpenAI's stream whichever of
+//!   the two serves it.
 //! - Errors carry their code as a string (`"429"`, `"content_filter"`,
 //!   `"DeploymentNotFound"`); the HTTP status decides their kind, and a content-filter 400
 //!   keeps saying so in its message.

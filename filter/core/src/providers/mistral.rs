@@ -13,7 +13,8 @@
 //!   `max_completion_tokens` is `max_tokens`.
 //! - Mistral refuses fields it does not know (HTTP 422), so only its own fields are sent
 //!   (`user`, `stream_options`, `logprobs`, `store`, ... are left out); its streams report
-//!   usage in the last chunk without being asked.
+//!   usage in the last chunk without being asked, cache hits (prompt caching, keyed by
+//!   `prompt_cache_key`) in `usage.prompt_tokens_details.cached_tokens` as OpenAI does.
 //! - A tool result names its function (`name`), as Mistral's examples do.
 
 use serde_json::{json, Value};
@@ -27,7 +28,7 @@ use crate::providers::{error_message, tool_name_for, EgressRequest};
 pub const CHAT_PATH: &str = "/v1/chat/completions";
 
 /// The request fields Mistral's chat completion takes.
-pub(crate) const FIELDS: [&str; 18] = [
+pub(crate) const FIELDS: [&str; 19] = [
     "model",
     "messages",
     "temperature",
@@ -46,6 +47,7 @@ pub(crate) const FIELDS: [&str; 18] = [
     "parallel_tool_calls",
     "safe_prompt",
     "prompt_mode",
+    "prompt_cache_key",
 ];
 
 /// A tool call id as Mistral accepts it: the id itself when it is 9 alphanumerics, else 9

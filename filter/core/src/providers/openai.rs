@@ -372,8 +372,9 @@ impl SseFrameDecoder for OpenAiStreamFrames {
 
 /// The OpenAI → OpenAI stream fast path's view of chunks (for
 /// [`crate::providers::passthrough::PassthroughStream`]): `[DONE]` is the terminal event, a
-/// chunk with `error` an upstream error; usage is read on the way, and the usage-only chunk
-/// is hidden when the gateway (not the client) asked for it.
+/// chunk with `error` an upstream error; usage is read on the way, the usage-only chunk is
+/// hidden when the gateway (not the client) asked for it, and chunks with neither choices
+/// nor usage (Azure's prompt-filter chunk) are hidden.
 pub struct OpenAiPassthrough {
     usage: TokenUsage,
     hide_usage_chunk: bool,
@@ -407,12 +408,19 @@ impl PassthroughFormat for OpenAiPassthrough {
         if peek.error.is_some() {
             return Ok(FrameKind::Error);
         }
+        let no_choices = peek.choices.as_ref().is_some_and(|c| c.is_empty());
         let Some(usage) = peek.usage else {
-            return Ok(FrameKind::Event);
+            // A chunk without choices or usage carries nothing OpenAI sends (Azure's
+            // `prompt_filter_results` chunk, with an empty `object`): hidden, so every
+            // OpenAI-compatible provider's stream reads as OpenAI's.
+            return Ok(if no_choices {
+                FrameKind::Hidden
+            } else {
+                FrameKind::Event
+            });
         };
         self.usage.merge_max(usage.canonical());
-        let usage_only = peek.choices.is_some_and(|c| c.is_empty());
-        Ok(if usage_only && self.hide_usage_chunk {
+        Ok(if no_choices && self.hide_usage_chunk {
             FrameKind::Hidden
         } else {
             FrameKind::Event
