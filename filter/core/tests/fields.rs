@@ -281,3 +281,114 @@ fn fields_doc_is_current() {
         "docs/fields.md is stale: run `SWITCHYARD_BLESS=1 cargo test -p switchyard-core --test fields`"
     );
 }
+
+/// A provider's own error body in its documented shape, carrying `message`.
+fn native_error(kind: ProviderKind, status: u16, message: &str) -> Value {
+    match kind {
+        ProviderKind::Openai | ProviderKind::Azure => json!({"error": {
+            "message": message, "type": "invalid_request_error", "param": null, "code": null}}),
+        ProviderKind::Mistral if status == 422 => {
+            json!({"object": "error", "type": "invalid_request_error",
+            "message": {"detail": [{"type": "extra_forbidden", "loc": ["body", "x"], "msg": message}]}})
+        }
+        ProviderKind::Mistral => json!({"object": "error", "message": message,
+            "type": "invalid_request_error", "param": null, "code": null}),
+        ProviderKind::Anthropic => json!({"type": "error",
+            "error": {"type": "invalid_request_error", "message": message}}),
+        ProviderKind::Gemini | ProviderKind::Vertex => json!({"error": {
+            "code": status, "message": message, "status": "INVALID_ARGUMENT"}}),
+        ProviderKind::Bedrock => json!({"message": message}),
+        ProviderKind::Cohere => json!({"id": "e-1", "message": message}),
+        ProviderKind::Dashscope => json!({"code": "InvalidParameter", "message": message,
+            "request_id": "r-1"}),
+    }
+}
+
+#[test]
+fn provider_errors_pass_through_with_status_and_own_message_in_every_dialect() {
+    let statuses = [400, 401, 403, 404, 408, 413, 422, 429, 500, 502, 503, 504];
+    for kind in ProviderKind::ALL {
+        for status in statuses {
+            let message = format!("the provider's own words for {status}");
+            let secret = "sk-abcdefghijklmnopqrstuvwxyz0123456789";
+            let body = native_error(kind, status, &format!("{message} (key {secret})"));
+            let err = kind.parse_error(status, &serde_json::to_vec(&body).unwrap());
+            let context = format!("{kind:?} {status}");
+            assert_eq!(err.status, status, "{context}: {err:?}");
+            assert!(err.message.contains(&message), "{context}: {err:?}");
+            assert!(!err.message.contains(secret), "{context}: secret leaked");
+            for dialect in Dialect::ALL {
+                let rendered: Value = serde_json::from_slice(&err.body(dialect)).unwrap();
+                let text = rendered.to_string();
+                assert!(text.contains(&message), "{context} {dialect:?}: {text}");
+                assert!(
+                    !text.contains(secret),
+                    "{context} {dialect:?}: secret leaked"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn json_schema_is_converted_to_geminis_openapi_subset() {
+    use switchyard_core::providers::gemini::openapi_schema;
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "city": {"$ref": "#/$defs/City"},
+            "kind": {"const": "forecast"},
+            "note": {"type": ["string", "null"], "description": "optional"},
+            "temp": {"oneOf": [{"type": "number"}, {"type": "string"}]},
+            "days": {"type": "array", "items": {"allOf": [{"type": "integer", "minimum": 1}]}}
+        },
+        "required": ["city", "kind"],
+        "$defs": {"City": {"type": "object", "properties": {"name": {"type": "string"}}}}
+    });
+    let converted = openapi_schema(&schema, "response_format").unwrap();
+    assert_eq!(
+        converted,
+        json!({
+            "type": "object",
+            "properties": {
+                "city": {"type": "object", "properties": {"name": {"type": "string"}}},
+                "kind": {"enum": ["forecast"]},
+                "note": {"type": "string", "nullable": true, "description": "optional"},
+                "temp": {"anyOf": [{"type": "number"}, {"type": "string"}]},
+                "days": {"type": "array", "items": {"type": "integer", "minimum": 1}}
+            },
+            "required": ["city", "kind"]
+        })
+    );
+    // A constraint Gemini cannot express is refused, naming the field, never dropped.
+    for bad in [
+        json!({"type": "object", "not": {"required": ["x"]}}),
+        json!({"type": "string", "if": {"minLength": 2}, "then": {}}),
+        json!({"type": "object", "patternProperties": {"^x": {"type": "string"}}}),
+        json!({"$ref": "#/$defs/Missing"}),
+        json!({"$ref": "#"}),
+    ] {
+        let err = openapi_schema(&bad, "response_format").unwrap_err();
+        assert_eq!(err.status, 400, "{bad}");
+        assert_eq!(err.param.as_deref(), Some("response_format"), "{bad}");
+    }
+    // Through the encoder: the response schema and tool parameters are converted.
+    let req = chat_request(
+        r#"{"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object","properties":{"a":{"type":["integer","null"]}}}}},
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"b":{"const":1}}}}}]}"#,
+    );
+    let egress = encode(ProviderKind::Gemini, &req);
+    assert_eq!(
+        at(&egress, "/generationConfig/responseSchema/properties/a"),
+        Some(json!({"type": "integer", "nullable": true}))
+    );
+    assert_eq!(
+        at(
+            &egress,
+            "/tools/0/functionDeclarations/0/parameters/properties/b"
+        ),
+        Some(json!({"enum": [1]}))
+    );
+}
