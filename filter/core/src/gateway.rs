@@ -705,7 +705,7 @@ pub struct Attempt {
     api_key: Option<Secret>,
     static_headers: Vec<(String, String)>,
     /// The provider's configuration: the wire-format options its translator reads.
-    settings: ProviderConfig,
+    pub(crate) settings: ProviderConfig,
     /// AWS credentials, for providers whose requests are signed (Bedrock).
     aws: Option<crate::providers::bedrock::sigv4::Credentials>,
 }
