@@ -241,7 +241,7 @@ class OpenAIDouble:
             return common.json_response(completion(conv.model, reply, int(body.get("n") or 1)),
                                         headers=ACCOUNT_HEADERS)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        stream = common.Stream(request, fault, common.sse_headers())
+        stream = common.Stream(request, fault, common.sse_headers(ACCOUNT_HEADERS))
         return await common.run_stream(stream, stream_events(conv.model, reply, include_usage))
 
     async def embeddings(self, request: web.Request) -> web.Response:

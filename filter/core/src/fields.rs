@@ -586,27 +586,13 @@ pub fn refusal(kind: ProviderKind, req: &ChatRequest) -> Option<Refusal> {
         };
         return Some(Refusal {
             field: name,
-            provider: kind_name(kind),
+            provider: kind.name(),
             why,
         });
     }
     None
 }
 
-/// The config name of a provider kind.
-pub fn kind_name(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Openai => "openai",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Gemini => "gemini",
-        ProviderKind::Dashscope => "dashscope",
-        ProviderKind::Bedrock => "bedrock",
-        ProviderKind::Azure => "azure",
-        ProviderKind::Cohere => "cohere",
-        ProviderKind::Mistral => "mistral",
-        ProviderKind::Vertex => "vertex",
-    }
-}
 
 /// How an ingress dialect's field reaches the canonical request.
 #[derive(Debug, Clone, Copy)]
@@ -990,7 +976,7 @@ pub fn render_markdown() -> String {
     for kind in kinds {
         out.push_str(&format!(
             "### {}\n\n| field | what | treatment |\n|---|---|---|\n",
-            kind_name(kind)
+            kind.name()
         ));
         for field in FIELDS {
             out.push_str(&format!(

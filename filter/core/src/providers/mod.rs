@@ -72,6 +72,21 @@ impl ProviderKind {
         ProviderKind::Vertex,
     ];
 
+    /// The kind's name as a config writes it (`kind: anthropic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Dashscope => "dashscope",
+            ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Cohere => "cohere",
+            ProviderKind::Mistral => "mistral",
+            ProviderKind::Vertex => "vertex",
+        }
+    }
+
     /// The public endpoint used when the config gives no `base_url`, for providers with
     /// one fixed endpoint (a regional one comes from [`ProviderConfig::base_url`]).
     pub fn default_base_url(self) -> Option<&'static str> {
