@@ -593,7 +593,6 @@ pub fn refusal(kind: ProviderKind, req: &ChatRequest) -> Option<Refusal> {
     None
 }
 
-
 /// How an ingress dialect's field reaches the canonical request.
 #[derive(Debug, Clone, Copy)]
 pub struct IngressField {
