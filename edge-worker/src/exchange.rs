@@ -16,6 +16,7 @@ use spin_sdk::http::{
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, ResponseHead};
 use switchyard_core::{Dialect, ErrorKind, Gateway, GatewayError, LocalReply, RequestHead};
 
+use crate::counters::KeyValueCounters;
 use crate::health::KeyValueHealth;
 use crate::log;
 use crate::outbound::{self, Deadline, OutboundFailure};
@@ -45,7 +46,13 @@ pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
         client_gone: host.client_gone,
         client_status: None,
     };
-    if let Some(record) = host.exchange.finish(ending, unix_ms()) {
+    let cx = Ctx {
+        now_ms: unix_ms(),
+        random: 0,
+        health: &KeyValueHealth,
+        counters: &KeyValueCounters,
+    };
+    if let Some(record) = host.exchange.finish(ending, &cx) {
         // Metering: one JSON line per request on stderr, the host's log stream, and the
         // ledger when a control plane is configured (the client has its answer by now).
         log::line(&format!("switchyard usage {}", record.to_json()));
@@ -101,6 +108,7 @@ impl Host {
             now_ms: unix_ms(),
             random: wasi::random::random::get_random_u64(),
             health: &KeyValueHealth,
+            counters: &KeyValueCounters,
         };
         self.exchange.handle(&self.gateway, event, &cx)
     }
@@ -204,6 +212,22 @@ impl Host {
                     }
                     // Data and the end come from `stream`, which writes them itself.
                     Action::Data(_) | Action::EndResponse => {}
+                    Action::Admit(request) => {
+                        let deadline = Deadline::after_ms(request.timeout_ms);
+                        let answer = match outbound::send(&request, deadline).await {
+                            Ok(response) => {
+                                let status = response.status();
+                                outbound::read_to_end(&response, deadline)
+                                    .await
+                                    .ok()
+                                    .map(|body| (status, body))
+                            }
+                            Err(_) => None,
+                        };
+                        next.extend(self.feed(Event::AdmitAnswer(
+                            answer.as_ref().map(|(s, b)| (*s, b.as_slice())),
+                        )));
+                    }
                     Action::Log(line) => log::line(&line),
                 }
             }

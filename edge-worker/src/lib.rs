@@ -11,11 +11,13 @@
 //! * [`settings`] — the gateway config (bundled or the `gateway_config` variable) and secrets;
 //! * [`exchange`] — one request: the core's exchange driven over wasi-http;
 //! * [`control`] — managed keys and usage shipping, when a control plane is configured;
+//! * [`counters`] — rate-limit and budget counters in Spin's key-value store;
 //! * [`outbound`] — outbound HTTP with deadlines;
 //! * [`health`] — the core's health records in Spin's key-value store, shared by all instances;
 //! * [`log`] — log lines written whole (usage records must never tear).
 
 pub mod control;
+pub mod counters;
 pub mod exchange;
 pub mod health;
 pub mod log;

@@ -8,10 +8,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as HostAction;
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Failure, Send};
-use switchyard_core::{Gateway, LocalReply, RequestHead, UpstreamHead};
+use switchyard_core::{Gateway, LocalReply, RequestHead, UpstreamHead, UpstreamRequest};
 
-use crate::health::SharedDataHealth;
 use crate::metrics;
+use crate::shared::{SharedDataCounters, SharedDataHealth};
 
 /// Header the route uses to pick the upstream cluster.
 pub const CLUSTER_HEADER: &str = "x-switchyard-cluster";
@@ -51,6 +51,8 @@ pub struct SwitchyardHttp {
     request_body_size: usize,
     call_started_ms: u64,
     call_timeout_ms: u64,
+    /// The call in flight is the control plane's admission, not an attempt.
+    admitting: bool,
 }
 
 /// What performing a batch of actions asks of the current callback.
@@ -74,6 +76,7 @@ impl SwitchyardHttp {
             request_body_size: 0,
             call_started_ms: 0,
             call_timeout_ms: 0,
+            admitting: false,
         }
     }
 }
@@ -90,6 +93,18 @@ impl Context for SwitchyardHttp {
             .then(|| self.get_http_call_response_header(":status"))
             .flatten()
             .and_then(|s| s.parse().ok());
+        if std::mem::take(&mut self.admitting) {
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            let actions = self.feed(Event::AdmitAnswer(status.map(|s| (s, body.as_slice()))));
+            self.perform(actions);
+            if self.phase == Phase::Routed {
+                // The held client request was rewritten for a streamed first attempt: let it go.
+                self.resume_http_request();
+            }
+            return;
+        }
         let Some(status) = status else {
             // A failed call arrives without headers: a timeout if it ran out its time, else
             // the connection broke (or never came up).
@@ -153,6 +168,7 @@ impl SwitchyardHttp {
             now_ms: self.now_ms(),
             random: self.random(),
             health: &SharedDataHealth,
+            counters: &SharedDataCounters,
         };
         self.exchange.handle(&self.gateway, event, &cx)
     }
@@ -173,7 +189,7 @@ impl SwitchyardHttp {
                         self.route(&send);
                     } else {
                         self.give_up_routed();
-                        if let Err(failure) = self.call(&send) {
+                        if let Err(failure) = self.call(&send.request, send.timeout_ms) {
                             queue.extend(self.feed(Event::UpstreamFailed(&failure)));
                             continue;
                         }
@@ -199,6 +215,14 @@ impl SwitchyardHttp {
                 Action::Data(bytes) => done.data.extend(bytes),
                 Action::EndResponse => {}
                 Action::Log(line) => log::warn!("{line}"),
+                Action::Admit(request) => {
+                    if self.call(&request, request.timeout_ms).is_err() {
+                        queue.extend(self.feed(Event::AdmitAnswer(None)));
+                        continue;
+                    }
+                    self.admitting = true;
+                    done.paused = true;
+                }
             }
         }
         done
@@ -230,9 +254,8 @@ impl SwitchyardHttp {
         self.phase = Phase::Routed;
     }
 
-    /// Sends `send` as a `dispatch_http_call`.
-    fn call(&mut self, send: &Send) -> Result<(), Failure> {
-        let upstream = &send.request;
+    /// Sends `upstream` as a `dispatch_http_call`.
+    fn call(&mut self, upstream: &UpstreamRequest, timeout_ms: u64) -> Result<(), Failure> {
         let mut headers: Vec<(&str, &str)> = vec![
             (":method", upstream.method),
             (":path", &upstream.path),
@@ -246,13 +269,13 @@ impl SwitchyardHttp {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         self.call_started_ms = self.now_ms();
-        self.call_timeout_ms = send.timeout_ms;
+        self.call_timeout_ms = timeout_ms;
         self.dispatch_http_call(
             &upstream.cluster,
             headers,
             Some(&upstream.body),
             vec![],
-            Duration::from_millis(send.timeout_ms),
+            Duration::from_millis(timeout_ms),
         )
         .map(|_| ())
         .map_err(|status| {
@@ -455,7 +478,13 @@ impl HttpContext for SwitchyardHttp {
             }
         };
         let now_ms = self.now_ms();
-        if let Some(record) = self.exchange.finish(ending, now_ms) {
+        let cx = Ctx {
+            now_ms,
+            random: 0,
+            health: &SharedDataHealth,
+            counters: &SharedDataCounters,
+        };
+        if let Some(record) = self.exchange.finish(ending, &cx) {
             metrics::record(&record);
             crate::control::ship(&record, now_ms);
             log::info!("switchyard usage {}", record.to_json());

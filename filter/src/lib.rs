@@ -23,9 +23,9 @@
 //! could still write, so the client sees a transport error.
 
 mod control;
-mod health;
 mod http;
 mod metrics;
+mod shared;
 
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;

@@ -26,7 +26,7 @@ use switchyard_core::canonical::{
     ChatRequest, ChatResponse, Content, ContentPart, EmbeddingVector, EmbeddingsRequest,
     EmbeddingsResponse, Message, Role,
 };
-use switchyard_core::providers::openai::{self, OpenAiStreamEncoder};
+use switchyard_core::ingress::openai::{self, OpenAiStreamEncoder};
 use switchyard_core::stream::{StreamEncoder, StreamEvent};
 use tokio::sync::mpsc::UnboundedReceiver;
 

@@ -25,15 +25,25 @@ use crate::metrics::MetricKind;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Status {
+    /// The call succeeded.
     Ok = 0,
+    /// No such header, property, buffer, queue or shared-data key.
     NotFound = 1,
+    /// An argument is out of range (an unknown map or buffer kind, a bad metric id).
     BadArgument = 2,
+    /// A header map the guest passed is not in the ABI's wire encoding.
     SerializationFailure = 3,
+    /// Something the guest passed could not be parsed.
     ParseFailure = 4,
+    /// A pointer or length the guest passed lies outside its memory.
     InvalidMemoryAccess = 6,
+    /// A shared queue has nothing to dequeue.
     Empty = 7,
+    /// A shared-data compare-and-swap lost: the value's CAS token changed.
     CasMismatch = 8,
+    /// The host failed for a reason of its own (e.g. gRPC calls, which are not supported).
     InternalFailure = 10,
+    /// The ABI function exists but this host does not implement it.
     Unimplemented = 12,
 }
 
@@ -543,7 +553,9 @@ fn send_local_response(
     hlen: u32,
     _grpc_status: i32,
 ) -> HostResult {
-    let details = String::from_utf8_lossy(&tri!(read(&c, dptr, dlen))).into_owned();
+    // Envoy's response code details: nothing here reports them, but a bad pointer is still an
+    // error the guest must see.
+    tri!(read(&c, dptr, dlen));
     let body = tri!(read(&c, bptr, blen));
     let headers = tri!(Headers::deserialize(&tri!(read(&c, hptr, hlen))));
     let status = tri!(u16::try_from(status)
@@ -555,7 +567,6 @@ fn send_local_response(
     let s = tri!(state.streams.get_mut(&id).ok_or(Status::NotFound));
     s.control.local_reply = Some(LocalReply {
         status,
-        details,
         headers,
         body: Bytes::from(body),
     });

@@ -21,8 +21,11 @@ pub struct BodyAborted(pub &'static str);
 /// One item of a streamed body.
 #[derive(Debug)]
 pub enum Chunk {
+    /// More of the body.
     Data(Bytes),
+    /// The body is complete.
     End,
+    /// The body is cut off, for this reason; the peer sees an error, not a clean end.
     Abort(&'static str),
 }
 
@@ -36,7 +39,9 @@ pub enum HostBody {
     Full(Option<Bytes>),
     /// A body streamed from the driver.
     Stream {
+        /// Where the driver's chunks arrive.
         rx: mpsc::Receiver<Chunk>,
+        /// Whether the end (or an abort) was seen: nothing more is read after it.
         done: bool,
     },
 }

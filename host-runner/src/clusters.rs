@@ -55,9 +55,11 @@ impl UpstreamError {
 
 /// One upstream cluster with its own connection pool.
 pub struct Cluster {
+    /// The name the filter routes to (`x-switchyard-cluster`).
     pub name: String,
     /// `host:port`.
     pub authority: String,
+    /// Longest wait for response headers (Envoy's route timeout); `None` waits forever.
     pub request_timeout: Option<Duration>,
     /// Longest silence between response body chunks.
     pub idle_timeout: Option<Duration>,

@@ -79,6 +79,7 @@ impl ClusterConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
+    /// The clusters, in file order.
     pub clusters: Vec<ClusterConfig>,
 }
 
@@ -105,11 +106,17 @@ impl ClusterFile {
 /// proxy-wasm log levels, as returned by `proxy_get_log_level`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WasmLogLevel {
+    /// Everything, including per-callback tracing.
     Trace = 0,
+    /// Debugging detail.
     Debug = 1,
+    /// Normal operation (the filter's usage records log here).
     Info = 2,
+    /// Something unexpected that the filter handled.
     Warn = 3,
+    /// A failure.
     Error = 4,
+    /// A failure the filter cannot recover from.
     Critical = 5,
 }
 

@@ -8,14 +8,19 @@ pub enum HostError {
     /// The wasm file could not be read from disk.
     #[error("cannot read wasm module {path}: {source}")]
     ReadWasm {
+        /// The path given.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// A configuration file could not be read from disk.
     #[error("cannot read {what} {path}: {source}")]
     ReadFile {
+        /// Which file (e.g. `plugin config`).
         what: &'static str,
+        /// The path given.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// The wasm bytes are not a valid module, or compilation failed.
@@ -41,11 +46,18 @@ pub enum HostError {
     InvalidCluster(String),
     /// A configuration document could not be parsed.
     #[error("invalid {what}: {message}")]
-    InvalidConfig { what: &'static str, message: String },
+    InvalidConfig {
+        /// Which document (e.g. `cluster config`).
+        what: &'static str,
+        /// The parser's explanation.
+        message: String,
+    },
     /// Binding a listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: std::net::SocketAddr,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// A worker thread could not be started or died during startup.

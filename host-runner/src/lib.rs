@@ -1,5 +1,8 @@
+#![warn(missing_docs)]
+
 //! `host-runner`: a native [wasmtime] host that runs a proxy-wasm `filter.wasm` the way
-//! Envoy does, so the Switchyard gateway can be run and tested locally without Envoy.
+//! Envoy does, and the Spin `edge-worker` component the way Spin does, so the Switchyard
+//! gateway can be run and tested locally without Envoy or Spin.
 //!
 //! The crate is a library with a thin CLI on top (`src/main.rs`), so integration tests can
 //! start a real server in-process. One concern per module:
@@ -12,7 +15,10 @@
 //! * [`metrics`] — guest-defined metrics, rendered as Prometheus text;
 //! * [`clusters`] — upstream clusters (name → address, timeouts) and the HTTP client;
 //! * [`body`] — the streaming body type used towards clients and upstreams;
-//! * [`proxy`] — the HTTP server and the per-stream driver (Envoy's filter-chain semantics);
+//! * [`context`] — per-VM store data and per-stream context state;
+//! * [`proxy`] — `serve`: the HTTP server and the per-stream driver (Envoy's filter-chain
+//!   semantics);
+//! * [`component`] — `serve-component`: a Spin HTTP component over wasi-http, as Spin runs it;
 //! * [`admin`] — the admin listener (`/metrics`, `/ready`);
 //! * [`config`] — the runner configuration;
 //! * [`error`] — typed errors.

@@ -11,8 +11,11 @@ use crate::abi::Status;
 /// The metric kinds of the proxy-wasm ABI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetricKind {
+    /// Only grows (`proxy_increment_metric` with positive steps); a Prometheus counter.
     Counter,
+    /// Set or moved either way; a Prometheus gauge.
     Gauge,
+    /// Each `proxy_record_metric` is one observation; a Prometheus histogram.
     Histogram,
 }
 

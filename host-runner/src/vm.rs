@@ -40,10 +40,15 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Process-wide state shared by all VMs and the proxy.
 pub struct World {
+    /// The runner configuration (plugin and VM configuration, limits, properties).
     pub config: RunnerConfig,
+    /// The upstream clusters streams and HTTP calls are routed to.
     pub clusters: Clusters,
+    /// Shared data (`proxy_get/set_shared_data`), seen by every VM as in Envoy.
     pub shared_data: SharedData,
+    /// Shared queues (`proxy_register/enqueue/dequeue_shared_queue`).
     pub queues: SharedQueues,
+    /// Guest-defined metrics, rendered on the admin listener.
     pub metrics: Metrics,
     /// Runtime for I/O started on behalf of the guest (HTTP calls).
     pub runtime: tokio::runtime::Handle,
@@ -286,13 +291,16 @@ pub type Job = Box<dyn FnOnce(&mut Vm) + Send>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamRef {
     generation: u64,
+    /// The proxy-wasm context id.
     pub id: u32,
 }
 
 /// The result of a stream callback: the verdict plus whatever the guest asked for.
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// What the callback returned (`Continue` or `Pause`).
     pub action: Action,
+    /// What the guest asked for through host calls during the callback.
     pub control: Control,
 }
 
@@ -754,7 +762,6 @@ impl Vm {
 #[derive(Clone)]
 pub struct VmHandle {
     jobs: mpsc::Sender<Job>,
-    pub worker: usize,
 }
 
 impl VmHandle {
@@ -806,8 +813,5 @@ pub async fn spawn_worker(
     ready_rx
         .await
         .map_err(|_| HostError::Worker(format!("worker {index} died during startup")))??;
-    Ok(VmHandle {
-        jobs: tx,
-        worker: index,
-    })
+    Ok(VmHandle { jobs: tx })
 }

@@ -10,7 +10,10 @@ script prints a Markdown table with requests/s, p50 and p99, and ratios against 
     python3 tests/bench/envoy_bench.py [--envoy PATH] [--wasm PATH] [--duration 10] [--conns 1,64,512]
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
         [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
-        [--component-runner HOST_RUNNER ...] [--components-only]
+        [--component-runner HOST_RUNNER ...] [--components-only] [--filter LABEL=PATH ...]
+
+With --filter (repeatable), one more Envoy + filter row per build, in the same Envoy, to
+compare filter builds (before/after a change) in one run.
 
 With --host-runner, two more rows: host-runner running the passthrough guest (every callback
 continues; the request carries `x-switchyard-cluster` itself) and host-runner running
@@ -85,16 +88,27 @@ def cluster(name, port):
 """
 
 
-def gateway_config(upstream_port):
-    return json.dumps({
+EDGE_TOKEN = "bench-edge-token"
+
+
+def gateway_config(upstream_port, control_plane_port=None):
+    config = {
         "keys": [{"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
         "providers": {"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}", "cluster": "upstream"}},
         "models": [{"name": "bench", "deployments": [{"provider": "up", "model": "bench-upstream",
                                                        "price": {"input": 1.0, "output": 2.0}}]}],
-    })
+    }
+    if control_plane_port:
+        config["control_plane"] = {"base_url": f"http://127.0.0.1:{control_plane_port}",
+                                   "cluster": "control_plane",
+                                   "token_secret": "SWITCHYARD_EDGE_TOKEN"}
+    return json.dumps(config)
 
 
-def write_configs(tmp, wasm, ports):
+def write_configs(tmp, wasm, ports, extra_filters=(), control_plane=None):
+    """Envoy configs: the upstream, and the proxies (pass-through, the filter, one more
+    filter listener per `(label, path, port)` in `extra_filters`, and with `control_plane`
+    `(its port, listener port)` the filter synced to a control plane)."""
     up, passthrough, filtered, admin = ports
     direct = (f'direct_response: {{status: 200, body: {{inline_string: {json.dumps(COMPLETION)}}}}}\n'
               '                response_headers_to_add: [{header: {key: content-type, value: application/json}}]')
@@ -103,7 +117,11 @@ admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}
 static_resources:
   listeners:{listener(up, ROUTER, direct)}
 """
-    wasm_filter = f"""
+
+    def wasm_filter(path, vm, cp_port=None):
+        env = ('''
+                  environment_variables: {host_env_keys: [SWITCHYARD_EDGE_TOKEN]}''' if cp_port else "")
+        return f"""
           - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -112,15 +130,25 @@ static_resources:
                 allow_on_headers_stop_iteration: true
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {json.dumps(gateway_config(up))}
+                  value: {json.dumps(gateway_config(up, cp_port))}
                 vm_config:
+                  vm_id: {vm}
                   runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {wasm}}}}}"""
+                  code: {{local: {{filename: {path}}}}}{env}"""
+    route = "route: {cluster_header: x-switchyard-cluster, timeout: 0s}"
+    filters = listener(filtered, wasm_filter(wasm, "main") + ROUTER, route)
+    for i, (_, path, port) in enumerate(extra_filters):
+        filters += listener(port, wasm_filter(path, f"extra{i}") + ROUTER, route)
+    clusters = cluster("upstream", up)
+    if control_plane:
+        cp_port, port = control_plane
+        filters += listener(port, wasm_filter(wasm, "synced", cp_port) + ROUTER, route)
+        clusters += cluster("control_plane", cp_port)
     proxies_yaml = f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin + 1}}}}}}}
 static_resources:
-  listeners:{listener(passthrough, ROUTER, "route: {cluster: upstream, timeout: 0s}")}{listener(filtered, wasm_filter + ROUTER, "route: {cluster_header: x-switchyard-cluster, timeout: 0s}")}
-  clusters:{cluster("upstream", up)}
+  listeners:{listener(passthrough, ROUTER, "route: {cluster: upstream, timeout: 0s}")}{filters}
+  clusters:{clusters}
 """
     paths = []
     for name, text in (("upstream.yaml", upstream_yaml), ("proxies.yaml", proxies_yaml)):
@@ -170,6 +198,9 @@ def main():
     ap.add_argument("--envoy", default=os.environ.get("SWITCHYARD_ENVOY", os.path.join(ROOT, ".venv/lib/python3.11/site-packages/envoy/_bin/envoy")))
     ap.add_argument("--wasm", default=os.path.join(ROOT, "target/wasm32-wasip1/release/switchyard_filter.wasm"))
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every setup this many times, interleaved, and report the median "
+                         "(steadier on a busy machine)")
     ap.add_argument("--conns", default="1,64,512")
     ap.add_argument("--base-port", type=int, default=39100)
     ap.add_argument("--host-runner", help="also measure host-runner (path to the binary)")
@@ -179,6 +210,11 @@ def main():
     ap.add_argument("--component-runner", action="append", default=[],
                     help="the host-runner binary serving the n-th --component (default "
                          "--host-runner), to compare host-runner builds")
+    ap.add_argument("--filter", action="append", default=[],
+                    help="LABEL=PATH of another filter.wasm build to measure in the same Envoy")
+    ap.add_argument("--control-plane", metavar="GPU_BACKEND",
+                    help="also measure the filter synced to a control plane (key sync and usage "
+                         "shipping), run as `GPU_BACKEND --no-models`")
     ap.add_argument("--components-only", action="store_true",
                     help="measure only the upstream direct and the components")
     ap.add_argument("--passthrough", default=os.path.join(
@@ -189,7 +225,13 @@ def main():
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
     base = args.base_port
     ports = (base, base + 1, base + 2, base + 10)
-    upstream_cfg, proxies_cfg = write_configs(tmp, args.wasm, ports)
+    extra_filters = []
+    for i, spec in enumerate(args.filter):
+        label, _, path = spec.rpartition("=")
+        extra_filters.append((label or path, os.path.abspath(path), base + 30 + i))
+    control_plane = (base + 40, base + 41) if args.control_plane else None
+    upstream_cfg, proxies_cfg = write_configs(tmp, args.wasm, ports, extra_filters,
+                                              control_plane)
     lua = os.path.join(tmp, "post.lua")
     with open(lua, "w") as f:
         f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(REQUEST)}\n'
@@ -199,13 +241,23 @@ def main():
                 'wrk.headers["x-switchyard-cluster"] = "upstream"\n')
     procs = []
     try:
+        if control_plane:
+            procs.append(subprocess.Popen(
+                [args.control_plane, "--no-models", "--listen", f"127.0.0.1:{control_plane[0]}",
+                 "--data-dir", os.path.join(tmp, "control-plane"), "--edge-token-sha256",
+                 hashlib.sha256(EDGE_TOKEN.encode()).hexdigest()],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for cfg, base_id in ((upstream_cfg, 1), (proxies_cfg, 2)):
             procs.append(subprocess.Popen([args.envoy, "-c", cfg, "--concurrency", "1", "-l", "error",
                                            "--base-id", str(base + base_id)],
+                                          env={**os.environ, "SWITCHYARD_EDGE_TOKEN": EDGE_TOKEN},
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         setups = [("upstream direct", ports[0])]
         if not args.components_only:
             setups += [("envoy pass-through", ports[1]), ("envoy + filter.wasm", ports[2])]
+            setups += [(f"envoy + {label}", port) for label, _, port in extra_filters]
+            if control_plane:
+                setups.append(("envoy + filter.wasm + control plane", control_plane[1]))
         if args.host_runner and not args.components_only:
             gw_path = os.path.join(tmp, "gateway.json")
             with open(gw_path, "w") as f:
@@ -234,11 +286,18 @@ def main():
             wait_ready(port)
         rows = []
         for conns in [int(c) for c in args.conns.split(",")]:
-            results = {name: run_wrk(port, conns, args.duration, lua) for name, port in setups}
+            samples = {name: [] for name, _ in setups}
+            for _ in range(args.rounds):
+                for name, port in setups:
+                    samples[name].append(run_wrk(port, conns, args.duration, lua))
+            # The median round by req/s, per setup.
+            results = {name: sorted(runs)[len(runs) // 2] for name, runs in samples.items()}
             rows.append((conns, results))
         cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
+        load = open("/proc/loadavg").read().split()[0]
         print(f"Machine: {cpu}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d')}; "
-              f"wrk {args.duration}s per cell; Envoy --concurrency 1 for each of upstream and proxies\n")
+              f"wrk {args.duration}s per cell, median of {args.rounds} interleaved round(s); "
+              f"Envoy --concurrency 1 for each of upstream and proxies; load average {load}\n")
         print("Ratios (the baseline column): each Envoy row against Envoy pass-through; each "
               "host-runner row against host-runner + passthrough; the component against the "
               "upstream direct.\n")

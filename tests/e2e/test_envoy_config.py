@@ -12,7 +12,8 @@ import yaml
 from . import paths
 
 DEFAULT_WASM = "target/wasm32-wasip1/release/switchyard_filter.wasm"
-SECRETS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "DASHSCOPE_API_KEY"]
+SECRETS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "DASHSCOPE_API_KEY",
+           "SWITCHYARD_EDGE_TOKEN"]
 
 
 def shipped() -> dict:
@@ -85,6 +86,11 @@ def test_envoy_yaml_shape():
     tags = {t["tag_name"]: t["regex"] for t in cfg["stats_config"]["stats_tags"]}
     assert set(tags) >= {"key", "model", "provider", "status"}
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    # The demo's control plane lives in gpu-backend; the filter calls it off the request path.
+    inline = json.loads(plugin["configuration"]["value"])
+    cp = clusters[inline["control_plane"]["cluster"]]
+    addr = cp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert addr["socket_address"] == {"address": "127.0.0.1", "port_value": 8100}
     gpu = clusters["gpu_backend"]
     assert gpu["health_checks"][0]["http_health_check"]["path"] == "/healthz"
     assert "outlier_detection" in gpu

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The dashboard's browser test: installs Chromium (Debian package) when missing and the
-# npm dependencies (npm ci), builds gpu-backend (release) if needed, and runs the test.
+# npm dependencies (npm ci), builds gpu-backend, host-runner and filter.wasm (release) and
+# fetches the model weights if needed, and runs the test.
 #
 #   tests/ui/run.sh
 #
@@ -18,12 +19,26 @@ fi
 
 (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 
+# The control plane is fed by real gateway traffic: gpu-backend (SmolLM2 + control plane)
+# behind host-runner running filter.wasm. Build and fetch what the caller did not provide.
+cd "$repo"
 if [[ -z "${SWITCHYARD_GPU_BACKEND:-}" ]]; then
-    (cd "$repo" && cargo build --release -p gpu-backend)
+    cargo build --release -p gpu-backend
     export SWITCHYARD_GPU_BACKEND="$repo/target/release/gpu-backend"
-else
-    export SWITCHYARD_GPU_BACKEND="$(realpath "$SWITCHYARD_GPU_BACKEND")"
 fi
+if [[ -z "${SWITCHYARD_HOST_RUNNER:-}" ]]; then
+    cargo build --release -p host-runner
+    export SWITCHYARD_HOST_RUNNER="$repo/target/release/host-runner"
+fi
+if [[ -z "${SWITCHYARD_FILTER_WASM:-}" ]]; then
+    cargo build --release -p switchyard-filter --target wasm32-wasip1
+    export SWITCHYARD_FILTER_WASM="$repo/target/wasm32-wasip1/release/switchyard_filter.wasm"
+fi
+export SWITCHYARD_MODELS_DIR="${SWITCHYARD_MODELS_DIR:-$repo/.cache/models}"
+scripts/fetch-models.sh >&2
+for var in SWITCHYARD_GPU_BACKEND SWITCHYARD_HOST_RUNNER SWITCHYARD_FILTER_WASM; do
+    export "$var=$(realpath "${!var}")"
+done
 
 cd "$here"
 CHROMIUM="$chromium" node --test dashboard.test.mjs

@@ -24,6 +24,8 @@ pub enum Outcome {
     Reset,
     /// A success status with a body that could not be read (invalid JSON, a broken stream).
     Malformed,
+    /// Skipped: the deployment was at its own limits (not tried, not its fault).
+    Saturated,
     /// The host could not even send it (unknown cluster, missing credential, ...).
     NotSent(String),
 }
@@ -45,6 +47,7 @@ impl fmt::Display for Outcome {
             Outcome::ConnectionFailed => f.write_str("connection-failed"),
             Outcome::Reset => f.write_str("reset"),
             Outcome::Malformed => f.write_str("malformed"),
+            Outcome::Saturated => f.write_str("saturated"),
             Outcome::NotSent(why) => write!(f, "not-sent:{why}"),
         }
     }

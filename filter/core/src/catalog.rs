@@ -432,6 +432,16 @@ pub(crate) fn resolve(config: &mut GatewayConfig) -> Result<(), ConfigError> {
             }
             d.catalog_entry = Some(entry);
         }
+        // Budget and token-limit estimates assume a request without `max_tokens` uses the
+        // model's maximum output: the catalog knows it when every deployment is catalogued.
+        if model.max_output_tokens.is_none() {
+            model.max_output_tokens = model
+                .deployments
+                .iter()
+                .map(|d| d.catalog_entry.and_then(|e| e.max_output))
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|outputs| outputs.into_iter().max());
+        }
     }
     let mut synthesized = Vec::new();
     for (name, provider) in &config.providers {
@@ -458,8 +468,10 @@ pub(crate) fn resolve(config: &mut GatewayConfig) -> Result<(), ConfigError> {
                     weight: 1,
                     price: entry.price,
                     catalog_entry: Some(entry),
+                    limits: None,
                 }],
                 fallback: None,
+                max_output_tokens: entry.max_output,
                 defaults: Default::default(),
             });
         }

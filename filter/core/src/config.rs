@@ -137,6 +137,10 @@ pub struct ModelConfig {
     /// Overrides the global fallback policy.
     #[serde(default)]
     pub fallback: Option<FallbackPolicy>,
+    /// Output tokens a request without `max_tokens` is assumed to use at most, for budget and
+    /// token-limit estimates (the model's real maximum output).
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
     /// Request parameters applied when the client leaves them out (OpenAI Chat names, e.g.
     /// `{"temperature": 0, "max_tokens": 256}`). A small model's sampling defaults can make
     /// it ramble; an operator fixes that here instead of in every client.
@@ -182,6 +186,9 @@ pub struct DeploymentConfig {
     /// The catalog entry, once resolved at load.
     #[serde(skip)]
     pub catalog_entry: Option<&'static crate::catalog::CatalogModel>,
+    /// The provider's quota for this deployment: at its limit the deployment is skipped.
+    #[serde(default)]
+    pub limits: Option<crate::limits::DeploymentLimits>,
 }
 
 fn default_weight() -> u32 {
@@ -195,6 +202,9 @@ pub struct Limits {
     /// Largest accepted request body in bytes (larger → 413).
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Rate limits and budgets per team id (a key's own are on the key).
+    #[serde(default)]
+    pub teams: BTreeMap<String, crate::limits::Quota>,
 }
 
 fn default_max_request_bytes() -> usize {
@@ -205,6 +215,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_bytes: default_max_request_bytes(),
+            teams: BTreeMap::new(),
         }
     }
 }
@@ -270,6 +281,11 @@ impl GatewayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let mut key_ids = HashSet::new();
+        for (team, quota) in &self.limits.teams {
+            quota
+                .validate(&format!("limits.teams.{team}"))
+                .map_err(ConfigError::Invalid)?;
+        }
         for key in &self.keys {
             key.validate().map_err(ConfigError::Invalid)?;
             if !key_ids.insert(key.id.as_str()) {

@@ -23,8 +23,10 @@ use std::collections::VecDeque;
 
 use serde::Deserialize;
 
+use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::UpstreamRequest;
 use crate::keys::GatewayKey;
+use crate::limits::{Estimate, Quota, Refusal, Scope};
 use crate::providers::BaseUrl;
 use crate::usage::UsageRecord;
 
@@ -134,6 +136,82 @@ pub struct KeySnapshot {
     pub version: u64,
     /// The keys; a rotated key in its grace period appears twice under one id.
     pub keys: Vec<GatewayKey>,
+    /// Limits of the teams that have some.
+    #[serde(default)]
+    pub teams: std::collections::BTreeMap<String, Quota>,
+}
+
+/// `POST /edge/v1/admit`: admission against the control plane's counters, so limits and
+/// budgets hold across every edge instance. The reservation is settled when the request's
+/// usage record reaches the ledger.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct AdmitRequest {
+    /// The request's id (its usage record will carry it).
+    pub request_id: String,
+    /// The scopes whose limits apply, as the edge knows them.
+    pub scopes: Vec<Scope>,
+    /// Upper bounds of the request's tokens and cost.
+    pub estimate: Estimate,
+}
+
+/// The answer to [`AdmitRequest`] (200 when admitted, 429 when refused).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct AdmitAnswer {
+    /// `x-ratelimit-*` headers for the client.
+    pub headers: Vec<(String, String)>,
+    /// Why the request was refused, when it was.
+    #[serde(default)]
+    pub refusal: Option<RefusalWire>,
+}
+
+/// A refusal on the wire.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct RefusalWire {
+    /// The message for the client.
+    pub message: String,
+    /// The OpenAI-style code.
+    pub code: String,
+    /// Seconds to wait.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+}
+
+impl From<&Refusal> for RefusalWire {
+    fn from(r: &Refusal) -> Self {
+        RefusalWire {
+            message: r.error.message.clone(),
+            code: r.error.code.unwrap_or("rate_limit_exceeded").to_string(),
+            retry_after: r.error.retry_after,
+        }
+    }
+}
+
+impl RefusalWire {
+    /// The client's error.
+    pub fn error(&self) -> GatewayError {
+        let code = match self.code.as_str() {
+            "insufficient_quota" => "insufficient_quota",
+            "concurrency_limit_exceeded" => "concurrency_limit_exceeded",
+            _ => "rate_limit_exceeded",
+        };
+        let mut err =
+            GatewayError::new(ErrorKind::RateLimited, self.message.clone()).with_code(code);
+        err.retry_after = self.retry_after;
+        err
+    }
+}
+
+impl ControlPlaneConfig {
+    /// The admission call for a request.
+    pub fn admit_request(&self, token: &str, admit: &AdmitRequest) -> UpstreamRequest {
+        self.request(
+            "POST",
+            "/edge/v1/admit",
+            token,
+            vec![("content-type".into(), "application/json".into())],
+            serde_json::to_vec(admit).unwrap_or_default(),
+        )
+    }
 }
 
 impl KeySnapshot {

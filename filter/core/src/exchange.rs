@@ -47,6 +47,7 @@ use crate::canonical::TokenUsage;
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::gateway::{Gateway, HeadOutcome, LocalReply, Plan, RequestHead, UpstreamRequest};
 use crate::health::{record_failure, record_success, HealthSnapshot, HealthStore};
+use crate::limits::{admit, Admission, CounterStore, Scope};
 use crate::stream::ResponseStream;
 use crate::usage::UsageRecord;
 
@@ -64,6 +65,8 @@ pub struct Ctx<'a> {
     pub random: u64,
     /// Where passive health lives on this host.
     pub health: &'a dyn HealthStore,
+    /// Where rate-limit, concurrency and budget counters live on this host.
+    pub counters: &'a dyn CounterStore,
 }
 
 /// Something that happened to the request.
@@ -87,6 +90,9 @@ pub enum Event<'a> {
     UpstreamEnd,
     /// The current attempt failed (before its head, or before its body was complete).
     UpstreamFailed(&'a Failure),
+    /// The control plane's answer to [`Action::Admit`]: status and body, `None` when the call
+    /// failed.
+    AdmitAnswer(Option<(u16, &'a [u8])>),
 }
 
 /// An attempt's response head, as the host received it.
@@ -151,6 +157,9 @@ pub enum Action {
     EndResponse,
     /// A line for the host's log (one write per line).
     Log(String),
+    /// Ask the control plane to admit the request (limits and budgets shared by every edge
+    /// instance): send this call and feed [`Event::AdmitAnswer`].
+    Admit(Box<UpstreamRequest>),
 }
 
 /// One attempt to send.
@@ -191,6 +200,8 @@ enum State {
     Head,
     /// Admitted; waiting for the body.
     Body(crate::gateway::Admitted),
+    /// Planned; waiting for the control plane's admission.
+    Admitting,
     /// An attempt is in flight; nothing reached the client.
     Waiting,
     /// The current attempt's body is being read whole; nothing reached the client.
@@ -223,6 +234,14 @@ pub struct Exchange {
     client_status: Option<u16>,
     first_byte_ms: Option<u64>,
     finished: bool,
+    /// What the key's and team's limits granted this request, settled when it ends.
+    admission: Option<Admission>,
+    /// What the current attempt's deployment limits granted it.
+    deployment_admission: Option<Admission>,
+    /// `x-ratelimit-*` headers for every answer.
+    ratelimit_headers: Vec<(String, String)>,
+    /// The soonest a saturated deployment frees up, seconds (for `Retry-After`).
+    saturated_retry_s: Option<u64>,
 }
 
 impl Default for Exchange {
@@ -250,6 +269,10 @@ impl Exchange {
             client_status: None,
             first_byte_ms: None,
             finished: false,
+            admission: None,
+            deployment_admission: None,
+            ratelimit_headers: Vec::new(),
+            saturated_retry_s: None,
         }
     }
 
@@ -295,6 +318,7 @@ impl Exchange {
                 self.on_body(gateway, &admitted, body, cx)
             }
             (State::Body(_), Event::RequestBodyTooLarge) => self.reply_error(&gateway.too_large()),
+            (State::Admitting, Event::AdmitAnswer(answer)) => self.on_admit_answer(answer, cx),
             (State::Body(_), Event::RequestBodyUnreadable(detail)) => {
                 let mut actions = vec![Action::Log(format!(
                     "switchyard: request {}: cannot read the request body: {detail}",
@@ -367,12 +391,14 @@ impl Exchange {
         }
     }
 
-    /// Ends the exchange and returns its one usage record; later calls return `None`.
-    pub fn finish(&mut self, ending: Ending, now_ms: u64) -> Option<UsageRecord> {
+    /// Ends the exchange and returns its one usage record; later calls return `None`. What
+    /// the request's limits granted is settled with what it really used.
+    pub fn finish(&mut self, ending: Ending, cx: &Ctx<'_>) -> Option<UsageRecord> {
         if self.finished {
             return None;
         }
         self.finished = true;
+        let now_ms = cx.now_ms;
         let complete_stream = self.stream.as_ref().is_some_and(|s| s.complete());
         let failed_stream = self.stream.as_ref().is_some_and(|s| s.failed());
         let status = match self.state {
@@ -386,6 +412,19 @@ impl Exchange {
         if let Some(stream) = &self.stream {
             self.usage.merge_max(stream.usage());
         }
+        let tokens = self.usage.input + self.usage.output;
+        let cost_nano = self.plan.as_ref().map_or(0, |plan| {
+            let price = plan
+                .attempts
+                .get(self.attempt)
+                .map(|a| a.price)
+                .unwrap_or_default();
+            crate::limits::usd_to_nano(crate::usage::cost(&self.usage, &price))
+        });
+        if let Some(admission) = self.admission.take() {
+            admission.settle(cx.counters, tokens, cost_nano, now_ms);
+        }
+        self.settle_deployment(tokens, cost_nano, cx);
         let latency_ms = now_ms.saturating_sub(self.started_ms);
         let ttft_ms = self
             .first_byte_ms
@@ -467,22 +506,170 @@ impl Exchange {
             store: cx.health,
             now_ms: cx.now_ms,
         };
-        match gateway.plan(admitted, body, cx.random, cx.now_ms / 1000, &health) {
-            Ok(plan) => {
-                self.plan = Some(plan);
-                self.attempt = 0;
-                self.attempt_started_ms = cx.now_ms;
+        let plan = match gateway.plan(admitted, body, cx.random, cx.now_ms / 1000, &health) {
+            Ok(plan) => plan,
+            Err(err) => return self.reply_error(&err),
+        };
+        let remote = match gateway.control_plane() {
+            Some((cfg, Some(token))) if !plan.scopes.is_empty() => Some(cfg.admit_request(
+                token,
+                &crate::control::AdmitRequest {
+                    request_id: self.request_id.clone(),
+                    scopes: plan.scopes.clone(),
+                    estimate: plan.estimate,
+                },
+            )),
+            _ => None,
+        };
+        self.plan = Some(plan);
+        if let Some(request) = remote {
+            self.state = State::Admitting;
+            return vec![Action::Admit(Box::new(request))];
+        }
+        self.admit_locally(Vec::new(), cx)
+    }
+
+    /// Admits the request against this host's own counters, then sends its first attempt.
+    fn admit_locally(&mut self, actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
+        let Some(plan) = &self.plan else {
+            return self.reply_error(&no_plan());
+        };
+        match admit(cx.counters, &plan.scopes, plan.estimate, cx.now_ms) {
+            Ok(admission) => {
+                self.ratelimit_headers = admission.headers.clone();
+                self.admission = Some(admission);
+            }
+            Err(refusal) => {
+                self.ratelimit_headers = refusal.headers;
+                let mut actions = actions;
+                actions.extend(self.reply_error(&refusal.error));
+                return actions;
+            }
+        }
+        self.start_attempts(actions, cx)
+    }
+
+    fn start_attempts(&mut self, actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
+        self.attempt = 0;
+        self.attempt_started_ms = cx.now_ms;
+        self.send_or_next(actions, cx)
+    }
+
+    /// The control plane admitted the request (its reservation settles when the usage record
+    /// reaches the ledger), refused it, or could not be asked: then this host's own counters
+    /// decide, so an outage degrades limits to per-instance ones instead of refusing traffic.
+    fn on_admit_answer(&mut self, answer: Option<(u16, &[u8])>, cx: &Ctx<'_>) -> Vec<Action> {
+        let parsed = answer.and_then(|(status, body)| {
+            let answer: crate::control::AdmitAnswer = serde_json::from_slice(body).ok()?;
+            matches!(status, 200 | 429).then_some(answer)
+        });
+        match parsed {
+            Some(answer) => {
+                self.ratelimit_headers = answer.headers;
+                match answer.refusal {
+                    Some(refusal) => self.reply_error(&refusal.error()),
+                    None => self.start_attempts(Vec::new(), cx),
+                }
+            }
+            None => {
+                let why = answer.map_or("no answer".to_string(), |(s, _)| format!("HTTP {s}"));
+                let log = Action::Log(format!(
+                    "switchyard: request {}: the control plane could not admit it ({why}); \
+                     this instance's own limits apply",
+                    self.request_id
+                ));
+                self.admit_locally(vec![log], cx)
+            }
+        }
+    }
+
+    /// Sends the current attempt, or the next one that can go — a deployment at its own
+    /// limits is skipped (not counted against its health), one whose request cannot be built
+    /// is logged — and answers when none is left.
+    fn send_or_next(&mut self, mut actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
+        loop {
+            if self.take_deployment(cx) {
                 match self.send_current(cx) {
                     Ok(send) => {
                         self.state = State::Waiting;
-                        vec![Action::Send(Box::new(send))]
+                        actions.push(Action::Send(Box::new(send)));
+                        return actions;
                     }
                     // The primary's request cannot be built (e.g. content the provider cannot
                     // take): that is the answer, not a reason to try elsewhere.
-                    Err(err) => self.reply_error(&err),
+                    Err(err) if self.attempt == 0 => {
+                        self.settle_deployment(0, 0, cx);
+                        actions.extend(self.reply_error(&err));
+                        return actions;
+                    }
+                    Err(err) => {
+                        self.settle_deployment(0, 0, cx);
+                        actions.push(Action::Log(format!(
+                            "switchyard: request {}: attempt {} to {} not sent: {}",
+                            self.request_id,
+                            self.attempt,
+                            self.deployment(),
+                            err.message
+                        )));
+                        self.log_attempt(Outcome::NotSent(err.message), cx);
+                    }
                 }
+            } else {
+                self.log_attempt(Outcome::Saturated, cx);
             }
-            Err(err) => self.reply_error(&err),
+            if !self.can_fall_back(cx) {
+                break;
+            }
+            self.attempt += 1;
+            self.attempt_started_ms = cx.now_ms;
+        }
+        let records = self.attempts.records();
+        let err = if !records.is_empty() && records.iter().all(|r| r.outcome == Outcome::Saturated)
+        {
+            let mut err = GatewayError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "every deployment of `{}` is at its limit; retry shortly",
+                    self.plan.as_ref().map_or("", |p| p.public_model.as_str())
+                ),
+            )
+            .with_code("deployments_saturated");
+            err.retry_after = Some(self.saturated_retry_s.unwrap_or(1));
+            err
+        } else {
+            self.attempts.all_failed()
+        };
+        actions.extend(self.reply_error(&err));
+        actions
+    }
+
+    /// Takes the current deployment's own limits; `false` when it is at one.
+    fn take_deployment(&mut self, cx: &Ctx<'_>) -> bool {
+        let Some(plan) = &self.plan else { return true };
+        let Some(attempt) = plan.attempts.get(self.attempt) else {
+            return true;
+        };
+        let Some(limits) = &attempt.limits else {
+            return true;
+        };
+        let scope = Scope::deployment(&attempt.deployment_id, limits);
+        match admit(cx.counters, &[scope], plan.estimate, cx.now_ms) {
+            Ok(admission) => {
+                self.deployment_admission = Some(admission);
+                true
+            }
+            Err(refusal) => {
+                let wait = refusal.error.retry_after.unwrap_or(1);
+                self.saturated_retry_s = Some(self.saturated_retry_s.map_or(wait, |w| w.min(wait)));
+                false
+            }
+        }
+    }
+
+    /// Settles what the current attempt's deployment limits granted.
+    fn settle_deployment(&mut self, tokens: u64, cost_nano: i64, cx: &Ctx<'_>) {
+        if let Some(admission) = self.deployment_admission.take() {
+            admission.settle(cx.counters, tokens, cost_nano, cx.now_ms);
         }
     }
 
@@ -544,30 +731,15 @@ impl Exchange {
             )));
         }
         self.log_attempt(outcome, cx);
-        while self.can_fall_back(cx) {
-            self.attempt += 1;
-            self.attempt_started_ms = cx.now_ms;
-            match self.send_current(cx) {
-                Ok(send) => {
-                    self.state = State::Waiting;
-                    actions.push(Action::Send(Box::new(send)));
-                    return actions;
-                }
-                Err(err) => {
-                    actions.push(Action::Log(format!(
-                        "switchyard: request {}: attempt {} to {} not sent: {}",
-                        self.request_id,
-                        self.attempt,
-                        self.deployment(),
-                        err.message
-                    )));
-                    self.log_attempt(Outcome::NotSent(err.message), cx);
-                }
-            }
+        self.settle_deployment(0, 0, cx);
+        if !self.can_fall_back(cx) {
+            let err = self.attempts.all_failed();
+            actions.extend(self.reply_error(&err));
+            return actions;
         }
-        let err = self.attempts.all_failed();
-        actions.extend(self.reply_error(&err));
-        actions
+        self.attempt += 1;
+        self.attempt_started_ms = cx.now_ms;
+        self.send_or_next(actions, cx)
     }
 
     fn on_upstream_head(&mut self, head: &UpstreamHead<'_>, cx: &Ctx<'_>) -> Vec<Action> {
@@ -716,6 +888,7 @@ impl Exchange {
     }
 
     fn add_answer_headers(&self, headers: &mut Vec<(String, String)>) {
+        headers.extend(self.ratelimit_headers.iter().cloned());
         let attempts = self.attempts.header_value();
         if !attempts.is_empty() {
             headers.push((ATTEMPTS_HEADER.to_string(), attempts));
@@ -759,5 +932,6 @@ fn event_name(event: &Event<'_>) -> &'static str {
         Event::UpstreamData(_) => "upstream data",
         Event::UpstreamEnd => "upstream end",
         Event::UpstreamFailed(_) => "upstream failure",
+        Event::AdmitAnswer(_) => "admission answer",
     }
 }

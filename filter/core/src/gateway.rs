@@ -158,6 +158,8 @@ pub struct Gateway {
     managed_keys: Vec<crate::keys::GatewayKey>,
     /// The version of `managed_keys` (the control plane's key-set version).
     managed_version: Option<u64>,
+    /// Team limits from the control plane (over the config's, for the same team).
+    managed_teams: BTreeMap<String, crate::limits::Quota>,
 }
 
 impl Gateway {
@@ -169,6 +171,7 @@ impl Gateway {
             secrets: BTreeMap::new(),
             managed_keys: Vec::new(),
             managed_version: None,
+            managed_teams: BTreeMap::new(),
         }
     }
 
@@ -180,6 +183,7 @@ impl Gateway {
             secrets: self.secrets.clone(),
             managed_keys: snapshot.keys,
             managed_version: Some(snapshot.version),
+            managed_teams: snapshot.teams,
         }
     }
 
@@ -510,6 +514,7 @@ impl Gateway {
                     .unwrap_or_else(|| d.provider.clone()),
                 base,
                 price: d.price,
+                limits: d.limits,
                 api_key: provider
                     .api_key_secret
                     .as_ref()
@@ -537,6 +542,20 @@ impl Gateway {
             ))
             .with_param("model"));
         }
+        let mut scopes = Vec::new();
+        if let Some(quota) = key.limits.as_ref().filter(|q| q.is_limited()) {
+            scopes.push(crate::limits::Scope::key(&key.id, quota));
+        }
+        if let Some((team, quota)) = key.team.as_ref().and_then(|t| {
+            let quota = self
+                .managed_teams
+                .get(t)
+                .or_else(|| self.config.limits.teams.get(t))?;
+            Some((t, quota))
+        }) {
+            scopes.push(crate::limits::Scope::team(team, quota));
+        }
+        let estimate = estimate(&request, body.len(), model, &attempts);
         let (stream, client_wants_usage) = match &request {
             PlannedRequest::Chat(c) => (c.stream, c.wants_stream_usage()),
             PlannedRequest::Embeddings(_) => (false, false),
@@ -552,6 +571,8 @@ impl Gateway {
             raw: body.into_owned(),
             attempts,
             fallback: self.config.fallback_for(model).clone(),
+            scopes,
+            estimate,
             response_id: format!("{:016x}", random ^ 0x5157_4954_4348_5944),
             created: now_unix,
         })
@@ -597,6 +618,44 @@ fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, Ga
             ))
         }
     })
+}
+
+/// Upper bounds of a request's tokens and cost: input tokens at most one per body byte (a
+/// byte-level tokenizer never makes more), plus a flat count per image; output tokens at most
+/// `max_tokens`, or the model's `max_output_tokens`; the cost at the most expensive deployment
+/// of the chain (a fallback may land there).
+fn estimate(
+    request: &PlannedRequest,
+    body_bytes: usize,
+    model: &ModelConfig,
+    attempts: &[Attempt],
+) -> crate::limits::Estimate {
+    use crate::limits::{Estimate, DEFAULT_MAX_OUTPUT_TOKENS, IMAGE_TOKENS_ESTIMATE};
+    let (images, output) = match request {
+        PlannedRequest::Chat(chat) => {
+            let images = chat
+                .messages
+                .iter()
+                .flat_map(|m| m.parts())
+                .filter(|p| matches!(p, crate::canonical::ContentPart::ImageUrl { .. }))
+                .count() as u64;
+            let output = chat
+                .output_limit()
+                .map(u64::from)
+                .unwrap_or(model.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS));
+            (images, output)
+        }
+        PlannedRequest::Embeddings(_) => (0, 0),
+    };
+    let input = body_bytes as u64 + images * IMAGE_TOKENS_ESTIMATE;
+    let cost = attempts
+        .iter()
+        .map(|a| (input as f64 * a.price.input + output as f64 * a.price.output) / 1e6)
+        .fold(0.0, f64::max);
+    Estimate {
+        tokens: input + output,
+        cost_nano: crate::limits::usd_to_nano(cost),
+    }
 }
 
 /// The message part that says which secret a provider needs, and where each host reads it.
@@ -702,6 +761,8 @@ pub struct Attempt {
     pub base: BaseUrl,
     /// Its price.
     pub price: Price,
+    /// The provider's quota for it.
+    pub limits: Option<crate::limits::DeploymentLimits>,
     api_key: Option<Secret>,
     static_headers: Vec<(String, String)>,
     /// The provider's configuration: the wire-format options its translator reads.
@@ -751,6 +812,10 @@ pub struct Plan {
     pub attempts: Vec<Attempt>,
     /// Retry statuses and timeouts in force.
     pub fallback: FallbackPolicy,
+    /// The key's and its team's limits that apply.
+    pub scopes: Vec<crate::limits::Scope>,
+    /// Upper bounds of the tokens and cost, for admission.
+    pub estimate: crate::limits::Estimate,
     response_id: String,
     created: u64,
 }

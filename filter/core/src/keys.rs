@@ -29,6 +29,12 @@ pub struct GatewayKey {
     /// The team the key belongs to (usage and budgets roll up to it).
     #[serde(default)]
     pub team: Option<String>,
+    /// The key's own rate limits and budget.
+    #[serde(default)]
+    pub limits: Option<crate::limits::Quota>,
+    /// `sha256` decoded, once: authentication compares every key on every request.
+    #[serde(skip)]
+    decoded: std::sync::OnceLock<[u8; 32]>,
 }
 
 fn all_models() -> Vec<String> {
@@ -40,6 +46,9 @@ impl GatewayKey {
         if self.id.is_empty() {
             return Err("a key has an empty id".into());
         }
+        if let Some(quota) = &self.limits {
+            quota.validate(&format!("key `{}`", self.id))?;
+        }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
                 "key `{}`: sha256 must be 64 hex characters (the hash, never the key)",
@@ -49,12 +58,14 @@ impl GatewayKey {
         Ok(())
     }
 
-    fn digest(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&self.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
-        }
-        out
+    fn digest(&self) -> &[u8; 32] {
+        self.decoded.get_or_init(|| {
+            let mut out = [0u8; 32];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&self.sha256[2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+            out
+        })
     }
 
     /// Whether this key may use `model` (a public name).
@@ -159,6 +170,8 @@ mod tests {
             expires_at,
             label: None,
             team: None,
+            limits: None,
+            decoded: Default::default(),
         }
     }
 

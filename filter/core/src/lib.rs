@@ -21,6 +21,7 @@ pub mod health;
 pub mod ingress;
 pub mod json_patch;
 pub mod keys;
+pub mod limits;
 pub mod providers;
 pub mod routing;
 pub mod sse;

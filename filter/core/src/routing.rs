@@ -138,6 +138,7 @@ mod tests {
             strategy,
             fallback: None,
             defaults: Default::default(),
+            max_output_tokens: None,
             deployments: deps
                 .iter()
                 .map(|(p, w, price)| DeploymentConfig {
@@ -151,6 +152,7 @@ mod tests {
                         cached_input: None,
                         output: *price,
                     },
+                    limits: None,
                 })
                 .collect(),
         }

@@ -9,6 +9,7 @@ use switchyard_core::exchange::{
 };
 use switchyard_core::health::{HealthSnapshot, HealthStore, MemoryHealthStore};
 use switchyard_core::keys::hash_key;
+use switchyard_core::limits::MemoryCounters;
 use switchyard_core::routing::HealthView;
 use switchyard_core::{Gateway, RequestHead};
 
@@ -66,6 +67,7 @@ fn usage_frame() -> String {
 struct Host {
     gw: Gateway,
     health: MemoryHealthStore,
+    counters: MemoryCounters,
     now_ms: u64,
     ex: Exchange,
 }
@@ -75,6 +77,7 @@ impl Host {
         Host {
             gw: gateway(),
             health: MemoryHealthStore::default(),
+            counters: MemoryCounters::default(),
             now_ms: 1_700_000_000_000,
             ex: Exchange::new(),
         }
@@ -85,6 +88,7 @@ impl Host {
             now_ms: self.now_ms,
             random: 42,
             health: &self.health,
+            counters: &self.counters,
         };
         self.ex.handle(&self.gw, event, &cx)
     }
@@ -124,11 +128,14 @@ impl Host {
     }
 
     fn finish(&mut self, ending: Ending) -> switchyard_core::usage::UsageRecord {
-        let record = self.ex.finish(ending, self.now_ms).expect("one record");
-        assert!(
-            self.ex.finish(ending, self.now_ms).is_none(),
-            "exactly one record"
-        );
+        let cx = Ctx {
+            now_ms: self.now_ms,
+            random: 42,
+            health: &self.health,
+            counters: &self.counters,
+        };
+        let record = self.ex.finish(ending, &cx).expect("one record");
+        assert!(self.ex.finish(ending, &cx).is_none(), "exactly one record");
         record
     }
 
@@ -716,9 +723,10 @@ proptest! {
             }
         }
         let ending = Ending { client_gone, client_status: None };
-        let record = h.ex.finish(ending, h.now_ms);
+        let cx = Ctx { now_ms: h.now_ms, random: 42, health: &h.health, counters: &h.counters };
+        let record = h.ex.finish(ending, &cx);
         prop_assert!(record.is_some());
-        prop_assert!(h.ex.finish(ending, h.now_ms).is_none());
+        prop_assert!(h.ex.finish(ending, &cx).is_none());
         let record = record.unwrap();
         let terminal = client.streamed.contains("[DONE]");
         let failed_stream = client.streamed.contains("\"error\"");
@@ -824,4 +832,145 @@ fn provider_account_headers_are_stripped_unless_passed() {
             assert!(!h.ex.strips_upstream_header(name), "{model}: {name}");
         }
     }
+}
+
+// ---- limits and budgets -----------------------------------------------------------------
+
+fn limited_gateway(key_limits: Value) -> Gateway {
+    let config = json!({
+        "keys": [
+            {"id": "k1", "sha256": hash_key(KEY), "models": ["*"], "team": "blue",
+             "limits": key_limits},
+        ],
+        "providers": {
+            "a": {"kind": "openai", "base_url": "http://a.test"},
+            "b": {"kind": "openai", "base_url": "http://b.test"}
+        },
+        "models": [
+            {"name": "priced", "max_output_tokens": 1000, "deployments": [
+                {"provider": "a", "model": "m-a", "price": {"input": 1.0, "output": 4.0}}]},
+            {"name": "busy", "deployments": [
+                {"provider": "a", "model": "m-a", "limits": {"concurrent": 1}},
+                {"provider": "b", "model": "m-b", "limits": {"concurrent": 1}}]}
+        ],
+        "limits": {"teams": {"blue": {"concurrent": 10}}}
+    });
+    Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()
+}
+
+#[test]
+fn over_the_rate_limit_is_a_429_with_openai_headers_and_every_answer_has_them() {
+    let mut h = Host::new();
+    h.gw = limited_gateway(json!({"rpm": 2}));
+    let request_once = |h: &mut Host| {
+        h.ex = Exchange::new();
+        let actions = h.request(
+            "/v1/chat/completions",
+            json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        if sent(&actions).is_empty() {
+            return reply(&actions);
+        }
+        h.head(200, "application/json");
+        reply(&h.feed(Event::UpstreamBody(COMPLETION.as_bytes())))
+    };
+    let (status, _, headers) = request_once(&mut h);
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-ratelimit-limit-requests"), Some("2"));
+    assert_eq!(
+        header(&headers, "x-ratelimit-remaining-requests"),
+        Some("1")
+    );
+    h.finish(Ending::default());
+    assert_eq!(request_once(&mut h).0, 200);
+    h.finish(Ending::default());
+    let (status, body, headers) = request_once(&mut h);
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(
+        header(&headers, "x-ratelimit-remaining-requests"),
+        Some("0")
+    );
+    assert_eq!(header(&headers, "retry-after"), Some("30"));
+    assert_eq!(h.finish(Ending::default()).status, 429);
+}
+
+#[test]
+fn a_budget_reserves_the_upper_estimate_and_settles_the_real_cost() {
+    let mut h = Host::new();
+    h.gw = limited_gateway(json!({"budget": {"usd": 0.01, "period": "day"}}));
+    // Without max_tokens the model's max_output_tokens (1000 × $4/M = $0.004) plus the body
+    // bound the estimate: two such requests fit in $0.01 at once, a third does not.
+    let body = json!({"model": "priced", "messages": [{"role": "user", "content": "hi"}]});
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        h.ex = Exchange::new();
+        let actions = h.request("/v1/chat/completions", body.clone());
+        assert_eq!(sent(&actions).len(), 1, "{actions:?}");
+        open.push(std::mem::take(&mut h.ex));
+    }
+    h.ex = Exchange::new();
+    let (status, err, _) = reply(&h.request("/v1/chat/completions", body.clone()));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("insufficient_quota"))
+    );
+    h.finish(Ending::default());
+    // The first two finish having cost far less than their estimates: room again.
+    for ex in open {
+        h.ex = ex;
+        h.head(200, "application/json");
+        h.feed(Event::UpstreamBody(COMPLETION.as_bytes()));
+        let record = h.finish(Ending::default());
+        assert!(record.cost > 0.0 && record.cost < 0.0001, "{record:?}");
+    }
+    h.ex = Exchange::new();
+    assert_eq!(sent(&h.request("/v1/chat/completions", body)).len(), 1);
+}
+
+#[test]
+fn a_deployment_at_its_limit_is_skipped_and_all_saturated_is_a_429() {
+    let mut h = Host::new();
+    h.gw = limited_gateway(json!({"concurrent": 5}));
+    let body = json!({"model": "busy", "messages": [{"role": "user", "content": "hi"}]});
+    let first = h.request("/v1/chat/completions", body.clone());
+    assert_eq!(sent(&first)[0].1, "a.test");
+    let held_a = std::mem::take(&mut h.ex);
+    // a holds its one slot: the next request goes straight to b, a marked saturated.
+    let second = h.request("/v1/chat/completions", body.clone());
+    assert_eq!(sent(&second)[0].1, "b.test");
+    h.head(200, "application/json");
+    let (_, _, headers) = reply(&h.feed(Event::UpstreamBody(COMPLETION.as_bytes())));
+    assert!(header(&headers, "x-switchyard-attempts")
+        .unwrap()
+        .starts_with("a/m-a;saturated;"));
+    // b's request ended, so b is free again: hold a new one there, then a third request
+    // finds both full.
+    h.finish(Ending::default());
+    h.ex = Exchange::new();
+    assert_eq!(
+        sent(&h.request("/v1/chat/completions", body.clone()))[0].1,
+        "b.test"
+    );
+    let _held_b = std::mem::replace(&mut h.ex, Exchange::new());
+    let second_b = h.request("/v1/chat/completions", body.clone());
+    assert!(sent(&second_b).is_empty());
+    let (status, err, headers) = reply(&second_b);
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("deployments_saturated"))
+    );
+    assert!(header(&headers, "retry-after").is_some());
+    // a's request ends: its slot is free again.
+    h.ex = held_a;
+    h.head(200, "application/json");
+    h.feed(Event::UpstreamBody(COMPLETION.as_bytes()));
+    h.finish(Ending::default());
+    h.ex = Exchange::new();
+    assert_eq!(
+        sent(&h.request("/v1/chat/completions", body))
+            .first()
+            .map(|s| s.1.as_str()),
+        Some("a.test")
+    );
 }

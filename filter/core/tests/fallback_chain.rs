@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, Send, UpstreamHead};
 use switchyard_core::health::MemoryHealthStore;
 use switchyard_core::keys::hash_key;
+use switchyard_core::limits::MemoryCounters;
 use switchyard_core::{Dialect, Gateway, RequestHead};
 
 fn gateway() -> Gateway {
@@ -112,6 +113,7 @@ fn bedrock_then_azure_then_gemini_with_tools_for_every_client() {
         ),
     ] {
         let health = MemoryHealthStore::default();
+        let counters = MemoryCounters::default();
         let mut now_ms = 1_700_000_000_000u64;
         let mut ex = Exchange::new();
         let feed = |ex: &mut Exchange, event: Event<'_>, now_ms: u64| {
@@ -122,6 +124,7 @@ fn bedrock_then_azure_then_gemini_with_tools_for_every_client() {
                     now_ms,
                     random: 7,
                     health: &health,
+                    counters: &counters,
                 },
             )
         };
@@ -232,9 +235,13 @@ fn bedrock_then_azure_then_gemini_with_tools_for_every_client() {
         let names: Vec<&str> = f.tool_calls.iter().map(|c| c.1.as_str()).collect();
         assert_eq!(names, ["get_weather", "get_time"], "{path}");
         assert!(f.error.is_none(), "{path}");
-        let record = ex
-            .finish(Ending::default(), now_ms + 5)
-            .expect("one record");
+        let end = Ctx {
+            now_ms: now_ms + 5,
+            random: 7,
+            health: &health,
+            counters: &counters,
+        };
+        let record = ex.finish(Ending::default(), &end).expect("one record");
         assert_eq!(
             (record.provider.as_str(), record.attempts, record.status),
             ("google", 3, 200),
@@ -256,10 +263,12 @@ fn bedrock_then_azure_then_gemini_with_tools_for_every_client() {
 fn a_bedrock_event_stream_is_streamed_through_the_lifecycle() {
     let gw = gateway();
     let health = MemoryHealthStore::default();
+    let counters = MemoryCounters::default();
     let cx = Ctx {
         now_ms: 1_700_000_000_000,
         random: 3,
         health: &health,
+        counters: &counters,
     };
     let mut ex = Exchange::new();
     let head = RequestHead {
@@ -302,6 +311,6 @@ fn a_bedrock_event_stream_is_streamed_through_the_lifecycle() {
     }
     let f = common::accumulate_openai(&out);
     assert_eq!(f.tool_calls.len(), 2);
-    let record = ex.finish(Ending::default(), cx.now_ms).unwrap();
+    let record = ex.finish(Ending::default(), &cx).unwrap();
     assert_eq!((record.status, record.cached_input_tokens), (200, 2048));
 }

@@ -1,0 +1,103 @@
+//! What `serve-component` serves and how: the configuration and the command line that builds
+//! it, shared by the binary and the tests so both follow the same rules.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::variables::valid_variable_name;
+use super::ComponentError;
+
+/// What `serve-component` serves and how.
+#[derive(Debug, Clone)]
+pub struct ComponentConfig {
+    /// The component file (`edge_worker.wasm`, built for `wasm32-wasip2`).
+    pub component: PathBuf,
+    /// Where to listen (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Spin variables, by (lower-case) name.
+    pub variables: HashMap<String, String>,
+    /// The component's environment.
+    pub env: Vec<(String, String)>,
+    /// Origins outbound HTTP may reach (`https://api.openai.com`, `http://127.0.0.1:8100`,
+    /// `http://127.0.0.1:*`, `*`); empty allows every destination.
+    pub allow_outbound: Vec<String>,
+}
+
+/// The `serve-component` command line (parsed by the binary, turned into a
+/// [`ComponentConfig`] here so tests and the CLI share the rules).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeComponentArgs {
+    /// The Spin HTTP component (`edge-worker/target/wasm32-wasip2/release/edge_worker.wasm`).
+    #[arg(long, value_name = "FILE")]
+    pub component: PathBuf,
+
+    /// Address to serve on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+
+    /// A Spin variable, NAME=VALUE (lower-case name, as in spin.toml), e.g.
+    /// `gateway_config=<json>` or `openai_api_key=sk-...`. Repeatable. Unset variables are
+    /// `undefined` to the component, as in Spin.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+
+    /// The component's environment: NAME forwards host-runner's NAME (skipped if unset),
+    /// NAME=VALUE sets it. Repeatable. Nothing else is visible to the component.
+    #[arg(long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+
+    /// An origin outbound HTTP may reach, like spin.toml's `allowed_outbound_hosts`
+    /// (`https://api.openai.com`, `http://127.0.0.1:*`, `*`). Repeatable; none allows all.
+    #[arg(long = "allow-outbound", value_name = "ORIGIN")]
+    pub allow_outbound: Vec<String>,
+}
+
+impl ServeComponentArgs {
+    /// Checks the flags and builds the configuration.
+    pub fn into_config(self) -> Result<ComponentConfig, ComponentError> {
+        let mut variables = HashMap::new();
+        for spec in &self.vars {
+            let invalid = |reason| ComponentError::InvalidFlag {
+                flag: "--var",
+                value: spec.clone(),
+                reason,
+            };
+            let (name, value) = spec
+                .split_once('=')
+                .ok_or_else(|| invalid("expected NAME=VALUE"))?;
+            if !valid_variable_name(name) {
+                return Err(invalid(
+                    "names are lower-case letters, digits and `_`, starting with a letter",
+                ));
+            }
+            variables.insert(name.to_string(), value.to_string());
+        }
+        let mut env = Vec::new();
+        for spec in &self.env {
+            match spec.split_once('=') {
+                Some(("", _)) => {
+                    return Err(ComponentError::InvalidFlag {
+                        flag: "--env",
+                        value: spec.clone(),
+                        reason: "empty variable name",
+                    })
+                }
+                Some((name, value)) => env.push((name.to_string(), value.to_string())),
+                None => match std::env::var(spec) {
+                    Ok(value) => env.push((spec.clone(), value)),
+                    Err(_) => tracing::warn!(
+                        "--env {spec}: not set in host-runner's environment; the component will not see it"
+                    ),
+                },
+            }
+        }
+        Ok(ComponentConfig {
+            component: self.component,
+            listen: self.listen,
+            variables,
+            env,
+            allow_outbound: self.allow_outbound,
+        })
+    }
+}

@@ -1,0 +1,276 @@
+//! The wasi-http server side: compile and link the component, accept connections, and run
+//! every request in a fresh instance of it (`wasi:http/incoming-handler`), as Spin does.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::fermyon::spin::{key_value, variables};
+use super::key_value::{key_value_stores, KeyValueStore};
+use super::outbound::{Origin, OutboundPolicy};
+use super::{ComponentConfig, ComponentError};
+
+/// A running `serve-component` listener; dropping it stops accepting connections.
+pub struct RunningComponent {
+    /// The bound address (useful with port 0).
+    pub listen_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+}
+
+impl RunningComponent {
+    /// Stops accepting connections; requests in flight finish.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Drop for RunningComponent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Compiles and links the component, binds the listener and serves until shut down.
+/// Must be called inside a tokio runtime.
+pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent, ComponentError> {
+    let path = config.component.clone();
+    // A one-off read of a local file at startup: blocking the runtime briefly is harmless.
+    let bytes = std::fs::read(&path).map_err(|source| ComponentError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let origins = config
+        .allow_outbound
+        .iter()
+        .map(|o| Origin::parse(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    let engine = Engine::new(&wasmtime::Config::new())
+        .map_err(|e| ComponentError::Engine(format!("{e:#}")))?;
+    let compile_engine = engine.clone();
+    let component = tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
+        .await
+        .map_err(|e| ComponentError::Engine(e.to_string()))?
+        .map_err(|e| ComponentError::Invalid {
+            path: path.clone(),
+            message: format!("{e:#}"),
+        })?;
+    let pre = link(&engine, &component).map_err(|e| ComponentError::Link {
+        path: path.clone(),
+        message: format!("{e:#}"),
+    })?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ComponentError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+    let listen_addr = listener
+        .local_addr()
+        .map_err(|source| ComponentError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let server = Arc::new(Server {
+        pre,
+        variables: Arc::new(config.variables),
+        key_value: Arc::new(key_value_stores()),
+        env: config.env,
+        origins: Arc::new(origins),
+    });
+    let (shutdown, mut stop) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let server = server.clone();
+                        tokio::spawn(async move { server.serve_connection(stream).await });
+                    }
+                    Err(e) => tracing::warn!("serve-component: accept failed: {e}"),
+                },
+            }
+        }
+    });
+    Ok(RunningComponent {
+        listen_addr,
+        shutdown,
+    })
+}
+
+/// Links everything a Spin HTTP component may import and checks the component against it.
+fn link(engine: &Engine, component: &Component) -> wasmtime::Result<ProxyPre<RequestState>> {
+    let mut linker = Linker::<RequestState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    variables::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+    key_value::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+    ProxyPre::new(linker.instantiate_pre(component)?)
+}
+
+struct Server {
+    pre: ProxyPre<RequestState>,
+    variables: Arc<HashMap<String, String>>,
+    key_value: Arc<HashMap<String, KeyValueStore>>,
+    env: Vec<(String, String)>,
+    origins: Arc<Vec<Origin>>,
+}
+
+impl Server {
+    async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        let service = hyper::service::service_fn(move |request| {
+            let server = self.clone();
+            async move { Ok::<_, Infallible>(server.handle(request).await) }
+        });
+        if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+        {
+            tracing::debug!("serve-component: connection ended: {e}");
+        }
+    }
+
+    /// Runs one request in a fresh instance.
+    async fn handle(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        match self.dispatch(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!("serve-component: {e:#}");
+                let body = Full::new(Bytes::from_static(b"component failed to answer\n"))
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                let mut response = hyper::Response::new(body);
+                *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                response
+            }
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+        let wasi = WasiCtx::builder()
+            .inherit_stdout()
+            .inherit_stderr()
+            .envs(&self.env)
+            .build();
+        let mut store = Store::new(
+            self.pre.engine(),
+            RequestState {
+                wasi,
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                hooks: OutboundPolicy {
+                    origins: self.origins.clone(),
+                },
+                variables: self.variables.clone(),
+                key_value: self.key_value.clone(),
+                open_stores: 0,
+            },
+        );
+        let (sender, receiver) = oneshot::channel();
+        let request = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let out = store.data_mut().http().new_response_outparam(sender)?;
+        let pre = self.pre.clone();
+        // The guest keeps running after it sets the response head: it streams the body.
+        let task = tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(wasmtime::Error::msg(format!(
+                "component answered with error {code:?}"
+            ))),
+            Err(_) => {
+                let reason = match task.await {
+                    Ok(Ok(())) => wasmtime::Error::msg("component returned without answering"),
+                    Ok(Err(e)) => e,
+                    Err(e) => wasmtime::Error::msg(e.to_string()),
+                };
+                Err(reason.context("component did not set a response"))
+            }
+        }
+    }
+}
+
+/// Per-request store data.
+pub(super) struct RequestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    pub(super) table: ResourceTable,
+    hooks: OutboundPolicy,
+    pub(super) variables: Arc<HashMap<String, String>>,
+    /// The server's key-value stores, by label.
+    pub(super) key_value: Arc<HashMap<String, KeyValueStore>>,
+    /// Stores this instance holds open.
+    pub(super) open_stores: u32,
+}
+
+impl WasiView for RequestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod test_support {
+    use super::*;
+
+    /// The store data of an instance that was never run, for host-side unit tests.
+    pub(in crate::component) fn request_state(
+        key_value: &Arc<HashMap<String, KeyValueStore>>,
+    ) -> RequestState {
+        RequestState {
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundPolicy {
+                origins: Arc::new(Vec::new()),
+            },
+            variables: Arc::new(HashMap::new()),
+            key_value: key_value.clone(),
+            open_stores: 0,
+        }
+    }
+}
