@@ -482,6 +482,13 @@ impl HttpContext for SwitchyardHttp {
             // Our own reply, or one Envoy made before the request was routed, passes.
             return HostAction::Continue;
         }
+        // The provider's account identifiers never reach the client (whatever answer the
+        // core makes of this response, its headers are the ones Envoy sends).
+        for (name, _) in self.get_http_response_headers() {
+            if self.exchange.strips_upstream_header(&name) {
+                self.set_http_response_header(&name, None);
+            }
+        }
         let status = self
             .get_http_response_header(":status")
             .and_then(|s| s.parse().ok())

@@ -16,6 +16,10 @@ from . import common
 from .common import Conversation, DoubleState, Reply, ToolResult, ToolSpec
 
 PROVIDER = "anthropic"
+# The Messages API's request fields; anything else is a 400 (`Extra inputs are not permitted`).
+FIELDS = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
+          "temperature", "top_k", "top_p", "tools", "tool_choice", "thinking", "output_config",
+          "service_tier", "container", "mcp_servers", "context_management"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
@@ -65,8 +69,10 @@ def conversation(body: dict) -> Conversation:
                     results.append(ToolResult(ref, text_of(b.get("content"))))
     tools = [ToolSpec(t["name"], t.get("input_schema") or {}) for t in body.get("tools") or []
              if "name" in t]
+    fmt = (body.get("output_config") or {}).get("format") or {}
     return Conversation(model=body.get("model", ""), texts=texts, last_user_text=last_user,
-                        tools=tools, tool_results=results, stream=bool(body.get("stream")))
+                        tools=tools, tool_results=results, stream=bool(body.get("stream")),
+                        output_schema=fmt.get("schema") if fmt.get("type") == "json_schema" else None)
 
 
 def usage_json(reply: Reply) -> dict:
@@ -145,7 +151,8 @@ class AnthropicDouble:
     async def messages(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         entry = self.state.record(request, raw)
-        headers = {"request-id": common.new_id("req_")}
+        headers = {"request-id": common.new_id("req_"),
+                   "anthropic-organization-id": "00000000-0000-4000-8000-00000000d0b1"}
         # `x-api-key` is the documented header; the official Python SDK (2.x) sends the same
         # API key as `Authorization: Bearer`, which the API accepts too.
         auth = request.headers.get("Authorization", "")
@@ -163,6 +170,11 @@ class AnthropicDouble:
         except (ValueError, AssertionError):
             return common.json_response(anthropic_error(
                 "invalid_request_error", "There was an error parsing the body"), 400, headers)
+        extra = sorted(set(body) - FIELDS)
+        if extra:
+            return common.json_response(anthropic_error(
+                "invalid_request_error", f"{extra[0]}: Extra inputs are not permitted"),
+                400, headers)
         for required in ("model", "max_tokens", "messages"):
             if required not in body:
                 return common.json_response(anthropic_error(

@@ -61,10 +61,11 @@ def content_filter_error() -> web.Response:
             "hate": {"filtered": True, "severity": "high"}}}}}, 400)
 
 
-def completion(model: str, reply: Reply) -> dict:
-    body = openai_double.completion(model, reply)
+def completion(model: str, reply: Reply, n: int = 1) -> dict:
+    body = openai_double.completion(model, reply, n)
     body.pop("service_tier", None)
-    body["choices"][0]["content_filter_results"] = SAFE
+    for choice in body["choices"]:
+        choice["content_filter_results"] = SAFE
     body["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": SAFE}]
     return body
 
@@ -138,7 +139,7 @@ class AzureDouble:
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
         model = f"{deployment}-2024-07-18"
         if not body.get("stream"):
-            return common.json_response(completion(model, reply),
+            return common.json_response(completion(model, reply, int(body.get("n") or 1)),
                                         headers={"apim-request-id": common.new_id(""),
                                                  "x-ms-region": "East US"})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

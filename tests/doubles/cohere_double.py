@@ -94,8 +94,10 @@ def conversation(body: dict) -> Conversation:
                                      text_of(m.get("content"))))
     tools = [ToolSpec(t["function"]["name"], t["function"].get("parameters") or {})
              for t in body.get("tools") or []]
+    fmt = body.get("response_format") or {}
     return Conversation(model=body["model"], texts=texts, last_user_text=last_user,
-                        tools=tools, tool_results=results, stream=bool(body.get("stream")))
+                        tools=tools, tool_results=results, stream=bool(body.get("stream")),
+                        output_schema=fmt.get("json_schema") if fmt.get("type") == "json_object" else None)
 
 
 def usage_json(reply: Reply) -> dict:

@@ -102,6 +102,9 @@ class Conversation:
     tools: list[ToolSpec] = field(default_factory=list)
     tool_results: list[ToolResult] = field(default_factory=list)  # of the last turn
     stream: bool = False
+    # The JSON schema the answer must match, from the provider's own structured-output field
+    # (OpenAI `response_format`, Anthropic `output_config.format`, Gemini `responseSchema`...).
+    output_schema: dict | None = None
 
 
 @dataclass
@@ -175,6 +178,9 @@ def plan_reply(provider: str, conv: Conversation, id_prefix: str = "call_") -> R
                 )
             )
         text = expected_text(provider, conv.model, user) if "[text+tools]" in user else None
+    elif conv.output_schema is not None:
+        # Structured output: a JSON value that matches the schema, as the real API guarantees.
+        text = json.dumps(tool_arguments(ToolSpec("output", conv.output_schema)))
     else:
         text = expected_text(provider, conv.model, user)
     out_tokens = (words(text) if text else 0) + 7 * len(calls)

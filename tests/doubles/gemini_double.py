@@ -8,6 +8,7 @@ Wire format: https://ai.google.dev/api/generate-content (see README.md).
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
 
@@ -35,6 +36,15 @@ def google_error(code: int, message: str, details: list | None = None) -> dict:
 
 def error_for_status(status: int) -> dict:
     return google_error(status, MESSAGES.get(status, f"error {status}"))
+
+
+# GenerationConfig's fields (camelCase; snake_case is accepted too); others are a 400.
+GENERATION_CONFIG = {
+    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
+    "responseModalities", "candidateCount", "maxOutputTokens", "temperature", "topP", "topK",
+    "seed", "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
+    "enableEnhancedCivicAnswers", "speechConfig", "thinkingConfig", "imageConfig",
+    "mediaResolution"}
 
 
 def g(obj: dict, camel: str):
@@ -74,8 +84,10 @@ def conversation(model: str, body: dict, stream: bool) -> Conversation:
         for decl in g(t, "functionDeclarations") or []:
             schema = decl.get("parameters") or g(decl, "parametersJsonSchema") or {}
             tools.append(ToolSpec(decl["name"], schema))
+    config = g(body, "generationConfig") or {}
+    schema = g(config, "responseSchema") or g(config, "responseJsonSchema")
     return Conversation(model=model, texts=texts, last_user_text=last_user, tools=tools,
-                        tool_results=results, stream=stream)
+                        tool_results=results, stream=stream, output_schema=schema)
 
 
 def usage_json(reply: Reply, output: int | None = None) -> dict:
@@ -181,6 +193,12 @@ class GeminiDouble:
         if not body.get("contents"):
             return common.json_response(google_error(
                 400, "* GenerateContentRequest.contents: contents is not specified\n"), 400)
+        for name in g(body, "generationConfig") or {}:
+            camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+            if camel not in GENERATION_CONFIG:
+                return common.json_response(google_error(
+                    400, f'Invalid JSON payload received. Unknown name "{name}" at '
+                         "'generation_config': Cannot find field."), 400)
         refused = self.check_body(body)
         if refused is not None:
             return refused

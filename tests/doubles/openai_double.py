@@ -75,8 +75,11 @@ def conversation(body: dict) -> Conversation:
         results.insert(0, ToolResult(ref, text_of(m.get("content"))))
     tools = [ToolSpec(t["function"]["name"], t["function"].get("parameters") or {})
              for t in body.get("tools") or [] if t.get("type") == "function"]
+    fmt = body.get("response_format") or {}
+    schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
     return Conversation(model=body.get("model", ""), texts=texts, last_user_text=last_user,
-                        tools=tools, tool_results=results, stream=bool(body.get("stream")))
+                        tools=tools, tool_results=results, stream=bool(body.get("stream")),
+                        output_schema=schema)
 
 
 def usage_json(reply: Reply) -> dict:
@@ -92,7 +95,11 @@ def usage_json(reply: Reply) -> dict:
     }
 
 
-def completion(model: str, reply: Reply) -> dict:
+ACCOUNT_HEADERS = {"openai-organization": "org-double", "openai-project": "proj_double",
+                   "x-ratelimit-remaining-requests": "9999"}
+
+
+def completion(model: str, reply: Reply, n: int = 1) -> dict:
     message: dict = {"role": "assistant", "content": reply.text, "refusal": None,
                      "annotations": []}
     if reply.tool_calls:
@@ -106,8 +113,9 @@ def completion(model: str, reply: Reply) -> dict:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
+        "choices": [{"index": i, "message": message, "logprobs": None,
+                     "finish_reason": "tool_calls" if reply.tool_calls else "stop"}
+                    for i in range(n)],
         "usage": usage_json(reply),
         "service_tier": "default",
         "system_fingerprint": "fp_double",
@@ -229,9 +237,11 @@ class OpenAIDouble:
         entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
         if not conv.stream:
-            return common.json_response(completion(conv.model, reply))
+            # OpenAI names the account behind every answer (organisation and project).
+            return common.json_response(completion(conv.model, reply, int(body.get("n") or 1)),
+                                        headers=ACCOUNT_HEADERS)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        stream = common.Stream(request, fault, common.sse_headers())
+        stream = common.Stream(request, fault, common.sse_headers(ACCOUNT_HEADERS))
         return await common.run_stream(stream, stream_events(conv.model, reply, include_usage))
 
     async def embeddings(self, request: web.Request) -> web.Response:

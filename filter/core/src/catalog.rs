@@ -364,17 +364,7 @@ pub fn provider_namespace<'a>(
     if namespace_kind(name) == Some(provider.kind) {
         return name;
     }
-    match provider.kind {
-        ProviderKind::Openai => "openai",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Gemini => "gemini",
-        ProviderKind::Dashscope => "dashscope",
-        ProviderKind::Bedrock => "bedrock",
-        ProviderKind::Azure => "azure",
-        ProviderKind::Cohere => "cohere",
-        ProviderKind::Mistral => "mistral",
-        ProviderKind::Vertex => "vertex",
-    }
+    provider.kind.name()
 }
 
 /// Resolves a loaded config against the catalog: checks providers' namespaces, fills

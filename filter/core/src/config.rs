@@ -106,6 +106,11 @@ pub struct ProviderConfig {
     /// `<provider>/<model>`, with the catalog's prices, limits and capabilities.
     #[serde(default)]
     pub expose_catalog: bool,
+    /// Provider response headers that reach clients although they name the provider
+    /// account (`openai-organization`, `anthropic-organization-id`, rate limits, ...), which
+    /// the gateway otherwise strips. Names, case-insensitive.
+    #[serde(default)]
+    pub pass_response_headers: Vec<String>,
 }
 
 /// Price per one million tokens, in the config's currency (USD by convention).

@@ -328,6 +328,16 @@ impl Exchange {
         self.plan.as_ref()
     }
 
+    /// Whether a header of the upstream answer now being read must be kept from the client
+    /// (see [`crate::config::ProviderConfig::strips_response_header`]); hosts that pass an
+    /// upstream's headers through (proxy-wasm routing) ask this for each.
+    pub fn strips_upstream_header(&self, name: &str) -> bool {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.attempts.get(self.attempt))
+            .is_some_and(|a| a.settings.strips_response_header(name))
+    }
+
     /// Whether the client's answer is complete (a reply, or a stream that reached its end).
     pub fn answered(&self) -> bool {
         matches!(self.state, State::Answered)

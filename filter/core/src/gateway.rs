@@ -471,8 +471,9 @@ impl Gateway {
             .with_code("provider_credential_missing"));
         }
         let mut attempts = Vec::new();
-        // The first catalog capability a deployment lacks, answered if none is left.
-        let mut refused: Option<crate::catalog::Unsupported> = None;
+        // The first catalog capability or request field a deployment lacks (the refusal and
+        // the field at fault), answered if no deployment is left.
+        let mut refused: Option<(String, String)> = None;
         for i in attempt_order(model, health, random) {
             let d = &model.deployments[i];
             let Some(provider) = self.config.providers.get(&d.provider) else {
@@ -492,7 +493,18 @@ impl Gateway {
                     PlannedRequest::Embeddings(_) => entry.serves_embeddings(),
                 };
                 if let Err(why) = served {
-                    refused.get_or_insert(why);
+                    refused.get_or_insert_with(|| (why.to_string(), why.param().to_string()));
+                    continue;
+                }
+            }
+            if let PlannedRequest::Chat(chat) = &request {
+                let translated =
+                    FastPath::between(admitted.dialect, provider.kind, provider).is_none();
+                if let Some(why) = translated
+                    .then(|| crate::fields::refusal(provider.kind, chat))
+                    .flatten()
+                {
+                    refused.get_or_insert_with(|| (why.to_string(), why.field));
                     continue;
                 }
             }
@@ -526,12 +538,12 @@ impl Gateway {
                 settings: provider.clone(),
             });
         }
-        if let (true, Some(why)) = (attempts.is_empty(), &refused) {
+        if let (true, Some((why, param))) = (attempts.is_empty(), refused) {
             return Err(GatewayError::invalid(format!(
                 "model `{public_model}` cannot serve this request: {why}"
             ))
             .with_code("unsupported_by_model")
-            .with_param(why.param()));
+            .with_param(param));
         }
         if attempts.is_empty() {
             return Err(GatewayError::invalid(format!(
@@ -785,7 +797,7 @@ pub struct Attempt {
     api_key: Option<Secret>,
     static_headers: Vec<(String, String)>,
     /// The provider's configuration: the wire-format options its translator reads.
-    settings: ProviderConfig,
+    pub(crate) settings: ProviderConfig,
     /// AWS credentials, for providers whose requests are signed (Bedrock).
     aws: Option<crate::providers::bedrock::sigv4::Credentials>,
 }

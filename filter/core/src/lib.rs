@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod exchange;
+pub mod fields;
 pub mod gateway;
 pub mod health;
 pub mod ingress;

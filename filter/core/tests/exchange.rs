@@ -742,6 +742,98 @@ proptest! {
     }
 }
 
+#[test]
+fn every_answer_in_every_dialect_carries_a_request_id() {
+    // Local answers before a body: a bad key on each dialect's path.
+    for path in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/responses",
+        "/v1beta/models/solo:generateContent",
+    ] {
+        let mut h = Host::new();
+        let actions = h.feed(Event::RequestHead(RequestHead {
+            method: "POST",
+            path,
+            authorization: Some("Bearer sk-wrong"),
+            ..Default::default()
+        }));
+        let (status, _, headers) = reply(&actions);
+        assert_eq!(status, 401, "{path}");
+        assert!(header(&headers, "x-request-id").is_some(), "{path}");
+    }
+    // Local answers after the body: an unknown model, and a field the provider refuses.
+    let cases = [
+        (
+            "/v1/responses",
+            json!({"model": "nope", "input": "hi"}),
+            404,
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "solo", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}],
+                   "thinking": {"type": "enabled", "budget_tokens": 32}}),
+            400,
+        ),
+        (
+            "/v1beta/models/nope:generateContent",
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+            404,
+        ),
+    ];
+    for (path, body, expected) in cases {
+        let mut h = Host::new();
+        let (status, body, headers) = reply(&h.request(path, body));
+        assert_eq!(status, expected, "{path}: {body}");
+        assert!(header(&headers, "x-request-id").is_some(), "{path}");
+    }
+}
+
+#[test]
+fn provider_account_headers_are_stripped_unless_passed() {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key(KEY), "models": ["*"]}],
+        "providers": {
+            "a": {"kind": "openai", "base_url": "http://a.test"},
+            "p": {"kind": "openai", "base_url": "http://p.test",
+                  "pass_response_headers": ["OpenAI-Organization"]}
+        },
+        "models": [
+            {"name": "solo", "deployments": [{"provider": "a", "model": "m-a"}]},
+            {"name": "passing", "deployments": [{"provider": "p", "model": "m-p"}]}
+        ]
+    });
+    let gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap();
+    for (model, passes_org) in [("solo", false), ("passing", true)] {
+        let mut h = Host::new();
+        h.gw = gw.clone();
+        h.chat(model, false);
+        for name in [
+            "openai-organization",
+            "OpenAI-Organization",
+            "openai-project",
+            "anthropic-organization-id",
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-requests-limit",
+        ] {
+            let expected = !(passes_org && name.eq_ignore_ascii_case("openai-organization"));
+            assert_eq!(
+                h.ex.strips_upstream_header(name),
+                expected,
+                "{model}: {name}"
+            );
+        }
+        for name in [
+            "content-type",
+            "retry-after",
+            "x-request-id",
+            "openai-processing-ms",
+        ] {
+            assert!(!h.ex.strips_upstream_header(name), "{model}: {name}");
+        }
+    }
+}
+
 // ---- limits and budgets -----------------------------------------------------------------
 
 fn limited_gateway(key_limits: Value) -> Gateway {

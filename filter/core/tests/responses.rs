@@ -318,7 +318,13 @@ fn other_providers_get_a_translated_request_and_answer() {
     assert_eq!(up.path, "/v1/messages");
     let sent: Value = serde_json::from_slice(&up.body).unwrap();
     assert_eq!(sent["model"], "claude-sonnet-4-5");
-    assert_eq!(sent["max_tokens"], 300);
+    // `reasoning.effort: low` is extended thinking with a 1024-token budget, which Anthropic
+    // counts in `max_tokens` on top of the 300 the client asked for.
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    assert_eq!(sent["max_tokens"], 300 + 1024);
     assert!(sent["system"]
         .as_str()
         .unwrap()

@@ -15,7 +15,8 @@ use serde_json::{json, Map, Value};
 
 use crate::canonical::{
     ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall, FunctionDef,
-    ImageUrl, Message, NamedFunction, Role, Stop, TokenUsage, Tool, ToolCall, ToolChoice,
+    ImageUrl, JsonSchemaFormat, Message, NamedFunction, ResponseFormat, Role, Stop, TokenUsage,
+    Tool, ToolCall, ToolChoice,
 };
 use crate::error::{Dialect, GatewayError};
 use crate::providers::anthropic::{arguments_string, WireBlock, WireContent, WireImageSource};
@@ -68,6 +69,31 @@ struct IngressRequest {
     tool_choice: Option<IngressToolChoice>,
     #[serde(default)]
     metadata: Option<IngressMetadata>,
+    #[serde(default)]
+    top_k: Option<u32>,
+    #[serde(default)]
+    thinking: Option<Value>,
+    /// Structured output (`output_config.format`; the beta's `output_format` too).
+    #[serde(default)]
+    output_config: Option<IngressOutputConfig>,
+    #[serde(default)]
+    output_format: Option<IngressOutputFormat>,
+    /// Every other field: kept, so the field matrix refuses what a provider cannot take
+    /// instead of the gateway dropping it.
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct IngressOutputConfig {
+    #[serde(default)]
+    format: Option<IngressOutputFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum IngressOutputFormat {
+    JsonSchema { schema: Value },
 }
 
 #[derive(Deserialize)]
@@ -240,12 +266,33 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
         }
         choice
     });
+    extra.extend(wire.rest.into_iter().filter(|(_, v)| !v.is_null()));
+    if let Some(k) = wire.top_k {
+        extra.insert("top_k".into(), json!(k));
+    }
+    if let Some(thinking) = wire.thinking.filter(|t| !t.is_null()) {
+        extra.insert("thinking".into(), thinking);
+    }
+    let response_format = wire
+        .output_config
+        .and_then(|c| c.format)
+        .or(wire.output_format)
+        .map(
+            |IngressOutputFormat::JsonSchema { schema }| ResponseFormat::JsonSchema {
+                json_schema: JsonSchemaFormat {
+                    name: "output".into(),
+                    schema: Some(schema),
+                    strict: Some(true),
+                    description: None,
+                },
+            },
+        );
     Ok(ChatRequest {
         model: wire.model,
         messages,
         tools: (!tools.is_empty()).then_some(tools),
         tool_choice,
-        response_format: None,
+        response_format,
         stream: wire.stream.unwrap_or(false),
         stream_options: None,
         temperature: wire.temperature,

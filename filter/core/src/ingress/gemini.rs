@@ -160,6 +160,8 @@ struct WireGenerationConfig {
     temperature: Option<f64>,
     #[serde(default, alias = "top_p")]
     top_p: Option<f64>,
+    #[serde(default, alias = "top_k")]
+    top_k: Option<u32>,
     #[serde(default, alias = "max_output_tokens")]
     max_output_tokens: Option<u32>,
     #[serde(default, alias = "stop_sequences")]
@@ -541,6 +543,9 @@ pub fn decode_request(body: &[u8], model: &str, stream: bool) -> Result<ChatRequ
         (false, _) => None,
     };
     let mut extra = Map::new();
+    if let Some(k) = generation.top_k {
+        extra.insert("top_k".into(), json!(k));
+    }
     if let Some(p) = generation.presence_penalty {
         extra.insert("presence_penalty".into(), json!(p));
     }

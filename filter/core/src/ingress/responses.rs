@@ -83,7 +83,21 @@ struct WireRequest {
     prompt: Option<Value>,
     #[serde(default)]
     background: Option<bool>,
+    /// Every other field: kept (bar the ones only the answer echoes), so the field matrix
+    /// refuses what a provider cannot take instead of the gateway dropping it.
+    #[serde(flatten)]
+    rest: Map<String, Value>,
 }
+
+/// Responses fields that shape only the Responses answer (echoed, or about storage the
+/// gateway does not keep), not what the model is asked.
+const ANSWER_ONLY: &[&str] = &[
+    "store",
+    "include",
+    "metadata",
+    "truncation",
+    "stream_options",
+];
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -455,7 +469,11 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
         },
     });
     let stream = wire.stream.unwrap_or(false);
-    let mut extra = Map::new();
+    let mut extra: Map<String, Value> = wire
+        .rest
+        .into_iter()
+        .filter(|(k, v)| !v.is_null() && !ANSWER_ONLY.contains(&k.as_str()))
+        .collect();
     if let Some(parallel) = wire.parallel_tool_calls {
         extra.insert("parallel_tool_calls".into(), json!(parallel));
     }

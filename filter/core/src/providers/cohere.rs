@@ -166,6 +166,9 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
     if let Some(p) = req.top_p {
         body.insert("p".into(), json!(p));
     }
+    if let Some(k) = req.extra.get("top_k").filter(|v| !v.is_null()) {
+        body.insert("k".into(), k.clone());
+    }
     let stops = req.stop_sequences();
     if !stops.is_empty() {
         body.insert("stop_sequences".into(), json!(stops));

@@ -21,7 +21,7 @@ use crate::canonical::{
     Role, TokenUsage, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
-use crate::providers::{error_message, redact, tool_name_for, EgressRequest};
+use crate::providers::{error_message, json_instruction, redact, tool_name_for, EgressRequest};
 use crate::stream::{malformed, SseFrameDecoder, SseStreamDecoder, StreamEvent};
 
 /// Native path of text generation (after the base URL prefix).
@@ -95,6 +95,24 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
         }
         messages.push(m);
     }
+    // DashScope's JSON mode takes no schema: the schema goes in as an instruction.
+    if let Some(instruction) = req
+        .response_format
+        .as_ref()
+        .filter(|f| matches!(f, ResponseFormat::JsonSchema { .. }))
+        .and_then(json_instruction)
+    {
+        match messages.first_mut() {
+            Some(first) if first["role"] == "system" => {
+                let text = format!(
+                    "{}\n\n{instruction}",
+                    first["content"].as_str().unwrap_or("")
+                );
+                first["content"] = json!(text);
+            }
+            _ => messages.insert(0, json!({"role": "system", "content": instruction})),
+        }
+    }
     let mut parameters = Map::new();
     parameters.insert("result_format".into(), json!("message"));
     if req.stream {
@@ -105,6 +123,11 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
     }
     if let Some(p) = req.top_p {
         parameters.insert("top_p".into(), json!(p));
+    }
+    for field in ["top_k", "presence_penalty"] {
+        if let Some(v) = req.extra.get(field).filter(|v| !v.is_null()) {
+            parameters.insert(field.into(), v.clone());
+        }
     }
     if let Some(n) = req.output_limit() {
         parameters.insert("max_tokens".into(), json!(n));

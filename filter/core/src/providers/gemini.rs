@@ -41,20 +41,160 @@ pub fn chat_path(upstream_model: &str, stream: bool) -> String {
     }
 }
 
-/// Drops JSON-Schema keywords that Gemini's schema subset rejects.
-fn sanitize_schema(schema: &Value) -> Value {
-    match schema {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(k, _)| {
-                    !matches!(k.as_str(), "additionalProperties" | "$schema" | "strict")
-                })
-                .map(|(k, v)| (k.clone(), sanitize_schema(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(sanitize_schema).collect()),
-        other => other.clone(),
+/// Keywords of Gemini's `Schema` (an OpenAPI 3.0 subset) kept as they are.
+const SCHEMA_KEYWORDS: &[&str] = &[
+    "format",
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "maxItems",
+    "minItems",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "default",
+    "example",
+    "propertyOrdering",
+];
+
+/// Keywords JSON Schema has and Gemini's subset has not, which change nothing Gemini can
+/// enforce (annotations and the closed-object flag Gemini's objects already behave as).
+const SCHEMA_IGNORED: &[&str] = &[
+    "$schema",
+    "$id",
+    "$comment",
+    "$defs",
+    "definitions",
+    "additionalProperties",
+    "strict",
+    "examples",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+];
+
+/// Converts a JSON Schema into Gemini's OpenAPI subset: `$ref`s into `$defs`/`definitions`
+/// inlined (a recursive one is refused), `const` as a one-value `enum`, `oneOf` as `anyOf`,
+/// a type list with `null` as `nullable` (several types as `anyOf`), `allOf` of one schema
+/// unwrapped. A keyword Gemini cannot enforce and that is not a mere annotation
+/// (`not`, `if`, `patternProperties`, ...) is refused with a 400 rather than dropped.
+/// `param` names the request field the schema came from, for the error.
+pub fn openapi_schema(schema: &Value, param: &'static str) -> Result<Value, GatewayError> {
+    convert_schema(schema, schema, 0).map_err(|e| e.with_param(param))
+}
+
+fn schema_error(message: impl Into<String>) -> GatewayError {
+    GatewayError::invalid(message)
+}
+
+fn convert_schema(schema: &Value, root: &Value, depth: usize) -> Result<Value, GatewayError> {
+    if depth > 32 {
+        return Err(schema_error(
+            "the JSON schema nests too deeply (or refers to itself) for Gemini's schema subset",
+        ));
     }
+    let map = match schema {
+        Value::Object(map) => map,
+        Value::Bool(true) => return Ok(json!({})),
+        _ => return Err(schema_error("a JSON schema must be an object")),
+    };
+    if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
+        let target = reference
+            .strip_prefix('#')
+            .and_then(|pointer| root.pointer(pointer))
+            .ok_or_else(|| schema_error(format!("unresolvable `$ref` `{reference}`")))?;
+        return convert_schema(target, root, depth + 1);
+    }
+    let mut out = Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "type" => {
+                let types: Vec<&str> = match value {
+                    Value::String(t) => vec![t.as_str()],
+                    Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                let non_null: Vec<&str> = types.iter().copied().filter(|t| *t != "null").collect();
+                if non_null.len() < types.len() {
+                    out.insert("nullable".into(), json!(true));
+                }
+                match non_null.as_slice() {
+                    [t] => {
+                        out.insert("type".into(), json!(t));
+                    }
+                    [] => {}
+                    many => {
+                        let any: Vec<Value> = many.iter().map(|t| json!({"type": t})).collect();
+                        out.insert("anyOf".into(), Value::Array(any));
+                    }
+                }
+            }
+            "properties" => {
+                let Value::Object(props) = value else {
+                    return Err(schema_error("`properties` must be an object"));
+                };
+                let mut converted = Map::new();
+                for (name, prop) in props {
+                    converted.insert(name.clone(), convert_schema(prop, root, depth + 1)?);
+                }
+                out.insert("properties".into(), Value::Object(converted));
+            }
+            "items" => {
+                out.insert("items".into(), convert_schema(value, root, depth + 1)?);
+            }
+            "anyOf" | "oneOf" => {
+                let Value::Array(list) = value else {
+                    return Err(schema_error(format!("`{key}` must be a list")));
+                };
+                let converted = list
+                    .iter()
+                    .map(|s| convert_schema(s, root, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.insert("anyOf".into(), Value::Array(converted));
+            }
+            "allOf" => match value.as_array().map(Vec::as_slice) {
+                Some([one]) => {
+                    if let Value::Object(inner) = convert_schema(one, root, depth + 1)? {
+                        out.extend(inner);
+                    }
+                }
+                _ => {
+                    return Err(schema_error(
+                        "Gemini's schema subset has no `allOf` of several schemas",
+                    ))
+                }
+            },
+            "const" => {
+                out.insert("enum".into(), json!([value]));
+            }
+            "required" => {
+                out.insert(key.clone(), value.clone());
+            }
+            "exclusiveMinimum" | "exclusiveMaximum" if value.is_number() => {
+                // Gemini has inclusive bounds only; an exclusive bound is refused below
+                // unless it is redundant, which cannot be known here.
+                return Err(schema_error(format!(
+                    "Gemini's schema subset has no `{key}`; use `minimum`/`maximum`"
+                )));
+            }
+            k if SCHEMA_KEYWORDS.contains(&k) => {
+                out.insert(key.clone(), value.clone());
+            }
+            k if SCHEMA_IGNORED.contains(&k) => {}
+            k => {
+                return Err(schema_error(format!(
+                    "Gemini's schema subset has no `{k}`; the gateway refuses rather than drop \
+                     the constraint"
+                )))
+            }
+        }
+    }
+    Ok(Value::Object(out))
 }
 
 fn media_type_for_url(url: &str) -> &'static str {
@@ -193,11 +333,11 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
                     d["description"] = json!(desc);
                 }
                 if let Some(p) = &t.function.parameters {
-                    d["parameters"] = sanitize_schema(p);
+                    d["parameters"] = openapi_schema(p, "tools")?;
                 }
-                d
+                Ok(d)
             })
-            .collect();
+            .collect::<Result<_, GatewayError>>()?;
         body.insert(
             "tools".into(),
             json!([{"functionDeclarations": declarations}]),
@@ -224,6 +364,15 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
     if let Some(p) = req.top_p {
         generation.insert("topP".into(), json!(p));
     }
+    for (field, native) in [
+        ("top_k", "topK"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ] {
+        if let Some(v) = req.extra.get(field).filter(|v| !v.is_null()) {
+            generation.insert(native.into(), v.clone());
+        }
+    }
     if let Some(n) = req.output_limit() {
         generation.insert("maxOutputTokens".into(), json!(n));
     }
@@ -241,7 +390,10 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
         Some(ResponseFormat::JsonSchema { json_schema }) => {
             generation.insert("responseMimeType".into(), json!("application/json"));
             if let Some(schema) = &json_schema.schema {
-                generation.insert("responseSchema".into(), sanitize_schema(schema));
+                generation.insert(
+                    "responseSchema".into(),
+                    openapi_schema(schema, "response_format")?,
+                );
             }
         }
         Some(ResponseFormat::Text) | None => {}

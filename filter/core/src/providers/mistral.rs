@@ -28,7 +28,7 @@ use crate::providers::{error_message, tool_name_for, EgressRequest};
 pub const CHAT_PATH: &str = "/v1/chat/completions";
 
 /// The request fields Mistral's chat completion takes.
-const FIELDS: [&str; 19] = [
+pub(crate) const FIELDS: [&str; 19] = [
     "model",
     "messages",
     "temperature",

@@ -72,6 +72,21 @@ impl ProviderKind {
         ProviderKind::Vertex,
     ];
 
+    /// The kind's name as a config writes it (`kind: anthropic`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Dashscope => "dashscope",
+            ProviderKind::Bedrock => "bedrock",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Cohere => "cohere",
+            ProviderKind::Mistral => "mistral",
+            ProviderKind::Vertex => "vertex",
+        }
+    }
+
     /// The public endpoint used when the config gives no `base_url`, for providers with
     /// one fixed endpoint (a regional one comes from [`ProviderConfig::base_url`]).
     pub fn default_base_url(self) -> Option<&'static str> {
@@ -173,6 +188,18 @@ impl ProviderKind {
     }
 }
 
+/// Provider response headers that identify the provider account behind the gateway.
+pub const ACCOUNT_HEADERS: &[&str] = &[
+    "openai-organization",
+    "openai-project",
+    "anthropic-organization-id",
+];
+
+/// Prefixes of provider response headers about the account's quotas (not the client's:
+/// the gateway's own limits are what a client is held to).
+pub const ACCOUNT_HEADER_PREFIXES: &[&str] =
+    &["x-ratelimit-", "anthropic-ratelimit-", "x-ms-ratelimit-"];
+
 /// What a provider's configuration decides about its wire format: endpoint, credentials,
 /// request shape. Kept next to the providers so that a new option and its use sit together.
 impl ProviderConfig {
@@ -191,7 +218,22 @@ impl ProviderConfig {
             vertex: None,
             catalog: None,
             expose_catalog: false,
+            pass_response_headers: Vec::new(),
         }
+    }
+
+    /// Whether a response header of this provider must not reach the client: it names or
+    /// describes the provider account the gateway holds (organisation, project, the
+    /// account's rate limits), unless the config passes it (`pass_response_headers`).
+    pub fn strips_response_header(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let account = ACCOUNT_HEADERS.contains(&name.as_str())
+            || ACCOUNT_HEADER_PREFIXES.iter().any(|p| name.starts_with(p));
+        account
+            && !self
+                .pass_response_headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&name))
     }
 
     /// The OpenAI-compatible quirks in force (none by default).

@@ -3,7 +3,9 @@
 use serde_json::{json, Map, Value};
 
 use super::{API_VERSION, DEFAULT_MAX_TOKENS, MESSAGES_PATH};
-use crate::canonical::{ChatRequest, ContentPart, ImageUrl, Message, Role, ToolChoice};
+use crate::canonical::{
+    ChatRequest, ContentPart, ImageUrl, Message, ResponseFormat, Role, ToolChoice,
+};
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{json_instruction, EgressRequest};
 
@@ -56,6 +58,17 @@ fn content_blocks(message: &Message) -> Vec<Value> {
         })
         .filter(|b| b.get("text").and_then(Value::as_str) != Some(""))
         .collect()
+}
+
+/// The extended-thinking budget (tokens) standing for an OpenAI `reasoning_effort`; `none`
+/// and `minimal` mean no thinking.
+pub fn thinking_budget(effort: &str) -> Option<u32> {
+    match effort {
+        "low" => Some(1024),
+        "medium" => Some(4096),
+        "high" => Some(16384),
+        _ => None,
+    }
 }
 
 /// Builds an Anthropic Messages request from canonical form.
@@ -113,8 +126,18 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
             }
         }
     }
-    if let Some(instruction) = req.response_format.as_ref().and_then(json_instruction) {
-        system.push(instruction);
+    // A schema goes in Anthropic's native structured output (`output_config.format`), which
+    // constrains the text of the answer; a schema-less JSON object can only be asked for.
+    let mut output_format = None;
+    match &req.response_format {
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            output_format = Some(json!({
+                "type": "json_schema",
+                "schema": json_schema.schema.clone().unwrap_or_else(|| json!({"type": "object"})),
+            }));
+        }
+        Some(format) => system.extend(json_instruction(format)),
+        None => {}
     }
     let mut body = Map::new();
     body.insert("model".into(), json!(upstream_model));
@@ -130,15 +153,40 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
     if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
     }
-    body.insert(
-        "max_tokens".into(),
-        json!(req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS)),
-    );
+    let mut max_tokens = req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS);
+    // `reasoning_effort` becomes extended thinking with a budget per effort; Anthropic
+    // counts thinking in `max_tokens`, so the budget is added to the answer's limit.
+    let effort_budget = req
+        .extra
+        .get("reasoning_effort")
+        .and_then(Value::as_str)
+        .and_then(thinking_budget);
+    let thinking = match (
+        req.extra.get("thinking").filter(|v| !v.is_null()),
+        effort_budget,
+    ) {
+        (Some(thinking), _) => Some(thinking.clone()),
+        (None, Some(budget)) => {
+            max_tokens = max_tokens.saturating_add(budget);
+            Some(json!({"type": "enabled", "budget_tokens": budget}))
+        }
+        (None, None) => None,
+    };
+    body.insert("max_tokens".into(), json!(max_tokens));
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t));
     }
     if let Some(p) = req.top_p {
         body.insert("top_p".into(), json!(p));
+    }
+    if let Some(k) = req.extra.get("top_k").filter(|v| !v.is_null()) {
+        body.insert("top_k".into(), k.clone());
+    }
+    if let Some(thinking) = thinking {
+        body.insert("thinking".into(), thinking);
+    }
+    if let Some(format) = output_format {
+        body.insert("output_config".into(), json!({"format": format}));
     }
     let stops = req.stop_sequences();
     if !stops.is_empty() {

@@ -1,0 +1,135 @@
+"""The field matrix's emulated and refused cells end to end (docs/fields.md), through each host
+with the official SDKs: structured output asked in one dialect reaches every provider kind
+through that provider's own mechanism and comes back as JSON matching the schema; `n: 2` gets
+two choices where the provider has `n` and a 400 naming the field and the model before any
+provider is called elsewhere; provider account headers never reach the client."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from google.genai import types
+
+from .gateway_config import CHAT_MODELS
+from .test_errors import assert_openai_error
+from .test_sdk_matrix import gemini_client
+
+MODELS = list(CHAT_MODELS)
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+          "required": ["city", "days"], "additionalProperties": False}
+# What every double answers for SCHEMA (doubles/common.py: tool_arguments).
+ANSWER = {"city": "city-output", "days": 42}
+# Where each provider's own structured-output mechanism carries the schema (None: emulated by
+# an instruction, checked separately).
+NATIVE_SCHEMA = {
+    "openai": ("response_format", "json_schema", "schema"),
+    "azure": ("response_format", "json_schema", "schema"),
+    "mistral": ("response_format", "json_schema", "schema"),
+    "anthropic": ("output_config", "format", "schema"),
+    "gemini": ("generationConfig", "responseSchema"),
+    "vertex": ("generationConfig", "responseSchema"),
+    "cohere": ("response_format", "json_schema"),
+    "bedrock": None,
+    "dashscope": None,
+}
+N_PROVIDERS = {"openai", "azure"}
+
+
+def dig(body: dict, path: tuple[str, ...]):
+    for key in path:
+        body = (body or {}).get(key)
+    return body
+
+
+def system_text(provider: str, body: dict) -> str:
+    if provider == "bedrock":
+        return " ".join(b.get("text", "") for b in body.get("system") or [])
+    messages = dig(body, ("input", "messages")) or []
+    return " ".join(m["content"] for m in messages if m.get("role") == "system")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_json_schema_from_an_openai_client_on_every_provider(gw, model):
+    provider, _ = CHAT_MODELS[model]
+    r = gw.openai().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Where and for how long?"}],
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "trip", "strict": True, "schema": SCHEMA}})
+    sent = gw.doubles[provider].last()["body"]
+    where = NATIVE_SCHEMA[provider]
+    if where is None:
+        # No native schema: the schema is an instruction (DashScope also in JSON mode).
+        assert '"city"' in system_text(provider, sent), sent
+        if provider == "dashscope":
+            assert sent["parameters"]["response_format"] == {"type": "json_object"}
+        return
+    native = dig(sent, where)
+    assert native["properties"]["city"] == {"type": "string"}, native
+    assert json.loads(r.choices[0].message.content) == ANSWER
+    assert r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("model", ["claude-haiku", "gemini-flash", "mistral-small"])
+def test_json_schema_streamed(gw, model):
+    stream = gw.openai().chat.completions.create(
+        model=model, stream=True, messages=[{"role": "user", "content": "Where to?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "trip", "schema": SCHEMA}})
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert json.loads(text) == ANSWER
+
+
+def test_anthropic_output_config_reaches_gemini_and_google_schema_reaches_claude(gw):
+    # An Anthropic client's native structured output, translated for Gemini.
+    msg = gw.anthropic().messages.create(
+        model="gemini-flash", max_tokens=64, messages=[{"role": "user", "content": "Trip?"}],
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}})
+    sent = gw.doubles["gemini"].last()["body"]
+    assert sent["generationConfig"]["responseMimeType"] == "application/json"
+    assert "additionalProperties" not in sent["generationConfig"]["responseSchema"]
+    assert json.loads(msg.content[0].text) == ANSWER
+    # A google-genai client's schema, translated for Anthropic's output_config.
+    client = gemini_client(gw)
+    r = client.models.generate_content(
+        model="claude-haiku", contents="Trip?",
+        config=types.GenerateContentConfig(response_mime_type="application/json",
+                                           response_json_schema=SCHEMA))
+    sent = gw.doubles["anthropic"].last()["body"]
+    assert sent["output_config"]["format"]["schema"]["required"] == ["city", "days"]
+    assert json.loads(r.text) == ANSWER
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_n_is_answered_in_full_or_refused_before_any_provider(gw, model):
+    provider, _ = CHAT_MODELS[model]
+    double = gw.doubles[provider]
+    client = gw.openai()
+    messages = [{"role": "user", "content": "two answers please"}]
+    if provider in N_PROVIDERS:
+        r = client.chat.completions.create(model=model, messages=messages, n=2)
+        assert [c.index for c in r.choices] == [0, 1]
+        assert double.last()["body"]["n"] == 2
+        return
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model, messages=messages, n=2)
+    assert err.value.status_code == 400
+    body = assert_openai_error(err.value.response.json(), "invalid_request_error",
+                               "unsupported_by_model")
+    assert body["param"] == "n"
+    assert f"`{model}`" in body["message"] and "`n`" in body["message"], body
+    assert err.value.response.headers.get("x-request-id")
+    assert double.requests() == [], "a refused request reached the provider"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_provider_account_headers_never_reach_the_client(gw, model, stream):
+    raw = gw.openai().chat.completions.with_raw_response.create(
+        model=model, stream=stream, messages=[{"role": "user", "content": "hi"}])
+    headers = {k.lower() for k in raw.headers}
+    raw.parse()
+    assert "x-request-id" in headers
+    leaked = headers & {"openai-organization", "openai-project", "anthropic-organization-id",
+                        "x-ratelimit-remaining-requests"}
+    assert not leaked, leaked
