@@ -31,6 +31,7 @@ BUDGET_REQUESTS = 50
 OUTAGE_BURST = 60
 OUTAGE_BUDGET_REQUESTS = 10
 RPM = 20
+TPM_REQUESTS = 10
 SHARED_HOSTS = [h for h in paths.selected_hosts() if h in ("envoy", "host-runner")]
 
 
@@ -161,6 +162,37 @@ def test_requests_per_minute_hold_across_two_instances(pair, cp):
     # The bucket holds RPM and refills RPM per minute while the burst lasts.
     refill = math.ceil(elapsed * RPM / 60)
     assert RPM <= served <= RPM + refill, (served, elapsed)
+
+
+def estimate_tokens(tag: str) -> int:
+    """The edge's upper estimate of one request's tokens: its body's bytes as input (a few
+    bytes of room for how the SDK serialises) and the model's max_output_tokens as output."""
+    body = json.dumps({"messages": [{"role": "user", "content": prompt(tag, 0)}],
+                       "model": "budgeted"}, separators=(",", ":"))
+    return len(body) + 8 + MAX_OUTPUT
+
+
+def test_tokens_per_minute_hold_across_two_instances(pair, cp):
+    """A burst over both instances against a tokens-per-minute limit worth ~TPM_REQUESTS
+    estimates: the tokens the ledger records for the key stay within the limit plus the
+    bucket's refill while the burst lasts (real usage never exceeds the reserved estimate)."""
+    key_id = f"shared-tpm-{pair[0].name}-{int(time.time() * 1000)}"
+    tpm = estimate_tokens("tpm") * TPM_REQUESTS + estimate_tokens("tpm") // 2
+    secret = managed_key(cp, pair, key_id, {"tpm": tpm})
+    before = fallbacks(pair)
+    started = time.monotonic()
+    outcomes = asyncio.run(burst(pair, secret, "tpm", 4 * TPM_REQUESTS))
+    elapsed = time.monotonic() - started
+    served = outcomes.count("ok")
+    assert set(outcomes) <= {"ok", "rate_limit_exceeded"}, set(outcomes)
+    assert fallbacks(pair) == before, "an instance admitted on its own counters"
+    totals = ledger(cp, key_id, 4 * TPM_REQUESTS)
+    used = totals["input_tokens"] + totals["output_tokens"]
+    refill = math.ceil(elapsed * tpm / 60)
+    assert 0 < used <= tpm + refill, (used, tpm, refill, served)
+    # The limit is what refused: about TPM_REQUESTS were served (more only as settled
+    # requests gave back what they reserved beyond their real usage, or the bucket refilled).
+    assert TPM_REQUESTS <= served <= (tpm + refill) // (estimate_tokens("tpm") // 2), served
 
 
 def test_an_outage_is_bounded_by_instances_times_the_local_allowance(pair, cp):
