@@ -4,79 +4,12 @@
 //!
 //! Profile: `cargo build --release -p switchyard-core --example exchange_profile && valgrind --tool=callgrind target/release/examples/exchange_profile 1000 fast`
 
-use serde_json::json;
 use std::hint::black_box;
-use switchyard_core::exchange::{Action, Ctx, Ending, Event, Exchange, UpstreamHead};
-use switchyard_core::health::NoHealthStore;
-use switchyard_core::keys::hash_key;
-use switchyard_core::limits::NoCounters;
-use switchyard_core::{Gateway, RequestHead};
 
-/// A ~1 KB chat request (the edge benchmark's shape).
-const REQUEST: &str = r#"{"model":"MODEL","temperature":0.3,"max_tokens":512,"messages":[
-{"role":"system","content":"You are a concise assistant for a travel company. Answer in two sentences at most and never invent prices."},
-{"role":"user","content":"I am flying from Lisbon to Tokyo in March. Which airports should I consider, and how long is the trip?"},
-{"role":"assistant","content":"Tokyo has two airports, Haneda (HND) and Narita (NRT); Haneda is closer to the city. Flights from Lisbon take about 17 to 20 hours with one stop."},
-{"role":"user","content":"What is the weather like there in March? Please check before answering."}],"user":"customer-42"}"#;
+#[path = "../benches/common/mod.rs"]
+mod common;
 
-const OPENAI_ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"March in Tokyo is mild, around 10 to 14 °C, with cherry blossoms late in the month."},"finish_reason":"stop"}],"usage":{"prompt_tokens":120,"completion_tokens":24,"total_tokens":144}}"#;
-
-const ANTHROPIC_ANSWER: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"March in Tokyo is mild, around 10 to 14 °C, with cherry blossoms late in the month."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":120,"output_tokens":24}}"#;
-
-fn gateway() -> Gateway {
-    let config = json!({
-        "keys": [{"id": "bench", "sha256": hash_key("sk-bench"), "models": ["*"]}],
-        "providers": {
-            "up": {"kind": "openai", "base_url": "http://127.0.0.1:18000", "cluster": "upstream"},
-            "claude": {"kind": "anthropic", "base_url": "http://127.0.0.1:18001", "cluster": "claude"}
-        },
-        "models": [
-            {"name": "fast", "deployments": [{"provider": "up", "model": "gpt-4o", "price": {"input": 1.0, "output": 2.0}}]},
-            {"name": "translated", "deployments": [{"provider": "claude", "model": "claude-sonnet-4", "price": {"input": 3.0, "output": 15.0}}]}
-        ]
-    });
-    Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()
-}
-
-/// One request: returns the client's body length (so nothing is optimised away).
-fn one(gw: &Gateway, body: &[u8], answer: &[u8]) -> usize {
-    let cx = Ctx {
-        now_ms: 1_700_000_000_000,
-        random: 7,
-        health: &NoHealthStore,
-        counters: &NoCounters,
-    };
-    let mut ex = Exchange::new();
-    let head = RequestHead {
-        method: "POST",
-        path: "/v1/chat/completions",
-        authorization: Some("Bearer sk-bench"),
-        content_length: Some(body.len() as u64),
-        ..Default::default()
-    };
-    ex.handle(gw, Event::RequestHead(head), &cx);
-    ex.handle(gw, Event::RequestBody(body), &cx);
-    ex.handle(
-        gw,
-        Event::UpstreamHead(UpstreamHead {
-            status: 200,
-            content_type: Some("application/json"),
-            body_complete: true,
-            ..Default::default()
-        }),
-        &cx,
-    );
-    let actions = ex.handle(gw, Event::UpstreamBody(answer), &cx);
-    let record = ex.finish(Ending::default(), &cx).unwrap();
-    let out = actions
-        .iter()
-        .map(|a| match a {
-            Action::Reply(r) => r.body.len(),
-            _ => 0,
-        })
-        .sum::<usize>();
-    out + record.to_json().len()
-}
+use common::{gateway, one, ANTHROPIC_ANSWER, OPENAI_ANSWER, REQUEST};
 
 /// Runs N exchanges of each kind, for `valgrind --tool=callgrind` (instruction counts are
 /// repeatable on a busy machine where wall time is not).
