@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{accumulate_anthropic, accumulate_openai, fixture};
+use common::{accumulate_anthropic, accumulate_openai, fixture, header};
 use serde_json::{json, Value};
 use switchyard_core::keys::hash_key;
 use switchyard_core::routing::NoHealth;
@@ -51,13 +51,6 @@ fn plan(gw: &Gateway, path: &str, body: Value) -> Plan {
         &NoHealth,
     )
     .unwrap()
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 fn run(plan: &Plan, upstream: &[u8]) -> (Vec<u8>, switchyard_core::canonical::TokenUsage) {

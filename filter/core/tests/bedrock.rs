@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{accumulate, fixture, translate_chunks};
+use common::{accumulate, fixture, header, translate_chunks};
 use serde_json::{json, Value};
 use switchyard_core::keys::hash_key;
 use switchyard_core::providers::bedrock::eventstream::{self, Decoder};
@@ -272,13 +272,6 @@ fn gateway(aws: Value) -> Gateway {
             "AWS_SESSION_TOKEN" => Some("FQoGZXIvYXdzEXAMPLE".into()),
             _ => None,
         })
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! falls back, what the client gets, what health counts and the status that is metered —
 //! each pinned by a test, plus a property test over random event orders.
 
+mod common;
+
+use common::{header, reply};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use switchyard_core::exchange::{
@@ -156,27 +159,6 @@ fn sent(actions: &[Action]) -> Vec<(usize, String, u64)> {
             _ => None,
         })
         .collect()
-}
-
-fn reply(actions: &[Action]) -> (u16, Value, Vec<(String, String)>) {
-    actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Reply(r) => Some((
-                r.status,
-                serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-                r.headers.clone(),
-            )),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no reply in {actions:?}"))
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 fn data(actions: &[Action]) -> String {

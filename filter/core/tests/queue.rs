@@ -3,8 +3,11 @@
 //! capacity frees or answered 429 with Retry-After when its wait is up or the queue is full;
 //! the depth counter is exact and never leaks, and no request is answered twice.
 
+mod common;
+
+use common::{header, reply};
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use switchyard_core::exchange::{
     Action, Ctx, Ending, Event, Exchange, UpstreamHead, CLIENT_CLOSED, QUEUED_HEADER,
 };
@@ -139,27 +142,6 @@ fn waits(actions: &[Action]) -> Option<(String, u64)> {
         Action::Wait { queue, until_ms } => Some((queue.clone(), *until_ms)),
         _ => None,
     })
-}
-
-fn reply(actions: &[Action]) -> (u16, Value, Vec<(String, String)>) {
-    actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Reply(r) => Some((
-                r.status,
-                serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-                r.headers.clone(),
-            )),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no reply in {actions:?}"))
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 #[test]

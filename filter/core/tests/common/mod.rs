@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
+use switchyard_core::exchange::Action;
 use switchyard_core::ingress;
 use switchyard_core::providers::ProviderKind;
 use switchyard_core::stream::{ResponseStream, StreamEvent, TranslatingStream};
@@ -556,4 +557,27 @@ pub fn accumulate_gemini(bytes: &[u8]) -> Final {
         );
     }
     f
+}
+
+/// The first value of header `name` in a header list.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The local reply among a host's actions: status, JSON body (null when not JSON), headers.
+pub fn reply(actions: &[Action]) -> (u16, Value, Vec<(String, String)>) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply(r) => Some((
+                r.status,
+                serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+                r.headers.clone(),
+            )),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no reply in {actions:?}"))
 }
