@@ -255,18 +255,55 @@ pub fn claim_tasks(
     lease_until_ms: u64,
     limit: u32,
 ) -> Result<Vec<Task>, Error> {
+    let due = Due {
+        table: "tasks",
+        pending: "state IN ('queued', 'running')",
+        due_column: "next_run_at_ms",
+        columns: TASK_COLUMNS,
+    };
+    claim_due(tx, &due, token, now_ms, lease_until_ms, limit)?
+        .iter()
+        .map(task_from_row)
+        .collect()
+}
+
+/// A table of leased work items: which rows are pending, and when each is due.
+struct Due {
+    table: &'static str,
+    pending: &'static str,
+    due_column: &'static str,
+    columns: &'static str,
+}
+
+/// Leases up to `limit` pending rows of `due.table` that are due and not leased (or whose
+/// lease ran out) to `token` until `lease_until_ms`, earliest first; on PostgreSQL rows other
+/// nodes hold are skipped (`FOR UPDATE SKIP LOCKED`), SQLite's write lock serialises claims.
+fn claim_due(
+    tx: &mut dyn Tx,
+    due: &Due,
+    token: &str,
+    now_ms: u64,
+    lease_until_ms: u64,
+    limit: u32,
+) -> Result<Vec<Row>, Error> {
     let lock = match tx.engine() {
         EngineKind::Postgres => " FOR UPDATE SKIP LOCKED",
         EngineKind::Sqlite => "",
     };
+    let Due {
+        table,
+        pending,
+        due_column,
+        columns,
+    } = due;
     let sql = format!(
-        "UPDATE tasks SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 \
-         WHERE id IN (SELECT id FROM tasks WHERE state IN ('queued', 'running') \
-           AND next_run_at_ms <= $3 AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
-           ORDER BY next_run_at_ms LIMIT $4{lock}) \
-         RETURNING {TASK_COLUMNS}"
+        "UPDATE {table} SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 \
+         WHERE id IN (SELECT id FROM {table} WHERE {pending} \
+           AND {due_column} <= $3 AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
+           ORDER BY {due_column} LIMIT $4{lock}) \
+         RETURNING {columns}"
     );
-    tx.query(
+    Ok(tx.query(
         &sql,
         &[
             token.into(),
@@ -274,10 +311,7 @@ pub fn claim_tasks(
             (now_ms as i64).into(),
             i64::from(limit).into(),
         ],
-    )?
-    .iter()
-    .map(task_from_row)
-    .collect()
+    )?)
 }
 
 /// Extends a held lease; `None` when it is no longer this token's, else whether the
@@ -556,29 +590,16 @@ pub fn claim_deliveries(
     lease_until_ms: u64,
     limit: u32,
 ) -> Result<Vec<Delivery>, Error> {
-    let lock = match tx.engine() {
-        EngineKind::Postgres => " FOR UPDATE SKIP LOCKED",
-        EngineKind::Sqlite => "",
+    let due = Due {
+        table: "webhook_deliveries",
+        pending: "state = 'pending'",
+        due_column: "next_attempt_at_ms",
+        columns: DELIVERY_COLUMNS,
     };
-    let sql = format!(
-        "UPDATE webhook_deliveries SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 \
-         WHERE id IN (SELECT id FROM webhook_deliveries WHERE state = 'pending' \
-           AND next_attempt_at_ms <= $3 AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
-           ORDER BY next_attempt_at_ms LIMIT $4{lock}) \
-         RETURNING {DELIVERY_COLUMNS}"
-    );
-    tx.query(
-        &sql,
-        &[
-            token.into(),
-            (lease_until_ms as i64).into(),
-            (now_ms as i64).into(),
-            i64::from(limit).into(),
-        ],
-    )?
-    .iter()
-    .map(delivery_from_row)
-    .collect()
+    claim_due(tx, &due, token, now_ms, lease_until_ms, limit)?
+        .iter()
+        .map(delivery_from_row)
+        .collect()
 }
 
 /// What one delivery attempt came to.
