@@ -74,6 +74,15 @@ def chat(client: openai.OpenAI, model: str, text: str, stream: bool):
         return 429, dict(e.response.headers), e.body
 
 
+def wait_in_flight(double, count: int) -> None:
+    """Until the double holds `count` requests: a sleep would assume how fast a loaded 2-core
+    machine gets them there."""
+    deadline = time.monotonic() + 15
+    while sum(double.limits()["in_flight"].values()) < count:
+        assert time.monotonic() < deadline, double.limits()
+        time.sleep(0.05)
+
+
 def test_three_times_the_capacity_all_served_within_the_bound(qgw):
     """3N concurrent requests (streamed and not) against a model whose two deployments allow
     N = 2 × SLOTS at once: N hold every slot, the 2N more that arrive meanwhile wait in the
@@ -86,10 +95,7 @@ def test_three_times_the_capacity_all_served_within_the_bound(qgw):
     with ThreadPoolExecutor(max_workers=3 * n) as pool:
         first = [pool.submit(chat, client, "wide", f"wide {i:02d} [[fault:hang,seconds=3]]",
                              i % 2 == 0) for i in range(n)]
-        deadline = time.monotonic() + 15
-        while sum(openai_double.limits()["in_flight"].values()) < n:
-            assert time.monotonic() < deadline, openai_double.limits()
-            time.sleep(0.05)
+        wait_in_flight(openai_double, n)
         rest = [pool.submit(chat, client, "wide", f"wide {i:02d} {HOLD}", i % 2 == 0)
                 for i in range(n, 3 * n)]
         results = [f.result() for f in first + rest]
@@ -105,11 +111,16 @@ def test_three_times_the_capacity_all_served_within_the_bound(qgw):
 
 
 def test_a_short_wait_ends_in_a_dialect_429_with_retry_after(qgw):
+    """Both deployments held (seen in flight at the double, not assumed after a sleep: on a
+    loaded 2-core machine the holds can take a while to arrive), three OpenAI requests and one
+    Anthropic request each wait `max_wait_ms`, then get 429 in their own dialect."""
+    openai_double = qgw.doubles["openai"]
+    openai_double.cap(1)
     client = qgw.openai(timeout=30)
     with ThreadPoolExecutor(max_workers=6) as pool:
-        held = [pool.submit(chat, client, "short", f"short hold {i} [[fault:hang,seconds=3]]",
+        held = [pool.submit(chat, client, "short", f"short hold {i} [[fault:hang,seconds=6]]",
                             False) for i in range(2)]
-        time.sleep(0.5)
+        wait_in_flight(openai_double, 2)
         excess = [pool.submit(chat, client, "short", f"short excess {i}", i == 0)
                   for i in range(3)]
         with pytest.raises(anthropic.RateLimitError) as info:
@@ -133,10 +144,12 @@ def test_a_short_wait_ends_in_a_dialect_429_with_retry_after(qgw):
 def test_no_more_than_max_depth_wait(qgw):
     """One slot, a queue of two: with the slot held, of four more requests two wait (and are
     served once it frees) and two are refused at once because the queue is full."""
+    openai_double = qgw.doubles["openai"]
+    openai_double.cap(1)
     client = qgw.openai(timeout=60)
     with ThreadPoolExecutor(max_workers=5) as pool:
-        held = pool.submit(chat, client, "shallow", "shallow hold [[fault:hang,seconds=2]]", False)
-        time.sleep(0.5)
+        held = pool.submit(chat, client, "shallow", "shallow hold [[fault:hang,seconds=3]]", False)
+        wait_in_flight(openai_double, 1)
         rest = list(pool.map(lambda i: chat(client, "shallow", f"shallow {i}", False), range(4)))
         assert held.result()[0] == 200
     served = [r for r in rest if r[0] == 200]
