@@ -668,3 +668,69 @@ fn every_provider_reads_garbage_as_malformed_not_a_panic() {
         }
     }
 }
+
+// ---------------------------------------------------------------- the doubles' own webhooks
+
+/// Webhooks signed by the e2e doubles' code (`tests/doubles/async_fixtures.py` writes them):
+/// the core's verifiers and the doubles' signers are two implementations of each scheme, held
+/// against each other here.
+#[test]
+fn webhooks_signed_by_the_doubles_verify_and_read() {
+    let folder =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/async_webhooks");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let fixture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let provider = AsyncProvider::from_name(fixture["provider"].as_str().unwrap()).unwrap();
+        let key = match &fixture["key"] {
+            Value::String(secret) => WebhookKey::Secret(secret.clone()),
+            jwks => WebhookKey::Jwks(fal::Jwks::parse(jwks.to_string().as_bytes()).unwrap()),
+        };
+        let headers: Vec<(&str, &str)> = fixture["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+            .collect();
+        let body = fixture["body"].as_str().unwrap().as_bytes();
+        let now = fixture["timestamp"].as_u64().unwrap();
+        provider
+            .verify_webhook(Some(&key), Headers(&headers), body, now)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let task = provider.read_webhook(body).unwrap();
+        let expected = if name.contains(".succeeded.") {
+            ProviderState::Succeeded
+        } else {
+            ProviderState::Failed
+        };
+        assert_eq!(task.state, expected, "{name}");
+        assert_eq!(
+            task.outputs.is_empty(),
+            expected == ProviderState::Failed,
+            "{name}"
+        );
+
+        let mut forged = body.to_vec();
+        forged.insert(1, b' ');
+        assert!(
+            provider
+                .verify_webhook(Some(&key), Headers(&headers), &forged, now)
+                .is_err(),
+            "{name}: a changed body must not verify"
+        );
+        assert!(
+            matches!(
+                provider.verify_webhook(Some(&key), Headers(&headers), body, now + 301),
+                Err(InboundError::Signature(WebhookError::Stale { .. }))
+            ),
+            "{name}: a replay after the tolerance must be refused"
+        );
+        seen += 1;
+    }
+    assert_eq!(
+        seen, 6,
+        "a succeeded and a failed webhook per provider that sends them"
+    );
+}
