@@ -10,6 +10,7 @@ import json
 
 import openai
 import pytest
+from google.genai import errors as genai_errors
 from google.genai import types
 
 from .gateway_config import CHAT_MODELS
@@ -133,3 +134,59 @@ def test_provider_account_headers_never_reach_the_client(gw, model, stream):
     leaked = headers & {"openai-organization", "openai-project", "anthropic-organization-id",
                         "x-ratelimit-remaining-requests"}
     assert not leaked, leaked
+
+
+def test_gemini_only_settings_reach_gemini_and_are_refused_by_name_elsewhere(gw):
+    client = gemini_client(gw)
+    strict = [types.SafetySetting(category="HARM_CATEGORY_HARASSMENT",
+                                  threshold="BLOCK_LOW_AND_ABOVE")]
+    config = types.GenerateContentConfig(
+        safety_settings=strict, media_resolution="MEDIA_RESOLUTION_LOW",
+        thinking_config=types.ThinkingConfig(thinking_budget=512))
+    r = client.models.generate_content(model="gemini-flash", contents="hi", config=config)
+    assert r.text
+    sent = gw.doubles["gemini"].last()["body"]
+    assert sent["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT",
+                                       "threshold": "BLOCK_LOW_AND_ABOVE"}], sent
+    assert sent["generationConfig"]["mediaResolution"] == "MEDIA_RESOLUTION_LOW", sent
+    assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 512}, sent
+    # Blocking thresholds have no counterpart at Anthropic: a 400 before any provider call.
+    anthropic = gw.doubles["anthropic"]
+    before = len(anthropic.requests())
+    with pytest.raises(genai_errors.ClientError) as err:
+        client.models.generate_content(
+            model="claude-haiku", contents="hi",
+            config=types.GenerateContentConfig(safety_settings=strict))
+    assert err.value.code == 400
+    assert "safety_settings" in err.value.message and "`claude-haiku`" in err.value.message
+    with pytest.raises(genai_errors.ClientError) as err:
+        client.models.generate_content(
+            model="claude-haiku", contents="hi",
+            config=types.GenerateContentConfig(media_resolution="MEDIA_RESOLUTION_LOW"))
+    assert err.value.code == 400
+    assert "generationConfig.mediaResolution" in err.value.message, err.value.message
+    assert len(anthropic.requests()) == before, "a refused request reached the provider"
+    # Turning Gemini's blocking off is a hint elsewhere: accepted, nothing sent for it.
+    off = [types.SafetySetting(category="HARM_CATEGORY_HARASSMENT", threshold="BLOCK_NONE")]
+    r = client.models.generate_content(
+        model="claude-haiku", contents="hi",
+        config=types.GenerateContentConfig(safety_settings=off))
+    assert r.text
+    assert "safety" not in json.dumps(anthropic.last()["body"]).lower()
+
+
+def test_responses_metadata_is_carried_and_truncation_auto_refused_when_translated(gw):
+    client = gw.openai()
+    # Translated for Azure's Chat Completions: metadata goes along, `disabled` asks nothing.
+    r = client.responses.create(model="gpt-azure", input="hi", metadata={"team": "search"},
+                                truncation="disabled", include=["reasoning.encrypted_content"])
+    assert r.metadata == {"team": "search"}
+    sent = gw.doubles["azure"].last()["body"]
+    assert sent["metadata"] == {"team": "search"}, sent
+    assert "truncation" not in sent and "include" not in sent, sent
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="claude-haiku", input="hi", truncation="auto")
+    body = assert_openai_error(err.value.response.json(), "invalid_request_error",
+                               "unsupported_by_model")
+    assert body["param"] == "truncation", body
+    assert "`claude-haiku`" in body["message"], body

@@ -81,6 +81,7 @@ fn every_cell_holds_for_every_provider() {
                     let refusal = refusal.unwrap_or_else(|| panic!("{context}: not refused"));
                     let expected = match field.name {
                         "other" => "service_tier",
+                        "generation_config" => "generationConfig.mediaResolution",
                         name => name.split(':').next().unwrap(),
                     };
                     assert_eq!(refusal.field, expected, "{context}");

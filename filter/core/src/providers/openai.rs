@@ -115,6 +115,9 @@ pub(crate) fn chat_body(
 ) -> Result<Vec<u8>, GatewayError> {
     let mut req = req.clone();
     req.model = upstream_model.to_string();
+    // Gemini safety settings reach here only as a hint (thresholds that turn blocking off;
+    // the field matrix refuses the others): OpenAI has no such field to send them in.
+    req.extra.remove("safety_settings");
     if req.stream {
         let opts = req.stream_options.get_or_insert_with(Default::default);
         opts.include_usage = Some(true);
