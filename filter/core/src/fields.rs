@@ -1196,13 +1196,6 @@ pub fn render_markdown() -> String {
         }
         out.push('\n');
     }
-    out.push_str(
-        "## Answers\n\n\
-         Finish reasons map to the caller's dialect (`stop`/`end_turn`/`STOP`, `length`/\
-         `max_tokens`/`MAX_TOKENS`, `tool_calls`/`tool_use`, `content_filter`/`refusal`/\
-         `SAFETY`). Usage carries input, output and cached input tokens. A provider's error \
-         keeps its status and its own message (anything that looks like a credential is \
-         masked), rendered in the caller's error format.\n",
-    );
+    out.push_str(&crate::answers::render_markdown());
     out
 }
