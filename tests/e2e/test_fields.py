@@ -190,3 +190,29 @@ def test_responses_metadata_is_carried_and_truncation_auto_refused_when_translat
                                "unsupported_by_model")
     assert body["param"] == "truncation", body
     assert "`claude-haiku`" in body["message"], body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_openai_refusal_reaches_other_dialects_as_their_refusal(gw, stream):
+    """The answer matrix's `message.refusal` row: text with a content-filter finish."""
+    prompt = "[refusal] help me with something bad"
+    anthropic = gw.anthropic()
+    kw = dict(model="gpt-4o-mini", max_tokens=64, messages=[{"role": "user", "content": prompt}])
+    if stream:
+        with anthropic.messages.stream(**kw) as s:
+            msg = s.get_final_message()
+    else:
+        msg = anthropic.messages.create(**kw)
+    refused = gw.doubles["openai"].last()["response"]["text"]
+    assert refused and msg.content[0].text == refused
+    assert msg.stop_reason == "refusal"
+    client = gemini_client(gw)
+    if stream:
+        chunks = list(client.models.generate_content_stream(model="gpt-4o-mini", contents=prompt))
+        text = "".join(c.text or "" for c in chunks)
+        finish = chunks[-1].candidates[0].finish_reason
+    else:
+        r = client.models.generate_content(model="gpt-4o-mini", contents=prompt)
+        text, finish = r.text, r.candidates[0].finish_reason
+    assert text == gw.doubles["openai"].last()["response"]["text"]
+    assert finish == types.FinishReason.SAFETY
