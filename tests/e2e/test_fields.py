@@ -23,7 +23,7 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "days": {
 # What every double answers for SCHEMA (doubles/common.py: tool_arguments).
 ANSWER = {"city": "city-output", "days": 42}
 # Where each provider's own structured-output mechanism carries the schema (None: emulated by
-# an instruction, checked separately).
+# an instruction, checked separately; DashScope only).
 NATIVE_SCHEMA = {
     "openai": ("response_format", "json_schema", "schema"),
     "azure": ("response_format", "json_schema", "schema"),
@@ -32,7 +32,7 @@ NATIVE_SCHEMA = {
     "gemini": ("generationConfig", "responseSchema"),
     "vertex": ("generationConfig", "responseSchema"),
     "cohere": ("response_format", "json_schema"),
-    "bedrock": None,
+    "bedrock": ("outputConfig", "textFormat", "structure", "jsonSchema", "schema"),
     "dashscope": None,
 }
 N_PROVIDERS = {"openai", "azure"}
@@ -45,8 +45,6 @@ def dig(body: dict, path: tuple[str, ...]):
 
 
 def system_text(provider: str, body: dict) -> str:
-    if provider == "bedrock":
-        return " ".join(b.get("text", "") for b in body.get("system") or [])
     messages = dig(body, ("input", "messages")) or []
     return " ".join(m["content"] for m in messages if m.get("role") == "system")
 
@@ -61,12 +59,13 @@ def test_json_schema_from_an_openai_client_on_every_provider(gw, model):
     sent = gw.doubles[provider].last()["body"]
     where = NATIVE_SCHEMA[provider]
     if where is None:
-        # No native schema: the schema is an instruction (DashScope also in JSON mode).
+        # No native schema (DashScope): JSON mode plus the schema as an instruction.
         assert '"city"' in system_text(provider, sent), sent
-        if provider == "dashscope":
-            assert sent["parameters"]["response_format"] == {"type": "json_object"}
+        assert sent["parameters"]["response_format"] == {"type": "json_object"}
         return
     native = dig(sent, where)
+    if provider == "bedrock":
+        native = json.loads(native)  # Converse takes the schema as a JSON string
     assert native["properties"]["city"] == {"type": "string"}, native
     assert json.loads(r.choices[0].message.content) == ANSWER
     assert r.choices[0].finish_reason == "stop"

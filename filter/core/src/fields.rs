@@ -469,10 +469,9 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                 how: "an instruction in the system prompt (Converse has no JSON mode)",
                 trace: "/system",
             },
-            "response_format:json_schema" => Emulated {
-                how: "the schema as an instruction in the system prompt (not enforced by Converse)",
-                trace: "/system",
-            },
+            "response_format:json_schema" => {
+                Mapped("/outputConfig/textFormat/structure/jsonSchema/schema")
+            }
             "tools" => Mapped("/toolConfig/tools"),
             "tool_choice:required" => Mapped("/toolConfig/toolChoice/any"),
             "tool_choice:function" => Mapped("/toolConfig/toolChoice/tool/name"),
