@@ -1,8 +1,9 @@
 """The field matrix's emulated and refused cells end to end (docs/fields.md), through each host
 with the official SDKs: structured output asked in one dialect reaches every provider kind
 through that provider's own mechanism and comes back as JSON matching the schema; `n: 2` gets
-two choices where the provider has `n` and a 400 naming the field and the model before any
-provider is called elsewhere; provider account headers never reach the client."""
+two choices on every provider (asked twice and merged where the provider has no `n`), and a
+stream with `n` a 400 naming the field and the model there; provider account headers never
+reach the client."""
 
 from __future__ import annotations
 
@@ -102,24 +103,36 @@ def test_anthropic_output_config_reaches_gemini_and_google_schema_reaches_claude
 
 @pytest.mark.parametrize("model", MODELS)
 def test_n_is_answered_in_full_or_refused_before_any_provider(gw, model):
+    """`n` on every provider: OpenAI and Azure answer it themselves; elsewhere the gateway
+    asks `n` times and merges the choices (usage summed); a stream with `n` is refused there
+    with a 400 naming the field and the model, before any provider is called."""
     provider, _ = CHAT_MODELS[model]
     double = gw.doubles[provider]
     client = gw.openai()
     messages = [{"role": "user", "content": "two answers please"}]
+    r = client.chat.completions.create(model=model, messages=messages, n=2)
+    assert [c.index for c in r.choices] == [0, 1]
+    assert all(c.message.content for c in r.choices), r
     if provider in N_PROVIDERS:
-        r = client.chat.completions.create(model=model, messages=messages, n=2)
-        assert [c.index for c in r.choices] == [0, 1]
         assert double.last()["body"]["n"] == 2
         return
+    asked = double.requests()[-2:]
+    assert len(asked) == 2, asked
+    for e in asked:  # one choice per request
+        assert "n" not in e["body"] and "n" not in (e["body"].get("parameters") or {}), e
+    answered = [e["response"]["usage"] for e in asked]  # what each answer reported
+    assert r.usage.prompt_tokens == sum(u["input"] for u in answered), (r.usage, answered)
+    assert r.usage.completion_tokens == sum(u["output"] for u in answered), (r.usage, answered)
+    before = len(double.requests())
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=model, messages=messages, n=2)
+        client.chat.completions.create(model=model, messages=messages, n=2, stream=True)
     assert err.value.status_code == 400
     body = assert_openai_error(err.value.response.json(), "invalid_request_error",
                                "unsupported_by_model")
     assert body["param"] == "n"
     assert f"`{model}`" in body["message"] and "`n`" in body["message"], body
     assert err.value.response.headers.get("x-request-id")
-    assert double.requests() == [], "a refused request reached the provider"
+    assert len(double.requests()) == before, "a refused request reached the provider"
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku"])

@@ -210,8 +210,10 @@ pub const NOT_CARRIED: &[(&str, &str)] = &[
          is sent (request matrix)",
     ),
     (
-        "several choices / candidates",
-        "never asked for: `n` above 1 and `candidateCount` above 1 are refused when translated",
+        "several choices in a stream",
+        "never asked for: `n` above 1 with `stream` is refused when translated (a complete \
+         answer gets its `n` choices, asked one request each and merged), as is Gemini's \
+         `candidateCount` above 1",
     ),
     (
         "reasoning tokens (breakdown)",

@@ -146,14 +146,15 @@ pub const FIELDS: &[Field] = &[
     },
     Field {
         name: "n",
-        about: "several choices (above 1)",
+        about: "several choices (above 1) of a complete answer",
         probe: r#"{"n":2}"#,
-        present: |r| {
-            r.extra
-                .get("n")
-                .and_then(Value::as_u64)
-                .is_some_and(|n| n > 1)
-        },
+        present: |r| !r.stream && r.choices() > 1,
+    },
+    Field {
+        name: "n:stream",
+        about: "several choices of a stream",
+        probe: r#"{"n":2,"stream":true}"#,
+        present: |r| r.stream && r.choices() > 1,
     },
     Field {
         name: "logprobs",
@@ -321,7 +322,12 @@ const SEED_HINT: &str =
     "no seed: sampling is not reproducible (OpenAI documents `seed` as best effort too)";
 const USER_HINT: &str = "an abuse-monitoring id; it does not change the answer";
 const METADATA_HINT: &str = "tags for OpenAI's stored completions; they do not change the answer";
-const NO_N: &str = "one choice per answer; send several requests";
+const FAN_OUT: Treatment = Treatment::Emulated {
+    how: "`n` requests to the deployment, one choice each, merged into `choices` (index in \
+          order) with their usage summed (each request pays its prompt)",
+    trace: "",
+};
+const NO_N_STREAM: &str = "a stream carries one choice; `n` is emulated for complete answers only";
 const NO_LOGPROBS: &str = "its answers carry no log-probabilities the gateway can return";
 const NO_LOGIT_BIAS: &str = "no per-token bias";
 const NO_PENALTIES: &str = "no presence or frequency penalty";
@@ -364,7 +370,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "presence_penalty" => Mapped("/presence_penalty"),
             "frequency_penalty" => Mapped("/frequency_penalty"),
             "logit_bias" => Mapped("/logit_bias"),
-            "n" | "logprobs" | "top_logprobs" => Refused(
+            "n" | "n:stream" | "logprobs" | "top_logprobs" => Refused(
                 "a translated answer has one choice and no log-probabilities; OpenAI Chat \
                  clients get them, their requests pass through as written",
             ),
@@ -403,7 +409,8 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             },
             "user" => Hint(USER_HINT),
             "metadata" => Hint(METADATA_HINT),
-            "n" => Refused("the gateway reads one choice from Mistral's answers"),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
             "top_k" => Refused("Mistral has no top-k sampling"),
@@ -446,7 +453,8 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             },
             "presence_penalty" | "frequency_penalty" => Refused(NO_PENALTIES),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "reasoning_effort" => Emulated {
                 how: "extended thinking with a budget of 1024 (`low`), 4096 (`medium`) or \
@@ -488,7 +496,8 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "top_k" => Refused("top-k is model-specific on Bedrock; Converse has no field for it"),
             "presence_penalty" | "frequency_penalty" => Refused(NO_PENALTIES),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
             "thinking" => Refused(NO_THINKING),
@@ -532,7 +541,8 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                 trace: "",
             },
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused("the gateway reads one candidate from Gemini's answers"),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
             "thinking" => Mapped("/generationConfig/thinkingConfig/thinkingBudget"),
@@ -572,7 +582,8 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                 trace: "",
             },
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
             "thinking" => Refused(NO_THINKING),
@@ -616,7 +627,8 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             }
             "frequency_penalty" => Refused("DashScope has a presence penalty only"),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),

@@ -463,6 +463,15 @@ impl Gateway {
             )
             .with_code("model_not_allowed"));
         }
+        if let PlannedRequest::Chat(chat) = &request {
+            // `n` is OpenAI Chat's: another dialect's answer has no list of choices to fill.
+            if chat.choices() > 1 && admitted.dialect != Dialect::OpenAi {
+                return Err(GatewayError::invalid(
+                    "`n` is an OpenAI Chat Completions parameter; this API answers one choice",
+                )
+                .with_param("n"));
+            }
+        }
         if let Some(reason) = self.unservable_reason(model) {
             return Err(GatewayError::new(
                 ErrorKind::Unavailable,
@@ -633,8 +642,9 @@ fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, Ga
 
 /// Upper bounds of a request's tokens and cost: input tokens at most one per body byte (a
 /// byte-level tokenizer never makes more), plus a flat count per image; output tokens at most
-/// `max_tokens`, or the model's `max_output_tokens`; the cost at the most expensive deployment
-/// of the chain (a fallback may land there).
+/// `max_tokens`, or the model's `max_output_tokens`; both times `n` (several choices are
+/// several answers, and emulated ones several requests); the cost at the most expensive
+/// deployment of the chain (a fallback may land there).
 fn estimate(
     request: &PlannedRequest,
     body_bytes: usize,
@@ -642,7 +652,7 @@ fn estimate(
     attempts: &[Attempt],
 ) -> crate::limits::Estimate {
     use crate::limits::{Estimate, DEFAULT_MAX_OUTPUT_TOKENS, IMAGE_TOKENS_ESTIMATE};
-    let (images, output) = match request {
+    let (images, output, choices) = match request {
         PlannedRequest::Chat(chat) => {
             let images = chat
                 .messages
@@ -654,11 +664,12 @@ fn estimate(
                 .output_limit()
                 .map(u64::from)
                 .unwrap_or(model.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS));
-            (images, output)
+            (images, output, u64::from(chat.choices()))
         }
-        PlannedRequest::Embeddings(_) => (0, 0),
+        PlannedRequest::Embeddings(_) => (0, 0, 1),
     };
-    let input = body_bytes as u64 + images * IMAGE_TOKENS_ESTIMATE;
+    let input = (body_bytes as u64 + images * IMAGE_TOKENS_ESTIMATE) * choices;
+    let output = output * choices;
     let cost = attempts
         .iter()
         .map(|a| (input as f64 * a.price.input + output as f64 * a.price.output) / 1e6)
@@ -862,6 +873,21 @@ impl Plan {
         FastPath::between(self.dialect, attempt.kind, &attempt.settings)
     }
 
+    /// How many times attempt `index` is sent to fill the client's choices: `n` when an
+    /// OpenAI Chat client asks a translated provider for several choices of a complete
+    /// answer (the field matrix's `n` emulation; a stream with `n` is refused before), else
+    /// 1 (one request; a same-format provider answers `n` itself).
+    pub fn fan_out(&self, index: usize) -> u32 {
+        let (PlannedRequest::Chat(chat), Some(attempt)) = (&self.request, self.attempts.get(index))
+        else {
+            return 1;
+        };
+        if self.stream || self.dialect != Dialect::OpenAi || self.fast_path(attempt).is_some() {
+            return 1;
+        }
+        chat.choices()
+    }
+
     /// The native request for attempt `index`, credentials included.
     pub fn upstream_request(&self, index: usize) -> Result<UpstreamRequest, GatewayError> {
         let attempt = self
@@ -883,6 +909,12 @@ impl Plan {
                     body: fast
                         .finish_body(&attempt.settings, self.patch_raw(attempt, force_usage)?)?,
                 }
+            }
+            (PlannedRequest::Chat(chat), None) if self.fan_out(index) > 1 => {
+                // One choice per request: the exchange asks `n` times.
+                let mut one = chat.as_ref().clone();
+                one.extra.remove("n");
+                attempt.settings.build_chat(&one, &attempt.upstream_model)?
             }
             (PlannedRequest::Chat(chat), None) => {
                 attempt.settings.build_chat(chat, &attempt.upstream_model)?
