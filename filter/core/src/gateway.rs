@@ -132,8 +132,10 @@ pub enum HeadOutcome {
     ReadBody(Admitted),
 }
 
-/// A provider credential, resolved by the host from its secret store. Never printed.
-#[derive(Clone, PartialEq, Eq)]
+/// A provider credential, resolved by the host from its secret store or synced from the
+/// control plane. Never printed.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl std::fmt::Debug for Secret {
@@ -163,6 +165,9 @@ pub struct Gateway {
     managed_version: Option<u64>,
     /// Team limits from the control plane (over the config's, for the same team).
     managed_teams: BTreeMap<String, crate::limits::Quota>,
+    /// Provider credentials the control plane minted (e.g. Vertex access tokens from a
+    /// service-account key), by secret name; they take precedence over the host's own.
+    synced_secrets: BTreeMap<String, Secret>,
 }
 
 impl Gateway {
@@ -175,6 +180,7 @@ impl Gateway {
             managed_keys: Vec::new(),
             managed_version: None,
             managed_teams: BTreeMap::new(),
+            synced_secrets: BTreeMap::new(),
         }
     }
 
@@ -187,6 +193,7 @@ impl Gateway {
             managed_keys: snapshot.keys,
             managed_version: Some(snapshot.version),
             managed_teams: snapshot.teams,
+            synced_secrets: snapshot.credentials,
         }
     }
 
@@ -198,7 +205,7 @@ impl Gateway {
     /// The control plane settings and the resolved edge token, when configured.
     pub fn control_plane(&self) -> Option<(&crate::control::ControlPlaneConfig, Option<&str>)> {
         let cp = self.config.control_plane.as_ref()?;
-        let token = self.secrets.get(&cp.token_secret).map(|s| s.0.as_str());
+        let token = self.secret(&cp.token_secret).map(|s| s.0.as_str());
         Some((cp, token))
     }
 
@@ -236,6 +243,13 @@ impl Gateway {
         self
     }
 
+    /// A credential by secret name: the control plane's, else the host's.
+    fn secret(&self, name: &str) -> Option<&Secret> {
+        self.synced_secrets
+            .get(name)
+            .or_else(|| self.secrets.get(name))
+    }
+
     /// Every key that may authenticate: the config's and the control plane's.
     fn keys(&self) -> impl Iterator<Item = &crate::keys::GatewayKey> + Clone {
         self.config.keys.iter().chain(&self.managed_keys)
@@ -248,7 +262,7 @@ impl Gateway {
             .get(provider)?
             .required_secrets()
             .into_iter()
-            .find(|name| !self.secrets.contains_key(*name))
+            .find(|name| self.secret(name).is_none())
     }
 
     /// Why `model` cannot be served, or `None` when some deployment can serve it.
@@ -536,14 +550,13 @@ impl Gateway {
                 api_key: provider
                     .api_key_secret
                     .as_ref()
-                    .and_then(|name| self.secrets.get(name).cloned()),
+                    .and_then(|name| self.secret(name).cloned()),
                 static_headers: provider
                     .headers
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
-                aws: provider
-                    .signing_credentials(&|name| self.secrets.get(name).map(|s| s.0.clone())),
+                aws: provider.signing_credentials(&|name| self.secret(name).map(|s| s.0.clone())),
                 settings: provider.clone(),
             });
         }
