@@ -44,9 +44,9 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from standardwebhooks import Webhook, WebhookVerificationError  # noqa: E402
 
-from e2e import hosts  # noqa: E402
-from e2e.control_plane import EDGE_TOKEN, EDGE_TOKEN_SECRET, ControlPlane  # noqa: E402
-from e2e.gateway_config import KEY_ALL, gateway_config, upstreams  # noqa: E402
+from e2e.control_plane import ControlPlane  # noqa: E402
+from e2e.gateway_config import KEY_ALL  # noqa: E402
+from e2e.task_plane import start_task_edge, start_task_plane  # noqa: E402
 from spike import DoublesProcess, rss_kib  # noqa: E402
 
 MODEL = "gpt-4o-mini"
@@ -169,20 +169,11 @@ def run(host_name: str, n: int, kill_after: int, workdir: Path, timeout_s: float
     doubles = DoublesProcess()
     plane = host = None
     try:
-        secrets = {k: v for d in doubles.by_name.values() for k, v in d.secrets.items()}
-        config_file = workdir / "gateway.json"
-        config_file.write_text(json.dumps(gateway_config(doubles)))
-        plane = ControlPlane(workdir, extra_args=[
-            "--gateway-config", str(config_file), "--webhook-allow-net", "127.0.0.0/8",
-            "--task-lease-ms", "3000", "--webhook-retry-base-ms", "200",
-            "--webhook-retry-max-ms", "2000", "--webhook-max-attempts", "50"], env=secrets)
-        config = gateway_config(doubles)
-        config["tasks"] = {"base_url": plane.base_url, "cluster": "task_plane",
-                           "token_secret": EDGE_TOKEN_SECRET, "call_timeout_ms": 30000}
-        ups = upstreams(doubles)
-        ups["task_plane"] = plane.port
-        host = hosts.start(host_name, config, ups, {**secrets, EDGE_TOKEN_SECRET: EDGE_TOKEN},
-                           workdir / "edge")
+        plane = start_task_plane(doubles, workdir, "--task-lease-ms", "3000",
+                                 "--webhook-retry-base-ms", "200", "--webhook-retry-max-ms",
+                                 "2000", "--webhook-max-attempts", "50")
+        host = start_task_edge(host_name, plane, doubles, workdir / "edge",
+                               call_timeout_ms=30000)
         secret = json_get(host.base_url + "/v1/webhook-settings")["secret"]
         receiver = Receiver(secret=secret)
 

@@ -10,7 +10,6 @@ implementation."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,10 +17,9 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
-from . import hosts, paths
-from .conftest import Gateway, secrets
-from .control_plane import EDGE_TOKEN, EDGE_TOKEN_SECRET, ControlPlane
-from .gateway_config import gateway_config, upstreams
+from . import paths
+from .conftest import Gateway
+from .task_plane import start_task_edge, start_task_plane
 from .webhook_receiver import WebhookReceiver
 
 TASKS = 12
@@ -36,21 +34,12 @@ def setup(request, doubles, tmp_path_factory):
     the edge in front of it, and a receiver."""
     name = request.param
     receiver = WebhookReceiver()
-    workdir = Path(tmp_path_factory.mktemp(f"{name}-durable-plane"))
-    config_file = workdir / "gateway.json"
-    config_file.write_text(json.dumps(gateway_config(doubles)))
-    plane = ControlPlane(workdir, extra_args=[
-        "--gateway-config", str(config_file), "--webhook-allow-net", "127.0.0.0/8",
+    plane = start_task_plane(
+        doubles, Path(tmp_path_factory.mktemp(f"{name}-durable-plane")),
         "--webhook-retry-base-ms", "200", "--webhook-retry-max-ms", "1000",
-        "--webhook-max-attempts", "100", "--task-lease-ms", str(LEASE_MS)],
-        env=secrets(doubles))
-    config = gateway_config(doubles)
-    config["tasks"] = {"base_url": plane.base_url, "cluster": "task_plane",
-                       "token_secret": EDGE_TOKEN_SECRET}
-    ups = upstreams(doubles)
-    ups["task_plane"] = plane.port
-    host = hosts.start(name, config, ups, {**secrets(doubles), EDGE_TOKEN_SECRET: EDGE_TOKEN},
-                       Path(tmp_path_factory.mktemp(f"{name}-durable-edge")))
+        "--webhook-max-attempts", "100", "--task-lease-ms", str(LEASE_MS))
+    host = start_task_edge(name, plane, doubles,
+                           Path(tmp_path_factory.mktemp(f"{name}-durable-edge")))
     yield Gateway(host, doubles), plane, receiver
     host.stop()
     plane.stop()
