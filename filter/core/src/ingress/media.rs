@@ -359,8 +359,10 @@ pub fn usage_of(req: &MediaRequest, body: &[u8]) -> Result<MediaUsage, serde_jso
                 .map_or(0, |d| d.len() as u64);
         }
         _ => {
-            if let Some(d) = json.get("duration").and_then(Value::as_f64) {
-                usage.seconds = usage.seconds.max(d);
+            // The seconds the provider bills (`usage`) win over the audio's length.
+            let duration = json.get("duration").and_then(Value::as_f64);
+            if let (true, Some(d)) = (usage.seconds <= 0.0, duration) {
+                usage.seconds = d;
             }
         }
     }
@@ -530,6 +532,8 @@ mod tests {
         t.response_format = Some("verbose_json".into());
         let u = usage_of(&t, br#"{"task":"transcribe","duration":3.5,"text":"hi"}"#).unwrap();
         assert_eq!(u.seconds, 3.5);
+        let billed = br#"{"duration":3.5,"text":"hi","usage":{"type":"duration","seconds":4}}"#;
+        assert_eq!(usage_of(&t, billed).unwrap().seconds, 4.0);
         assert!(usage_of(&t, b"not json").is_err());
     }
 }
