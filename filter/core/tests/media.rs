@@ -18,7 +18,11 @@ const KEY: &str = "sk-media-test";
 const BOUNDARY: &str = "sy-boundary-7d1f";
 
 fn gateway() -> Gateway {
-    let config = json!({
+    gateway_with(|_| {})
+}
+
+fn gateway_with(change: impl FnOnce(&mut Value)) -> Gateway {
+    let mut config = json!({
         "keys": [{"id": "k1", "sha256": hash_key(KEY), "models": ["*"]}],
         "providers": {
             "openai": {"kind": "openai", "base_url": "http://oa.test"},
@@ -36,6 +40,7 @@ fn gateway() -> Gateway {
         ],
         "limits": {"max_request_bytes": 12000}
     });
+    change(&mut config);
     Gateway::from_json(&serde_json::to_vec(&config).unwrap())
         .unwrap()
         .resolve_secrets(&|_| Some("secret".to_string()))
@@ -338,4 +343,59 @@ fn bad_media_requests_are_refused_in_openai_shape() {
             assert_eq!(json["error"]["code"], code, "{json}");
         }
     }
+}
+
+#[test]
+fn an_async_transcription_goes_to_the_task_plane_with_its_form_intact() {
+    let mut h = Host::new();
+    h.gw = gateway_with(|c| {
+        c["tasks"] = json!({"base_url": "http://tasks.test", "token_secret": "EDGE_TOKEN"});
+    });
+    let body = multipart(&[("model", b"stt")], Some(&wav()));
+    let auth = format!("Bearer {KEY}");
+    let forwarded = [
+        ("prefer", "respond-async"),
+        (
+            "content-type",
+            "multipart/form-data; boundary=sy-boundary-7d1f",
+        ),
+    ];
+    let head = |forwarded| RequestHead {
+        method: "POST",
+        path: "/v1/audio/transcriptions",
+        authorization: Some(&auth),
+        forwarded,
+        ..Default::default()
+    };
+    let actions = h.feed(Event::RequestHead(head(&forwarded)));
+    assert!(
+        matches!(actions.as_slice(), [Action::ReadBody { .. }]),
+        "{actions:?}"
+    );
+    let actions = h.feed(Event::RequestBody(&body));
+    let req = sent(&actions);
+    assert_eq!(req.authority, "tasks.test");
+    assert_eq!(
+        header(&req.headers, "x-switchyard-operation"),
+        Some("audio.transcriptions")
+    );
+    assert_eq!(
+        header(&req.headers, "content-type"),
+        Some("multipart/form-data; boundary=sy-boundary-7d1f")
+    );
+    assert_eq!(
+        req.body, body,
+        "the form reaches the task plane byte for byte"
+    );
+
+    // The model is checked at the edge, read from the form.
+    let mut h2 = Host::new();
+    h2.gw = h.gw.clone();
+    h2.feed(Event::RequestHead(head(&forwarded)));
+    let unknown = multipart(&[("model", b"no-such")], Some(b"RIFF"));
+    let (status, json, _) = reply(&h2.feed(Event::RequestBody(&unknown)));
+    assert_eq!(
+        (status, json["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
 }
