@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -17,7 +18,9 @@ import pytest
 
 from doubles.openai_media import PNG_1X1, SECONDS_PER_CHAR, wav_bytes, wav_duration
 
-from .gateway_config import KEY_ALL
+from . import hosts, paths
+from .conftest import Gateway, secrets
+from .gateway_config import KEY_ALL, gateway_config, upstreams
 from .test_fallback_matrix import usage_records
 
 
@@ -122,3 +125,37 @@ def test_unknown_and_chat_only_models_are_refused(gw):
     assert err.value.body["code"] == "unsupported_by_model"
     assert "claude-haiku" in err.value.body["message"]
     assert all("images" not in e["path"] for e in gw.doubles["anthropic"].requests())
+
+
+BIG_LIMIT = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=paths.selected_hosts())
+def big(request, doubles, tmp_path_factory):
+    """A host whose gateway takes bodies up to 8 MiB (OpenAI takes 25 MB audio files)."""
+    config = gateway_config(doubles)
+    config["limits"]["max_request_bytes"] = BIG_LIMIT
+    host = hosts.start(request.param, config, upstreams(doubles), secrets(doubles),
+                       Path(tmp_path_factory.mktemp(f"{request.param}-big-media")))
+    yield Gateway(host, doubles)
+    host.stop()
+
+
+def test_megabytes_of_audio_cross_the_host_both_ways(big):
+    """A 3 MB upload (over Envoy's default 1 MiB buffer) and a 3 MB speech answer pass
+    intact; a body over the gateway's own limit is its 413, in OpenAI's shape."""
+    audio = upload(190.0)  # 8 kHz 16-bit: about 3 MB
+    assert len(audio) > 3_000_000
+    r = big.openai(timeout=60).audio.transcriptions.create(
+        model="stt", file=("long.wav", io.BytesIO(audio), "audio/wav"))
+    assert r.text.startswith(f"Transcript of long.wav: {len(audio)} bytes")
+    assert big.doubles["openai"].last()["file"]["sha256"] == hashlib.sha256(audio).hexdigest()
+    text = "x" * 3200  # 64 s of 24 kHz 16-bit speech: about 3 MB
+    speech = big.openai(timeout=60).audio.speech.create(
+        model="tts", voice="alloy", input=text, response_format="wav")
+    assert speech.content == wav_bytes(len(text) * SECONDS_PER_CHAR)
+    with pytest.raises(openai.APIStatusError) as err:
+        big.openai(timeout=60).audio.transcriptions.create(
+            model="stt", file=("huge.wav", io.BytesIO(b"\0" * (BIG_LIMIT + 1)), "audio/wav"))
+    assert err.value.status_code == 413
+    assert err.value.body["code"] == "request_too_large"
