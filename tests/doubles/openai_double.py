@@ -1,6 +1,6 @@
 """OpenAI double: Chat Completions (plain, streamed with `stream_options.include_usage`, tool
 calls streamed with incremental arguments), Responses (`openai_responses.py`), Embeddings
-(float and base64), Models.
+(float and base64), Models, and the media endpoints (`openai_media.py`).
 
 Wire format: https://platform.openai.com/docs/api-reference/chat (see README.md).
 """
@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import common
 from .common import Conversation, DoubleState, Reply, ToolResult, ToolSpec
+from .openai_media import MediaRoutes
 from .openai_responses import ResponsesRoute
 
 PROVIDER = "openai"
@@ -294,5 +295,6 @@ def make_app(api_key: str) -> tuple[web.Application, DoubleState]:
     double = OpenAIDouble(api_key, state)
     double.routes(app)
     ResponsesRoute(double).routes(app)
+    MediaRoutes(double).routes(app)
     common.add_side_routes(app, state, error_for_status)
     return app, state

@@ -92,6 +92,13 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
             {"provider": "openai", "model": "gpt-ejectable", "price": PRICES["openai"]},
             {"provider": "anthropic", "model": "claude-standby", "price": PRICES["anthropic"]}],
          "fallback": {"eject_after_failures": 2, "cooldown_ms": 600000}},
+        # OpenAI's media endpoints (test_media.py), priced per image and per second.
+        {"name": "image-gen", "deployments": [
+            {"provider": "openai", "model": "gpt-image-1", "price": {"image": 0.04}}]},
+        {"name": "tts", "deployments": [
+            {"provider": "openai", "model": "gpt-4o-mini-tts", "price": {"second": 0.001}}]},
+        {"name": "stt", "deployments": [
+            {"provider": "openai", "model": "whisper-1", "price": {"second": 0.0001}}]},
         # Dedicated to the metrics test, so its counters are not shared with other tests.
         {"name": "metered", "deployments": [
             {"provider": "openai", "model": "gpt-metered", "price": PRICES["openai"]}]},

@@ -158,6 +158,8 @@ impl CatalogModel {
                 input: num(input)?.unwrap_or(0.0),
                 cached_input: num(cached)?,
                 output: num(output)?.unwrap_or(0.0),
+                image: num(per_image)?,
+                second: num(per_second)?,
             },
             per_image: num(per_image)?,
             per_second: num(per_second)?,
@@ -210,14 +212,20 @@ impl CatalogModel {
 
     /// Whether this model answers embeddings requests.
     pub fn serves_embeddings(&self) -> Result<(), Unsupported> {
-        match self.mode {
-            Mode::Embedding => Ok(()),
-            mode => Err(Unsupported::Mode {
-                model: self.id,
-                mode: mode.as_str(),
-                wanted: "embedding",
-            }),
+        self.serves_mode(Mode::Embedding)
+    }
+
+    /// Whether this model answers requests of `wanted`'s kind (a chat model asked for images
+    /// is refused before any provider is called).
+    pub fn serves_mode(&self, wanted: Mode) -> Result<(), Unsupported> {
+        if self.mode == wanted {
+            return Ok(());
         }
+        Err(Unsupported::Mode {
+            model: self.id,
+            mode: self.mode.as_str(),
+            wanted: wanted.as_str(),
+        })
     }
 
     /// The fields `GET /v1/models` adds for this model (OpenAI and Anthropic dialects).

@@ -126,6 +126,12 @@ pub struct Price {
     /// Output tokens.
     #[serde(default)]
     pub output: f64,
+    /// Per image generated (`/v1/images/generations`), in whole currency units, not per 1M.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<f64>,
+    /// Per second of audio spoken or transcribed (`/v1/audio/*`), in whole currency units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second: Option<f64>,
 }
 
 /// A public model and where it can be served.
@@ -361,9 +367,15 @@ impl GatewayConfig {
                     ));
                 }
                 let p = d.price;
-                if [p.input, p.output, p.cached_input.unwrap_or(0.0)]
-                    .iter()
-                    .any(|x| !x.is_finite() || *x < 0.0)
+                if [
+                    p.input,
+                    p.output,
+                    p.cached_input.unwrap_or(0.0),
+                    p.image.unwrap_or(0.0),
+                    p.second.unwrap_or(0.0),
+                ]
+                .iter()
+                .any(|x| !x.is_finite() || *x < 0.0)
                 {
                     return invalid(format!("model `{}`: prices must be >= 0", model.name));
                 }

@@ -468,6 +468,8 @@ mod tests {
             provider: "p".into(),
             deployment: "p/m".into(),
             input_tokens: 1,
+            images: 0,
+            media_seconds: 0.0,
             cached_input_tokens: 0,
             output_tokens: 1,
             cost: 0.0,

@@ -285,6 +285,10 @@ pub struct Exchange {
     /// deployment several times ([`Plan::fan_out`]), and their summed usage.
     fanned: Vec<Vec<u8>>,
     fanned_usage: TokenUsage,
+    /// The current attempt's `content-type` (a speech answer's audio format passes through).
+    upstream_content_type: Option<String>,
+    /// What a media answer consumed beyond tokens (images, seconds of audio).
+    media: crate::ingress::media::MediaUsage,
 }
 
 impl Default for Exchange {
@@ -321,6 +325,8 @@ impl Exchange {
             forward: None,
             fanned: Vec::new(),
             fanned_usage: TokenUsage::default(),
+            upstream_content_type: None,
+            media: Default::default(),
         }
     }
 
@@ -466,13 +472,17 @@ impl Exchange {
             self.usage.merge_max(stream.usage());
         }
         let tokens = self.usage.input + self.usage.output;
+        let media = self.media;
+        let media_cost = |price: &crate::config::Price| {
+            crate::usage::media_cost(media.images, media.seconds, price)
+        };
         let cost_nano = self.plan.as_ref().map_or(0, |plan| {
             let price = plan
                 .attempts
                 .get(self.attempt)
                 .map(|a| a.price)
                 .unwrap_or_default();
-            crate::limits::usd_to_nano(crate::usage::cost(&self.usage, &price))
+            crate::limits::usd_to_nano(crate::usage::cost(&self.usage, &price) + media_cost(&price))
         });
         if let Some(admission) = self.admission.take() {
             admission.settle(cx.counters, tokens, cost_nano, now_ms);
@@ -495,6 +505,9 @@ impl Exchange {
                 record.timestamp_ms = self.started_ms;
                 record.team = self.team.clone();
                 record.ttft_ms = ttft_ms;
+                record.images = media.images;
+                record.media_seconds = media.seconds;
+                record.cost += record.price.as_ref().map_or(0.0, media_cost);
                 record
             }
             None => UsageRecord {
@@ -516,6 +529,8 @@ impl Exchange {
                 input_tokens: 0,
                 cached_input_tokens: 0,
                 output_tokens: 0,
+                images: 0,
+                media_seconds: 0.0,
                 cost: 0.0,
                 price: None,
                 status,
@@ -988,6 +1003,7 @@ impl Exchange {
             self.state = State::Streaming;
             return vec![Action::StartResponse(ResponseHead { status, headers })];
         }
+        self.upstream_content_type = head.content_type.map(str::to_string);
         self.state = State::ReadingBody {
             status,
             retry_after: head.retry_after.map(str::to_string),
@@ -1032,11 +1048,15 @@ impl Exchange {
                     "the event stream was cut short or malformed",
                 ))
             } else {
-                Ok((out, translator.usage(), "text/event-stream"))
+                Ok((out, translator.usage(), "text/event-stream".to_string()))
             }
         } else {
+            let content_type = plan.answer_content_type(self.upstream_content_type.as_deref());
+            if let Some(media) = plan.media_usage(body) {
+                self.media = media;
+            }
             plan.translate_response(self.attempt, body)
-                .map(|(out, usage)| (out, usage, "application/json"))
+                .map(|(out, usage)| (out, usage, content_type))
         };
         let fan_out = plan.fan_out(self.attempt) as usize;
         match translated {

@@ -21,6 +21,7 @@ use crate::config::{
 };
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::ingress;
+use crate::ingress::media::{MediaKind, MediaRequest};
 use crate::json_patch::patch_top_level;
 use crate::keys::{authenticate, presented_key};
 use crate::providers::passthrough::FastPath;
@@ -46,6 +47,8 @@ pub enum Endpoint {
     },
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/images/generations`, `/v1/audio/speech`, `/v1/audio/transcriptions`.
+    Media(ingress::media::MediaKind),
     /// `GET /v1/models` (`GET /v1beta/models` for Gemini clients).
     Models,
 }
@@ -317,6 +320,9 @@ impl Gateway {
             "/v1/messages" => (Some(Endpoint::Messages), "POST"),
             "/v1/responses" => (Some(Endpoint::Responses), "POST"),
             "/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
+            "/v1/images/generations" => (Some(Endpoint::Media(MediaKind::Images)), "POST"),
+            "/v1/audio/speech" => (Some(Endpoint::Media(MediaKind::Speech)), "POST"),
+            "/v1/audio/transcriptions" => (Some(Endpoint::Media(MediaKind::Transcription)), "POST"),
             "/v1/models" => (Some(Endpoint::Models), "GET"),
             _ => match &gemini {
                 Some(ingress::gemini::Route::Generate { stream, .. }) => {
@@ -510,10 +516,20 @@ impl Gateway {
             {
                 continue;
             }
+            if matches!(request, PlannedRequest::Media(_)) && !provider.kind.supports_media() {
+                refused.get_or_insert_with(|| {
+                    (
+                        format!("provider `{}` does not serve this endpoint", d.provider),
+                        "model".to_string(),
+                    )
+                });
+                continue;
+            }
             if let Some(entry) = d.catalog_entry {
                 let served = match &request {
                     PlannedRequest::Chat(c) => entry.serves_chat(c),
                     PlannedRequest::Embeddings(_) => entry.serves_embeddings(),
+                    PlannedRequest::Media(m) => entry.serves_mode(m.kind.mode()),
                 };
                 if let Err(why) = served {
                     refused.get_or_insert_with(|| (why.to_string(), why.param().to_string()));
@@ -589,7 +605,7 @@ impl Gateway {
         let estimate = estimate(&request, body.len(), model, &attempts);
         let (stream, client_wants_usage) = match &request {
             PlannedRequest::Chat(c) => (c.stream, c.wants_stream_usage()),
-            PlannedRequest::Embeddings(_) => (false, false),
+            PlannedRequest::Embeddings(_) | PlannedRequest::Media(_) => (false, false),
         };
         Ok(Plan {
             endpoint: admitted.endpoint,
@@ -621,7 +637,11 @@ pub fn request_dialect(head: &RequestHead<'_>) -> Dialect {
     match path.trim_end_matches('/') {
         "/v1/messages" => Dialect::Anthropic,
         "/v1/responses" => Dialect::Responses,
-        "/v1/chat/completions" | "/v1/embeddings" => Dialect::OpenAi,
+        "/v1/chat/completions"
+        | "/v1/embeddings"
+        | "/v1/images/generations"
+        | "/v1/audio/speech"
+        | "/v1/audio/transcriptions" => Dialect::OpenAi,
         p if ingress::gemini::is_gemini_path(p) => Dialect::Gemini,
         p if p.starts_with("/v1/messages") || head.anthropic_version.is_some() => {
             Dialect::Anthropic
@@ -644,6 +664,7 @@ fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, Ga
             )?))
         }
         Endpoint::Embeddings => PlannedRequest::Embeddings(decode_embeddings(body)?),
+        Endpoint::Media(kind) => PlannedRequest::Media(ingress::media::decode(kind, body)?),
         Endpoint::Models => {
             return Err(GatewayError::new(
                 ErrorKind::MethodNotAllowed,
@@ -679,7 +700,7 @@ fn estimate(
                 .unwrap_or(model.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS));
             (images, output, u64::from(chat.choices()))
         }
-        PlannedRequest::Embeddings(_) => (0, 0, 1),
+        PlannedRequest::Embeddings(_) | PlannedRequest::Media(_) => (0, 0, 1),
     };
     let input = (body_bytes as u64 + images * IMAGE_TOKENS_ESTIMATE) * choices;
     let output = output * choices;
@@ -788,6 +809,8 @@ pub enum PlannedRequest {
     Chat(Box<ChatRequest>),
     /// Embeddings.
     Embeddings(EmbeddingsRequest),
+    /// Images or audio.
+    Media(MediaRequest),
 }
 
 impl PlannedRequest {
@@ -795,6 +818,7 @@ impl PlannedRequest {
         match self {
             PlannedRequest::Chat(c) => &c.model,
             PlannedRequest::Embeddings(e) => &e.model,
+            PlannedRequest::Media(m) => &m.model,
         }
     }
 }
@@ -913,6 +937,7 @@ impl Plan {
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: self.patch_raw(attempt, false)?,
             },
+            (PlannedRequest::Media(media), _) => self.media_egress(attempt, media)?,
             (PlannedRequest::Chat(_), Some(fast)) => {
                 let (path, headers) = fast.egress(&attempt.settings, &attempt.upstream_model);
                 let force_usage = self.stream && fast.forces_stream_usage(&attempt.settings);
@@ -965,6 +990,46 @@ impl Plan {
         })
     }
 
+    /// The media request for `attempt`: OpenAI's path (Azure's under the deployment), the
+    /// client's body with `model` swapped for the deployment's (a transcription's multipart
+    /// body otherwise byte for byte, boundary included).
+    fn media_egress(
+        &self,
+        attempt: &Attempt,
+        media: &MediaRequest,
+    ) -> Result<crate::providers::EgressRequest, GatewayError> {
+        let path = match attempt.kind {
+            ProviderKind::Azure => format!(
+                "/openai/deployments/{}/{}?api-version={}",
+                crate::providers::encode_segment(&attempt.upstream_model),
+                media.kind.azure_suffix(),
+                crate::providers::encode_segment(attempt.settings.api_version())
+            ),
+            _ => media.kind.openai_path().to_string(),
+        };
+        let (content_type, body) = match &media.boundary {
+            Some(boundary) => (
+                format!("multipart/form-data; boundary={boundary}"),
+                ingress::media::replace_field(
+                    &self.raw,
+                    boundary,
+                    "model",
+                    &attempt.upstream_model,
+                )
+                .map_err(|e| GatewayError::invalid(format!("malformed multipart body: {e}")))?,
+            ),
+            None => (
+                "application/json".to_string(),
+                self.patch_raw(attempt, false)?,
+            ),
+        };
+        Ok(crate::providers::EgressRequest {
+            path,
+            headers: vec![("content-type".into(), content_type)],
+            body,
+        })
+    }
+
     /// The client's body with `model` swapped (and usage forced on for streams).
     fn patch_raw(&self, attempt: &Attempt, force_usage: bool) -> Result<Vec<u8>, GatewayError> {
         let mut patches = vec![(
@@ -974,7 +1039,7 @@ impl Plan {
         if force_usage && !self.client_wants_usage {
             let mut opts = match &self.request {
                 PlannedRequest::Chat(c) => c.stream_options.clone().unwrap_or_default(),
-                PlannedRequest::Embeddings(_) => Default::default(),
+                PlannedRequest::Embeddings(_) | PlannedRequest::Media(_) => Default::default(),
             };
             opts.include_usage = Some(true);
             patches.push((
@@ -993,6 +1058,9 @@ impl Plan {
 
     /// Content type of a successful answer to the client.
     pub fn response_content_type(&self) -> &'static str {
+        if let PlannedRequest::Media(media) = &self.request {
+            return ingress::media::default_content_type(media);
+        }
         if self.stream {
             "text/event-stream"
         } else {
@@ -1041,6 +1109,16 @@ impl Plan {
             .attempts
             .get(index)
             .ok_or_else(|| GatewayError::new(ErrorKind::Internal, "attempt index out of range"))?;
+        if let PlannedRequest::Media(media) = &self.request {
+            // Audio bytes or the provider's JSON, passed through; JSON must parse.
+            let usage = ingress::media::usage_of(media, body).map_err(|e| {
+                GatewayError::new(
+                    ErrorKind::BadGateway,
+                    format!("upstream returned invalid JSON: {e}"),
+                )
+            })?;
+            return Ok((body.to_vec(), usage.tokens));
+        }
         let fast = self.fast_path(attempt);
         if matches!(self.request, PlannedRequest::Embeddings(_)) || fast.is_some() {
             // Validate it is JSON so a garbage 200 becomes a clean 502.
@@ -1081,6 +1159,24 @@ impl Plan {
         err
     }
 
+    /// What a successful media answer consumed (images, seconds, tokens); `None` for chat
+    /// and embeddings, and for an answer that cannot be read.
+    pub fn media_usage(&self, body: &[u8]) -> Option<ingress::media::MediaUsage> {
+        match &self.request {
+            PlannedRequest::Media(media) => ingress::media::usage_of(media, body).ok(),
+            _ => None,
+        }
+    }
+
+    /// The content type of a successful answer: the provider's for audio bytes (the format
+    /// it produced), else the one the request decides ([`Plan::response_content_type`]).
+    pub fn answer_content_type(&self, upstream: Option<&str>) -> String {
+        match (&self.request, upstream) {
+            (PlannedRequest::Media(_), Some(ct)) if !ct.trim().is_empty() => ct.to_string(),
+            _ => self.response_content_type().to_string(),
+        }
+    }
+
     /// The usage record for the request as it ended.
     pub fn usage_record(
         &self,
@@ -1104,6 +1200,8 @@ impl Plan {
             input_tokens: usage.input,
             cached_input_tokens: usage.cached_input,
             output_tokens: usage.output,
+            images: 0,
+            media_seconds: 0.0,
             cost: attempt.map_or(0.0, |a| cost(&usage, &a.price)),
             price: attempt.map(|a| a.price),
             status,

@@ -152,6 +152,7 @@ mod tests {
                         input: *price,
                         cached_input: None,
                         output: *price,
+                        ..Price::default()
                     },
                     limits: None,
                 })

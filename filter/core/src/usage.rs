@@ -19,6 +19,12 @@ pub fn cost(usage: &TokenUsage, price: &Price) -> f64 {
         / 1_000_000.0
 }
 
+/// The cost of media units at `price`: per image and per second of audio (absent prices
+/// cost nothing, like absent token prices).
+pub fn media_cost(images: u64, seconds: f64, price: &Price) -> f64 {
+    images as f64 * price.image.unwrap_or(0.0) + seconds * price.second.unwrap_or(0.0)
+}
+
 /// What one request consumed, and how it went.
 ///
 /// The ledger stores each record once, keyed by `request_id`; the JSON form (serde field
@@ -45,6 +51,10 @@ pub struct UsageRecord {
     pub cached_input_tokens: u64,
     /// Output tokens.
     pub output_tokens: u64,
+    /// Images generated (`/v1/images/generations`).
+    pub images: u64,
+    /// Seconds of audio spoken or transcribed (`/v1/audio/*`).
+    pub media_seconds: f64,
     /// Cost in the price table's currency.
     pub cost: f64,
     /// The price the cost was computed with (prices change; the record keeps the one used).
@@ -83,6 +93,7 @@ mod tests {
             input: 2.0,
             cached_input: Some(0.5),
             output: 8.0,
+            ..Price::default()
         };
         let c = cost(&usage, &price);
         assert!(
@@ -93,6 +104,7 @@ mod tests {
             input: 2.0,
             cached_input: None,
             output: 0.0,
+            ..Price::default()
         };
         assert!((cost(&usage, &no_cached_price) - 2.0).abs() < 1e-9);
     }

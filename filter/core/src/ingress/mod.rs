@@ -9,6 +9,7 @@ use crate::stream::StreamEncoder;
 
 pub mod anthropic;
 pub mod gemini;
+pub mod media;
 pub mod openai;
 pub mod responses;
 

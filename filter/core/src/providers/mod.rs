@@ -111,6 +111,14 @@ impl ProviderKind {
         }
     }
 
+    /// Whether the provider serves OpenAI's media endpoints (`/v1/images/generations`,
+    /// `/v1/audio/speech`, `/v1/audio/transcriptions`) in OpenAI's shape: OpenAI and every
+    /// OpenAI-compatible server (gpu-backend's Whisper), and Azure OpenAI under its
+    /// deployments.
+    pub fn supports_media(self) -> bool {
+        matches!(self, ProviderKind::Openai | ProviderKind::Azure)
+    }
+
     /// Whether the provider serves `/v1/embeddings` in OpenAI shape.
     pub fn supports_embeddings(self) -> bool {
         matches!(self, ProviderKind::Openai)

@@ -1,7 +1,7 @@
 //! The edge's side of the task plane: which requests go to it, and how.
 //!
 //! `/v1/tasks…` and `/v1/webhook-settings`, and any generation endpoint (chat completions,
-//! Anthropic messages, embeddings) sent with `Prefer: respond-async` (RFC 7240), are
+//! Anthropic messages, embeddings, images, speech, transcriptions) sent with `Prefer: respond-async` (RFC 7240), are
 //! authenticated here like every request, then forwarded to the task plane with the edge
 //! token as `Authorization: Bearer` and the client's key id (`x-switchyard-key-id`) and team;
 //! the task plane trusts those headers only with that token. A submission's `model` is
@@ -189,6 +189,9 @@ fn route(head: &RequestHead<'_>) -> Option<(Route, &'static [&'static str])> {
         "/v1/chat/completions" => "chat.completions",
         "/v1/messages" => "messages",
         "/v1/embeddings" => "embeddings",
+        "/v1/images/generations" => "images.generations",
+        "/v1/audio/speech" => "audio.speech",
+        "/v1/audio/transcriptions" => TRANSCRIPTIONS,
         _ => return None,
     };
     Some((Route::Operation(operation), &["POST"]))
@@ -290,7 +293,16 @@ impl Forward {
                     .trim_end_matches('/')
                     == "/v1/tasks");
         if submits {
-            let model = submitted_model(body)?;
+            let model = if self.route == Route::Operation(TRANSCRIPTIONS) {
+                // Multipart: the model is a form field.
+                crate::ingress::media::decode(
+                    crate::ingress::media::MediaKind::Transcription,
+                    body,
+                )?
+                .model
+            } else {
+                submitted_model(body)?
+            };
             let config = gateway.config().model(&model).ok_or_else(|| {
                 GatewayError::new(
                     ErrorKind::NotFound,
@@ -406,6 +418,10 @@ impl Forward {
 }
 
 /// The `model` of a submission: the task body's, or the endpoint request's.
+/// The operation of a transcription submitted with `Prefer: respond-async` (its body is
+/// `multipart/form-data`, not JSON).
+const TRANSCRIPTIONS: &str = "audio.transcriptions";
+
 fn submitted_model(body: &[u8]) -> Result<String, GatewayError> {
     #[derive(Deserialize)]
     struct WithModel {
@@ -469,6 +485,19 @@ mod tests {
                 prefer,
                 Some(Route::Operation("embeddings")),
             ),
+            (
+                "POST",
+                "/v1/images/generations",
+                prefer,
+                Some(Route::Operation("images.generations")),
+            ),
+            (
+                "POST",
+                "/v1/audio/transcriptions",
+                prefer,
+                Some(Route::Operation("audio.transcriptions")),
+            ),
+            ("POST", "/v1/audio/speech", &[][..], None),
             ("POST", "/v1/chat/completions", &[][..], None),
             (
                 "POST",
