@@ -101,12 +101,14 @@ async fn read_form(multipart: Result<Multipart, MultipartRejection>) -> Result<F
         None | Some("json") => Format::Json,
         Some("text") => Format::Text,
         Some("verbose_json") => Format::VerboseJson,
-        Some(other) => return Err(ApiError::invalid(
-            format!(
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!(
                 "response_format '{other}' is not supported; use 'json', 'text' or 'verbose_json'."
             ),
-            Some("response_format"),
-        )),
+                Some("response_format"),
+            ))
+        }
     };
     if let Some(language) = fields.get("language") {
         if !matches!(language.to_ascii_lowercase().as_str(), "en" | "english") {
