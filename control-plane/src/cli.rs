@@ -48,6 +48,18 @@ pub struct ControlPlaneArgs {
     /// expires and its estimate is charged as spent.
     #[arg(long, env = "SWITCHYARD_ADMISSION_TTL_S", default_value_t = crate::limits::DEFAULT_ADMISSION_TTL_MS / 1000)]
     pub admission_ttl_s: u64,
+
+    /// `SECRET=FILE`: mint Google access tokens (Vertex AI) from the service-account key in
+    /// FILE and hand them to the edges with the key sync under the secret name SECRET (the
+    /// provider's `api_key_secret`), refreshed before they expire. Repeatable, or
+    /// comma-separated in the environment variable.
+    #[arg(
+        long = "service-account",
+        env = "SWITCHYARD_SERVICE_ACCOUNTS",
+        value_name = "SECRET=FILE",
+        value_delimiter = ','
+    )]
+    pub service_account: Vec<String>,
 }
 
 /// Environment variable holding a plain bootstrap admin key (hashed at start, never stored).
@@ -85,8 +97,26 @@ impl ControlPlaneArgs {
         if let Some(key) = std::env::var(ADMIN_KEY_ENV).ok().filter(|k| !k.is_empty()) {
             bootstrap_hashes.push(secrets::sha256_hex(&key));
         }
-        let control = ControlPlane::new(store, Arc::new(SystemClock), &self.edge_token_sha256)?
+        let mut control = ControlPlane::new(store, Arc::new(SystemClock), &self.edge_token_sha256)?
             .with_admission_ttl_ms(self.admission_ttl_s.saturating_mul(1000));
+        for spec in &self.service_account {
+            let (secret, file) = spec
+                .split_once('=')
+                .filter(|(secret, file)| !secret.is_empty() && !file.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("--service-account takes SECRET=FILE; got `{spec}`"),
+                        "invalid_value",
+                    )
+                })?;
+            let account = crate::credentials::ServiceAccount::from_file(file.as_ref())
+                .map_err(|e| Error::invalid(e.to_string(), "invalid_value"))?;
+            println!(
+                "control plane: `{secret}` is minted from the service account {}",
+                account.client_email()
+            );
+            control = control.with_service_account(secret, account);
+        }
         for hash in &bootstrap_hashes {
             control.ensure_admin_key(hash).await?;
         }

@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) admission_ttl_ms: u64,
     /// When admissions were last looked at for expiry, unix ms.
     pub(crate) last_expiry_ms: AtomicU64,
+    /// Provider credentials minted for the edges (service-account tokens).
+    pub(crate) minted: Arc<crate::credentials::Minted>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -562,7 +564,10 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 
 async fn edge_keys(State(state): Shared, headers: HeaderMap) -> Answer {
     state.authorize_edge(&headers)?;
-    let version = state.store.transact(keys::version).await?;
+    // A new minted token is a new snapshot: the stamp (unix ms of the last token change, 0
+    // without any) only grows, like the store's version, so their sum changes with either.
+    let stamp = state.minted.stamp_ms();
+    let version = state.store.transact(keys::version).await? + stamp;
     let etag = format!("\"{version}\"");
     let etag_header = |response: &mut Response, etag: &str| {
         if let Ok(value) = HeaderValue::from_str(etag) {
@@ -578,10 +583,12 @@ async fn edge_keys(State(state): Shared, headers: HeaderMap) -> Answer {
         return Ok(response);
     }
     let now = state.now_s();
-    let snapshot = state
+    let mut snapshot = state
         .store
         .transact(move |tx| keys::snapshot(tx, now))
         .await?;
+    snapshot.version += stamp;
+    snapshot.credentials = state.minted.snapshot();
     let mut response = axum::Json(&snapshot).into_response();
     etag_header(&mut response, &format!("\"{}\"", snapshot.version));
     Ok(response)

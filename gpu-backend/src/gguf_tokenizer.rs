@@ -75,7 +75,7 @@ pub fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer, Mo
         .filter(|(_, &t)| t == TOKEN_TYPE_CONTROL)
         .map(|(tok, _)| AddedToken::from(tok.clone(), true))
         .collect();
-    tokenizer.add_special_tokens(&specials);
+    tokenizer.add_special_tokens(specials)?;
     Ok(tokenizer)
 }
 

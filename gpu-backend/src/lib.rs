@@ -18,13 +18,15 @@
 //!
 //! Models come from a directory laid out by `scripts/fetch-models.sh` ([`catalog`]): SmolLM2
 //! as GGUF (its tokenizer is rebuilt from the GGUF metadata by [`gguf_tokenizer`]) and
-//! all-MiniLM-L6-v2 as safetensors, Whisper tiny.en converted to safetensors. CPU is the default device; the `cuda` cargo feature
-//! enables candle's CUDA backend.
+//! all-MiniLM-L6-v2 as safetensors, Whisper tiny.en converted to safetensors. CPU is the
+//! default device; the `cuda` cargo feature enables candle's CUDA backend ([`device`];
+//! `--cuda-device N`), where chat models run on candle's ops instead of the CPU kernels.
 
 #![warn(missing_docs)]
 
 pub mod catalog;
 pub mod chat_model;
+pub mod device;
 pub mod embedder;
 pub mod engine;
 pub mod error;

@@ -87,8 +87,10 @@ struct Cli {
     #[arg(long, default_value_t = 120.0)]
     max_audio_seconds: f64,
 
-    /// Run on CUDA device N (needs a build with `--features cuda`).
-    #[arg(long, value_name = "N")]
+    /// Run the models on CUDA device N instead of the CPU (needs a `cuda` build:
+    /// scripts/cuda-build.sh; at run time the NVIDIA driver and CUDA 13's cuBLAS and cuRAND
+    /// libraries on LD_LIBRARY_PATH). Without it the models run on the CPU.
+    #[arg(long, value_name = "N", env = "SWITCHYARD_CUDA_DEVICE")]
     cuda_device: Option<usize>,
 
     /// Load no models: serve only the control plane.
@@ -100,16 +102,6 @@ struct Cli {
 
     #[command(flatten)]
     task_plane: task_plane::cli::TaskPlaneArgs,
-}
-
-fn device(cli: &Cli) -> anyhow::Result<Device> {
-    match cli.cuda_device {
-        None => Ok(Device::Cpu),
-        Some(n) if cfg!(feature = "cuda") => {
-            Device::new_cuda(n).with_context(|| format!("opening CUDA device {n}"))
-        }
-        Some(_) => bail!("this binary was built without the `cuda` feature"),
-    }
 }
 
 #[tokio::main]
@@ -124,12 +116,13 @@ async fn main() -> anyhow::Result<()> {
     let mut app = axum::Router::new();
     let mut served = Vec::new();
     if !cli.no_models {
-        let (inference, ids) = inference_router(&cli)?;
+        let device = gpu_backend::device::open(cli.cuda_device)?;
+        let on = gpu_backend::device::describe(&device);
+        let (inference, ids) = inference_router(&cli, device)?;
         app = app.merge(inference);
         served.push(format!(
-            "models: {}; pinned models load in the background, /healthz turns 200 when they are warm; CPU matmul kernels: {}",
+            "models: {}; pinned models load in the background, /healthz turns 200 when they are warm; device: {on}",
             ids.join(", "),
-            gpu_backend::kernels::kernel_name()
         ));
     }
     let wants_tasks = !cli.task_plane.no_task_plane && cli.task_plane.gateway_config.is_some();
@@ -174,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Starts the worker pool over the models in --models-dir; returns its router and model ids.
-fn inference_router(cli: &Cli) -> anyhow::Result<(axum::Router, Vec<String>)> {
+fn inference_router(cli: &Cli, device: Device) -> anyhow::Result<(axum::Router, Vec<String>)> {
     let specs = catalog::discover(&cli.models_dir).with_context(|| {
         format!(
             "reading models from {} (run scripts/fetch-models.sh first)",
@@ -198,7 +191,7 @@ fn inference_router(cli: &Cli) -> anyhow::Result<(axum::Router, Vec<String>)> {
         pinned,
         memory_budget_bytes: cli.memory_budget_mib * 1024 * 1024,
         workers: cli.workers,
-        device: device(cli)?,
+        device,
         before_load: None,
     };
     let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();

@@ -260,6 +260,9 @@ pub fn claim_tasks(
         pending: "state IN ('queued', 'running')",
         due_column: "next_run_at_ms",
         columns: TASK_COLUMNS,
+        // A claimed task is being worked on: a client polling it must see `running` (with
+        // its start time) while the step runs, not `queued` until the step is saved.
+        on_claim: ", state = 'running', started_at_ms = COALESCE(started_at_ms, $3)",
     };
     claim_due(tx, &due, token, now_ms, lease_until_ms, limit)?
         .iter()
@@ -273,6 +276,8 @@ struct Due {
     pending: &'static str,
     due_column: &'static str,
     columns: &'static str,
+    /// More `SET` assignments for a claimed row (`, col = …`; `$3` is now).
+    on_claim: &'static str,
 }
 
 /// Leases up to `limit` pending rows of `due.table` that are due and not leased (or whose
@@ -295,9 +300,10 @@ fn claim_due(
         pending,
         due_column,
         columns,
+        on_claim,
     } = due;
     let sql = format!(
-        "UPDATE {table} SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3 \
+        "UPDATE {table} SET lease_owner = $1, lease_until_ms = $2, updated_at_ms = $3{on_claim} \
          WHERE id IN (SELECT id FROM {table} WHERE {pending} \
            AND {due_column} <= $3 AND (lease_until_ms IS NULL OR lease_until_ms < $3) \
            ORDER BY {due_column} LIMIT $4{lock}) \
@@ -595,6 +601,7 @@ pub fn claim_deliveries(
         pending: "state = 'pending'",
         due_column: "next_attempt_at_ms",
         columns: DELIVERY_COLUMNS,
+        on_claim: "",
     };
     claim_due(tx, &due, token, now_ms, lease_until_ms, limit)?
         .iter()

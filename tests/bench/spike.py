@@ -61,14 +61,17 @@ class DoublesProcess:
             stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.by_name: dict[str, Double] = {}
         assert self.proc.stdout is not None
-        while len(self.by_name) < len(PROVIDERS):
+        names = {*PROVIDERS, "bedrock"}  # what `doubles.server` starts and prints
+        while len(self.by_name) < len(names):
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError("the doubles exited before printing their ports")
-            m = re.match(r"(\w+): http://127\.0\.0\.1:(\d+)", line)
-            if m:
-                _, env, key = PROVIDERS[m.group(1)]
-                self.by_name[m.group(1)] = Double(m.group(1), int(m.group(2)), env, key)
+            m = re.match(r"(\w+): http://127\.0\.0\.1:(\d+)  \(expects (.*)\)", line)
+            if m and m.group(1) in names:
+                secrets = dict(pair.split("=", 1) for pair in m.group(3).split())
+                env, key = next(iter(secrets.items()))
+                self.by_name[m.group(1)] = Double(m.group(1), int(m.group(2)), env, key,
+                                                  secrets)
 
     def __getitem__(self, name: str) -> Double:
         return self.by_name[name]
@@ -204,7 +207,7 @@ def run(host_name: str, n: int, cap: int, hold: float, max_wait_ms: int, workdir
     try:
         doubles["openai"].reset()
         doubles["openai"].cap(cap)
-        secrets = {d.secret_env: d.api_key for d in doubles.by_name.values()}
+        secrets = {k: v for d in doubles.by_name.values() for k, v in d.secrets.items()}
         host = hosts.start(host_name, spike_config(doubles, cap, max_wait_ms, n),
                            upstreams(doubles), secrets, workdir)
         pid = host.proc.pid

@@ -39,7 +39,7 @@ SERVICE = "bedrock"
 MAX_SKEW = datetime.timedelta(minutes=5)
 TOP_LEVEL = {"messages", "system", "inferenceConfig", "toolConfig", "guardrailConfig",
              "additionalModelRequestFields", "additionalModelResponseFieldPaths",
-             "promptVariables", "requestMetadata", "performanceConfig"}
+             "promptVariables", "requestMetadata", "performanceConfig", "outputConfig"}
 BLOCK_KINDS = {"text", "image", "document", "video", "toolUse", "toolResult", "guardContent",
                "cachePoint", "reasoningContent", "citationsContent"}
 ERRORS = {400: "ValidationException", 403: "AccessDeniedException",
@@ -110,6 +110,16 @@ def validate(body: dict) -> str | None:
     extra = set(body) - TOP_LEVEL
     if extra:
         return f"Malformed input request: extraneous key [{sorted(extra)[0]}] is not permitted"
+    if "outputConfig" in body:
+        fmt = (body["outputConfig"] or {}).get("textFormat") or {}
+        schema = ((fmt.get("structure") or {}).get("jsonSchema") or {}).get("schema")
+        if fmt.get("type") != "json_schema" or not isinstance(schema, str):
+            return ("outputConfig.textFormat: type must be json_schema and "
+                    "structure.jsonSchema.schema a JSON string")
+        try:
+            json.loads(schema)
+        except ValueError:
+            return "outputConfig.textFormat.structure.jsonSchema.schema is not valid JSON"
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "The messages field is required and must contain at least one message."
@@ -198,8 +208,13 @@ def conversation(model: str, body: dict, stream: bool) -> Conversation:
                                               "".join(p or "" for p in parts)))
     tools = [ToolSpec(t["toolSpec"]["name"], t["toolSpec"]["inputSchema"]["json"])
              for t in (body.get("toolConfig") or {}).get("tools") or []]
+    # Structured output: `outputConfig.textFormat` carries the JSON schema as a string.
+    fmt = (body.get("outputConfig") or {}).get("textFormat") or {}
+    schema = ((fmt.get("structure") or {}).get("jsonSchema") or {}).get("schema")
     return Conversation(model=model, texts=texts, last_user_text=last_user, tools=tools,
-                        tool_results=results, stream=stream)
+                        tool_results=results, stream=stream,
+                        output_schema=json.loads(schema)
+                        if fmt.get("type") == "json_schema" and schema else None)
 
 
 def usage_json(reply: Reply) -> dict:

@@ -15,7 +15,9 @@ tests can assert real content:
   ``"tool results: <name or id>=<content>; ..."`` so tests see the results arrived;
 * usage is deterministic (`usage_for`): input = whitespace-separated words of every text in the
   request + 10 per offered tool, output = words of the reply + 7 per tool call; a user text
-  containing ``[cache]`` reports half the input as cached.
+  containing ``[cache]`` reports half the input as cached;
+* the OpenAI double answers a user text containing ``[refusal]`` with the text as the model's
+  refusal (``message.refusal`` / ``delta.refusal``, ``content: null``).
 
 Fault injection, per request (a marker in the last user text or embedding input, e.g.
 ``[[fault:status=503,retry_after=2]]``) or queued with ``POST /_faults``

@@ -46,6 +46,11 @@ GENERATION_CONFIG = {
     "enableEnhancedCivicAnswers", "speechConfig", "thinkingConfig", "imageConfig",
     "mediaResolution"}
 
+# GenerateContentRequest's top-level fields (Vertex adds `labels`); others are a 400.
+REQUEST_FIELDS = {
+    "model", "contents", "systemInstruction", "tools", "toolConfig", "safetySettings",
+    "generationConfig", "cachedContent", "labels"}
+
 
 def g(obj: dict, camel: str):
     """Gemini's JSON accepts camelCase and snake_case field names alike."""
@@ -193,6 +198,12 @@ class GeminiDouble:
         if not body.get("contents"):
             return common.json_response(google_error(
                 400, "* GenerateContentRequest.contents: contents is not specified\n"), 400)
+        for name in body:
+            camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+            if camel not in REQUEST_FIELDS:
+                return common.json_response(google_error(
+                    400, f'Invalid JSON payload received. Unknown name "{name}": '
+                         "Cannot find field."), 400)
         for name in g(body, "generationConfig") or {}:
             camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
             if camel not in GENERATION_CONFIG:

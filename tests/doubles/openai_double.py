@@ -99,9 +99,13 @@ ACCOUNT_HEADERS = {"openai-organization": "org-double", "openai-project": "proj_
                    "x-ratelimit-remaining-requests": "9999"}
 
 
-def completion(model: str, reply: Reply, n: int = 1) -> dict:
+def completion(model: str, reply: Reply, n: int = 1, refusal: bool = False) -> dict:
+    """A chat.completion; with `refusal`, the text comes as the model's refusal
+    (`content: null`, `message.refusal`), as structured outputs answer when the model declines."""
     message: dict = {"role": "assistant", "content": reply.text, "refusal": None,
                      "annotations": []}
+    if refusal:
+        message.update(content=None, refusal=reply.text)
     if reply.tool_calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function",
@@ -122,7 +126,7 @@ def completion(model: str, reply: Reply, n: int = 1) -> dict:
     }
 
 
-def stream_events(model: str, reply: Reply, include_usage: bool):
+def stream_events(model: str, reply: Reply, include_usage: bool, refusal: bool = False):
     cid, created = common.new_id("chatcmpl-"), int(time.time())
 
     def chunk(delta: dict | None, finish=None, usage=None, choices=True) -> str:
@@ -137,7 +141,7 @@ def stream_events(model: str, reply: Reply, include_usage: bool):
     yield chunk({"role": "assistant", "content": "", "refusal": None})
     if reply.text:
         for piece in common.split_text(reply.text):
-            yield chunk({"content": piece})
+            yield chunk({"refusal": piece} if refusal else {"content": piece})
     for index, call in enumerate(reply.tool_calls):
         yield chunk({"tool_calls": [{"index": index, "id": call.id, "type": "function",
                                      "function": {"name": call.name, "arguments": ""}}]})
@@ -236,13 +240,16 @@ class OpenAIDouble:
         reply = common.plan_reply(self.provider, conv)
         entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
+        refusal = "[refusal]" in conv.last_user_text
         if not conv.stream:
             # OpenAI names the account behind every answer (organisation and project).
-            return common.json_response(completion(conv.model, reply, int(body.get("n") or 1)),
-                                        headers=ACCOUNT_HEADERS)
+            return common.json_response(
+                completion(conv.model, reply, int(body.get("n") or 1), refusal),
+                headers=ACCOUNT_HEADERS)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stream = common.Stream(request, fault, common.sse_headers(ACCOUNT_HEADERS))
-        return await common.run_stream(stream, stream_events(conv.model, reply, include_usage))
+        return await common.run_stream(
+            stream, stream_events(conv.model, reply, include_usage, refusal))
 
     async def embeddings(self, request: web.Request) -> web.Response:
         entry, body, early = await self.begin(request)

@@ -17,7 +17,9 @@ import urllib.request
 from aiohttp import web
 
 from . import (anthropic_double, azure_double, bedrock_double, cohere_double,
-               dashscope_double, gemini_double, mistral_double, openai_double, vertex_double)
+               dashscope_double, dashscope_tasks_double, fal_double, gemini_double,
+               mistral_double, openai_double, replicate_double, vertex_double, veo_double,
+               wavespeed_double)
 
 PROVIDERS = {
     "openai": (openai_double.make_app, "OPENAI_API_KEY", "sk-upstream-openai-7f3a"),
@@ -28,6 +30,17 @@ PROVIDERS = {
     "cohere": (cohere_double.make_app, "COHERE_API_KEY", "co-upstream-cohere-8e2a41"),
     "mistral": (mistral_double.make_app, "MISTRAL_API_KEY", "mistral-upstream-key-6c7d2f"),
     "vertex": (vertex_double.make_app, "VERTEX_ACCESS_TOKEN", "ya29.upstream-vertex-token-91d3"),
+}
+
+# Asynchronous media providers (submit, poll, cancel, their own signed webhooks): started
+# beside the chat providers, but no gateway provider kind of their own in the e2e config.
+ASYNC_PROVIDERS = {
+    "wavespeed": (wavespeed_double.make_app, "WAVESPEED_API_KEY", "ws-upstream-wavespeed-2c8e"),
+    "replicate": (replicate_double.make_app, "REPLICATE_API_TOKEN", "r8_upstream-replicate-5a1f"),
+    "fal": (fal_double.make_app, "FAL_KEY", "fal-upstream-key-id:7d3b9e"),
+    "dashscope_tasks": (dashscope_tasks_double.make_app, "DASHSCOPE_TASKS_API_KEY",
+                        "sk-upstream-dashscope-tasks-0b7c"),
+    "veo": (veo_double.make_app, "VEO_API_KEY", "AIza-upstream-veo-61fa"),
 }
 
 # Bedrock signs with an AWS key pair (SigV4) instead of one API key: its secrets.
@@ -108,7 +121,7 @@ class Doubles:
 
     async def _start(self, ports: dict[str, int]) -> None:
         apps = [(name, make_app(key), env, key, None)
-                for name, (make_app, env, key) in PROVIDERS.items()]
+                for name, (make_app, env, key) in {**PROVIDERS, **ASYNC_PROVIDERS}.items()]
         apps.append(("bedrock", bedrock_double.make_app(BEDROCK_CREDENTIALS),
                      "BEDROCK_API_KEY", BEDROCK_CREDENTIALS["api_key"], BEDROCK_SECRETS))
         for name, (app, _state), env, key, secrets in apps:
@@ -138,7 +151,7 @@ class Doubles:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    names = [*PROVIDERS, "bedrock"]
+    names = [*PROVIDERS, *ASYNC_PROVIDERS, "bedrock"]
     for name in names:
         parser.add_argument(f"--{name}", type=int, default=0, help=f"port for the {name} double")
     args = parser.parse_args()

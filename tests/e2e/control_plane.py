@@ -84,6 +84,12 @@ class ControlPlane:
         self.stop()
         self.start()
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown path runs, leases and open transactions stay."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def admin(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
         return httpx.request(method, self.base_url + path, json=body, timeout=10,
                              headers={"Authorization": f"Bearer {ADMIN_KEY}"})

@@ -48,7 +48,8 @@ CHAINS = {
     "fb-cut": [("openai", "gpt-fb-cut"), ("anthropic", "claude-fb-cut")],
 }
 EJECT_AFTER = 2
-EJECT_COOLDOWN_MS = 2000
+# Long enough that the requests made "while ejected" fit inside it on a loaded 2-core CI box.
+EJECT_COOLDOWN_MS = 5000
 
 WEIGHTED = "fb-weighted"  # openai/gpt-fb-w3 (weight 3) vs gemini/gemini-fb-w1 (weight 1)
 WEIGHTS = {("openai", "gpt-fb-w3"): 3, ("gemini", "gemini-fb-w1"): 1}
@@ -59,7 +60,7 @@ CHEAP_DEPLOYMENTS = [  # (provider, upstream model, price input/output per 1M)
     ("anthropic", "claude-fb-cheap", (0.1, 0.2)),
     ("gemini", "gemini-fb-mid", (1.0, 2.0)),
 ]
-CHEAP_COOLDOWN_MS = 1500
+CHEAP_COOLDOWN_MS = 4000  # likewise
 
 DEAD_CLUSTER = "dead_upstream"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from doubles.server import Doubles
+from doubles.server import ASYNC_PROVIDERS, PROVIDERS, Doubles
 
 KEY_ALL = "sk-e2e-all-0d1e"
 KEY_LIMITED = "sk-e2e-limited-77aa"  # only gpt-* models
@@ -49,7 +49,7 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
     providers = {
         name: {"kind": name, "base_url": d.base_url, "cluster": cluster_name(name),
                "api_key_secret": d.secret_env}
-        for name, d in doubles.by_name.items() if name != "bedrock"
+        for name, d in doubles.by_name.items() if name in PROVIDERS
     }
     # OpenAI also serves the Responses API: Responses clients pass through to it untouched.
     providers["openai"]["responses_api"] = True
@@ -123,7 +123,8 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
 
 def upstreams(doubles: Doubles, local_backend_port: int | None = None) -> dict[str, int]:
     """Cluster name -> loopback port, for the host's cluster table."""
-    out = {cluster_name(name): d.port for name, d in doubles.by_name.items()}
+    out = {cluster_name(name): d.port for name, d in doubles.by_name.items()
+           if name not in ASYNC_PROVIDERS}
     if local_backend_port:
         out["gpu_backend"] = local_backend_port
     return out

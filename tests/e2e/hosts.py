@@ -201,6 +201,9 @@ def envoy_config(config: dict, upstreams: dict[str, int], wasm: Path) -> dict:
                  "load_assignment": {"cluster_name": name, "endpoints": [
                      {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                          "address": "127.0.0.1", "port_value": 0}}}}]}]}}
+        if name in shipped_clusters and "circuit_breakers" in shipped_clusters[name]:
+            # e.g. task_plane's raised limits: a burst test must meet the shipped ones.
+            c["circuit_breakers"] = copy.deepcopy(shipped_clusters[name]["circuit_breakers"])
         sa = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         sa["socket_address"]["port_value"] = port
         clusters.append(c)

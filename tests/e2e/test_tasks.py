@@ -18,10 +18,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from doubles.common import expected_text
 
-from . import hosts, paths
-from .conftest import Gateway, secrets
-from .control_plane import EDGE_TOKEN, EDGE_TOKEN_SECRET, ControlPlane
-from .gateway_config import KEY_ALL, KEY_LIMITED, gateway_config, upstreams
+from . import paths
+from .conftest import Gateway
+from .gateway_config import KEY_ALL, KEY_LIMITED
+from .task_plane import start_task_edge, start_task_plane
 from .webhook_receiver import WebhookReceiver
 
 LIMIT_S = 30
@@ -38,12 +38,8 @@ def receiver():
 def task_plane(doubles, tmp_path_factory):
     """`gpu-backend` with the control plane and the task plane over one SQLite store, routing
     with the same gateway config as the edges; webhooks may reach loopback (the receiver)."""
-    workdir = Path(tmp_path_factory.mktemp("task-plane"))
-    config_file = workdir / "gateway.json"
-    config_file.write_text(json.dumps(gateway_config(doubles)))
-    plane = ControlPlane(workdir, extra_args=[
-        "--gateway-config", str(config_file), "--webhook-allow-net", "127.0.0.0/8",
-        "--webhook-retry-base-ms", "200", "--task-lease-ms", "3000"], env=secrets(doubles))
+    plane = start_task_plane(doubles, Path(tmp_path_factory.mktemp("task-plane")),
+                             "--webhook-retry-base-ms", "200", "--task-lease-ms", "3000")
     yield plane
     plane.stop()
 
@@ -51,13 +47,8 @@ def task_plane(doubles, tmp_path_factory):
 @pytest.fixture(scope="module", params=paths.selected_hosts())
 def edge(request, task_plane, doubles, tmp_path_factory) -> Gateway:
     name = request.param
-    config = gateway_config(doubles)
-    config["tasks"] = {"base_url": task_plane.base_url, "cluster": "task_plane",
-                       "token_secret": EDGE_TOKEN_SECRET}
-    ups = upstreams(doubles)
-    ups["task_plane"] = task_plane.port
-    host = hosts.start(name, config, ups, {**secrets(doubles), EDGE_TOKEN_SECRET: EDGE_TOKEN},
-                       Path(tmp_path_factory.mktemp(f"{name}-tasks")))
+    host = start_task_edge(name, task_plane, doubles,
+                           Path(tmp_path_factory.mktemp(f"{name}-tasks")))
     yield Gateway(host, doubles)
     host.stop()
 

@@ -24,6 +24,9 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
+        # What every POST is answered; a 5xx makes the sender retry (and is not recorded).
+        self.answer_status = 204
+        self.refused = 0
         self._lock = threading.Lock()
         receiver = self
 
@@ -32,9 +35,13 @@ class WebhookReceiver:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 with receiver._lock:
-                    receiver.deliveries.append(Delivery(
-                        self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
+                    status = receiver.answer_status
+                    if status < 300:
+                        receiver.deliveries.append(Delivery(
+                            self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    else:
+                        receiver.refused += 1
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args) -> None:
@@ -47,6 +54,11 @@ class WebhookReceiver:
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def deliveries_to(self, path: str) -> list[Delivery]:
+        """The deliveries to `path` so far."""
+        with self._lock:
+            return [d for d in self.deliveries if d.path == path]
 
     def wait_for(self, path: str, count: int = 1, limit_s: float = 30) -> list[Delivery]:
         """The deliveries to `path`, once there are `count` of them."""

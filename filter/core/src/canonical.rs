@@ -74,6 +74,14 @@ impl ChatRequest {
         }
     }
 
+    /// How many choices the client asked for (`n`, 1 when absent or not a positive number).
+    pub fn choices(&self) -> u32 {
+        self.extra
+            .get("n")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32)
+    }
+
     /// Whether the client asked for a usage chunk at the end of a stream.
     pub fn wants_stream_usage(&self) -> bool {
         self.stream_options

@@ -139,6 +139,12 @@ pub struct KeySnapshot {
     /// Limits of the teams that have some.
     #[serde(default)]
     pub teams: std::collections::BTreeMap<String, Quota>,
+    /// Provider credentials the control plane mints and refreshes, by the secret name a
+    /// provider's config gives (`api_key_secret`): today Vertex access tokens from a
+    /// service-account key. Key custody and the token exchange stay on the native side; the
+    /// edge only holds the short-lived token, and a new one arrives with the next key sync.
+    #[serde(default)]
+    pub credentials: std::collections::BTreeMap<String, crate::gateway::Secret>,
 }
 
 /// `POST /edge/v1/admit`: admission against the control plane's counters, so limits and

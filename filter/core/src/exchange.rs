@@ -281,6 +281,10 @@ pub struct Exchange {
     /// A request for the task plane (see [`crate::tasks::edge`]): one call, its answer
     /// passed through.
     forward: Option<crate::tasks::edge::Forward>,
+    /// The one-choice answers collected so far when `n` is emulated by asking the
+    /// deployment several times ([`Plan::fan_out`]), and their summed usage.
+    fanned: Vec<Vec<u8>>,
+    fanned_usage: TokenUsage,
 }
 
 impl Default for Exchange {
@@ -315,6 +319,8 @@ impl Exchange {
             queued: None,
             queued_ms: None,
             forward: None,
+            fanned: Vec::new(),
+            fanned_usage: TokenUsage::default(),
         }
     }
 
@@ -1032,10 +1038,31 @@ impl Exchange {
             plan.translate_response(self.attempt, body)
                 .map(|(out, usage)| (out, usage, "application/json"))
         };
+        let fan_out = plan.fan_out(self.attempt) as usize;
         match translated {
+            Ok((out, usage, _)) if fan_out > 1 => {
+                // `n` emulated: one choice per request, asked again until there are `n`.
+                self.succeeded(status, cx);
+                self.fanned_usage = summed(self.fanned_usage, usage);
+                self.fanned.push(out);
+                if self.fanned.len() < fan_out {
+                    self.settle_deployment(usage.input + usage.output, 0, cx);
+                    self.attempt_started_ms = cx.now_ms;
+                    return self.send_or_next(Vec::new(), cx);
+                }
+                self.usage = self.fanned_usage;
+                let body = crate::ingress::openai::merge_choices(&self.fanned, &self.usage);
+                self.reply(LocalReply {
+                    status,
+                    headers: vec![("content-type".to_string(), "application/json".to_string())],
+                    body,
+                })
+            }
             Ok((out, usage, content_type)) => {
                 self.succeeded(status, cx);
-                self.usage = usage;
+                // Choices asked for before a fallback to a deployment that answers `n` itself
+                // were still paid for.
+                self.usage = summed(self.fanned_usage, usage);
                 let mut headers = vec![("content-type".to_string(), content_type.to_string())];
                 if stream {
                     headers.push(("cache-control".to_string(), "no-cache".to_string()));
@@ -1125,6 +1152,15 @@ impl Exchange {
 }
 
 /// A request id from the client or the proxy is kept if it is a sane token.
+/// Two answers' usage together.
+fn summed(a: TokenUsage, b: TokenUsage) -> TokenUsage {
+    TokenUsage {
+        input: a.input + b.input,
+        output: a.output + b.output,
+        cached_input: a.cached_input + b.cached_input,
+    }
+}
+
 fn valid_request_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
         && id

@@ -66,6 +66,23 @@ fn images(req: &ChatRequest, data: bool) -> bool {
     })
 }
 
+/// Whether the request has Gemini safety settings that block (`blocking`) or only ones
+/// that turn blocking off (`!blocking`).
+fn safety_settings(req: &ChatRequest, blocking: bool) -> bool {
+    let Some(settings) = req.extra.get("safety_settings").filter(|v| !v.is_null()) else {
+        return false;
+    };
+    let blocks = settings.as_array().is_none_or(|all| {
+        all.iter().any(|s| {
+            !matches!(
+                s.get("threshold").and_then(Value::as_str),
+                Some("BLOCK_NONE" | "OFF" | "HARM_BLOCK_THRESHOLD_UNSPECIFIED")
+            )
+        })
+    });
+    blocks == blocking
+}
+
 fn tool_choice_mode(req: &ChatRequest, mode: &str) -> bool {
     matches!(&req.tool_choice, Some(ToolChoice::Mode(m)) if m == mode)
 }
@@ -129,14 +146,15 @@ pub const FIELDS: &[Field] = &[
     },
     Field {
         name: "n",
-        about: "several choices (above 1)",
+        about: "several choices (above 1) of a complete answer",
         probe: r#"{"n":2}"#,
-        present: |r| {
-            r.extra
-                .get("n")
-                .and_then(Value::as_u64)
-                .is_some_and(|n| n > 1)
-        },
+        present: |r| !r.stream && r.choices() > 1,
+    },
+    Field {
+        name: "n:stream",
+        about: "several choices of a stream",
+        probe: r#"{"n":2,"stream":true}"#,
+        present: |r| r.stream && r.choices() > 1,
     },
     Field {
         name: "logprobs",
@@ -229,6 +247,32 @@ pub const FIELDS: &[Field] = &[
         present: |r| extra(r, "thinking"),
     },
     Field {
+        name: "safety_settings:block",
+        about: "Gemini's `safetySettings` with a threshold that blocks (`BLOCK_ONLY_HIGH`, \
+                `BLOCK_*_AND_ABOVE`)",
+        probe: r#"{"safety_settings":[{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_ONLY_HIGH"}]}"#,
+        present: |r| safety_settings(r, true),
+    },
+    Field {
+        name: "safety_settings:off",
+        about: "Gemini's `safetySettings` that only turn blocking off (`BLOCK_NONE`, `OFF`)",
+        probe: r#"{"safety_settings":[{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_NONE"}]}"#,
+        present: |r| safety_settings(r, false),
+    },
+    Field {
+        name: "generation_config",
+        about: "Gemini's other `generationConfig` fields (`mediaResolution`, ...), as a Gemini \
+                client wrote them",
+        probe: r#"{"generation_config":{"mediaResolution":"MEDIA_RESOLUTION_LOW"}}"#,
+        present: |r| extra(r, "generation_config"),
+    },
+    Field {
+        name: "truncation:auto",
+        about: "Responses' `truncation: auto`: drop earlier input to fit the context window",
+        probe: r#"{"truncation":"auto"}"#,
+        present: |r| r.extra.get("truncation").and_then(Value::as_str) == Some("auto"),
+    },
+    Field {
         name: "stream",
         about: "server-sent events",
         probe: r#"{"stream":true}"#,
@@ -261,6 +305,9 @@ const NAMED_EXTRAS: &[&str] = &[
     "metadata",
     "reasoning_effort",
     "thinking",
+    "safety_settings",
+    "generation_config",
+    "truncation",
 ];
 
 /// The request's fields that no row names.
@@ -275,7 +322,12 @@ const SEED_HINT: &str =
     "no seed: sampling is not reproducible (OpenAI documents `seed` as best effort too)";
 const USER_HINT: &str = "an abuse-monitoring id; it does not change the answer";
 const METADATA_HINT: &str = "tags for OpenAI's stored completions; they do not change the answer";
-const NO_N: &str = "one choice per answer; send several requests";
+const FAN_OUT: Treatment = Treatment::Emulated {
+    how: "`n` requests to the deployment, one choice each, merged into `choices` (index in \
+          order) with their usage summed (each request pays its prompt)",
+    trace: "",
+};
+const NO_N_STREAM: &str = "a stream carries one choice; `n` is emulated for complete answers only";
 const NO_LOGPROBS: &str = "its answers carry no log-probabilities the gateway can return";
 const NO_LOGIT_BIAS: &str = "no per-token bias";
 const NO_PENALTIES: &str = "no presence or frequency penalty";
@@ -284,6 +336,12 @@ const NO_THINKING: &str =
     "Anthropic's `thinking` has no counterpart here; use `reasoning_effort` where it is mapped";
 const NO_EFFORT: &str = "no reasoning-effort setting the gateway maps";
 const NO_OTHER: &str = "the provider has no such field; the gateway refuses rather than drop it";
+const NO_SAFETY: &str = "no per-category safety thresholds to block with";
+const SAFETY_OFF: &str = "asks Gemini's filter to block less; there is no such filter here to \
+     turn off (the provider's own moderation still applies)";
+const NO_TRUNCATION: &str = "the gateway cannot trim input to the provider's context window; \
+     trim `input` and send `disabled` (the default)";
+const NO_GEMINI_CONFIG: &str = "a Gemini generation setting with no counterpart here";
 const USAGE_ALWAYS: &str =
     "the provider reports usage on every stream; the gateway adds the usage chunk";
 
@@ -312,7 +370,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "presence_penalty" => Mapped("/presence_penalty"),
             "frequency_penalty" => Mapped("/frequency_penalty"),
             "logit_bias" => Mapped("/logit_bias"),
-            "n" | "logprobs" | "top_logprobs" => Refused(
+            "n" | "n:stream" | "logprobs" | "top_logprobs" => Refused(
                 "a translated answer has one choice and no log-probabilities; OpenAI Chat \
                  clients get them, their requests pass through as written",
             ),
@@ -321,6 +379,10 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "metadata" => Mapped("/metadata"),
             "reasoning_effort" => Mapped("/reasoning_effort"),
             "stream" => Mapped("/stream"),
+            "safety_settings:block" => Refused(NO_SAFETY),
+            "safety_settings:off" => Hint(SAFETY_OFF),
+            "generation_config" => Refused(NO_GEMINI_CONFIG),
+            "truncation:auto" => Refused(NO_TRUNCATION),
             _ => Refused(NO_OTHER),
         },
         ProviderKind::Mistral => match field {
@@ -347,12 +409,17 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             },
             "user" => Hint(USER_HINT),
             "metadata" => Hint(METADATA_HINT),
-            "n" => Refused("the gateway reads one choice from Mistral's answers"),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
             "top_k" => Refused("Mistral has no top-k sampling"),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "safety_settings:block" => Refused(NO_SAFETY),
+            "safety_settings:off" => Hint(SAFETY_OFF),
+            "generation_config" => Refused(NO_GEMINI_CONFIG),
+            "truncation:auto" => Refused(NO_TRUNCATION),
             _ => Refused(
                 "Mistral answers 422 to fields it does not know (its own `safe_prompt`, \
                  `prediction`, `prompt_mode` and `prompt_cache_key` pass)",
@@ -386,13 +453,18 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             },
             "presence_penalty" | "frequency_penalty" => Refused(NO_PENALTIES),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "reasoning_effort" => Emulated {
                 how: "extended thinking with a budget of 1024 (`low`), 4096 (`medium`) or \
                       16384 (`high`) tokens, added to `max_tokens`; `minimal`/`none` think not",
                 trace: "/thinking/budget_tokens",
             },
+            "safety_settings:block" => Refused(NO_SAFETY),
+            "safety_settings:off" => Hint(SAFETY_OFF),
+            "generation_config" => Refused(NO_GEMINI_CONFIG),
+            "truncation:auto" => Refused(NO_TRUNCATION),
             _ => Refused(NO_OTHER),
         },
         ProviderKind::Bedrock => match field {
@@ -405,10 +477,9 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                 how: "an instruction in the system prompt (Converse has no JSON mode)",
                 trace: "/system",
             },
-            "response_format:json_schema" => Emulated {
-                how: "the schema as an instruction in the system prompt (not enforced by Converse)",
-                trace: "/system",
-            },
+            "response_format:json_schema" => {
+                Mapped("/outputConfig/textFormat/structure/jsonSchema/schema")
+            }
             "tools" => Mapped("/toolConfig/tools"),
             "tool_choice:required" => Mapped("/toolConfig/toolChoice/any"),
             "tool_choice:function" => Mapped("/toolConfig/toolChoice/tool/name"),
@@ -425,11 +496,16 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "top_k" => Refused("top-k is model-specific on Bedrock; Converse has no field for it"),
             "presence_penalty" | "frequency_penalty" => Refused(NO_PENALTIES),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "safety_settings:block" => Refused(NO_SAFETY),
+            "safety_settings:off" => Hint(SAFETY_OFF),
+            "generation_config" => Refused(NO_GEMINI_CONFIG),
+            "truncation:auto" => Refused(NO_TRUNCATION),
             _ => Refused(NO_OTHER),
         },
         ProviderKind::Gemini | ProviderKind::Vertex => match field {
@@ -465,11 +541,19 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                 trace: "",
             },
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused("the gateway reads one candidate from Gemini's answers"),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
-            "thinking" => Refused(NO_THINKING),
-            "reasoning_effort" => Refused(NO_EFFORT),
+            "thinking" => Mapped("/generationConfig/thinkingConfig/thinkingBudget"),
+            "reasoning_effort" => Emulated {
+                how: "a thinking budget, as Google's OpenAI-compatible endpoint sets it: 0 \
+                      (`none`), 1024 (`minimal`, `low`), 8192 (`medium`), 24576 (`high`)",
+                trace: "/generationConfig/thinkingConfig/thinkingBudget",
+            },
+            "safety_settings:block" | "safety_settings:off" => Mapped("/safetySettings"),
+            "generation_config" => Mapped("/generationConfig/mediaResolution"),
+            "truncation:auto" => Refused(NO_TRUNCATION),
             _ => Refused(NO_OTHER),
         },
         ProviderKind::Cohere => match field {
@@ -498,11 +582,16 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                 trace: "",
             },
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "safety_settings:block" => Refused(NO_SAFETY),
+            "safety_settings:off" => Hint(SAFETY_OFF),
+            "generation_config" => Refused(NO_GEMINI_CONFIG),
+            "truncation:auto" => Refused(NO_TRUNCATION),
             _ => Refused(NO_OTHER),
         },
         ProviderKind::Dashscope => match field {
@@ -538,10 +627,15 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             }
             "frequency_penalty" => Refused("DashScope has a presence penalty only"),
             "logit_bias" => Refused(NO_LOGIT_BIAS),
-            "n" => Refused(NO_N),
+            "n" => FAN_OUT,
+            "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "safety_settings:block" => Refused(NO_SAFETY),
+            "safety_settings:off" => Hint(SAFETY_OFF),
+            "generation_config" => Refused(NO_GEMINI_CONFIG),
+            "truncation:auto" => Refused(NO_TRUNCATION),
             _ => Refused(NO_OTHER),
         },
     }
@@ -569,7 +663,16 @@ pub fn refusal(kind: ProviderKind, req: &ChatRequest) -> Option<Refusal> {
         let Treatment::Refused(why) = treatment(kind, field.name) else {
             continue;
         };
-        let name = if field.name == "other" {
+        let name = if field.name == "generation_config" {
+            let own = req
+                .extra
+                .get("generation_config")
+                .and_then(Value::as_object);
+            match own.and_then(|o| o.keys().next()) {
+                Some(k) => format!("generationConfig.{k}"),
+                None => continue,
+            }
+        } else if field.name == "other" {
             let mut others = other_fields(req)
                 .filter(|k| kind != ProviderKind::Mistral || !mistral::FIELDS.contains(k));
             match others.next() {
@@ -808,6 +911,42 @@ pub const INGRESS: &[IngressField] = &[
         "",
     ),
     ingress(
+        Dialect::Responses,
+        "metadata",
+        "metadata",
+        r#"{"metadata":{"team":"search"}}"#,
+        "also echoed in the answer",
+    ),
+    ingress(
+        Dialect::Responses,
+        "include: message.output_text.logprobs",
+        "logprobs",
+        r#"{"include":["message.output_text.logprobs"]}"#,
+        "",
+    ),
+    ingress(
+        Dialect::Responses,
+        "include: other values",
+        "",
+        "",
+        "accepted: they extend items a translated answer never holds (reasoning items are not \
+         returned, hosted-tool calls are refused, input is not echoed); unknown values are a 400",
+    ),
+    ingress(
+        Dialect::Responses,
+        "truncation: auto",
+        "truncation:auto",
+        r#"{"truncation":"auto"}"#,
+        "`disabled` (the default) is what every provider does and asks for nothing",
+    ),
+    ingress(
+        Dialect::Responses,
+        "store",
+        "",
+        "",
+        "the gateway keeps no responses; answers say `store: false`",
+    ),
+    ingress(
         Dialect::Gemini,
         "generationConfig.temperature",
         "temperature",
@@ -883,6 +1022,71 @@ pub const INGRESS: &[IngressField] = &[
         "",
         "",
         "above 1 refused with a 400 (one candidate per answer)",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "generationConfig.responseLogprobs",
+        "logprobs",
+        r#"{"generationConfig":{"responseLogprobs":true}}"#,
+        "",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "generationConfig.logprobs",
+        "top_logprobs",
+        r#"{"generationConfig":{"responseLogprobs":true,"logprobs":2}}"#,
+        "",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "generationConfig.thinkingConfig.thinkingBudget",
+        "thinking",
+        r#"{"generationConfig":{"thinkingConfig":{"thinkingBudget":1024}}}"#,
+        "0 is `{\"type\": \"disabled\"}`; -1 (dynamic) is every model's default and asks for nothing",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "generationConfig.thinkingConfig.thinkingLevel",
+        "reasoning_effort",
+        r#"{"generationConfig":{"thinkingConfig":{"thinkingLevel":"LOW"}}}"#,
+        "lower-cased",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "generationConfig.thinkingConfig.includeThoughts",
+        "",
+        "",
+        "`true` refused with a 400 (thought summaries are not returned)",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "generationConfig.responseModalities",
+        "",
+        "",
+        "`[\"TEXT\"]` is every answer; anything else refused with a 400, as are `speechConfig`, \
+         `imageConfig` and `audioTimestamp`",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "generationConfig (other fields)",
+        "generation_config",
+        r#"{"generationConfig":{"mediaResolution":"MEDIA_RESOLUTION_LOW"}}"#,
+        "kept as written; refused by name (`generationConfig.mediaResolution`) where the \
+         provider is not Gemini",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "safetySettings",
+        "safety_settings:block",
+        r#"{"safetySettings":[{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_ONLY_HIGH"}]}"#,
+        "as written; only `BLOCK_NONE`/`OFF` thresholds become `safety_settings:off`",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "other top-level fields",
+        "",
+        "",
+        "refused with a 400 naming the field (as Google's parser answers)",
     ),
     ingress(
         Dialect::Gemini,
@@ -1003,13 +1207,6 @@ pub fn render_markdown() -> String {
         }
         out.push('\n');
     }
-    out.push_str(
-        "## Answers\n\n\
-         Finish reasons map to the caller's dialect (`stop`/`end_turn`/`STOP`, `length`/\
-         `max_tokens`/`MAX_TOKENS`, `tool_calls`/`tool_use`, `content_filter`/`refusal`/\
-         `SAFETY`). Usage carries input, output and cached input tokens. A provider's error \
-         keeps its status and its own message (anything that looks like a credential is \
-         masked), rendered in the caller's error format.\n",
-    );
+    out.push_str(&crate::answers::render_markdown());
     out
 }

@@ -132,8 +132,10 @@ pub enum HeadOutcome {
     ReadBody(Admitted),
 }
 
-/// A provider credential, resolved by the host from its secret store. Never printed.
-#[derive(Clone, PartialEq, Eq)]
+/// A provider credential, resolved by the host from its secret store or synced from the
+/// control plane. Never printed.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl std::fmt::Debug for Secret {
@@ -163,6 +165,9 @@ pub struct Gateway {
     managed_version: Option<u64>,
     /// Team limits from the control plane (over the config's, for the same team).
     managed_teams: BTreeMap<String, crate::limits::Quota>,
+    /// Provider credentials the control plane minted (e.g. Vertex access tokens from a
+    /// service-account key), by secret name; they take precedence over the host's own.
+    synced_secrets: BTreeMap<String, Secret>,
 }
 
 impl Gateway {
@@ -175,6 +180,7 @@ impl Gateway {
             managed_keys: Vec::new(),
             managed_version: None,
             managed_teams: BTreeMap::new(),
+            synced_secrets: BTreeMap::new(),
         }
     }
 
@@ -187,6 +193,7 @@ impl Gateway {
             managed_keys: snapshot.keys,
             managed_version: Some(snapshot.version),
             managed_teams: snapshot.teams,
+            synced_secrets: snapshot.credentials,
         }
     }
 
@@ -198,7 +205,7 @@ impl Gateway {
     /// The control plane settings and the resolved edge token, when configured.
     pub fn control_plane(&self) -> Option<(&crate::control::ControlPlaneConfig, Option<&str>)> {
         let cp = self.config.control_plane.as_ref()?;
-        let token = self.secrets.get(&cp.token_secret).map(|s| s.0.as_str());
+        let token = self.secret(&cp.token_secret).map(|s| s.0.as_str());
         Some((cp, token))
     }
 
@@ -236,6 +243,13 @@ impl Gateway {
         self
     }
 
+    /// A credential by secret name: the control plane's, else the host's.
+    fn secret(&self, name: &str) -> Option<&Secret> {
+        self.synced_secrets
+            .get(name)
+            .or_else(|| self.secrets.get(name))
+    }
+
     /// Every key that may authenticate: the config's and the control plane's.
     fn keys(&self) -> impl Iterator<Item = &crate::keys::GatewayKey> + Clone {
         self.config.keys.iter().chain(&self.managed_keys)
@@ -248,7 +262,7 @@ impl Gateway {
             .get(provider)?
             .required_secrets()
             .into_iter()
-            .find(|name| !self.secrets.contains_key(*name))
+            .find(|name| self.secret(name).is_none())
     }
 
     /// Why `model` cannot be served, or `None` when some deployment can serve it.
@@ -463,6 +477,15 @@ impl Gateway {
             )
             .with_code("model_not_allowed"));
         }
+        if let PlannedRequest::Chat(chat) = &request {
+            // `n` is OpenAI Chat's: another dialect's answer has no list of choices to fill.
+            if chat.choices() > 1 && admitted.dialect != Dialect::OpenAi {
+                return Err(GatewayError::invalid(
+                    "`n` is an OpenAI Chat Completions parameter; this API answers one choice",
+                )
+                .with_param("n"));
+            }
+        }
         if let Some(reason) = self.unservable_reason(model) {
             return Err(GatewayError::new(
                 ErrorKind::Unavailable,
@@ -527,14 +550,13 @@ impl Gateway {
                 api_key: provider
                     .api_key_secret
                     .as_ref()
-                    .and_then(|name| self.secrets.get(name).cloned()),
+                    .and_then(|name| self.secret(name).cloned()),
                 static_headers: provider
                     .headers
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
-                aws: provider
-                    .signing_credentials(&|name| self.secrets.get(name).map(|s| s.0.clone())),
+                aws: provider.signing_credentials(&|name| self.secret(name).map(|s| s.0.clone())),
                 settings: provider.clone(),
             });
         }
@@ -633,8 +655,9 @@ fn decode_request(admitted: &Admitted, body: &[u8]) -> Result<PlannedRequest, Ga
 
 /// Upper bounds of a request's tokens and cost: input tokens at most one per body byte (a
 /// byte-level tokenizer never makes more), plus a flat count per image; output tokens at most
-/// `max_tokens`, or the model's `max_output_tokens`; the cost at the most expensive deployment
-/// of the chain (a fallback may land there).
+/// `max_tokens`, or the model's `max_output_tokens`; both times `n` (several choices are
+/// several answers, and emulated ones several requests); the cost at the most expensive
+/// deployment of the chain (a fallback may land there).
 fn estimate(
     request: &PlannedRequest,
     body_bytes: usize,
@@ -642,7 +665,7 @@ fn estimate(
     attempts: &[Attempt],
 ) -> crate::limits::Estimate {
     use crate::limits::{Estimate, DEFAULT_MAX_OUTPUT_TOKENS, IMAGE_TOKENS_ESTIMATE};
-    let (images, output) = match request {
+    let (images, output, choices) = match request {
         PlannedRequest::Chat(chat) => {
             let images = chat
                 .messages
@@ -654,11 +677,12 @@ fn estimate(
                 .output_limit()
                 .map(u64::from)
                 .unwrap_or(model.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS));
-            (images, output)
+            (images, output, u64::from(chat.choices()))
         }
-        PlannedRequest::Embeddings(_) => (0, 0),
+        PlannedRequest::Embeddings(_) => (0, 0, 1),
     };
-    let input = body_bytes as u64 + images * IMAGE_TOKENS_ESTIMATE;
+    let input = (body_bytes as u64 + images * IMAGE_TOKENS_ESTIMATE) * choices;
+    let output = output * choices;
     let cost = attempts
         .iter()
         .map(|a| (input as f64 * a.price.input + output as f64 * a.price.output) / 1e6)
@@ -862,6 +886,21 @@ impl Plan {
         FastPath::between(self.dialect, attempt.kind, &attempt.settings)
     }
 
+    /// How many times attempt `index` is sent to fill the client's choices: `n` when an
+    /// OpenAI Chat client asks a translated provider for several choices of a complete
+    /// answer (the field matrix's `n` emulation; a stream with `n` is refused before), else
+    /// 1 (one request; a same-format provider answers `n` itself).
+    pub fn fan_out(&self, index: usize) -> u32 {
+        let (PlannedRequest::Chat(chat), Some(attempt)) = (&self.request, self.attempts.get(index))
+        else {
+            return 1;
+        };
+        if self.stream || self.dialect != Dialect::OpenAi || self.fast_path(attempt).is_some() {
+            return 1;
+        }
+        chat.choices()
+    }
+
     /// The native request for attempt `index`, credentials included.
     pub fn upstream_request(&self, index: usize) -> Result<UpstreamRequest, GatewayError> {
         let attempt = self
@@ -883,6 +922,12 @@ impl Plan {
                     body: fast
                         .finish_body(&attempt.settings, self.patch_raw(attempt, force_usage)?)?,
                 }
+            }
+            (PlannedRequest::Chat(chat), None) if self.fan_out(index) > 1 => {
+                // One choice per request: the exchange asks `n` times.
+                let mut one = chat.as_ref().clone();
+                one.extra.remove("n");
+                attempt.settings.build_chat(&one, &attempt.upstream_model)?
             }
             (PlannedRequest::Chat(chat), None) => {
                 attempt.settings.build_chat(chat, &attempt.upstream_model)?

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod answers;
 pub mod attempts;
 pub mod canonical;
 pub mod catalog;

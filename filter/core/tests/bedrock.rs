@@ -412,3 +412,26 @@ fn bedrock_configs_are_checked_at_load() {
     assert_eq!(models.len(), 1);
     assert!(models[0].reason.contains("NOT_SET"), "{}", models[0].reason);
 }
+
+#[test]
+fn a_json_schema_is_converse_structured_output_and_json_mode_an_instruction() {
+    let req: switchyard_core::canonical::ChatRequest = serde_json::from_value(json!({
+        "model": "m", "messages": [{"role": "user", "content": "Trip?"}],
+        "response_format": {"type": "json_schema", "json_schema": {
+            "name": "trip", "description": "a trip",
+            "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    }))
+    .unwrap();
+    let body = switchyard_core::providers::bedrock::request_body(&req).unwrap();
+    let definition = &body["outputConfig"]["textFormat"]["structure"]["jsonSchema"];
+    assert_eq!(body["outputConfig"]["textFormat"]["type"], "json_schema");
+    // Converse takes the schema as a JSON string.
+    let schema: Value = serde_json::from_str(definition["schema"].as_str().unwrap()).unwrap();
+    assert_eq!(schema["properties"]["city"], json!({"type": "string"}));
+    assert_eq!(definition["name"], "trip");
+    assert_eq!(definition["description"], "a trip");
+    assert!(
+        body.get("system").is_none(),
+        "no instruction beside it: {body}"
+    );
+}

@@ -28,6 +28,7 @@ fn gateway() -> Gateway {
         },
         "models": [
             {"name": "solo", "deployments": [{"provider": "a", "model": "m-a"}]},
+            {"name": "claude", "deployments": [{"provider": "c", "model": "m-c"}]},
             {"name": "chain", "deployments": [
                 {"provider": "a", "model": "m-a", "price": {"input": 1.0, "output": 2.0}},
                 {"provider": "b", "model": "m-b", "price": {"input": 1.0, "output": 2.0}},
@@ -200,6 +201,64 @@ fn a_complete_answer_is_read_whole_then_replied_with_ids_and_usage() {
     }
     .latency_ms("a/m-a");
     assert_eq!(latency, Some(40.0));
+}
+
+#[test]
+fn n_from_a_provider_with_one_choice_is_asked_n_times_and_merged_with_usage_summed() {
+    let mut h = Host::new();
+    let mut actions = h.request(
+        "/v1/chat/completions",
+        json!({"model": "claude", "n": 3, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    for i in 0..3 {
+        let sends: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sends.len(), 1, "choice {i}: {actions:?}");
+        assert_eq!(sends[0].attempt, 0);
+        let sent: Value = serde_json::from_slice(&sends[0].request.body).unwrap();
+        assert!(sent.get("n").is_none(), "one choice per request: {sent}");
+        assert_eq!(h.head(200, "application/json"), [Action::ReadUpstreamBody]);
+        h.now_ms += 10;
+        let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m-c",
+            "content": [{"type": "text", "text": format!("choice {i}")}],
+            "stop_reason": if i == 1 { "max_tokens" } else { "end_turn" }, "stop_sequence": null,
+            "usage": {"input_tokens": 10, "output_tokens": 3 + i}});
+        actions = h.feed(Event::UpstreamBody(&serde_json::to_vec(&answer).unwrap()));
+    }
+    let (status, body, _) = reply(&actions);
+    assert_eq!(status, 200);
+    let choices = body["choices"].as_array().unwrap();
+    let summary: Vec<(u64, &str, &str)> = choices
+        .iter()
+        .map(|c| {
+            (
+                c["index"].as_u64().unwrap(),
+                c["message"]["content"].as_str().unwrap(),
+                c["finish_reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (0, "choice 0", "stop"),
+            (1, "choice 1", "length"),
+            (2, "choice 2", "stop")
+        ]
+    );
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42,
+               "prompt_tokens_details": {"cached_tokens": 0}})
+    );
+    let record = h.finish(Ending::default());
+    assert_eq!((record.status, record.attempts), (200, 3));
+    assert_eq!((record.input_tokens, record.output_tokens), (30, 12));
 }
 
 #[test]

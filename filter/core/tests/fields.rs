@@ -81,6 +81,7 @@ fn every_cell_holds_for_every_provider() {
                     let refusal = refusal.unwrap_or_else(|| panic!("{context}: not refused"));
                     let expected = match field.name {
                         "other" => "service_tier",
+                        "generation_config" => "generationConfig.mediaResolution",
                         name => name.split(':').next().unwrap(),
                     };
                     assert_eq!(refusal.field, expected, "{context}");
@@ -216,7 +217,8 @@ fn a_refused_field_is_a_400_in_every_dialect_naming_field_and_model() {
     let cases = [
         (
             "/v1/chat/completions",
-            json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}], "n": 2}),
+            json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}], "n": 2,
+                   "stream": true}),
             "/error/message",
         ),
         (
@@ -242,7 +244,8 @@ fn a_refused_field_is_a_400_in_every_dialect_naming_field_and_model() {
     let (_, err) = plan_error(
         &gw,
         "/v1/chat/completions",
-        json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}], "n": 2}),
+        json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}], "n": 2,
+                   "stream": true}),
     )
     .unwrap_err();
     assert_eq!(err["error"]["param"], "n");

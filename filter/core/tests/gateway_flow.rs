@@ -465,3 +465,62 @@ fn a_missing_credential_is_a_clear_503_and_hides_the_model() {
         "secrets are never printed"
     );
 }
+
+#[test]
+fn a_credential_from_the_key_sync_makes_its_provider_servable_and_is_sent() {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key("sk-gw-test"), "models": ["*"]}],
+        "providers": {
+            "vx": {"kind": "vertex", "api_key_secret": "VERTEX_SA_TOKEN",
+                   "vertex": {"project": "p", "location": "us-central1"}}
+        },
+        "models": [{"name": "gem", "deployments": [{"provider": "vx", "model": "gemini-2.5-flash"}]}]
+    });
+    let gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&|_| None);
+    assert_eq!(gw.unservable_models().len(), 1);
+    let body = serde_json::to_vec(
+        &json!({"model": "gem", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    let admitted = admit(&gw, "/v1/chat/completions");
+    let err = gw
+        .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
+        .unwrap_err();
+    assert_eq!(err.code, Some("provider_credential_missing"));
+
+    let synced = |token: &str| {
+        let snapshot = format!(
+            r#"{{"version": 3, "keys": [], "credentials": {{"VERTEX_SA_TOKEN": "{token}"}}}}"#
+        );
+        gw.with_managed_keys(
+            switchyard_core::control::KeySnapshot::parse(snapshot.as_bytes()).unwrap(),
+        )
+    };
+    let with_token = synced("ya29.first");
+    assert!(with_token.unservable_models().is_empty());
+    // The snapshot's Debug never shows the token.
+    let snapshot = switchyard_core::control::KeySnapshot::parse(
+        br#"{"version": 1, "keys": [], "credentials": {"VERTEX_SA_TOKEN": "ya29.first"}}"#,
+    )
+    .unwrap();
+    assert!(!format!("{snapshot:?}").contains("ya29"));
+    let plan = with_token
+        .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
+        .unwrap();
+    let up = plan.upstream_request(0).unwrap();
+    assert_eq!(
+        header(&up.headers, "authorization"),
+        Some("Bearer ya29.first")
+    );
+    // A later snapshot replaces it (a refreshed token).
+    let refreshed = synced("ya29.second")
+        .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
+        .unwrap();
+    let up = refreshed.upstream_request(0).unwrap();
+    assert_eq!(
+        header(&up.headers, "authorization"),
+        Some("Bearer ya29.second")
+    );
+}

@@ -103,6 +103,47 @@ fn request_decodes_to_canonical_golden() {
 }
 
 #[test]
+fn gemini_only_settings_are_carried_not_dropped() {
+    let body = json!({
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
+        "generationConfig": {
+            "responseModalities": ["TEXT"],
+            "mediaResolution": "MEDIA_RESOLUTION_LOW",
+            "responseLogprobs": true,
+            "logprobs": 3,
+            "thinkingConfig": {"thinkingBudget": 0, "thinkingLevel": "HIGH"}
+        }
+    });
+    let req = gemini::decode_request(&serde_json::to_vec(&body).unwrap(), "m", false).unwrap();
+    assert_eq!(req.extra["safety_settings"], body["safetySettings"]);
+    assert_eq!(
+        req.extra["generation_config"],
+        json!({"mediaResolution": "MEDIA_RESOLUTION_LOW"})
+    );
+    assert_eq!(req.extra["logprobs"], json!(true));
+    assert_eq!(req.extra["top_logprobs"], json!(3));
+    assert_eq!(req.extra["thinking"], json!({"type": "disabled"}));
+    assert_eq!(req.extra["reasoning_effort"], json!("high"));
+    // Back to a Gemini provider they land where the client put them.
+    let native = switchyard_core::providers::gemini::request_body(&req).unwrap();
+    assert_eq!(native["safetySettings"], body["safetySettings"]);
+    assert_eq!(
+        native["generationConfig"]["mediaResolution"],
+        "MEDIA_RESOLUTION_LOW"
+    );
+    assert_eq!(
+        native["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 0})
+    );
+    // A dynamic budget (-1) is the default: nothing is asked for.
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                      "generationConfig": {"thinkingConfig": {"thinkingBudget": -1}}});
+    let req = gemini::decode_request(&serde_json::to_vec(&body).unwrap(), "m", false).unwrap();
+    assert!(req.extra.is_empty(), "{:?}", req.extra);
+}
+
+#[test]
 fn what_other_providers_cannot_take_is_a_400_naming_the_field() {
     let base = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
     let with = |field: &str, value: Value| {
@@ -143,6 +184,39 @@ fn what_other_providers_cannot_take_is_a_400_naming_the_field() {
             "contents",
         ),
         (with("contents", json!([])), "contents"),
+        (
+            with(
+                "generationConfig",
+                json!({"thinkingConfig": {"includeThoughts": true}}),
+            ),
+            "generationConfig.thinkingConfig.includeThoughts",
+        ),
+        (
+            with(
+                "generationConfig",
+                json!({"responseModalities": ["TEXT", "IMAGE"]}),
+            ),
+            "generationConfig.responseModalities",
+        ),
+        (
+            with("generationConfig", json!({"speechConfig": {}})),
+            "generationConfig.speechConfig",
+        ),
+        (
+            with(
+                "generationConfig",
+                json!({"responseMimeType": "text/x.enum"}),
+            ),
+            "generationConfig.responseMimeType",
+        ),
+        (
+            with(
+                "generationConfig",
+                json!({"responseSchema": {"type": "STRING"}}),
+            ),
+            "generationConfig.responseSchema",
+        ),
+        (with("labels", json!({"team": "search"})), "labels"),
     ];
     for (body, param) in cases {
         let err =

@@ -59,6 +59,20 @@ fn request_decodes_to_canonical_golden() {
 }
 
 #[test]
+fn metadata_include_and_truncation_are_carried_or_answered_never_dropped() {
+    let body = json!({"model": "m", "input": "hi", "metadata": {"team": "search"},
+                      "include": ["message.output_text.logprobs", "reasoning.encrypted_content"],
+                      "truncation": "disabled", "store": false});
+    let req =
+        ingress::decode_chat(Dialect::Responses, &serde_json::to_vec(&body).unwrap()).unwrap();
+    assert_eq!(req.extra["metadata"], json!({"team": "search"}));
+    assert_eq!(req.extra["logprobs"], json!(true));
+    let mut names: Vec<&str> = req.extra.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["logprobs", "metadata"]);
+}
+
+#[test]
 fn what_needs_a_store_or_a_hosted_tool_is_a_400_naming_the_field() {
     let base = json!({"model": "m", "input": "hi"});
     let with = |field: &str, value: Value| {
@@ -102,6 +116,11 @@ fn what_needs_a_store_or_a_hosted_tool_is_a_400_naming_the_field() {
             "tool_choice",
         ),
         (with("input", json!([])), "input"),
+        (with("truncation", json!("sometimes")), "truncation"),
+        (
+            with("include", json!(["message.output_text.tokens"])),
+            "include",
+        ),
     ];
     for (body, param) in cases {
         let err = ingress::decode_chat(Dialect::Responses, &serde_json::to_vec(&body).unwrap())

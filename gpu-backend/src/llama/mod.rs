@@ -219,7 +219,9 @@ impl QuantizedLlama {
     }
 
     /// Runs one step for several sequences at once and returns, for each, the logits of its
-    /// last new position: a `(batch, vocab)` f32 tensor in input order.
+    /// last new position: a `(batch, vocab)` f32 tensor in input order, on the CPU whatever
+    /// the device (the samplers read it row by row: one copy from a GPU per step, not one
+    /// per sequence).
     pub fn forward(&self, inputs: &mut [StepInput<'_>]) -> Result<Tensor, ModelError> {
         if inputs.is_empty() || inputs.iter().any(|s| s.tokens.is_empty()) {
             return Err(ModelError::Format(
@@ -239,7 +241,9 @@ impl QuantizedLlama {
                 let logits = w.forward(&self.config, inputs)?;
                 Tensor::from_vec(logits, (inputs.len(), self.config.vocab_size), &self.device)?
             }
-            Weights::Candle(w) => w.forward(&self.config, &self.device, inputs)?,
+            Weights::Candle(w) => w
+                .forward(&self.config, &self.device, inputs)?
+                .to_device(&Device::Cpu)?,
         };
         for s in inputs.iter_mut() {
             s.cache.len += s.tokens.len();

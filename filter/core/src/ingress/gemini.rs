@@ -19,6 +19,13 @@
 //! - Parts other providers cannot take are a 400 naming the part: non-image inline data,
 //!   executable code, hosted tools (search, code execution, URL context), `cachedContent`
 //!   (a stored object) and `candidateCount` above 1.
+//! - Nothing is dropped: `safetySettings` and `generationConfig` fields without a canonical
+//!   counterpart (`mediaResolution`, ...) are carried as the field matrix's
+//!   `safety_settings` and `generation_config` rows, which the Gemini provider sends on and
+//!   every other provider refuses by name; `responseLogprobs`/`logprobs` and
+//!   `thinkingConfig` become the `logprobs`/`top_logprobs`, `thinking` and
+//!   `reasoning_effort` rows. Fields asking for answers the gateway cannot return (audio,
+//!   images, thought summaries, other MIME types) and unknown top-level fields are a 400.
 //! - A `functionResponse.response` of the form `{"result": "text"}` (or `output` /
 //!   `content`) becomes the text `text`, which is how the Gemini provider sends a text
 //!   result, so a round trip gives back what went in.
@@ -127,6 +134,11 @@ struct WireRequest {
     generation_config: Option<WireGenerationConfig>,
     #[serde(default, alias = "cached_content")]
     cached_content: Option<String>,
+    #[serde(default, alias = "safety_settings")]
+    safety_settings: Option<Vec<Value>>,
+    /// Every other top-level field: a 400 naming it (as Google's own parser answers).
+    #[serde(flatten)]
+    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -180,7 +192,38 @@ struct WireGenerationConfig {
     response_schema: Option<Value>,
     #[serde(default, alias = "response_json_schema")]
     response_json_schema: Option<Value>,
+    #[serde(default, alias = "response_logprobs")]
+    response_logprobs: Option<bool>,
+    #[serde(default)]
+    logprobs: Option<u32>,
+    #[serde(default, alias = "thinking_config")]
+    thinking_config: Option<WireThinkingConfig>,
+    #[serde(default, alias = "response_modalities")]
+    response_modalities: Option<Vec<String>>,
+    /// Every other field: carried as the `generation_config` row of the field matrix, which
+    /// the Gemini provider merges back and every other provider refuses by name.
+    #[serde(flatten)]
+    rest: Map<String, Value>,
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireThinkingConfig {
+    #[serde(default, alias = "include_thoughts")]
+    include_thoughts: Option<bool>,
+    #[serde(default, alias = "thinking_budget")]
+    thinking_budget: Option<i64>,
+    #[serde(default, alias = "thinking_level")]
+    thinking_level: Option<String>,
+}
+
+/// `generationConfig` fields that shape the answer into something other than text and tool
+/// calls, which the gateway cannot carry back from any provider.
+const ANSWER_SHAPES: &[(&str, &str)] = &[
+    ("speechConfig", "speech_config"),
+    ("imageConfig", "image_config"),
+    ("audioTimestamp", "audio_timestamp"),
+];
 
 /// A field of a part, by its camelCase or snake_case name.
 fn field<'a>(part: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
@@ -519,17 +562,43 @@ pub fn decode_request(body: &[u8], model: &str, stream: bool) -> Result<ChatRequ
         .tool_config
         .and_then(|c| c.function_calling_config)
         .and_then(decode_tool_choice);
-    let generation = wire.generation_config.unwrap_or_default();
+    if let Some(name) = wire.rest.keys().next() {
+        return Err(GatewayError::invalid(format!(
+            "`{name}` is not a GenerateContentRequest field this gateway knows"
+        ))
+        .with_param(name.clone()));
+    }
+    let mut generation = wire.generation_config.unwrap_or_default();
     if generation.candidate_count.is_some_and(|n| n > 1) {
         return Err(GatewayError::invalid(
             "`candidateCount` above 1 is not supported by this gateway",
         )
         .with_param("generationConfig.candidateCount"));
     }
-    let json_mime = generation.response_mime_type.as_deref() == Some("application/json");
+    let mut extra = generation_extras(&mut generation)?;
+    if let Some(settings) = wire.safety_settings.filter(|s| !s.is_empty()) {
+        extra.insert("safety_settings".into(), Value::Array(settings));
+    }
+    let json_mime = match generation.response_mime_type.as_deref() {
+        None | Some("text/plain") => false,
+        Some("application/json") => true,
+        Some(other) => {
+            return Err(GatewayError::invalid(format!(
+                "`generationConfig.responseMimeType` `{other}` is not supported by this gateway; \
+                 `text/plain` and `application/json` are"
+            ))
+            .with_param("generationConfig.responseMimeType"))
+        }
+    };
     let schema = generation
         .response_json_schema
         .or_else(|| generation.response_schema.as_ref().map(json_schema));
+    if schema.is_some() && !json_mime {
+        return Err(GatewayError::invalid(
+            "a response schema needs `responseMimeType: application/json`",
+        )
+        .with_param("generationConfig.responseSchema"));
+    }
     let response_format = match (json_mime, schema) {
         (true, Some(schema)) => Some(ResponseFormat::JsonSchema {
             json_schema: JsonSchemaFormat {
@@ -542,7 +611,6 @@ pub fn decode_request(body: &[u8], model: &str, stream: bool) -> Result<ChatRequ
         (true, None) => Some(ResponseFormat::JsonObject),
         (false, _) => None,
     };
-    let mut extra = Map::new();
     if let Some(k) = generation.top_k {
         extra.insert("top_k".into(), json!(k));
     }
@@ -575,6 +643,80 @@ pub fn decode_request(body: &[u8], model: &str, stream: bool) -> Result<ChatRequ
         user: None,
         extra,
     })
+}
+
+/// The `generationConfig` fields beyond sampling, limits and format, as canonical extras:
+/// log-probabilities and thinking onto their matrix rows, the rest (Gemini-only tuning such
+/// as `mediaResolution`) kept whole under `generation_config`. What would change the
+/// answer's shape beyond text and tool calls is a 400.
+fn generation_extras(
+    generation: &mut WireGenerationConfig,
+) -> Result<Map<String, Value>, GatewayError> {
+    let refuse = |field: &str, why: &str| {
+        GatewayError::invalid(format!("`generationConfig.{field}` {why}"))
+            .with_param(format!("generationConfig.{field}"))
+    };
+    let mut extra = Map::new();
+    if let Some(modalities) = &generation.response_modalities {
+        if modalities.iter().any(|m| !m.eq_ignore_ascii_case("TEXT")) {
+            return Err(refuse(
+                "responseModalities",
+                "asks for answers other than text, which this gateway does not return",
+            ));
+        }
+    }
+    for (camel, snake) in ANSWER_SHAPES {
+        if generation.rest.contains_key(*camel) || generation.rest.contains_key(*snake) {
+            return Err(refuse(
+                camel,
+                "asks for audio or image output, which this gateway does not return",
+            ));
+        }
+    }
+    if generation.response_logprobs == Some(true) {
+        extra.insert("logprobs".into(), json!(true));
+    }
+    if let Some(n) = generation.logprobs {
+        extra.insert("top_logprobs".into(), json!(n));
+    }
+    if let Some(thinking) = generation.thinking_config.take() {
+        if thinking.include_thoughts == Some(true) {
+            return Err(refuse(
+                "thinkingConfig.includeThoughts",
+                "asks for thought summaries, which this gateway does not return",
+            ));
+        }
+        if let Some(level) = thinking.thinking_level {
+            extra.insert("reasoning_effort".into(), json!(level.to_ascii_lowercase()));
+        }
+        match thinking.thinking_budget {
+            // -1 is "dynamic", the models' own default: nothing to ask for.
+            None | Some(-1) => {}
+            Some(0) => {
+                extra.insert("thinking".into(), json!({"type": "disabled"}));
+            }
+            Some(n) if n > 0 => {
+                extra.insert(
+                    "thinking".into(),
+                    json!({"type": "enabled", "budget_tokens": n}),
+                );
+            }
+            Some(_) => {
+                return Err(refuse(
+                    "thinkingConfig.thinkingBudget",
+                    "must be -1 (dynamic), 0 (off) or a number of tokens",
+                ))
+            }
+        }
+    }
+    let rest: Map<String, Value> = std::mem::take(&mut generation.rest)
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .collect();
+    if !rest.is_empty() {
+        extra.insert("generation_config".into(), Value::Object(rest));
+    }
+    Ok(extra)
 }
 
 /// The body with the model's defaults (OpenAI Chat names) added to `generationConfig` where

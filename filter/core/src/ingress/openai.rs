@@ -50,6 +50,30 @@ pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// One answer holding every choice of `answers` (each an encoded one-choice answer, as
+/// [`encode_response`] writes them), indexed in order, with `usage` (the sum of theirs):
+/// how the gateway answers `n` from a provider that gives one choice per request.
+pub fn merge_choices(answers: &[Vec<u8>], usage: &TokenUsage) -> Vec<u8> {
+    let mut merged: Option<Value> = None;
+    let mut choices = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let Ok(mut value) = serde_json::from_slice::<Value>(answer) else {
+            continue;
+        };
+        if let Some(Value::Array(list)) = value.get_mut("choices").map(Value::take) {
+            for mut choice in list {
+                choice["index"] = json!(choices.len());
+                choices.push(choice);
+            }
+        }
+        merged.get_or_insert(value);
+    }
+    let mut merged = merged.unwrap_or_else(|| json!({"object": "chat.completion"}));
+    merged["choices"] = Value::Array(choices);
+    merged["usage"] = usage_json(usage);
+    serde_json::to_vec(&merged).unwrap_or_default()
+}
+
 fn usage_json(u: &TokenUsage) -> Value {
     json!({
         "prompt_tokens": u.input,

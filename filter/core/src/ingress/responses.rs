@@ -18,6 +18,11 @@
 //!   messages in order (consecutive `function_call` items join one assistant turn, each
 //!   `function_call_output` becomes a `tool` message). `reasoning` items are dropped: they
 //!   only mean something to the model that wrote them.
+//! - `metadata` becomes the field matrix's `metadata` row (sent to OpenAI, a hint
+//!   elsewhere); `include` asking for log-probabilities becomes its `logprobs` row, and
+//!   the other `include` values extend items a translated answer never holds;
+//!   `truncation: auto` becomes its `truncation:auto` row (refused when translated: the
+//!   gateway cannot trim input to another provider's context window).
 //! - Answers echo the request's settings (`instructions`, `tools`, `tool_choice`, `text`,
 //!   sampling, `max_output_tokens`, `metadata`, ...) as the API does; `store` is reported
 //!   `false`, which is the truth for a translated answer.
@@ -89,15 +94,82 @@ struct WireRequest {
     rest: Map<String, Value>,
 }
 
-/// Responses fields that shape only the Responses answer (echoed, or about storage the
-/// gateway does not keep), not what the model is asked.
-const ANSWER_ONLY: &[&str] = &[
-    "store",
-    "include",
-    "metadata",
-    "truncation",
-    "stream_options",
+/// Responses fields that shape only the Responses answer (storage the gateway does not
+/// keep, reported as `store: false`; stream obfuscation it does not add), not what the
+/// model is asked, or that [`decode_request`] reads itself.
+const ANSWER_ONLY: &[&str] = &["store", "stream_options", "include", "truncation"];
+
+/// `include` values with nothing to add to a translated answer: the items they extend are
+/// never in one (hosted-tool calls are refused, reasoning items are not returned, input
+/// items are not echoed).
+const INCLUDE_NOTHING: &[&str] = &[
+    "reasoning.encrypted_content",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
 ];
+
+/// Reads `include`: log-probabilities become the `logprobs` row of the field matrix (which
+/// decides per provider), values extending items a translated answer never has are
+/// accepted, anything else is a 400 as the API answers it.
+fn decode_include(include: &Value, extra: &mut Map<String, Value>) -> Result<(), GatewayError> {
+    let values = match include {
+        Value::Null => return Ok(()),
+        Value::Array(values) => values,
+        _ => {
+            return Err(
+                GatewayError::invalid("`include` must be an array of strings")
+                    .with_param("include"),
+            )
+        }
+    };
+    for value in values {
+        match value.as_str() {
+            Some("message.output_text.logprobs") => {
+                extra.insert("logprobs".into(), json!(true));
+            }
+            Some(v) if INCLUDE_NOTHING.contains(&v) => {}
+            _ => {
+                return Err(GatewayError::invalid(format!(
+                    "`include` value {value} is not supported by this gateway; supported: \
+                     `message.output_text.logprobs`, {}",
+                    INCLUDE_NOTHING
+                        .iter()
+                        .map(|v| format!("`{v}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .with_param("include"))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `truncation`: `disabled` (the default) is what every provider does when the input
+/// is too long (a 400), so it asks for nothing; `auto` (drop earlier items to fit the
+/// context window) becomes the field matrix's `truncation:auto` row, which only a Responses
+/// provider passed the request as written can honour.
+fn decode_truncation(
+    truncation: &Value,
+    extra: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    match truncation {
+        Value::Null => Ok(()),
+        Value::String(s) if s == "disabled" => Ok(()),
+        Value::String(s) if s == "auto" => {
+            extra.insert("truncation".into(), json!("auto"));
+            Ok(())
+        }
+        _ => Err(
+            GatewayError::invalid("`truncation` must be `auto` or `disabled`")
+                .with_param("truncation"),
+        ),
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -469,11 +541,17 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
         },
     });
     let stream = wire.stream.unwrap_or(false);
-    let mut extra: Map<String, Value> = wire
-        .rest
-        .into_iter()
-        .filter(|(k, v)| !v.is_null() && !ANSWER_ONLY.contains(&k.as_str()))
-        .collect();
+    let mut extra: Map<String, Value> = Map::new();
+    decode_truncation(
+        wire.rest.get("truncation").unwrap_or(&Value::Null),
+        &mut extra,
+    )?;
+    decode_include(wire.rest.get("include").unwrap_or(&Value::Null), &mut extra)?;
+    extra.extend(
+        wire.rest
+            .into_iter()
+            .filter(|(k, v)| !v.is_null() && !ANSWER_ONLY.contains(&k.as_str())),
+    );
     if let Some(parallel) = wire.parallel_tool_calls {
         extra.insert("parallel_tool_calls".into(), json!(parallel));
     }

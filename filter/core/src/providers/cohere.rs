@@ -239,6 +239,8 @@ fn finish_reason(s: &str) -> FinishReason {
     match s {
         "MAX_TOKENS" => FinishReason::Length,
         "TOOL_CALL" => FinishReason::ToolCalls,
+        // Cohere's content filter stopped the answer.
+        "ERROR_TOXIC" => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
     }
 }

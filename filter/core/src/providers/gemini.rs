@@ -14,6 +14,10 @@
 //! - Tool and response schemas go through a sanitiser that drops the JSON-Schema keywords
 //!   Gemini's OpenAPI subset rejects (`additionalProperties`, `$schema`, `strict`).
 //! - `thoughtsTokenCount` is billed as output, so it counts as output.
+//! - Thinking: Anthropic-style `thinking` gives `thinkingConfig.thinkingBudget` as written,
+//!   `reasoning_effort` the budgets Google's OpenAI-compatible endpoint uses for it. A
+//!   Gemini client's `safetySettings` and other `generationConfig` fields (the matrix's
+//!   `safety_settings` and `generation_config` rows) go back where they came from.
 //! - Gemini ends a function-calling turn with `STOP`; it becomes `tool_calls` when the answer
 //!   holds function calls, as OpenAI clients expect.
 
@@ -398,10 +402,59 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
         }
         Some(ResponseFormat::Text) | None => {}
     }
+    if let Some(budget) = thinking_budget(req)? {
+        generation.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+    }
+    // Gemini's own generation fields a Gemini client sent, as it wrote them.
+    if let Some(Value::Object(own)) = req.extra.get("generation_config") {
+        for (k, v) in own {
+            generation.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     if !generation.is_empty() {
         body.insert("generationConfig".into(), Value::Object(generation));
     }
+    if let Some(settings) = req.extra.get("safety_settings").filter(|v| !v.is_null()) {
+        body.insert("safetySettings".into(), settings.clone());
+    }
     Ok(Value::Object(body))
+}
+
+/// The thinking budget a request asks for: Anthropic-style `thinking` as written, else
+/// `reasoning_effort` as the budgets Google's OpenAI-compatible endpoint documents for it
+/// (`none` 0, `minimal`/`low` 1024, `medium` 8192, `high` 24576).
+fn thinking_budget(req: &ChatRequest) -> Result<Option<i64>, GatewayError> {
+    if let Some(thinking) = req.extra.get("thinking").filter(|v| !v.is_null()) {
+        return match thinking.get("type").and_then(Value::as_str) {
+            Some("disabled") => Ok(Some(0)),
+            Some("enabled") => thinking
+                .get("budget_tokens")
+                .and_then(Value::as_i64)
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    GatewayError::invalid("`thinking.budget_tokens` must be a positive integer")
+                        .with_param("thinking")
+                }),
+            _ => Err(GatewayError::invalid(
+                "`thinking.type` must be `enabled` or `disabled` for a Gemini model",
+            )
+            .with_param("thinking")),
+        };
+    }
+    let Some(effort) = req.extra.get("reasoning_effort").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match effort.as_str() {
+        Some("none") => Ok(Some(0)),
+        Some("minimal" | "low") => Ok(Some(1024)),
+        Some("medium") => Ok(Some(8192)),
+        Some("high") => Ok(Some(24576)),
+        _ => Err(GatewayError::invalid(
+            "`reasoning_effort` must be `none`, `minimal`, `low`, `medium` or `high`",
+        )
+        .with_param("reasoning_effort")),
+    }
 }
 
 #[derive(Deserialize, Default)]

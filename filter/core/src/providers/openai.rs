@@ -115,6 +115,9 @@ pub(crate) fn chat_body(
 ) -> Result<Vec<u8>, GatewayError> {
     let mut req = req.clone();
     req.model = upstream_model.to_string();
+    // Gemini safety settings reach here only as a hint (thresholds that turn blocking off;
+    // the field matrix refuses the others): OpenAI has no such field to send them in.
+    req.extra.remove("safety_settings");
     if req.stream {
         let opts = req.stream_options.get_or_insert_with(Default::default);
         opts.include_usage = Some(true);
@@ -176,6 +179,10 @@ struct WireChoice {
 struct WireMessage {
     #[serde(default)]
     content: Option<String>,
+    /// The model's refusal (structured outputs): carried as the answer's text with a
+    /// `content_filter` finish, which every other dialect has a word for.
+    #[serde(default)]
+    refusal: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<WireToolCall>>,
 }
@@ -242,9 +249,13 @@ pub fn usage_of(body: &[u8]) -> TokenUsage {
         .unwrap_or_default()
 }
 
-fn finish_reason(s: &str) -> FinishReason {
+/// The canonical finish for OpenAI's `finish_reason`; a refusal ends as `content_filter`
+/// (OpenAI itself says `stop`, with the refusal in its own field).
+fn finish_reason(s: &str, refused: bool) -> FinishReason {
     match s {
-        "length" => FinishReason::Length,
+        "stop" if refused => FinishReason::ContentFilter,
+        // Mistral's `model_length`: the model's context window ended the answer.
+        "length" | "model_length" => FinishReason::Length,
         "tool_calls" | "function_call" => FinishReason::ToolCalls,
         "content_filter" => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
@@ -260,10 +271,17 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         )
     })?;
     let choice = wire.choices.into_iter().next();
-    let (message, finish) = match choice {
+    let (mut message, finish) = match choice {
         Some(c) => (c.message.unwrap_or_default(), c.finish_reason),
         None => (WireMessage::default(), None),
     };
+    let refusal = message.refusal.take().filter(|r| !r.is_empty());
+    let refused = refusal.is_some();
+    if message.content.as_deref().is_none_or(str::is_empty) {
+        if let Some(refusal) = refusal {
+            message.content = Some(refusal);
+        }
+    }
     let tool_calls = message
         .tool_calls
         .unwrap_or_default()
@@ -286,7 +304,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: wire.created,
         text: message.content,
         tool_calls,
-        finish_reason: finish.as_deref().map(finish_reason),
+        finish_reason: finish.as_deref().map(|f| finish_reason(f, refused)),
         usage: wire.usage.map(|u| u.canonical()).unwrap_or_default(),
     })
 }
@@ -301,6 +319,8 @@ pub fn parse_error(status: u16, body: &[u8]) -> GatewayError {
 #[derive(Default)]
 pub struct OpenAiStreamFrames {
     started: bool,
+    /// Whether the model refused (refusal deltas came instead of content).
+    refused: bool,
 }
 
 /// The OpenAi stream decoder: SSE framing plus [`OpenAiStreamFrames`].
@@ -341,6 +361,10 @@ impl SseFrameDecoder for OpenAiStreamFrames {
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                     out.push(StreamEvent::Text(text));
                 }
+                if let Some(text) = delta.refusal.filter(|t| !t.is_empty()) {
+                    self.refused = true;
+                    out.push(StreamEvent::Text(text));
+                }
                 for (pos, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
                     let index = call.index.unwrap_or(pos as u32);
                     let (name, args) = match call.function {
@@ -360,7 +384,7 @@ impl SseFrameDecoder for OpenAiStreamFrames {
                 }
             }
             if let Some(reason) = choice.finish_reason {
-                out.push(StreamEvent::Finish(finish_reason(&reason)));
+                out.push(StreamEvent::Finish(finish_reason(&reason, self.refused)));
             }
         }
         if let Some(usage) = chunk.usage {

@@ -10,12 +10,14 @@
 //!
 //! Credentials: the access token comes from the secret `api_key_secret` names and is sent as
 //! `Authorization: Bearer`. Vertex tokens live an hour. Minting them from a service-account
-//! key (a signed JWT exchanged at `oauth2.googleapis.com`) is I/O and key custody, so it is a
-//! host concern: something outside the gateway refreshes the secret (a sidecar or cron job
-//! writing the variable, a secret manager behind Spin's variables provider, the control
-//! plane), and the gateway reads it when it is built. Spin builds one per request and so picks
-//! a new token up at once; Envoy and host-runner pick it up when their gateway is rebuilt
-//! (config push, restart).
+//! key (an RS256 JWT exchanged at the key's `token_uri`) is I/O and key custody, so it runs on
+//! the native side, the same for every host: the control plane (`--service-account
+//! NAME=key.json`, `control_plane::credentials`) mints the token, refreshes it before it
+//! expires, and sends it to the edges in the key-sync snapshot (`KeySnapshot::credentials`),
+//! where it takes precedence over the host's own secret of that name. Envoy and host-runner
+//! (filter.wasm) apply it on their key-sync tick, the Spin component with the snapshot it
+//! keeps between requests; a token set directly on the host still works without a control
+//! plane.
 
 use serde::Deserialize;
 

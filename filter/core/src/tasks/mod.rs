@@ -6,7 +6,10 @@
 //!   clients, and Replicate's to us), plus the HMAC helpers other providers' schemes use.
 //! * [`target`] — which webhook URLs may be called at all (no way into the private network).
 //! * [`edge`] — which client requests an edge forwards to the task plane, and how.
+//! * [`providers`] — asynchronous media providers (WaveSpeed, Replicate, fal, DashScope, Veo):
+//!   submit, poll, cancel and their inbound webhooks, normalised into one task model.
 
 pub mod edge;
+pub mod providers;
 pub mod target;
 pub mod webhook;

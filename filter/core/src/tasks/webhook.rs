@@ -153,7 +153,11 @@ pub struct SignedHeaders<'a> {
     pub signature: Option<&'a str>,
 }
 
-fn required<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, WebhookError> {
+/// A header's trimmed value, or why it is missing.
+pub(crate) fn required<'a>(
+    value: Option<&'a str>,
+    name: &'static str,
+) -> Result<&'a str, WebhookError> {
     value
         .map(str::trim)
         .filter(|v| !v.is_empty())
@@ -173,7 +177,9 @@ pub fn check_timestamp(text: &str, now_s: u64, tolerance_s: u64) -> Result<u64, 
     Ok(timestamp)
 }
 
-fn signed_content(msg_id: &str, timestamp: u64, body: &[u8]) -> Vec<u8> {
+/// `{id}.{timestamp}.{body}`: what Standard Webhooks (and WaveSpeed, with its own MAC
+/// encoding) sign.
+pub(crate) fn signed_content(msg_id: &str, timestamp: u64, body: &[u8]) -> Vec<u8> {
     let mut content = Vec::with_capacity(msg_id.len() + 24 + body.len());
     content.extend_from_slice(msg_id.as_bytes());
     content.push(b'.');

@@ -26,7 +26,10 @@
 //!   is a 400 (the gateway fetches nothing).
 //! - `tool_choice: "none"` has no Converse equivalent: tools stay declared (a conversation
 //!   with tool blocks needs them) and no `toolChoice` is sent.
-//! - `response_format` becomes an instruction in `system`, as for Anthropic.
+//! - A `json_schema` response format is Converse's native structured output
+//!   (`outputConfig.textFormat`, the schema as a JSON string, enforced by Bedrock for the
+//!   models that support it; others answer a `ValidationException`, passed on); `json_object`
+//!   has no native mode and becomes an instruction in `system`.
 //! - `inputTokens` excludes cache reads and writes; canonical input includes them.
 //! - The stream's `Finish` is emitted at its last event, `metadata` (which carries usage),
 //!   so a stream cut after `messageStop` still counts as truncated.

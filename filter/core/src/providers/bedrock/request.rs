@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use super::chat_path;
-use crate::canonical::{ChatRequest, ContentPart, Message, Role, ToolChoice};
+use crate::canonical::{ChatRequest, ContentPart, Message, ResponseFormat, Role, ToolChoice};
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{json_instruction, EgressRequest};
 
@@ -138,8 +138,27 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
             }
         }
     }
-    if let Some(instruction) = req.response_format.as_ref().and_then(json_instruction) {
-        system.push(json!({"text": instruction}));
+    // A schema goes to Converse's own structured output (`outputConfig.textFormat`, the
+    // schema as a JSON string); JSON without a schema has no native mode: an instruction.
+    let mut output_config = None;
+    match &req.response_format {
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let schema = json_schema.schema.clone().unwrap_or_else(|| json!({}));
+            let mut definition = json!({"schema": schema.to_string(), "name": json_schema.name});
+            if let Some(description) = &json_schema.description {
+                definition["description"] = json!(description);
+            }
+            output_config = Some(json!({"textFormat": {
+                "type": "json_schema",
+                "structure": {"jsonSchema": definition}
+            }}));
+        }
+        Some(format) => {
+            if let Some(instruction) = json_instruction(format) {
+                system.push(json!({"text": instruction}));
+            }
+        }
+        None => {}
     }
     let mut body = Map::new();
     body.insert(
@@ -170,6 +189,9 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
     }
     if !inference.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(inference));
+    }
+    if let Some(config) = output_config {
+        body.insert("outputConfig".into(), config);
     }
     let tools: Vec<Value> = req
         .tools

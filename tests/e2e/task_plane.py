@@ -1,0 +1,35 @@
+"""The task plane for the e2e tests and the task benchmark: a real `gpu-backend` routing with
+the e2e gateway config (control plane and task plane over one SQLite store), and an edge host
+whose gateway config forwards `/v1/tasks…` to it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import hosts
+from .conftest import secrets
+from .control_plane import EDGE_TOKEN, EDGE_TOKEN_SECRET, ControlPlane
+from .gateway_config import gateway_config, upstreams
+
+
+def start_task_plane(doubles, workdir: Path, *extra_args: str) -> ControlPlane:
+    """Webhooks may reach loopback (the tests' receivers); `extra_args` tune leases, retries…"""
+    config_file = workdir / "gateway.json"
+    config_file.write_text(json.dumps(gateway_config(doubles)))
+    return ControlPlane(workdir, extra_args=[
+        "--gateway-config", str(config_file), "--webhook-allow-net", "127.0.0.0/8",
+        *extra_args], env=secrets(doubles))
+
+
+def start_task_edge(name: str, plane: ControlPlane, doubles, workdir: Path,
+                    **tasks_section) -> hosts.Host:
+    """Host `name` with the e2e gateway config plus a `tasks` section pointing at `plane`
+    (`tasks_section` adds fields, e.g. `call_timeout_ms`)."""
+    config = gateway_config(doubles)
+    config["tasks"] = {"base_url": plane.base_url, "cluster": "task_plane",
+                       "token_secret": EDGE_TOKEN_SECRET, **tasks_section}
+    ups = upstreams(doubles)
+    ups["task_plane"] = plane.port
+    return hosts.start(name, config, ups, {**secrets(doubles), EDGE_TOKEN_SECRET: EDGE_TOKEN},
+                       workdir)
