@@ -2,7 +2,8 @@
 //!
 //! `scripts/fetch-models.sh` unpacks one directory per model id. A directory holding a
 //! `.gguf` file is a chat model; one holding `config.json`, `model.safetensors` and
-//! `tokenizer.json` is a sentence-embedding model. The directory name is the model id
+//! `tokenizer.json` is a Whisper speech model when its config says `"model_type": "whisper"`
+//! (as `scripts/convert-whisper-ct2.py` writes it) and a sentence-embedding model otherwise. The directory name is the model id
 //! clients put in the `model` field.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,19 @@ pub enum ModelKind {
     Chat,
     /// `/v1/embeddings`, from a BERT sentence-transformer.
     Embedding,
+    /// `/v1/audio/transcriptions`, from Whisper.
+    Transcription,
+}
+
+impl ModelKind {
+    /// The name `/v1/models` reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Chat => "chat",
+            ModelKind::Embedding => "embedding",
+            ModelKind::Transcription => "transcription",
+        }
+    }
 }
 
 /// A model found on disk, not necessarily loaded.
@@ -25,7 +39,7 @@ pub struct ModelSpec {
     pub id: String,
     /// Which endpoint it serves.
     pub kind: ModelKind,
-    /// The GGUF file (chat) or the model directory (embedding).
+    /// The GGUF file (chat) or the model directory (embedding, transcription).
     pub path: PathBuf,
     /// Bytes on disk, our estimate of its memory footprint for the eviction budget.
     pub size_bytes: u64,
@@ -81,9 +95,17 @@ fn inspect(id: &str, dir: &Path) -> Result<Option<ModelSpec>, ModelError> {
         && dir.join("tokenizer.json").is_file()
     {
         let size_bytes = std::fs::metadata(&weights).map_err(io_err(&weights))?.len();
+        let config = dir.join("config.json");
+        let config = std::fs::read(&config).map_err(io_err(&config))?;
+        let whisper = serde_json::from_slice::<serde_json::Value>(&config)
+            .is_ok_and(|c| c.get("model_type").and_then(|t| t.as_str()) == Some("whisper"));
         return Ok(Some(ModelSpec {
             id: id.to_owned(),
-            kind: ModelKind::Embedding,
+            kind: if whisper {
+                ModelKind::Transcription
+            } else {
+                ModelKind::Embedding
+            },
             path: dir.to_owned(),
             size_bytes,
         }));

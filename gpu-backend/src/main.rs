@@ -15,6 +15,7 @@ use clap::Parser;
 use gpu_backend::catalog;
 use gpu_backend::engine::{Engine, EngineConfig};
 use gpu_backend::server::{router, Limits};
+use gpu_backend::whisper::api::AudioLimits;
 
 /// Switchyard's native inference service.
 ///
@@ -22,6 +23,7 @@ use gpu_backend::server::{router, Limits};
 /// scripts/fetch-models.sh) through an OpenAI-compatible API:
 ///   POST /v1/chat/completions   chat, streaming (SSE) or not
 ///   POST /v1/embeddings         sentence embeddings
+///   POST /v1/audio/transcriptions   speech to text (Whisper; multipart WAV upload)
 ///   GET  /v1/models             models with their load state (cold/loading/warm)
 ///   GET  /healthz               200 once every pinned model is warm, else 503
 ///   GET  /metrics               Prometheus metrics
@@ -76,6 +78,14 @@ struct Cli {
     /// Largest request body accepted, in bytes (larger gets 413).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+
+    /// Largest audio upload to /v1/audio/transcriptions, in bytes (larger gets 413).
+    #[arg(long, default_value_t = 25 * 1024 * 1024)]
+    max_audio_bytes: usize,
+
+    /// Longest audio one transcription request may carry, in seconds (longer gets 400).
+    #[arg(long, default_value_t = 120.0)]
+    max_audio_seconds: f64,
 
     /// Run the models on CUDA device N instead of the CPU (needs a `cuda` build:
     /// scripts/cuda-build.sh; at run time the NVIDIA driver and CUDA 13's cuBLAS and cuRAND
@@ -188,6 +198,10 @@ fn inference_router(cli: &Cli, device: Device) -> anyhow::Result<(axum::Router, 
     let engine = Arc::new(Engine::start(specs, config).context("starting the worker pool")?);
     let limits = Limits {
         max_body_bytes: cli.max_body_bytes,
+        audio: AudioLimits {
+            max_bytes: cli.max_audio_bytes,
+            max_seconds: cli.max_audio_seconds,
+        },
         ..Limits::default()
     };
     Ok((router(engine, limits), ids))

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
+use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -30,10 +31,10 @@ use switchyard_core::ingress::openai::{self, OpenAiStreamEncoder};
 use switchyard_core::stream::{StreamEncoder, StreamEvent};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::catalog::ModelKind;
 use crate::chat_model::ChatMessage;
 use crate::engine::{ChatEvent, Engine, GenerateRequest, SamplingParams};
 use crate::error::ApiError;
+use crate::whisper::api::AudioLimits;
 
 /// Request-size limits of the HTTP layer.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most strings in one embeddings request; more gets 413.
     pub max_embedding_inputs: usize,
+    /// Upload size and audio length bounds of `/v1/audio/transcriptions` (its body limit is
+    /// `audio.max_bytes`, not `max_body_bytes`).
+    pub audio: AudioLimits,
 }
 
 impl Default for Limits {
@@ -49,6 +53,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
             max_embedding_inputs: 2048,
+            audio: AudioLimits::default(),
         }
     }
 }
@@ -69,6 +74,11 @@ pub fn router(engine: Arc<Engine>, limits: Limits) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
+        .route(
+            "/v1/audio/transcriptions",
+            // Its own body limit: reading a larger upload fails with 413 in the handler.
+            post(transcriptions).layer(DefaultBodyLimit::max(limits.audio.max_bytes)),
+        )
         .route("/v1/models", get(list_models))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -437,6 +447,15 @@ async fn embeddings_inner(
     Ok(axum::Json(response).into_response())
 }
 
+async fn transcriptions(
+    State(state): State<Arc<AppState>>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    crate::whisper::api::transcribe(&state.engine, state.limits.audio, multipart)
+        .await
+        .unwrap_or_else(|e| error_response(&e))
+}
+
 async fn list_models(State(state): State<Arc<AppState>>) -> Response {
     let data: Vec<Value> = state
         .engine
@@ -448,7 +467,7 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Response {
                 "object": "model",
                 "created": state.started,
                 "owned_by": "switchyard",
-                "kind": match m.kind { ModelKind::Chat => "chat", ModelKind::Embedding => "embedding" },
+                "kind": m.kind.as_str(),
                 "state": m.state.as_str(),
                 "load_time_ms": m.load_ms,
                 "pinned": m.pinned,

@@ -429,6 +429,7 @@ async fn bad_requests_get_openai_errors_and_never_break_the_worker() {
     let limits = Limits {
         max_body_bytes: 2048,
         max_embedding_inputs: 4,
+        ..Limits::default()
     };
     let server = start_server(&dir, common::config(&[TINY_MODEL], 4, 16), None, limits).await;
     server.wait_ready().await;

@@ -10,6 +10,7 @@ use super::queue::{LoadGuard, QueueTicket};
 use crate::chat_model::ChatMessage;
 use crate::embedder::Embeddings;
 use crate::error::ApiError;
+use crate::whisper::{TranscribeOptions, Transcript};
 
 /// How the next token is drawn.
 #[derive(Debug, Clone, Copy)]
@@ -73,9 +74,21 @@ pub(super) struct EmbedJob {
     pub(super) _load: LoadGuard,
 }
 
+pub(super) struct TranscribeJob {
+    pub(super) model: String,
+    /// 16 kHz mono samples, already bounded in length by the API layer.
+    pub(super) samples: Vec<f32>,
+    pub(super) options: TranscribeOptions,
+    pub(super) reply: oneshot::Sender<Result<Transcript, ApiError>>,
+    /// Held until the transcription is done, so running ones count against the queue.
+    pub(super) ticket: QueueTicket,
+    pub(super) load: LoadGuard,
+}
+
 pub(super) enum Job {
     Chat(ChatJob),
     Embed(EmbedJob),
+    Transcribe(TranscribeJob),
 }
 
 impl Job {
@@ -83,6 +96,7 @@ impl Job {
         match self {
             Job::Chat(j) => &j.request.model,
             Job::Embed(j) => &j.model,
+            Job::Transcribe(j) => &j.model,
         }
     }
 
@@ -90,6 +104,7 @@ impl Job {
         match self {
             Job::Chat(j) => j.events.is_closed(),
             Job::Embed(j) => j.reply.is_closed(),
+            Job::Transcribe(j) => j.reply.is_closed(),
         }
     }
 
@@ -99,6 +114,9 @@ impl Job {
                 let _ = j.events.send(ChatEvent::Failed(error));
             }
             Job::Embed(j) => {
+                let _ = j.reply.send(Err(error));
+            }
+            Job::Transcribe(j) => {
                 let _ = j.reply.send(Err(error));
             }
         }

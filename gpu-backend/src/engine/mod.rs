@@ -19,6 +19,8 @@ mod worker;
 pub use jobs::{ChatEvent, GenerateRequest, SamplingParams};
 pub use registry::{ModelInfo, ModelState};
 
+use crate::whisper::{TranscribeOptions, Transcript};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -32,7 +34,7 @@ use crate::catalog::{ModelKind, ModelSpec};
 use crate::embedder::Embeddings;
 use crate::error::{ApiError, ModelError};
 use crate::metrics::{Metrics, ModelGauge};
-use jobs::{ChatJob, EmbedJob, Job};
+use jobs::{ChatJob, EmbedJob, Job, TranscribeJob};
 use queue::{LoadGuard, QueueTicket};
 use registry::WorkerModelStatus;
 use worker::{Worker, WorkerMsg};
@@ -135,6 +137,7 @@ impl Engine {
                 waiting: VecDeque::new(),
                 running: Vec::new(),
                 published_running: 0,
+                transcribing: false,
             };
             std::thread::Builder::new()
                 .name(format!("gpu-backend-worker-{index}"))
@@ -190,6 +193,31 @@ impl Engine {
             .map_err(|_| ApiError::Internal("the worker stopped".into()))?
     }
 
+    /// Transcribes 16 kHz mono `samples` with `model`, waiting in the same queue as chat
+    /// requests; the queue place is held until the transcription is done.
+    pub async fn transcribe(
+        &self,
+        model: &str,
+        samples: Vec<f32>,
+        options: TranscribeOptions,
+    ) -> Result<Transcript, ApiError> {
+        let (worker, ticket, load) = self.admit(model, ModelKind::Transcription)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(
+            worker,
+            Job::Transcribe(TranscribeJob {
+                model: model.to_owned(),
+                samples,
+                options,
+                reply,
+                ticket,
+                load,
+            }),
+        )?;
+        rx.await
+            .map_err(|_| ApiError::Internal("the worker stopped".into()))?
+    }
+
     fn send(&self, worker: usize, job: Job) -> Result<(), ApiError> {
         self.workers[worker]
             .tx
@@ -211,6 +239,7 @@ impl Engine {
             let endpoint = match kind {
                 ModelKind::Chat => "chat completions",
                 ModelKind::Embedding => "embeddings",
+                ModelKind::Transcription => "audio transcriptions",
             };
             return Err(ApiError::WrongEndpoint {
                 model: model.to_owned(),

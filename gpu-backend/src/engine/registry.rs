@@ -17,6 +17,7 @@ use super::worker::{Worker, WorkerMsg};
 use crate::catalog::{ModelKind, ModelSpec};
 use crate::chat_model::ChatModel;
 use crate::embedder::Embedder;
+use crate::whisper::Transcriber;
 
 /// Load state of a model, as `/v1/models` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,7 @@ pub struct ModelInfo {
 pub(super) enum Loaded {
     Chat(Arc<ChatModel>),
     Embedding(Arc<Embedder>),
+    Transcription(Arc<Transcriber>),
 }
 
 pub(super) struct Resident {
@@ -80,6 +82,9 @@ pub(super) fn load_model(spec: &ModelSpec, device: &Device) -> Result<Loaded, St
         ModelKind::Chat => ChatModel::load(&spec.path, device).map(|m| Loaded::Chat(Arc::new(m))),
         ModelKind::Embedding => {
             Embedder::load(&spec.path, device).map(|m| Loaded::Embedding(Arc::new(m)))
+        }
+        ModelKind::Transcription => {
+            Transcriber::load(&spec.path, device).map(|m| Loaded::Transcription(Arc::new(m)))
         }
     }
     .map_err(|e| e.to_string())
@@ -145,6 +150,7 @@ impl Worker {
                         && match &r.model {
                             Loaded::Chat(m) => Arc::strong_count(m) == 1,
                             Loaded::Embedding(m) => Arc::strong_count(m) == 1,
+                            Loaded::Transcription(m) => Arc::strong_count(m) == 1,
                         }
                 })
                 .min_by_key(|(_, r)| r.last_used)

@@ -4,7 +4,9 @@
 //! 1. takes new jobs and finished model loads off its channel;
 //! 2. drops waiting jobs and running sequences whose client went away (the receiver of
 //!    their event channel was dropped), freeing queue room and batch slots at once;
-//! 3. answers embedding jobs whose model is warm;
+//! 3. answers embedding jobs whose model is warm, and starts the next transcription whose
+//!    model is warm on a thread of its own (one at a time per worker: a 30-second window
+//!    takes far longer than a token step, so it must not run inside the loop);
 //! 4. admits waiting chat jobs into the running batch, up to `max_batch`;
 //! 5. runs one forward step per chat model over all its running sequences — a whole prompt
 //!    for a newly admitted sequence, one token for the others — samples one token for each,
@@ -32,6 +34,8 @@ pub(super) enum WorkerMsg {
     /// The engine is gone: fail what is left and end the thread.
     Shutdown,
     Load(String),
+    /// The transcription thread finished; the next one may start.
+    TranscriptionDone,
     Loaded {
         model: String,
         result: Result<Loaded, String>,
@@ -50,6 +54,8 @@ pub(super) struct Worker {
     pub(super) waiting: VecDeque<Job>,
     pub(super) running: Vec<Sequence>,
     pub(super) published_running: usize,
+    /// A transcription thread is running.
+    pub(super) transcribing: bool,
 }
 
 impl Worker {
@@ -73,6 +79,7 @@ impl Worker {
             }
             self.drop_cancelled();
             self.run_embeddings();
+            self.start_transcription();
             self.admit_chats();
             self.step();
             self.publish_running();
@@ -89,9 +96,10 @@ impl Worker {
     }
 
     pub(super) fn has_ready_job(&self) -> bool {
-        self.waiting
-            .iter()
-            .any(|j| self.models.contains_key(j.model()))
+        self.waiting.iter().any(|j| {
+            self.models.contains_key(j.model())
+                && !(self.transcribing && matches!(j, Job::Transcribe(_)))
+        })
     }
 
     pub(super) fn handle(&mut self, msg: WorkerMsg) {
@@ -104,6 +112,7 @@ impl Worker {
                 self.waiting.push_back(job);
             }
             WorkerMsg::Shutdown => {}
+            WorkerMsg::TranscriptionDone => self.transcribing = false,
             WorkerMsg::Load(model) => {
                 if !self.models.contains_key(&model) && !self.loading.contains(&model) {
                     self.start_load(&model);
@@ -196,6 +205,56 @@ impl Worker {
             let _ = job.reply.send(result);
         }
         self.waiting = rest;
+    }
+
+    /// Hands the first waiting transcription whose model is warm to a thread, unless one runs.
+    pub(super) fn start_transcription(&mut self) {
+        if self.transcribing {
+            return;
+        }
+        let ready = self
+            .waiting
+            .iter()
+            .position(|j| matches!(j, Job::Transcribe(_)) && self.models.contains_key(j.model()));
+        let Some(Job::Transcribe(job)) = ready.and_then(|i| self.waiting.remove(i)) else {
+            return;
+        };
+        let Some(resident) = self.models.get_mut(&job.model) else {
+            return;
+        };
+        resident.last_used = Instant::now();
+        let Loaded::Transcription(transcriber) = &resident.model else {
+            let _ = job
+                .reply
+                .send(Err(ApiError::Internal("not a transcription model".into())));
+            return;
+        };
+        let transcriber = transcriber.clone();
+        let shared = self.shared.clone();
+        let tx = self.tx.clone();
+        self.transcribing = true;
+        let spawned = std::thread::Builder::new()
+            .name(format!("gpu-backend-transcribe-{}", self.index))
+            .spawn(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    transcriber.transcribe(&job.samples, &job.options)
+                }))
+                .unwrap_or_else(|_| Err(ModelError::Format("transcription panicked".into())))
+                .map_err(|e| ApiError::Internal(e.to_string()));
+                if result.is_ok() {
+                    shared
+                        .metrics
+                        .requests_completed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = job.reply.send(result);
+                drop((job.ticket, job.load, transcriber));
+                let _ = tx.send(WorkerMsg::TranscriptionDone);
+            });
+        if let Err(e) = spawned {
+            eprintln!("gpu-backend: cannot start a transcription thread: {e}");
+            self.transcribing = false;
+        }
     }
 
     pub(super) fn admit_chats(&mut self) {
