@@ -113,6 +113,9 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
                 {"provider": "local", "model": "smollm2-135m-instruct"}]},
             {"name": "minilm", "fallback": slow, "deployments": [
                 {"provider": "local", "model": "all-minilm-l6-v2"}]},
+            # The real speech model behind the gateway's /v1/audio/transcriptions.
+            {"name": "whisper", "fallback": slow, "deployments": [
+                {"provider": "local", "model": "whisper-tiny-en"}]},
         ]
     return {
         "keys": [

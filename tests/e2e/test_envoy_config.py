@@ -40,7 +40,7 @@ def test_envoy_validates_envoy_yaml(tmp_path):
                        capture_output=True, text=True, timeout=120)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "OK" in out, out[-4000:]
-    assert "configured 6 models, 5 providers, 1 keys" in out, out[-4000:]
+    assert "configured 7 models, 5 providers, 1 keys" in out, out[-4000:]
 
 
 def test_inline_gateway_config_is_config_demo_json():
@@ -53,8 +53,9 @@ def test_demo_gateway_config_contents():
     assert demo["keys"][0]["id"] == "demo"
     assert demo["keys"][0]["sha256"] == hashlib.sha256(b"sk-switchyard-demo").hexdigest()
     models = {m["name"]: m for m in demo["models"]}
-    assert set(models) == {"smollm2", "minilm", "gpt-4o-mini", "claude-3-5-haiku",
+    assert set(models) == {"smollm2", "minilm", "whisper", "gpt-4o-mini", "claude-3-5-haiku",
                            "gemini-2.0-flash", "qwen-plus"}
+    assert models["whisper"]["deployments"][0]["model"] == "whisper-tiny-en"
     assert models["smollm2"]["aliases"] == ["default"]
     assert models["smollm2"]["deployments"][0]["model"] == "smollm2-135m-instruct"
     assert models["minilm"]["deployments"][0]["model"] == "all-minilm-l6-v2"

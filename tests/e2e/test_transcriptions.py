@@ -18,27 +18,10 @@ import openai
 import pytest
 
 from . import paths
-from .test_gpu_backend import WARM_TIMEOUT_S, free_port
+from .test_gpu_backend import SENTENCE, WARM_TIMEOUT_S, WORDS, free_port, speech, words
 
 MODEL = "whisper-tiny-en"
-SENTENCE = "The quick brown fox jumps over the lazy dog."
-# Words tiny.en gets right from espeak-ng's voice (it hears "jumps" as "dump").
-WORDS = ["quick", "brown", "fox", "over", "lazy", "dog"]
 MAX_AUDIO_BYTES = 1_000_000
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> bytes:
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.fail("espeak-ng is missing: install it with scripts/install-espeak.sh", pytrace=False)
-    wav = Path(tmp_path_factory.mktemp("speech")) / "sentence.wav"
-    subprocess.run([espeak, "-w", str(wav), SENTENCE], check=True)
-    return wav.read_bytes()
 
 
 @pytest.fixture(scope="module")
