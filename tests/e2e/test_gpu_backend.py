@@ -3,6 +3,7 @@ each host: the only upstream here that is not a double."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -54,17 +55,15 @@ def speech(tmp_path_factory) -> bytes:
     return wav.read_bytes()
 
 
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    binary = paths.gpu_backend()
-    models = paths.models_dir()
+@contextlib.contextmanager
+def running_backend(log_dir: Path, *args: str):
+    """A warm `gpu-backend` with `args` on a free port: yields (url, port), stops it after."""
     port = free_port()
-    log = Path(tmp_path_factory.mktemp("gpu-backend")) / "gpu-backend.log"
+    log = log_dir / "gpu-backend.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(binary), "--listen", f"127.0.0.1:{port}", "--models-dir", str(models),
-             "--pin", "smollm2-135m-instruct", "--pin", "all-minilm-l6-v2",
-             "--pin", "whisper-tiny-en"],
+            [str(paths.gpu_backend()), "--listen", f"127.0.0.1:{port}",
+             "--models-dir", str(paths.models_dir()), *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=paths.REPO)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + WARM_TIMEOUT_S
@@ -90,6 +89,14 @@ def backend(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    with running_backend(Path(tmp_path_factory.mktemp("gpu-backend")),
+                         "--pin", "smollm2-135m-instruct", "--pin", "all-minilm-l6-v2",
+                         "--pin", "whisper-tiny-en") as running:
+        yield running
 
 
 @pytest.fixture(scope="module", params=paths.selected_hosts())

@@ -5,11 +5,7 @@ openai SDK's audio.transcriptions.create directly against the backend."""
 from __future__ import annotations
 
 import io
-import re
-import shutil
 import struct
-import subprocess
-import time
 import wave
 from pathlib import Path
 
@@ -18,7 +14,7 @@ import openai
 import pytest
 
 from . import paths
-from .test_gpu_backend import SENTENCE, WARM_TIMEOUT_S, WORDS, free_port, speech, words
+from .test_gpu_backend import WORDS, running_backend, speech, words
 
 MODEL = "whisper-tiny-en"
 MAX_AUDIO_BYTES = 1_000_000
@@ -26,42 +22,14 @@ MAX_AUDIO_BYTES = 1_000_000
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    binary = paths.gpu_backend()
     models = paths.models_dir()
     if not (models / MODEL / "model.safetensors").is_file():
         pytest.fail(f"{models / MODEL} is missing: run scripts/fetch-models.sh", pytrace=False)
-    port = free_port()
-    log = Path(tmp_path_factory.mktemp("gpu-backend-whisper")) / "gpu-backend.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(binary), "--listen", f"127.0.0.1:{port}", "--models-dir", str(models),
-             "--pin", MODEL, "--no-control-plane",
-             "--max-audio-bytes", str(MAX_AUDIO_BYTES), "--max-audio-seconds", "60"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=paths.REPO)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + WARM_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"gpu-backend exited with {proc.returncode}:\n"
-                            + log.read_text(errors="replace")[-3000:], pytrace=False)
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gpu-backend not warm after {WARM_TIMEOUT_S}s:\n"
-                            + log.read_text(errors="replace")[-3000:], pytrace=False)
-            time.sleep(0.25)
+    with running_backend(Path(tmp_path_factory.mktemp("gpu-backend-whisper")),
+                         "--pin", MODEL, "--no-control-plane",
+                         "--max-audio-bytes", str(MAX_AUDIO_BYTES),
+                         "--max-audio-seconds", "60") as (url, _port):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
