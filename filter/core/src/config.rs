@@ -428,6 +428,14 @@ impl GatewayConfig {
             .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
     }
 
+    /// The canonical name of the model (synchronous or served by asynchronous providers)
+    /// called `name` or aliased so.
+    pub fn model_name(&self, name: &str) -> Option<&str> {
+        self.model(name)
+            .map(|m| m.name.as_str())
+            .or_else(|| self.task_providers.model(name).map(|m| m.name.as_str()))
+    }
+
     /// The fallback policy in force for `model`.
     pub fn fallback_for<'a>(&'a self, model: &'a ModelConfig) -> &'a FallbackPolicy {
         model.fallback.as_ref().unwrap_or(&self.fallback)
