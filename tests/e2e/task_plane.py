@@ -15,15 +15,18 @@ from .gateway_config import gateway_config, upstreams
 
 def start_task_plane(doubles, workdir: Path, *extra_args: str, config: dict | None = None,
                      env: dict[str, str] | None = None,
-                     port: int | None = None) -> ControlPlane:
+                     port: int | None = None,
+                     database_url: str | None = None) -> ControlPlane:
     """Webhooks may reach loopback (the tests' receivers); `extra_args` tune leases, retries…
     `config` replaces the e2e gateway config, `env` adds secrets, `port` is the port to use
-    (known beforehand when the plane's own URL goes into its arguments)."""
+    (known beforehand when the plane's own URL goes into its arguments), `database_url` a
+    PostgreSQL store instead of SQLite."""
     config_file = workdir / "gateway.json"
     config_file.write_text(json.dumps(config or gateway_config(doubles)))
     return ControlPlane(workdir, extra_args=[
         "--gateway-config", str(config_file), "--webhook-allow-net", "127.0.0.0/8",
-        *extra_args], env={**secrets(doubles), **(env or {})}, port=port)
+        *extra_args], env={**secrets(doubles), **(env or {})}, port=port,
+        database_url=database_url)
 
 
 def start_task_edge(name: str, plane: ControlPlane, doubles, workdir: Path,

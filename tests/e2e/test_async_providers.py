@@ -5,7 +5,7 @@ wire format and signing its own webhooks), follows the provider's task by the pr
 webhook (to `/v1/provider-webhooks/…` on the task plane, verified with the provider's scheme)
 and by polling, and delivers a Standard Webhooks message to the client's receiver here.
 
-Covered: success via the provider's webhook (one poll only: the one the webhook triggers),
+Covered (the PostgreSQL store too): success via the provider's webhook (one poll only: the one the webhook triggers),
 via polling only (DashScope, Veo: no webhooks), a provider failing the task → fallback to the
 next deployment → success, a never-finishing task → failed with the reason, forged and stale
 provider webhooks → 401 and counted, never changing the task, the client's own webhook
@@ -27,8 +27,8 @@ from doubles.server import ASYNC_PROVIDERS
 
 from . import paths
 from .conftest import Gateway
-from .control_plane import free_port
-from .gateway_config import KEY_LIMITED, gateway_config
+from .control_plane import free_port, postgres_url
+from .gateway_config import KEY_ALL, KEY_LIMITED, gateway_config
 from .task_plane import start_task_edge, start_task_plane
 from .test_tasks import wait_final
 from .webhook_receiver import WebhookReceiver
@@ -305,3 +305,40 @@ def test_each_task_lands_in_the_ledger_once(task_plane):
     counted = Counter(rec["request_id"] for rec in r.json()["requests"])
     assert counted and all(n == 1 for n in counted.values()), counted
 
+
+
+def test_provider_tasks_run_on_postgresql_too(doubles, tmp_path_factory):
+    """The same steps over PostgreSQL (the submit's records, the webhook's nudge, the
+    fallback), submitted to the task plane directly with a gateway key."""
+    port = free_port()
+    plane = start_task_plane(
+        doubles, Path(tmp_path_factory.mktemp("async-providers-pg")),
+        "--task-public-url", f"http://127.0.0.1:{port}", "--provider-poll-ms", "200",
+        "--provider-poll-max-ms", "400", config=async_config(doubles), env=WEBHOOK_SECRETS,
+        port=port, database_url=postgres_url())
+    try:
+        def run(model: str, prompt: str) -> dict:
+            r = httpx.post(plane.base_url + "/v1/tasks", timeout=10,
+                           headers={"authorization": f"Bearer {KEY_ALL}"},
+                           json={"model": model, "input": {"prompt": prompt}})
+            assert r.status_code == 202, r.text
+            task_id = r.json()["id"]
+            deadline = time.monotonic() + LIMIT_S
+            while time.monotonic() < deadline:
+                task = httpx.get(f"{plane.base_url}/v1/tasks/{task_id}", timeout=10,
+                                 headers={"authorization": f"Bearer {KEY_ALL}"}).json()
+                if task["status"] in ("succeeded", "failed", "canceled"):
+                    return task
+                time.sleep(0.1)
+            pytest.fail(f"task {task_id} did not finish within {LIMIT_S} s")
+
+        done = run("flux-ws", "a lighthouse on postgres")
+        assert done["status"] == "succeeded", done
+        assert [d["status"] for d in provider_webhooks(doubles, "wavespeed", done["id"])] \
+            == [202]
+        done = run("flux-fallback", "[[async:fail:wavespeed]] a storm on postgres")
+        assert done["status"] == "succeeded", done
+        assert len(done["attempts"]) == 2
+        assert len(ledger_records(plane, done["id"])) == 1
+    finally:
+        plane.stop()
