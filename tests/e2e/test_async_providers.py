@@ -342,3 +342,27 @@ def test_provider_tasks_run_on_postgresql_too(doubles, tmp_path_factory):
         assert len(ledger_records(plane, done["id"])) == 1
     finally:
         plane.stop()
+
+
+def test_cancel_reaches_the_providers_cancel(edge, doubles):
+    task = submit(edge, "wanx", f"[[async:never]] a quiet bay via {edge.name}")
+    # Running at the provider: its task was submitted and polled at least once.
+    deadline = time.monotonic() + LIMIT_S
+    job_id = None
+    while job_id is None and time.monotonic() < deadline:
+        seen = doubles["dashscope_tasks"].requests()
+        submitted = [i for i, r in enumerate(seen) if r["method"] == "POST"
+                     and task["id"] not in r["path"] and "a quiet bay via " + edge.name
+                     in json.dumps(r["body"])]
+        polled = [r["path"] for r in seen[submitted[-1]:] if r["method"] == "GET"] \
+            if submitted else []
+        if polled:
+            job_id = polled[0].rsplit("/", 1)[1]
+        time.sleep(0.1)
+    assert job_id is not None
+    r = edge.post(f"/v1/tasks/{task['id']}/cancel", {})
+    assert r.status_code in (200, 202), r.text
+    done = wait_final(edge, task["id"])
+    assert done["status"] == "canceled", done
+    assert any(r["method"] == "POST" and r["path"] == f"/api/v1/tasks/{job_id}/cancel"
+               for r in doubles["dashscope_tasks"].requests())
