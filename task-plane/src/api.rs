@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use switchyard_core::routing::NoHealth;
+use switchyard_core::tasks::providers::{Headers, WebhookKey};
 use switchyard_core::tasks::webhook::{unhex, WebhookSecret};
 use switchyard_core::{Admitted, Dialect, ErrorKind, GatewayError, LocalReply};
 
@@ -55,6 +56,10 @@ pub(crate) fn router(plane: Arc<Plane>) -> Router {
         .route(
             "/v1/webhook-settings",
             get(get_settings).post(update_settings),
+        )
+        .route(
+            "/v1/provider-webhooks/{provider}/{id}",
+            post(provider_webhook),
         )
         .route("/task-plane/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
@@ -165,14 +170,20 @@ struct Submission {
     metadata: Option<Map<String, Value>>,
 }
 
-fn read_submission(headers: &HeaderMap, body: &[u8]) -> Result<Submission, Error> {
+fn read_submission(
+    gateway: &switchyard_core::Gateway,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Submission, Error> {
     if let Some(name) = header(headers, OPERATION_HEADER) {
-        let operation = Operation::parse(name).ok_or_else(|| {
-            invalid(
-                format!("`{OPERATION_HEADER}` names no operation the task plane runs"),
-                OPERATION_HEADER,
-            )
-        })?;
+        let operation = Operation::parse(name)
+            .filter(|op| *op != Operation::Generation)
+            .ok_or_else(|| {
+                invalid(
+                    format!("`{OPERATION_HEADER}` names no operation the task plane runs"),
+                    OPERATION_HEADER,
+                )
+            })?;
         let request = json_object(body, "the request body")?;
         let model = match request.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -197,6 +208,16 @@ fn read_submission(headers: &HeaderMap, body: &[u8]) -> Result<Submission, Error
     })?;
     if parsed.model.is_empty() {
         return Err(invalid("`model` must be a non-empty string", "model"));
+    }
+    if gateway.task_route(&parsed.model).is_some() {
+        // A model of asynchronous providers: the input is the provider's own request.
+        return Ok(Submission {
+            operation: Operation::Generation,
+            request: parsed.input,
+            model: parsed.model,
+            webhook: parsed.webhook,
+            metadata: parsed.metadata,
+        });
     }
     // What the input is: a chat request (`messages`) or an embeddings request (`input`).
     let operation = if parsed.input.contains_key("messages") {
@@ -274,14 +295,17 @@ async fn submit_inner(
 ) -> Result<Response, Error> {
     let caller = caller(plane, headers)?;
     let body = body_bytes(plane, body)?;
-    let submission = read_submission(headers, &body)?;
     let gateway = plane.keyring.gateway();
+    let submission = read_submission(&gateway, headers, &body)?;
     if submission.request.get("stream") == Some(&Value::Bool(true)) {
         return Err(invalid(
             "`stream` cannot be used with a task: its result arrives whole",
             "stream",
         ));
     }
+    let task_model = gateway
+        .task_route(&submission.model)
+        .map(|(m, route)| (m.name.clone(), route));
     if !caller.allows(&gateway, &submission.model) {
         return Err(Error::Refused(
             GatewayError::new(
@@ -301,8 +325,30 @@ async fn submit_inner(
         // Tasks name their model in the body, never in a path.
         path_model: None,
     };
-    let request_bytes = serde_json::to_vec(&submission.request).unwrap_or_default();
-    gateway.plan(&admitted, &request_bytes, 0, now_ms() / 1000, &NoHealth)?;
+    match &task_model {
+        Some((name, route)) => {
+            if let Some(missing) = route
+                .iter()
+                .map(|d| d.missing_secret.as_ref())
+                .reduce(|a, b| a.and(b))
+                .flatten()
+            {
+                return Err(Error::Refused(
+                    GatewayError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "model `{name}` cannot be served: the secret `{missing}` is not set"
+                        ),
+                    )
+                    .with_code("provider_credential_missing"),
+                ));
+            }
+        }
+        None => {
+            let request_bytes = serde_json::to_vec(&submission.request).unwrap_or_default();
+            gateway.plan(&admitted, &request_bytes, 0, now_ms() / 1000, &NoHealth)?;
+        }
+    }
     if let Some(metadata) = &submission.metadata {
         if Value::Object(metadata.clone()).to_string().len() > MAX_METADATA_BYTES {
             return Err(invalid(
@@ -798,4 +844,121 @@ async fn metrics(State(plane): Shared) -> Response {
         plane.metrics.render(&gauges),
     )
         .into_response()
+}
+
+/// Why a provider webhook was not taken, with the outcome it is counted as.
+struct Refusal(&'static str, Error);
+
+/// `POST /v1/provider-webhooks/{provider}/{id}`: an asynchronous provider says task `id`
+/// changed. Verified with the provider's own scheme and checked against the task's current
+/// provider task; then the task polls its provider now (the poll's answer, not the
+/// webhook's body, is what the task records). Every call is counted by outcome.
+async fn provider_webhook(
+    State(plane): Shared,
+    Path((provider, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (kind, outcome) = match provider_webhook_inner(&plane, &provider, &id, &headers, body).await
+    {
+        Ok((kind, nudged)) => (
+            kind,
+            Ok(if nudged {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            }),
+        ),
+        Err((kind, refusal)) => (kind, Err(refusal)),
+    };
+    let label = match &outcome {
+        Ok(_) => "accepted",
+        Err(Refusal(label, _)) => label,
+    };
+    plane.metrics.inc(
+        "switchyard_provider_webhooks_total",
+        &[("provider", kind), ("outcome", label)],
+    );
+    match outcome {
+        Ok(status) => json_response(status, &json!({"received": true}), &[]),
+        Err(Refusal(_, err)) => error_response(err, Dialect::OpenAi),
+    }
+}
+
+type WebhookOutcome = Result<(&'static str, bool), (&'static str, Refusal)>;
+
+async fn provider_webhook_inner(
+    plane: &Arc<Plane>,
+    provider: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> WebhookOutcome {
+    let unknown = |label| ("unknown", Refusal(label, task_not_found(id)));
+    let body = body_bytes(plane, body).map_err(|e| ("unknown", Refusal("malformed", e)))?;
+    let lookup = id.to_string();
+    let task = plane
+        .store
+        .transact(move |tx| store::get_task_any(tx, &lookup))
+        .await
+        .map_err(|e| ("unknown", Refusal("error", e)))?
+        .filter(|t| t.operation == Operation::Generation)
+        .ok_or_else(|| unknown("unknown_task"))?;
+    let (deployment, provider_task_id) = crate::provider::current(plane, &task)
+        .filter(|(d, _)| d.provider_name == provider)
+        .ok_or_else(|| unknown("unknown_task"))?;
+    let kind = deployment.provider.name();
+    let key = match (&deployment.webhook_secret, &deployment.webhook_jwks_url) {
+        (Some(secret), _) => Some(WebhookKey::Secret(secret.clone())),
+        (None, Some(url)) => crate::provider::jwks(plane, url)
+            .await
+            .map(WebhookKey::Jwks),
+        (None, None) => None,
+    };
+    let pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let refused = |label, status: u16, message: String| {
+        (
+            kind,
+            Refusal(
+                label,
+                Error::Refused(
+                    GatewayError::new(ErrorKind::from_status(status), message).with_status(status),
+                ),
+            ),
+        )
+    };
+    deployment
+        .provider
+        .verify_webhook(key.as_ref(), Headers(&borrowed), &body, now_ms() / 1000)
+        .map_err(|e| refused("rejected", 401, format!("webhook refused: {e}")))?;
+    let reported = deployment
+        .provider
+        .read_webhook(&body)
+        .map_err(|e| refused("malformed", 400, format!("webhook unreadable: {e}")))?;
+    // Before the submit's answer is recorded the id cannot be compared; the poll it triggers
+    // asks about the recorded task anyway.
+    if provider_task_id.is_some_and(|id| id != reported.id) {
+        return Err(refused(
+            "stale",
+            400,
+            "the webhook is about another provider task than the task's current one".into(),
+        ));
+    }
+    let (lookup, now) = (id.to_string(), now_ms());
+    let nudged = plane
+        .store
+        .transact(move |tx| store::nudge_task(tx, &lookup, now))
+        .await
+        .map_err(|e| (kind, Refusal("error", e)))?;
+    if nudged {
+        plane.wake_tasks.notify_one();
+    }
+    Ok((kind, nudged))
 }

@@ -28,7 +28,7 @@ impl Caller {
         if self.via_edge {
             return true;
         }
-        let canonical = gateway.config().model(model).map(|m| m.name.as_str());
+        let canonical = gateway.config().model_name(model);
         gateway
             .key(&self.key_id)
             .is_some_and(|k| k.allows(model) || canonical.is_some_and(|name| k.allows(name)))

@@ -62,6 +62,27 @@ pub struct TaskPlaneArgs {
     /// Deadline of one webhook attempt in ms.
     #[arg(long, default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
+
+    /// The task plane's base URL as asynchronous providers (WaveSpeed, Replicate, fal) can
+    /// reach it, e.g. `https://gateway.example.com`: they are asked to call back
+    /// `{url}/v1/provider-webhooks/{provider}/{task id}`, which must route to this task plane
+    /// (through the edge's `task_plane` cluster or directly). Without it they are only polled.
+    #[arg(long, env = "SWITCHYARD_TASK_PUBLIC_URL", value_name = "URL")]
+    pub task_public_url: Option<String>,
+
+    /// First delay before polling an asynchronous provider's task again, in ms (doubling
+    /// per poll up to `--provider-poll-max-ms`); a provider's webhook makes it due at once.
+    #[arg(long, default_value_t = 1_000)]
+    pub provider_poll_ms: u64,
+
+    /// Longest delay between two polls of a provider's task, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub provider_poll_max_ms: u64,
+
+    /// How long one provider may take with a task, in ms, before it is canceled there and
+    /// the task falls back to the model's next deployment.
+    #[arg(long, default_value_t = 1_800_000)]
+    pub provider_attempt_timeout_ms: u64,
 }
 
 /// Why the task plane could not start.
@@ -121,6 +142,13 @@ impl TaskPlaneArgs {
                 Cidr::parse(c).map_err(|e| StartError::Option(format!("--webhook-allow-net: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(url) = &self.task_public_url {
+            switchyard_core::providers::BaseUrl::parse(url)
+                .map_err(|e| StartError::Option(format!("--task-public-url: {e}")))?;
+        }
+        if self.provider_poll_ms == 0 {
+            return Err(StartError::Option("--provider-poll-ms must be > 0".into()));
+        }
         if self.task_concurrency == 0 || self.task_lease_ms < 300 || self.webhook_max_attempts == 0
         {
             return Err(StartError::Option(
@@ -141,6 +169,10 @@ impl TaskPlaneArgs {
             webhook_retry_max_ms: self.webhook_retry_max_ms.max(self.webhook_retry_base_ms),
             webhook_timeout_ms: self.webhook_timeout_ms,
             max_body_bytes: self.task_max_body_bytes,
+            public_url: self.task_public_url.clone(),
+            provider_poll_ms: self.provider_poll_ms,
+            provider_poll_max_ms: self.provider_poll_max_ms.max(self.provider_poll_ms),
+            provider_attempt_timeout_ms: self.provider_attempt_timeout_ms,
         };
         let plane = TaskPlane::start(store, gateway, settings)?;
         Ok(Some(plane.router()))

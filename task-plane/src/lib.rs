@@ -30,6 +30,7 @@
 //! | `GET /v1/tasks/{id}/webhooks` | the task's webhook messages and their delivery state |
 //! | `POST /v1/tasks/{id}/webhooks/redeliver` | send them again (same `webhook-id`) |
 //! | `GET, POST /v1/webhook-settings` | the key's signing secret (`whsec_…`, created on first use) and default webhook URL; `POST {"url": url\|null, "rotate_secret": bool}` |
+//! | `POST /v1/provider-webhooks/{provider}/{id}` | an asynchronous provider's webhook for task `id`: verified with the provider's own scheme (401 when forged or stale, counted in `switchyard_provider_webhooks_total`), it makes the task poll its provider now |
 //! | `GET /task-plane/metrics` | Prometheus counters |
 //!
 //! A task: `{"id","object":"task","model","operation","status","progress","created_at",
@@ -66,6 +67,7 @@ mod keyring;
 mod metrics;
 pub mod model;
 mod planned;
+mod provider;
 mod store;
 mod time;
 mod webhooks;
@@ -105,6 +107,17 @@ pub struct Settings {
     pub webhook_timeout_ms: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The task plane's URL as asynchronous providers reach it, for their webhooks
+    /// (`{public_url}/v1/provider-webhooks/{provider}/{task id}`); without it providers are
+    /// only polled.
+    pub public_url: Option<String>,
+    /// First delay before polling a provider's task again (doubling per poll).
+    pub provider_poll_ms: u64,
+    /// Longest delay between two polls of a provider's task.
+    pub provider_poll_max_ms: u64,
+    /// How long one provider may take with a task before it is canceled there and the task
+    /// falls back to the model's next deployment.
+    pub provider_attempt_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -120,6 +133,10 @@ impl Default for Settings {
             webhook_retry_max_ms: 3_600_000,
             webhook_timeout_ms: 10_000,
             max_body_bytes: 25 * 1024 * 1024,
+            public_url: None,
+            provider_poll_ms: 1_000,
+            provider_poll_max_ms: 30_000,
+            provider_attempt_timeout_ms: 1_800_000,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use switchyard_core::ingress::media::MediaKind;
 use switchyard_core::{Dialect, Endpoint, GatewayError};
 
 /// Where a task is in its life. `succeeded`, `failed` and `canceled` are final.
@@ -65,14 +66,18 @@ pub enum Operation {
     Messages,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// A generation by a model served by asynchronous providers (images, video): the task's
+    /// `input` is the provider's own request (see `crate::provider`).
+    Generation,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 3] = [
+    pub const ALL: [Operation; 4] = [
         Operation::ChatCompletions,
         Operation::Messages,
         Operation::Embeddings,
+        Operation::Generation,
     ];
 
     /// The stored and shown name (also the `x-switchyard-operation` header's value).
@@ -81,6 +86,7 @@ impl Operation {
             Operation::ChatCompletions => "chat.completions",
             Operation::Messages => "messages",
             Operation::Embeddings => "embeddings",
+            Operation::Generation => "generation",
         }
     }
 
@@ -103,6 +109,7 @@ impl Operation {
             Operation::ChatCompletions => Endpoint::ChatCompletions,
             Operation::Messages => Endpoint::Messages,
             Operation::Embeddings => Endpoint::Embeddings,
+            Operation::Generation => Endpoint::Media(MediaKind::Images),
         }
     }
 }

@@ -134,14 +134,14 @@ pub(crate) async fn run(plane: &Plane, task: &mut Task) -> Option<Billing> {
     }
 }
 
-fn log_attempt(task: &mut Task, deployment: &str, outcome: String) {
+pub(crate) fn log_attempt(task: &mut Task, deployment: &str, outcome: String) {
     task.attempts_log.push(AttemptEntry {
         deployment: deployment.to_string(),
         outcome,
     });
 }
 
-fn fail(task: &mut Task, err: GatewayError, billing: Billing) -> Billing {
+pub(crate) fn fail(task: &mut Task, err: GatewayError, billing: Billing) -> Billing {
     task.state = TaskState::Failed;
     task.error = Some(err);
     task.completed_at_ms = Some(now_ms());

@@ -417,6 +417,45 @@ pub fn save_task(
     Ok(true)
 }
 
+/// Records a step's progress mid-step (an asynchronous provider's attempt: before its submit
+/// and with the provider's task id after it) while `token` keeps the lease, so a node killed
+/// right after a submit never loses the provider's task nor submits it twice. `false` when
+/// the lease was lost.
+pub fn checkpoint_task(
+    tx: &mut dyn Tx,
+    task: &Task,
+    token: &str,
+    now_ms: u64,
+) -> Result<bool, Error> {
+    Ok(tx.execute(
+        "UPDATE tasks SET attempt = $3, attempts_log = $4, deployments = $5, handle = $6, \
+           polls = $7, attempt_started_at_ms = $8, updated_at_ms = $9 \
+         WHERE id = $1 AND lease_owner = $2",
+        &[
+            task.id.as_str().into(),
+            token.into(),
+            i64::from(task.attempt).into(),
+            json_text(&task.attempts_log).into(),
+            json_text(&task.deployments).into(),
+            task.handle.as_ref().map(json_text).into(),
+            i64::from(task.polls).into(),
+            task.attempt_started_at_ms.map(|v| v as i64).into(),
+            (now_ms as i64).into(),
+        ],
+    )? == 1)
+}
+
+/// Makes an unfinished task due now (a provider's webhook said it changed); `false` when
+/// it is finished already. A step in flight saves its own next time over this one: its
+/// poll's backoff is then the safety net.
+pub fn nudge_task(tx: &mut dyn Tx, id: &str, now_ms: u64) -> Result<bool, Error> {
+    Ok(tx.execute(
+        "UPDATE tasks SET next_run_at_ms = $2, updated_at_ms = $2 \
+         WHERE id = $1 AND state IN ('queued', 'running')",
+        &[id.into(), (now_ms as i64).into()],
+    )? == 1)
+}
+
 fn write_finale(tx: &mut dyn Tx, finale: &Finale, now_ms: u64) -> Result<(), Error> {
     ledger::ingest(tx, std::slice::from_ref(&finale.record), now_ms as i64)?;
     if let Some(delivery) = &finale.webhook {

@@ -15,7 +15,7 @@ use control_plane::ledger::{Price as LedgerPrice, UsageRecord};
 use switchyard_core::{ErrorKind, GatewayError};
 use tokio::sync::oneshot;
 
-use crate::model::{Task, TaskState};
+use crate::model::{Operation, Task, TaskState};
 use crate::store::{self, Finale, NewDelivery};
 use crate::time::now_ms;
 use crate::Plane;
@@ -226,12 +226,15 @@ async fn step(plane: &Arc<Plane>, mut task: Task, token: &str) {
         })
     };
     let outcome = tokio::select! {
-        billing = advance(plane, &mut task) => Some(billing),
+        billing = advance(plane, &mut task, token) => Some(billing),
         Ok(()) = canceled_rx => None,
     };
     let billing = match outcome {
         Some(billing) => billing,
-        None => Some(cancel(&mut task, now_ms())),
+        None => {
+            crate::provider::cancel_remote(plane, &task).await;
+            Some(cancel(&mut task, now_ms()))
+        }
     };
     heartbeat.abort();
     let now = now_ms();
@@ -276,12 +279,14 @@ fn cancel(task: &mut Task, now: u64) -> Billing {
 }
 
 /// Advances `task` by one step; when it finished, returns who served it.
-async fn advance(plane: &Plane, task: &mut Task) -> Option<Billing> {
+async fn advance(plane: &Plane, task: &mut Task, token: &str) -> Option<Billing> {
     let now = now_ms();
     if task.cancel_requested {
+        crate::provider::cancel_remote(plane, task).await;
         return Some(cancel(task, now));
     }
     if now >= task.deadline_at_ms {
+        crate::provider::cancel_remote(plane, task).await;
         task.state = TaskState::Failed;
         task.error = Some(
             GatewayError::new(
@@ -300,5 +305,9 @@ async fn advance(plane: &Plane, task: &mut Task) -> Option<Billing> {
         task.started_at_ms = Some(now);
     }
     task.state = TaskState::Running;
-    crate::planned::run(plane, task).await
+    if task.operation == Operation::Generation {
+        crate::provider::run(plane, task, token).await
+    } else {
+        crate::planned::run(plane, task).await
+    }
 }

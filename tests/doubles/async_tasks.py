@@ -7,11 +7,13 @@ A job's course is chosen by markers in its input's `prompt`:
 - none: the first poll sees it running, the second sees it succeeded; a job submitted with a
   webhook URL is finished at once and its webhook sent right after the submit is answered;
 - `[[async:fail]]`: the same course, ending failed with the provider's error;
+  `[[async:fail:{provider}]]` fails on that provider only (e.g. `wavespeed`), so a fallback
+  to another provider with the same input succeeds;
 - `[[async:never]]`: running for ever, no webhook (the deadline's test);
 - `[[async:nohook]]`: no webhook even when one was asked for (the polling path).
 Outputs are `{base}/files/{job}/{n}.png` (or one `.mp4` for video models), `n` from the
 input's `num_images` / `n` / `num_outputs` (1 by default). `GET /_webhooks` lists the
-deliveries made (url, status) for the tests.
+deliveries made (url, job id, status) for the tests.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Job:
     input: dict
     webhook: str | None
     base_url: str
+    provider: str = ""
     state: str = "queued"  # queued | running | succeeded | failed | canceled
     polls: int = 0
     created: float = field(default_factory=time.time)
@@ -54,7 +57,8 @@ class Job:
 
     @property
     def fails(self) -> bool:
-        return "[[async:fail]]" in self.prompt
+        return ("[[async:fail]]" in self.prompt
+                or f"[[async:fail:{self.provider}]]" in self.prompt)
 
     @property
     def sends_webhook(self) -> bool:
@@ -99,7 +103,8 @@ class JobStore:
     def submit(self, request: web.Request, model: str, input: dict,
                webhook: str | None) -> Job:
         base = f"{request.scheme}://{request.host}"
-        job = Job(self.id_fn(), model, input if isinstance(input, dict) else {}, webhook, base)
+        job = Job(self.id_fn(), model, input if isinstance(input, dict) else {}, webhook, base,
+                  self.provider)
         self.jobs[job.id] = job
         return job
 
@@ -115,12 +120,12 @@ class JobStore:
         async def deliver() -> None:
             await asyncio.sleep(0.05)
             body, headers = make(job)
-            await self.deliver(job.webhook or "", body, headers)
+            await self.deliver(job.webhook or "", body, headers, job.id)
 
         asyncio.get_running_loop().create_task(deliver())
 
-    async def deliver(self, url: str, body: bytes, headers: dict) -> None:
-        entry: dict[str, Any] = {"url": url, "status": None, "error": None}
+    async def deliver(self, url: str, body: bytes, headers: dict, job_id: str = "") -> None:
+        entry: dict[str, Any] = {"url": url, "job": job_id, "status": None, "error": None}
         self.deliveries.append(entry)
         try:
             async with aiohttp.ClientSession() as session:

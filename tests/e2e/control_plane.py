@@ -35,15 +35,17 @@ class ControlPlane:
     """One control plane process; `restart` keeps its port and its database."""
 
     def __init__(self, workdir: Path, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, database_url: str | None = None) -> None:
+                 env: dict[str, str] | None = None, database_url: str | None = None,
+                 port: int | None = None) -> None:
         """`extra_args` and `env` reach `gpu-backend` as given (e.g. the task plane's
         `--gateway-config` and the provider secrets it names); `database_url` selects
-        PostgreSQL instead of SQLite in the work dir."""
+        PostgreSQL instead of SQLite in the work dir; `port` fixes the port (a free one by
+        default)."""
         self.workdir = workdir
         self.extra_args = list(extra_args or [])
         self.env = dict(env or {})
         self.database_url = database_url
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "control-plane.log"
         self.proc: subprocess.Popen | None = None

@@ -13,20 +13,27 @@ from .control_plane import EDGE_TOKEN, EDGE_TOKEN_SECRET, ControlPlane
 from .gateway_config import gateway_config, upstreams
 
 
-def start_task_plane(doubles, workdir: Path, *extra_args: str) -> ControlPlane:
-    """Webhooks may reach loopback (the tests' receivers); `extra_args` tune leases, retries…"""
+def start_task_plane(doubles, workdir: Path, *extra_args: str, config: dict | None = None,
+                     env: dict[str, str] | None = None,
+                     port: int | None = None,
+                     database_url: str | None = None) -> ControlPlane:
+    """Webhooks may reach loopback (the tests' receivers); `extra_args` tune leases, retries…
+    `config` replaces the e2e gateway config, `env` adds secrets, `port` is the port to use
+    (known beforehand when the plane's own URL goes into its arguments), `database_url` a
+    PostgreSQL store instead of SQLite."""
     config_file = workdir / "gateway.json"
-    config_file.write_text(json.dumps(gateway_config(doubles)))
+    config_file.write_text(json.dumps(config or gateway_config(doubles)))
     return ControlPlane(workdir, extra_args=[
         "--gateway-config", str(config_file), "--webhook-allow-net", "127.0.0.0/8",
-        *extra_args], env=secrets(doubles))
+        *extra_args], env={**secrets(doubles), **(env or {})}, port=port,
+        database_url=database_url)
 
 
 def start_task_edge(name: str, plane: ControlPlane, doubles, workdir: Path,
-                    **tasks_section) -> hosts.Host:
-    """Host `name` with the e2e gateway config plus a `tasks` section pointing at `plane`
-    (`tasks_section` adds fields, e.g. `call_timeout_ms`)."""
-    config = gateway_config(doubles)
+                    config: dict | None = None, **tasks_section) -> hosts.Host:
+    """Host `name` with the e2e gateway config (or `config`) plus a `tasks` section pointing
+    at `plane` (`tasks_section` adds fields, e.g. `call_timeout_ms`)."""
+    config = dict(config or gateway_config(doubles))
     config["tasks"] = {"base_url": plane.base_url, "cluster": "task_plane",
                        "token_secret": EDGE_TOKEN_SECRET, **tasks_section}
     ups = upstreams(doubles)

@@ -54,6 +54,11 @@ pub struct GatewayConfig {
     /// without it those answer 404).
     #[serde(default)]
     pub tasks: Option<crate::tasks::edge::TasksConfig>,
+    /// Asynchronous providers and the models they serve, taken out of `providers` and
+    /// `models` at load (see `crate::tasks::providers::deployments`): only the task plane runs
+    /// them.
+    #[serde(skip)]
+    pub task_providers: crate::tasks::providers::deployments::TaskProviders,
 }
 
 /// One upstream provider account or server.
@@ -289,7 +294,11 @@ impl Default for FallbackPolicy {
 impl GatewayConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let mut config: GatewayConfig = serde_json::from_slice(bytes)?;
+        let mut document: Value = serde_json::from_slice(bytes)?;
+        let task_providers = crate::tasks::providers::deployments::split(&mut document)
+            .map_err(ConfigError::Invalid)?;
+        let mut config: GatewayConfig = serde_json::from_value(document)?;
+        config.task_providers = task_providers;
         crate::catalog::resolve(&mut config)?;
         config.validate()?;
         Ok(config)
@@ -396,6 +405,8 @@ impl GatewayConfig {
                 return invalid(format!("model `{}`: all weights are zero", model.name));
             }
         }
+        crate::tasks::providers::deployments::check_names(&self.task_providers, &mut names)
+            .map_err(ConfigError::Invalid)?;
         if self.limits.max_request_bytes == 0 {
             return invalid("limits.max_request_bytes must be > 0".into());
         }
@@ -415,6 +426,14 @@ impl GatewayConfig {
         self.models
             .iter()
             .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+    }
+
+    /// The canonical name of the model (synchronous or served by asynchronous providers)
+    /// called `name` or aliased so.
+    pub fn model_name(&self, name: &str) -> Option<&str> {
+        self.model(name)
+            .map(|m| m.name.as_str())
+            .or_else(|| self.task_providers.model(name).map(|m| m.name.as_str()))
     }
 
     /// The fallback policy in force for `model`.

@@ -235,6 +235,13 @@ impl Gateway {
                     .iter()
                     .filter_map(|t| t.token_secret.as_deref()),
             )
+            .chain(
+                self.config
+                    .task_providers
+                    .providers
+                    .values()
+                    .flat_map(|p| p.secret_names()),
+            )
             .collect();
         let mut secrets = BTreeMap::new();
         for name in names {
@@ -251,6 +258,21 @@ impl Gateway {
         self.synced_secrets
             .get(name)
             .or_else(|| self.secrets.get(name))
+    }
+
+    /// The task model called `name` and its deployments in fallback order, credentials
+    /// resolved (see `crate::tasks::providers::deployments`).
+    pub fn task_route(
+        &self,
+        name: &str,
+    ) -> Option<(
+        &crate::tasks::providers::deployments::TaskModelConfig,
+        Vec<crate::tasks::providers::deployments::TaskDeployment>,
+    )> {
+        let providers = &self.config.task_providers;
+        let model = providers.model(name)?;
+        let secret = |n: &str| self.secret(n).map(|s| s.0.clone());
+        Some((model, providers.route(model, &secret)))
     }
 
     /// Every key that may authenticate: the config's and the control plane's.

@@ -317,6 +317,7 @@ pub fn test_settings() -> Settings {
         webhook_retry_max_ms: 400,
         webhook_timeout_ms: 2_000,
         max_body_bytes: 64 * 1024,
+        ..Settings::default()
     }
 }
 

@@ -303,7 +303,7 @@ impl Forward {
             } else {
                 submitted_model(body)?
             };
-            let config = gateway.config().model(&model).ok_or_else(|| {
+            let canonical = gateway.config().model_name(&model).ok_or_else(|| {
                 GatewayError::new(
                     ErrorKind::NotFound,
                     format!("model `{model}` does not exist"),
@@ -313,7 +313,7 @@ impl Forward {
             })?;
             let allowed = gateway
                 .key(&self.key_id)
-                .is_some_and(|k| k.allows(&model) || k.allows(&config.name));
+                .is_some_and(|k| k.allows(&model) || k.allows(canonical));
             if !allowed {
                 return Err(GatewayError::new(
                     ErrorKind::PermissionDenied,

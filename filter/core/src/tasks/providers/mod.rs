@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::tasks::webhook::WebhookError;
 
 pub mod dashscope;
+pub mod deployments;
 pub mod fal;
 pub mod replicate;
 pub mod veo;

@@ -1,0 +1,368 @@
+"""Models served by asynchronous providers, end to end on every host: a client submits
+`POST /v1/tasks` through the edge, the task plane in the real `gpu-backend` submits to the
+provider's double (WaveSpeed, Replicate, fal, DashScope, Veo — each speaking its documented
+wire format and signing its own webhooks), follows the provider's task by the provider's
+webhook (to `/v1/provider-webhooks/…` on the task plane, verified with the provider's scheme)
+and by polling, and delivers a Standard Webhooks message to the client's receiver here.
+
+Covered (the PostgreSQL store too): success via the provider's webhook (one poll only: the one the webhook triggers),
+via polling only (DashScope, Veo: no webhooks), a provider failing the task → fallback to the
+next deployment → success, a never-finishing task → failed with the reason, forged and stale
+provider webhooks → 401 and counted, never changing the task, the client's own webhook
+verified with the reference implementation, and each task metered exactly once."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from doubles import replicate_double, wavespeed_double
+from doubles.server import ASYNC_PROVIDERS
+
+from . import paths
+from .conftest import Gateway
+from .control_plane import free_port, postgres_url
+from .gateway_config import KEY_ALL, KEY_LIMITED, gateway_config
+from .task_plane import start_task_edge, start_task_plane
+from .test_tasks import wait_final
+from .webhook_receiver import WebhookReceiver
+
+LIMIT_S = 30
+WEBHOOK_SECRETS = {"WAVESPEED_WEBHOOK_SECRET": wavespeed_double.WEBHOOK_SECRET,
+                   "REPLICATE_WEBHOOK_SECRET": replicate_double.WEBHOOK_SECRET}
+# How long one provider may take before the task moves on (the never-finishing test).
+ATTEMPT_TIMEOUT_MS = 3000
+
+
+def async_config(doubles) -> dict:
+    """The e2e gateway config plus one provider per asynchronous double and models on them."""
+    config = gateway_config(doubles)
+    base = {name: doubles[name].base_url for name in ASYNC_PROVIDERS}
+    key = {name: doubles[name].secret_env for name in ASYNC_PROVIDERS}
+    config["providers"].update({
+        "ws": {"kind": "wavespeed", "base_url": base["wavespeed"],
+               "api_key_secret": key["wavespeed"],
+               "webhook_secret_secret": "WAVESPEED_WEBHOOK_SECRET"},
+        "rep": {"kind": "replicate", "base_url": base["replicate"],
+                "api_key_secret": key["replicate"],
+                "webhook_secret_secret": "REPLICATE_WEBHOOK_SECRET"},
+        "fal": {"kind": "fal", "base_url": base["fal"], "api_key_secret": key["fal"],
+                "webhook_jwks_url": base["fal"] + "/.well-known/jwks.json"},
+        "ds": {"kind": "dashscope_tasks", "base_url": base["dashscope_tasks"],
+               "api_key_secret": key["dashscope_tasks"]},
+        "veo": {"kind": "veo", "base_url": base["veo"], "api_key_secret": key["veo"]},
+    })
+    config["models"] += [
+        {"name": "flux-ws", "deployments": [
+            {"provider": "ws", "model": "wavespeed-ai/flux-dev", "price": {"image": 0.02}}]},
+        {"name": "flux-replicate", "deployments": [
+            {"provider": "rep", "model": "black-forest-labs/flux-schnell",
+             "price": {"image": 0.003}}]},
+        {"name": "flux-fal", "deployments": [
+            {"provider": "fal", "model": "fal-ai/flux/dev", "price": {"image": 0.025}}]},
+        {"name": "wanx", "deployments": [
+            {"provider": "ds", "model": "wanx2.1-t2i-turbo",
+             "price": {"image": 0.03, "task": 0.01}}]},
+        {"name": "veo-3", "deployments": [
+            {"provider": "veo", "model": "veo-3.0-generate-001", "price": {"second": 0.4}}]},
+        # WaveSpeed first, fal when WaveSpeed fails or never finishes.
+        {"name": "flux-fallback", "deployments": [
+            {"provider": "ws", "model": "wavespeed-ai/flux-dev", "price": {"image": 0.02}},
+            {"provider": "fal", "model": "fal-ai/flux/dev", "price": {"image": 0.025}}]},
+    ]
+    return config
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    r = WebhookReceiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def task_plane(doubles, tmp_path_factory):
+    """The task plane, reachable by the doubles at its own URL (`--task-public-url`), polling
+    from 200 ms on."""
+    port = free_port()
+    plane = start_task_plane(
+        doubles, Path(tmp_path_factory.mktemp("async-providers")),
+        "--task-public-url", f"http://127.0.0.1:{port}", "--provider-poll-ms", "200",
+        "--provider-poll-max-ms", "400",
+        "--provider-attempt-timeout-ms", str(ATTEMPT_TIMEOUT_MS),
+        config=async_config(doubles), env=WEBHOOK_SECRETS, port=port)
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="module", params=paths.selected_hosts())
+def edge(request, task_plane, doubles, tmp_path_factory) -> Gateway:
+    name = request.param
+    host = start_task_edge(name, task_plane, doubles,
+                           Path(tmp_path_factory.mktemp(f"{name}-async")),
+                           config=async_config(doubles))
+    yield Gateway(host, doubles)
+    host.stop()
+
+
+def submit(edge: Gateway, model: str, prompt: str, **extra) -> dict:
+    r = edge.post("/v1/tasks", {"model": model, "input": {"prompt": prompt, **extra.pop(
+        "input", {})}, **extra})
+    assert r.status_code == 202, r.text
+    task = r.json()
+    assert task["status"] in ("queued", "running") and task["operation"] == "generation"
+    return task
+
+
+def provider_webhooks(doubles, provider: str, task_id: str) -> list[dict]:
+    """The webhooks `provider`'s double sent about our task (its URL names the task)."""
+    r = httpx.get(doubles[provider].base_url + "/_webhooks", timeout=10)
+    return [d for d in r.json() if task_id in d["url"]]
+
+
+def polls(doubles, provider: str, job_id: str) -> int:
+    """Status polls of a provider's job (fal's result fetch after `COMPLETED` is not one)."""
+    return sum(1 for r in doubles[provider].requests()
+               if r["method"] == "GET" and job_id in r["path"]
+               and (provider != "fal" or r["path"].endswith("/status")))
+
+
+def ledger_records(plane, task_id: str) -> list[dict]:
+    deadline = time.monotonic() + 10
+    while True:
+        r = plane.admin("GET", "/admin/v1/requests?limit=200")
+        assert r.status_code == 200, r.text
+        records = [rec for rec in r.json()["requests"] if rec["request_id"] == task_id]
+        if records or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def metric(plane, line_start: str) -> float:
+    text = httpx.get(plane.base_url + "/task-plane/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(line_start))
+
+
+@pytest.mark.parametrize("model,provider,price", [
+    ("flux-ws", "wavespeed", 0.02), ("flux-replicate", "replicate", 0.003),
+    ("flux-fal", "fal", 0.025)])
+def test_a_task_finishes_by_the_providers_webhook(edge, task_plane, doubles, receiver,
+                                                   model, provider, price):
+    hook = f"/hook/{edge.name}/{provider}"
+    task = submit(edge, model, f"a lighthouse via {edge.name}", webhook=receiver.url(hook),
+                  input={"num_images": 2, "num_outputs": 2})
+    done = wait_final(edge, task["id"])
+    assert done["status"] == "succeeded", done
+    assert len(done["outputs"]) == 2
+    assert all(o["type"] == "image" and o["url"].startswith(doubles[provider].base_url)
+               for o in done["outputs"])
+    assert httpx.get(done["outputs"][0]["url"], timeout=10).content.startswith(b"\x89PNG")
+    assert done["usage"]["images"] == 2
+    assert done["cost_usd"] == pytest.approx(2 * price)
+
+    # The provider called back, the task plane took the webhook (202: the task was due
+    # now), and that one poll is all it took: a job without a webhook needs two.
+    sent = provider_webhooks(doubles, provider, task["id"])
+    assert [d["status"] for d in sent] == [202], sent
+    assert polls(doubles, provider, sent[0]["job"]) == 1
+
+    # The client's own webhook, verified with the reference implementation.
+    r = edge.get("/v1/webhook-settings")
+    delivery = receiver.wait_for(hook)[0]
+    payload = Webhook(r.json()["secret"]).verify(delivery.body, delivery.headers)
+    assert payload["type"] == "task.succeeded"
+    assert payload["data"]["outputs"] == done["outputs"]
+
+    records = ledger_records(task_plane, task["id"])
+    assert len(records) == 1, records
+    assert records[0]["images"] == 2 and records[0]["status"] == 200
+    assert records[0]["cost"] == pytest.approx(2 * price)
+
+
+def test_providers_without_webhooks_are_polled(edge, task_plane, doubles):
+    image = submit(edge, "wanx", f"a harbour via {edge.name}", input={"parameters": {"n": 2}})
+    video = submit(edge, "veo-3", f"waves via {edge.name}",
+                   input={"parameters": {"durationSeconds": 8}})
+    done = wait_final(edge, image["id"])
+    assert done["status"] == "succeeded", done
+    assert [o["type"] for o in done["outputs"]] == ["image", "image"]
+    assert done["usage"]["images"] == 2
+    assert done["cost_usd"] == pytest.approx(2 * 0.03 + 0.01)
+
+    done = wait_final(edge, video["id"])
+    assert done["status"] == "succeeded", done
+    assert [o["type"] for o in done["outputs"]] == ["video"]
+    assert done["outputs"][0]["url"].endswith(".mp4")
+    assert done["usage"]["seconds"] == 8
+    assert done["cost_usd"] == pytest.approx(8 * 0.4)
+    for task_id in (image["id"], video["id"]):
+        assert len(ledger_records(task_plane, task_id)) == 1
+
+
+def test_a_failed_provider_task_falls_back_to_the_next_deployment(edge, task_plane, doubles):
+    task = submit(edge, "flux-fallback", f"[[async:fail:wavespeed]] a storm via {edge.name}")
+    done = wait_final(edge, task["id"])
+    assert done["status"] == "succeeded", done
+    assert [a["deployment"] for a in done["attempts"]] == [
+        "ws/wavespeed-ai/flux-dev", "fal/fal-ai/flux/dev"]
+    assert done["attempts"][0]["outcome"].startswith("failed")
+    assert done["outputs"][0]["url"].startswith(doubles["fal"].base_url)
+    # Billed once, by the deployment that served it.
+    records = ledger_records(task_plane, task["id"])
+    assert len(records) == 1 and records[0]["deployment"] == "fal/fal-ai/flux/dev", records
+    assert records[0]["cost"] == pytest.approx(0.025)
+
+
+def test_a_task_that_never_finishes_fails_with_the_reason(edge, task_plane):
+    task = submit(edge, "flux-ws", f"[[async:never]] a still sea via {edge.name}")
+    done = wait_final(edge, task["id"])
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "task_timeout"
+    assert done["error"]["status"] == 504
+    assert f"within {ATTEMPT_TIMEOUT_MS} ms" in done["error"]["message"]
+    assert done["outputs"] == []
+    records = ledger_records(task_plane, task["id"])
+    assert len(records) == 1 and records[0]["status"] == 504 and records[0]["cost"] == 0
+
+
+def test_forged_and_stale_provider_webhooks_are_refused_and_counted(edge, task_plane,
+                                                                   doubles):
+    task = submit(edge, "flux-ws", f"[[async:never]] a calm via {edge.name}")
+    # The provider's task id: what the polls after our submit ask about (nothing else runs
+    # on WaveSpeed meanwhile).
+    deadline = time.monotonic() + LIMIT_S
+    job_id = None
+    while job_id is None and time.monotonic() < deadline:
+        seen = doubles["wavespeed"].requests()
+        submitted = [i for i, r in enumerate(seen)
+                     if r["method"] == "POST" and task["id"] in r["query"].get("webhook", "")]
+        polled = [r["path"] for r in seen[submitted[0]:] if r["method"] == "GET"] \
+            if submitted else []
+        if polled:
+            job_id = polled[0].split("/predictions/")[1].split("/")[0]
+        time.sleep(0.1)
+    assert job_id is not None
+    body = json.dumps({"id": job_id, "model": "wavespeed-ai/flux-dev", "status": "completed",
+                       "outputs": ["https://attacker.example/x.png"], "error": ""}).encode()
+    url = f"{task_plane.base_url}/v1/provider-webhooks/ws/{task['id']}"
+    before = metric(task_plane,
+                    'switchyard_provider_webhooks_total{provider="wavespeed",outcome="rejected"}')
+
+    now = int(time.time())
+    forged = {"webhook-id": "msg_forged", "webhook-timestamp": str(now),
+              "webhook-signature": wavespeed_double.sign("whsec_not-the-secret", "msg_forged",
+                                                       now, body)}
+    stale_ts = now - 3600
+    stale = {"webhook-id": "msg_stale", "webhook-timestamp": str(stale_ts),
+             "webhook-signature": wavespeed_double.sign(wavespeed_double.WEBHOOK_SECRET,
+                                                      "msg_stale", stale_ts, body)}
+    for headers in (forged, stale, {}):
+        r = httpx.post(url, content=body, headers={"content-type": "application/json",
+                                                   **headers}, timeout=10)
+        assert r.status_code == 401, r.text
+        assert "error" in r.json()
+    after = metric(task_plane,
+                   'switchyard_provider_webhooks_total{provider="wavespeed",outcome="rejected"}')
+    assert after - before == 3
+
+    # A genuine signature about another provider task is refused too.
+    other = json.dumps({"id": "another-job", "status": "completed", "outputs": []}).encode()
+    genuine = {"webhook-id": "msg_other", "webhook-timestamp": str(now),
+               "webhook-signature": wavespeed_double.sign(wavespeed_double.WEBHOOK_SECRET,
+                                                        "msg_other", now, other)}
+    r = httpx.post(url, content=other, headers=genuine, timeout=10)
+    assert r.status_code == 400, r.text
+    # Unknown tasks are 404, as for clients.
+    r = httpx.post(f"{task_plane.base_url}/v1/provider-webhooks/ws/task_000000000000000000000000",
+                   content=body, headers=forged, timeout=10)
+    assert r.status_code == 404, r.text
+
+    # None of it changed the task: it is still running (until its attempt times out).
+    current = edge.get(f"/v1/tasks/{task['id']}").json()
+    assert current["outputs"] == [] and current["status"] in ("running", "failed")
+    done = wait_final(edge, task["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "task_timeout", done
+
+
+def test_bad_submissions_are_refused_at_the_edge(edge):
+    r = edge.post("/v1/tasks", {"model": "flux-ws", "input": {"prompt": "x"}}, key=KEY_LIMITED)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "model_not_allowed"
+    r = edge.post("/v1/tasks", {"model": "flux-nope", "input": {"prompt": "x"}})
+    assert r.status_code == 404, r.text
+
+
+def test_each_task_lands_in_the_ledger_once(task_plane):
+    r = task_plane.admin("GET", "/admin/v1/requests?limit=200")
+    assert r.status_code == 200, r.text
+    counted = Counter(rec["request_id"] for rec in r.json()["requests"])
+    assert counted and all(n == 1 for n in counted.values()), counted
+
+
+
+def test_provider_tasks_run_on_postgresql_too(doubles, tmp_path_factory):
+    """The same steps over PostgreSQL (the submit's records, the webhook's nudge, the
+    fallback), submitted to the task plane directly with a gateway key."""
+    port = free_port()
+    plane = start_task_plane(
+        doubles, Path(tmp_path_factory.mktemp("async-providers-pg")),
+        "--task-public-url", f"http://127.0.0.1:{port}", "--provider-poll-ms", "200",
+        "--provider-poll-max-ms", "400", config=async_config(doubles), env=WEBHOOK_SECRETS,
+        port=port, database_url=postgres_url())
+    try:
+        def run(model: str, prompt: str) -> dict:
+            r = httpx.post(plane.base_url + "/v1/tasks", timeout=10,
+                           headers={"authorization": f"Bearer {KEY_ALL}"},
+                           json={"model": model, "input": {"prompt": prompt}})
+            assert r.status_code == 202, r.text
+            task_id = r.json()["id"]
+            deadline = time.monotonic() + LIMIT_S
+            while time.monotonic() < deadline:
+                task = httpx.get(f"{plane.base_url}/v1/tasks/{task_id}", timeout=10,
+                                 headers={"authorization": f"Bearer {KEY_ALL}"}).json()
+                if task["status"] in ("succeeded", "failed", "canceled"):
+                    return task
+                time.sleep(0.1)
+            pytest.fail(f"task {task_id} did not finish within {LIMIT_S} s")
+
+        done = run("flux-ws", "a lighthouse on postgres")
+        assert done["status"] == "succeeded", done
+        assert [d["status"] for d in provider_webhooks(doubles, "wavespeed", done["id"])] \
+            == [202]
+        done = run("flux-fallback", "[[async:fail:wavespeed]] a storm on postgres")
+        assert done["status"] == "succeeded", done
+        assert len(done["attempts"]) == 2
+        assert len(ledger_records(plane, done["id"])) == 1
+    finally:
+        plane.stop()
+
+
+def test_cancel_reaches_the_providers_cancel(edge, doubles):
+    task = submit(edge, "wanx", f"[[async:never]] a quiet bay via {edge.name}")
+    # Running at the provider: its task was submitted and polled at least once.
+    deadline = time.monotonic() + LIMIT_S
+    job_id = None
+    while job_id is None and time.monotonic() < deadline:
+        seen = doubles["dashscope_tasks"].requests()
+        submitted = [i for i, r in enumerate(seen) if r["method"] == "POST"
+                     and task["id"] not in r["path"] and "a quiet bay via " + edge.name
+                     in json.dumps(r["body"])]
+        polled = [r["path"] for r in seen[submitted[-1]:] if r["method"] == "GET"] \
+            if submitted else []
+        if polled:
+            job_id = polled[0].rsplit("/", 1)[1]
+        time.sleep(0.1)
+    assert job_id is not None
+    r = edge.post(f"/v1/tasks/{task['id']}/cancel", {})
+    assert r.status_code in (200, 202), r.text
+    done = wait_final(edge, task["id"])
+    assert done["status"] == "canceled", done
+    assert any(r["method"] == "POST" and r["path"] == f"/api/v1/tasks/{job_id}/cancel"
+               for r in doubles["dashscope_tasks"].requests())
