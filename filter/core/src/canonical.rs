@@ -360,6 +360,11 @@ pub struct TokenUsage {
     pub output: u64,
     /// Input tokens served from the provider's prompt cache (a subset of `input`).
     pub cached_input: u64,
+    /// Output tokens the model spent reasoning (a subset of `output`, which is what is
+    /// billed): reported by OpenAI, Gemini and the servers that copy them, 0 where the
+    /// provider does not break it down (Anthropic counts thinking in `output_tokens` only).
+    #[serde(default)]
+    pub reasoning: u64,
 }
 
 impl TokenUsage {
@@ -368,6 +373,7 @@ impl TokenUsage {
         self.input = self.input.max(other.input);
         self.output = self.output.max(other.output);
         self.cached_input = self.cached_input.max(other.cached_input);
+        self.reasoning = self.reasoning.max(other.reasoning);
     }
 }
 

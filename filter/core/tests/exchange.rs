@@ -254,7 +254,8 @@ fn n_from_a_provider_with_one_choice_is_asked_n_times_and_merged_with_usage_summ
     assert_eq!(
         body["usage"],
         json!({"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42,
-               "prompt_tokens_details": {"cached_tokens": 0}})
+               "prompt_tokens_details": {"cached_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0}})
     );
     let record = h.finish(Ending::default());
     assert_eq!((record.status, record.attempts), (200, 3));

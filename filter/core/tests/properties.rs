@@ -664,6 +664,7 @@ fn canonical_answer(a: &Answer) -> switchyard_core::canonical::ChatResponse {
             input: a.usage.0,
             output: a.usage.1,
             cached_input: a.usage.2,
+            reasoning: 0,
         },
     }
 }

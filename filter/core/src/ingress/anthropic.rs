@@ -395,6 +395,7 @@ fn input_object(arguments: &str) -> Value {
     }
 }
 
+/// Anthropic's `usage` has no reasoning breakdown: thinking is in `output_tokens`.
 fn usage_json(u: &TokenUsage) -> Value {
     json!({
         "input_tokens": u.input.saturating_sub(u.cached_input),

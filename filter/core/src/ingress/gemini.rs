@@ -783,14 +783,20 @@ fn finish_str(reason: FinishReason) -> &'static str {
     }
 }
 
+/// Gemini's `usageMetadata`: its `candidatesTokenCount` leaves thoughts out (they are
+/// `thoughtsTokenCount`, present only when the model thought), the total counts both.
 fn usage_json(u: &TokenUsage) -> Value {
+    let reasoning = u.reasoning.min(u.output);
     let mut usage = json!({
         "promptTokenCount": u.input,
-        "candidatesTokenCount": u.output,
+        "candidatesTokenCount": u.output - reasoning,
         "totalTokenCount": u.input + u.output,
     });
     if u.cached_input > 0 {
         usage["cachedContentTokenCount"] = json!(u.cached_input);
+    }
+    if reasoning > 0 {
+        usage["thoughtsTokenCount"] = json!(reasoning);
     }
     usage
 }

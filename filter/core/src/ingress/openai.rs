@@ -80,6 +80,7 @@ fn usage_json(u: &TokenUsage) -> Value {
         "completion_tokens": u.output,
         "total_tokens": u.input + u.output,
         "prompt_tokens_details": {"cached_tokens": u.cached_input},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning},
     })
 }
 

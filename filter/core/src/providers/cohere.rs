@@ -231,6 +231,8 @@ impl WireUsage {
             input: count(pick(|c| c.input_tokens)),
             output: count(pick(|c| c.output_tokens)),
             cached_input: count(self.cached_tokens),
+            // Cohere reports no reasoning breakdown.
+            reasoning: 0,
         }
     }
 }

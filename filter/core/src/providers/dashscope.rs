@@ -267,6 +267,9 @@ impl WireUsage {
                 .prompt_tokens_details
                 .as_ref()
                 .map_or(0, |d| d.cached_tokens),
+            // Not read: the reasoning breakdown is not in the documented answer the
+            // double and the fixtures follow.
+            reasoning: 0,
         }
     }
 }

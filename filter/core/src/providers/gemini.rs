@@ -534,6 +534,7 @@ impl WireUsage {
             input: self.prompt_token_count,
             output: self.candidates_token_count + self.thoughts_token_count,
             cached_input: self.cached_content_token_count,
+            reasoning: self.thoughts_token_count,
         }
     }
 }

@@ -214,12 +214,22 @@ pub(crate) struct WireUsage {
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<OutputDetails>,
 }
 
 #[derive(Deserialize, Default)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: u64,
+}
+
+/// `completion_tokens_details` (Chat) and `output_tokens_details` (Responses): the
+/// reasoning part of the output tokens.
+#[derive(Deserialize, Default)]
+pub(crate) struct OutputDetails {
+    #[serde(default)]
+    pub(crate) reasoning_tokens: u64,
 }
 
 impl WireUsage {
@@ -231,6 +241,10 @@ impl WireUsage {
                 .prompt_tokens_details
                 .as_ref()
                 .map_or(0, |d| d.cached_tokens),
+            reasoning: self
+                .completion_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.reasoning_tokens),
         }
     }
 }
@@ -469,6 +483,8 @@ struct ResponsesUsage {
     output_tokens: u64,
     #[serde(default)]
     input_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetails>,
 }
 
 impl ResponsesUsage {
@@ -480,6 +496,10 @@ impl ResponsesUsage {
                 .input_tokens_details
                 .as_ref()
                 .map_or(0, |d| d.cached_tokens),
+            reasoning: self
+                .output_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.reasoning_tokens),
         }
     }
 }

@@ -136,6 +136,8 @@ impl WireUsage {
                 + self.cache_creation_input_tokens.unwrap_or(0),
             output: self.output_tokens.unwrap_or(0),
             cached_input: cached,
+            // Anthropic counts thinking in `output_tokens` and reports no breakdown.
+            reasoning: 0,
         }
     }
 }
