@@ -8,7 +8,9 @@
 //! the "Answers" part of `docs/fields.md`, so the doc cannot drift. What no dialect carries
 //! is listed in [`NOT_CARRIED`] with the reason.
 
-use crate::canonical::{ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall};
+use crate::canonical::{
+    ChatResponse, FinishReason, FunctionCall, Reasoning, TokenUsage, ToolCall, ANTHROPIC_REASONING,
+};
 use crate::providers::ProviderKind;
 
 /// Where one dialect carries an answer field: a JSON pointer into the complete answer and
@@ -44,6 +46,7 @@ fn answer(text: Option<&str>, finish: FinishReason) -> ChatResponse {
         created: 1_700_000_000,
         text: text.map(str::to_string),
         tool_calls: Vec::new(),
+        reasoning: Vec::new(),
         finish_reason: Some(finish),
         usage: TokenUsage::default(),
     }
@@ -70,6 +73,16 @@ fn with_usage() -> ChatResponse {
         cached_input: 40,
         reasoning: 0,
     };
+    r
+}
+
+fn with_thinking() -> ChatResponse {
+    let mut r = answer(Some("Hello!"), FinishReason::Stop);
+    r.reasoning = vec![Reasoning::Text {
+        text: "The user greets me.".into(),
+        signature: Some("sig-1".into()),
+        format: Some(ANTHROPIC_REASONING.into()),
+    }];
     r
 }
 
@@ -177,6 +190,35 @@ pub const FIELDS: &[AnswerField] = &[
         ],
     },
     AnswerField {
+        name: "reasoning text",
+        sample: with_thinking,
+        carried: [
+            at(
+                "/choices/0/message/reasoning_content",
+                r#""The user greets me.""#,
+            ),
+            at("/content/0/thinking", r#""The user greets me.""#),
+            at("/output/0/summary/0/text", r#""The user greets me.""#),
+            at(
+                "/candidates/0/content/parts/0/text",
+                r#""The user greets me.""#,
+            ),
+        ],
+    },
+    AnswerField {
+        name: "reasoning is marked as such",
+        sample: with_thinking,
+        carried: [
+            at(
+                "/choices/0/message/reasoning_details/0/type",
+                r#""reasoning.text""#,
+            ),
+            at("/content/0/type", r#""thinking""#),
+            at("/output/0/type", r#""reasoning""#),
+            at("/candidates/0/content/parts/0/thought", "true"),
+        ],
+    },
+    AnswerField {
         name: "usage.input (100, 40 of them cached)",
         sample: with_usage,
         carried: [
@@ -240,8 +282,19 @@ pub const NOT_CARRIED: &[(&str, &str)] = &[
          itself reports them",
     ),
     (
-        "reasoning content (Anthropic `thinking` blocks, Gemini thoughts)",
-        "not returned across dialects; Gemini's `includeThoughts` is refused on request",
+        "reasoning signatures and encrypted reasoning to Responses and Gemini clients",
+        "the reasoning text is carried (a `reasoning` item's summary, a thought part), and \
+         the signature only to clients that can send it back (OpenAI Chat in \
+         `reasoning_details[].signature`, Anthropic in the thinking block's `signature`); a \
+         Responses client's reasoning items and a Gemini client's thoughts are not sent on \
+         (request matrix), so another provider's signature would have nowhere to go; a Gemini \
+         client gets Gemini's own `thoughtSignature`",
+    ),
+    (
+        "reasoning from Bedrock, Cohere, DashScope and Mistral",
+        "not read: Bedrock does not think through the gateway (`thinking` is refused), and the \
+         others' reasoning fields are not in the documented answers the gateway follows; their \
+         reasoning tokens are counted in `usage.output`",
     ),
     (
         "citations, annotations, grounding metadata",

@@ -37,6 +37,23 @@ pub enum StreamEvent {
         /// Argument fragment.
         arguments: String,
     },
+    /// A piece of the model's reasoning text.
+    Reasoning(String),
+    /// The signature over the reasoning so far (Anthropic `signature_delta`, Gemini
+    /// `thoughtSignature`); it closes that piece of reasoning.
+    ReasoningSignature {
+        /// The opaque signature.
+        signature: String,
+        /// Whose it is ([`crate::canonical::ANTHROPIC_REASONING`], ...).
+        format: &'static str,
+    },
+    /// A piece of reasoning the provider sends encrypted (Anthropic `redacted_thinking`).
+    ReasoningEncrypted {
+        /// The opaque data.
+        data: String,
+        /// Whose it is.
+        format: &'static str,
+    },
     /// Generation ended.
     Finish(FinishReason),
     /// Token counts so far (may arrive several times; the largest counts win).

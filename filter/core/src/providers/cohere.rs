@@ -334,6 +334,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: 0,
         text,
         tool_calls,
+        reasoning: Vec::new(),
         finish_reason: wire.finish_reason.as_deref().map(finish_reason),
         usage: wire.usage.map(|u| u.canonical()).unwrap_or_default(),
     })

@@ -345,6 +345,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: 0,
         text: text.filter(|t| !t.is_empty()),
         tool_calls,
+        reasoning: Vec::new(),
         finish_reason: finish.as_deref().and_then(finish_reason),
         usage: wire.usage.map(|u| u.canonical()).unwrap_or_default(),
     })

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall,
+    ChatRequest, ChatResponse, FinishReason, FunctionCall, Reasoning, TokenUsage, ToolCall,
+    ANTHROPIC_REASONING, GEMINI_REASONING,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::ingress::openai::OpenAiStreamEncoder;
@@ -185,6 +186,47 @@ struct WireMessage {
     refusal: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<WireToolCall>>,
+    /// Reasoning text as DeepSeek, vLLM and other OpenAI-compatible servers return it
+    /// (<https://api-docs.deepseek.com/guides/reasoning_model>); OpenRouter's `reasoning`
+    /// too. OpenAI's own Chat API returns none.
+    #[serde(default, alias = "reasoning")]
+    reasoning_content: Option<String>,
+    /// OpenRouter's typed reasoning, signatures included
+    /// (<https://openrouter.ai/docs/use-cases/reasoning-tokens>).
+    #[serde(default)]
+    reasoning_details: Option<Vec<Value>>,
+}
+
+/// A `format` an OpenAI-compatible server (OpenRouter) names, as one the gateway knows.
+fn known_format(format: Option<&str>) -> &'static str {
+    match format {
+        Some(GEMINI_REASONING) => GEMINI_REASONING,
+        Some(ANTHROPIC_REASONING) => ANTHROPIC_REASONING,
+        _ => "unknown",
+    }
+}
+
+impl WireMessage {
+    /// The message's reasoning: `reasoning_details` where given (it keeps signatures), else
+    /// `reasoning_content` as unsigned text.
+    fn reasoning(&mut self) -> Vec<Reasoning> {
+        let details: Vec<Reasoning> = self
+            .reasoning_details
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| serde_json::from_value(d).ok())
+            .collect();
+        let text = self.reasoning_content.take().filter(|t| !t.is_empty());
+        match text {
+            Some(text) if details.is_empty() => vec![Reasoning::Text {
+                text,
+                signature: None,
+                format: None,
+            }],
+            _ => details,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -289,6 +331,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         Some(c) => (c.message.unwrap_or_default(), c.finish_reason),
         None => (WireMessage::default(), None),
     };
+    let reasoning = message.reasoning();
     let refusal = message.refusal.take().filter(|r| !r.is_empty());
     let refused = refusal.is_some();
     if message.content.as_deref().is_none_or(str::is_empty) {
@@ -318,6 +361,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: wire.created,
         text: message.content,
         tool_calls,
+        reasoning,
         finish_reason: finish.as_deref().map(|f| finish_reason(f, refused)),
         usage: wire.usage.map(|u| u.canonical()).unwrap_or_default(),
     })
@@ -371,7 +415,32 @@ impl SseFrameDecoder for OpenAiStreamFrames {
             });
         }
         for choice in chunk.choices.into_iter().take(1) {
-            if let Some(delta) = choice.delta {
+            if let Some(mut delta) = choice.delta {
+                for part in delta.reasoning() {
+                    match part {
+                        Reasoning::Text {
+                            text,
+                            signature,
+                            format,
+                        } => {
+                            if !text.is_empty() {
+                                out.push(StreamEvent::Reasoning(text));
+                            }
+                            if let Some(signature) = signature.filter(|s| !s.is_empty()) {
+                                out.push(StreamEvent::ReasoningSignature {
+                                    signature,
+                                    format: known_format(format.as_deref()),
+                                });
+                            }
+                        }
+                        Reasoning::Encrypted { data, format } => {
+                            out.push(StreamEvent::ReasoningEncrypted {
+                                data,
+                                format: known_format(format.as_deref()),
+                            })
+                        }
+                    }
+                }
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                     out.push(StreamEvent::Text(text));
                 }

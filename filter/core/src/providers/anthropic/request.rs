@@ -100,7 +100,9 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
             }
             Role::User => push_blocks(&mut messages, "user", content_blocks(message)),
             Role::Assistant => {
-                let mut blocks = content_blocks(message);
+                // Thinking comes first in an assistant turn, as Anthropic wrote it.
+                let mut blocks = super::reasoning_blocks(&message.reasoning);
+                blocks.extend(content_blocks(message));
                 for call in message.tool_calls.iter().flatten() {
                     blocks.push(json!({
                         "type": "tool_use",
