@@ -373,7 +373,12 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "parallel_tool_calls:false" => Mapped("/parallel_tool_calls"),
             "image:data" | "image:https" => Mapped("/messages/0/content/1/image_url/url"),
             "stream_options.include_usage" => Mapped("/stream_options/include_usage"),
-            "thinking" => Refused(NO_THINKING),
+            "thinking" => Emulated {
+                how: "`reasoning_effort` from the budget: up to 1024 tokens `low`, up to 8192 \
+                      `medium`, more `high`; `disabled` is `minimal` (a model without \
+                      reasoning answers the provider's own 400)",
+                trace: "/reasoning_effort",
+            },
             "other" => Mapped("/service_tier"),
             "temperature" => Mapped("/temperature"),
             "top_p" => Mapped("/top_p"),
@@ -1106,8 +1111,9 @@ pub const INGRESS: &[IngressField] = &[
         "generationConfig.thinkingConfig.includeThoughts",
         "",
         "",
-        "with a `thinkingBudget` above 0, thoughts come back as thought parts (so they do \
-         with a budget alone); `true` without a budget is a 400",
+        "with a `thinkingBudget` above 0, thoughts come back as thought parts (from Gemini only \
+         when asked; Anthropic returns its thinking either way); `true` without a budget is a \
+         400",
     ),
     ingress(
         Dialect::Gemini,

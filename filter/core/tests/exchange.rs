@@ -808,14 +808,13 @@ fn every_answer_in_every_dialect_carries_a_request_id() {
     let cases = [
         (
             "/v1/responses",
-            json!({"model": "nope", "input": "hi"}),
-            404,
+            json!({"model": "solo", "input": "hi", "truncation": "auto"}),
+            400,
         ),
         (
             "/v1/messages",
-            json!({"model": "solo", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}],
-                   "thinking": {"type": "enabled", "budget_tokens": 32}}),
-            400,
+            json!({"model": "nope", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
+            404,
         ),
         (
             "/v1beta/models/nope:generateContent",

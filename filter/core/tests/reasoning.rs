@@ -178,3 +178,31 @@ fn gemini_include_thoughts_needs_a_budget() {
     );
     assert!(decode(json!({"includeThoughts": true})).is_err());
 }
+
+#[test]
+fn anthropic_thinking_is_openai_reasoning_effort() {
+    let effort = |thinking: Value| {
+        let req = decode(
+            Dialect::Anthropic,
+            &json!({"model": "m", "max_tokens": 20000, "thinking": thinking,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        let egress = ProviderKind::Openai.build_chat(&req, "o4-mini").unwrap();
+        let body: Value = serde_json::from_slice(&egress.body).unwrap();
+        assert!(body.get("thinking").is_none(), "{body}");
+        body["reasoning_effort"].clone()
+    };
+    assert_eq!(
+        effort(json!({"type": "enabled", "budget_tokens": 1024})),
+        "low"
+    );
+    assert_eq!(
+        effort(json!({"type": "enabled", "budget_tokens": 4096})),
+        "medium"
+    );
+    assert_eq!(
+        effort(json!({"type": "enabled", "budget_tokens": 16384})),
+        "high"
+    );
+    assert_eq!(effort(json!({"type": "disabled"})), "minimal");
+}

@@ -706,10 +706,13 @@ fn generation_extras(
                 extra.insert("thinking".into(), json!({"type": "disabled"}));
             }
             Some(n) if n > 0 => {
-                extra.insert(
-                    "thinking".into(),
-                    json!({"type": "enabled", "budget_tokens": n}),
-                );
+                let mut value = json!({"type": "enabled", "budget_tokens": n});
+                // Thinking asked Gemini's way returns no thoughts unless asked for; the
+                // Gemini provider reads this, the others never send it.
+                if thinking.include_thoughts != Some(true) {
+                    value["include_thoughts"] = json!(false);
+                }
+                extra.insert("thinking".into(), value);
             }
             Some(_) => {
                 return Err(refuse(

@@ -407,8 +407,13 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
     }
     if let Some(budget) = thinking_budget(req)? {
         // Thinking asked for Anthropic's way returns the thinking (Anthropic always does):
-        // Gemini returns thought summaries only when asked.
-        let include = budget > 0 && req.extra.contains_key("thinking");
+        // Gemini returns thought summaries only when asked. A Gemini client that did not
+        // ask says so (`include_thoughts: false`, from the Gemini ingress).
+        let include = budget > 0
+            && req
+                .extra
+                .get("thinking")
+                .is_some_and(|t| t.get("include_thoughts") != Some(&Value::Bool(false)));
         let mut config = json!({"thinkingBudget": budget});
         if include {
             config["includeThoughts"] = json!(true);

@@ -119,6 +119,14 @@ pub(crate) fn chat_body(
     // Gemini safety settings reach here only as a hint (thresholds that turn blocking off;
     // the field matrix refuses the others): OpenAI has no such field to send them in.
     req.extra.remove("safety_settings");
+    // Anthropic-style thinking is OpenAI's `reasoning_effort` (`effort_for_thinking`).
+    // A value that is neither form is sent as written, for the server to judge.
+    if let Some(effort) = req.extra.get("thinking").and_then(effort_for_thinking) {
+        req.extra.remove("thinking");
+        req.extra
+            .entry("reasoning_effort")
+            .or_insert_with(|| Value::String(effort.into()));
+    }
     if req.stream {
         let opts = req.stream_options.get_or_insert_with(Default::default);
         opts.include_usage = Some(true);
@@ -137,6 +145,22 @@ pub(crate) fn chat_body(
     };
     compat.adjust(&mut map);
     serde_json::to_vec(&map).map_err(encode)
+}
+
+/// The `reasoning_effort` standing for an Anthropic-style `thinking` request: a budget up
+/// to 1024 tokens is `low`, up to 8192 `medium`, more `high` (the inverse of the budgets
+/// the Anthropic and Gemini providers give each effort); `disabled` is `minimal`, the
+/// least OpenAI offers. `None` for a value that is neither.
+pub fn effort_for_thinking(thinking: &Value) -> Option<&'static str> {
+    match thinking.get("type").and_then(Value::as_str)? {
+        "disabled" => Some("minimal"),
+        "enabled" => match thinking.get("budget_tokens").and_then(Value::as_u64)? {
+            0..=1024 => Some("low"),
+            1025..=8192 => Some("medium"),
+            _ => Some("high"),
+        },
+        _ => None,
+    }
 }
 
 /// Builds an OpenAI request from canonical form (used when the ingress was not OpenAI).
