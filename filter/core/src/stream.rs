@@ -5,7 +5,7 @@
 //! Both sides are fed chunks as they arrive and keep only per-stream state (open blocks,
 //! tool-call indices, usage), so nothing ever waits for the whole stream.
 
-use crate::canonical::{FinishReason, TokenUsage};
+use crate::canonical::{FinishReason, Reasoning, TokenUsage};
 use crate::error::{ErrorKind, GatewayError};
 use crate::sse::{SseEvent, SseParser};
 
@@ -60,6 +60,28 @@ pub enum StreamEvent {
     Usage(TokenUsage),
     /// The upstream reported an error inside the stream.
     Error(GatewayError),
+}
+
+impl StreamEvent {
+    /// Pushes the events of one piece of reasoning a provider streamed: its text, then its
+    /// signature, or its encrypted data; `format` says whose signature or data it is.
+    pub fn push_reasoning(out: &mut Vec<StreamEvent>, part: Reasoning, format: &'static str) {
+        match part {
+            Reasoning::Text {
+                text, signature, ..
+            } => {
+                if !text.is_empty() {
+                    out.push(StreamEvent::Reasoning(text));
+                }
+                if let Some(signature) = signature.filter(|s| !s.is_empty()) {
+                    out.push(StreamEvent::ReasoningSignature { signature, format });
+                }
+            }
+            Reasoning::Encrypted { data, .. } => {
+                out.push(StreamEvent::ReasoningEncrypted { data, format })
+            }
+        }
+    }
 }
 
 /// Decodes one provider's stream bytes into canonical events.

@@ -704,19 +704,8 @@ impl SseFrameDecoder for GeminiStreamFrames {
         let mut finish = None;
         if let Some(candidate) = chunk.candidates.into_iter().next() {
             for mut part in candidate.content.map(|c| c.parts).unwrap_or_default() {
-                if let Some(Reasoning::Text {
-                    text, signature, ..
-                }) = part.reasoning()
-                {
-                    if !text.is_empty() {
-                        out.push(StreamEvent::Reasoning(text));
-                    }
-                    if let Some(signature) = signature {
-                        out.push(StreamEvent::ReasoningSignature {
-                            signature,
-                            format: GEMINI_REASONING,
-                        });
-                    }
+                if let Some(reasoning) = part.reasoning() {
+                    StreamEvent::push_reasoning(out, reasoning, GEMINI_REASONING);
                 }
                 if let Some(call) = part.function_call {
                     let index = self.next_tool;

@@ -441,29 +441,8 @@ impl SseFrameDecoder for OpenAiStreamFrames {
         for choice in chunk.choices.into_iter().take(1) {
             if let Some(mut delta) = choice.delta {
                 for part in delta.reasoning() {
-                    match part {
-                        Reasoning::Text {
-                            text,
-                            signature,
-                            format,
-                        } => {
-                            if !text.is_empty() {
-                                out.push(StreamEvent::Reasoning(text));
-                            }
-                            if let Some(signature) = signature.filter(|s| !s.is_empty()) {
-                                out.push(StreamEvent::ReasoningSignature {
-                                    signature,
-                                    format: known_format(format.as_deref()),
-                                });
-                            }
-                        }
-                        Reasoning::Encrypted { data, format } => {
-                            out.push(StreamEvent::ReasoningEncrypted {
-                                data,
-                                format: known_format(format.as_deref()),
-                            })
-                        }
-                    }
+                    let format = known_format(part.format());
+                    StreamEvent::push_reasoning(out, part, format);
                 }
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                     out.push(StreamEvent::Text(text));

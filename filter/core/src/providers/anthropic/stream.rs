@@ -148,24 +148,11 @@ impl SseFrameDecoder for AnthropicStreamFrames {
                     }
                 }
                 WireBlock::Text { text } if !text.is_empty() => out.push(StreamEvent::Text(text)),
-                WireBlock::Thinking {
-                    thinking,
-                    signature,
-                } => {
-                    if !thinking.is_empty() {
-                        out.push(StreamEvent::Reasoning(thinking));
-                    }
-                    if let Some(signature) = signature.filter(|s| !s.is_empty()) {
-                        out.push(StreamEvent::ReasoningSignature {
-                            signature,
-                            format: ANTHROPIC_REASONING,
-                        });
+                b @ (WireBlock::Thinking { .. } | WireBlock::RedactedThinking { .. }) => {
+                    if let Some(part) = b.reasoning() {
+                        StreamEvent::push_reasoning(out, part, ANTHROPIC_REASONING);
                     }
                 }
-                WireBlock::RedactedThinking { data } => out.push(StreamEvent::ReasoningEncrypted {
-                    data,
-                    format: ANTHROPIC_REASONING,
-                }),
                 _ => {}
             },
             WireStreamEvent::ContentBlockDelta { index, delta } => match delta {
