@@ -301,6 +301,7 @@ async fn collect_response(
                     created,
                     text: Some(text),
                     tool_calls: Vec::new(),
+                    reasoning: Vec::new(),
                     finish_reason: Some(reason),
                     usage,
                 };

@@ -1,9 +1,15 @@
 """Anthropic double: Messages API (`POST /v1/messages`), plain and streamed with the exact
 event sequence (message_start, content_block_start, ping, content_block_delta with text_delta /
-input_json_delta, content_block_stop, message_delta with usage, message_stop).
+input_json_delta / thinking_delta / signature_delta, content_block_stop, message_delta with
+usage, message_stop).
 
-Wire format: https://docs.anthropic.com/en/api/messages and
-https://docs.anthropic.com/en/docs/build-with-claude/streaming (see README.md).
+Extended thinking (`thinking: {type: enabled, budget_tokens}`) answers with a signed
+`thinking` block first; thinking blocks sent back in assistant turns must carry the signature
+the double gave them (`redacted_thinking` blocks are opaque and pass), as the real API checks.
+
+Wire format: https://docs.anthropic.com/en/api/messages,
+https://docs.anthropic.com/en/docs/build-with-claude/streaming and
+https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking (see README.md).
 """
 
 from __future__ import annotations
@@ -83,8 +89,38 @@ def usage_json(reply: Reply) -> dict:
             "service_tier": "standard"}
 
 
+def thinking_error(body: dict) -> str | None:
+    """Why the request's thinking is invalid, as the real API says it, or None."""
+    thinking = body.get("thinking")
+    if thinking is not None:
+        kind = (thinking or {}).get("type")
+        if kind not in ("enabled", "disabled"):
+            return "thinking.type: Input should be 'enabled' or 'disabled'"
+        budget = thinking.get("budget_tokens")
+        if kind == "enabled":
+            if not isinstance(budget, int) or budget < 1024:
+                return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+            if budget >= body.get("max_tokens", 0):
+                return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    for i, m in enumerate(body.get("messages") or []):
+        for j, b in enumerate(blocks(m.get("content"))):
+            if b.get("type") not in ("thinking", "redacted_thinking"):
+                continue
+            if m.get("role") != "assistant":
+                return f"messages.{i}.content.{j}: thinking blocks belong to assistant turns"
+            if b.get("type") == "thinking" and (
+                    b.get("signature") != common.sign_thinking(b.get("thinking", ""))):
+                return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+            if b.get("type") == "redacted_thinking" and not b.get("data"):
+                return f"messages.{i}.content.{j}.data: Field required"
+    return None
+
+
 def content_blocks(reply: Reply) -> list[dict]:
     out: list[dict] = []
+    if reply.thinking:
+        out.append({"type": "thinking", "thinking": reply.thinking,
+                    "signature": common.sign_thinking(reply.thinking)})
     if reply.text:
         out.append({"type": "text", "text": reply.text})
     for call in reply.tool_calls:
@@ -110,15 +146,29 @@ def stream_events(model: str, reply: Reply):
     start["usage"] = dict(start["usage"], output_tokens=1)
     yield event("message_start", {"type": "message_start", "message": start})
     index = 0
+    if reply.thinking:
+        yield event("content_block_start", {
+            "type": "content_block_start", "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+        for piece in common.split_text(reply.thinking):
+            yield event("content_block_delta", {
+                "type": "content_block_delta", "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": piece}})
+        yield event("content_block_delta", {
+            "type": "content_block_delta", "index": 0,
+            "delta": {"type": "signature_delta",
+                      "signature": common.sign_thinking(reply.thinking)}})
+        yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        index = 1
     if reply.text:
-        yield event("content_block_start", {"type": "content_block_start", "index": 0,
+        yield event("content_block_start", {"type": "content_block_start", "index": index,
                                             "content_block": {"type": "text", "text": ""}})
         yield event("ping", {"type": "ping"})
         for piece in common.split_text(reply.text):
-            yield event("content_block_delta", {"type": "content_block_delta", "index": 0,
+            yield event("content_block_delta", {"type": "content_block_delta", "index": index,
                                                 "delta": {"type": "text_delta", "text": piece}})
-        yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
-        index = 1
+        yield event("content_block_stop", {"type": "content_block_stop", "index": index})
+        index += 1
     for call in reply.tool_calls:
         yield event("content_block_start", {
             "type": "content_block_start", "index": index,
@@ -188,6 +238,10 @@ class AnthropicDouble:
                 "invalid_request_error",
                 "messages: roles must be 'user' or 'assistant' (system goes in `system`)"),
                 400, headers)
+        invalid = thinking_error(body)
+        if invalid:
+            return common.json_response(anthropic_error("invalid_request_error", invalid),
+                                        400, headers)
         conv = conversation(body)
         fault = common.parse_fault_marker(conv.last_user_text) or self.state.next_fault(request.path)
         if fault:
@@ -201,6 +255,8 @@ class AnthropicDouble:
             if fault["kind"] == "close_headers":
                 return await common.close_mid_headers(request)
         reply = common.plan_reply(PROVIDER, conv, id_prefix="toolu_01")
+        if (body.get("thinking") or {}).get("type") == "enabled":
+            reply = common.with_thinking(reply, conv)
         entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
         if not conv.stream:

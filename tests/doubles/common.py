@@ -17,7 +17,12 @@ tests can assert real content:
   request + 10 per offered tool, output = words of the reply + 7 per tool call; a user text
   containing ``[cache]`` reports half the input as cached;
 * the OpenAI double answers a user text containing ``[refusal]`` with the text as the model's
-  refusal (``message.refusal`` / ``delta.refusal``, ``content: null``).
+  refusal (``message.refusal`` / ``delta.refusal``, ``content: null``);
+* a request that asks the model to think (Anthropic ``thinking``, Gemini ``thinkingConfig``
+  with a budget, OpenAI ``reasoning_effort``) gets reasoning (`with_thinking`): the text
+  ``"thinking about <hash8>: <last user text>"`` where the provider returns it (Anthropic
+  signs it with `sign_thinking` and checks signed thinking sent back; Gemini returns it with
+  ``includeThoughts``), and its words as reasoning tokens, counted in the output.
 
 Fault injection, per request (a marker in the last user text or embedding input, e.g.
 ``[[fault:status=503,retry_after=2]]``) or queued with ``POST /_faults``
@@ -123,8 +128,9 @@ class ToolCall:
 @dataclass
 class Usage:
     input: int
-    output: int
+    output: int  # reasoning included
     cached: int
+    reasoning: int = 0
 
 
 @dataclass
@@ -132,6 +138,7 @@ class Reply:
     text: str | None
     tool_calls: list[ToolCall]
     usage: Usage
+    thinking: str | None = None
 
     @property
     def finished_by_tools(self) -> bool:
@@ -188,6 +195,29 @@ def plan_reply(provider: str, conv: Conversation, id_prefix: str = "call_") -> R
     out_tokens = (words(text) if text else 0) + 7 * len(calls)
     cached = in_tokens // 2 if "[cache]" in user else 0
     return Reply(text=text, tool_calls=calls, usage=Usage(in_tokens, out_tokens, cached))
+
+
+# The key the Anthropic double signs its thinking with (the real signature is opaque too).
+THINKING_KEY = b"switchyard-double-thinking"
+
+
+def sign_thinking(text: str) -> str:
+    """The signature of a thinking block: what Anthropic checks when the block comes back."""
+    import base64
+    import hmac
+
+    return base64.b64encode(hmac.new(THINKING_KEY, text.encode(), hashlib.sha256).digest()).decode()
+
+
+def with_thinking(reply: Reply, conv: Conversation) -> Reply:
+    """`reply` of a model that thought first: the thinking text, its words as reasoning tokens
+    (counted in the output, as every provider bills them)."""
+    user = conv.last_user_text
+    text = f"thinking about {sha8(user)}: {clean(user)}"
+    n = words(text)
+    u = reply.usage
+    return Reply(text=reply.text, tool_calls=reply.tool_calls, thinking=text,
+                 usage=Usage(u.input, u.output + n, u.cached, reasoning=n))
 
 
 def split_text(text: str, parts: int = 4) -> list[str]:

@@ -2,7 +2,12 @@
 SSE, cumulative usageMetadata on every chunk, no [DONE]), functionCall / functionResponse parts,
 `:embedContent` and `:batchEmbedContents`. Credential: `x-goog-api-key` (or `?key=`).
 
-Wire format: https://ai.google.dev/api/generate-content (see README.md).
+Thinking (`generationConfig.thinkingConfig.thinkingBudget` above 0): the thoughts are counted
+as `thoughtsTokenCount` (apart from `candidatesTokenCount`, in the total) and, with
+`includeThoughts: true`, returned first as a thought part (`thought: true`).
+
+Wire format: https://ai.google.dev/api/generate-content and
+https://ai.google.dev/gemini-api/docs/thinking (see README.md).
 """
 
 from __future__ import annotations
@@ -98,12 +103,26 @@ def conversation(model: str, body: dict, stream: bool) -> Conversation:
 def usage_json(reply: Reply, output: int | None = None) -> dict:
     u = reply.usage
     out = u.output if output is None else output
-    meta = {"promptTokenCount": u.input, "candidatesTokenCount": out,
+    thoughts = min(u.reasoning, out)
+    meta = {"promptTokenCount": u.input, "candidatesTokenCount": out - thoughts,
             "totalTokenCount": u.input + out,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": u.input}]}
+    if thoughts:
+        meta["thoughtsTokenCount"] = thoughts
     if u.cached:
         meta["cachedContentTokenCount"] = u.cached
     return meta
+
+
+def thinking_config(body: dict) -> dict:
+    return g(g(body, "generationConfig") or {}, "thinkingConfig") or {}
+
+
+def thought_parts(reply: Reply, body: dict) -> list[dict]:
+    """The thought summary, returned only when the request asked for it."""
+    if reply.thinking and g(thinking_config(body), "includeThoughts"):
+        return [{"text": reply.thinking, "thought": True}]
+    return []
 
 
 def response(model: str, parts: list[dict], finish: str | None, usage: dict, rid: str) -> dict:
@@ -123,10 +142,10 @@ def reply_parts(reply: Reply) -> list[dict]:
     return parts
 
 
-def stream_events(model: str, reply: Reply):
+def stream_events(model: str, reply: Reply, thoughts: list[dict]):
     rid = common.new_id("")
     pieces = common.split_text(reply.text) if reply.text else []
-    chunks: list[list[dict]] = [[{"text": p}] for p in pieces]
+    chunks: list[list[dict]] = [[t] for t in thoughts] + [[{"text": p}] for p in pieces]
     calls = [{"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls]
     if calls:
         chunks.append(calls)
@@ -137,6 +156,7 @@ def stream_events(model: str, reply: Reply):
         last = i == len(chunks) - 1
         so_far = reply.usage.output if last else min(
             reply.usage.output, so_far + sum(common.words(p.get("text", "")) for p in parts))
+        so_far = max(so_far, min(reply.usage.reasoning, reply.usage.output))
         payload = response(model, parts, "STOP" if last else None, usage_json(reply, so_far), rid)
         yield f"data: {json.dumps(payload)}\r\n\r\n"
 
@@ -225,13 +245,17 @@ class GeminiDouble:
             if fault["kind"] == "close_headers":
                 return await common.close_mid_headers(request)
         reply = common.plan_reply(self.provider, conv)
+        budget = g(thinking_config(body), "thinkingBudget")
+        if (isinstance(budget, int) and budget != 0) or g(thinking_config(body), "thinkingLevel"):
+            reply = common.with_thinking(reply, conv)
         entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
+        thoughts = thought_parts(reply, body)
         if not stream:
-            return common.json_response(response(model, reply_parts(reply), "STOP",
+            return common.json_response(response(model, thoughts + reply_parts(reply), "STOP",
                                                  usage_json(reply), common.new_id("")))
         s = common.Stream(request, fault, common.sse_headers())
-        return await common.run_stream(s, stream_events(model, reply))
+        return await common.run_stream(s, stream_events(model, reply, thoughts))
 
     def embed(self, entry: dict, method: str, body: dict) -> web.Response:
         requests = body.get("requests") if method == "batchEmbedContents" else [body]

@@ -2,6 +2,10 @@
 calls streamed with incremental arguments), Responses (`openai_responses.py`), Embeddings
 (float and base64), Models, and the media endpoints (`openai_media.py`).
 
+A request with `reasoning_effort` (other than `none`) thinks first: OpenAI's Chat API
+returns no reasoning text, only its count, `usage.completion_tokens_details.reasoning_tokens`
+(part of `completion_tokens`).
+
 Wire format: https://platform.openai.com/docs/api-reference/chat (see README.md).
 """
 
@@ -90,7 +94,7 @@ def usage_json(reply: Reply) -> dict:
         "completion_tokens": u.output,
         "total_tokens": u.input + u.output,
         "prompt_tokens_details": {"cached_tokens": u.cached, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0,
                                       "rejected_prediction_tokens": 0},
     }
@@ -239,6 +243,9 @@ class OpenAIDouble:
                 400, "Missing required parameter: 'messages'.", "invalid_request_error",
                 "missing_required_parameter", "messages"), 400)
         reply = common.plan_reply(self.provider, conv)
+        if body.get("reasoning_effort") not in (None, "none"):
+            reply = common.with_thinking(reply, conv)
+            reply.thinking = None  # counted, never returned
         entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
         refusal = "[refusal]" in conv.last_user_text

@@ -570,3 +570,58 @@ def test_vertex_double_with_google_genai_in_vertex_mode(doubles):
                    "models/m:generateContent", headers={"Authorization": "Bearer nope"},
                    json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
     assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+def test_anthropic_thinking_is_signed_and_checked(doubles):
+    """Extended thinking as the API documents it: a signed `thinking` block first (streamed as
+    thinking_delta then signature_delta); a block sent back with another signature is a 400;
+    a budget under 1024 or not under `max_tokens` is a 400."""
+    client = ant(doubles["anthropic"])
+    ask = [{"role": "user", "content": "think first"}]
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    r = client.messages.create(model="c", max_tokens=2048, thinking=thinking, messages=ask)
+    block = r.content[0]
+    assert block.type == "thinking" and block.signature
+    with client.messages.stream(model="c", max_tokens=2048, thinking=thinking,
+                                messages=ask) as s:
+        streamed = s.get_final_message()
+    assert streamed.content[0].model_dump() == block.model_dump()
+    assert r.usage.output_tokens == streamed.usage.output_tokens
+    turn = [b.model_dump(exclude_none=True) for b in r.content]
+    client.messages.create(model="c", max_tokens=2048, thinking=thinking, messages=ask + [
+        {"role": "assistant", "content": turn}, {"role": "user", "content": "go on"}])
+    turn[0]["signature"] = "forged"
+    with pytest.raises(anthropic.BadRequestError, match="signature"):
+        client.messages.create(model="c", max_tokens=2048, thinking=thinking, messages=ask + [
+            {"role": "assistant", "content": turn}, {"role": "user", "content": "go on"}])
+    with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
+        client.messages.create(model="c", max_tokens=2048, messages=ask,
+                               thinking={"type": "enabled", "budget_tokens": 512})
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        client.messages.create(model="c", max_tokens=1024, thinking=thinking, messages=ask)
+
+
+def test_gemini_thoughts_with_google_genai(doubles):
+    """Thinking as the Gemini API documents it: `thoughtsTokenCount` apart from the
+    candidates, and the thought summary as a `thought: true` part only with includeThoughts."""
+    from google import genai
+    from google.genai import types
+
+    d = doubles["gemini"]
+    client = genai.Client(api_key=d.api_key, http_options=types.HttpOptions(base_url=d.base_url))
+    config = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(
+        thinking_budget=1024, include_thoughts=True))
+    r = client.models.generate_content(model="gemini-2.5-flash", contents="think", config=config)
+    parts = r.candidates[0].content.parts
+    assert parts[0].thought and parts[0].text.startswith("thinking about ")
+    assert r.text == expected_text("gemini", "gemini-2.5-flash", "think")
+    u = r.usage_metadata
+    assert u.thoughts_token_count > 0
+    assert u.total_token_count == u.prompt_token_count + u.candidates_token_count + \
+        u.thoughts_token_count
+    quiet = client.models.generate_content(
+        model="gemini-2.5-flash", contents="think",
+        config=types.GenerateContentConfig(thinking_config=types.ThinkingConfig(
+            thinking_budget=1024)))
+    assert not any(p.thought for p in quiet.candidates[0].content.parts)
+    assert quiet.usage_metadata.thoughts_token_count == u.thoughts_token_count

@@ -8,7 +8,9 @@
 //! the "Answers" part of `docs/fields.md`, so the doc cannot drift. What no dialect carries
 //! is listed in [`NOT_CARRIED`] with the reason.
 
-use crate::canonical::{ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall};
+use crate::canonical::{
+    ChatResponse, FinishReason, FunctionCall, Reasoning, TokenUsage, ToolCall, ANTHROPIC_REASONING,
+};
 use crate::providers::ProviderKind;
 
 /// Where one dialect carries an answer field: a JSON pointer into the complete answer and
@@ -44,6 +46,7 @@ fn answer(text: Option<&str>, finish: FinishReason) -> ChatResponse {
         created: 1_700_000_000,
         text: text.map(str::to_string),
         tool_calls: Vec::new(),
+        reasoning: Vec::new(),
         finish_reason: Some(finish),
         usage: TokenUsage::default(),
     }
@@ -68,7 +71,24 @@ fn with_usage() -> ChatResponse {
         input: 100,
         output: 20,
         cached_input: 40,
+        reasoning: 0,
     };
+    r
+}
+
+fn with_thinking() -> ChatResponse {
+    let mut r = answer(Some("Hello!"), FinishReason::Stop);
+    r.reasoning = vec![Reasoning::Text {
+        text: "The user greets me.".into(),
+        signature: Some("sig-1".into()),
+        format: Some(ANTHROPIC_REASONING.into()),
+    }];
+    r
+}
+
+fn with_reasoning() -> ChatResponse {
+    let mut r = with_usage();
+    r.usage.reasoning = 12;
     r
 }
 
@@ -170,6 +190,35 @@ pub const FIELDS: &[AnswerField] = &[
         ],
     },
     AnswerField {
+        name: "reasoning text",
+        sample: with_thinking,
+        carried: [
+            at(
+                "/choices/0/message/reasoning_content",
+                r#""The user greets me.""#,
+            ),
+            at("/content/0/thinking", r#""The user greets me.""#),
+            at("/output/0/summary/0/text", r#""The user greets me.""#),
+            at(
+                "/candidates/0/content/parts/0/text",
+                r#""The user greets me.""#,
+            ),
+        ],
+    },
+    AnswerField {
+        name: "reasoning is marked as such",
+        sample: with_thinking,
+        carried: [
+            at(
+                "/choices/0/message/reasoning_details/0/type",
+                r#""reasoning.text""#,
+            ),
+            at("/content/0/type", r#""thinking""#),
+            at("/output/0/type", r#""reasoning""#),
+            at("/candidates/0/content/parts/0/thought", "true"),
+        ],
+    },
+    AnswerField {
         name: "usage.input (100, 40 of them cached)",
         sample: with_usage,
         carried: [
@@ -200,6 +249,18 @@ pub const FIELDS: &[AnswerField] = &[
             at("/usageMetadata/candidatesTokenCount", "20"),
         ],
     },
+    AnswerField {
+        name: "usage.reasoning (12 of the 20 output)",
+        sample: with_reasoning,
+        carried: [
+            at("/usage/completion_tokens_details/reasoning_tokens", "12"),
+            // Anthropic has no breakdown: thinking is counted in `output_tokens`.
+            at("/usage/output_tokens", "20"),
+            at("/usage/output_tokens_details/reasoning_tokens", "12"),
+            // Gemini counts thoughts apart from the candidates (their sum is the output).
+            at("/usageMetadata/thoughtsTokenCount", "12"),
+        ],
+    },
 ];
 
 /// Answer content a translated answer does not carry, and why that is not a silent drop.
@@ -216,13 +277,24 @@ pub const NOT_CARRIED: &[(&str, &str)] = &[
          `candidateCount` above 1",
     ),
     (
-        "reasoning tokens (breakdown)",
-        "counted in `usage.output` (Gemini's `thoughtsTokenCount` is added to it); the \
-         breakdown is not reported (Responses' `reasoning_tokens` says 0)",
+        "reasoning tokens to an Anthropic client",
+        "Anthropic's `usage` has no breakdown: they are in `output_tokens`, as Anthropic \
+         itself reports them",
     ),
     (
-        "reasoning content (Anthropic `thinking` blocks, Gemini thoughts)",
-        "not returned across dialects; Gemini's `includeThoughts` is refused on request",
+        "reasoning signatures and encrypted reasoning to Responses and Gemini clients",
+        "the reasoning text is carried (a `reasoning` item's summary, a thought part), and \
+         the signature only to clients that can send it back (OpenAI Chat in \
+         `reasoning_details[].signature`, Anthropic in the thinking block's `signature`); a \
+         Responses client's reasoning items and a Gemini client's thoughts are not sent on \
+         (request matrix), so another provider's signature would have nowhere to go; a Gemini \
+         client gets Gemini's own `thoughtSignature`",
+    ),
+    (
+        "reasoning from Bedrock, Cohere, DashScope and Mistral",
+        "not read: Bedrock does not think through the gateway (`thinking` is refused), and the \
+         others' reasoning fields are not in the documented answers the gateway follows; their \
+         reasoning tokens are counted in `usage.output`",
     ),
     (
         "citations, annotations, grounding metadata",
@@ -250,9 +322,10 @@ pub struct ProviderAnswers {
     /// Native finish values and what they become (the first listed per canonical value is
     /// the usual one).
     pub finish: &'static [(&'static str, FinishReason)],
-    /// Where `usage.input`, `usage.output` and `usage.cached_input` come from: JSON
-    /// pointers joined by ` + ` (summed) or ` | ` (the first present).
-    pub usage: [&'static str; 3],
+    /// Where `usage.input`, `usage.output`, `usage.cached_input` and `usage.reasoning` come
+    /// from: JSON pointers joined by ` + ` (summed) or ` | ` (the first present); empty
+    /// where the provider does not report the count.
+    pub usage: [&'static str; 4],
 }
 
 const OPENAI_FINISH: &[(&str, FinishReason)] = &[
@@ -262,10 +335,11 @@ const OPENAI_FINISH: &[(&str, FinishReason)] = &[
     ("function_call", FinishReason::ToolCalls),
     ("content_filter", FinishReason::ContentFilter),
 ];
-const OPENAI_USAGE: [&str; 3] = [
+const OPENAI_USAGE: [&str; 4] = [
     "/usage/prompt_tokens",
     "/usage/completion_tokens",
     "/usage/prompt_tokens_details/cached_tokens",
+    "/usage/completion_tokens_details/reasoning_tokens",
 ];
 const GEMINI_FINISH: &[(&str, FinishReason)] = &[
     ("STOP", FinishReason::Stop),
@@ -276,10 +350,11 @@ const GEMINI_FINISH: &[(&str, FinishReason)] = &[
     ("PROHIBITED_CONTENT", FinishReason::ContentFilter),
     ("SPII", FinishReason::ContentFilter),
 ];
-const GEMINI_USAGE: [&str; 3] = [
+const GEMINI_USAGE: [&str; 4] = [
     "/usageMetadata/promptTokenCount",
     "/usageMetadata/candidatesTokenCount + /usageMetadata/thoughtsTokenCount",
     "/usageMetadata/cachedContentTokenCount",
+    "/usageMetadata/thoughtsTokenCount",
 ];
 
 /// Every provider kind's answer mapping.
@@ -328,6 +403,7 @@ pub const PROVIDERS: &[ProviderAnswers] = &[
              /usage/cache_creation_input_tokens",
             "/usage/output_tokens",
             "/usage/cache_read_input_tokens",
+            "",
         ],
     },
     ProviderAnswers {
@@ -347,6 +423,7 @@ pub const PROVIDERS: &[ProviderAnswers] = &[
             "/usage/inputTokens + /usage/cacheReadInputTokens + /usage/cacheWriteInputTokens",
             "/usage/outputTokens",
             "/usage/cacheReadInputTokens",
+            "",
         ],
     },
     ProviderAnswers {
@@ -378,6 +455,7 @@ pub const PROVIDERS: &[ProviderAnswers] = &[
             "/usage/billed_units/input_tokens | /usage/tokens/input_tokens",
             "/usage/billed_units/output_tokens | /usage/tokens/output_tokens",
             "/usage/cached_tokens",
+            "",
         ],
     },
     ProviderAnswers {
@@ -395,6 +473,7 @@ pub const PROVIDERS: &[ProviderAnswers] = &[
             "/usage/input_tokens",
             "/usage/output_tokens",
             "/usage/prompt_tokens_details/cached_tokens",
+            "",
         ],
     },
 ];
@@ -410,6 +489,9 @@ fn finish_name(f: FinishReason) -> &'static str {
 
 /// A pointer expression (` + ` sums, ` | ` falls back) as the dotted names users read.
 fn dotted(expr: &str) -> String {
+    if expr.is_empty() {
+        return "— (not reported)".to_string();
+    }
     let name = |p: &str| format!("`{}`", p.trim().trim_start_matches('/').replace('/', "."));
     match expr.split_once(" | ") {
         Some((first, rest)) => format!("{} (else {})", name(first), name(rest)),
@@ -429,7 +511,7 @@ pub fn render_markdown() -> String {
          that looks like a credential is masked), rendered in the caller's error format.\n\n\
          ### From each provider\n\n\
          | provider | finish reasons (native → canonical) | `usage.input` | `usage.output` | \
-         `usage.cached_input` |\n|---|---|---|---|---|\n",
+         `usage.cached_input` | `usage.reasoning` |\n|---|---|---|---|---|---|\n",
     );
     for p in PROVIDERS {
         let finish = p
@@ -448,11 +530,12 @@ pub fn render_markdown() -> String {
             _ => "",
         };
         out.push_str(&format!(
-            "| {} | {finish}{extra}; others → `stop` | {} | {} | {} |\n",
+            "| {} | {finish}{extra}; others → `stop` | {} | {} | {} | {} |\n",
             p.kind.name(),
             dotted(p.usage[0]),
             dotted(p.usage[1]),
             dotted(p.usage[2]),
+            dotted(p.usage[3]),
         ));
     }
     out.push_str(

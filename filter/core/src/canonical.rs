@@ -145,6 +145,73 @@ pub struct Message {
     /// For role `tool`: the call this result answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// The model's reasoning in an earlier assistant turn, sent back so a provider that
+    /// checks it (Anthropic's signed thinking) can continue the turn. OpenAI Chat clients
+    /// write it as OpenRouter's `reasoning_details`; it is never sent in an OpenAI request
+    /// (OpenAI has no such input, and DeepSeek answers 400 to reasoning sent back).
+    #[serde(default, rename = "reasoning_details", skip_serializing)]
+    pub reasoning: Vec<Reasoning>,
+}
+
+/// One piece of a model's reasoning, as OpenRouter's `reasoning_details` writes it (the
+/// de-facto OpenAI Chat form that keeps signatures).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Reasoning {
+    /// Reasoning text (Anthropic `thinking`, Gemini thought summaries, `reasoning_content`
+    /// of DeepSeek-style servers), with the provider's signature over it when it has one.
+    #[serde(rename = "reasoning.text")]
+    Text {
+        /// The reasoning text.
+        #[serde(default)]
+        text: String,
+        /// The provider's opaque signature (Anthropic `signature`, Gemini
+        /// `thoughtSignature`); the provider checks it when the turn is sent back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+        /// Whose signature it is ([`ANTHROPIC_REASONING`], [`GEMINI_REASONING`]), so it is
+        /// only sent back to a provider that can check it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+    },
+    /// Reasoning the provider only returns encrypted (Anthropic `redacted_thinking`).
+    #[serde(rename = "reasoning.encrypted")]
+    Encrypted {
+        /// The opaque data.
+        data: String,
+        /// Whose data it is, as for [`Reasoning::Text`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+    },
+}
+
+/// The `format` of reasoning signed by Anthropic (OpenRouter's name for it).
+pub const ANTHROPIC_REASONING: &str = "anthropic-claude-v1";
+/// The `format` of reasoning signed by Gemini.
+pub const GEMINI_REASONING: &str = "google-gemini-v1";
+
+impl Reasoning {
+    /// Whose signature or data it carries, if known.
+    pub fn format(&self) -> Option<&str> {
+        match self {
+            Reasoning::Text { format, .. } | Reasoning::Encrypted { format, .. } => {
+                format.as_deref()
+            }
+        }
+    }
+
+    /// The reasoning text (empty for encrypted reasoning).
+    pub fn text(&self) -> &str {
+        match self {
+            Reasoning::Text { text, .. } => text,
+            Reasoning::Encrypted { .. } => "",
+        }
+    }
+}
+
+/// All reasoning text of `parts`, joined.
+pub fn reasoning_text(parts: &[Reasoning]) -> String {
+    parts.iter().map(Reasoning::text).collect()
 }
 
 impl Message {
@@ -156,6 +223,7 @@ impl Message {
             name: None,
             tool_calls: None,
             tool_call_id: None,
+            reasoning: Vec::new(),
         }
     }
 
@@ -360,6 +428,11 @@ pub struct TokenUsage {
     pub output: u64,
     /// Input tokens served from the provider's prompt cache (a subset of `input`).
     pub cached_input: u64,
+    /// Output tokens the model spent reasoning (a subset of `output`, which is what is
+    /// billed): reported by OpenAI, Gemini and the servers that copy them, 0 where the
+    /// provider does not break it down (Anthropic counts thinking in `output_tokens` only).
+    #[serde(default)]
+    pub reasoning: u64,
 }
 
 impl TokenUsage {
@@ -368,6 +441,7 @@ impl TokenUsage {
         self.input = self.input.max(other.input);
         self.output = self.output.max(other.output);
         self.cached_input = self.cached_input.max(other.cached_input);
+        self.reasoning = self.reasoning.max(other.reasoning);
     }
 }
 
@@ -384,6 +458,8 @@ pub struct ChatResponse {
     pub text: Option<String>,
     /// Tool calls, in order.
     pub tool_calls: Vec<ToolCall>,
+    /// The model's reasoning, in order (empty when the provider returned none).
+    pub reasoning: Vec<Reasoning>,
     /// Why it stopped.
     pub finish_reason: Option<FinishReason>,
     /// Tokens used.

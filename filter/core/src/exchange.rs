@@ -1178,6 +1178,7 @@ fn summed(a: TokenUsage, b: TokenUsage) -> TokenUsage {
         input: a.input + b.input,
         output: a.output + b.output,
         cached_input: a.cached_input + b.cached_input,
+        reasoning: a.reasoning + b.reasoning,
     }
 }
 

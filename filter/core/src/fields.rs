@@ -247,6 +247,15 @@ pub const FIELDS: &[Field] = &[
         present: |r| extra(r, "thinking"),
     },
     Field {
+        name: "reasoning:earlier_turns",
+        about: "the model's reasoning in an earlier assistant turn, sent back: OpenRouter's \
+                `reasoning_details` on an assistant message (Anthropic `thinking` blocks map \
+                to it; DeepSeek-style `reasoning_content` on a message is not read, as \
+                DeepSeek asks clients not to send it)",
+        probe: r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"ok","reasoning_details":[{"type":"reasoning.text","text":"The user greets me.","signature":"sig-1","format":"anthropic-claude-v1"}]},{"role":"user","content":"go on"}]}"#,
+        present: |r| r.messages.iter().any(|m| !m.reasoning.is_empty()),
+    },
+    Field {
         name: "safety_settings:block",
         about: "Gemini's `safetySettings` with a threshold that blocks (`BLOCK_ONLY_HIGH`, \
                 `BLOCK_*_AND_ABOVE`)",
@@ -335,6 +344,11 @@ const NO_PARALLEL_SWITCH: &str = "no way to limit a turn to one tool call";
 const NO_THINKING: &str =
     "Anthropic's `thinking` has no counterpart here; use `reasoning_effort` where it is mapped";
 const NO_EFFORT: &str = "no reasoning-effort setting the gateway maps";
+const NO_REASONING_INPUT: &str = "the provider takes no reasoning in its input: earlier turns' \
+     reasoning is context only the model that wrote it can check (signatures), so it is not \
+     sent";
+const OPENAI_REASONING_INPUT: &str = "OpenAI's Chat API takes no reasoning input and \
+     DeepSeek-style servers answer 400 to reasoning sent back, so it is not sent";
 const NO_OTHER: &str = "the provider has no such field; the gateway refuses rather than drop it";
 const NO_SAFETY: &str = "no per-category safety thresholds to block with";
 const SAFETY_OFF: &str = "asks Gemini's filter to block less; there is no such filter here to \
@@ -359,7 +373,12 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "parallel_tool_calls:false" => Mapped("/parallel_tool_calls"),
             "image:data" | "image:https" => Mapped("/messages/0/content/1/image_url/url"),
             "stream_options.include_usage" => Mapped("/stream_options/include_usage"),
-            "thinking" => Refused(NO_THINKING),
+            "thinking" => Emulated {
+                how: "`reasoning_effort` from the budget: up to 1024 tokens `low`, up to 8192 \
+                      `medium`, more `high`; `disabled` is `minimal` (a model without \
+                      reasoning answers the provider's own 400)",
+                trace: "/reasoning_effort",
+            },
             "other" => Mapped("/service_tier"),
             "temperature" => Mapped("/temperature"),
             "top_p" => Mapped("/top_p"),
@@ -378,6 +397,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "user" => Mapped("/user"),
             "metadata" => Mapped("/metadata"),
             "reasoning_effort" => Mapped("/reasoning_effort"),
+            "reasoning:earlier_turns" => Hint(OPENAI_REASONING_INPUT),
             "stream" => Mapped("/stream"),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
@@ -416,6 +436,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "top_k" => Refused("Mistral has no top-k sampling"),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "reasoning:earlier_turns" => Hint(NO_REASONING_INPUT),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -446,6 +467,14 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "user" => Mapped("/metadata/user_id"),
             "metadata" => Hint(METADATA_HINT),
             "thinking" => Mapped("/thinking"),
+            "reasoning:earlier_turns" => Emulated {
+                how: "Anthropic's own signed thinking goes back as `thinking` / \
+                      `redacted_thinking` blocks, unchanged, first in the assistant turn; \
+                      unsigned reasoning and another provider's (a `format` not \
+                      `anthropic-claude-v1`) are left out, as Anthropic rejects thinking it \
+                      cannot verify",
+                trace: "/messages/1/content/0/signature",
+            },
             "stream" => Mapped("/stream"),
             "stream_options.include_usage" => Emulated {
                 how: USAGE_ALWAYS,
@@ -502,6 +531,10 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "reasoning:earlier_turns" => Hint(
+                "not sent: Bedrock does not take extended thinking through the gateway \
+                 (`thinking` is refused), so its models wrote no reasoning to check",
+            ),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -551,6 +584,10 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                       (`none`), 1024 (`minimal`, `low`), 8192 (`medium`), 24576 (`high`)",
                 trace: "/generationConfig/thinkingConfig/thinkingBudget",
             },
+            "reasoning:earlier_turns" => Hint(
+                "not sent: thought summaries are not model input, and a thought signature \
+                 belongs to the part it came on, which the canonical form does not keep",
+            ),
             "safety_settings:block" | "safety_settings:off" => Mapped("/safetySettings"),
             "generation_config" => Mapped("/generationConfig/mediaResolution"),
             "truncation:auto" => Refused(NO_TRUNCATION),
@@ -588,6 +625,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "reasoning:earlier_turns" => Hint(NO_REASONING_INPUT),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -632,6 +670,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
+            "reasoning:earlier_turns" => Hint(NO_REASONING_INPUT),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -827,6 +866,13 @@ pub const INGRESS: &[IngressField] = &[
     ),
     ingress(
         Dialect::Anthropic,
+        "thinking / redacted_thinking blocks",
+        "reasoning:earlier_turns",
+        r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"thinking","thinking":"The user greets me.","signature":"sig-1"},{"type":"text","text":"ok"}]},{"role":"user","content":"go on"}]}"#,
+        "in assistant turns, with their signature (`format` `anthropic-claude-v1`)",
+    ),
+    ingress(
+        Dialect::Anthropic,
         "stream",
         "stream",
         r#"{"stream":true}"#,
@@ -929,8 +975,9 @@ pub const INGRESS: &[IngressField] = &[
         "include: other values",
         "",
         "",
-        "accepted: they extend items a translated answer never holds (reasoning items are not \
-         returned, hosted-tool calls are refused, input is not echoed); unknown values are a 400",
+        "accepted: they extend items a translated answer never holds (reasoning items carry \
+         their summary only, hosted-tool calls are refused, input is not echoed); unknown \
+         values are a 400",
     ),
     ingress(
         Dialect::Responses,
@@ -938,6 +985,14 @@ pub const INGRESS: &[IngressField] = &[
         "truncation:auto",
         r#"{"truncation":"auto"}"#,
         "`disabled` (the default) is what every provider does and asks for nothing",
+    ),
+    ingress(
+        Dialect::Responses,
+        "input items of type reasoning",
+        "",
+        "",
+        "not sent on: they only mean something to OpenAI, whose Responses clients are passed \
+         through as written",
     ),
     ingress(
         Dialect::Responses,
@@ -1056,7 +1111,16 @@ pub const INGRESS: &[IngressField] = &[
         "generationConfig.thinkingConfig.includeThoughts",
         "",
         "",
-        "`true` refused with a 400 (thought summaries are not returned)",
+        "with a `thinkingBudget` above 0, thoughts come back as thought parts (from Gemini only \
+         when asked; Anthropic returns its thinking either way); `true` without a budget is a \
+         400",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "thought parts in model turns",
+        "",
+        "",
+        "not sent on (the `reasoning:earlier_turns` row's Gemini cell says why)",
     ),
     ingress(
         Dialect::Gemini,

@@ -5,7 +5,7 @@
 //! Both sides are fed chunks as they arrive and keep only per-stream state (open blocks,
 //! tool-call indices, usage), so nothing ever waits for the whole stream.
 
-use crate::canonical::{FinishReason, TokenUsage};
+use crate::canonical::{FinishReason, Reasoning, TokenUsage};
 use crate::error::{ErrorKind, GatewayError};
 use crate::sse::{SseEvent, SseParser};
 
@@ -37,12 +37,51 @@ pub enum StreamEvent {
         /// Argument fragment.
         arguments: String,
     },
+    /// A piece of the model's reasoning text.
+    Reasoning(String),
+    /// The signature over the reasoning so far (Anthropic `signature_delta`, Gemini
+    /// `thoughtSignature`); it closes that piece of reasoning.
+    ReasoningSignature {
+        /// The opaque signature.
+        signature: String,
+        /// Whose it is ([`crate::canonical::ANTHROPIC_REASONING`], ...).
+        format: &'static str,
+    },
+    /// A piece of reasoning the provider sends encrypted (Anthropic `redacted_thinking`).
+    ReasoningEncrypted {
+        /// The opaque data.
+        data: String,
+        /// Whose it is.
+        format: &'static str,
+    },
     /// Generation ended.
     Finish(FinishReason),
     /// Token counts so far (may arrive several times; the largest counts win).
     Usage(TokenUsage),
     /// The upstream reported an error inside the stream.
     Error(GatewayError),
+}
+
+impl StreamEvent {
+    /// Pushes the events of one piece of reasoning a provider streamed: its text, then its
+    /// signature, or its encrypted data; `format` says whose signature or data it is.
+    pub fn push_reasoning(out: &mut Vec<StreamEvent>, part: Reasoning, format: &'static str) {
+        match part {
+            Reasoning::Text {
+                text, signature, ..
+            } => {
+                if !text.is_empty() {
+                    out.push(StreamEvent::Reasoning(text));
+                }
+                if let Some(signature) = signature.filter(|s| !s.is_empty()) {
+                    out.push(StreamEvent::ReasoningSignature { signature, format });
+                }
+            }
+            Reasoning::Encrypted { data, .. } => {
+                out.push(StreamEvent::ReasoningEncrypted { data, format })
+            }
+        }
+    }
 }
 
 /// Decodes one provider's stream bytes into canonical events.

@@ -88,6 +88,7 @@ mod tests {
             input: 1_000_000,
             output: 500_000,
             cached_input: 400_000,
+            reasoning: 0,
         };
         let price = Price {
             input: 2.0,

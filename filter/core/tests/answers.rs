@@ -48,7 +48,7 @@ fn recorded_provider_answers_become_the_canonical_answer_the_table_says() {
             "{context}: nothing read: {canonical:?}"
         );
         // Usage, read where the table says.
-        let [input, output, cached] = p.usage;
+        let [input, output, cached, reasoning] = p.usage;
         let usage = canonical.usage;
         assert_eq!(
             usage.input,
@@ -65,6 +65,12 @@ fn recorded_provider_answers_become_the_canonical_answer_the_table_says() {
             native_count(&recorded, cached),
             "{context} cached"
         );
+        assert_eq!(
+            usage.reasoning,
+            native_count(&recorded, reasoning),
+            "{context} reasoning"
+        );
+        assert!(usage.reasoning <= usage.output, "{context}: {usage:?}");
         assert!(usage.input > 0 && usage.output > 0, "{context}: {usage:?}");
         // Every native finish reason, written into the recorded answer.
         assert!(recorded.pointer(p.finish_at).is_some(), "{context}");

@@ -254,7 +254,8 @@ fn n_from_a_provider_with_one_choice_is_asked_n_times_and_merged_with_usage_summ
     assert_eq!(
         body["usage"],
         json!({"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42,
-               "prompt_tokens_details": {"cached_tokens": 0}})
+               "prompt_tokens_details": {"cached_tokens": 0},
+               "completion_tokens_details": {"reasoning_tokens": 0}})
     );
     let record = h.finish(Ending::default());
     assert_eq!((record.status, record.attempts), (200, 3));
@@ -807,14 +808,13 @@ fn every_answer_in_every_dialect_carries_a_request_id() {
     let cases = [
         (
             "/v1/responses",
-            json!({"model": "nope", "input": "hi"}),
-            404,
+            json!({"model": "solo", "input": "hi", "truncation": "auto"}),
+            400,
         ),
         (
             "/v1/messages",
-            json!({"model": "solo", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}],
-                   "thinking": {"type": "enabled", "budget_tokens": 32}}),
-            400,
+            json!({"model": "nope", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
+            404,
         ),
         (
             "/v1beta/models/nope:generateContent",

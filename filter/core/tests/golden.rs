@@ -187,6 +187,9 @@ fn response_goldens(kind: ProviderKind, dir: &str, name: &str) {
 fn anthropic_response_goldens() {
     response_goldens(ProviderKind::Anthropic, "anthropic", "response_text");
     response_goldens(ProviderKind::Anthropic, "anthropic", "response_tools");
+    response_goldens(ProviderKind::Anthropic, "anthropic", "response_thinking");
+    response_goldens(ProviderKind::Gemini, "gemini", "response_thoughts");
+    response_goldens(ProviderKind::Openai, "openai", "response_reasoning_content");
     let resp = anthropic::parse_chat(&fixture("anthropic/response_tools.json")).unwrap();
     // input_tokens excludes cache reads and writes; canonical input includes them.
     assert_eq!(resp.usage.input, 472 + 100 + 2048);
@@ -374,6 +377,11 @@ fn stream_goldens_all_providers() {
     stream_goldens(ProviderKind::Cohere, "cohere", "stream_tools");
     stream_goldens(ProviderKind::Mistral, "mistral", "stream_tools");
     stream_goldens(ProviderKind::Vertex, "vertex", "stream_tools");
+    // Reasoning (#19): Anthropic thinking with its signature, Gemini thought summaries and
+    // signatures, DeepSeek-style `reasoning_content`.
+    stream_goldens(ProviderKind::Anthropic, "anthropic", "stream_thinking");
+    stream_goldens(ProviderKind::Gemini, "gemini", "stream_thoughts");
+    stream_goldens(ProviderKind::Openai, "openai", "stream_reasoning_content");
 }
 
 #[test]

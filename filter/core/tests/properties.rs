@@ -84,6 +84,7 @@ fn conversation(system: &[String], turns: &[Turn]) -> ChatRequest {
             name: None,
             tool_calls: (!calls.is_empty()).then_some(calls),
             tool_call_id: None,
+            reasoning: Vec::new(),
         });
         for (i, (_, _, result)) in turn.calls.iter().enumerate() {
             messages.push(Message {
@@ -92,6 +93,7 @@ fn conversation(system: &[String], turns: &[Turn]) -> ChatRequest {
                 name: None,
                 tool_calls: None,
                 tool_call_id: Some(format!("call_{}", first_id + i)),
+                reasoning: Vec::new(),
             });
         }
         if let Some(f) = &turn.follow_up {
@@ -655,6 +657,7 @@ fn canonical_answer(a: &Answer) -> switchyard_core::canonical::ChatResponse {
                 },
             })
             .collect(),
+        reasoning: Vec::new(),
         finish_reason: Some(if a.calls.is_empty() {
             FinishReason::Stop
         } else {
@@ -664,6 +667,7 @@ fn canonical_answer(a: &Answer) -> switchyard_core::canonical::ChatResponse {
             input: a.usage.0,
             output: a.usage.1,
             cached_input: a.usage.2,
+            reasoning: 0,
         },
     }
 }

@@ -138,6 +138,7 @@ impl Sequence {
                 input: self.prompt_tokens as u64,
                 output: self.completion_tokens as u64,
                 cached_input: 0,
+                reasoning: 0,
             },
         });
         metrics.requests_completed.fetch_add(1, Ordering::Relaxed);

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 
 use crate::canonical::{
     ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall, FunctionDef,
-    ImageUrl, JsonSchemaFormat, Message, NamedFunction, ResponseFormat, Role, Stop, TokenUsage,
-    Tool, ToolCall, ToolChoice,
+    ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat, Role, Stop,
+    TokenUsage, Tool, ToolCall, ToolChoice, ANTHROPIC_REASONING,
 };
 use crate::error::{Dialect, GatewayError};
 use crate::providers::anthropic::{arguments_string, WireBlock, WireContent, WireImageSource};
@@ -321,6 +321,7 @@ fn decode_user(blocks: Vec<WireBlock>, messages: &mut Vec<Message>) {
                 name: None,
                 tool_calls: None,
                 tool_call_id: None,
+                reasoning: Vec::new(),
             });
         }
     };
@@ -343,9 +344,11 @@ fn decode_user(blocks: Vec<WireBlock>, messages: &mut Vec<Message>) {
                     name: None,
                     tool_calls: None,
                     tool_call_id: Some(tool_use_id),
+                    reasoning: Vec::new(),
                 });
             }
-            WireBlock::ToolUse { .. } | WireBlock::Other => {}
+            // Thinking belongs to assistant turns; Anthropic refuses it in a user turn.
+            _ => {}
         }
     }
     flush(&mut pending, messages);
@@ -356,8 +359,12 @@ fn decode_user(blocks: Vec<WireBlock>, messages: &mut Vec<Message>) {
 fn decode_assistant(blocks: Vec<WireBlock>) -> Message {
     let mut texts = Vec::new();
     let mut calls = Vec::new();
+    let mut reasoning = Vec::new();
     for block in blocks {
         match block {
+            b @ (WireBlock::Thinking { .. } | WireBlock::RedactedThinking { .. }) => {
+                reasoning.extend(b.reasoning())
+            }
             WireBlock::Text { text } => texts.push(ContentPart::Text { text }),
             WireBlock::ToolUse { id, name, input } => calls.push(ToolCall {
                 id,
@@ -376,6 +383,7 @@ fn decode_assistant(blocks: Vec<WireBlock>) -> Message {
         name: None,
         tool_calls: (!calls.is_empty()).then_some(calls),
         tool_call_id: None,
+        reasoning,
     }
 }
 
@@ -395,6 +403,7 @@ fn input_object(arguments: &str) -> Value {
     }
 }
 
+/// Anthropic's `usage` has no reasoning breakdown: thinking is in `output_tokens`.
 fn usage_json(u: &TokenUsage) -> Value {
     json!({
         "input_tokens": u.input.saturating_sub(u.cached_input),
@@ -404,9 +413,27 @@ fn usage_json(u: &TokenUsage) -> Value {
     })
 }
 
+/// Reasoning as an Anthropic thinking block. Only Anthropic's own signature is one an
+/// Anthropic client may send back: other reasoning is unsigned (an empty signature, which
+/// the gateway does not send on), and another provider's encrypted reasoning is left out.
+fn thinking_block(reasoning: &Reasoning) -> Option<Value> {
+    let own = reasoning.format().is_none_or(|f| f == ANTHROPIC_REASONING);
+    match reasoning {
+        Reasoning::Text {
+            text, signature, ..
+        } => Some(json!({
+            "type": "thinking", "thinking": text,
+            "signature": signature.as_deref().filter(|_| own).unwrap_or(""),
+        })),
+        Reasoning::Encrypted { data, .. } => {
+            own.then(|| json!({"type": "redacted_thinking", "data": data}))
+        }
+    }
+}
+
 /// Encodes a canonical response as an Anthropic `message` object.
 pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
-    let mut content = Vec::new();
+    let mut content: Vec<Value> = resp.reasoning.iter().filter_map(thinking_block).collect();
     if let Some(text) = resp.text.as_ref().filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -435,6 +462,7 @@ pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
 enum OpenBlock {
     Text(u32),
     Tool(u32),
+    Thinking(u32),
 }
 
 /// Encodes canonical stream events as the Anthropic Messages event sequence.
@@ -502,7 +530,7 @@ impl AnthropicStreamEncoder {
     fn close_block(&mut self, out: &mut Vec<u8>) {
         if let Some(block) = self.open.take() {
             let index = match block {
-                OpenBlock::Text(i) | OpenBlock::Tool(i) => i,
+                OpenBlock::Text(i) | OpenBlock::Tool(i) | OpenBlock::Thinking(i) => i,
             };
             Self::event(
                 out,
@@ -522,6 +550,21 @@ impl AnthropicStreamEncoder {
             &json!({"type": "content_block_start", "index": index, "content_block": content_block}),
         );
         index
+    }
+
+    /// The open thinking block's index, opening one if another kind is open.
+    fn thinking_block(&mut self, out: &mut Vec<u8>) -> u32 {
+        match self.open {
+            Some(OpenBlock::Thinking(i)) => i,
+            _ => {
+                let i = self.open_block(
+                    out,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                );
+                self.open = Some(OpenBlock::Thinking(i));
+                i
+            }
+        }
     }
 
     /// Deltas are most of a stream's events, so they are serialised from borrowed structs
@@ -545,11 +588,18 @@ struct DeltaEvent<'a> {
     delta: Delta<'a>,
 }
 
+/// A `content_block_delta`'s delta, by its `type`.
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum Delta<'a> {
-    TextDelta { text: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
 }
 
 impl StreamEncoder for AnthropicStreamEncoder {
@@ -574,7 +624,7 @@ impl StreamEncoder for AnthropicStreamEncoder {
                         i
                     }
                 };
-                Self::delta(out, index, Delta::TextDelta { text });
+                Self::delta(out, index, Delta::Text { text });
             }
             StreamEvent::ToolCallStart { index, id, name } => {
                 if self.tool_blocks.iter().any(|(t, _)| t == index) {
@@ -597,11 +647,34 @@ impl StreamEncoder for AnthropicStreamEncoder {
                     Self::delta(
                         out,
                         block,
-                        Delta::InputJsonDelta {
+                        Delta::InputJson {
                             partial_json: arguments,
                         },
                     );
                 }
+            }
+            StreamEvent::Reasoning(thinking) => {
+                self.ensure_started(out);
+                let index = self.thinking_block(out);
+                Self::delta(out, index, Delta::Thinking { thinking });
+            }
+            StreamEvent::ReasoningSignature { signature, format } => {
+                self.ensure_started(out);
+                let index = self.thinking_block(out);
+                if *format == ANTHROPIC_REASONING {
+                    Self::delta(out, index, Delta::Signature { signature });
+                }
+                // A signature ends its thinking block.
+                self.close_block(out);
+            }
+            StreamEvent::ReasoningEncrypted { data, format } => {
+                if *format != ANTHROPIC_REASONING {
+                    return;
+                }
+                self.ensure_started(out);
+                self.open_block(out, json!({"type": "redacted_thinking", "data": data}));
+                self.open = Some(OpenBlock::Thinking(self.next_block - 1));
+                self.close_block(out);
             }
             StreamEvent::Finish(reason) => self.finish = Some(*reason),
             StreamEvent::Error(_) => {}

@@ -25,7 +25,9 @@
 //!   every other provider refuses by name; `responseLogprobs`/`logprobs` and
 //!   `thinkingConfig` become the `logprobs`/`top_logprobs`, `thinking` and
 //!   `reasoning_effort` rows. Fields asking for answers the gateway cannot return (audio,
-//!   images, thought summaries, other MIME types) and unknown top-level fields are a 400.
+//!   images, thought summaries without a thinking budget, other MIME types) and unknown
+//!   top-level fields are a 400. Reasoning in an answer (Anthropic thinking, Gemini
+//!   thoughts, `reasoning_content`) is written as thought parts (`thought: true`).
 //! - A `functionResponse.response` of the form `{"result": "text"}` (or `output` /
 //!   `content`) becomes the text `text`, which is how the Gemini provider sends a text
 //!   result, so a round trip gives back what went in.
@@ -38,8 +40,8 @@ use serde_json::{json, Map, Value};
 
 use crate::canonical::{
     ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall, FunctionDef,
-    ImageUrl, JsonSchemaFormat, Message, NamedFunction, ResponseFormat, Role, Stop, StreamOptions,
-    TokenUsage, Tool, ToolCall, ToolChoice,
+    ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat, Role, Stop,
+    StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice, GEMINI_REASONING,
 };
 use crate::error::{Dialect, GatewayError};
 use crate::sse::write_event;
@@ -359,6 +361,7 @@ impl Calls {
             name: (!name.is_empty()).then(|| name.to_string()),
             tool_calls: None,
             tool_call_id: Some(id),
+            reasoning: Vec::new(),
         })
     }
 }
@@ -432,6 +435,7 @@ fn plain(role: Role, parts: Vec<ContentPart>) -> Option<Message> {
         name: None,
         tool_calls: None,
         tool_call_id: None,
+        reasoning: Vec::new(),
     })
 }
 
@@ -548,6 +552,7 @@ pub fn decode_request(body: &[u8], model: &str, stream: bool) -> Result<ChatRequ
                     name: None,
                     tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
                     tool_call_id: None,
+                    reasoning: Vec::new(),
                 });
             }
         } else {
@@ -680,10 +685,15 @@ fn generation_extras(
         extra.insert("top_logprobs".into(), json!(n));
     }
     if let Some(thinking) = generation.thinking_config.take() {
-        if thinking.include_thoughts == Some(true) {
+        // Thoughts come back as thought parts when the model thinks with a budget (the
+        // canonical `thinking`, which every provider that thinks returns); without one
+        // there is nothing to ask every provider for.
+        if thinking.include_thoughts == Some(true)
+            && thinking.thinking_budget.is_none_or(|n| n <= 0)
+        {
             return Err(refuse(
                 "thinkingConfig.includeThoughts",
-                "asks for thought summaries, which this gateway does not return",
+                "returns thought summaries only with a `thinkingBudget` above 0",
             ));
         }
         if let Some(level) = thinking.thinking_level {
@@ -696,10 +706,13 @@ fn generation_extras(
                 extra.insert("thinking".into(), json!({"type": "disabled"}));
             }
             Some(n) if n > 0 => {
-                extra.insert(
-                    "thinking".into(),
-                    json!({"type": "enabled", "budget_tokens": n}),
-                );
+                let mut value = json!({"type": "enabled", "budget_tokens": n});
+                // Thinking asked Gemini's way returns no thoughts unless asked for; the
+                // Gemini provider reads this, the others never send it.
+                if thinking.include_thoughts != Some(true) {
+                    value["include_thoughts"] = json!(false);
+                }
+                extra.insert("thinking".into(), value);
             }
             Some(_) => {
                 return Err(refuse(
@@ -783,14 +796,20 @@ fn finish_str(reason: FinishReason) -> &'static str {
     }
 }
 
+/// Gemini's `usageMetadata`: its `candidatesTokenCount` leaves thoughts out (they are
+/// `thoughtsTokenCount`, present only when the model thought), the total counts both.
 fn usage_json(u: &TokenUsage) -> Value {
+    let reasoning = u.reasoning.min(u.output);
     let mut usage = json!({
         "promptTokenCount": u.input,
-        "candidatesTokenCount": u.output,
+        "candidatesTokenCount": u.output - reasoning,
         "totalTokenCount": u.input + u.output,
     });
     if u.cached_input > 0 {
         usage["cachedContentTokenCount"] = json!(u.cached_input);
+    }
+    if reasoning > 0 {
+        usage["thoughtsTokenCount"] = json!(reasoning);
     }
     usage
 }
@@ -826,7 +845,7 @@ fn chunk(
 
 /// Encodes a complete answer as a `GenerateContentResponse`.
 pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
-    let mut parts = Vec::new();
+    let mut parts: Vec<Value> = resp.reasoning.iter().filter_map(thought_part).collect();
     if let Some(text) = resp.text.as_ref().filter(|t| !t.is_empty()) {
         parts.push(json!({"text": text}));
     }
@@ -839,6 +858,29 @@ pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
         &resp.id,
     );
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Reasoning as a Gemini thought part (`thought: true`, the signature as
+/// `thoughtSignature`). Encrypted reasoning (Anthropic `redacted_thinking`) has no Gemini
+/// form and is not carried.
+fn thought_part(reasoning: &Reasoning) -> Option<Value> {
+    let Reasoning::Text {
+        text,
+        signature,
+        format,
+    } = reasoning
+    else {
+        return None;
+    };
+    let mut part = json!({"text": text, "thought": true});
+    // Only Gemini's own signature is a `thoughtSignature` a Gemini client may send back.
+    if let Some(s) = signature
+        .as_ref()
+        .filter(|_| format.as_deref() == Some(GEMINI_REASONING))
+    {
+        part["thoughtSignature"] = json!(s);
+    }
+    Some(part)
 }
 
 /// Encodes canonical stream events as Gemini `alt=sse` chunks (see the module docs).
@@ -922,9 +964,24 @@ impl StreamEncoder for GeminiStreamEncoder {
                     }
                 }
             }
+            StreamEvent::Reasoning(text) => {
+                self.flush_call(out);
+                self.send(
+                    out,
+                    vec![json!({"text": text, "thought": true})],
+                    None,
+                    false,
+                );
+            }
+            StreamEvent::ReasoningSignature { signature, format } => {
+                if *format == GEMINI_REASONING {
+                    let part = json!({"text": "", "thought": true, "thoughtSignature": signature});
+                    self.send(out, vec![part], None, false);
+                }
+            }
             StreamEvent::Finish(reason) => self.finish = Some(*reason),
             StreamEvent::Usage(u) => self.usage.merge_max(*u),
-            StreamEvent::Error(_) => {}
+            StreamEvent::ReasoningEncrypted { .. } | StreamEvent::Error(_) => {}
         }
     }
 

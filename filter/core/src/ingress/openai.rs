@@ -8,7 +8,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::canonical::{ChatResponse, FinishReason, TokenUsage};
+use crate::canonical::{reasoning_text, ChatResponse, FinishReason, Reasoning, TokenUsage};
 use crate::error::{Dialect, GatewayError};
 use crate::sse::write_event;
 use crate::stream::{StreamEncoder, StreamEvent};
@@ -30,6 +30,13 @@ pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
         .map(|t| json!({"id": t.id, "type": "function", "function": {"name": t.function.name, "arguments": t.function.arguments}}))
         .collect();
     let mut message = json!({"role": "assistant", "content": resp.text, "refusal": null});
+    if !resp.reasoning.is_empty() {
+        // OpenAI's Chat API has no reasoning field: the de-facto ones of DeepSeek/vLLM
+        // (`reasoning_content`, the text) and OpenRouter (`reasoning_details`, typed and
+        // signed, which a client sends back on its assistant message).
+        message["reasoning_content"] = json!(reasoning_text(&resp.reasoning));
+        message["reasoning_details"] = json!(resp.reasoning);
+    }
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
@@ -80,6 +87,7 @@ fn usage_json(u: &TokenUsage) -> Value {
         "completion_tokens": u.output,
         "total_tokens": u.input + u.output,
         "prompt_tokens_details": {"cached_tokens": u.cached_input},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning},
     })
 }
 
@@ -194,6 +202,39 @@ impl StreamEncoder for OpenAiStreamEncoder {
                 };
                 self.chunk(out, delta, None);
             }
+            StreamEvent::Reasoning(text) => {
+                self.ensure_started(out);
+                let delta = DeltaOut {
+                    reasoning_content: Some(text),
+                    ..DeltaOut::default()
+                };
+                self.chunk(out, delta, None);
+            }
+            StreamEvent::ReasoningSignature { signature, format } => {
+                self.ensure_started(out);
+                let detail = Reasoning::Text {
+                    text: String::new(),
+                    signature: Some(signature.clone()),
+                    format: Some(format.to_string()),
+                };
+                let delta = DeltaOut {
+                    reasoning_details: Some([&detail]),
+                    ..DeltaOut::default()
+                };
+                self.chunk(out, delta, None);
+            }
+            StreamEvent::ReasoningEncrypted { data, format } => {
+                self.ensure_started(out);
+                let detail = Reasoning::Encrypted {
+                    data: data.clone(),
+                    format: Some(format.to_string()),
+                };
+                let delta = DeltaOut {
+                    reasoning_details: Some([&detail]),
+                    ..DeltaOut::default()
+                };
+                self.chunk(out, delta, None);
+            }
             StreamEvent::Finish(reason) => {
                 self.ensure_started(out);
                 self.chunk(out, DeltaOut::default(), Some(finish_str(*reason)));
@@ -253,6 +294,10 @@ struct DeltaOut<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_details: Option<[&'a Reasoning; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<[ToolDeltaOut<'a>; 1]>,
 }

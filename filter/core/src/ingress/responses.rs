@@ -37,9 +37,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall, FunctionDef,
-    ImageUrl, JsonSchemaFormat, Message, NamedFunction, ResponseFormat, Role, StreamOptions,
-    TokenUsage, Tool, ToolCall, ToolChoice,
+    reasoning_text, ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall,
+    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, ResponseFormat, Role,
+    StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::sse::write_event;
@@ -326,6 +326,7 @@ fn message(role: Role, content: Option<Content>) -> Message {
         name: None,
         tool_calls: None,
         tool_call_id: None,
+        reasoning: Vec::new(),
     }
 }
 
@@ -633,7 +634,7 @@ fn usage_json(u: &TokenUsage) -> Value {
         "input_tokens": u.input,
         "input_tokens_details": {"cached_tokens": u.cached_input, "cache_write_tokens": 0},
         "output_tokens": u.output,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": u.reasoning},
         "total_tokens": u.input + u.output,
     })
 }
@@ -733,6 +734,18 @@ fn message_item(id: &str, status: &str, text: &str) -> Value {
     })
 }
 
+/// A `reasoning` output item: the reasoning text as its summary (the Responses form a
+/// client can read; signatures and encrypted reasoning have no place a client could send
+/// back through a translated request).
+fn reasoning_item(id: &str, text: &str) -> Value {
+    let summary = if text.is_empty() {
+        json!([])
+    } else {
+        json!([{"type": "summary_text", "text": text}])
+    };
+    json!({"id": id, "type": "reasoning", "summary": summary})
+}
+
 fn function_item(id: &str, status: &str, call: &ToolCall) -> Value {
     json!({
         "id": id,
@@ -753,6 +766,10 @@ pub fn encode_response(resp: &ChatResponse, echo: &Echo) -> Vec<u8> {
     };
     let stem = id_stem(&id);
     let mut output = Vec::new();
+    let reasoning = reasoning_text(&resp.reasoning);
+    if !reasoning.is_empty() {
+        output.push(reasoning_item(&format!("rs_{stem}_r"), &reasoning));
+    }
     if let Some(text) = resp.text.as_deref().filter(|t| !t.is_empty()) {
         output.push(message_item(&format!("msg_{stem}_0"), "completed", text));
     }
@@ -780,6 +797,10 @@ pub fn encode_response(resp: &ChatResponse, echo: &Echo) -> Vec<u8> {
 /// An output item being streamed.
 enum OpenItem {
     Message {
+        output_index: usize,
+        text: String,
+    },
+    Reasoning {
         output_index: usize,
         text: String,
     },
@@ -962,8 +983,66 @@ impl ResponsesStreamEncoder {
         );
     }
 
+    /// The reasoning item being written, opened (with its summary part) if needed.
+    fn open_reasoning(&mut self, out: &mut Vec<u8>) -> usize {
+        if let Some(OpenItem::Reasoning { output_index, .. }) = self
+            .open
+            .iter()
+            .find(|i| matches!(i, OpenItem::Reasoning { .. }))
+        {
+            return *output_index;
+        }
+        let output_index = self.output.len();
+        let item_id = self.reasoning_id(output_index);
+        self.add_item(out, reasoning_item(&item_id, ""));
+        let mut body = Map::new();
+        body.insert("item_id".into(), json!(item_id));
+        body.insert("output_index".into(), json!(output_index));
+        body.insert("summary_index".into(), json!(0));
+        body.insert("part".into(), json!({"type": "summary_text", "text": ""}));
+        self.event(out, "response.reasoning_summary_part.added", body);
+        self.open.push(OpenItem::Reasoning {
+            output_index,
+            text: String::new(),
+        });
+        output_index
+    }
+
+    fn reasoning_id(&self, output_index: usize) -> String {
+        format!("rs_{}_{output_index}", id_stem(&self.id))
+    }
+
+    /// Closes the open reasoning item, if any: summary text done, part done, item done.
+    fn close_reasoning(&mut self, out: &mut Vec<u8>) {
+        let Some(pos) = self
+            .open
+            .iter()
+            .position(|i| matches!(i, OpenItem::Reasoning { .. }))
+        else {
+            return;
+        };
+        let OpenItem::Reasoning { output_index, text } = self.open.remove(pos) else {
+            return;
+        };
+        let item_id = self.reasoning_id(output_index);
+        let mut body = Map::new();
+        body.insert("item_id".into(), json!(item_id));
+        body.insert("output_index".into(), json!(output_index));
+        body.insert("summary_index".into(), json!(0));
+        body.insert("text".into(), json!(text));
+        self.event(out, "response.reasoning_summary_text.done", body);
+        let mut body = Map::new();
+        body.insert("item_id".into(), json!(item_id));
+        body.insert("output_index".into(), json!(output_index));
+        body.insert("summary_index".into(), json!(0));
+        body.insert("part".into(), json!({"type": "summary_text", "text": text}));
+        self.event(out, "response.reasoning_summary_part.done", body);
+        self.item_done(out, output_index, reasoning_item(&item_id, &text));
+    }
+
     /// Closes every open item, in output order.
     fn close_all(&mut self, out: &mut Vec<u8>) {
+        self.close_reasoning(out);
         self.close_message(out);
         for item in std::mem::take(&mut self.open) {
             if let OpenItem::Call {
@@ -995,8 +1074,26 @@ impl StreamEncoder for ResponsesStreamEncoder {
                 }
                 self.ensure_started(out);
             }
+            StreamEvent::Reasoning(text) => {
+                self.ensure_started(out);
+                let output_index = self.open_reasoning(out);
+                if let Some(OpenItem::Reasoning { text: so_far, .. }) = self
+                    .open
+                    .iter_mut()
+                    .find(|i| matches!(i, OpenItem::Reasoning { .. }))
+                {
+                    so_far.push_str(text);
+                }
+                let mut body = Map::new();
+                body.insert("item_id".into(), json!(self.reasoning_id(output_index)));
+                body.insert("output_index".into(), json!(output_index));
+                body.insert("summary_index".into(), json!(0));
+                body.insert("delta".into(), json!(text));
+                self.event(out, "response.reasoning_summary_text.delta", body);
+            }
             StreamEvent::Text(text) => {
                 self.ensure_started(out);
+                self.close_reasoning(out);
                 let output_index = self.open_message(out);
                 if let Some(OpenItem::Message { text: so_far, .. }) = self
                     .open
@@ -1023,6 +1120,7 @@ impl StreamEncoder for ResponsesStreamEncoder {
                 }
                 self.ensure_started(out);
                 // Text written after a call is a new message item.
+                self.close_reasoning(out);
                 self.close_message(out);
                 let output_index = self.output.len();
                 let call = ToolCall {
@@ -1064,7 +1162,11 @@ impl StreamEncoder for ResponsesStreamEncoder {
             }
             StreamEvent::Finish(reason) => self.finish = Some(*reason),
             StreamEvent::Usage(u) => self.usage.merge_max(*u),
-            StreamEvent::Error(_) => {}
+            // Signatures and encrypted reasoning have no Responses form a client could
+            // send back through a translated request (see `reasoning_item`).
+            StreamEvent::ReasoningSignature { .. }
+            | StreamEvent::ReasoningEncrypted { .. }
+            | StreamEvent::Error(_) => {}
         }
     }
 

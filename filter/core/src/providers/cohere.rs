@@ -231,6 +231,8 @@ impl WireUsage {
             input: count(pick(|c| c.input_tokens)),
             output: count(pick(|c| c.output_tokens)),
             cached_input: count(self.cached_tokens),
+            // Cohere reports no reasoning breakdown.
+            reasoning: 0,
         }
     }
 }
@@ -332,6 +334,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: 0,
         text,
         tool_calls,
+        reasoning: Vec::new(),
         finish_reason: wire.finish_reason.as_deref().map(finish_reason),
         usage: wire.usage.map(|u| u.canonical()).unwrap_or_default(),
     })

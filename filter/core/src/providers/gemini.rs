@@ -13,7 +13,10 @@
 //!   ids and the lookup above finds them when the client echoes them back.
 //! - Tool and response schemas go through a sanitiser that drops the JSON-Schema keywords
 //!   Gemini's OpenAPI subset rejects (`additionalProperties`, `$schema`, `strict`).
-//! - `thoughtsTokenCount` is billed as output, so it counts as output.
+//! - `thoughtsTokenCount` is billed as output, so it counts as output (and as reasoning).
+//! - Thought summaries (`thought: true` parts) and thought signatures become canonical
+//!   reasoning. Reasoning of earlier turns is not sent back: a signature is bound to the
+//!   part it came on, which the canonical form does not keep (the field matrix says so).
 //! - Thinking: Anthropic-style `thinking` gives `thinkingConfig.thinkingBudget` as written,
 //!   `reasoning_effort` the budgets Google's OpenAI-compatible endpoint uses for it. A
 //!   Gemini client's `safetySettings` and other `generationConfig` fields (the matrix's
@@ -25,8 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, ContentPart, FinishReason, FunctionCall, Message, ResponseFormat,
-    Role, TokenUsage, ToolCall, ToolChoice,
+    ChatRequest, ChatResponse, ContentPart, FinishReason, FunctionCall, Message, Reasoning,
+    ResponseFormat, Role, TokenUsage, ToolCall, ToolChoice, GEMINI_REASONING,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{encode_segment, error_message, redact, tool_name_for, EgressRequest};
@@ -403,7 +406,19 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
         Some(ResponseFormat::Text) | None => {}
     }
     if let Some(budget) = thinking_budget(req)? {
-        generation.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+        // Thinking asked for Anthropic's way returns the thinking (Anthropic always does):
+        // Gemini returns thought summaries only when asked. A Gemini client that did not
+        // ask says so (`include_thoughts: false`, from the Gemini ingress).
+        let include = budget > 0
+            && req
+                .extra
+                .get("thinking")
+                .is_some_and(|t| t.get("include_thoughts") != Some(&Value::Bool(false)));
+        let mut config = json!({"thinkingBudget": budget});
+        if include {
+            config["includeThoughts"] = json!(true);
+        }
+        generation.insert("thinkingConfig".into(), config);
     }
     // Gemini's own generation fields a Gemini client sent, as it wrote them.
     if let Some(Value::Object(own)) = req.extra.get("generation_config") {
@@ -501,6 +516,9 @@ struct WirePart {
     text: Option<String>,
     #[serde(default)]
     thought: bool,
+    /// <https://ai.google.dev/gemini-api/docs/thinking#signatures>
+    #[serde(default)]
+    thought_signature: Option<String>,
     #[serde(default)]
     function_call: Option<WireFunctionCall>,
 }
@@ -534,6 +552,7 @@ impl WireUsage {
             input: self.prompt_token_count,
             output: self.candidates_token_count + self.thoughts_token_count,
             cached_input: self.cached_content_token_count,
+            reasoning: self.thoughts_token_count,
         }
     }
 }
@@ -564,6 +583,24 @@ fn tool_call(call: WireFunctionCall, index: u32) -> ToolCall {
     }
 }
 
+impl WirePart {
+    /// The reasoning a part holds: a thought summary (`thought: true`), or the thought
+    /// signature Gemini puts on another part.
+    fn reasoning(&mut self) -> Option<Reasoning> {
+        let signature = self.thought_signature.take().filter(|s| !s.is_empty());
+        let text = if self.thought {
+            self.text.take().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        (self.thought || signature.is_some()).then(|| Reasoning::Text {
+            text,
+            signature,
+            format: Some(GEMINI_REASONING.to_string()),
+        })
+    }
+}
+
 /// Parses a complete Gemini `GenerateContentResponse`.
 pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| {
@@ -574,9 +611,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
     })?;
     let mut text: Option<String> = None;
     let mut tool_calls = Vec::new();
+    let mut reasoning = Vec::new();
     let mut finish = None;
     if let Some(candidate) = wire.candidates.into_iter().next() {
-        for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+        for mut part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+            reasoning.extend(part.reasoning());
             if let Some(call) = part.function_call {
                 let index = tool_calls.len() as u32;
                 tool_calls.push(tool_call(call, index));
@@ -596,6 +635,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: 0,
         text,
         tool_calls,
+        reasoning,
         finish_reason: finish,
         usage: wire
             .usage_metadata
@@ -663,7 +703,10 @@ impl SseFrameDecoder for GeminiStreamFrames {
         }
         let mut finish = None;
         if let Some(candidate) = chunk.candidates.into_iter().next() {
-            for part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+            for mut part in candidate.content.map(|c| c.parts).unwrap_or_default() {
+                if let Some(reasoning) = part.reasoning() {
+                    StreamEvent::push_reasoning(out, reasoning, GEMINI_REASONING);
+                }
                 if let Some(call) = part.function_call {
                     let index = self.next_tool;
                     self.next_tool += 1;

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, FinishReason, FunctionCall, TokenUsage, ToolCall,
+    ChatRequest, ChatResponse, FinishReason, FunctionCall, Reasoning, TokenUsage, ToolCall,
+    ANTHROPIC_REASONING, GEMINI_REASONING,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::ingress::openai::OpenAiStreamEncoder;
@@ -118,6 +119,14 @@ pub(crate) fn chat_body(
     // Gemini safety settings reach here only as a hint (thresholds that turn blocking off;
     // the field matrix refuses the others): OpenAI has no such field to send them in.
     req.extra.remove("safety_settings");
+    // Anthropic-style thinking is OpenAI's `reasoning_effort` (`effort_for_thinking`).
+    // A value that is neither form is sent as written, for the server to judge.
+    if let Some(effort) = req.extra.get("thinking").and_then(effort_for_thinking) {
+        req.extra.remove("thinking");
+        req.extra
+            .entry("reasoning_effort")
+            .or_insert_with(|| Value::String(effort.into()));
+    }
     if req.stream {
         let opts = req.stream_options.get_or_insert_with(Default::default);
         opts.include_usage = Some(true);
@@ -136,6 +145,22 @@ pub(crate) fn chat_body(
     };
     compat.adjust(&mut map);
     serde_json::to_vec(&map).map_err(encode)
+}
+
+/// The `reasoning_effort` standing for an Anthropic-style `thinking` request: a budget up
+/// to 1024 tokens is `low`, up to 8192 `medium`, more `high` (the inverse of the budgets
+/// the Anthropic and Gemini providers give each effort); `disabled` is `minimal`, the
+/// least OpenAI offers. `None` for a value that is neither.
+pub fn effort_for_thinking(thinking: &Value) -> Option<&'static str> {
+    match thinking.get("type").and_then(Value::as_str)? {
+        "disabled" => Some("minimal"),
+        "enabled" => match thinking.get("budget_tokens").and_then(Value::as_u64)? {
+            0..=1024 => Some("low"),
+            1025..=8192 => Some("medium"),
+            _ => Some("high"),
+        },
+        _ => None,
+    }
 }
 
 /// Builds an OpenAI request from canonical form (used when the ingress was not OpenAI).
@@ -185,6 +210,47 @@ struct WireMessage {
     refusal: Option<String>,
     #[serde(default)]
     tool_calls: Option<Vec<WireToolCall>>,
+    /// Reasoning text as DeepSeek, vLLM and other OpenAI-compatible servers return it
+    /// (<https://api-docs.deepseek.com/guides/reasoning_model>); OpenRouter's `reasoning`
+    /// too. OpenAI's own Chat API returns none.
+    #[serde(default, alias = "reasoning")]
+    reasoning_content: Option<String>,
+    /// OpenRouter's typed reasoning, signatures included
+    /// (<https://openrouter.ai/docs/use-cases/reasoning-tokens>).
+    #[serde(default)]
+    reasoning_details: Option<Vec<Value>>,
+}
+
+/// A `format` an OpenAI-compatible server (OpenRouter) names, as one the gateway knows.
+fn known_format(format: Option<&str>) -> &'static str {
+    match format {
+        Some(GEMINI_REASONING) => GEMINI_REASONING,
+        Some(ANTHROPIC_REASONING) => ANTHROPIC_REASONING,
+        _ => "unknown",
+    }
+}
+
+impl WireMessage {
+    /// The message's reasoning: `reasoning_details` where given (it keeps signatures), else
+    /// `reasoning_content` as unsigned text.
+    fn reasoning(&mut self) -> Vec<Reasoning> {
+        let details: Vec<Reasoning> = self
+            .reasoning_details
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| serde_json::from_value(d).ok())
+            .collect();
+        let text = self.reasoning_content.take().filter(|t| !t.is_empty());
+        match text {
+            Some(text) if details.is_empty() => vec![Reasoning::Text {
+                text,
+                signature: None,
+                format: None,
+            }],
+            _ => details,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -214,12 +280,22 @@ pub(crate) struct WireUsage {
     completion_tokens: u64,
     #[serde(default)]
     prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<OutputDetails>,
 }
 
 #[derive(Deserialize, Default)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: u64,
+}
+
+/// `completion_tokens_details` (Chat) and `output_tokens_details` (Responses): the
+/// reasoning part of the output tokens.
+#[derive(Deserialize, Default)]
+pub(crate) struct OutputDetails {
+    #[serde(default)]
+    pub(crate) reasoning_tokens: u64,
 }
 
 impl WireUsage {
@@ -231,6 +307,10 @@ impl WireUsage {
                 .prompt_tokens_details
                 .as_ref()
                 .map_or(0, |d| d.cached_tokens),
+            reasoning: self
+                .completion_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.reasoning_tokens),
         }
     }
 }
@@ -275,6 +355,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         Some(c) => (c.message.unwrap_or_default(), c.finish_reason),
         None => (WireMessage::default(), None),
     };
+    let reasoning = message.reasoning();
     let refusal = message.refusal.take().filter(|r| !r.is_empty());
     let refused = refusal.is_some();
     if message.content.as_deref().is_none_or(str::is_empty) {
@@ -304,6 +385,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: wire.created,
         text: message.content,
         tool_calls,
+        reasoning,
         finish_reason: finish.as_deref().map(|f| finish_reason(f, refused)),
         usage: wire.usage.map(|u| u.canonical()).unwrap_or_default(),
     })
@@ -357,7 +439,11 @@ impl SseFrameDecoder for OpenAiStreamFrames {
             });
         }
         for choice in chunk.choices.into_iter().take(1) {
-            if let Some(delta) = choice.delta {
+            if let Some(mut delta) = choice.delta {
+                for part in delta.reasoning() {
+                    let format = known_format(part.format());
+                    StreamEvent::push_reasoning(out, part, format);
+                }
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
                     out.push(StreamEvent::Text(text));
                 }
@@ -469,6 +555,8 @@ struct ResponsesUsage {
     output_tokens: u64,
     #[serde(default)]
     input_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetails>,
 }
 
 impl ResponsesUsage {
@@ -480,6 +568,10 @@ impl ResponsesUsage {
                 .input_tokens_details
                 .as_ref()
                 .map_or(0, |d| d.cached_tokens),
+            reasoning: self
+                .output_tokens_details
+                .as_ref()
+                .map_or(0, |d| d.reasoning_tokens),
         }
     }
 }

@@ -47,9 +47,9 @@ pub const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` is required by Anthropic; used when the client set no limit.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
-/// One content block as Anthropic writes it. Unknown block types (thinking, documents,
-/// server tool results) are skipped rather than rejected, so new API features do not break
-/// old gateways.
+/// One content block as Anthropic writes it. Unknown block types (documents, server tool
+/// results) are skipped rather than rejected, so new API features do not break old
+/// gateways.
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum WireBlock {
@@ -76,8 +76,66 @@ pub(crate) enum WireBlock {
         #[serde(default)]
         is_error: bool,
     },
+    /// Extended thinking: <https://docs.anthropic.com/en/docs/build-with-claude/extended-thinking>.
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        #[serde(default)]
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
+    },
     #[serde(other)]
     Other,
+}
+
+impl WireBlock {
+    /// The canonical reasoning a thinking block holds, if it is one.
+    pub(crate) fn reasoning(self) -> Option<crate::canonical::Reasoning> {
+        use crate::canonical::{Reasoning, ANTHROPIC_REASONING};
+        match self {
+            WireBlock::Thinking {
+                thinking,
+                signature,
+            } => Some(Reasoning::Text {
+                text: thinking,
+                signature: signature.filter(|s| !s.is_empty()),
+                format: Some(ANTHROPIC_REASONING.to_string()),
+            }),
+            WireBlock::RedactedThinking { data } => Some(Reasoning::Encrypted {
+                data,
+                format: Some(ANTHROPIC_REASONING.to_string()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The Anthropic blocks of canonical reasoning sent back in an assistant turn. Only
+/// Anthropic's own signed thinking can be (a `format` of another provider is left out;
+/// none is taken as the client's word): Anthropic rejects thinking whose signature it
+/// cannot check, so unsigned reasoning and another provider's are left out.
+pub(crate) fn reasoning_blocks(parts: &[crate::canonical::Reasoning]) -> Vec<Value> {
+    use crate::canonical::{Reasoning, ANTHROPIC_REASONING};
+    parts
+        .iter()
+        .filter(|part| part.format().is_none_or(|f| f == ANTHROPIC_REASONING))
+        .filter_map(|part| match part {
+            Reasoning::Text {
+                text,
+                signature: Some(signature),
+                ..
+            } => Some(serde_json::json!({
+                "type": "thinking", "thinking": text, "signature": signature,
+            })),
+            Reasoning::Text { .. } => None,
+            Reasoning::Encrypted { data, .. } => {
+                Some(serde_json::json!({"type": "redacted_thinking", "data": data}))
+            }
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -136,6 +194,8 @@ impl WireUsage {
                 + self.cache_creation_input_tokens.unwrap_or(0),
             output: self.output_tokens.unwrap_or(0),
             cached_input: cached,
+            // Anthropic counts thinking in `output_tokens` and reports no breakdown.
+            reasoning: 0,
         }
     }
 }

@@ -100,7 +100,9 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
             }
             Role::User => push_blocks(&mut messages, "user", content_blocks(message)),
             Role::Assistant => {
-                let mut blocks = content_blocks(message);
+                // Thinking comes first in an assistant turn, as Anthropic wrote it.
+                let mut blocks = super::reasoning_blocks(&message.reasoning);
+                blocks.extend(content_blocks(message));
                 for call in message.tool_calls.iter().flatten() {
                     blocks.push(json!({
                         "type": "tool_use",
@@ -165,7 +167,15 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
         req.extra.get("thinking").filter(|v| !v.is_null()),
         effort_budget,
     ) {
-        (Some(thinking), _) => Some(thinking.clone()),
+        (Some(thinking), _) => {
+            let mut thinking = thinking.clone();
+            // The Gemini ingress's note that its client wants no thoughts back is not
+            // Anthropic's to read (Anthropic returns its thinking either way).
+            if let Some(t) = thinking.as_object_mut() {
+                t.remove("include_thoughts");
+            }
+            Some(thinking)
+        }
         (None, Some(budget)) => {
             max_tokens = max_tokens.saturating_add(budget);
             Some(json!({"type": "enabled", "budget_tokens": budget}))

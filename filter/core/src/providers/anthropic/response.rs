@@ -30,8 +30,12 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
     })?;
     let mut text: Option<String> = None;
     let mut tool_calls = Vec::new();
+    let mut reasoning = Vec::new();
     for block in wire.content {
         match block {
+            b @ (WireBlock::Thinking { .. } | WireBlock::RedactedThinking { .. }) => {
+                reasoning.extend(b.reasoning())
+            }
             WireBlock::Text { text: t } => text.get_or_insert_with(String::new).push_str(&t),
             WireBlock::ToolUse { id, name, input } => tool_calls.push(ToolCall {
                 id,
@@ -50,6 +54,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: 0,
         text,
         tool_calls,
+        reasoning,
         finish_reason: wire.stop_reason.as_deref().map(finish_reason),
         usage: wire.usage.canonical(),
     })

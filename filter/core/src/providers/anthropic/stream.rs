@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::{error::kind_of_error_type, finish_reason, WireBlock, WireUsage};
-use crate::canonical::{FinishReason, TokenUsage};
+use crate::canonical::{FinishReason, TokenUsage, ANTHROPIC_REASONING};
 use crate::error::GatewayError;
 use crate::ingress::anthropic::AnthropicStreamEncoder;
 use crate::providers::passthrough::{FrameKind, PassthroughFormat};
@@ -80,6 +80,14 @@ enum WireDelta {
         #[serde(default)]
         partial_json: String,
     },
+    ThinkingDelta {
+        #[serde(default)]
+        thinking: String,
+    },
+    SignatureDelta {
+        #[serde(default)]
+        signature: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -140,11 +148,25 @@ impl SseFrameDecoder for AnthropicStreamFrames {
                     }
                 }
                 WireBlock::Text { text } if !text.is_empty() => out.push(StreamEvent::Text(text)),
+                b @ (WireBlock::Thinking { .. } | WireBlock::RedactedThinking { .. }) => {
+                    if let Some(part) = b.reasoning() {
+                        StreamEvent::push_reasoning(out, part, ANTHROPIC_REASONING);
+                    }
+                }
                 _ => {}
             },
             WireStreamEvent::ContentBlockDelta { index, delta } => match delta {
                 WireDelta::TextDelta { text } if !text.is_empty() => {
                     out.push(StreamEvent::Text(text))
+                }
+                WireDelta::ThinkingDelta { thinking } if !thinking.is_empty() => {
+                    out.push(StreamEvent::Reasoning(thinking))
+                }
+                WireDelta::SignatureDelta { signature } if !signature.is_empty() => {
+                    out.push(StreamEvent::ReasoningSignature {
+                        signature,
+                        format: ANTHROPIC_REASONING,
+                    })
                 }
                 WireDelta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
                     if let Some(&(_, tool)) = self.tool_blocks.iter().find(|(b, _)| *b == index) {

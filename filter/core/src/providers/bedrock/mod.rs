@@ -109,6 +109,9 @@ impl WireUsage {
             input: self.input_tokens + self.cache_read_input_tokens + self.cache_write_input_tokens,
             output: self.output_tokens,
             cached_input: self.cache_read_input_tokens,
+            // Converse's `usage` has no reasoning breakdown (a Claude model's thinking is
+            // in `outputTokens`).
+            reasoning: 0,
         }
     }
 }

@@ -91,6 +91,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         created: 0,
         text,
         tool_calls,
+        reasoning: Vec::new(),
         finish_reason: wire.stop_reason.as_deref().map(finish_reason),
         usage: wire.usage.canonical(),
     })

@@ -1,0 +1,180 @@
+"""Reasoning across dialects (#19, docs/fields.md), through each host with the official SDKs:
+Anthropic thinking comes back with its signature and goes back to Anthropic unchanged (from
+an Anthropic client, and from an OpenAI Chat client as `reasoning_details`); thinking asked
+Anthropic's way of a Gemini model comes back as thinking blocks; a google-genai client gets
+thought parts; reasoning tokens reach every dialect's usage (Anthropic has no such count).
+
+The doubles think when asked (doubles/common.py `with_thinking`): the Anthropic double signs
+its thinking and refuses thinking sent back with a signature it did not give."""
+
+from __future__ import annotations
+
+import pytest
+from google.genai import types
+
+from doubles.common import sign_thinking
+
+from .test_sdk_matrix import gemini_client
+
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+def final_message(client, stream: bool, **kw):
+    if stream:
+        with client.messages.stream(**kw) as s:
+            return s.get_final_message()
+    return client.messages.create(**kw)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_anthropic_thinking_round_trips_to_anthropic(gw, stream):
+    client = gw.anthropic()
+    ask = [{"role": "user", "content": "Is 97 prime?"}]
+    r = final_message(client, stream, model="claude-haiku", max_tokens=2048, thinking=THINKING,
+                      messages=ask)
+    thinking, text = r.content[0], r.content[1]
+    assert thinking.type == "thinking" and text.type == "text", r.content
+    assert thinking.thinking.startswith("thinking about ")
+    assert thinking.signature == sign_thinking(thinking.thinking)
+    # The next turn sends the answer back; the double checks the signature.
+    turn = [b.model_dump(exclude_none=True) for b in r.content]
+    r2 = final_message(client, stream, model="claude-haiku", max_tokens=2048, thinking=THINKING,
+                       messages=ask + [{"role": "assistant", "content": turn},
+                                       {"role": "user", "content": "Why?"}])
+    assert r2.content[-1].type == "text"
+    sent = gw.doubles["anthropic"].last()["body"]["messages"][1]["content"]
+    assert sent[0] == {"type": "thinking", "thinking": thinking.thinking,
+                       "signature": thinking.signature}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_an_openai_chat_client_gets_anthropic_thinking_and_sends_it_back(gw, stream):
+    client = gw.openai()
+    ask = [{"role": "user", "content": "Is 89 prime?"}]
+    if stream:
+        chunks = list(client.chat.completions.create(
+            model="claude-haiku", messages=ask, reasoning_effort="low", stream=True,
+            stream_options={"include_usage": True}))
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+        details = [x for d in deltas for x in (d.model_extra or {}).get("reasoning_details") or []]
+        signature = next(x["signature"] for x in details if x.get("signature"))
+        content = "".join(d.content or "" for d in deltas)
+        usage = chunks[-1].usage
+        message = {"role": "assistant", "content": content, "reasoning_details": [
+            {"type": "reasoning.text", "text": reasoning, "signature": signature,
+             "format": "anthropic-claude-v1"}]}
+    else:
+        r = client.chat.completions.create(model="claude-haiku", messages=ask,
+                                           reasoning_effort="low")
+        extra = r.choices[0].message.model_extra
+        reasoning = extra["reasoning_content"]
+        signature = extra["reasoning_details"][0]["signature"]
+        usage = r.usage
+        message = r.choices[0].message.model_dump(exclude_none=True)
+    assert reasoning.startswith("thinking about ")
+    assert signature == sign_thinking(reasoning)
+    # Anthropic has no reasoning breakdown: the count is in the output tokens.
+    assert usage.completion_tokens_details.reasoning_tokens == 0
+    assert usage.completion_tokens >= gw.doubles["anthropic"].last()["response"]["usage"]["reasoning"]
+    client.chat.completions.create(model="claude-haiku", reasoning_effort="low",
+                                   messages=ask + [message, {"role": "user", "content": "Why?"}])
+    sent = gw.doubles["anthropic"].last()["body"]["messages"][1]["content"]
+    assert sent[0] == {"type": "thinking", "thinking": reasoning, "signature": signature}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_gemini_thoughts_reach_an_anthropic_client(gw, stream):
+    r = final_message(gw.anthropic(), stream, model="gemini-flash", max_tokens=2048,
+                      thinking=THINKING, messages=[{"role": "user", "content": "Is 83 prime?"}])
+    body = gw.doubles["gemini"].last()["body"]
+    assert body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024,
+                                                          "includeThoughts": True}
+    assert r.content[0].type == "thinking", r.content
+    assert r.content[0].thinking.startswith("thinking about ")
+    # Gemini's thought is not Anthropic-signed: the block says so with an empty signature.
+    assert r.content[0].signature == ""
+    assert r.content[1].type == "text"
+
+
+@pytest.mark.parametrize("model,provider", [("claude-haiku", "anthropic"),
+                                            ("gemini-flash", "gemini")])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_a_gemini_client_gets_thought_parts_and_thoughts_tokens(gw, model, provider, stream):
+    client = gemini_client(gw)
+    config = types.GenerateContentConfig(
+        max_output_tokens=2048,
+        thinking_config=types.ThinkingConfig(thinking_budget=1024, include_thoughts=True))
+    if stream:
+        chunks = list(client.models.generate_content_stream(
+            model=model, contents="Is 79 prime?", config=config))
+        parts = [p for c in chunks if c.candidates for p in c.candidates[0].content.parts or []]
+        usage = chunks[-1].usage_metadata
+    else:
+        r = client.models.generate_content(model=model, contents="Is 79 prime?", config=config)
+        parts = r.candidates[0].content.parts
+        usage = r.usage_metadata
+    thoughts = "".join(p.text or "" for p in parts if p.thought)
+    answer = "".join(p.text or "" for p in parts if not p.thought)
+    assert thoughts.startswith("thinking about "), parts
+    assert answer and not answer.startswith("thinking about ")
+    reasoning = gw.doubles[provider].last()["response"]["usage"]["reasoning"]
+    assert reasoning > 0
+    if provider == "gemini":
+        assert usage.thoughts_token_count == reasoning
+    else:
+        # Anthropic reports no breakdown: all output is candidates.
+        assert not usage.thoughts_token_count
+
+
+@pytest.mark.parametrize("model,provider", [("gemini-flash", "gemini"),
+                                            ("gpt-4o-mini", "openai")])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_reasoning_tokens_reach_openai_clients(gw, model, provider, stream):
+    client = gw.openai()
+    if stream:
+        chunks = list(client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Is 73 prime?"}],
+            reasoning_effort="low", stream=True, stream_options={"include_usage": True}))
+        usage = chunks[-1].usage
+    else:
+        usage = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Is 73 prime?"}],
+            reasoning_effort="low").usage
+    reasoning = gw.doubles[provider].last()["response"]["usage"]["reasoning"]
+    assert reasoning > 0
+    assert usage.completion_tokens_details.reasoning_tokens == reasoning
+    assert usage.completion_tokens > reasoning
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_a_responses_client_gets_reasoning_items_and_tokens(gw, stream):
+    client = gw.openai()
+    kw = dict(model="claude-haiku", input="Is 71 prime?", reasoning={"effort": "low"})
+    if stream:
+        with client.responses.stream(**kw) as s:
+            r = s.get_final_response()
+    else:
+        r = client.responses.create(**kw)
+    assert r.output[0].type == "reasoning", r.output
+    assert r.output[0].summary[0].text.startswith("thinking about ")
+    assert r.output_text and not r.output_text.startswith("thinking about ")
+    # Anthropic has no breakdown; Gemini does.
+    assert r.usage.output_tokens_details.reasoning_tokens == 0
+    r = client.responses.create(model="gemini-flash", input="Is 71 prime?",
+                                reasoning={"effort": "low"})
+    reasoning = gw.doubles["gemini"].last()["response"]["usage"]["reasoning"]
+    assert reasoning > 0
+    assert r.usage.output_tokens_details.reasoning_tokens == reasoning
+
+
+def test_anthropic_thinking_is_openai_reasoning_effort(gw):
+    r = gw.anthropic().messages.create(
+        model="gpt-4o-mini", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 4096},
+        messages=[{"role": "user", "content": "Is 67 prime?"}])
+    entry = gw.doubles["openai"].last()
+    assert entry["body"]["reasoning_effort"] == "medium" and "thinking" not in entry["body"]
+    # OpenAI returns no reasoning text; its tokens are in the Anthropic client's output.
+    assert [b.type for b in r.content] == ["text"]
+    assert r.usage.output_tokens == entry["response"]["usage"]["output"]
+    assert entry["response"]["usage"]["reasoning"] > 0
