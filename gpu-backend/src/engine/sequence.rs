@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 use switchyard_core::canonical::{FinishReason, TokenUsage};
 
 use super::jobs::{ChatEvent, ChatJob};
@@ -15,6 +14,7 @@ use crate::error::{ApiError, ModelError};
 use crate::gguf_tokenizer::IncrementalDecoder;
 use crate::llama::KvCache;
 use crate::metrics::Metrics;
+use crate::sampler::{Sampler, Sampling};
 
 /// A chat sequence in the running batch.
 pub(super) struct Sequence {
@@ -23,7 +23,7 @@ pub(super) struct Sequence {
     pub(super) cache: KvCache,
     /// Tokens to feed at the next step: the prompt, then each sampled token.
     pub(super) pending: Vec<u32>,
-    pub(super) sampler: LogitsProcessor,
+    pub(super) sampler: Sampler,
     pub(super) decoder: IncrementalDecoder,
     /// Completion text so far, and how much of it has been streamed out.
     pub(super) text: String,
@@ -80,7 +80,7 @@ pub(super) fn start_sequence(model: Arc<ChatModel>, mut job: ChatJob) -> Option<
         cache: model.llama.new_cache(),
         model,
         pending: tokens,
-        sampler: LogitsProcessor::from_sampling(p.seed, sampling),
+        sampler: Sampler::new(p.seed, sampling),
         decoder: IncrementalDecoder::default(),
         text: String::new(),
         sent: 0,
