@@ -6,12 +6,11 @@
 
 mod common;
 
-use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use common::{CHAT_MODEL, EMBED_MODEL};
+use common::EMBED_MODEL;
 use gpu_backend::embedder::Embedder;
-use gpu_backend::llama::{argmax, Kernels, QuantizedLlama, StepInput};
+use gpu_backend::llama::Kernels;
 use gpu_backend::whisper::{mel, wav, TranscribeOptions, Transcriber, SAMPLE_RATE};
 use serde_json::Value;
 
@@ -42,23 +41,17 @@ fn minilm_embeddings_match_the_recorded_ones() {
     assert_eq!(got.vectors.len(), want.len());
     for (i, (g, w)) in got.vectors.iter().zip(&want).enumerate() {
         let diff = max_abs_diff(g, w);
+        eprintln!("embedding {i}: max |diff| {diff:e}");
         assert!(diff < 1e-4, "input {i}: max |diff| {diff}");
     }
 }
 
 /// The spoken fixture: espeak-ng's rendering of the sentence, 16 kHz mono.
 fn fox_samples() -> Vec<f32> {
-    let path = std::env::temp_dir().join(format!("reference-parity-{}.wav", std::process::id()));
-    let status = std::process::Command::new("espeak-ng")
-        .arg("-w")
-        .arg(&path)
-        .arg("The quick brown fox jumps over the lazy dog.")
-        .status()
-        .expect("espeak-ng is missing: install it with scripts/install-espeak.sh");
-    assert!(status.success());
-    let bytes = std::fs::read(&path).unwrap();
-    let _ = std::fs::remove_file(&path);
-    let pcm = wav::decode(&bytes).unwrap();
+    let pcm = wav::decode(&common::speak(
+        "The quick brown fox jumps over the lazy dog.",
+    ))
+    .unwrap();
     wav::resample(&pcm.samples, pcm.rate, SAMPLE_RATE)
 }
 
@@ -89,6 +82,7 @@ fn whisper_log_mel_and_transcript_match_the_recorded_ones() {
     let want: Vec<f32> = serde_json::from_value(r["mel_strided"].clone()).unwrap();
     let picked: Vec<f32> = got.iter().step_by(stride).copied().collect();
     let diff = max_abs_diff(&picked, &want);
+    eprintln!("log-mel: max |diff| {diff:e} over {} values", picked.len());
     assert!(diff < 1e-4, "log-mel max |diff| {diff}");
     let mean = got.iter().map(|&v| f64::from(v)).sum::<f64>() / got.len() as f64;
     assert!(
@@ -120,33 +114,12 @@ fn whisper_log_mel_and_transcript_match_the_recorded_ones() {
 #[test]
 fn candle_path_greedy_tokens_match_the_recorded_ones() {
     let r = reference();
-    let path = common::real_models_dir()
-        .join(CHAT_MODEL)
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let model =
-        QuantizedLlama::from_gguf_with(&content, &mut file, &Device::Cpu, Kernels::Candle).unwrap();
+    let model = common::load_smollm2(Kernels::Candle);
     let prompts: Vec<Vec<u32>> = serde_json::from_value(r["greedy_prompts"].clone()).unwrap();
     let want: Vec<Vec<u32>> = serde_json::from_value(r["greedy_candle"].clone()).unwrap();
     assert_eq!(prompts.len(), want.len());
     for (prompt, want) in prompts.iter().zip(&want) {
-        let mut cache = model.new_cache();
-        let mut next = prompt.clone();
-        let mut got = Vec::new();
-        for _ in 0..want.len() {
-            let logits = model
-                .forward(&mut [StepInput {
-                    tokens: &next,
-                    cache: &mut cache,
-                }])
-                .unwrap()
-                .get(0)
-                .unwrap();
-            let t = argmax(&logits).unwrap();
-            got.push(t);
-            next = vec![t];
-        }
+        let (got, _) = common::greedy(&model, prompt, want.len());
         assert_eq!(&got, want, "prompt {prompt:?}");
     }
 }
