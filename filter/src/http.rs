@@ -150,7 +150,7 @@ impl SwitchyardHttp {
         let actions = self.feed(Event::Retry);
         self.perform(actions);
         if self.phase == Phase::Routed {
-            // The held client request was rewritten for a streamed attempt: let it go.
+            // The held client request was rewritten for a routed attempt: let it go.
             self.resume_http_request();
         }
         self.listed = self.exchange.queued();
@@ -177,7 +177,7 @@ impl Context for SwitchyardHttp {
             let actions = self.feed(Event::AdmitAnswer(status.map(|s| (s, body.as_slice()))));
             self.perform(actions);
             if self.phase == Phase::Routed {
-                // The held client request was rewritten for a streamed first attempt: let it go.
+                // The held client request was rewritten for a routed first attempt: let it go.
                 self.resume_http_request();
             }
             return;
@@ -262,7 +262,8 @@ impl SwitchyardHttp {
                     done.paused = true;
                 }
                 Action::Send(send) => {
-                    if send.stream && self.phase == Phase::RequestBody {
+                    // Only the client's own request can be routed, and only once.
+                    if send.route && self.phase == Phase::RequestBody {
                         self.route(&send);
                     } else {
                         self.give_up_routed();
@@ -324,12 +325,15 @@ impl SwitchyardHttp {
         self.set_http_request_header(":authority", Some(&upstream.authority));
         self.set_http_request_header(CLUSTER_HEADER, Some(&upstream.cluster));
         self.set_http_request_header("accept-encoding", None);
-        // Bounds the time to the first byte: Envoy stops the per-try timer once the response
-        // starts, so a long stream is not cut (the route has no shorter global timeout).
-        self.set_http_request_header(
-            "x-envoy-upstream-rq-per-try-timeout-ms",
-            Some(&send.timeout_ms.to_string()),
-        );
+        // A stream's deadline bounds the time to the first byte: Envoy stops the per-try timer
+        // once the response starts, so a long stream is not cut (the route has no shorter
+        // global timeout). A complete answer's bounds the whole answer, as a call's does.
+        let timeout_header = if send.stream {
+            "x-envoy-upstream-rq-per-try-timeout-ms"
+        } else {
+            "x-envoy-upstream-rq-timeout-ms"
+        };
+        self.set_http_request_header(timeout_header, Some(&send.timeout_ms.to_string()));
         for (name, value) in &upstream.headers {
             self.set_http_request_header(name, Some(value));
         }
@@ -396,15 +400,19 @@ impl SwitchyardHttp {
         self.send_http_response(u32::from(reply.status), headers, Some(&reply.body));
     }
 
-    /// Writes a complete answer over the held routed response (its body is complete).
-    fn replace_routed(&mut self, reply: &LocalReply, body_size: usize) {
+    /// Writes a complete answer over the held routed response (`held`, its whole body of
+    /// `held_size` bytes). An answer whose body is the upstream's, unchanged (the same-format
+    /// fast path), keeps the held body and its length: only the head is rewritten.
+    fn replace_routed(&mut self, reply: &LocalReply, held: &[u8], held_size: usize) {
         self.set_http_response_header(":status", Some(&reply.status.to_string()));
-        self.set_http_response_header("content-length", None);
-        self.set_http_response_header("content-encoding", None);
         for (name, value) in &reply.headers {
             self.set_http_response_header(name, Some(value));
         }
-        self.set_http_response_body(0, body_size, &reply.body);
+        if reply.body != held || held.len() != held_size {
+            self.set_http_response_header("content-encoding", None);
+            self.set_http_response_header("content-length", Some(&reply.body.len().to_string()));
+            self.set_http_response_body(0, held_size, &reply.body);
+        }
         self.phase = Phase::Local;
     }
 
@@ -482,23 +490,27 @@ impl HttpContext for SwitchyardHttp {
             // Our own reply, or one Envoy made before the request was routed, passes.
             return HostAction::Continue;
         }
-        // The provider's account identifiers never reach the client (whatever answer the
-        // core makes of this response, its headers are the ones Envoy sends).
-        for (name, _) in self.get_http_response_headers() {
-            if self.exchange.strips_upstream_header(&name) {
-                self.set_http_response_header(&name, None);
+        // One read of the whole head (the values the core needs come from it too). The
+        // provider's account identifiers never reach the client (whatever answer the core
+        // makes of this response, its headers are the ones Envoy sends).
+        let headers = self.get_http_response_headers();
+        let mut status = None;
+        let (mut content_type, mut retry_after) = (None, None);
+        for (name, value) in &headers {
+            match name.as_str() {
+                ":status" => status = value.parse().ok(),
+                "content-type" => content_type = Some(value.as_str()),
+                "retry-after" => retry_after = Some(value.as_str()),
+                _ if self.exchange.strips_upstream_header(name) => {
+                    self.set_http_response_header(name, None);
+                }
+                _ => {}
             }
         }
-        let status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(502);
-        let content_type = self.get_http_response_header("content-type");
-        let retry_after = self.get_http_response_header("retry-after");
         let mut actions = self.feed(Event::UpstreamHead(UpstreamHead {
-            status,
-            content_type: content_type.as_deref(),
-            retry_after: retry_after.as_deref(),
+            status: status.unwrap_or(502),
+            content_type,
+            retry_after,
             body_complete: false,
         }));
         if end_of_stream && actions.contains(&Action::ReadUpstreamBody) {
@@ -543,7 +555,7 @@ impl HttpContext for SwitchyardHttp {
                 }
                 for action in actions {
                     match action {
-                        Action::Reply(reply) => self.replace_routed(&reply, body_size),
+                        Action::Reply(reply) => self.replace_routed(&reply, &body, body_size),
                         Action::Log(line) => log::warn!("{line}"),
                         _ => {}
                     }

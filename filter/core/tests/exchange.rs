@@ -390,6 +390,39 @@ fn a_body_cut_short_with_nowhere_to_go_is_a_dialect_502_and_metered_so() {
     }
 }
 
+/// Which attempts a host may route (`Send::route`): streams, and complete answers that
+/// nothing can follow — never one a fallback or `n` emulation may still follow.
+fn routes(actions: &[Action]) -> Vec<(usize, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(s) => Some((s.attempt, s.route)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_attempts_nothing_can_follow_or_streams_may_go_through_a_router() {
+    // One deployment, complete answer: nothing can follow it.
+    assert_eq!(routes(&Host::new().chat("solo", false)), [(0, true)]);
+    // A chain: the primary may still be fallen back from (a body cut mid-way included),
+    // so it stays a call; the last deployment may be routed.
+    let mut h = Host::new();
+    assert_eq!(routes(&h.chat("chain", false)), [(0, false)]);
+    assert_eq!(routes(&h.head(503, "application/json")), [(1, false)]);
+    assert_eq!(routes(&h.head(503, "application/json")), [(2, true)]);
+    // A stream is routed wherever it is in the chain (no switching after the first byte).
+    assert_eq!(routes(&Host::new().chat("chain", true)), [(0, true)]);
+    // `n` emulated by asking again: the first ask is followed by more.
+    let mut h = Host::new();
+    let actions = h.request(
+        "/v1/chat/completions",
+        json!({"model": "claude", "n": 2, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(routes(&actions), [(0, false)]);
+}
+
 #[test]
 fn an_unreadable_2xx_is_the_deployments_failure_and_falls_back() {
     let mut h = Host::new();
