@@ -221,19 +221,19 @@ impl Context for SwitchyardHttp {
 
 impl SwitchyardHttp {
     fn now_ms(&self) -> u64 {
+        self.now_nanos() / 1_000_000
+    }
+
+    fn now_nanos(&self) -> u64 {
         self.get_current_time()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     }
 
-    /// Per-event entropy for weighted routing and ids, without a WASI random source.
-    fn random(&self) -> u64 {
-        let nanos = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+    /// Per-event entropy for weighted routing and ids, without a WASI random source: mixed
+    /// from the clock reading `nanos` and this stream's id.
+    fn random(&self, nanos: u64) -> u64 {
         let mut z = nanos ^ (u64::from(self.context_id) << 32) ^ 0x9E37_79B9_7F4A_7C15;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -241,9 +241,11 @@ impl SwitchyardHttp {
     }
 
     fn feed(&mut self, event: Event<'_>) -> Vec<Action> {
+        // One clock read per event (each host call crosses the VM boundary).
+        let nanos = self.now_nanos();
         let cx = Ctx {
-            now_ms: self.now_ms(),
-            random: self.random(),
+            now_ms: nanos / 1_000_000,
+            random: self.random(nanos),
             health: &SharedDataHealth,
             counters: &SharedDataCounters,
         };
@@ -425,31 +427,28 @@ impl SwitchyardHttp {
 
 impl HttpContext for SwitchyardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> HostAction {
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let authorization = self.get_http_request_header("authorization");
-        let x_api_key = self.get_http_request_header("x-api-key");
-        let x_goog_api_key = self.get_http_request_header("x-goog-api-key");
-        let anthropic_version = self.get_http_request_header("anthropic-version");
-        let request_id = self.get_http_request_header("x-request-id");
-        let content_length = self
-            .get_http_request_header("content-length")
-            .and_then(|v| v.trim().parse().ok());
-        let forwarded: Vec<(&str, String)> = FORWARDED_HEADERS
+        // One read of the whole head instead of a host call per header the core may want
+        // (each crosses the VM boundary, and each value found is one more allocation call).
+        let headers = self.get_http_request_headers();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let forwarded: Vec<(&str, &str)> = FORWARDED_HEADERS
             .iter()
-            .filter_map(|name| Some((*name, self.get_http_request_header(name)?)))
+            .filter_map(|name| Some((*name, get(name)?)))
             .collect();
-        let forwarded: Vec<(&str, &str)> =
-            forwarded.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let head = RequestHead {
-            method: &method,
-            path: &path,
-            authorization: authorization.as_deref(),
-            x_api_key: x_api_key.as_deref(),
-            x_goog_api_key: x_goog_api_key.as_deref(),
-            anthropic_version: anthropic_version.as_deref(),
-            content_length,
-            request_id: request_id.as_deref(),
+            method: get(":method").unwrap_or_default(),
+            path: get(":path").unwrap_or_default(),
+            authorization: get("authorization"),
+            x_api_key: get("x-api-key"),
+            x_goog_api_key: get("x-goog-api-key"),
+            anthropic_version: get("anthropic-version"),
+            content_length: get("content-length").and_then(|v| v.trim().parse().ok()),
+            request_id: get("x-request-id"),
             forwarded: &forwarded,
         };
         let mut actions = self.feed(Event::RequestHead(head));
