@@ -209,10 +209,12 @@ pub struct Send {
     /// a second HTTP exchange and a local reply. A router hands the answer's head on before
     /// the body is complete, and a connection that breaks mid-body is then answered by the
     /// host itself (Envoy's router: its own error, no filter callback), so this is `true`
-    /// only where that changes nothing the chain could still do: a streamed answer (no
-    /// switching after the first byte anyway), or the chain's last attempt of a chat or
-    /// embeddings request asked once (no fallback and no `n` emulation can follow it; media
-    /// answers, which may be large, keep the call).
+    /// only for a streamed answer (no switching after the first byte anyway) and, when the
+    /// gateway opts in (`edge.route_complete_answers`, [`crate::config::EdgeOptions`]), for
+    /// the chain's last attempt of a chat or embeddings request asked once (no fallback and
+    /// no `n` emulation can follow it; media answers, which may be large, keep the call).
+    /// Opting in trades the dialect's 502 for a complete answer cut mid-body for the host's
+    /// own error; by default every complete answer is a call.
     pub route: bool,
 }
 
@@ -932,13 +934,13 @@ impl Exchange {
             timeout_ms: request.timeout_ms.min(remaining).max(1),
             request,
             stream: plan.stream,
-            route: plan.stream || self.last_of_chain(plan),
+            route: plan.stream || (plan.route_complete_answers && self.last_of_chain(plan)),
         })
     }
 
     /// Whether the current attempt is the last one the chain can make for a request whose
     /// answer is small JSON (chat, embeddings), asked once: nothing can follow it, so a
-    /// router may carry it (see [`Send::route`]).
+    /// router may carry it where the gateway opts in (see [`Send::route`]).
     fn last_of_chain(&self, plan: &Plan) -> bool {
         self.attempt + 1 >= plan.attempts.len()
             && plan.fan_out(self.attempt) <= 1
