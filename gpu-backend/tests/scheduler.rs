@@ -612,3 +612,65 @@ async fn two_workers_each_load_pinned_models_and_share_the_load() {
         assert_eq!(content(&body), alone);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_cache_keeps_concurrent_greedy_output_and_its_memory_bound() {
+    // Conversations that share heads of different lengths, sent one by one and then all at
+    // once (prefills and decodes in the same steps, copies from running sequences).
+    let head = "a long shared opening that every conversation repeats, like a system prompt; ";
+    let prompts: Vec<String> = (0..8)
+        .map(|i| match i % 3 {
+            0 => format!("{head}question {i}"),
+            1 => format!("{head}{head}question {i}"),
+            _ => format!("different start {i}"),
+        })
+        .collect();
+    // The tiny model's keys and values: 2 layers × (k, v) × 2 heads × 16 dims × 4 bytes.
+    let per_token = 2 * 2 * 2 * 16 * 4;
+    let budget = 300 * per_token;
+    let mut runs: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for prefix_cache_bytes in [0, budget] {
+        let dir = common::tiny_models_dir();
+        let mut config = common::config(&[TINY_MODEL], 8, 64);
+        config.prefix_cache_bytes = prefix_cache_bytes;
+        let server = Arc::new(start_server(&dir, config, None, Limits::default()).await);
+        server.wait_ready().await;
+        let mut alone = Vec::new();
+        for p in &prompts {
+            let (status, body) = server
+                .post("/v1/chat/completions", greedy_chat(TINY_MODEL, p, 24))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            alone.push(content(&body));
+        }
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let server = server.clone();
+                let body = greedy_chat(TINY_MODEL, p, 24);
+                tokio::spawn(async move { server.post("/v1/chat/completions", body).await })
+            })
+            .collect();
+        let mut together = Vec::new();
+        for h in handles {
+            let (status, body) = h.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            together.push(content(&body));
+        }
+        let m = metrics(&server).await;
+        let cached = metric(&m, "gpu_backend_prompt_tokens_cached_total");
+        let held = metric(&m, "gpu_backend_prefix_cache_bytes");
+        if prefix_cache_bytes == 0 {
+            assert_eq!((cached, held), (0.0, 0.0));
+        } else {
+            assert!(cached > 0.0, "nothing reused");
+            assert!(
+                held > 0.0 && held <= budget as f64,
+                "{held} bytes held, budget {budget}"
+            );
+        }
+        runs.push((alone, together));
+    }
+    assert_eq!(runs[0].0, runs[0].1, "batching changed an answer");
+    assert_eq!(runs[1], runs[0], "the prefix cache changed an answer");
+}
