@@ -12,7 +12,7 @@ use candle_core::Device;
 use common::{content, greedy_chat, start_server, CHAT_MODEL, EMBED_MODEL};
 use futures_util::StreamExt;
 use gpu_backend::chat_model::{ChatMessage, ChatModel};
-use gpu_backend::llama::{Kernels, KvCache, QuantizedLlama, StepInput};
+use gpu_backend::llama::{Kernels, QuantizedLlama, StepInput};
 use gpu_backend::server::Limits;
 use serde_json::{json, Value};
 
@@ -346,15 +346,7 @@ async fn models_health_and_metrics_report_warm_models() {
         .post("/v1/chat/completions", greedy_chat(CHAT_MODEL, "Hi", 4))
         .await;
     assert_eq!(status, 200);
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for needle in [
         "gpu_backend_queue_depth 0",
         "gpu_backend_running_batch_size",
@@ -365,34 +357,6 @@ async fn models_health_and_metrics_report_warm_models() {
     ] {
         assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
     }
-}
-
-/// Greedy tokens fed after `cache`'s history, and the logits of the first step.
-fn greedy_from(
-    model: &QuantizedLlama,
-    mut cache: KvCache,
-    feed: &[u32],
-    steps: usize,
-) -> (Vec<u32>, Vec<f32>) {
-    let mut next = feed.to_vec();
-    let (mut out, mut first) = (Vec::new(), Vec::new());
-    for _ in 0..steps {
-        let logits = model
-            .forward(&mut [StepInput {
-                tokens: &next,
-                cache: &mut cache,
-            }])
-            .unwrap()
-            .get(0)
-            .unwrap();
-        if first.is_empty() {
-            first = logits.to_vec1().unwrap();
-        }
-        let t = gpu_backend::llama::argmax(&logits).unwrap();
-        out.push(t);
-        next = vec![t];
-    }
-    (out, first)
 }
 
 #[test]
@@ -455,10 +419,11 @@ fn smollm2_reused_prefix_gives_the_same_logits_and_greedy_output() {
         let (cache, decoded) = run_first();
         let (twin, _) = run_first();
         assert_eq!(cache.len(), first.len() + decoded.len() - 1);
-        let (full, full_logits) = greedy_from(&model, model.new_cache(), &second, 16);
+        let (full, full_logits) = common::greedy_after(&model, model.new_cache(), &second, 16);
         let reused_cache = cache.prefix(shared).unwrap();
         assert_eq!(reused_cache.len(), shared);
-        let (reused, reused_logits) = greedy_from(&model, reused_cache, &second[shared..], 16);
+        let (reused, reused_logits) =
+            common::greedy_after(&model, reused_cache, &second[shared..], 16);
         let diff = full_logits
             .iter()
             .zip(&reused_logits)
@@ -472,8 +437,8 @@ fn smollm2_reused_prefix_gives_the_same_logits_and_greedy_output() {
         // The source cache is untouched by the copy: it continues its own sequence exactly
         // as its twin does.
         let last = &decoded[decoded.len() - 1..];
-        let (a, la) = greedy_from(&model, cache, last, 4);
-        let (b, lb) = greedy_from(&model, twin, last, 4);
+        let (a, la) = common::greedy_after(&model, cache, last, 4);
+        let (b, lb) = common::greedy_after(&model, twin, last, 4);
         assert_eq!(la, lb, "{kernels:?}: the source cache's logits changed");
         assert_eq!(a, b, "{kernels:?}: the source cache changed");
     }
@@ -572,15 +537,7 @@ async fn smollm2_prefix_cache_reports_cached_tokens_and_keeps_greedy_output() {
                 .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
                 .collect(),
         );
-        let metrics = server
-            .client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics().await;
         assert!(
             metrics.contains(&format!(
                 "gpu_backend_prompt_tokens_cached_total {cached_sum}\n"

@@ -32,16 +32,22 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-async fn metrics(server: &TestServer) -> String {
-    server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+/// Posts every body at once; the answers' texts in order, each checked to be a 200.
+async fn post_together(server: &Arc<TestServer>, bodies: Vec<Value>) -> Vec<String> {
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let server = server.clone();
+            tokio::spawn(async move { server.post("/v1/chat/completions", body).await })
+        })
+        .collect();
+    let mut texts = Vec::new();
+    for h in handles {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        texts.push(content(&body));
+    }
+    texts
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -78,29 +84,17 @@ async fn concurrent_greedy_requests_equal_sequential_ones() {
         assert_eq!(status, 200, "{body}");
         alone.push(content(&body));
     }
-    let steps_before = metric(&metrics(&server).await, "gpu_backend_batch_steps_total");
+    let steps_before = metric(&server.metrics().await, "gpu_backend_batch_steps_total");
     let tokens_before = metric(
-        &metrics(&server).await,
+        &server.metrics().await,
         "gpu_backend_tokens_generated_total",
     );
     let server = Arc::new(server);
-    let handles: Vec<_> = PROMPTS
-        .iter()
-        .map(|p| {
-            let server = server.clone();
-            let body = greedy_chat(TINY_MODEL, p, 48);
-            tokio::spawn(async move { server.post("/v1/chat/completions", body).await })
-        })
-        .collect();
-    let mut together = Vec::new();
-    for h in handles {
-        let (status, body) = h.await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        together.push(content(&body));
-    }
+    let bodies = PROMPTS.iter().map(|p| greedy_chat(TINY_MODEL, p, 48));
+    let together = post_together(&server, bodies.collect()).await;
     assert_eq!(together, alone);
     // Batching really happened: fewer forward steps than tokens generated.
-    let m = metrics(&server).await;
+    let m = server.metrics().await;
     let steps = metric(&m, "gpu_backend_batch_steps_total") - steps_before;
     let tokens = metric(&m, "gpu_backend_tokens_generated_total") - tokens_before;
     assert!(
@@ -161,7 +155,7 @@ async fn disconnect_cancels_the_sequence_and_frees_its_slot() {
         engine.running() == 0
     })
     .await;
-    let m = metrics(&server).await;
+    let m = server.metrics().await;
     assert!(
         metric(&m, "gpu_backend_requests_cancelled_total") >= 2.0,
         "{m}"
@@ -224,7 +218,7 @@ async fn full_queue_answers_503_with_retry_after_and_recovers() {
     assert!(body["error"]["message"].as_str().unwrap().contains("queue"));
     assert_eq!(
         metric(
-            &metrics(&server).await,
+            &server.metrics().await,
             "gpu_backend_requests_rejected_total"
         ),
         1.0
@@ -643,21 +637,9 @@ async fn prefix_cache_keeps_concurrent_greedy_output_and_its_memory_bound() {
             assert_eq!(status, 200, "{body}");
             alone.push(content(&body));
         }
-        let handles: Vec<_> = prompts
-            .iter()
-            .map(|p| {
-                let server = server.clone();
-                let body = greedy_chat(TINY_MODEL, p, 24);
-                tokio::spawn(async move { server.post("/v1/chat/completions", body).await })
-            })
-            .collect();
-        let mut together = Vec::new();
-        for h in handles {
-            let (status, body) = h.await.unwrap();
-            assert_eq!(status, 200, "{body}");
-            together.push(content(&body));
-        }
-        let m = metrics(&server).await;
+        let bodies = prompts.iter().map(|p| greedy_chat(TINY_MODEL, p, 24));
+        let together = post_together(&server, bodies.collect()).await;
+        let m = server.metrics().await;
         let cached = metric(&m, "gpu_backend_prompt_tokens_cached_total");
         let held = metric(&m, "gpu_backend_prefix_cache_bytes");
         if prefix_cache_bytes == 0 {
