@@ -13,7 +13,7 @@ mod common;
 use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use common::CHAT_MODEL;
-use gpu_backend::llama::{argmax, Kernels, QuantizedLlama, StepInput};
+use gpu_backend::llama::{Kernels, QuantizedLlama};
 use serde_json::Value;
 
 fn load(kernels: Kernels) -> QuantizedLlama {
@@ -33,27 +33,7 @@ fn ids(v: &Value) -> Vec<u32> {
 
 /// Greedy tokens, and the logits of the prompt's last position.
 fn greedy(model: &QuantizedLlama, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
-    let mut cache = model.new_cache();
-    let mut next = prompt.to_vec();
-    let mut out = Vec::new();
-    let mut first = Vec::new();
-    for _ in 0..steps {
-        let logits = model
-            .forward(&mut [StepInput {
-                tokens: &next,
-                cache: &mut cache,
-            }])
-            .unwrap()
-            .get(0)
-            .unwrap();
-        if first.is_empty() {
-            first = logits.to_vec1().unwrap();
-        }
-        let t = argmax(&logits).unwrap();
-        out.push(t);
-        next = vec![t];
-    }
-    (out, first)
+    common::greedy_after(model, model.new_cache(), prompt, steps)
 }
 
 #[test]
