@@ -150,7 +150,7 @@ impl SwitchyardHttp {
         let actions = self.feed(Event::Retry);
         self.perform(actions);
         if self.phase == Phase::Routed {
-            // The held client request was rewritten for a streamed attempt: let it go.
+            // The held client request was rewritten for a routed attempt: let it go.
             self.resume_http_request();
         }
         self.listed = self.exchange.queued();
@@ -177,7 +177,7 @@ impl Context for SwitchyardHttp {
             let actions = self.feed(Event::AdmitAnswer(status.map(|s| (s, body.as_slice()))));
             self.perform(actions);
             if self.phase == Phase::Routed {
-                // The held client request was rewritten for a streamed first attempt: let it go.
+                // The held client request was rewritten for a routed first attempt: let it go.
                 self.resume_http_request();
             }
             return;
@@ -221,19 +221,19 @@ impl Context for SwitchyardHttp {
 
 impl SwitchyardHttp {
     fn now_ms(&self) -> u64 {
+        self.now_nanos() / 1_000_000
+    }
+
+    fn now_nanos(&self) -> u64 {
         self.get_current_time()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     }
 
-    /// Per-event entropy for weighted routing and ids, without a WASI random source.
-    fn random(&self) -> u64 {
-        let nanos = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+    /// Per-event entropy for weighted routing and ids, without a WASI random source: mixed
+    /// from the clock reading `nanos` and this stream's id.
+    fn random(&self, nanos: u64) -> u64 {
         let mut z = nanos ^ (u64::from(self.context_id) << 32) ^ 0x9E37_79B9_7F4A_7C15;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -241,9 +241,11 @@ impl SwitchyardHttp {
     }
 
     fn feed(&mut self, event: Event<'_>) -> Vec<Action> {
+        // One clock read per event (each host call crosses the VM boundary).
+        let nanos = self.now_nanos();
         let cx = Ctx {
-            now_ms: self.now_ms(),
-            random: self.random(),
+            now_ms: nanos / 1_000_000,
+            random: self.random(nanos),
             health: &SharedDataHealth,
             counters: &SharedDataCounters,
         };
@@ -262,7 +264,8 @@ impl SwitchyardHttp {
                     done.paused = true;
                 }
                 Action::Send(send) => {
-                    if send.stream && self.phase == Phase::RequestBody {
+                    // Only the client's own request can be routed, and only once.
+                    if send.route && self.phase == Phase::RequestBody {
                         self.route(&send);
                     } else {
                         self.give_up_routed();
@@ -324,12 +327,15 @@ impl SwitchyardHttp {
         self.set_http_request_header(":authority", Some(&upstream.authority));
         self.set_http_request_header(CLUSTER_HEADER, Some(&upstream.cluster));
         self.set_http_request_header("accept-encoding", None);
-        // Bounds the time to the first byte: Envoy stops the per-try timer once the response
-        // starts, so a long stream is not cut (the route has no shorter global timeout).
-        self.set_http_request_header(
-            "x-envoy-upstream-rq-per-try-timeout-ms",
-            Some(&send.timeout_ms.to_string()),
-        );
+        // A stream's deadline bounds the time to the first byte: Envoy stops the per-try timer
+        // once the response starts, so a long stream is not cut (the route has no shorter
+        // global timeout). A complete answer's bounds the whole answer, as a call's does.
+        let timeout_header = if send.stream {
+            "x-envoy-upstream-rq-per-try-timeout-ms"
+        } else {
+            "x-envoy-upstream-rq-timeout-ms"
+        };
+        self.set_http_request_header(timeout_header, Some(&send.timeout_ms.to_string()));
         for (name, value) in &upstream.headers {
             self.set_http_request_header(name, Some(value));
         }
@@ -396,15 +402,19 @@ impl SwitchyardHttp {
         self.send_http_response(u32::from(reply.status), headers, Some(&reply.body));
     }
 
-    /// Writes a complete answer over the held routed response (its body is complete).
-    fn replace_routed(&mut self, reply: &LocalReply, body_size: usize) {
+    /// Writes a complete answer over the held routed response (`held`, its whole body of
+    /// `held_size` bytes). An answer whose body is the upstream's, unchanged (the same-format
+    /// fast path), keeps the held body and its length: only the head is rewritten.
+    fn replace_routed(&mut self, reply: &LocalReply, held: &[u8], held_size: usize) {
         self.set_http_response_header(":status", Some(&reply.status.to_string()));
-        self.set_http_response_header("content-length", None);
-        self.set_http_response_header("content-encoding", None);
         for (name, value) in &reply.headers {
             self.set_http_response_header(name, Some(value));
         }
-        self.set_http_response_body(0, body_size, &reply.body);
+        if reply.body != held || held.len() != held_size {
+            self.set_http_response_header("content-encoding", None);
+            self.set_http_response_header("content-length", Some(&reply.body.len().to_string()));
+            self.set_http_response_body(0, held_size, &reply.body);
+        }
         self.phase = Phase::Local;
     }
 
@@ -417,31 +427,28 @@ impl SwitchyardHttp {
 
 impl HttpContext for SwitchyardHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> HostAction {
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let authorization = self.get_http_request_header("authorization");
-        let x_api_key = self.get_http_request_header("x-api-key");
-        let x_goog_api_key = self.get_http_request_header("x-goog-api-key");
-        let anthropic_version = self.get_http_request_header("anthropic-version");
-        let request_id = self.get_http_request_header("x-request-id");
-        let content_length = self
-            .get_http_request_header("content-length")
-            .and_then(|v| v.trim().parse().ok());
-        let forwarded: Vec<(&str, String)> = FORWARDED_HEADERS
+        // One read of the whole head instead of a host call per header the core may want
+        // (each crosses the VM boundary, and each value found is one more allocation call).
+        let headers = self.get_http_request_headers();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let forwarded: Vec<(&str, &str)> = FORWARDED_HEADERS
             .iter()
-            .filter_map(|name| Some((*name, self.get_http_request_header(name)?)))
+            .filter_map(|name| Some((*name, get(name)?)))
             .collect();
-        let forwarded: Vec<(&str, &str)> =
-            forwarded.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let head = RequestHead {
-            method: &method,
-            path: &path,
-            authorization: authorization.as_deref(),
-            x_api_key: x_api_key.as_deref(),
-            x_goog_api_key: x_goog_api_key.as_deref(),
-            anthropic_version: anthropic_version.as_deref(),
-            content_length,
-            request_id: request_id.as_deref(),
+            method: get(":method").unwrap_or_default(),
+            path: get(":path").unwrap_or_default(),
+            authorization: get("authorization"),
+            x_api_key: get("x-api-key"),
+            x_goog_api_key: get("x-goog-api-key"),
+            anthropic_version: get("anthropic-version"),
+            content_length: get("content-length").and_then(|v| v.trim().parse().ok()),
+            request_id: get("x-request-id"),
             forwarded: &forwarded,
         };
         let mut actions = self.feed(Event::RequestHead(head));
@@ -482,23 +489,27 @@ impl HttpContext for SwitchyardHttp {
             // Our own reply, or one Envoy made before the request was routed, passes.
             return HostAction::Continue;
         }
-        // The provider's account identifiers never reach the client (whatever answer the
-        // core makes of this response, its headers are the ones Envoy sends).
-        for (name, _) in self.get_http_response_headers() {
-            if self.exchange.strips_upstream_header(&name) {
-                self.set_http_response_header(&name, None);
+        // One read of the whole head (the values the core needs come from it too). The
+        // provider's account identifiers never reach the client (whatever answer the core
+        // makes of this response, its headers are the ones Envoy sends).
+        let headers = self.get_http_response_headers();
+        let mut status = None;
+        let (mut content_type, mut retry_after) = (None, None);
+        for (name, value) in &headers {
+            match name.as_str() {
+                ":status" => status = value.parse().ok(),
+                "content-type" => content_type = Some(value.as_str()),
+                "retry-after" => retry_after = Some(value.as_str()),
+                _ if self.exchange.strips_upstream_header(name) => {
+                    self.set_http_response_header(name, None);
+                }
+                _ => {}
             }
         }
-        let status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(502);
-        let content_type = self.get_http_response_header("content-type");
-        let retry_after = self.get_http_response_header("retry-after");
         let mut actions = self.feed(Event::UpstreamHead(UpstreamHead {
-            status,
-            content_type: content_type.as_deref(),
-            retry_after: retry_after.as_deref(),
+            status: status.unwrap_or(502),
+            content_type,
+            retry_after,
             body_complete: false,
         }));
         if end_of_stream && actions.contains(&Action::ReadUpstreamBody) {
@@ -543,7 +554,7 @@ impl HttpContext for SwitchyardHttp {
                 }
                 for action in actions {
                     match action {
-                        Action::Reply(reply) => self.replace_routed(&reply, body_size),
+                        Action::Reply(reply) => self.replace_routed(&reply, &body, body_size),
                         Action::Log(line) => log::warn!("{line}"),
                         _ => {}
                     }

@@ -5,16 +5,23 @@
 //! routing, translation, fallback, health, what the client gets when something fails, the
 //! metered status — is the core's (see `switchyard_core::exchange` for the rules).
 //!
-//! How attempts travel here (the only choice this adapter makes, and it is about transport):
-//! a *streamed* request's first attempt is the client's own request, rewritten and routed by
-//! Envoy (`x-switchyard-cluster`, the route's `cluster_header`), so its answer streams through
-//! the response callbacks chunk by chunk. Every other attempt — all attempts of a complete
-//! (non-streamed) request, and a stream's fallbacks — is a `dispatch_http_call`, whose answer
-//! arrives whole. Complete answers must be read whole anyway before anything reaches the
-//! client (the answer may need translating, or be cut short and need a fallback), and a call
-//! reports a connection that breaks mid-body as a failure, which lets the core fall back or
-//! answer in the caller's dialect; the router path cannot (Envoy answers such a reset itself,
-//! bypassing filters).
+//! How attempts travel here: the core says which attempts may go through the router
+//! ([`switchyard_core::exchange::Send::route`]); this adapter routes such an attempt when it
+//! is the first (only the client's own request can be routed, once): a stream, and — only
+//! where the gateway config opts in with `edge.route_complete_answers` — the last attempt of
+//! a complete chat or embeddings answer. A routed attempt is the client's request rewritten
+//! in place (head and body) and sent by Envoy's router (`x-switchyard-cluster`, the route's
+//! `cluster_header`): a stream's answer then passes through the response callbacks chunk by
+//! chunk, a complete answer is held until its end and rewritten in place (only its head, when
+//! the fast path keeps the upstream's body). That saves a second HTTP exchange and a local
+//! reply per request. Every other attempt — by default every complete answer; a fallback, an
+//! attempt that a fallback could follow, `n` asked again, media — is a `dispatch_http_call`,
+//! whose answer arrives whole: a call reports a connection that breaks mid-body as a failure,
+//! which lets the core fall back or answer in the caller's dialect; the router cannot (Envoy
+//! answers such a reset itself, bypassing filters — so with the opt-in, a complete answer of
+//! the chain's last deployment cut mid-body gets Envoy's own error, not the dialect's 502). A
+//! retryable status or a connection failure before the routed answer's head still falls back:
+//! the held response is dropped and the next attempt is a call.
 //!
 //! After the first byte of a routed stream there is no switching. An upstream stream that
 //! ends early or turns malformed is closed with an error event in the caller's dialect; an

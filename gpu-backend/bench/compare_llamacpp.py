@@ -21,6 +21,13 @@ What it does, all reproducible from package registries:
      same prompts and measure aggregate completion tokens/s, time to first token, decode
      tokens/s per stream, and completion tokens per CPU-second of the server process.
 
+Prompt caching: both servers can reuse the keys and values of a prompt prefix they have
+seen (llama-server's per-slot prompt cache, `cache_prompt`, on by default; gpu-backend's
+prefix cache). --cache-modes on,off (the default) measures both ways, interleaved: `on`
+with each server's defaults, `off` like for like, every prompt prefilled from scratch
+(llama-server gets `"cache_prompt": false` in every request, gpu-backend runs with
+--no-prefix-cache). --repeat N runs the whole interleaved sequence N times.
+
 With --no-llamacpp only gpu-backend runs (step 1 and 2 are skipped, so only q4_1, or a
 format already under .cache/bench-models, can be measured) and its table has no ratios.
 --texts FILE also records each label's greedy completion of every prompt (non-streamed,
@@ -96,7 +103,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def stream_one(port, model, prompt, max_tokens, out):
+def stream_one(port, model, prompt, max_tokens, out, extra):
     body = json.dumps({
         "model": model,
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
@@ -104,6 +111,7 @@ def stream_one(port, model, prompt, max_tokens, out):
         "max_tokens": max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **extra,
     })
     start = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
@@ -113,6 +121,7 @@ def stream_one(port, model, prompt, max_tokens, out):
         raise RuntimeError(f"status {resp.status}: {resp.read()[:300]!r}")
     first = None
     tokens = None
+    cached = 0
     chunks = 0
     buf = b""
     while True:
@@ -133,18 +142,20 @@ def stream_one(port, model, prompt, max_tokens, out):
                         first = time.perf_counter()
             if v.get("usage"):
                 tokens = v["usage"]["completion_tokens"]
+                cached = (v["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     end = time.perf_counter()
     conn.close()
     out.append({"ttft": (first or end) - start, "tokens": tokens if tokens is not None else chunks,
-                "decode_s": end - (first or end)})
+                "decode_s": end - (first or end), "cached": cached})
 
 
-def level(port, model, streams, max_tokens, pid):
+def level(port, model, streams, max_tokens, pid, extra):
     results, threads = [], []
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     for i in range(streams):
         th = threading.Thread(target=stream_one,
-                              args=(port, model, PROMPTS[i % len(PROMPTS)], max_tokens, results))
+                              args=(port, model, PROMPTS[i % len(PROMPTS)], max_tokens, results,
+                                    extra))
         th.start()
         threads.append(th)
     for th in threads:
@@ -159,6 +170,7 @@ def level(port, model, streams, max_tokens, pid):
         "ttft_ms": 1000 * statistics.median(r["ttft"] for r in results),
         "decode": statistics.median(decode) if decode else 0.0,
         "per_cpu_s": tokens / cpu if cpu > 0 else 0.0,
+        "cached": sum(r["cached"] for r in results),
     }
 
 
@@ -212,16 +224,18 @@ def greedy_texts(port, model, max_tokens):
     return texts
 
 
-def measure(name, proc, port, model, levels, max_tokens, texts=None):
+def measure(name, proc, port, model, levels, max_tokens, texts=None, extra=None):
+    extra = extra or {}
     try:
-        level(port, model, 1, 8, proc.pid)  # warm-up
+        level(port, model, 1, 8, proc.pid, extra)  # warm-up
         if texts is not None:
             texts[name] = greedy_texts(port, model, max_tokens)
         rows = []
         for n in levels:
-            r = level(port, model, n, max_tokens, proc.pid)
+            r = level(port, model, n, max_tokens, proc.pid, extra)
             log(f"{name} {n} streams: {r['agg']:.1f} tok/s aggregate, TTFT {r['ttft_ms']:.0f} ms, "
-                f"{r['decode']:.1f} tok/s per stream, {r['per_cpu_s']:.1f} tok/CPU-s")
+                f"{r['decode']:.1f} tok/s per stream, {r['per_cpu_s']:.1f} tok/CPU-s, "
+                f"{r['cached']} cached prompt tokens reported")
             rows.append(r)
         return rows
     finally:
@@ -232,13 +246,15 @@ def measure(name, proc, port, model, levels, max_tokens, texts=None):
 def table(fmt, ours, theirs):
     out = [f"\n{fmt} (gb) vs llama-server (lc), same run\n",
            "| streams | gb tok/s | lc tok/s | ratio | gb TTFT ms | lc TTFT ms | gb decode tok/s/stream "
-           "| lc decode tok/s/stream | gb tok/CPU-s | lc tok/CPU-s | ratio |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| lc decode tok/s/stream | gb tok/CPU-s | lc tok/CPU-s | ratio | gb cached prompt tok "
+           "| lc cached prompt tok |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a, b in zip(ours, theirs):
         out.append(
             f"| {a['streams']} | {a['agg']:.1f} | {b['agg']:.1f} | {a['agg'] / b['agg']:.2f}x "
             f"| {a['ttft_ms']:.0f} | {b['ttft_ms']:.0f} | {a['decode']:.1f} | {b['decode']:.1f} "
-            f"| {a['per_cpu_s']:.1f} | {b['per_cpu_s']:.1f} | {a['per_cpu_s'] / b['per_cpu_s']:.2f}x |")
+            f"| {a['per_cpu_s']:.1f} | {b['per_cpu_s']:.1f} | {a['per_cpu_s'] / b['per_cpu_s']:.2f}x "
+            f"| {a['cached']} | {b['cached']} |")
     return "\n".join(out)
 
 
@@ -271,6 +287,10 @@ def main():
     ap.add_argument("--texts", metavar="FILE",
                     help="write each label's greedy completion of every prompt here (JSON)")
     ap.add_argument("--log-dir", help="keep the servers' stdout/stderr here")
+    ap.add_argument("--cache-modes", default="on,off",
+                    help="prompt caching: on (each server's default), off (both prefill every "
+                         "prompt), or both, interleaved (default: %(default)s)")
+    ap.add_argument("--repeat", type=int, default=1, help="run everything this many times")
     args = ap.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
     load_before = os.getloadavg()[0]
@@ -303,25 +323,34 @@ def main():
     tables = []
     texts = {} if args.texts else None
     extra = ["--cuda-device", str(args.cuda_device)] if args.cuda_device is not None else []
-    for fmt, (models_dir, path) in ggufs.items():
-        theirs = None
-        if server:
-            lc = serve("llama-server", [server, "-m", path, "--port", "18200", "-t",
-                                        str(args.threads), "-tb", str(args.threads), "-np", "64",
-                                        "-c", str(64 * 512)], 18200, "/health",
-                       log_dir=args.log_dir)
-            theirs = measure(f"llama-server {fmt}", lc, 18200, MODEL_ID, levels, args.tokens)
-        for label, binary, lv in binaries:
-            gb = serve(f"{label} {fmt}", [binary, "--listen", "127.0.0.1:18100", "--models-dir",
-                                          models_dir, "--pin", MODEL_ID, "--max-batch", "64",
-                                          "--no-control-plane", *extra],
-                       18100, "/healthz", log_dir=args.log_dir)
-            ours = measure(f"{label} {fmt}", gb, 18100, MODEL_ID, lv, args.tokens, texts)
-            if theirs is None:
-                tables.append(table_alone(f"{fmt}, {label}", ours))
-            else:
-                tables.append(table(f"{fmt}, {label}", ours,
-                                    [r for r in theirs if r["streams"] in lv]))
+    modes = args.cache_modes.split(",")
+    for run_no in range(1, args.repeat + 1):
+        for fmt, (models_dir, path) in ggufs.items():
+            for mode in modes:
+                title = f"{fmt}, cache {mode}" + (f", run {run_no}" if args.repeat > 1 else "")
+                lc_extra = {} if mode == "on" else {"cache_prompt": False}
+                gb_flags = [] if mode == "on" else ["--no-prefix-cache"]
+                theirs = None
+                if server:
+                    lc = serve("llama-server", [server, "-m", path, "--port", "18200", "-t",
+                                                str(args.threads), "-tb", str(args.threads),
+                                                "-np", "64", "-c", str(64 * 512)], 18200,
+                               "/health", log_dir=args.log_dir)
+                    theirs = measure(f"llama-server {title}", lc, 18200, MODEL_ID, levels,
+                                     args.tokens, extra=lc_extra)
+                for label, binary, lv in binaries:
+                    gb = serve(f"{label} {fmt}", [binary, "--listen", "127.0.0.1:18100",
+                                                  "--models-dir", models_dir, "--pin", MODEL_ID,
+                                                  "--max-batch", "64", "--no-control-plane",
+                                                  *gb_flags, *extra],
+                               18100, "/healthz", log_dir=args.log_dir)
+                    ours = measure(f"{label} {title}", gb, 18100, MODEL_ID, lv, args.tokens,
+                                   texts if mode == modes[0] and run_no == 1 else None)
+                    if theirs is None:
+                        tables.append(table_alone(f"{title}, {label}", ours))
+                    else:
+                        tables.append(table(f"{title}, {label}", ours,
+                                            [r for r in theirs if r["streams"] in lv]))
     if texts is not None:
         with open(args.texts, "w") as f:
             json.dump(texts, f, indent=1, ensure_ascii=False)

@@ -74,6 +74,7 @@ async fn start(pinned: &[&str], max_batch: usize, queue_capacity: usize) -> Serv
         queue_capacity,
         pinned: pinned.iter().map(|s| s.to_string()).collect(),
         memory_budget_bytes: 0,
+        prefix_cache_bytes: 64 << 20,
         workers: 1,
         device: Device::Cpu,
         before_load: None,

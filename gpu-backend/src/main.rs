@@ -71,6 +71,16 @@ struct Cli {
     #[arg(long, default_value_t = 0)]
     memory_budget_mib: u64,
 
+    /// Memory per worker and chat model for the prefix cache, in MiB: keys and values of
+    /// finished sequences, reused by prompts that start the same way (a shared system
+    /// prompt, the earlier turns of a conversation), least-recently-used out.
+    #[arg(long, default_value_t = 256)]
+    prefix_cache_mib: u64,
+
+    /// Prefill every prompt from scratch: no prefix cache (for like-for-like benchmarks).
+    #[arg(long)]
+    no_prefix_cache: bool,
+
     /// Worker threads; each owns its device and its own copy of the models it serves.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -190,6 +200,10 @@ fn inference_router(cli: &Cli, device: Device) -> anyhow::Result<(axum::Router, 
         queue_capacity: cli.queue_capacity,
         pinned,
         memory_budget_bytes: cli.memory_budget_mib * 1024 * 1024,
+        prefix_cache_bytes: match cli.no_prefix_cache {
+            true => 0,
+            false => cli.prefix_cache_mib * 1024 * 1024,
+        },
         workers: cli.workers,
         device,
         before_load: None,

@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Upper bounds (seconds) of the time-to-first-token histogram buckets.
 const TTFT_BUCKETS: [f64; 12] = [
@@ -18,6 +19,11 @@ pub struct Metrics {
     pub tokens_generated: AtomicU64,
     /// Prompt tokens of sequences that joined a batch.
     pub prompt_tokens: AtomicU64,
+    /// Of those, the tokens whose keys and values came from the prefix cache (not prefilled).
+    pub prompt_tokens_cached: AtomicU64,
+    /// Bytes of keys and values the prefix caches hold, all workers and models together
+    /// (shared with each cache, which keeps it current as it fills and empties).
+    pub prefix_cache_bytes: Arc<AtomicU64>,
     /// Chat and embedding requests answered in full.
     pub requests_completed: AtomicU64,
     /// Requests dropped because their client went away.
@@ -100,6 +106,18 @@ impl Metrics {
             "counter",
             "Prompt tokens processed.",
             get(&self.prompt_tokens).to_string(),
+        );
+        metric(
+            "gpu_backend_prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens reused from the prefix cache instead of prefilled.",
+            get(&self.prompt_tokens_cached).to_string(),
+        );
+        metric(
+            "gpu_backend_prefix_cache_bytes",
+            "gauge",
+            "Bytes of keys and values held by the prefix caches.",
+            get(&self.prefix_cache_bytes).to_string(),
         );
         metric(
             "gpu_backend_requests_completed_total",

@@ -1,16 +1,18 @@
 //! End-to-end checks with the real weights: SmolLM2 answers, streams like OpenAI, batches
-//! without changing its greedy output, and MiniLM embeds like sentence-transformers.
+//! and reuses cached prompt prefixes without changing its greedy output, and MiniLM embeds
+//! like sentence-transformers.
 //! These fail (never skip) when the weights are missing: run `scripts/fetch-models.sh`.
 
 mod common;
 
 use std::path::Path;
 
+use candle_core::quantized::gguf_file;
 use candle_core::Device;
 use common::{content, greedy_chat, start_server, CHAT_MODEL, EMBED_MODEL};
 use futures_util::StreamExt;
 use gpu_backend::chat_model::{ChatMessage, ChatModel};
-use gpu_backend::llama::StepInput;
+use gpu_backend::llama::{Kernels, QuantizedLlama, StepInput};
 use gpu_backend::server::Limits;
 use serde_json::{json, Value};
 
@@ -344,15 +346,7 @@ async fn models_health_and_metrics_report_warm_models() {
         .post("/v1/chat/completions", greedy_chat(CHAT_MODEL, "Hi", 4))
         .await;
     assert_eq!(status, 200);
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for needle in [
         "gpu_backend_queue_depth 0",
         "gpu_backend_running_batch_size",
@@ -363,4 +357,195 @@ async fn models_health_and_metrics_report_warm_models() {
     ] {
         assert!(metrics.contains(needle), "missing {needle:?} in\n{metrics}");
     }
+}
+
+#[test]
+fn smollm2_reused_prefix_gives_the_same_logits_and_greedy_output() {
+    let path = common::real_models_dir()
+        .join(CHAT_MODEL)
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let tokenizer = load_smollm2(&common::real_models_dir());
+    let chat = |user: &str| {
+        tokenizer
+            .encode(&ChatModel::render_prompt(&[
+                ChatMessage {
+                    role: "system".into(),
+                    content: "You are a helpful assistant.".into(),
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: user.into(),
+                },
+            ]))
+            .unwrap()
+    };
+    let (first, second) = (
+        chat("Write a haiku about the sea."),
+        chat("What is the capital of France?"),
+    );
+    let shared = first
+        .iter()
+        .zip(&second)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared > 10, "only {shared} tokens shared");
+    // The native kernels compute every row on its own: reuse is exact. candle's CPU
+    // matmuls take other paths for a many-row prefill than for a few rows, so its logits
+    // move by rounding only.
+    for (kernels, tolerance) in [(Kernels::Native, 1e-5f32), (Kernels::Candle, 2e-2)] {
+        let mut file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let model =
+            QuantizedLlama::from_gguf_with(&content, &mut file, &Device::Cpu, kernels).unwrap();
+        // The first sequence: its prompt and a few decoded tokens in its cache (twice, to
+        // have an untouched twin of that cache to hold the copied one to).
+        let run_first = || {
+            let mut cache = model.new_cache();
+            let mut decoded = Vec::new();
+            let mut next = first.clone();
+            for _ in 0..6 {
+                let l = model
+                    .forward(&mut [StepInput {
+                        tokens: &next,
+                        cache: &mut cache,
+                    }])
+                    .unwrap();
+                let t = gpu_backend::llama::argmax(&l.get(0).unwrap()).unwrap();
+                decoded.push(t);
+                next = vec![t];
+            }
+            (cache, decoded)
+        };
+        let (cache, decoded) = run_first();
+        let (twin, _) = run_first();
+        assert_eq!(cache.len(), first.len() + decoded.len() - 1);
+        let (full, full_logits) = common::greedy_after(&model, model.new_cache(), &second, 16);
+        let reused_cache = cache.prefix(shared).unwrap();
+        assert_eq!(reused_cache.len(), shared);
+        let (reused, reused_logits) =
+            common::greedy_after(&model, reused_cache, &second[shared..], 16);
+        let diff = full_logits
+            .iter()
+            .zip(&reused_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff <= tolerance,
+            "{kernels:?}: logits differ by {diff} after reusing {shared} positions"
+        );
+        assert_eq!(reused, full, "{kernels:?}: greedy output changed");
+        // The source cache is untouched by the copy: it continues its own sequence exactly
+        // as its twin does.
+        let last = &decoded[decoded.len() - 1..];
+        let (a, la) = common::greedy_after(&model, cache, last, 4);
+        let (b, lb) = common::greedy_after(&model, twin, last, 4);
+        assert_eq!(la, lb, "{kernels:?}: the source cache's logits changed");
+        assert_eq!(a, b, "{kernels:?}: the source cache changed");
+    }
+}
+
+/// Usage of a non-streamed completion: prompt tokens, and how many came from the cache.
+fn prompt_usage(body: &Value) -> (u64, u64) {
+    (
+        body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        body["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_prefix_cache_reports_cached_tokens_and_keeps_greedy_output() {
+    let dir = common::real_models_dir();
+    let chat = |messages: Value| json!({"model": CHAT_MODEL, "messages": messages, "temperature": 0, "max_tokens": 24});
+    let system = json!({"role": "system", "content": "You are a helpful assistant."});
+    let ask = |q: &str| json!({"role": "user", "content": q});
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for prefix_cache_bytes in [0, 64 << 20] {
+        let mut config = common::config(&[CHAT_MODEL], 8, 64);
+        config.prefix_cache_bytes = prefix_cache_bytes;
+        let server = start_server(&dir, config, None, Limits::default()).await;
+        server.wait_ready().await;
+        let on = prefix_cache_bytes > 0;
+        let mut texts = Vec::new();
+        let mut cached_sum = 0;
+        // The same request twice: the second reuses all of its prompt but the last token.
+        let first = chat(json!([system, ask("What is the capital of France?")]));
+        for round in 0..2 {
+            let (status, body) = server.post("/v1/chat/completions", first.clone()).await;
+            assert_eq!(status, 200, "{body}");
+            let (prompt, cached) = prompt_usage(&body);
+            let want = if on && round == 1 { prompt - 1 } else { 0 };
+            assert_eq!(cached, want, "round {round}, cache on: {on}: {body}");
+            cached_sum += cached;
+            texts.push(content(&body));
+        }
+        // Another question under the same system prompt: the template's head is reused.
+        let (status, body) = server
+            .post(
+                "/v1/chat/completions",
+                chat(json!([system, ask("Name three colors.")])),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (prompt, cached) = prompt_usage(&body);
+        if on {
+            assert!(cached > 5 && cached < prompt - 3, "{body}");
+        } else {
+            assert_eq!(cached, 0, "{body}");
+        }
+        cached_sum += cached;
+        texts.push(content(&body));
+        // The next turn of the first conversation, streamed: its usage chunk says so too.
+        let mut follow = chat(json!([
+            system,
+            ask("What is the capital of France?"),
+            {"role": "assistant", "content": texts[0]},
+            ask("And of Italy?")
+        ]));
+        follow["stream"] = json!(true);
+        follow["stream_options"] = json!({"include_usage": true});
+        let raw = server
+            .client
+            .post(server.url("/v1/chat/completions"))
+            .json(&follow)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let chunks: Vec<Value> = raw
+            .split("\n\n")
+            .filter_map(|f| f.strip_prefix("data: "))
+            .filter(|f| *f != "[DONE]")
+            .map(|f| serde_json::from_str(f).unwrap())
+            .collect();
+        let usage = chunks.last().unwrap()["usage"].clone();
+        let cached = usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        if on {
+            assert!(cached > 20, "{usage}");
+        } else {
+            assert_eq!(cached, 0, "{usage}");
+        }
+        cached_sum += cached;
+        texts.push(
+            chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+                .collect(),
+        );
+        let metrics = server.metrics().await;
+        assert!(
+            metrics.contains(&format!(
+                "gpu_backend_prompt_tokens_cached_total {cached_sum}\n"
+            )),
+            "{metrics}"
+        );
+        answers.push(texts);
+    }
+    assert!(answers[0][0].contains("Paris"), "{:?}", answers[0]);
+    assert_eq!(answers[0], answers[1], "the prefix cache changed an answer");
 }

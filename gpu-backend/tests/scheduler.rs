@@ -32,16 +32,22 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-async fn metrics(server: &TestServer) -> String {
-    server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+/// Posts every body at once; the answers' texts in order, each checked to be a 200.
+async fn post_together(server: &Arc<TestServer>, bodies: Vec<Value>) -> Vec<String> {
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let server = server.clone();
+            tokio::spawn(async move { server.post("/v1/chat/completions", body).await })
+        })
+        .collect();
+    let mut texts = Vec::new();
+    for h in handles {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        texts.push(content(&body));
+    }
+    texts
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -78,29 +84,17 @@ async fn concurrent_greedy_requests_equal_sequential_ones() {
         assert_eq!(status, 200, "{body}");
         alone.push(content(&body));
     }
-    let steps_before = metric(&metrics(&server).await, "gpu_backend_batch_steps_total");
+    let steps_before = metric(&server.metrics().await, "gpu_backend_batch_steps_total");
     let tokens_before = metric(
-        &metrics(&server).await,
+        &server.metrics().await,
         "gpu_backend_tokens_generated_total",
     );
     let server = Arc::new(server);
-    let handles: Vec<_> = PROMPTS
-        .iter()
-        .map(|p| {
-            let server = server.clone();
-            let body = greedy_chat(TINY_MODEL, p, 48);
-            tokio::spawn(async move { server.post("/v1/chat/completions", body).await })
-        })
-        .collect();
-    let mut together = Vec::new();
-    for h in handles {
-        let (status, body) = h.await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        together.push(content(&body));
-    }
+    let bodies = PROMPTS.iter().map(|p| greedy_chat(TINY_MODEL, p, 48));
+    let together = post_together(&server, bodies.collect()).await;
     assert_eq!(together, alone);
     // Batching really happened: fewer forward steps than tokens generated.
-    let m = metrics(&server).await;
+    let m = server.metrics().await;
     let steps = metric(&m, "gpu_backend_batch_steps_total") - steps_before;
     let tokens = metric(&m, "gpu_backend_tokens_generated_total") - tokens_before;
     assert!(
@@ -161,7 +155,7 @@ async fn disconnect_cancels_the_sequence_and_frees_its_slot() {
         engine.running() == 0
     })
     .await;
-    let m = metrics(&server).await;
+    let m = server.metrics().await;
     assert!(
         metric(&m, "gpu_backend_requests_cancelled_total") >= 2.0,
         "{m}"
@@ -224,7 +218,7 @@ async fn full_queue_answers_503_with_retry_after_and_recovers() {
     assert!(body["error"]["message"].as_str().unwrap().contains("queue"));
     assert_eq!(
         metric(
-            &metrics(&server).await,
+            &server.metrics().await,
             "gpu_backend_requests_rejected_total"
         ),
         1.0
@@ -611,4 +605,54 @@ async fn two_workers_each_load_pinned_models_and_share_the_load() {
         // Every worker holds its own copy of the same weights: same greedy answer anywhere.
         assert_eq!(content(&body), alone);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_cache_keeps_concurrent_greedy_output_and_its_memory_bound() {
+    // Conversations that share heads of different lengths, sent one by one and then all at
+    // once (prefills and decodes in the same steps, copies from running sequences).
+    let head = "a long shared opening that every conversation repeats, like a system prompt; ";
+    let prompts: Vec<String> = (0..8)
+        .map(|i| match i % 3 {
+            0 => format!("{head}question {i}"),
+            1 => format!("{head}{head}question {i}"),
+            _ => format!("different start {i}"),
+        })
+        .collect();
+    // The tiny model's keys and values: 2 layers × (k, v) × 2 heads × 16 dims × 4 bytes.
+    let per_token = 2 * 2 * 2 * 16 * 4;
+    let budget = 300 * per_token;
+    let mut runs: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for prefix_cache_bytes in [0, budget] {
+        let dir = common::tiny_models_dir();
+        let mut config = common::config(&[TINY_MODEL], 8, 64);
+        config.prefix_cache_bytes = prefix_cache_bytes;
+        let server = Arc::new(start_server(&dir, config, None, Limits::default()).await);
+        server.wait_ready().await;
+        let mut alone = Vec::new();
+        for p in &prompts {
+            let (status, body) = server
+                .post("/v1/chat/completions", greedy_chat(TINY_MODEL, p, 24))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            alone.push(content(&body));
+        }
+        let bodies = prompts.iter().map(|p| greedy_chat(TINY_MODEL, p, 24));
+        let together = post_together(&server, bodies.collect()).await;
+        let m = server.metrics().await;
+        let cached = metric(&m, "gpu_backend_prompt_tokens_cached_total");
+        let held = metric(&m, "gpu_backend_prefix_cache_bytes");
+        if prefix_cache_bytes == 0 {
+            assert_eq!((cached, held), (0.0, 0.0));
+        } else {
+            assert!(cached > 0.0, "nothing reused");
+            assert!(
+                held > 0.0 && held <= budget as f64,
+                "{held} bytes held, budget {budget}"
+            );
+        }
+        runs.push((alone, together));
+    }
+    assert_eq!(runs[0].0, runs[0].1, "batching changed an answer");
+    assert_eq!(runs[1], runs[0], "the prefix cache changed an answer");
 }

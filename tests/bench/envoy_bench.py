@@ -119,6 +119,11 @@ BENCH_LIMITS = {"rpm": 10**8, "tpm": 10**10, "concurrent": 10**6,
                 "budget": {"usd": 10**6, "period": "month"}}
 
 
+# The gateway's `edge.route_complete_answers` opt-in for every filter this run measures
+# (`--route-complete-answers`; off by default, as in the gateway).
+ROUTE_COMPLETE_ANSWERS = False
+
+
 def gateway_config(upstream_port, control_plane_port=None, limits=False):
     key = {"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}
     if limits:
@@ -129,6 +134,9 @@ def gateway_config(upstream_port, control_plane_port=None, limits=False):
         "models": [{"name": "bench", "deployments": [{"provider": "up", "model": "bench-upstream",
                                                        "price": {"input": 1.0, "output": 2.0}}]}],
     }
+    if ROUTE_COMPLETE_ANSWERS:
+        # Only when set: builds from before the option (`--filter` of an older main) refuse it.
+        config["edge"] = {"route_complete_answers": True}
     if control_plane_port:
         config["control_plane"] = {"base_url": f"http://127.0.0.1:{control_plane_port}",
                                    "cluster": "control_plane",
@@ -279,11 +287,16 @@ def main():
     ap.add_argument("--limits", action="store_true",
                     help="also measure the filter with every limit on the key (and, with "
                          "--control-plane, admitted by the control plane)")
+    ap.add_argument("--route-complete-answers", action="store_true",
+                    help="set the gateway's edge.route_complete_answers opt-in (the bench's "
+                         "complete answers then go through the proxy's router, not a call)")
     ap.add_argument("--components-only", action="store_true",
                     help="measure only the upstream direct and the components")
     ap.add_argument("--passthrough", default=os.path.join(
         ROOT, "host-runner/test-guests/target/wasm32-wasip1/release/passthrough.wasm"))
     args = ap.parse_args()
+    global ROUTE_COMPLETE_ANSWERS
+    ROUTE_COMPLETE_ANSWERS = args.route_complete_answers
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")

@@ -47,6 +47,9 @@ CHAINS = {
     # Dedicated to metering of streams that fail after the first byte.
     "fb-cut": [("openai", "gpt-fb-cut"), ("anthropic", "claude-fb-cut")],
 }
+# A single-deployment model (no fallback chain): its only attempt is the chain's last.
+SOLO = "fb-solo"
+SOLO_DEPLOYMENT = ("openai", "gpt-fb-solo")
 EJECT_AFTER = 2
 # Long enough that the requests made "while ejected" fit inside it on a loaded 2-core CI box.
 EJECT_COOLDOWN_MS = 5000
@@ -82,8 +85,10 @@ def _price(provider: str) -> dict:
     return PRICES.get(provider, PRICES["openai"])
 
 
-def fallback_gateway_config(doubles: Doubles, dead_port: int) -> dict:
-    """The suite's keys and providers (every double), a `dead` provider, and the models above."""
+def fallback_gateway_config(doubles: Doubles, dead_port: int,
+                            route_complete_answers: bool = False) -> dict:
+    """The suite's keys and providers (every double), a `dead` provider, and the models above;
+    `route_complete_answers` sets the gateway's `edge.route_complete_answers` opt-in."""
     base = gateway_config(doubles)
     providers = dict(base["providers"])
     providers["dead"] = {"kind": "openai", "base_url": f"http://127.0.0.1:{dead_port}",
@@ -106,8 +111,15 @@ def fallback_gateway_config(doubles: Doubles, dead_port: int) -> dict:
         "deployments": [{"provider": p, "model": m, "price": {"input": i, "output": o}}
                         for p, m, (i, o) in CHEAP_DEPLOYMENTS],
         "fallback": policy(eject_after=1, cooldown_ms=CHEAP_COOLDOWN_MS)})
+    solo_provider, solo_model = SOLO_DEPLOYMENT
+    models.append({
+        "name": SOLO,
+        "deployments": [{"provider": solo_provider, "model": solo_model,
+                         "price": _price(solo_provider)}],
+        "fallback": policy()})
     return {"keys": base["keys"], "providers": providers, "models": models,
-            "limits": base["limits"], "fallback": policy()}
+            "limits": base["limits"], "fallback": policy(),
+            "edge": {"route_complete_answers": route_complete_answers}}
 
 
 def fallback_upstreams(doubles: Doubles, dead_port: int) -> dict[str, int]:
@@ -124,9 +136,10 @@ def _shorten_route_idle_timeout(envoy_cfg: dict) -> None:
                 route["route"]["idle_timeout"] = f"{ATTEMPT_TIMEOUT_MS / 1000}s"
 
 
-def start_fallback_host(name: str, doubles: Doubles, workdir: Path) -> hosts.Host:
+def start_fallback_host(name: str, doubles: Doubles, workdir: Path,
+                        route_complete_answers: bool = False) -> hosts.Host:
     dead_port = free_port()
-    config = fallback_gateway_config(doubles, dead_port)
+    config = fallback_gateway_config(doubles, dead_port, route_complete_answers)
     ups = fallback_upstreams(doubles, dead_port)
     secrets = {k: v for d in doubles.by_name.values() for k, v in d.secrets.items()}
     workdir.mkdir(parents=True, exist_ok=True)

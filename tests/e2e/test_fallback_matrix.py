@@ -29,7 +29,7 @@ from .conftest import Gateway
 from .gateway_config import KEY_ALL
 from .fallback_config import (
     CHAINS, CHEAP_COOLDOWN_MS, CHEAP_DEPLOYMENTS, CHEAPEST, EJECT_AFTER, EJECT_COOLDOWN_MS,
-    WEIGHTED, WEIGHTS, deployment, parse_attempts, start_fallback_host)
+    SOLO, SOLO_DEPLOYMENT, WEIGHTED, WEIGHTS, deployment, parse_attempts, start_fallback_host)
 
 # Path substring of each double's chat endpoint, so a queued fault hits chat requests only.
 CHAT_PATH = {"openai": "/chat/completions", "anthropic": "/v1/messages",
@@ -672,6 +672,67 @@ def test_complete_answer_cut_mid_body_everywhere_is_a_dialect_502(fb, sdk):
     no_secret_in(fb, err.response.text)
     record = wait_for_record(fb, "fb-all", before)
     assert record["status"] == 502, record
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_single_deployment_answer_cut_mid_body_is_a_dialect_502(fb, sdk):
+    """A model with one deployment: its only attempt is the chain's last, and by default a
+    complete answer cut mid-body still gets the 502 in the caller's dialect on every host
+    (the filter's call sees the reset; `edge.route_complete_answers` is off)."""
+    provider, model = SOLO_DEPLOYMENT
+    before = len(usage_records(fb.host.log, SOLO))
+    inject(fb, provider, kind="cut_body")
+    err = ask_error(fb, sdk, SOLO, f"cut solo {sdk}")
+    body = assert_error_dialect(sdk, err, 502)
+    assert "reset" in body["error"]["message"], body
+    assert [(a[0], a[1]) for a in parse_attempts(err.response.headers.get(
+        "x-switchyard-attempts"))] == [(deployment(provider, model), "reset")]
+    no_secret_in(fb, err.response.text)
+    record = wait_for_record(fb, SOLO, before)
+    assert record["status"] == 502, record
+
+
+@pytest.fixture(scope="module", params=paths.selected_hosts())
+def fb_routed(request, doubles, tmp_path_factory) -> Gateway:
+    """A host like `fb` whose gateway opts in to `edge.route_complete_answers`."""
+    name = request.param
+    host = start_fallback_host(name, doubles, Path(tmp_path_factory.mktemp(f"{name}-routed")),
+                               route_complete_answers=True)
+    yield Gateway(host, doubles)
+    host.stop()
+
+
+def test_opted_in_single_deployment_answer_cut_mid_body_gets_the_hosts_own_error(fb_routed):
+    """The documented cost of `edge.route_complete_answers: true`: the only attempt goes
+    through the proxy's router, so a complete answer cut mid-body is answered by the proxy
+    itself — Envoy's plain-text error (502 for the double's cut: a protocol error, the body
+    shorter than its Content-Length; 503 for other resets), host-runner's reset connection —
+    not the dialect's 502.
+    The Spin component sends every attempt itself, ignores the option and still answers 502.
+    An answer that is not cut is routed and arrives whole."""
+    gw = fb_routed
+    provider, model = SOLO_DEPLOYMENT
+    prompt = "routed solo"
+    answer = ask(gw, "openai", SOLO, prompt)
+    assert answer.text == expected_text(provider, model, prompt)
+    assert_single_attempt(answer, deployment(provider, model))
+
+    inject(gw, provider, kind="cut_body")
+    request = {"model": SOLO, "messages": [{"role": "user", "content": "cut routed solo"}]}
+    if gw.name == "host-runner":
+        with pytest.raises(httpx.TransportError):
+            gw.post("/v1/chat/completions", request)
+        return
+    response = gw.post("/v1/chat/completions", request)
+    no_secret_in(gw, response.text)
+    if gw.name == "envoy":
+        assert response.status_code == 502, response.text
+        assert response.headers["content-type"].startswith("text/plain"), response.headers
+        assert response.text.startswith(
+            "upstream connect error or disconnect/reset before headers"), response.text
+    else:
+        assert response.status_code == 502, response.text
+        assert "reset" in response.json()["error"]["message"], response.text
 
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])

@@ -137,6 +137,18 @@ def test_smollm2_knows_paris(local_gw, backend):
     assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 24
 
 
+def test_openai_sdk_reads_the_backends_cached_prompt_tokens(local_gw, backend):
+    """gpu-backend's prefix cache: asked the same thing again, the backend reuses all of the
+    prompt but its last token, says so in `prompt_tokens_details.cached_tokens`, and the
+    gateway passes it on to the SDK."""
+    client = local_gw.openai(timeout=120)
+    for _ in range(2):
+        r = client.chat.completions.create(model="smollm2", temperature=0, max_tokens=8,
+                                           messages=MESSAGES)
+    assert r.usage.prompt_tokens_details is not None, r.usage
+    assert r.usage.prompt_tokens_details.cached_tokens == r.usage.prompt_tokens - 1, r.usage
+
+
 def test_smollm2_streams_through_the_gateway(local_gw, backend):
     chunks = list(local_gw.openai(timeout=120).chat.completions.create(
         model="default", temperature=0, max_tokens=24, stream=True,

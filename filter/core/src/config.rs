@@ -59,6 +59,30 @@ pub struct GatewayConfig {
     /// them.
     #[serde(skip)]
     pub task_providers: crate::tasks::providers::deployments::TaskProviders,
+    /// How the proxy hosts (Envoy, host-runner) carry attempts: a transport trade-off,
+    /// off by default in favour of the dialect's error for every failure.
+    #[serde(default)]
+    pub edge: EdgeOptions,
+}
+
+/// Transport choices of the proxy hosts (Envoy and host-runner, which run the proxy-wasm
+/// filter); the Spin component sends every attempt itself and ignores them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeOptions {
+    /// Send the chain's *last* attempt of a complete (non-streamed) chat or embeddings
+    /// answer asked once (a single-deployment model's only one) through the proxy's router
+    /// as the client's own request rewritten in place, instead of a filter call
+    /// (`dispatch_http_call`) and a local reply. Saves a second HTTP exchange per request
+    /// (≈10% of Envoy's CPU per request, BENCHMARKS.md #17). The cost: when that upstream
+    /// connection breaks mid-body, the proxy answers itself and the filter gets no last
+    /// word — Envoy sends its own plain-text error (`upstream connect error or
+    /// disconnect/reset before headers`, 502 or 503 by the reset's reason), host-runner
+    /// resets the client's connection — instead of the 502 in the caller's dialect that a call gets. Off by
+    /// default; streamed attempts are routed either way (after their first byte nothing
+    /// can switch anyway).
+    #[serde(default)]
+    pub route_complete_answers: bool,
 }
 
 /// One upstream provider account or server.

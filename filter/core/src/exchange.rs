@@ -56,7 +56,9 @@
 use crate::attempts::{AttemptLog, Outcome, ATTEMPTS_HEADER};
 use crate::canonical::TokenUsage;
 use crate::error::{Dialect, ErrorKind, GatewayError};
-use crate::gateway::{Gateway, HeadOutcome, LocalReply, Plan, RequestHead, UpstreamRequest};
+use crate::gateway::{
+    Endpoint, Gateway, HeadOutcome, LocalReply, Plan, RequestHead, UpstreamRequest,
+};
 use crate::health::{record_failure, record_success, HealthSnapshot, HealthStore};
 use crate::limits::{admit, Admission, CounterStore, Scope};
 use crate::queue;
@@ -201,6 +203,19 @@ pub struct Send {
     pub timeout_ms: u64,
     /// Whether a successful answer may be streamed to the client as it arrives.
     pub stream: bool,
+    /// Whether the host may forward this attempt as the client's own request through its
+    /// router (Envoy's `cluster_header` route; the request head and body rewritten in
+    /// place) instead of sending a call of its own and replying with its answer: cheaper by
+    /// a second HTTP exchange and a local reply. A router hands the answer's head on before
+    /// the body is complete, and a connection that breaks mid-body is then answered by the
+    /// host itself (Envoy's router: its own error, no filter callback), so this is `true`
+    /// only for a streamed answer (no switching after the first byte anyway) and, when the
+    /// gateway opts in (`edge.route_complete_answers`, [`crate::config::EdgeOptions`]), for
+    /// the chain's last attempt of a chat or embeddings request asked once (no fallback and
+    /// no `n` emulation can follow it; media answers, which may be large, keep the call).
+    /// Opting in trades the dialect's 502 for a complete answer cut mid-body for the host's
+    /// own error; by default every complete answer is a call.
+    pub route: bool,
 }
 
 /// The head of a streamed response to the client.
@@ -611,6 +626,8 @@ impl Exchange {
                             timeout_ms: request.timeout_ms,
                             request,
                             stream: false,
+                            // Kept a call: the core reads its answer whole and relays it.
+                            route: false,
                         }))]
                     }
                     Err(err) => self.reply_error(&err),
@@ -917,7 +934,17 @@ impl Exchange {
             timeout_ms: request.timeout_ms.min(remaining).max(1),
             request,
             stream: plan.stream,
+            route: plan.stream || (plan.route_complete_answers && self.last_of_chain(plan)),
         })
+    }
+
+    /// Whether the current attempt is the last one the chain can make for a request whose
+    /// answer is small JSON (chat, embeddings), asked once: nothing can follow it, so a
+    /// router may carry it where the gateway opts in (see [`Send::route`]).
+    fn last_of_chain(&self, plan: &Plan) -> bool {
+        self.attempt + 1 >= plan.attempts.len()
+            && plan.fan_out(self.attempt) <= 1
+            && !matches!(plan.endpoint, Endpoint::Media(_) | Endpoint::Models)
     }
 
     fn can_fall_back(&self, cx: &Ctx<'_>) -> bool {

@@ -644,6 +644,7 @@ impl Gateway {
             estimate,
             model: model.name.clone(),
             queue: self.config.queue_for(model),
+            route_complete_answers: self.config.edge.route_complete_answers,
             response_id: format!("{:016x}", random ^ 0x5157_4954_4348_5944),
             created: now_unix,
         })
@@ -921,6 +922,10 @@ pub struct Plan {
     pub model: String,
     /// How long and how many requests may wait when every deployment is at its limits.
     pub queue: crate::queue::QueuePolicy,
+    /// Whether the chain's last attempt of a complete answer may go through the proxy's
+    /// router (the gateway's `edge.route_complete_answers`, see
+    /// [`crate::config::EdgeOptions`]).
+    pub route_complete_answers: bool,
     response_id: String,
     created: u64,
 }

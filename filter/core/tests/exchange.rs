@@ -19,7 +19,12 @@ use switchyard_core::{Gateway, RequestHead};
 const KEY: &str = "sk-exchange-test";
 
 fn gateway() -> Gateway {
-    let config = json!({
+    gateway_from(config())
+}
+
+/// The test gateway's config document (see [`gateway`]).
+fn config() -> Value {
+    json!({
         "keys": [{"id": "k1", "sha256": hash_key(KEY), "models": ["*"], "team": "blue"}],
         "providers": {
             "a": {"kind": "openai", "base_url": "http://a.test"},
@@ -36,7 +41,10 @@ fn gateway() -> Gateway {
         ],
         "fallback": {"attempt_timeout_ms": 1000, "total_timeout_ms": 2500,
                      "eject_after_failures": 2, "cooldown_ms": 10000}
-    });
+    })
+}
+
+fn gateway_from(config: Value) -> Gateway {
     Gateway::from_json(&serde_json::to_vec(&config).unwrap())
         .unwrap()
         .resolve_secrets(&|_| Some("sk-c".to_string()))
@@ -78,8 +86,20 @@ struct Host {
 
 impl Host {
     fn new() -> Self {
+        Self::with(gateway())
+    }
+
+    /// A host whose gateway opts in to routing complete answers
+    /// (`edge.route_complete_answers`).
+    fn routing_complete_answers() -> Self {
+        let mut config = config();
+        config["edge"] = json!({"route_complete_answers": true});
+        Self::with(gateway_from(config))
+    }
+
+    fn with(gw: Gateway) -> Self {
         Host {
-            gw: gateway(),
+            gw,
             health: MemoryHealthStore::default(),
             counters: MemoryCounters::default(),
             now_ms: 1_700_000_000_000,
@@ -389,6 +409,63 @@ fn a_body_cut_short_with_nowhere_to_go_is_a_dialect_502_and_metered_so() {
         }
         assert_eq!(h.finish(Ending::default()).status, 502);
     }
+}
+
+/// Which attempts a host may route (`Send::route`).
+fn routes(actions: &[Action]) -> Vec<(usize, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(s) => Some((s.attempt, s.route)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A chain walked to its last deployment by retryable statuses, with the route of each attempt.
+fn chain_routes(h: &mut Host, stream: bool) -> Vec<(usize, bool)> {
+    let mut seen = routes(&h.chat("chain", stream));
+    seen.extend(routes(&h.head(503, "application/json")));
+    seen.extend(routes(&h.head(503, "application/json")));
+    seen
+}
+
+#[test]
+fn by_default_only_streams_go_through_a_router() {
+    // A complete answer is always a call, even where nothing can follow it: a connection
+    // that breaks mid-body must still get the dialect's 502 (main's behaviour).
+    assert_eq!(routes(&Host::new().chat("solo", false)), [(0, false)]);
+    assert_eq!(
+        chain_routes(&mut Host::new(), false),
+        [(0, false), (1, false), (2, false)]
+    );
+    // A stream may be routed wherever it is in the chain (no switching after the first byte;
+    // the host routes only the client's own request, i.e. the first attempt).
+    assert_eq!(routes(&Host::new().chat("solo", true)), [(0, true)]);
+    assert_eq!(routes(&Host::new().chat("chain", true)), [(0, true)]);
+}
+
+#[test]
+fn opted_in_attempts_nothing_can_follow_may_go_through_a_router() {
+    // One deployment, complete answer: nothing can follow it.
+    let solo = routes(&Host::routing_complete_answers().chat("solo", false));
+    assert_eq!(solo, [(0, true)]);
+    // A chain: the primary may still be fallen back from (a body cut mid-way included),
+    // so it stays a call; the last deployment may be routed.
+    assert_eq!(
+        chain_routes(&mut Host::routing_complete_answers(), false),
+        [(0, false), (1, false), (2, true)]
+    );
+    // Streams as by default.
+    let stream = routes(&Host::routing_complete_answers().chat("chain", true));
+    assert_eq!(stream, [(0, true)]);
+    // `n` emulated by asking again: the first ask is followed by more.
+    let mut h = Host::routing_complete_answers();
+    let actions = h.request(
+        "/v1/chat/completions",
+        json!({"model": "claude", "n": 2, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(routes(&actions), [(0, false)]);
 }
 
 #[test]

@@ -8,9 +8,11 @@
 //!
 //! The engine is split by concern: [`queue`] (admission), [`jobs`] (requests and their
 //! events), [`worker`] (the thread and its continuous-batching scheduler), [`sequence`]
-//! (one running chat sequence) and [`registry`] (model load states, loading, eviction).
+//! (one running chat sequence), [`prefix`] (reuse of a shared prompt prefix's keys and
+//! values) and [`registry`] (model load states, loading, eviction).
 
 mod jobs;
+mod prefix;
 mod queue;
 mod registry;
 mod sequence;
@@ -55,6 +57,9 @@ pub struct EngineConfig {
     pub memory_budget_bytes: u64,
     /// Worker threads, each with its own copy of the models it serves.
     pub workers: usize,
+    /// Bytes of keys and values each worker keeps per chat model for prompts that start like
+    /// earlier sequences (the prefix cache); 0 turns reuse off.
+    pub prefix_cache_bytes: u64,
     /// Where the models run (CPU, or a CUDA device with the `cuda` feature).
     pub device: Device,
     /// Test hook run before each load.

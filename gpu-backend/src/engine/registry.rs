@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+use super::prefix::PrefixCache;
 use super::worker::{Worker, WorkerMsg};
 use crate::catalog::{ModelKind, ModelSpec};
 use crate::chat_model::ChatModel;
@@ -75,6 +76,8 @@ pub(super) struct Resident {
     pub(super) model: Loaded,
     pub(super) size: u64,
     pub(super) last_used: Instant,
+    /// Reusable histories of a chat model's finished sequences; they go with the model.
+    pub(super) prefixes: PrefixCache,
 }
 
 pub(super) fn load_model(spec: &ModelSpec, device: &Device) -> Result<Loaded, String> {

@@ -21,21 +21,30 @@ pub(super) struct Sequence {
     pub(super) job: ChatJob,
     pub(super) model: Arc<ChatModel>,
     pub(super) cache: KvCache,
-    /// Tokens to feed at the next step: the prompt, then each sampled token.
-    pub(super) pending: Vec<u32>,
+    /// The prompt, then each sampled token. The cache holds the first `cache.len()`; the
+    /// rest are fed at the next step.
+    pub(super) tokens: Vec<u32>,
     pub(super) sampler: Sampler,
     pub(super) decoder: IncrementalDecoder,
     /// Completion text so far, and how much of it has been streamed out.
     pub(super) text: String,
     pub(super) sent: usize,
     pub(super) prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub(super) cached_tokens: usize,
     pub(super) completion_tokens: usize,
     pub(super) max_tokens: usize,
 }
 
 /// Tokenizes a job's prompt, checks it against the context window and makes it a running
-/// sequence; on failure the client is told why and `None` comes back.
-pub(super) fn start_sequence(model: Arc<ChatModel>, mut job: ChatJob) -> Option<Sequence> {
+/// sequence, starting from the cache `reuse` finds for its tokens (how many it covers and
+/// their keys and values) or from an empty one; on failure the client is told why and
+/// `None` comes back.
+pub(super) fn start_sequence(
+    model: Arc<ChatModel>,
+    mut job: ChatJob,
+    reuse: impl FnOnce(&[u32]) -> Result<Option<(usize, KvCache)>, ModelError>,
+) -> Option<Sequence> {
     // Leaving the queue: the place goes back whether the sequence starts or fails.
     job.ticket.take();
     let fail = |job: ChatJob, error: ApiError| {
@@ -71,15 +80,21 @@ pub(super) fn start_sequence(model: Arc<ChatModel>, mut job: ChatJob) -> Option<
             temperature: p.temperature,
         }
     };
+    let (cached_tokens, cache) = match reuse(&tokens) {
+        Ok(Some(found)) => found,
+        Ok(None) => (0, model.llama.new_cache()),
+        Err(e) => return fail(job, ApiError::Internal(e.to_string())),
+    };
     let prompt_tokens = tokens.len();
     if job.events.send(ChatEvent::Started).is_err() {
         // The client left while queued; nothing to run.
         return None;
     }
     Some(Sequence {
-        cache: model.llama.new_cache(),
+        cache,
         model,
-        pending: tokens,
+        tokens,
+        cached_tokens,
         sampler: Sampler::new(p.seed, sampling),
         decoder: IncrementalDecoder::default(),
         text: String::new(),
@@ -100,8 +115,7 @@ impl Sequence {
         }
         self.completion_tokens += 1;
         metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
-        self.pending.clear();
-        self.pending.push(token);
+        self.tokens.push(token);
 
         let mut reason = None;
         if self.model.is_stop_token(token) {
@@ -137,7 +151,7 @@ impl Sequence {
             usage: TokenUsage {
                 input: self.prompt_tokens as u64,
                 output: self.completion_tokens as u64,
-                cached_input: 0,
+                cached_input: self.cached_tokens as u64,
                 reasoning: 0,
             },
         });

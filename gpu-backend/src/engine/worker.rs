@@ -22,6 +22,7 @@ use std::time::Instant;
 use candle_core::Device;
 
 use super::jobs::{ChatEvent, Job};
+use super::prefix::{PrefixCache, Source};
 use super::registry::{Loaded, ModelState, Resident};
 use super::sequence::{start_sequence, Sequence};
 use super::Shared;
@@ -127,12 +128,27 @@ impl Worker {
                 match result {
                     Ok(loaded) => {
                         let size = self.shared.catalog.get(&model).map_or(0, |s| s.size_bytes);
+                        // A fresh store: histories from an earlier load of this model (or
+                        // another model under its name) are never reused.
+                        let prefixes = match &loaded {
+                            Loaded::Chat(m) => PrefixCache::new(
+                                self.shared.config.prefix_cache_bytes,
+                                m.llama.config().kv_bytes_per_token(),
+                                self.shared.metrics.prefix_cache_bytes.clone(),
+                            ),
+                            _ => PrefixCache::new(
+                                0,
+                                1,
+                                self.shared.metrics.prefix_cache_bytes.clone(),
+                            ),
+                        };
                         self.models.insert(
                             model.clone(),
                             Resident {
                                 model: loaded,
                                 size,
                                 last_used: Instant::now(),
+                                prefixes,
                             },
                         );
                         self.shared
@@ -280,11 +296,26 @@ impl Worker {
                 )));
                 continue;
             };
-            if let Some(seq) = start_sequence(model.clone(), job) {
-                self.shared
-                    .metrics
+            let prefixes = &mut resident.prefixes;
+            let running = &self.running;
+            let reuse = |prompt: &[u32]| {
+                let live = running
+                    .iter()
+                    .filter(|s| Arc::ptr_eq(&s.model, model))
+                    .map(|s| Source {
+                        tokens: &s.tokens,
+                        cache: &s.cache,
+                    });
+                prefixes.lookup(prompt, live)
+            };
+            if let Some(seq) = start_sequence(model.clone(), job, reuse) {
+                let metrics = &self.shared.metrics;
+                metrics
                     .prompt_tokens
                     .fetch_add(seq.prompt_tokens as u64, Ordering::Relaxed);
+                metrics
+                    .prompt_tokens_cached
+                    .fetch_add(seq.cached_tokens as u64, Ordering::Relaxed);
                 self.running.push(seq);
             }
         }
@@ -303,6 +334,8 @@ impl Worker {
             }
         }
         let mut finished = vec![false; self.running.len()];
+        // Finished after a successful step: the cache holds exactly its tokens' history.
+        let mut reusable = vec![false; self.running.len()];
         for model in groups {
             let members: Vec<usize> = (0..self.running.len())
                 .filter(|&i| Arc::ptr_eq(&self.running[i].model, &model))
@@ -313,7 +346,7 @@ impl Worker {
                     .iter_mut()
                     .filter(|s| Arc::ptr_eq(&s.model, &model))
                     .map(|s| StepInput {
-                        tokens: &s.pending,
+                        tokens: &s.tokens[s.cache.len()..],
                         cache: &mut s.cache,
                     })
                     .collect();
@@ -345,7 +378,10 @@ impl Worker {
                     .and_then(|l| seq.sampler.sample(&l).map_err(ModelError::from))
                     .and_then(|token| seq.accept(token, &self.shared.metrics));
                 finished[i] = match done {
-                    Ok(done) => done,
+                    Ok(done) => {
+                        reusable[i] = done;
+                        done
+                    }
                     Err(e) => {
                         let _ = seq
                             .job
@@ -356,12 +392,23 @@ impl Worker {
                 };
             }
         }
-        let mut i = 0;
-        self.running.retain(|_| {
-            let keep = !finished[i];
-            i += 1;
-            keep
-        });
+        let mut kept = Vec::with_capacity(self.running.len());
+        for (i, seq) in std::mem::take(&mut self.running).into_iter().enumerate() {
+            if !finished[i] {
+                kept.push(seq);
+                continue;
+            }
+            if !reusable[i] {
+                continue;
+            }
+            // Kept for the prompts that start like it, if its model is still this one.
+            if let Some(r) = self.models.get_mut(&seq.job.request.model) {
+                if matches!(&r.model, Loaded::Chat(m) if Arc::ptr_eq(m, &seq.model)) {
+                    r.prefixes.insert(seq.tokens, seq.cache);
+                }
+            }
+        }
+        self.running = kept;
     }
 
     pub(super) fn publish_running(&mut self) {

@@ -85,6 +85,12 @@ impl LlamaConfig {
         })
     }
 
+    /// Bytes one position of a KV cache takes (f32 keys and values, every layer): what a
+    /// memory budget for cached sequences is divided by.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        (self.n_layer * 2 * self.n_kv_head * self.head_dim * std::mem::size_of::<f32>()) as u64
+    }
+
     /// Rotary angles `position · θ_i` for every position and frequency, row-major
     /// `context_length × head_dim / 2`: the same f32 products candle's tables hold.
     fn rope_angles(&self) -> Vec<f32> {
@@ -108,10 +114,17 @@ pub enum Kernels {
 }
 
 /// The key/value history of one sequence, in the layout of the implementation that made it.
+///
+/// The keys and values of position `i` depend only on the tokens `0..=i` (causal attention;
+/// every row of a step is computed on its own), so the first `n` positions of one
+/// sequence's cache are valid for any other sequence whose first `n` tokens are the same:
+/// [`KvCache::prefix`] copies them, which is what the engine's prefix cache reuses.
 #[derive(Debug)]
 pub struct KvCache {
     layers: CacheLayers,
     len: usize,
+    /// Values per position per layer for the keys (and for the values): `n_kv_head · head_dim`.
+    width: usize,
 }
 
 #[derive(Debug)]
@@ -129,6 +142,42 @@ impl KvCache {
     /// Whether nothing has been fed through this cache yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// A new cache holding a copy of the first `n` positions (at most [`KvCache::len`]): the
+    /// history of any sequence that starts with the same `n` tokens.
+    pub fn prefix(&self, n: usize) -> Result<KvCache, ModelError> {
+        let n = n.min(self.len);
+        let layers = match &self.layers {
+            CacheLayers::Native(layers) => {
+                CacheLayers::Native(layers.iter().map(|kv| kv.prefix(n * self.width)).collect())
+            }
+            CacheLayers::Candle(layers) => CacheLayers::Candle(
+                layers
+                    .iter()
+                    .map(|kv| match kv {
+                        // (1, kv heads, positions, head_dim): positions are dimension 2.
+                        Some((k, v)) if n > 0 => Ok(Some((k.narrow(2, 0, n)?, v.narrow(2, 0, n)?))),
+                        _ => Ok(None),
+                    })
+                    .collect::<candle_core::Result<_>>()?,
+            ),
+        };
+        Ok(KvCache {
+            layers,
+            len: n,
+            width: self.width,
+        })
+    }
+
+    /// Gives back the spare capacity the cache grew into, so that a cache kept for reuse
+    /// takes the memory its length says.
+    pub fn shrink_to_fit(&mut self) {
+        if let CacheLayers::Native(layers) = &mut self.layers {
+            for kv in layers {
+                kv.shrink_to_fit();
+            }
+        }
     }
 }
 
@@ -215,7 +264,11 @@ impl QuantizedLlama {
             Weights::Native(_) => CacheLayers::Native((0..n).map(|_| Default::default()).collect()),
             Weights::Candle(_) => CacheLayers::Candle((0..n).map(|_| None).collect()),
         };
-        KvCache { layers, len: 0 }
+        KvCache {
+            layers,
+            len: 0,
+            width: self.config.n_kv_head * self.config.head_dim,
+        }
     }
 
     /// Runs one step for several sequences at once and returns, for each, the logits of its

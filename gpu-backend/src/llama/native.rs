@@ -23,6 +23,21 @@ pub(super) struct LayerKv {
     v: Vec<f32>,
 }
 
+impl LayerKv {
+    /// A copy of the first `values` keys and values (positions times their width).
+    pub(super) fn prefix(&self, values: usize) -> Self {
+        Self {
+            k: self.k[..values.min(self.k.len())].to_vec(),
+            v: self.v[..values.min(self.v.len())].to_vec(),
+        }
+    }
+
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.k.shrink_to_fit();
+        self.v.shrink_to_fit();
+    }
+}
+
 struct Layer {
     /// `wq`, `wk` and `wv` stacked: one matmul gives a row `[q | k | v]` per token.
     qkv: QMatrix,

@@ -11,7 +11,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use gpu_backend::catalog;
 use gpu_backend::engine::{Engine, EngineConfig, LoadHook};
-use gpu_backend::llama::{argmax, Kernels, QuantizedLlama, StepInput};
+use gpu_backend::llama::{argmax, Kernels, KvCache, QuantizedLlama, StepInput};
 use gpu_backend::server::{router, Limits};
 
 pub const CHAT_MODEL: &str = "smollm2-135m-instruct";
@@ -164,6 +164,7 @@ pub fn config(pinned: &[&str], max_batch: usize, queue_capacity: usize) -> Engin
         queue_capacity,
         pinned: pinned.iter().map(|s| s.to_string()).collect(),
         memory_budget_bytes: 0,
+        prefix_cache_bytes: 64 << 20,
         workers: 1,
         device: Device::Cpu,
         before_load: None,
@@ -180,6 +181,18 @@ pub struct TestServer {
 impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The Prometheus text `/metrics` answers.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// Waits (up to 60 s) for `/healthz` to answer 200.
@@ -231,6 +244,35 @@ pub async fn start_server(
     }
 }
 
+/// Greedy decoding straight on the model: feeds `feed` after `cache`'s history, then each
+/// chosen token; returns the `steps` tokens and the logits of the first step.
+pub fn greedy_after(
+    model: &QuantizedLlama,
+    mut cache: KvCache,
+    feed: &[u32],
+    steps: usize,
+) -> (Vec<u32>, Vec<f32>) {
+    let mut next = feed.to_vec();
+    let (mut out, mut first) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let logits = model
+            .forward(&mut [StepInput {
+                tokens: &next,
+                cache: &mut cache,
+            }])
+            .unwrap()
+            .get(0)
+            .unwrap();
+        if first.is_empty() {
+            first = logits.to_vec1().unwrap();
+        }
+        let t = argmax(&logits).unwrap();
+        out.push(t);
+        next = vec![t];
+    }
+    (out, first)
+}
+
 /// A chat request body asking for greedy decoding.
 pub fn greedy_chat(model: &str, prompt: &str, max_tokens: usize) -> serde_json::Value {
     serde_json::json!({
@@ -263,27 +305,7 @@ pub fn load_smollm2(kernels: Kernels) -> QuantizedLlama {
 
 /// Greedy tokens, and the logits of the prompt's last position.
 pub fn greedy(model: &QuantizedLlama, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
-    let mut cache = model.new_cache();
-    let mut next = prompt.to_vec();
-    let mut out = Vec::new();
-    let mut first = Vec::new();
-    for _ in 0..steps {
-        let logits = model
-            .forward(&mut [StepInput {
-                tokens: &next,
-                cache: &mut cache,
-            }])
-            .unwrap()
-            .get(0)
-            .unwrap();
-        if first.is_empty() {
-            first = logits.to_vec1().unwrap();
-        }
-        let t = argmax(&logits).unwrap();
-        out.push(t);
-        next = vec![t];
-    }
-    (out, first)
+    greedy_after(model, model.new_cache(), prompt, steps)
 }
 
 /// espeak-ng's WAV of `sentence` (installed by `scripts/install-espeak.sh`).
