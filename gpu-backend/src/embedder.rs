@@ -8,14 +8,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
 
+use crate::bert::{Bert, BertConfig};
 use crate::error::ModelError;
 
 /// A loaded embedding model.
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
 }
@@ -38,11 +38,11 @@ impl Embedder {
                 source,
             })
         };
-        let config: Config = serde_json::from_slice(&read("config.json")?)
+        let config: BertConfig = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
         let vb =
             VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, device)?;
-        let model = BertModel::load(vb, &config)?;
+        let model = Bert::load(vb, &config)?;
         let mut tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)?;
         // The file pads every input to 128; padding to the longest input in the batch gives
         // the same pooled vectors (padding is masked out) for less work.
@@ -74,7 +74,7 @@ impl Embedder {
         let mask_u32 = flat(&|e| e.get_attention_mask());
         let prompt_tokens = mask_u32.iter().map(|&m| m as usize).sum();
         let mask = Tensor::from_vec(mask_u32, (rows, cols), &self.device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?; // (rows, cols, dim)
+        let hidden = self.model.forward(&ids, &types, &mask)?; // (rows, cols, dim)
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;

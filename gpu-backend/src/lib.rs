@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bert;
 pub mod catalog;
 pub mod chat_model;
 pub mod device;
@@ -34,5 +35,6 @@ pub mod gguf_tokenizer;
 pub mod kernels;
 pub mod llama;
 pub mod metrics;
+pub mod sampler;
 pub mod server;
 pub mod whisper;

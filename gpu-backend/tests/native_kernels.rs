@@ -10,30 +10,12 @@
 
 mod common;
 
-use candle_core::quantized::gguf_file;
-use candle_core::Device;
-use common::CHAT_MODEL;
-use gpu_backend::llama::{Kernels, QuantizedLlama};
+use common::{greedy, load_smollm2};
+use gpu_backend::llama::Kernels;
 use serde_json::Value;
-
-fn load(kernels: Kernels) -> QuantizedLlama {
-    let path = common::real_models_dir()
-        .join(CHAT_MODEL)
-        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let model = QuantizedLlama::from_gguf_with(&content, &mut file, &Device::Cpu, kernels).unwrap();
-    assert_eq!(model.kernels(), kernels);
-    model
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     serde_json::from_value(v.clone()).unwrap()
-}
-
-/// Greedy tokens, and the logits of the prompt's last position.
-fn greedy(model: &QuantizedLlama, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
-    common::greedy_after(model, model.new_cache(), prompt, steps)
 }
 
 #[test]
@@ -42,7 +24,11 @@ fn native_logits_match_the_f32_reference() {
         serde_json::from_str(include_str!("fixtures/smollm2_reference_logits.json")).unwrap();
     let top_ids: Vec<usize> = serde_json::from_value(fixture["top_ids"].clone()).unwrap();
     let top: Vec<f32> = serde_json::from_value(fixture["top_logits"].clone()).unwrap();
-    let (_, logits) = greedy(&load(Kernels::Native), &ids(&fixture["prompt_ids"]), 1);
+    let (_, logits) = greedy(
+        &load_smollm2(Kernels::Native),
+        &ids(&fixture["prompt_ids"]),
+        1,
+    );
     for (&id, &want) in top_ids.iter().zip(&top) {
         assert!(
             (logits[id] - want).abs() < 0.01,
@@ -58,7 +44,7 @@ fn native_greedy_tokens_match_the_f32_reference() {
         serde_json::from_str(include_str!("fixtures/smollm2_reference_greedy.json")).unwrap();
     let want = ids(&fixture["tokens"]);
     let (got, _) = greedy(
-        &load(Kernels::Native),
+        &load_smollm2(Kernels::Native),
         &ids(&fixture["prompt_ids"]),
         want.len(),
     );
@@ -73,7 +59,11 @@ fn candle_path_agrees_with_the_reference_within_its_rounding() {
     let fixture: Value =
         serde_json::from_str(include_str!("fixtures/smollm2_reference_logits.json")).unwrap();
     let top = ids(&fixture["top_ids"]);
-    let (tokens, _) = greedy(&load(Kernels::Candle), &ids(&fixture["prompt_ids"]), 1);
+    let (tokens, _) = greedy(
+        &load_smollm2(Kernels::Candle),
+        &ids(&fixture["prompt_ids"]),
+        1,
+    );
     assert!(
         top[..2].contains(&tokens[0]),
         "{} not in {:?}",

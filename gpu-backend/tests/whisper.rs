@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use candle_core::Device;
 use gpu_backend::catalog::{self, ModelKind};
 use gpu_backend::whisper::{wav, TranscribeOptions, Transcriber, SAMPLE_RATE};
@@ -18,20 +16,6 @@ fn words(text: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-fn speak(sentence: &str) -> Vec<u8> {
-    let path = std::env::temp_dir().join(format!("whisper-test-{}.wav", std::process::id()));
-    let status = Command::new("espeak-ng")
-        .arg("-w")
-        .arg(&path)
-        .arg(sentence)
-        .status()
-        .expect("espeak-ng is missing: install it with scripts/install-espeak.sh");
-    assert!(status.success(), "espeak-ng failed: {status}");
-    let bytes = std::fs::read(&path).expect("read the spoken WAV");
-    let _ = std::fs::remove_file(&path);
-    bytes
 }
 
 #[test]
@@ -50,7 +34,10 @@ fn transcribes_a_sentence_spoken_by_espeak() {
     assert_eq!(spec.kind, ModelKind::Transcription);
     let transcriber = Transcriber::load(&spec.path, &Device::Cpu).expect("load whisper");
 
-    let pcm = wav::decode(&speak("The quick brown fox jumps over the lazy dog.")).expect("decode");
+    let pcm = wav::decode(&common::speak(
+        "The quick brown fox jumps over the lazy dog.",
+    ))
+    .expect("decode");
     assert_eq!(pcm.rate, 22050, "espeak-ng speaks at 22.05 kHz");
     let samples = wav::resample(&pcm.samples, pcm.rate, SAMPLE_RATE);
     let transcript = transcriber

@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 use switchyard_core::canonical::{FinishReason, TokenUsage};
 
 use super::jobs::{ChatEvent, ChatJob};
@@ -15,6 +14,7 @@ use crate::error::{ApiError, ModelError};
 use crate::gguf_tokenizer::IncrementalDecoder;
 use crate::llama::KvCache;
 use crate::metrics::Metrics;
+use crate::sampler::{Sampler, Sampling};
 
 /// A chat sequence in the running batch.
 pub(super) struct Sequence {
@@ -24,7 +24,7 @@ pub(super) struct Sequence {
     /// The prompt, then each sampled token. The cache holds the first `cache.len()`; the
     /// rest are fed at the next step.
     pub(super) tokens: Vec<u32>,
-    pub(super) sampler: LogitsProcessor,
+    pub(super) sampler: Sampler,
     pub(super) decoder: IncrementalDecoder,
     /// Completion text so far, and how much of it has been streamed out.
     pub(super) text: String,
@@ -95,7 +95,7 @@ pub(super) fn start_sequence(
         model,
         tokens,
         cached_tokens,
-        sampler: LogitsProcessor::from_sampling(p.seed, sampling),
+        sampler: Sampler::new(p.seed, sampling),
         decoder: IncrementalDecoder::default(),
         text: String::new(),
         sent: 0,

@@ -7,10 +7,42 @@ use std::io::{Read, Seek};
 use candle_core::quantized::{gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Embedding;
-use candle_transformers::quantized_nn::RmsNorm;
 
 use super::{CacheLayers, LlamaConfig, StepInput};
 use crate::error::ModelError;
+
+/// RMS normalisation with a GGUF norm weight (dequantized once at load). A few lines of our
+/// own rather than candle-transformers' `quantized_nn::RmsNorm`: that crate was the largest
+/// unit of a cold build (#11).
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn from_qtensor(weight: QTensor, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: weight.dequantize(&weight.device())?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// Repeats each of the `n_kv_head` key/value heads of a `(batch, n_kv_head, seq, head_dim)`
+/// tensor `groups` times, so grouped-query attention can use one plain matmul per head.
+fn repeat_kv(x: Tensor, groups: usize) -> candle_core::Result<Tensor> {
+    if groups == 1 {
+        return Ok(x);
+    }
+    let (b, kv_heads, seq, head_dim) = x.dims4()?;
+    // Concatenating along the sequence axis then reshaping puts each head's copies next to
+    // each other: head h of the result reads kv head h / groups.
+    Tensor::cat(&vec![&x; groups], 2)?.reshape((b, kv_heads * groups, seq, head_dim))
+}
 
 struct Layer {
     wq: QMatMul,
@@ -182,8 +214,8 @@ impl CandleLlama {
         };
         *cache = Some((k.clone(), v.clone()));
         let groups = c.n_head / c.n_kv_head;
-        let k = candle_transformers::utils::repeat_kv(k, groups)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, groups)?.contiguous()?;
+        let k = repeat_kv(k, groups)?.contiguous()?;
+        let v = repeat_kv(v, groups)?.contiguous()?;
         let att = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
         let att = if len > 1 {
             let total = pos + len;

@@ -1,8 +1,9 @@
 //! Speech to text with Whisper (tiny.en), for `/v1/audio/transcriptions`.
 //!
-//! The weights are candle-transformers' Whisper under Hugging Face names, converted at fetch
-//! time from CTranslate2's format by `scripts/convert-whisper-ct2.py`, which also stores the
-//! mel filter bank (`mel_filters`) in the same safetensors file and writes `config.json`.
+//! The weights are Whisper's under Hugging Face names, converted at fetch time from
+//! CTranslate2's format by `scripts/convert-whisper-ct2.py`, which also stores the mel filter
+//! bank (`mel_filters`) in the same safetensors file and writes `config.json`. The network
+//! ([`model`]) and the features ([`mel`]) are our own code on candle's ops.
 //!
 //! A request's audio ([`wav`] decodes and resamples it to 16 kHz mono) is cut into Whisper's
 //! 30-second windows; each window gets a log-mel spectrogram, one encoder pass and a decoding
@@ -12,20 +13,27 @@
 //! the text context, so the work per request is bounded.
 
 pub mod api;
+pub mod mel;
+pub mod model;
 pub mod wav;
 
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::whisper::{self as w, audio, model::Whisper};
 use rand::Rng;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use self::mel::{CHUNK_LENGTH, N_FRAMES, N_FREQS, N_SAMPLES};
+use self::model::{Config, Whisper};
 use crate::error::ModelError;
 
-/// What `config.json` adds to candle's `whisper::Config` (written by the converter).
+/// Tokens whose probability at the start of transcript is Whisper's "no speech" signal
+/// (the name differs between tokenizer versions).
+const NO_SPEECH_TOKENS: [&str; 2] = ["<|nocaptions|>", "<|nospeech|>"];
+
+/// What `config.json` adds to the model's [`Config`] (written by the converter).
 #[derive(Debug, Deserialize)]
 struct Extra {
     #[serde(default)]
@@ -82,8 +90,8 @@ pub struct Transcript {
     pub duration: f64,
 }
 
-/// A loaded Whisper model; shared read-only between requests (each clones the candle model,
-/// which shares the weights, for its own attention caches).
+/// A loaded Whisper model; shared read-only between requests (the per-window state lives in
+/// each call).
 pub struct Transcriber {
     model: Whisper,
     tokenizer: Tokenizer,
@@ -98,7 +106,7 @@ pub struct Transcriber {
 }
 
 /// Whisper's input sample rate.
-pub const SAMPLE_RATE: u32 = w::SAMPLE_RATE as u32;
+pub const SAMPLE_RATE: u32 = mel::SAMPLE_RATE as u32;
 
 impl Transcriber {
     /// Loads `config.json`, `model.safetensors` (weights + `mel_filters`) and `tokenizer.json`.
@@ -111,19 +119,18 @@ impl Transcriber {
             })
         };
         let config_bytes = read("config.json")?;
-        let config: w::Config = serde_json::from_slice(&config_bytes)
+        let config: Config = serde_json::from_slice(&config_bytes)
             .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
         let extra: Extra = serde_json::from_slice(&config_bytes)
             .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
         let vb =
             VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, device)?;
-        let n_freqs = w::N_FFT / 2 + 1;
         let mel_filters = vb
-            .get((config.num_mel_bins, n_freqs), "mel_filters")?
+            .get((config.num_mel_bins, N_FREQS), "mel_filters")?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let tokenizer = Tokenizer::from_bytes(read("tokenizer.json")?)?;
-        let no_speech = w::NO_SPEECH_TOKENS
+        let no_speech = NO_SPEECH_TOKENS
             .iter()
             .find_map(|t| tokenizer.token_to_id(t));
         let vocab = config.vocab_size as u32;
@@ -164,7 +171,6 @@ impl Transcriber {
         samples: &[f32],
         options: &TranscribeOptions,
     ) -> Result<Transcript, ModelError> {
-        let mut model = self.model.clone();
         let duration = samples.len() as f64 / f64::from(SAMPLE_RATE);
         let mut context: Vec<u32> = match &options.prompt {
             Some(p) if !p.trim().is_empty() => self
@@ -175,14 +181,14 @@ impl Transcriber {
             _ => Vec::new(),
         };
         let mut segments = Vec::new();
-        for (index, window) in samples.chunks(w::N_SAMPLES).enumerate() {
-            let start = (index * w::CHUNK_LENGTH) as f64;
-            let segment = self.window(&mut model, window, &context, options.temperature)?;
+        for (index, window) in samples.chunks(N_SAMPLES).enumerate() {
+            let start = (index * CHUNK_LENGTH) as f64;
+            let segment = self.window(window, &context, options.temperature)?;
             context.extend_from_slice(&segment.0);
             let text = self.tokenizer.decode(&segment.0, true)?;
             segments.push(Segment {
                 start,
-                end: (start + w::CHUNK_LENGTH as f64).min(duration),
+                end: (start + CHUNK_LENGTH as f64).min(duration),
                 text,
                 tokens: segment.0,
                 avg_logprob: segment.1,
@@ -205,24 +211,15 @@ impl Transcriber {
     /// Decodes one window: its tokens, their mean log-probability, and P(no speech).
     fn window(
         &self,
-        model: &mut Whisper,
         samples: &[f32],
         context: &[u32],
         temperature: f64,
     ) -> Result<(Vec<u32>, f64, f64), ModelError> {
-        let cfg = &model.config;
-        // Zero-pad to a full window, as Whisper does; candle pads further, which we drop.
-        let mut padded = samples.to_vec();
-        padded.resize(w::N_SAMPLES, 0.0);
-        let mel = audio::pcm_to_mel(cfg, &padded, &self.mel_filters);
-        let frames = mel.len() / cfg.num_mel_bins;
-        let mel = Tensor::from_vec(mel, (1, cfg.num_mel_bins, frames), &self.device)?.narrow(
-            2,
-            0,
-            w::N_FRAMES,
-        )?;
+        let cfg = &self.model.config;
+        let mel = mel::log_mel(samples, &self.mel_filters, cfg.num_mel_bins);
+        let mel = Tensor::from_vec(mel, (1, cfg.num_mel_bins, N_FRAMES), &self.device)?;
         let max_new = cfg.max_target_positions / 2;
-        let audio_features = model.encoder.forward(&mel, true)?;
+        let audio = self.model.encode(&mel)?;
 
         let mut tokens = Vec::with_capacity(cfg.max_target_positions);
         if !context.is_empty() {
@@ -239,18 +236,18 @@ impl Transcriber {
         let mut rng = rand::rng();
         for step in 0..max_new {
             let input = Tensor::new(tokens.as_slice(), &self.device)?.unsqueeze(0)?;
-            let hidden = model.decoder.forward(&input, &audio_features, step == 0)?;
+            let hidden = self.model.decode(&input, &audio)?;
             if step == 0 {
                 if let Some(id) = self.no_speech {
-                    let at_sot = model
-                        .decoder
-                        .final_linear(&hidden.i((.., sot_index..sot_index + 1))?)?;
+                    let at_sot = self
+                        .model
+                        .logits(&hidden.i((.., sot_index..sot_index + 1))?)?;
                     let probs = candle_nn::ops::softmax(&at_sot.i((0, 0))?, D::Minus1)?;
                     no_speech_prob = f64::from(probs.i(id as usize)?.to_scalar::<f32>()?);
                 }
             }
             let last = hidden.i((.., tokens.len() - 1..))?;
-            let logits = model.decoder.final_linear(&last)?.i((0, 0))?;
+            let logits = self.model.logits(&last)?.i((0, 0))?;
             let mask = if step == 0 {
                 &self.suppress_begin
             } else {

@@ -11,7 +11,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use gpu_backend::catalog;
 use gpu_backend::engine::{Engine, EngineConfig, LoadHook};
-use gpu_backend::llama::{argmax, KvCache, QuantizedLlama, StepInput};
+use gpu_backend::llama::{argmax, Kernels, KvCache, QuantizedLlama, StepInput};
 use gpu_backend::server::{router, Limits};
 
 pub const CHAT_MODEL: &str = "smollm2-135m-instruct";
@@ -289,4 +289,41 @@ pub fn content(body: &serde_json::Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no content in {body}"))
         .to_owned()
+}
+
+/// The real SmolLM2 weights on the CPU with the given kernels.
+pub fn load_smollm2(kernels: Kernels) -> QuantizedLlama {
+    let path = real_models_dir()
+        .join(CHAT_MODEL)
+        .join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let model = QuantizedLlama::from_gguf_with(&content, &mut file, &Device::Cpu, kernels).unwrap();
+    assert_eq!(model.kernels(), kernels);
+    model
+}
+
+/// Greedy tokens, and the logits of the prompt's last position.
+pub fn greedy(model: &QuantizedLlama, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
+    greedy_after(model, model.new_cache(), prompt, steps)
+}
+
+/// espeak-ng's WAV of `sentence` (installed by `scripts/install-espeak.sh`).
+pub fn speak(sentence: &str) -> Vec<u8> {
+    static SPOKEN: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "espeak-test-{}-{}.wav",
+        std::process::id(),
+        SPOKEN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let status = std::process::Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&path)
+        .arg(sentence)
+        .status()
+        .expect("espeak-ng is missing: install it with scripts/install-espeak.sh");
+    assert!(status.success(), "espeak-ng failed: {status}");
+    let bytes = std::fs::read(&path).expect("read the spoken WAV");
+    let _ = std::fs::remove_file(&path);
+    bytes
 }
