@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use switchyard_core::ingress::media::MediaKind;
 use switchyard_core::{Dialect, Endpoint, GatewayError};
 
 /// Where a task is in its life. `succeeded`, `failed` and `canceled` are final.
@@ -65,14 +66,29 @@ pub enum Operation {
     Messages,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/images/generations`.
+    ImagesGenerations,
+    /// `POST /v1/audio/speech` (its audio bytes come back as an inline output).
+    AudioSpeech,
+    /// `POST /v1/audio/transcriptions` (its multipart body is kept base64 in the input, see
+    /// [`MULTIPART_FIELD`]).
+    AudioTranscriptions,
 }
+
+/// The input field that holds a multipart request's body, base64: the endpoint's own bytes
+/// (boundary, file and fields as the client sent them), so the task sends what the
+/// synchronous endpoint would have.
+pub const MULTIPART_FIELD: &str = "multipart_base64";
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 3] = [
+    pub const ALL: [Operation; 6] = [
         Operation::ChatCompletions,
         Operation::Messages,
         Operation::Embeddings,
+        Operation::ImagesGenerations,
+        Operation::AudioSpeech,
+        Operation::AudioTranscriptions,
     ];
 
     /// The stored and shown name (also the `x-switchyard-operation` header's value).
@@ -81,6 +97,9 @@ impl Operation {
             Operation::ChatCompletions => "chat.completions",
             Operation::Messages => "messages",
             Operation::Embeddings => "embeddings",
+            Operation::ImagesGenerations => "images.generations",
+            Operation::AudioSpeech => "audio.speech",
+            Operation::AudioTranscriptions => "audio.transcriptions",
         }
     }
 
@@ -103,7 +122,16 @@ impl Operation {
             Operation::ChatCompletions => Endpoint::ChatCompletions,
             Operation::Messages => Endpoint::Messages,
             Operation::Embeddings => Endpoint::Embeddings,
+            Operation::ImagesGenerations => Endpoint::Media(MediaKind::Images),
+            Operation::AudioSpeech => Endpoint::Media(MediaKind::Speech),
+            Operation::AudioTranscriptions => Endpoint::Media(MediaKind::Transcription),
         }
+    }
+
+    /// Whether its request is a multipart form (kept base64 under [`MULTIPART_FIELD`])
+    /// rather than a JSON object.
+    pub fn multipart(self) -> bool {
+        self == Operation::AudioTranscriptions
     }
 }
 
