@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -25,7 +26,7 @@ use switchyard_core::{Admitted, Dialect, ErrorKind, GatewayError, LocalReply};
 use crate::auth::{self, Caller};
 use crate::error::{invalid, task_not_found, Error};
 use crate::metrics::Gauge;
-use crate::model::{Operation, Task, TaskState, Usage};
+use crate::model::{Operation, Task, TaskState, Usage, MULTIPART_FIELD};
 use crate::store::{self, CancelOutcome};
 use crate::time::now_ms;
 use crate::worker::{finale, Billing};
@@ -184,6 +185,9 @@ fn read_submission(
                     OPERATION_HEADER,
                 )
             })?;
+        if operation.multipart() {
+            return multipart_submission(operation, headers, body);
+        }
         let request = json_object(body, "the request body")?;
         let model = match request.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -238,6 +242,32 @@ fn read_submission(
         model: parsed.model,
         webhook: parsed.webhook,
         metadata: parsed.metadata,
+    })
+}
+
+/// A multipart endpoint's request (a transcription): its model read from the form as the
+/// core reads it, its bytes kept whole, base64, under [`MULTIPART_FIELD`].
+fn multipart_submission(
+    operation: Operation,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Submission, Error> {
+    let switchyard_core::Endpoint::Media(kind) = operation.endpoint() else {
+        return Err(invalid("the operation takes no multipart body", "body"));
+    };
+    let media = switchyard_core::ingress::media::decode(kind, body).map_err(Error::Refused)?;
+    let mut request = Map::new();
+    request.insert("model".into(), Value::String(media.model.clone()));
+    request.insert(
+        MULTIPART_FIELD.into(),
+        Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+    );
+    Ok(Submission {
+        operation,
+        request,
+        model: media.model,
+        webhook: header(headers, WEBHOOK_HEADER).map(str::to_string),
+        metadata: None,
     })
 }
 
@@ -345,7 +375,9 @@ async fn submit_inner(
             }
         }
         None => {
-            let request_bytes = serde_json::to_vec(&submission.request).unwrap_or_default();
+            let request_bytes =
+                crate::planned::request_body(submission.operation, &submission.request)
+                    .map_err(Error::Refused)?;
             gateway.plan(&admitted, &request_bytes, 0, now_ms() / 1000, &NoHealth)?;
         }
     }

@@ -69,15 +69,30 @@ pub enum Operation {
     /// A generation by a model served by asynchronous providers (images, video): the task's
     /// `input` is the provider's own request (see `crate::provider`).
     Generation,
+    /// `POST /v1/images/generations`.
+    ImagesGenerations,
+    /// `POST /v1/audio/speech` (its audio bytes come back as an inline output).
+    AudioSpeech,
+    /// `POST /v1/audio/transcriptions` (its multipart body is kept base64 in the input, see
+    /// [`MULTIPART_FIELD`]).
+    AudioTranscriptions,
 }
+
+/// The input field that holds a multipart request's body, base64: the endpoint's own bytes
+/// (boundary, file and fields as the client sent them), so the task sends what the
+/// synchronous endpoint would have.
+pub const MULTIPART_FIELD: &str = "multipart_base64";
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 7] = [
         Operation::ChatCompletions,
         Operation::Messages,
         Operation::Embeddings,
         Operation::Generation,
+        Operation::ImagesGenerations,
+        Operation::AudioSpeech,
+        Operation::AudioTranscriptions,
     ];
 
     /// The stored and shown name (also the `x-switchyard-operation` header's value).
@@ -87,6 +102,9 @@ impl Operation {
             Operation::Messages => "messages",
             Operation::Embeddings => "embeddings",
             Operation::Generation => "generation",
+            Operation::ImagesGenerations => "images.generations",
+            Operation::AudioSpeech => "audio.speech",
+            Operation::AudioTranscriptions => "audio.transcriptions",
         }
     }
 
@@ -110,7 +128,16 @@ impl Operation {
             Operation::Messages => Endpoint::Messages,
             Operation::Embeddings => Endpoint::Embeddings,
             Operation::Generation => Endpoint::Media(MediaKind::Images),
+            Operation::ImagesGenerations => Endpoint::Media(MediaKind::Images),
+            Operation::AudioSpeech => Endpoint::Media(MediaKind::Speech),
+            Operation::AudioTranscriptions => Endpoint::Media(MediaKind::Transcription),
         }
+    }
+
+    /// Whether its request is a multipart form (kept base64 under [`MULTIPART_FIELD`])
+    /// rather than a JSON object.
+    pub fn multipart(self) -> bool {
+        self == Operation::AudioTranscriptions
     }
 }
 

@@ -387,7 +387,7 @@ impl Exchange {
         }
         let state = std::mem::replace(&mut self.state, State::Answered);
         if self.forward.is_some() {
-            return self.handle_forward(gateway, state, event);
+            return self.handle_forward(gateway, state, event, cx);
         }
         match (state, event) {
             (State::Head, Event::RequestHead(head)) => self.on_head(gateway, &head, cx),
@@ -612,7 +612,13 @@ impl Exchange {
     }
 
     /// The life of a task-plane request after its head: one call, its answer passed on.
-    fn handle_forward(&mut self, gateway: &Gateway, state: State, event: Event<'_>) -> Vec<Action> {
+    fn handle_forward(
+        &mut self,
+        gateway: &Gateway,
+        state: State,
+        event: Event<'_>,
+        cx: &Ctx<'_>,
+    ) -> Vec<Action> {
         let Some(forward) = self.forward.as_mut() else {
             return Vec::new();
         };
@@ -620,6 +626,25 @@ impl Exchange {
             (State::ForwardBody, Event::RequestBody(body)) => {
                 match forward.request(gateway, body, &self.request_id) {
                     Ok(request) => {
+                        // A submission counts against the key's and team's request limits
+                        // and is refused once a budget is spent, as a synchronous request
+                        // is (on this host's counters); its tokens and cost are the task
+                        // plane's to meter, so nothing is reserved for them here.
+                        match admit(
+                            cx.counters,
+                            &forward.scopes,
+                            crate::limits::Estimate::default(),
+                            cx.now_ms,
+                        ) {
+                            Ok(admission) => {
+                                self.ratelimit_headers = admission.headers.clone();
+                                self.admission = Some(admission);
+                            }
+                            Err(refusal) => {
+                                self.ratelimit_headers = refusal.headers;
+                                return self.reply_error(&refusal.error);
+                            }
+                        }
                         self.state = State::Waiting;
                         vec![Action::Send(Box::new(Send {
                             attempt: 0,

@@ -611,19 +611,7 @@ impl Gateway {
             ))
             .with_param("model"));
         }
-        let mut scopes = Vec::new();
-        if let Some(quota) = key.limits.as_ref().filter(|q| q.is_limited()) {
-            scopes.push(crate::limits::Scope::key(&key.id, quota));
-        }
-        if let Some((team, quota)) = key.team.as_ref().and_then(|t| {
-            let quota = self
-                .managed_teams
-                .get(t)
-                .or_else(|| self.config.limits.teams.get(t))?;
-            Some((t, quota))
-        }) {
-            scopes.push(crate::limits::Scope::team(team, quota));
-        }
+        let scopes = self.limit_scopes(key);
         let estimate = estimate(&request, body.len(), model, &attempts);
         let (stream, client_wants_usage) = match &request {
             PlannedRequest::Chat(c) => (c.stream, c.wants_stream_usage()),
@@ -1242,6 +1230,25 @@ impl Plan {
 
 /// What a native plane beside the edges (the task plane) asks of the key set.
 impl Gateway {
+    /// The key's and its team's limits that apply to a request made with `key` (a planned
+    /// request's, and a task submission's at the edge).
+    pub fn limit_scopes(&self, key: &crate::keys::GatewayKey) -> Vec<crate::limits::Scope> {
+        let mut scopes = Vec::new();
+        if let Some(quota) = key.limits.as_ref().filter(|q| q.is_limited()) {
+            scopes.push(crate::limits::Scope::key(&key.id, quota));
+        }
+        if let Some((team, quota)) = key.team.as_ref().and_then(|t| {
+            let quota = self
+                .managed_teams
+                .get(t)
+                .or_else(|| self.config.limits.teams.get(t))?;
+            Some((t, quota))
+        }) {
+            scopes.push(crate::limits::Scope::team(team, quota));
+        }
+        scopes
+    }
+
     /// Authenticates a key presented as `Authorization: Bearer` or `x-api-key` against the
     /// config's and the control plane's keys, as the header phase does.
     pub fn authenticate(

@@ -955,7 +955,11 @@ fn provider_account_headers_are_stripped_unless_passed() {
 // ---- limits and budgets -----------------------------------------------------------------
 
 fn limited_gateway(key_limits: Value) -> Gateway {
-    let config = json!({
+    Gateway::from_json(&serde_json::to_vec(&limited_config(key_limits)).unwrap()).unwrap()
+}
+
+fn limited_config(key_limits: Value) -> Value {
+    json!({
         "keys": [
             {"id": "k1", "sha256": hash_key(KEY), "models": ["*"], "team": "blue",
              "limits": key_limits},
@@ -972,8 +976,7 @@ fn limited_gateway(key_limits: Value) -> Gateway {
                 {"provider": "b", "model": "m-b", "limits": {"concurrent": 1}}]}
         ],
         "limits": {"teams": {"blue": {"concurrent": 10}}}
-    });
-    Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()
+    })
 }
 
 #[test]
@@ -1011,6 +1014,40 @@ fn over_the_rate_limit_is_a_429_with_openai_headers_and_every_answer_has_them() 
     );
     assert_eq!(header(&headers, "retry-after"), Some("30"));
     assert_eq!(h.finish(Ending::default()).status, 429);
+}
+
+#[test]
+fn a_task_submit_counts_against_the_keys_request_limit() {
+    let mut config = limited_config(json!({"rpm": 2}));
+    config["tasks"] = json!({"base_url": "http://tasks.test", "token_secret": "EDGE_TOKEN"});
+    let mut h = Host::new();
+    h.gw = Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&|_| Some("edge-token".to_string()));
+    let submit =
+        json!({"model": "priced", "input": {"messages": [{"role": "user", "content": "hi"}]}});
+    // A sync request and a task submit each take one of the two requests a minute.
+    let sync = h.request(
+        "/v1/chat/completions",
+        json!({"model": "priced", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(sent(&sync).len(), 1, "{sync:?}");
+    h.finish(Ending::default());
+    h.ex = Exchange::new();
+    let actions = h.request("/v1/tasks", submit.clone());
+    assert_eq!(sent(&actions)[0].1, "tasks.test", "{actions:?}");
+    h.finish(Ending::default());
+    // The third, a submit, is over the limit: a 429 in the caller's dialect, never sent.
+    h.ex = Exchange::new();
+    let actions = h.request("/v1/tasks", submit);
+    assert!(sent(&actions).is_empty(), "{actions:?}");
+    let (status, body, headers) = reply(&actions);
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(
+        header(&headers, "x-ratelimit-remaining-requests"),
+        Some("0")
+    );
 }
 
 #[test]

@@ -142,6 +142,9 @@ pub struct Forward {
     headers: Vec<(String, String)>,
     /// The model a submission names, once read (for the usage record).
     pub model: Option<String>,
+    /// The key's and team's limits a submission counts against (empty for reads of the
+    /// task API): a submit is a request like a synchronous one, refused with 429 when over.
+    pub scopes: Vec<crate::limits::Scope>,
     /// The task plane's answer's content type, from its head.
     answer_type: Option<String>,
 }
@@ -245,6 +248,7 @@ impl Forward {
                 team: key.team.clone(),
                 headers,
                 model: None,
+                scopes: Vec::new(),
                 answer_type: None,
             })
         })())
@@ -322,6 +326,9 @@ impl Forward {
                 .with_code("model_not_allowed"));
             }
             self.model = Some(model);
+            if let Some(key) = gateway.key(&self.key_id) {
+                self.scopes = gateway.limit_scopes(key);
+            }
         }
         let (location, token) = gateway.tasks().ok_or_else(|| {
             GatewayError::new(
@@ -548,6 +555,7 @@ mod tests {
             team: None,
             headers: vec![],
             model: None,
+            scopes: Vec::new(),
             answer_type: Some("application/json".into()),
         };
         let accepted = forward.answer(202, br#"{"id":"task_ab12"}"#);
