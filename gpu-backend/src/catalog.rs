@@ -45,18 +45,11 @@ pub struct ModelSpec {
     pub size_bytes: u64,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// Lists the models under `dir`, sorted by id.
 pub fn discover(dir: &Path) -> Result<Vec<ModelSpec>, ModelError> {
     let mut specs = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(ModelError::io(dir))? {
+        let entry = entry.map_err(ModelError::io(dir))?;
         let path = entry.path();
         if !path.is_dir() {
             continue;
@@ -74,14 +67,16 @@ pub fn discover(dir: &Path) -> Result<Vec<ModelSpec>, ModelError> {
 
 fn inspect(id: &str, dir: &Path) -> Result<Option<ModelSpec>, ModelError> {
     let mut gguf = None;
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
+    for entry in std::fs::read_dir(dir).map_err(ModelError::io(dir))? {
+        let path = entry.map_err(ModelError::io(dir))?.path();
         if path.extension().is_some_and(|e| e == "gguf") {
             gguf = Some(path);
         }
     }
     if let Some(path) = gguf {
-        let size_bytes = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+        let size_bytes = std::fs::metadata(&path)
+            .map_err(ModelError::io(&path))?
+            .len();
         return Ok(Some(ModelSpec {
             id: id.to_owned(),
             kind: ModelKind::Chat,
@@ -94,9 +89,11 @@ fn inspect(id: &str, dir: &Path) -> Result<Option<ModelSpec>, ModelError> {
         && dir.join("config.json").is_file()
         && dir.join("tokenizer.json").is_file()
     {
-        let size_bytes = std::fs::metadata(&weights).map_err(io_err(&weights))?.len();
+        let size_bytes = std::fs::metadata(&weights)
+            .map_err(ModelError::io(&weights))?
+            .len();
         let config = dir.join("config.json");
-        let config = std::fs::read(&config).map_err(io_err(&config))?;
+        let config = std::fs::read(&config).map_err(ModelError::io(&config))?;
         let whisper = serde_json::from_slice::<serde_json::Value>(&config)
             .is_ok_and(|c| c.get("model_type").and_then(|t| t.as_str()) == Some("whisper"));
         return Ok(Some(ModelSpec {

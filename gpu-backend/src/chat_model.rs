@@ -35,11 +35,8 @@ const DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, train
 impl ChatModel {
     /// Loads a GGUF llama model and builds its tokenizer from the same file.
     pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
-        let io = |source| ModelError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        let mut file =
+            std::io::BufReader::new(std::fs::File::open(path).map_err(ModelError::io(path))?);
         let content = gguf_file::Content::read(&mut file)?;
         let tokenizer = tokenizer_from_gguf(&content)?;
         let llama = QuantizedLlama::from_gguf(&content, &mut file, device)?;

@@ -31,13 +31,7 @@ pub struct Embeddings {
 impl Embedder {
     /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| ModelError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-        };
+        let read = |name: &str| ModelError::read_model_file(dir, name);
         let config: BertConfig = serde_json::from_slice(&read("config.json")?)
             .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
         let vb =

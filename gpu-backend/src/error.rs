@@ -138,6 +138,23 @@ pub enum ModelError {
     Format(String),
 }
 
+impl ModelError {
+    /// An I/O failure on `path`, for `map_err`: every model loader names the file it failed on.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+        move |source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Reads `name` from a model directory (the safetensors models' `config.json`,
+    /// `model.safetensors`, `tokenizer.json`).
+    pub fn read_model_file(dir: &std::path::Path, name: &str) -> Result<Vec<u8>, ModelError> {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(ModelError::io(&path))
+    }
+}
+
 impl From<tokenizers::Error> for ModelError {
     fn from(e: tokenizers::Error) -> Self {
         ModelError::Tokenizer(e.to_string())

@@ -111,13 +111,7 @@ pub const SAMPLE_RATE: u32 = mel::SAMPLE_RATE as u32;
 impl Transcriber {
     /// Loads `config.json`, `model.safetensors` (weights + `mel_filters`) and `tokenizer.json`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path).map_err(|source| ModelError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-        };
+        let read = |name: &str| ModelError::read_model_file(dir, name);
         let config_bytes = read("config.json")?;
         let config: Config = serde_json::from_slice(&config_bytes)
             .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
