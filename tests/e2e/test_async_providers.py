@@ -30,8 +30,7 @@ from .conftest import Gateway
 from .control_plane import free_port, postgres_url
 from .gateway_config import KEY_ALL, KEY_LIMITED, gateway_config
 from .task_plane import start_task_edge, start_task_plane
-from .test_tasks import wait_final
-from .webhook_receiver import WebhookReceiver
+from .test_tasks import receiver, wait_final  # noqa: F401 (receiver: a fixture)
 
 LIMIT_S = 30
 WEBHOOK_SECRETS = {"WAVESPEED_WEBHOOK_SECRET": wavespeed_double.WEBHOOK_SECRET,
@@ -77,13 +76,6 @@ def async_config(doubles) -> dict:
             {"provider": "fal", "model": "fal-ai/flux/dev", "price": {"image": 0.025}}]},
     ]
     return config
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = WebhookReceiver()
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")
