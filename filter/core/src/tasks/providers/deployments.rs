@@ -158,6 +158,10 @@ pub struct TaskModelConfig {
     /// Other names for it.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// What it makes, as `/v1/models` reports it; defaults to `video` when it is priced per
+    /// second or served by Veo, else `image`.
+    #[serde(default)]
+    pub mode: Option<crate::catalog::Mode>,
     /// Candidates in order: a task that fails or times out on one is resubmitted to the next
     /// once.
     pub deployments: Vec<TaskDeploymentConfig>,
@@ -183,6 +187,26 @@ impl TaskProviders {
     /// The task model called `name` (or an alias).
     pub fn model(&self, name: &str) -> Option<&TaskModelConfig> {
         self.models.iter().find(|m| m.is_named(name))
+    }
+
+    /// What `model` makes: its configured mode, else `video` when a deployment is priced
+    /// per second or is on Veo, else `image`.
+    pub fn mode_of(&self, model: &TaskModelConfig) -> crate::catalog::Mode {
+        use crate::catalog::Mode;
+        model.mode.unwrap_or_else(|| {
+            let video = model.deployments.iter().any(|d| {
+                d.price.second.is_some()
+                    || self
+                        .providers
+                        .get(&d.provider)
+                        .is_some_and(|p| p.kind == AsyncProvider::Veo)
+            });
+            if video {
+                Mode::Video
+            } else {
+                Mode::Image
+            }
+        })
     }
 }
 
