@@ -325,8 +325,11 @@ impl GatewayConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let mut document: Value = serde_json::from_slice(bytes)?;
-        let task_providers = crate::tasks::providers::deployments::split(&mut document)
-            .map_err(ConfigError::Invalid)?;
+        let task_providers = crate::tasks::providers::deployments::split(
+            &mut document,
+            std::str::from_utf8(bytes).ok(),
+        )
+        .map_err(ConfigError::Invalid)?;
         let mut config: GatewayConfig = serde_json::from_value(document)?;
         config.task_providers = task_providers;
         crate::catalog::resolve(&mut config)?;
