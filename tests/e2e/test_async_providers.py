@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from standardwebhooks import Webhook
 
@@ -140,6 +141,30 @@ def metric(plane, line_start: str) -> float:
     text = httpx.get(plane.base_url + "/task-plane/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(line_start))
+
+
+def test_the_models_list_names_task_and_media_models_with_their_mode(edge):
+    """The official SDK's `models.list()` and `models.retrieve()`: asynchronous providers'
+    models (served through /v1/tasks) and media models are listed beside the chat models, each
+    with its mode; a key's globs hold for them too; an unknown id is the SDK's NotFoundError."""
+    client = edge.openai()
+    listed = {m.id: m.to_dict() for m in client.models.list()}
+    expected = {"gpt-4o-mini": ("chat", False), "text-embed": ("embedding", False),
+                "image-gen": ("image", False), "tts": ("speech", False),
+                "stt": ("transcription", False), "flux-ws": ("image", True),
+                "wanx": ("image", True), "flux-fallback": ("image", True),
+                "veo-3": ("video", True)}
+    for name, (mode, tasks_only) in expected.items():
+        assert name in listed, f"{name} missing from /v1/models: {sorted(listed)}"
+        assert (listed[name]["mode"], listed[name]["tasks_only"]) == (mode, tasks_only), name
+        assert listed[name]["object"] == "model"
+    veo = client.models.retrieve("veo-3")
+    assert (veo.id, veo.to_dict()["mode"]) == ("veo-3", "video")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    # KEY_LIMITED may use gpt-* only: no task model for it.
+    limited = [m.id for m in edge.openai(key=KEY_LIMITED).models.list()]
+    assert limited and all(i.startswith("gpt-") for i in limited), limited
 
 
 @pytest.mark.parametrize("model,provider,price", [
