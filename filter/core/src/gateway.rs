@@ -337,8 +337,11 @@ impl Gateway {
         let path = head.path.split('?').next().unwrap_or("");
         let path = path.trim_end_matches('/');
         let gemini = ingress::gemini::route(path);
-        // `GET /v1/models/{id}`: one model of the listing.
-        let model_id = path.strip_prefix("/v1/models/").filter(|id| !id.is_empty());
+        // `GET /v1/models/{id}`: one model of the listing (not Gemini's `…:generateContent`,
+        // which Google's SDK may also send under `/v1/models/`).
+        let model_id = path
+            .strip_prefix("/v1/models/")
+            .filter(|id| !id.is_empty() && gemini.is_none());
         let (endpoint, method) = match path {
             _ if model_id.is_some() => (Some(Endpoint::Models), "GET"),
             "/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),

@@ -652,6 +652,17 @@ fn one_model_is_its_listing_entry_and_an_unknown_one_a_404_in_dialect() {
         assert_eq!(status, 404, "{path}");
         assert_eq!(err["error"]["code"], "model_not_found", "{err}");
     }
+    // Google's SDK may send generateContent under /v1/models/: still a generation request.
+    let head = RequestHead {
+        method: "POST",
+        path: "/v1/models/chatty:generateContent",
+        x_goog_api_key: Some("sk-gw-test"),
+        ..Default::default()
+    };
+    assert!(matches!(
+        gw.on_request_head(&head, 1_700_000_000),
+        HeadOutcome::ReadBody(_)
+    ));
     let (status, err) = get_models(&gw, "/v1/models/nope", "sk-gw-test", true);
     assert_eq!((status, &err["type"]), (404, &json!("error")));
     assert_eq!(err["error"]["type"], "not_found_error");
