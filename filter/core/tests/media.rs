@@ -399,3 +399,92 @@ fn an_async_transcription_goes_to_the_task_plane_with_its_form_intact() {
         (404, Some("model_not_found"))
     );
 }
+
+/// A gateway whose `flux` model is served by an asynchronous provider, with a task plane.
+fn facade_gateway() -> Gateway {
+    gateway_with(|c| {
+        c["providers"]["ws"] = json!({"kind": "wavespeed", "api_key_secret": "WS_KEY"});
+        c["providers"]["veo"] = json!({"kind": "veo", "api_key_secret": "VEO_KEY"});
+        c["models"].as_array_mut().unwrap().extend([
+            json!({"name": "flux", "fallback": {"total_timeout_ms": 45000},
+                   "deployments": [{"provider": "ws", "model": "wavespeed-ai/flux-dev"}]}),
+            json!({"name": "veo-3",
+                   "deployments": [{"provider": "veo", "model": "veo-3.0-generate-001"}]}),
+        ]);
+        c["tasks"] = json!({"base_url": "http://tasks.test", "token_secret": "EDGE_TOKEN",
+                            "call_timeout_ms": 5000});
+    })
+}
+
+#[test]
+fn images_of_an_async_provider_model_wait_on_the_task_plane() {
+    let mut h = Host::new();
+    h.gw = facade_gateway();
+    let body = br#"{"model":"flux","prompt":"a cat","n":2,"size":"1024x1024"}"#;
+    let actions = h.request("/v1/images/generations", body);
+    let send = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(s) => Some(s),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("nothing sent: {actions:?}"));
+    let req = &send.request;
+    assert_eq!(
+        (req.authority.as_str(), req.path.as_str()),
+        ("tasks.test", "/v1/tasks")
+    );
+    assert_eq!(
+        header(&req.headers, "x-switchyard-operation"),
+        Some("images.generations")
+    );
+    assert_eq!(header(&req.headers, "prefer"), None, "synchronous");
+    assert_eq!(header(&req.headers, "x-switchyard-wait-ms"), Some("45000"));
+    // The task plane answers by itself at the end of the wait; the call outlives it.
+    assert_eq!(req.timeout_ms, 45000 + 5000);
+    let task_id = header(&req.headers, "x-switchyard-task-id")
+        .expect("the edge names the task")
+        .to_string();
+    assert!(task_id.starts_with("task_") && task_id.len() == 29);
+    assert_eq!(req.body, body.to_vec(), "the endpoint's request as sent");
+
+    let answer = br#"{"created":1,"data":[{"url":"https://p.test/0.png"}]}"#;
+    let out = raw_reply(&h.answer("application/json", answer)).clone();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body, answer.to_vec());
+    assert_eq!(
+        header(&out.headers, "x-switchyard-task-id"),
+        Some(task_id.as_str())
+    );
+    let record = h.finish();
+    assert_eq!((record.status, record.model.as_str()), (200, "flux"));
+    assert_eq!(record.cost, 0.0, "the task plane meters the task");
+}
+
+#[test]
+fn what_async_provider_models_cannot_answer_is_a_400() {
+    for (path, body, needle) in [
+        (
+            "/v1/audio/speech",
+            &br#"{"model":"flux","input":"hi","voice":"alloy"}"#[..],
+            "/v1/audio/speech",
+        ),
+        (
+            "/v1/images/generations",
+            br#"{"model":"flux","prompt":"x","response_format":"b64_json"}"#,
+            "response_format",
+        ),
+        (
+            "/v1/images/generations",
+            br#"{"model":"veo-3","prompt":"x"}"#,
+            "makes video",
+        ),
+    ] {
+        let mut h = Host::new();
+        h.gw = facade_gateway();
+        let (status, json, _) = reply(&h.request(path, body));
+        assert_eq!(status, 400, "{path}: {json}");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    }
+}
