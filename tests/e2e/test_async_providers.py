@@ -471,6 +471,13 @@ def test_what_these_providers_cannot_answer_is_a_400_naming_the_model(edge):
     assert "makes video" in caught.value.body["message"]
     with pytest.raises(openai.PermissionDeniedError):
         edge.openai(key=KEY_LIMITED).images.generate(model="flux-ws", prompt="x")
+    # Edits are OpenAI's (and Azure's) here: these models are driven by text prompts.
+    for headers in ({}, {"prefer": "respond-async"}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.images.edit(model="flux-ws", prompt="add a hat",
+                               image=("a.png", b"\x89PNG\r\n\x1a\n", "image/png"),
+                               extra_headers=headers)
+        assert "`flux-ws` cannot edit images" in caught.value.body["message"]
 
 
 def test_respond_async_on_the_images_endpoint_runs_on_the_provider(edge, doubles):

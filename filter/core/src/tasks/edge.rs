@@ -203,6 +203,7 @@ fn route(head: &RequestHead<'_>) -> Option<(Route, &'static [&'static str])> {
         "/v1/messages" => "messages",
         "/v1/embeddings" => "embeddings",
         "/v1/images/generations" => "images.generations",
+        "/v1/images/edits" => IMAGE_EDITS,
         "/v1/audio/speech" => "audio.speech",
         "/v1/audio/transcriptions" => TRANSCRIPTIONS,
         _ => return None,
@@ -299,12 +300,9 @@ impl Forward {
             )
             .with_code("tasks_not_enabled")));
         }
-        let content_type = match kind {
-            crate::ingress::media::MediaKind::Transcription => format!(
-                "multipart/form-data; boundary={}",
-                media.boundary.unwrap_or_default()
-            ),
-            _ => "application/json".to_string(),
+        let content_type = match media.boundary {
+            Some(boundary) => format!("multipart/form-data; boundary={boundary}"),
+            None => "application/json".to_string(),
         };
         Some(Ok(Forward {
             route: Route::Operation(crate::tasks::facade::operation(kind)),
@@ -365,13 +363,16 @@ impl Forward {
                     .trim_end_matches('/')
                     == "/v1/tasks");
         if submits {
-            let model = if self.route == Route::Operation(TRANSCRIPTIONS) {
+            let multipart = match self.route {
+                Route::Operation(TRANSCRIPTIONS) => {
+                    Some(crate::ingress::media::MediaKind::Transcription)
+                }
+                Route::Operation(IMAGE_EDITS) => Some(crate::ingress::media::MediaKind::ImageEdit),
+                _ => None,
+            };
+            let model = if let Some(kind) = multipart {
                 // Multipart: the model is a form field.
-                crate::ingress::media::decode(
-                    crate::ingress::media::MediaKind::Transcription,
-                    body,
-                )?
-                .model
+                crate::ingress::media::decode(kind, body)?.model
             } else {
                 submitted_model(body)?
             };
@@ -397,10 +398,8 @@ impl Forward {
                 (self.route, gateway.config().task_providers.model(&model))
             {
                 if let Some(kind) = crate::tasks::facade::media_kind(operation) {
-                    let request = match kind {
-                        crate::ingress::media::MediaKind::Transcription => Default::default(),
-                        _ => serde_json::from_slice(body).unwrap_or_default(),
-                    };
+                    // A multipart form has no JSON fields to check.
+                    let request = serde_json::from_slice(body).unwrap_or_default();
                     crate::tasks::facade::check(
                         kind,
                         task_model,
@@ -524,6 +523,8 @@ impl Forward {
 /// The operation of a transcription submitted with `Prefer: respond-async` (its body is
 /// `multipart/form-data`, not JSON).
 const TRANSCRIPTIONS: &str = "audio.transcriptions";
+/// The operation of an image edit submitted with `Prefer: respond-async` (multipart too).
+const IMAGE_EDITS: &str = "images.edits";
 
 fn submitted_model(body: &[u8]) -> Result<String, GatewayError> {
     #[derive(Deserialize)]

@@ -40,6 +40,7 @@ pub fn operation(kind: MediaKind) -> &'static str {
         MediaKind::Images => "images.generations",
         MediaKind::Speech => "audio.speech",
         MediaKind::Transcription => "audio.transcriptions",
+        MediaKind::ImageEdit => "images.edits",
     }
 }
 
@@ -49,6 +50,7 @@ pub fn media_kind(operation: &str) -> Option<MediaKind> {
         MediaKind::Images,
         MediaKind::Speech,
         MediaKind::Transcription,
+        MediaKind::ImageEdit,
     ]
     .into_iter()
     .find(|k| self::operation(*k) == operation)
@@ -89,6 +91,12 @@ pub fn check(
             .with_param("model")
             .with_code("model_not_supported"))
     };
+    if kind == MediaKind::ImageEdit {
+        return refuse(format!(
+            "model `{name}` cannot edit images: its asynchronous providers are driven with \
+             text prompts here; use a model that serves `/v1/images/edits`"
+        ));
+    }
     if kind != MediaKind::Images {
         return refuse(format!(
             "model `{name}` is served by asynchronous image and video providers; it does not \
