@@ -20,7 +20,7 @@ use switchyard_core::tasks::providers::{
 };
 use switchyard_core::{ErrorKind, GatewayError};
 
-use crate::model::{Output, Task, TaskState, Usage};
+use crate::model::{Operation, Output, Task, TaskState, Usage};
 use crate::planned::{all_failed, fail, log_attempt, MAX_ATTEMPTS};
 use crate::store;
 use crate::time::now_ms;
@@ -259,6 +259,13 @@ pub(crate) async fn run(plane: &Plane, task: &mut Task, token: &str) -> Option<B
             } else {
                 "image"
             };
+            if task.operation == Operation::ImagesGenerations {
+                // The facade: the endpoint's own answer.
+                task.result = Some(switchyard_core::tasks::facade::images_answer(
+                    task.created_at_ms / 1000,
+                    &answer.outputs,
+                ));
+            }
             task.outputs = answer
                 .outputs
                 .iter()
@@ -376,9 +383,24 @@ async fn submit(
         return Ok(None);
     }
     let webhook = webhook_url(plane, deployment, task);
+    // An endpoint's request (the facade) in this provider's own vocabulary.
+    let translated = match task.operation {
+        Operation::Generation => None,
+        _ => Some(
+            switchyard_core::tasks::facade::provider_input(
+                deployment.provider,
+                task.input.as_object().unwrap_or(&Default::default()),
+            )
+            .map_err(|error| AttemptFailure {
+                outcome: format!("status {}", error.status),
+                error,
+                retryable: false,
+            })?,
+        ),
+    };
     let call = deployment.provider.submit(&SubmitSpec {
         model: &deployment.model,
-        input: &task.input,
+        input: translated.as_ref().unwrap_or(&task.input),
         webhook_url: webhook.as_deref(),
     });
     let (status, body) = send(plane, deployment, &call)

@@ -53,6 +53,33 @@ def test_openai_chat(doubles):
     assert d.last()["headers"]["authorization"] == f"Bearer {d.api_key}"
 
 
+def test_openai_image_edits_validate_like_openai(doubles):
+    """`/v1/images/edits` with the SDK's own multipart: `image[]` files, mask, prompt."""
+    from doubles.openai_media import PNG_1X1
+    d = doubles["openai"]
+    client = oai(d)
+    r = client.images.edit(model="gpt-image-1", prompt="add a hat", n=2,
+                           image=[("a.png", PNG_1X1, "image/png"),
+                                  ("b.png", PNG_1X1, "image/png")],
+                           mask=("m.png", PNG_1X1, "image/png"))
+    assert len(r.data) == 2 and r.data[0].b64_json and r.usage.input_tokens > 0
+    last = d.last()
+    assert [f["name"] for f in last["files"]] == ["image[]", "image[]", "mask"]
+    assert last["form"]["prompt"] == "add a hat" and last["form"]["n"] == "2"
+    r = client.images.edit(model="dall-e-2", prompt="x", image=("a.png", PNG_1X1))
+    assert r.data[0].url.startswith("https://")
+    for kwargs, param in [
+            ({"model": "gpt-image-1", "image": ("a.txt", b"not an image")}, "image"),
+            ({"model": "gpt-image-1", "image": ("a.png", PNG_1X1), "response_format": "url"},
+             "response_format"),
+            ({"model": "dall-e-2", "image": [("a.png", PNG_1X1), ("b.png", PNG_1X1)]},
+             "image"),
+            ({"model": "gpt-image-1", "image": ("a.png", PNG_1X1), "size": "10x10"}, "size")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.images.edit(prompt="x", **kwargs)
+        assert caught.value.body["param"] == param, kwargs
+
+
 def test_openai_stream_with_usage(doubles):
     d = doubles["openai"]
     chunks = list(oai(d).chat.completions.create(

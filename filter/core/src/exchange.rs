@@ -710,6 +710,19 @@ impl Exchange {
         if body.is_empty() {
             return self.reply_error(&GatewayError::invalid("request body is required"));
         }
+        // A media request naming a model of asynchronous providers: the task plane runs it
+        // and answers for the endpoint (the synchronous facade).
+        if let Some(forward) =
+            Forward::facade(gateway, admitted, body, (&self.request_id, cx.random))
+        {
+            return match forward {
+                Ok(forward) => {
+                    self.forward = Some(forward);
+                    self.handle_forward(gateway, State::ForwardBody, Event::RequestBody(body), cx)
+                }
+                Err(err) => self.reply_error(&err),
+            };
+        }
         let health = HealthSnapshot {
             store: cx.health,
             now_ms: cx.now_ms,

@@ -343,6 +343,7 @@ impl Gateway {
             "/v1/responses" => (Some(Endpoint::Responses), "POST"),
             "/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
             "/v1/images/generations" => (Some(Endpoint::Media(MediaKind::Images)), "POST"),
+            "/v1/images/edits" => (Some(Endpoint::Media(MediaKind::ImageEdit)), "POST"),
             "/v1/audio/speech" => (Some(Endpoint::Media(MediaKind::Speech)), "POST"),
             "/v1/audio/transcriptions" => (Some(Endpoint::Media(MediaKind::Transcription)), "POST"),
             "/v1/models" => (Some(Endpoint::Models), "GET"),
