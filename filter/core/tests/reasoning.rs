@@ -206,3 +206,145 @@ fn anthropic_thinking_is_openai_reasoning_effort() {
     );
     assert_eq!(effort(json!({"type": "disabled"})), "minimal");
 }
+
+/// Claude's thinking on Bedrock Converse: `reasoningContent` blocks
+/// (<https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ReasoningContentBlock.html>),
+/// streamed as `contentBlockDelta.delta.reasoningContent` (text pieces, then the signature;
+/// <https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ReasoningContentBlockDelta.html>).
+mod bedrock_reasoning {
+    use super::*;
+    use switchyard_core::canonical::Reasoning;
+    use switchyard_core::providers::bedrock::{self, eventstream};
+    use switchyard_core::stream::{StreamDecoder, StreamEvent};
+
+    #[test]
+    fn converse_reasoning_blocks_are_read() {
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"reasoningContent": {"reasoningText": {"text": "97 has no divisor.", "signature": "EqoBCkgIARAB"}}},
+                {"reasoningContent": {"redactedContent": "EmwKAhgBEgy3"}},
+                {"text": "Yes."}
+            ]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 10, "outputTokens": 20, "totalTokens": 30}
+        });
+        let resp = bedrock::parse_chat(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(resp.text.as_deref(), Some("Yes."));
+        assert_eq!(
+            resp.reasoning,
+            vec![
+                Reasoning::Text {
+                    text: "97 has no divisor.".into(),
+                    signature: Some("EqoBCkgIARAB".into()),
+                    format: Some(ANTHROPIC_REASONING.into()),
+                },
+                Reasoning::Encrypted {
+                    data: "EmwKAhgBEgy3".into(),
+                    format: Some(ANTHROPIC_REASONING.into()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn converse_stream_reasoning_deltas_are_read() {
+        let event = |kind: &str, payload: Value| {
+            eventstream::encode(
+                &[
+                    (":message-type", "event"),
+                    (":event-type", kind),
+                    (":content-type", "application/json"),
+                ],
+                payload.to_string().as_bytes(),
+            )
+        };
+        let mut bytes = event("messageStart", json!({"role": "assistant"}));
+        for delta in [
+            json!({"reasoningContent": {"text": "97 has "}}),
+            json!({"reasoningContent": {"text": "no divisor."}}),
+            json!({"reasoningContent": {"signature": "EqoBCkgIARAB"}}),
+        ] {
+            bytes.extend(event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": delta}),
+            ));
+        }
+        bytes.extend(event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"text": "Yes."}}),
+        ));
+        bytes.extend(event("messageStop", json!({"stopReason": "end_turn"})));
+        let mut decoder = bedrock::BedrockStreamDecoder::default();
+        let mut events = Vec::new();
+        decoder.push(&bytes, &mut events).unwrap();
+        decoder.finish(&mut events).unwrap();
+        let reasoning: Vec<_> = events
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    StreamEvent::Reasoning(_)
+                        | StreamEvent::ReasoningSignature { .. }
+                        | StreamEvent::Text(_)
+                )
+            })
+            .collect();
+        assert_eq!(
+            reasoning,
+            vec![
+                StreamEvent::Reasoning("97 has ".into()),
+                StreamEvent::Reasoning("no divisor.".into()),
+                StreamEvent::ReasoningSignature {
+                    signature: "EqoBCkgIARAB".into(),
+                    format: ANTHROPIC_REASONING,
+                },
+                StreamEvent::Text("Yes.".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn claude_thinking_sent_back_and_asked_for_on_bedrock() {
+        // An Anthropic client's second turn (signed + redacted thinking, a tool call).
+        let req = decode(Dialect::Anthropic, &anthropic_turn());
+        let body = bedrock::request_body(&req).unwrap();
+        assert_eq!(
+            body["messages"][1]["content"][0],
+            json!({"reasoningContent": {"reasoningText": {
+                "text": "I should call the weather tool.",
+                "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrk"}}})
+        );
+        assert_eq!(
+            body["messages"][1]["content"][1],
+            json!({"reasoningContent": {"redactedContent": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rL"}})
+        );
+        assert!(body["messages"][1]["content"][2].get("toolUse").is_some());
+        assert_eq!(
+            body["additionalModelRequestFields"],
+            json!({"thinking": {"type": "enabled", "budget_tokens": 2048}})
+        );
+        assert_eq!(body["inferenceConfig"]["maxTokens"], json!(4096));
+    }
+
+    #[test]
+    fn reasoning_effort_is_a_claude_budget_on_bedrock() {
+        let req = decode(
+            Dialect::OpenAi,
+            &json!({"model": "m", "max_tokens": 100, "reasoning_effort": "medium",
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        let body = bedrock::request_body(&req).unwrap();
+        assert_eq!(
+            body["additionalModelRequestFields"],
+            json!({"thinking": {"type": "enabled", "budget_tokens": 4096}})
+        );
+        assert_eq!(body["inferenceConfig"]["maxTokens"], json!(4196));
+        let plain = decode(
+            Dialect::OpenAi,
+            &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        let body = bedrock::request_body(&plain).unwrap();
+        assert!(body.get("additionalModelRequestFields").is_none(), "{body}");
+        assert!(body.get("inferenceConfig").is_none(), "{body}");
+    }
+}

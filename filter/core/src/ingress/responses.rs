@@ -37,7 +37,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    reasoning_text, ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall,
+    reasoning_text, split_wire_id, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
     FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, ResponseFormat, Role,
     StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice,
 };
@@ -378,11 +378,10 @@ fn decode_items(items: Vec<Value>, messages: &mut Vec<Message>) -> Result<(), Ga
                 name,
                 arguments,
             } => {
-                let call = ToolCall {
-                    id: call_id,
-                    kind: "function".into(),
-                    function: FunctionCall { name, arguments },
-                };
+                // Gemini's thought signature travels in the call id (`ToolCall::wire_id`).
+                let (call_id, signature) = split_wire_id(&call_id);
+                let mut call = ToolCall::function(call_id, name, arguments);
+                call.signature = signature;
                 // Consecutive calls (and the text before them) are one assistant turn.
                 match messages.last_mut() {
                     Some(last) if last.role == Role::Assistant => {
@@ -402,7 +401,7 @@ fn decode_items(items: Vec<Value>, messages: &mut Vec<Message>) -> Result<(), Ga
                         content_of(parts(output, &param)?).unwrap_or(Content::Text(String::new())),
                     ),
                 );
-                m.tool_call_id = Some(call_id);
+                m.tool_call_id = Some(split_wire_id(&call_id).0);
                 messages.push(m);
             }
             WireItem::Reasoning {} => {}
@@ -751,7 +750,7 @@ fn function_item(id: &str, status: &str, call: &ToolCall) -> Value {
         "id": id,
         "type": "function_call",
         "status": status,
-        "call_id": call.id,
+        "call_id": call.wire_id(),
         "name": call.function.name,
         "arguments": call.function.arguments,
     })
@@ -1110,7 +1109,12 @@ impl StreamEncoder for ResponsesStreamEncoder {
                 body.insert("logprobs".into(), json!([]));
                 self.event(out, "response.output_text.delta", body);
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 let known = self
                     .open
                     .iter()
@@ -1123,14 +1127,8 @@ impl StreamEncoder for ResponsesStreamEncoder {
                 self.close_reasoning(out);
                 self.close_message(out);
                 let output_index = self.output.len();
-                let call = ToolCall {
-                    id: id.clone(),
-                    kind: "function".into(),
-                    function: FunctionCall {
-                        name: name.clone(),
-                        arguments: String::new(),
-                    },
-                };
+                let mut call = ToolCall::function(id.clone(), name.clone(), String::new());
+                call.signature.clone_from(signature);
                 let item_id = self.item_id(output_index, true);
                 self.add_item(out, function_item(&item_id, "in_progress", &call));
                 self.open.push(OpenItem::Call {
