@@ -171,6 +171,30 @@ def test_a_responses_client_gets_reasoning_items_and_tokens(gw, stream):
     assert r.usage.output_tokens_details.reasoning_tokens == reasoning
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_a_responses_client_sends_anthropic_thinking_back(gw, stream):
+    """The reasoning item carries the signed thinking in `encrypted_content`; the client's
+    usual `input += response.output` brings it back and Anthropic checks the signature."""
+    client = gw.openai()
+    ask = [{"role": "user", "content": "Is 67 prime?"}]
+    kw = dict(model="claude-haiku", input=ask, reasoning={"effort": "low"})
+    if stream:
+        with client.responses.stream(**kw) as s:
+            r = s.get_final_response()
+    else:
+        r = client.responses.create(**kw)
+    item = r.output[0]
+    assert item.type == "reasoning" and item.encrypted_content, r.output
+    thinking = item.summary[0].text
+    history = ask + [o.model_dump(exclude_none=True) for o in r.output]
+    r2 = client.responses.create(model="claude-haiku", reasoning={"effort": "low"},
+                                 input=history + [{"role": "user", "content": "Why?"}])
+    assert r2.output_text
+    sent = gw.doubles["anthropic"].last()["body"]["messages"][1]["content"][0]
+    assert sent == {"type": "thinking", "thinking": thinking,
+                    "signature": sign_thinking(thinking)}
+
+
 def test_anthropic_thinking_is_openai_reasoning_effort(gw):
     r = gw.anthropic().messages.create(
         model="gpt-4o-mini", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 4096},
@@ -280,3 +304,43 @@ def test_a_gemini_client_round_trips_call_signatures(gw):
                                             config=config)
     assert second.text == "tool results: get_weather=ok; get_time=ok"
     assert sent_calls(gw)[0]["thoughtSignature"]
+
+
+# --- Claude's thinking on Bedrock (Converse `additionalModelRequestFields.thinking`, answers'
+# `reasoningContent`); the Bedrock double signs its reasoning and checks it when sent back ---
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_anthropic_thinking_round_trips_through_bedrock(gw, stream):
+    client = gw.anthropic()
+    ask = [{"role": "user", "content": "Is 83 prime?"}]
+    r = final_message(client, stream, model="claude-bedrock", max_tokens=2048,
+                      thinking=THINKING, messages=ask)
+    thinking, text = r.content[0], r.content[1]
+    assert thinking.type == "thinking" and text.type == "text", r.content
+    assert thinking.thinking.startswith("thinking about ")
+    assert thinking.signature == sign_thinking(thinking.thinking)
+    body = gw.doubles["bedrock"].last()["body"]
+    assert body["additionalModelRequestFields"] == {"thinking": THINKING}
+    turn = [b.model_dump(exclude_none=True) for b in r.content]
+    r2 = final_message(client, stream, model="claude-bedrock", max_tokens=2048,
+                       thinking=THINKING,
+                       messages=ask + [{"role": "assistant", "content": turn},
+                                       {"role": "user", "content": "Why?"}])
+    assert r2.content[-1].type == "text"
+    sent = gw.doubles["bedrock"].last()["body"]["messages"][1]["content"][0]
+    assert sent == {"reasoningContent": {"reasoningText": {
+        "text": thinking.thinking, "signature": thinking.signature}}}
+
+
+def test_reasoning_effort_thinks_on_bedrock_for_an_openai_client(gw):
+    r = gw.openai().chat.completions.create(
+        model="claude-bedrock", reasoning_effort="low", max_tokens=256,
+        messages=[{"role": "user", "content": "Is 71 prime?"}])
+    message = r.choices[0].message
+    assert (message.model_extra or {}).get("reasoning_content", "").startswith("thinking about ")
+    details = message.model_extra["reasoning_details"]
+    assert details[0]["signature"] == sign_thinking(message.model_extra["reasoning_content"])
+    body = gw.doubles["bedrock"].last()["body"]
+    assert body["additionalModelRequestFields"] == {
+        "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    assert body["inferenceConfig"]["maxTokens"] == 256 + 1024

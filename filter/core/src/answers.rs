@@ -307,13 +307,13 @@ pub const NOT_CARRIED: &[(&str, &str)] = &[
          itself reports them",
     ),
     (
-        "reasoning signatures and encrypted reasoning to Responses and Gemini clients",
-        "the reasoning text is carried (a `reasoning` item's summary, a thought part), and \
-         the signature only to clients that can send it back (OpenAI Chat in \
-         `reasoning_details[].signature`, Anthropic in the thinking block's `signature`); a \
-         Responses client's reasoning items and a Gemini client's thoughts are not sent on \
-         (request matrix), so another provider's signature would have nowhere to go; a Gemini \
-         client gets Gemini's own `thoughtSignature`",
+        "reasoning signatures and encrypted reasoning to Gemini clients",
+        "the reasoning text is carried (a thought part), and the signature only to clients \
+         that can send it back (OpenAI Chat in `reasoning_details[].signature`, Anthropic in \
+         the thinking block's `signature`, Responses in the reasoning item's \
+         `encrypted_content`); a Gemini client's thoughts are not sent on (request matrix), \
+         so another provider's signature would have nowhere to go; a Gemini client gets \
+         Gemini's own `thoughtSignature`",
     ),
     (
         "reasoning from Cohere, DashScope and Mistral",

@@ -1030,9 +1030,20 @@ pub const INGRESS: &[IngressField] = &[
         "include: other values",
         "",
         "",
-        "accepted: they extend items a translated answer never holds (reasoning items carry \
-         their summary only, hosted-tool calls are refused, input is not echoed); unknown \
-         values are a 400",
+        "accepted: they extend items a translated answer never holds (hosted-tool calls are \
+         refused, input is not echoed; reasoning items carry `encrypted_content` whenever \
+         there is something to check, asked or not); unknown values are a 400",
+    ),
+    ingress(
+        Dialect::Responses,
+        "reasoning items",
+        "reasoning:earlier_turns",
+        r#"{"input":[{"role":"user","content":"hi"},{"type":"reasoning","id":"rs_1","summary":[{"type":"summary_text","text":"The user greets me."}],"encrypted_content":"swy1.W3sidHlwZSI6InJlYXNvbmluZy50ZXh0IiwidGV4dCI6IlRoZSB1c2VyIGdyZWV0cyBtZS4iLCJzaWduYXR1cmUiOiJzaWctMSIsImZvcm1hdCI6ImFudGhyb3BpYy1jbGF1ZGUtdjEifV0"},{"role":"assistant","content":"ok"},{"role":"user","content":"go on"}]}"#,
+        "the reasoning of the assistant turn after them: answers write the canonical parts \
+         (text, signature, whose) into `encrypted_content` as `swy1.<base64url JSON>`, so an \
+         item sent back reaches the provider that checks it (Anthropic's signed thinking); \
+         another item's summary is unsigned text and its `encrypted_content` (OpenAI's own) \
+         is not sent on",
     ),
     ingress(
         Dialect::Responses,

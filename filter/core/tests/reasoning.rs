@@ -159,6 +159,93 @@ fn an_anthropic_answer_round_trips_through_an_openai_chat_client() {
 }
 
 #[test]
+fn an_anthropic_answer_round_trips_through_a_responses_client() {
+    // A Responses client gets the thinking as a reasoning item (summary, and the signed
+    // parts in `encrypted_content`), complete or streamed, and sends its output back as
+    // input; Anthropic gets its blocks back as it wrote them.
+    let recorded: Value =
+        serde_json::from_slice(&common::fixture("anthropic/response_thinking.json")).unwrap();
+    let answer = ProviderKind::Anthropic
+        .parse_chat(&common::fixture("anthropic/response_thinking.json"))
+        .unwrap();
+    let complete: Value = serde_json::from_slice(&ingress::encode_chat_response(
+        Dialect::Responses,
+        &answer,
+        br#"{"model":"m","input":"hi"}"#,
+    ))
+    .unwrap();
+    let streamed = {
+        let body = br#"{"model":"m","input":"hi","stream":true}"#;
+        let ctx = ingress::AnswerContext {
+            id: "resp_1",
+            model: "m",
+            created: 0,
+            include_usage: false,
+            request: body,
+        };
+        let mut encoder = ingress::stream_encoder(Dialect::Responses, &ctx);
+        let mut events = Vec::new();
+        for part in answer.reasoning.clone() {
+            switchyard_core::stream::StreamEvent::push_reasoning(
+                &mut events,
+                part,
+                ANTHROPIC_REASONING,
+            );
+        }
+        events.push(switchyard_core::stream::StreamEvent::Text(
+            answer.text.clone().unwrap(),
+        ));
+        let mut out = Vec::new();
+        for e in &events {
+            encoder.encode(e, &mut out);
+        }
+        encoder.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let done: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|e| e["type"] == "response.output_item.done")
+            .map(|e| e["item"].clone())
+            .collect();
+        json!({"output": done})
+    };
+    for out in [complete, streamed] {
+        let mut input = vec![
+            json!({"role": "user", "content": "Are there infinitely many primes n mod 4 = 3?"}),
+        ];
+        input.extend(out["output"].as_array().unwrap().iter().cloned());
+        input.push(json!({"role": "user", "content": "Prove it."}));
+        let req = decode(Dialect::Responses, &json!({"model": "m", "input": input}));
+        let body = anthropic::request_body(&req, "claude").unwrap();
+        assert_eq!(body["messages"][1]["content"], recorded["content"], "{out}");
+    }
+    // Another reasoning item's summary is unsigned text: not sent to Anthropic.
+    let req = decode(
+        Dialect::Responses,
+        &json!({"model": "m", "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Greeting."}], "encrypted_content": "gAAAAABo"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "go on"}
+        ]}),
+    );
+    assert_eq!(
+        req.messages[1].reasoning,
+        vec![Reasoning::Text {
+            text: "Greeting.".into(),
+            signature: None,
+            format: None
+        }]
+    );
+    let body = anthropic::request_body(&req, "claude").unwrap();
+    assert_eq!(
+        body["messages"][1]["content"],
+        json!([{"type": "text", "text": "hello"}])
+    );
+}
+
+#[test]
 fn gemini_include_thoughts_needs_a_budget() {
     let decode = |config: Value| {
         ingress::gemini::decode_request(
