@@ -116,6 +116,11 @@ impl QMatrix {
         self.cols
     }
 
+    /// The block format of the weights.
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
     fn row(&self, r: usize) -> &[u8] {
         let len = self.cols / BLOCK * self.format.block_bytes();
         &self.data[r * len..(r + 1) * len]
