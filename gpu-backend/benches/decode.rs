@@ -16,23 +16,8 @@ use candle_core::Device;
 use gpu_backend::kernels::{self, QMatrix};
 use gpu_backend::llama::{argmax, QuantizedLlama, StepInput};
 
-/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
+mod common;
+use common::cpu_seconds;
 
 /// The prompt: the greedy fixture's (a chat-templated question, SmolLM2's token ids).
 fn prompt() -> Vec<u32> {
