@@ -219,7 +219,7 @@ static_resources:
     return paths
 
 
-def wait_ready(port, deadline=120):
+def wait_ready(port, deadline=300):
     end = time.time() + deadline
     while time.time() < end:
         try:

@@ -58,6 +58,7 @@ impl UsageScanner {
         }
     }
 
+    #[inline(always)]
     fn byte(&mut self, b: u8) {
         if self.in_string {
             if self.capturing {
@@ -199,6 +200,18 @@ mod tests {
         let s = scan(&[br#"{"choices":[{"usage":{"prompt_tokens":1}}],"note":"\"usage\":2"}"#]);
         assert_eq!(s.usage(), None);
         assert!(s.complete());
+        // An escaped backslash ends in a real quote, in any split.
+        let text = br#"{"choices":[{"t":"x\\","u":"\"]"}],"usage":{"prompt_tokens":1}}"#;
+        for cut in 0..text.len() {
+            let (a, b) = text.split_at(cut);
+            let s = scan(&[a, b]);
+            assert_eq!(
+                s.usage(),
+                Some(&br#"{"prompt_tokens":1}"#[..]),
+                "cut at {cut}"
+            );
+            assert!(s.complete(), "cut at {cut}");
+        }
     }
 
     #[test]
