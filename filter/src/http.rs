@@ -544,7 +544,7 @@ impl HttpContext for SwitchyardHttp {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
         match self.phase {
-            Phase::RoutedStream => {
+            phase @ (Phase::RoutedStream | Phase::RoutedRelay) => {
                 let chunk = self
                     .get_http_response_body(0, body_size)
                     .unwrap_or_default();
@@ -553,18 +553,11 @@ impl HttpContext for SwitchyardHttp {
                     actions.extend(self.feed(Event::UpstreamEnd));
                 }
                 let performed = self.perform(actions);
-                self.set_http_response_body(0, body_size, &performed.data);
-                HostAction::Continue
-            }
-            Phase::RoutedRelay => {
-                let chunk = self
-                    .get_http_response_body(0, body_size)
-                    .unwrap_or_default();
-                let mut actions = self.feed(Event::UpstreamData(&chunk));
-                if end_of_stream {
-                    actions.extend(self.feed(Event::UpstreamEnd));
+                // A stream's chunk is replaced by the core's bytes; a relayed one passes as
+                // it came (the core only read it).
+                if phase == Phase::RoutedStream {
+                    self.set_http_response_body(0, body_size, &performed.data);
                 }
-                self.perform(actions);
                 HostAction::Continue
             }
             Phase::RoutedBody => {
