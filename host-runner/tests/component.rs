@@ -276,6 +276,10 @@ fn gateway_config(live: SocketAddr) -> String {
 }
 
 async fn serve() -> RunningComponent {
+    serve_with_pool(Some(4)).await
+}
+
+async fn serve_with_pool(pooled_instances: Option<u32>) -> RunningComponent {
     let live = start_upstream().await;
     let variables = HashMap::from([
         ("gateway_config".to_string(), gateway_config(live)),
@@ -287,6 +291,7 @@ async fn serve() -> RunningComponent {
         variables,
         env: Vec::new(),
         allow_outbound: vec!["http://127.0.0.1:*".to_string()],
+        pooled_instances,
     })
     .await
     .expect("serve the component")
@@ -437,6 +442,41 @@ async fn gateway_behaviour_through_the_component() {
     );
 }
 
+/// More requests at once than pooled instances: the extra ones wait for a slot to come back
+/// (none fails to instantiate), and a server without a pool answers the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_instance_pool_wait_for_a_slot() {
+    let pooled = serve_with_pool(Some(2)).await;
+    let addr = pooled.listen_addr;
+    let answers =
+        futures_join_all((0..16).map(|i| post(addr, KEY, chat("chat", i % 2 == 0)))).await;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("hel"), "{}", r.text());
+    }
+    let on_demand = serve_with_pool(None).await;
+    let r = post(on_demand.listen_addr, KEY, chat("chat", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "hello from upstream"
+    );
+}
+
+/// Runs the futures at once and collects their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("request task"));
+    }
+    out
+}
+
 #[tokio::test]
 async fn startup_errors_are_typed() {
     let config = |path: PathBuf| ComponentConfig {
@@ -445,6 +485,7 @@ async fn startup_errors_are_typed() {
         variables: HashMap::new(),
         env: Vec::new(),
         allow_outbound: Vec::new(),
+        pooled_instances: None,
     };
     let missing = start_component(config("/nonexistent/edge_worker.wasm".into())).await;
     assert!(matches!(missing, Err(ComponentError::Read { .. })));
@@ -469,6 +510,8 @@ fn serve_component_help_lists_its_flags() {
         "--var",
         "--env",
         "--allow-outbound",
+        "--max-instances",
+        "--no-pooling",
     ] {
         assert!(text.contains(flag), "help lacks {flag}:\n{text}");
     }

@@ -68,7 +68,7 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
         for name, (p, up) in CHAT_MODELS.items()
     ]
     models += [
-        {"name": "text-embed", "deployments": [
+        {"name": "text-embed", "mode": "embedding", "deployments": [
             {"provider": "openai", "model": "text-embedding-3-small",
              "price": {"input": 0.02, "output": 0}}]},
         # Two deployments: the second takes over when the first fails before answering.
@@ -92,12 +92,13 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
             {"provider": "openai", "model": "gpt-ejectable", "price": PRICES["openai"]},
             {"provider": "anthropic", "model": "claude-standby", "price": PRICES["anthropic"]}],
          "fallback": {"eject_after_failures": 2, "cooldown_ms": 600000}},
-        # OpenAI's media endpoints (test_media.py), priced per image and per second.
+        # OpenAI's media endpoints (test_media.py), priced per image and per second; `mode` is
+        # what /v1/models reports (an image model's follows from its per-image price).
         {"name": "image-gen", "deployments": [
             {"provider": "openai", "model": "gpt-image-1", "price": {"image": 0.04}}]},
-        {"name": "tts", "deployments": [
+        {"name": "tts", "mode": "speech", "deployments": [
             {"provider": "openai", "model": "gpt-4o-mini-tts", "price": {"second": 0.001}}]},
-        {"name": "stt", "deployments": [
+        {"name": "stt", "mode": "transcription", "deployments": [
             {"provider": "openai", "model": "whisper-1", "price": {"second": 0.0001}}]},
         # Dedicated to the metrics test, so its counters are not shared with other tests.
         {"name": "metered", "deployments": [
@@ -111,10 +112,11 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
         models += [
             {"name": "smollm2", "aliases": ["default"], "fallback": slow, "deployments": [
                 {"provider": "local", "model": "smollm2-135m-instruct"}]},
-            {"name": "minilm", "fallback": slow, "deployments": [
+            {"name": "minilm", "mode": "embedding", "fallback": slow, "deployments": [
                 {"provider": "local", "model": "all-minilm-l6-v2"}]},
             # The real speech model behind the gateway's /v1/audio/transcriptions.
-            {"name": "whisper", "fallback": slow, "deployments": [
+            {"name": "whisper", "mode": "transcription", "fallback": slow,
+             "deployments": [
                 {"provider": "local", "model": "whisper-tiny-en"}]},
         ]
     return {

@@ -32,11 +32,14 @@ def start_task_plane(doubles, workdir: Path, *extra_args: str, config: dict | No
 def start_task_edge(name: str, plane: ControlPlane, doubles, workdir: Path,
                     config: dict | None = None, **tasks_section) -> hosts.Host:
     """Host `name` with the e2e gateway config (or `config`) plus a `tasks` section pointing
-    at `plane` (`tasks_section` adds fields, e.g. `call_timeout_ms`)."""
+    at `plane` (`tasks_section` adds fields, e.g. `call_timeout_ms`). A `control_plane`
+    section in `config` gets its cluster too (the plane is the control plane as well)."""
     config = dict(config or gateway_config(doubles))
     config["tasks"] = {"base_url": plane.base_url, "cluster": "task_plane",
                        "token_secret": EDGE_TOKEN_SECRET, **tasks_section}
     ups = upstreams(doubles)
     ups["task_plane"] = plane.port
+    if "control_plane" in config:
+        ups[config["control_plane"].get("cluster", "control_plane")] = plane.port
     return hosts.start(name, config, ups, {**secrets(doubles), EDGE_TOKEN_SECRET: EDGE_TOKEN},
                        workdir)

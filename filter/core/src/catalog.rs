@@ -38,16 +38,20 @@ pub enum Mode {
     Transcription,
     /// Text to speech.
     Speech,
+    /// Video generation (served as tasks by asynchronous providers).
+    Video,
 }
 
 impl Mode {
-    fn parse(s: &str) -> Option<Mode> {
+    /// The mode called `s` (as [`Mode::as_str`] writes it).
+    pub fn parse(s: &str) -> Option<Mode> {
         Some(match s {
             "chat" => Mode::Chat,
             "embedding" => Mode::Embedding,
             "image" => Mode::Image,
             "transcription" => Mode::Transcription,
             "speech" => Mode::Speech,
+            "video" => Mode::Video,
             _ => return None,
         })
     }
@@ -60,7 +64,20 @@ impl Mode {
             Mode::Image => "image",
             Mode::Transcription => "transcription",
             Mode::Speech => "speech",
+            Mode::Video => "video",
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Mode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Mode::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown mode `{name}`, expected one of chat, embedding, image, speech, \
+                 transcription, video"
+            ))
+        })
     }
 }
 
@@ -468,6 +485,7 @@ pub(crate) fn resolve(config: &mut GatewayConfig) -> Result<(), ConfigError> {
             synthesized.push(ModelConfig {
                 name: public,
                 aliases: Vec::new(),
+                mode: Some(entry.mode),
                 strategy: Default::default(),
                 deployments: vec![DeploymentConfig {
                     provider: name.clone(),

@@ -172,6 +172,12 @@ pub struct ModelConfig {
     /// Other names for it.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// What it does, as `/v1/models` reports it (`chat`, `embedding`, `image`, `speech`,
+    /// `transcription`, `video`). Defaults to its catalog entry's mode, else `image` when
+    /// its deployments are priced per image, else `chat`: set it for speech, transcription and
+    /// embedding models that have no catalog entry.
+    #[serde(default)]
+    pub mode: Option<crate::catalog::Mode>,
     /// How deployments are ordered per request.
     #[serde(default)]
     pub strategy: Strategy,
@@ -319,8 +325,11 @@ impl GatewayConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let mut document: Value = serde_json::from_slice(bytes)?;
-        let task_providers = crate::tasks::providers::deployments::split(&mut document)
-            .map_err(ConfigError::Invalid)?;
+        let task_providers = crate::tasks::providers::deployments::split(
+            &mut document,
+            std::str::from_utf8(bytes).ok(),
+        )
+        .map_err(ConfigError::Invalid)?;
         let mut config: GatewayConfig = serde_json::from_value(document)?;
         config.task_providers = task_providers;
         crate::catalog::resolve(&mut config)?;
@@ -393,6 +402,17 @@ impl GatewayConfig {
                 }
             }
             for d in &model.deployments {
+                if let (Some(mode), Some(entry)) = (model.mode, d.catalog_entry) {
+                    if entry.mode != mode {
+                        return invalid(format!(
+                            "model `{}`: mode `{}` but its catalog entry `{}` is a {} model",
+                            model.name,
+                            mode.as_str(),
+                            entry.id,
+                            entry.mode.as_str()
+                        ));
+                    }
+                }
                 if !self.providers.contains_key(&d.provider) {
                     return invalid(format!(
                         "model `{}` uses unknown provider `{}`",
@@ -458,6 +478,27 @@ impl GatewayConfig {
         self.model(name)
             .map(|m| m.name.as_str())
             .or_else(|| self.task_providers.model(name).map(|m| m.name.as_str()))
+    }
+
+    /// What `model` does: its configured mode, else its catalog entry's, else `image` when
+    /// it is priced per image, else `chat`.
+    pub fn mode_of(&self, model: &ModelConfig) -> crate::catalog::Mode {
+        use crate::catalog::Mode;
+        model
+            .mode
+            .or_else(|| {
+                model
+                    .deployments
+                    .iter()
+                    .find_map(|d| d.catalog_entry.map(|e| e.mode))
+            })
+            .unwrap_or(
+                if model.deployments.iter().any(|d| d.price.image.is_some()) {
+                    Mode::Image
+                } else {
+                    Mode::Chat
+                },
+            )
     }
 
     /// The fallback policy in force for `model`.

@@ -60,7 +60,7 @@ use crate::gateway::{
     Endpoint, Gateway, HeadOutcome, LocalReply, Plan, RequestHead, UpstreamRequest,
 };
 use crate::health::{record_failure, record_success, HealthSnapshot, HealthStore};
-use crate::limits::{admit, Admission, CounterStore, Scope};
+use crate::limits::{admit, Admission, CounterStore, Estimate, Scope};
 use crate::queue;
 use crate::stream::ResponseStream;
 use crate::tasks::edge::Forward;
@@ -245,8 +245,8 @@ enum State {
     Body(crate::gateway::Admitted),
     /// A task-plane request, admitted; waiting for its body.
     ForwardBody,
-    /// Planned; waiting for the control plane's admission.
-    Admitting,
+    /// Waiting for the control plane's admission; what follows when it is granted.
+    Admitting(Granted),
     /// Waiting in the model's queue for a deployment with capacity.
     Queued,
     /// An attempt is in flight; nothing reached the client.
@@ -261,6 +261,15 @@ enum State {
     Streaming,
     /// The client has its answer (or the exchange gave up on it).
     Answered,
+}
+
+/// What a request does once its key's and team's limits admit it.
+#[derive(Debug)]
+enum Granted {
+    /// A planned request: walk its attempt chain.
+    Attempts,
+    /// A task-plane request: make its one call.
+    Forward(Box<Send>),
 }
 
 /// One request through the gateway. See the module docs for the rules it follows.
@@ -386,6 +395,12 @@ impl Exchange {
             return Vec::new();
         }
         let state = std::mem::replace(&mut self.state, State::Answered);
+        if let (State::Admitting(_), Event::AdmitAnswer(answer)) = (&state, event) {
+            let State::Admitting(granted) = state else {
+                unreachable!("matched above")
+            };
+            return self.on_admit_answer(answer, granted, cx);
+        }
         if self.forward.is_some() {
             return self.handle_forward(gateway, state, event, cx);
         }
@@ -395,7 +410,6 @@ impl Exchange {
                 self.on_body(gateway, &admitted, body, cx)
             }
             (State::Body(_), Event::RequestBodyTooLarge) => self.reply_error(&gateway.too_large()),
-            (State::Admitting, Event::AdmitAnswer(answer)) => self.on_admit_answer(answer, cx),
             (State::Queued, Event::Retry) => {
                 self.attempts = AttemptLog::default();
                 self.saturated_retry_s = None;
@@ -625,36 +639,22 @@ impl Exchange {
         match (state, event) {
             (State::ForwardBody, Event::RequestBody(body)) => {
                 match forward.request(gateway, body, &self.request_id) {
-                    Ok(request) => {
-                        // A submission counts against the key's and team's request limits
-                        // and is refused once a budget is spent, as a synchronous request
-                        // is (on this host's counters); its tokens and cost are the task
-                        // plane's to meter, so nothing is reserved for them here.
-                        match admit(
-                            cx.counters,
-                            &forward.scopes,
-                            crate::limits::Estimate::default(),
-                            cx.now_ms,
-                        ) {
-                            Ok(admission) => {
-                                self.ratelimit_headers = admission.headers.clone();
-                                self.admission = Some(admission);
-                            }
-                            Err(refusal) => {
-                                self.ratelimit_headers = refusal.headers;
-                                return self.reply_error(&refusal.error);
-                            }
-                        }
-                        self.state = State::Waiting;
-                        vec![Action::Send(Box::new(Send {
+                    // A submission is admitted exactly as a synchronous request is (the
+                    // key's and team's scopes, shared through the control plane when there
+                    // is one); its tokens and cost are the task plane's to meter, so its
+                    // estimate is one request and nothing more.
+                    Ok(request) => self.admit_then(
+                        gateway,
+                        Granted::Forward(Box::new(Send {
                             attempt: 0,
                             timeout_ms: request.timeout_ms,
                             request,
                             stream: false,
                             // Kept a call: the core reads its answer whole and relays it.
                             route: false,
-                        }))]
-                    }
+                        })),
+                        cx,
+                    ),
                     Err(err) => self.reply_error(&err),
                 }
             }
@@ -731,43 +731,79 @@ impl Exchange {
             Ok(plan) => plan,
             Err(err) => return self.reply_error(&err),
         };
-        let remote = match gateway.control_plane() {
-            Some((cfg, Some(token))) if !plan.scopes.is_empty() => Some(cfg.admit_request(
-                token,
-                &crate::control::AdmitRequest {
-                    request_id: self.request_id.clone(),
-                    scopes: plan.scopes.clone(),
-                    estimate: plan.estimate,
-                },
-            )),
-            _ => None,
-        };
         self.plan = Some(plan);
-        if let Some(request) = remote {
-            self.state = State::Admitting;
-            return vec![Action::Admit(Box::new(request))];
-        }
-        self.admit_locally(Vec::new(), cx)
+        self.admit_then(gateway, Granted::Attempts, cx)
     }
 
-    /// Admits the request against this host's own counters, then sends its first attempt.
-    fn admit_locally(&mut self, actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
-        let Some(plan) = &self.plan else {
-            return self.reply_error(&no_plan());
+    /// The limits a request counts against and its estimate: a plan's, or for a task-plane
+    /// submission its key's and team's scopes with a zero estimate (one request, no tokens,
+    /// no cost); a task-plane read has no scopes.
+    fn admission_inputs(&self) -> (&[Scope], Estimate) {
+        match (&self.plan, &self.forward) {
+            (Some(plan), _) => (&plan.scopes, plan.estimate),
+            (None, Some(forward)) => (&forward.scopes, Estimate::default()),
+            (None, None) => (&[], Estimate::default()),
+        }
+    }
+
+    /// Admits the request against the key's and team's limits, then does what `granted`
+    /// says. With a control plane (and its token) the limits are shared by every edge
+    /// instance: the request waits for [`Action::Admit`]'s answer. Otherwise this host's own
+    /// counters decide. The one admission path for planned and task-plane requests alike.
+    fn admit_then(&mut self, gateway: &Gateway, granted: Granted, cx: &Ctx<'_>) -> Vec<Action> {
+        let (scopes, estimate) = self.admission_inputs();
+        if !scopes.is_empty() {
+            if let Some((cfg, Some(token))) = gateway.control_plane() {
+                let request = cfg.admit_request(
+                    token,
+                    &crate::control::AdmitRequest {
+                        request_id: self.request_id.clone(),
+                        scopes: scopes.to_vec(),
+                        estimate,
+                    },
+                );
+                self.state = State::Admitting(granted);
+                return vec![Action::Admit(Box::new(request))];
+            }
+        }
+        self.admit_locally(Vec::new(), granted, cx)
+    }
+
+    /// Admits the request against this host's own counters, then does what `granted` says.
+    fn admit_locally(
+        &mut self,
+        mut actions: Vec<Action>,
+        granted: Granted,
+        cx: &Ctx<'_>,
+    ) -> Vec<Action> {
+        let outcome = {
+            let (scopes, estimate) = self.admission_inputs();
+            admit(cx.counters, scopes, estimate, cx.now_ms)
         };
-        match admit(cx.counters, &plan.scopes, plan.estimate, cx.now_ms) {
+        match outcome {
             Ok(admission) => {
                 self.ratelimit_headers = admission.headers.clone();
                 self.admission = Some(admission);
+                self.granted(actions, granted, cx)
             }
             Err(refusal) => {
                 self.ratelimit_headers = refusal.headers;
-                let mut actions = actions;
                 actions.extend(self.reply_error(&refusal.error));
-                return actions;
+                actions
             }
         }
-        self.start_attempts(actions, cx)
+    }
+
+    /// The request is admitted: send its first attempt, or its call to the task plane.
+    fn granted(&mut self, mut actions: Vec<Action>, granted: Granted, cx: &Ctx<'_>) -> Vec<Action> {
+        match granted {
+            Granted::Attempts => self.start_attempts(actions, cx),
+            Granted::Forward(send) => {
+                self.state = State::Waiting;
+                actions.push(Action::Send(send));
+                actions
+            }
+        }
     }
 
     fn start_attempts(&mut self, actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
@@ -856,7 +892,12 @@ impl Exchange {
     /// The control plane admitted the request (its reservation settles when the usage record
     /// reaches the ledger), refused it, or could not be asked: then this host's own counters
     /// decide, so an outage degrades limits to per-instance ones instead of refusing traffic.
-    fn on_admit_answer(&mut self, answer: Option<(u16, &[u8])>, cx: &Ctx<'_>) -> Vec<Action> {
+    fn on_admit_answer(
+        &mut self,
+        answer: Option<(u16, &[u8])>,
+        granted: Granted,
+        cx: &Ctx<'_>,
+    ) -> Vec<Action> {
         let parsed = answer.and_then(|(status, body)| {
             let answer: crate::control::AdmitAnswer = serde_json::from_slice(body).ok()?;
             matches!(status, 200 | 429).then_some(answer)
@@ -866,7 +907,7 @@ impl Exchange {
                 self.ratelimit_headers = answer.headers;
                 match answer.refusal {
                     Some(refusal) => self.reply_error(&refusal.error()),
-                    None => self.start_attempts(Vec::new(), cx),
+                    None => self.granted(Vec::new(), granted, cx),
                 }
             }
             None => {
@@ -876,7 +917,7 @@ impl Exchange {
                      this instance's own limits apply",
                     self.request_id
                 ));
-                self.admit_locally(vec![log], cx)
+                self.admit_locally(vec![log], granted, cx)
             }
         }
     }

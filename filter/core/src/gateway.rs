@@ -337,7 +337,10 @@ impl Gateway {
         let path = head.path.split('?').next().unwrap_or("");
         let path = path.trim_end_matches('/');
         let gemini = ingress::gemini::route(path);
+        // `GET /v1/models/{id}`: one model of the listing.
+        let model_id = path.strip_prefix("/v1/models/").filter(|id| !id.is_empty());
         let (endpoint, method) = match path {
+            _ if model_id.is_some() => (Some(Endpoint::Models), "GET"),
             "/v1/chat/completions" => (Some(Endpoint::ChatCompletions), "POST"),
             "/v1/messages" => (Some(Endpoint::Messages), "POST"),
             "/v1/responses" => (Some(Endpoint::Responses), "POST"),
@@ -388,7 +391,7 @@ impl Gateway {
             return reply(self.too_large());
         }
         if endpoint == Endpoint::Models {
-            return HeadOutcome::Reply(LocalReply::json(200, self.models_body(key, dialect)));
+            return HeadOutcome::Reply(self.models_reply(key, dialect, model_id));
         }
         HeadOutcome::ReadBody(Admitted {
             endpoint,
@@ -414,56 +417,121 @@ impl Gateway {
         .with_code("request_too_large")
     }
 
-    fn models_body(&self, key: &crate::keys::GatewayKey, dialect: Dialect) -> Vec<u8> {
-        // Each name with its first deployment's catalog entry, whose fields describe it.
-        let named: Vec<(&str, Option<&crate::catalog::CatalogModel>)> = self
+    /// Every model the key may use that the gateway can route, with what it does: the
+    /// synchronous models that have a servable deployment, and, when a task plane is
+    /// configured, the models of asynchronous providers (served through `/v1/tasks` only).
+    fn listed_models(&self, key: &crate::keys::GatewayKey) -> Vec<ListedModel<'_>> {
+        let sync = self
             .config
             .models
             .iter()
             .filter(|m| self.unservable_reason(m).is_none())
             .flat_map(|m| {
+                // Described by its first deployment's catalog entry, if any.
                 let entry = m.deployments.iter().find_map(|d| d.catalog_entry);
+                let mode = self.config.mode_of(m);
                 std::iter::once(m.name.as_str())
                     .chain(m.aliases.iter().map(String::as_str))
-                    .map(move |n| (n, entry))
-            })
-            .filter(|(n, _)| key.allows(n))
-            .collect();
-        let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
-        let with_catalog = |mut item: Value, entry: Option<&crate::catalog::CatalogModel>| {
-            if let (Some(obj), Some(Value::Object(fields))) =
-                (item.as_object_mut(), entry.map(|e| e.describe()))
-            {
-                obj.extend(fields);
+                    .map(move |name| ListedModel {
+                        name,
+                        mode,
+                        entry,
+                        tasks_only: false,
+                    })
+            });
+        let tasks = &self.config.task_providers;
+        let task_models = tasks
+            .models
+            .iter()
+            .filter(|_| self.tasks().is_some())
+            .flat_map(|m| {
+                let mode = tasks.mode_of(m);
+                std::iter::once(m.name.as_str())
+                    .chain(m.aliases.iter().map(String::as_str))
+                    .map(move |name| ListedModel {
+                        name,
+                        mode,
+                        entry: None,
+                        tasks_only: true,
+                    })
+            });
+        sync.chain(task_models)
+            .filter(|m| key.allows(m.name))
+            .collect()
+    }
+
+    /// `GET /v1/models` (the list) or `GET /v1/models/{id}` (one, else 404) in the caller's
+    /// dialect. OpenAI's shape stays what its SDK reads (`{object: "list", data: [{id,
+    /// object: "model", created, owned_by}]}`); each entry adds `mode` (chat, embedding,
+    /// image, speech, transcription, video), `tasks_only` for models served through
+    /// `/v1/tasks` alone, and its catalog entry's fields when it has one.
+    fn models_reply(
+        &self,
+        key: &crate::keys::GatewayKey,
+        dialect: Dialect,
+        id: Option<&str>,
+    ) -> LocalReply {
+        let mut listed = self.listed_models(key);
+        if let Some(id) = id {
+            listed.retain(|m| m.name == id);
+            if listed.is_empty() {
+                let err =
+                    GatewayError::new(ErrorKind::NotFound, format!("model `{id}` does not exist"))
+                        .with_code("model_not_found")
+                        .with_param("model");
+                return LocalReply::error(&err, dialect);
+            }
+        }
+        let describe = |mut item: Value, m: &ListedModel<'_>| {
+            if let Some(obj) = item.as_object_mut() {
+                if let Some(Value::Object(fields)) = m.entry.map(|e| e.describe()) {
+                    obj.extend(fields);
+                }
+                obj.insert("mode".into(), json!(m.mode.as_str()));
+                obj.insert("tasks_only".into(), json!(m.tasks_only));
             }
             item
         };
-        let body = match dialect {
-            Dialect::OpenAi | Dialect::Responses => json!({
-                "object": "list",
-                "data": named.iter().map(|(n, e)| with_catalog(json!({"id": n, "object": "model", "created": 0, "owned_by": "switchyard"}), *e)).collect::<Vec<_>>(),
-            }),
-            Dialect::Anthropic => json!({
-                "data": named.iter().map(|(n, e)| with_catalog(json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}), *e)).collect::<Vec<_>>(),
+        let names: Vec<&str> = listed.iter().map(|m| m.name).collect();
+        let items: Vec<Value> = listed
+            .iter()
+            .map(|m| match dialect {
+                Dialect::OpenAi | Dialect::Responses => describe(
+                    json!({"id": m.name, "object": "model", "created": 0, "owned_by": "switchyard"}),
+                    m,
+                ),
+                Dialect::Anthropic => describe(
+                    json!({"type": "model", "id": m.name, "display_name": m.name,
+                           "created_at": "1970-01-01T00:00:00Z"}),
+                    m,
+                ),
+                Dialect::Gemini => {
+                    let mut item = json!({
+                        "name": format!("models/{}", m.name), "displayName": m.name,
+                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
+                    });
+                    if let Some(e) = m.entry {
+                        item["inputTokenLimit"] = json!(e.context_window);
+                        item["outputTokenLimit"] = json!(e.max_output);
+                    }
+                    item
+                }
+            })
+            .collect();
+        let body = match (id, dialect) {
+            (Some(_), _) => items.into_iter().next().unwrap_or_default(),
+            (None, Dialect::OpenAi | Dialect::Responses) => {
+                json!({"object": "list", "data": items})
+            }
+            (None, Dialect::Anthropic) => json!({
+                "data": items,
                 "has_more": false,
                 "first_id": names.first(),
                 "last_id": names.last(),
             }),
-            Dialect::Gemini => json!({
-                "models": named.iter().map(|(n, e)| {
-                    let mut m = json!({
-                        "name": format!("models/{n}"), "displayName": n,
-                        "supportedGenerationMethods": ["generateContent", "streamGenerateContent"],
-                    });
-                    if let Some(e) = e {
-                        m["inputTokenLimit"] = json!(e.context_window);
-                        m["outputTokenLimit"] = json!(e.max_output);
-                    }
-                    m
-                }).collect::<Vec<_>>(),
-            }),
+            (None, Dialect::Gemini) => json!({"models": items}),
         };
-        serde_json::to_vec(&body).unwrap_or_default()
+        LocalReply::json(200, serde_json::to_vec(&body).unwrap_or_default())
     }
 
     /// The body phase: parse, authorise the model, and build the attempt chain.
@@ -1284,4 +1352,16 @@ impl Gateway {
             .map(|s| s.0.as_str());
         Some((location, token))
     }
+}
+
+/// One entry of `/v1/models`.
+struct ListedModel<'a> {
+    /// The name (or alias) clients send.
+    name: &'a str,
+    /// What it does.
+    mode: crate::catalog::Mode,
+    /// Its catalog entry, whose fields describe it.
+    entry: Option<&'static crate::catalog::CatalogModel>,
+    /// Served through `/v1/tasks` only (an asynchronous provider's model).
+    tasks_only: bool,
 }

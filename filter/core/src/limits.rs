@@ -13,7 +13,9 @@
 //! * **Budgets** (USD per day, week, month or in total) are *reservations*: a request reserves
 //!   an upper estimate of its cost (input tokens bounded by the body's size, output tokens by
 //!   `max_tokens` or the model's `max_output_tokens`, at the most expensive deployment of its
-//!   chain) and is refused when `spent + reserved + estimate` would pass the budget; at the end
+//!   chain) and is refused when `spent + reserved + estimate` would pass the budget, or when
+//!   nothing of it is left (so a request estimated at zero — a task submit, whose cost the
+//!   task plane meters later, or an unpriced model — stops with the rest); at the end
 //!   the reservation is released and the real cost added. Concurrent requests therefore
 //!   cannot overshoot: within one store the worst case is `spent ≤ budget + Σ (actual −
 //!   estimate)` over requests whose cost exceeded their estimate, which is zero while the
@@ -588,7 +590,7 @@ fn take(
             store.update(&scope.record("budget"), &mut |cur| {
                 let mut l = Ledger::decode(cur, start);
                 left = limit - l.spent_nano - l.reserved_nano;
-                ok = estimate.cost_nano <= left;
+                ok = left > 0 && estimate.cost_nano <= left;
                 ok.then(|| {
                     l.reserved_nano += estimate.cost_nano;
                     l.encode()
@@ -602,20 +604,27 @@ fn take(
                 } else {
                     format!("it renews in {}", human_duration(next - now_ms))
                 };
-                refusal = Some((
-                    GatewayError::new(
-                        ErrorKind::RateLimited,
-                        format!(
-                            "the budget of ${} per {} for {} cannot cover this request (up to ${} \
-                             estimated, ${} left); {renews}",
-                            budget.usd,
-                            period_name(budget.period),
-                            scope.name,
-                            nano_to_usd(estimate.cost_nano),
-                            nano_to_usd(left.max(0)),
-                        ),
+                let message = if left <= 0 {
+                    format!(
+                        "the budget of ${} per {} for {} is spent; {renews}",
+                        budget.usd,
+                        period_name(budget.period),
+                        scope.name,
                     )
-                    .with_code("insufficient_quota"),
+                } else {
+                    format!(
+                        "the budget of ${} per {} for {} cannot cover this request (up to ${} \
+                         estimated, ${} left); {renews}",
+                        budget.usd,
+                        period_name(budget.period),
+                        scope.name,
+                        nano_to_usd(estimate.cost_nano),
+                        nano_to_usd(left),
+                    )
+                };
+                refusal = Some((
+                    GatewayError::new(ErrorKind::RateLimited, message)
+                        .with_code("insufficient_quota"),
                     if budget.period == Period::Total {
                         0
                     } else {
@@ -895,6 +904,14 @@ mod tests {
         let b = admit(&store, &scopes, est(10, 0.9), T0).unwrap();
         b.settle(&store, 10, usd_to_nano(0.9), T0);
         assert!(admit(&store, &scopes, est(1, 0.01), T0).is_err(), "spent");
+        // Spent exactly: even a request estimated at nothing (a task submit) is refused.
+        let spent = admit(&store, &scopes, est(0, 0.0), T0).unwrap_err();
+        assert_eq!(spent.error.code, Some("insufficient_quota"));
+        assert!(
+            spent.error.message.contains("is spent"),
+            "{}",
+            spent.error.message
+        );
         // The next day the budget is whole again.
         assert!(admit(&store, &scopes, est(1, 0.9), T0 + DAY_MS).is_ok());
     }

@@ -135,6 +135,7 @@ mod tests {
         ModelConfig {
             name: "m".into(),
             aliases: vec![],
+            mode: None,
             strategy,
             fallback: None,
             queue: None,

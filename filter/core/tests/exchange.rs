@@ -12,7 +12,7 @@ use switchyard_core::exchange::{
 };
 use switchyard_core::health::{HealthSnapshot, HealthStore, MemoryHealthStore};
 use switchyard_core::keys::hash_key;
-use switchyard_core::limits::MemoryCounters;
+use switchyard_core::limits::{charge, usd_to_nano, MemoryCounters, Quota, Scope};
 use switchyard_core::routing::HealthView;
 use switchyard_core::{Gateway, RequestHead};
 
@@ -1048,6 +1048,255 @@ fn a_task_submit_counts_against_the_keys_request_limit() {
         header(&headers, "x-ratelimit-remaining-requests"),
         Some("0")
     );
+}
+
+/// A limited gateway with a task plane, and a control plane when `control_plane` is set.
+fn task_gateway(key_limits: Value, control_plane: bool) -> Gateway {
+    let mut config = limited_config(key_limits);
+    config["tasks"] = json!({"base_url": "http://tasks.test", "token_secret": "EDGE_TOKEN"});
+    if control_plane {
+        config["control_plane"] =
+            json!({"base_url": "http://cp.test", "token_secret": "EDGE_TOKEN"});
+    }
+    Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&|_| Some("edge-token".to_string()))
+}
+
+/// The three ways a request reaches admission: a synchronous chat request, `POST /v1/tasks`,
+/// and an Anthropic client's `/v1/messages` with `Prefer: respond-async`.
+#[derive(Clone, Copy, Debug)]
+enum Way {
+    Sync,
+    Submit,
+    RespondAsync,
+}
+
+impl Host {
+    /// Sends one request the `way` says, for model `priced`; the actions after its body.
+    fn send_way(&mut self, way: Way) -> Vec<Action> {
+        self.ex = Exchange::new();
+        let messages = json!([{"role": "user", "content": "hi"}]);
+        match way {
+            Way::Sync => self.request(
+                "/v1/chat/completions",
+                json!({"model": "priced", "max_tokens": 10, "messages": messages}),
+            ),
+            Way::Submit => self.request(
+                "/v1/tasks",
+                json!({"model": "priced", "input": {"messages": messages}}),
+            ),
+            Way::RespondAsync => {
+                let forwarded = [("prefer", "respond-async")];
+                let actions = self.feed(Event::RequestHead(RequestHead {
+                    method: "POST",
+                    path: "/v1/messages",
+                    x_api_key: Some(KEY),
+                    anthropic_version: Some("2023-06-01"),
+                    forwarded: &forwarded,
+                    ..Default::default()
+                }));
+                assert!(
+                    matches!(actions.as_slice(), [Action::ReadBody { .. }]),
+                    "{actions:?}"
+                );
+                let body = json!({"model": "priced", "max_tokens": 10, "messages": messages});
+                self.feed(Event::RequestBody(&serde_json::to_vec(&body).unwrap()))
+            }
+        }
+    }
+}
+
+/// The one admission call in `actions`: its path and its body.
+fn admit_call(actions: &[Action]) -> (String, Value) {
+    match actions {
+        [Action::Admit(request)] => (
+            format!("{}{}", request.authority, request.path),
+            serde_json::from_slice(&request.body).unwrap(),
+        ),
+        other => panic!("expected one admission call, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_task_submit_asks_the_control_plane_as_a_sync_request_does() {
+    let mut h = Host::with(task_gateway(json!({"rpm": 5}), true));
+    let mut calls = Vec::new();
+    for way in [Way::Sync, Way::Submit, Way::RespondAsync] {
+        let (target, call) = admit_call(&h.send_way(way));
+        assert_eq!(target, "cp.test/edge/v1/admit", "{way:?}");
+        assert_eq!(call["request_id"], h.ex.request_id(), "{way:?}");
+        calls.push(call);
+    }
+    // The same scopes, with their quotas, whichever way the request came.
+    assert_eq!(calls[0]["scopes"], calls[1]["scopes"]);
+    assert_eq!(calls[0]["scopes"], calls[2]["scopes"]);
+    let names: Vec<&str> = calls[0]["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["key:k1", "team:blue"]);
+    // A submission is one request and nothing more: its tokens and cost are the task plane's.
+    assert!(calls[0]["estimate"]["tokens"].as_u64().unwrap() > 0);
+    for call in &calls[1..] {
+        assert_eq!(call["estimate"], json!({"tokens": 0, "cost_nano": 0}));
+    }
+}
+
+#[test]
+fn a_task_submit_the_control_plane_admits_goes_to_the_task_plane_and_settles_by_its_record() {
+    let mut h = Host::with(task_gateway(json!({"rpm": 5}), true));
+    for way in [Way::Submit, Way::RespondAsync] {
+        let (_, call) = admit_call(&h.send_way(way));
+        let answer = json!({"headers": [["x-ratelimit-limit-requests", "5"],
+                                        ["x-ratelimit-remaining-requests", "3"]]});
+        let actions = h.feed(Event::AdmitAnswer(Some((
+            200,
+            &serde_json::to_vec(&answer).unwrap(),
+        ))));
+        assert_eq!(
+            sent(&actions),
+            [(0, "tasks.test".to_string(), 10_000)],
+            "{way:?}"
+        );
+        h.head(202, "application/json");
+        let task = br#"{"id":"task_1","object":"task","status":"queued"}"#;
+        let (status, _, headers) = reply(&h.feed(Event::UpstreamBody(task)));
+        assert_eq!(status, 202, "{way:?}");
+        assert_eq!(
+            header(&headers, "x-ratelimit-remaining-requests"),
+            Some("3"),
+            "{way:?}"
+        );
+        // Its usage record carries the admitted request id: the ledger settles the
+        // control plane's reservation with it.
+        let record = h.finish(Ending::default());
+        assert_eq!(record.request_id, call["request_id"].as_str().unwrap());
+        assert_eq!((record.key_id.as_str(), record.cost), ("k1", 0.0));
+    }
+}
+
+#[test]
+fn a_task_submit_the_control_plane_refuses_is_its_429_in_the_callers_dialect() {
+    let mut h = Host::with(task_gateway(json!({"rpm": 5}), true));
+    let refusals = [
+        (
+            "rate_limit_exceeded",
+            "too many requests for key:k1",
+            Some(30),
+        ),
+        (
+            "insufficient_quota",
+            "the budget of $1 per day for key:k1 is spent",
+            Some(3600),
+        ),
+    ];
+    for way in [Way::Submit, Way::RespondAsync] {
+        for (code, message, retry_after) in refusals {
+            admit_call(&h.send_way(way));
+            let answer = json!({
+                "headers": [["x-ratelimit-limit-requests", "5"],
+                            ["x-ratelimit-remaining-requests", "0"]],
+                "refusal": {"message": message, "code": code, "retry_after": retry_after}
+            });
+            let actions = h.feed(Event::AdmitAnswer(Some((
+                429,
+                &serde_json::to_vec(&answer).unwrap(),
+            ))));
+            assert!(sent(&actions).is_empty(), "{way:?}: {actions:?}");
+            let (status, body, headers) = reply(&actions);
+            assert_eq!(status, 429, "{way:?} {code}");
+            assert_eq!(
+                header(&headers, "x-ratelimit-remaining-requests"),
+                Some("0")
+            );
+            assert_eq!(
+                header(&headers, "retry-after").map(str::to_string),
+                retry_after.map(|s: u64| s.to_string())
+            );
+            match way {
+                Way::RespondAsync => {
+                    // Anthropic's error shape.
+                    assert_eq!(body["type"], "error", "{body}");
+                    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+                    assert_eq!(body["error"]["message"], message);
+                }
+                _ => {
+                    assert_eq!(body["error"]["code"], code, "{body}");
+                    assert_eq!(body["error"]["message"], message);
+                }
+            }
+            assert_eq!(h.finish(Ending::default()).status, 429);
+        }
+    }
+}
+
+#[test]
+fn without_an_answer_from_the_control_plane_a_task_submit_is_admitted_locally() {
+    // One request a minute: the control plane cannot be reached twice, so this instance's
+    // own counters admit the first submit and refuse the second.
+    let mut h = Host::with(task_gateway(json!({"rpm": 1}), true));
+    admit_call(&h.send_way(Way::Submit));
+    let actions = h.feed(Event::AdmitAnswer(None));
+    assert!(
+        matches!(&actions[0], Action::Log(line) if line.contains("own limits apply")),
+        "{actions:?}"
+    );
+    assert_eq!(sent(&actions)[0].1, "tasks.test");
+    h.finish(Ending::default());
+    admit_call(&h.send_way(Way::RespondAsync));
+    let (status, body, _) = reply(&h.feed(Event::AdmitAnswer(Some((503, b"busy")))));
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (429, &json!("rate_limit_error"))
+    );
+}
+
+#[test]
+fn without_a_control_plane_task_submits_and_sync_requests_share_local_limits() {
+    let mut h = Host::with(task_gateway(json!({"rpm": 3}), false));
+    for way in [Way::Sync, Way::Submit, Way::RespondAsync] {
+        let actions = h.send_way(way);
+        assert_eq!(sent(&actions).len(), 1, "{way:?}: {actions:?}");
+        h.finish(Ending::default());
+    }
+    for way in [Way::Submit, Way::RespondAsync] {
+        let (status, body, headers) = reply(&h.send_way(way));
+        assert_eq!(status, 429, "{way:?}");
+        assert_eq!(header(&headers, "retry-after"), Some("20"), "{way:?}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("key:k1"),
+            "{body}"
+        );
+        h.finish(Ending::default());
+    }
+}
+
+#[test]
+fn a_spent_budget_refuses_task_submits_with_the_budget_error() {
+    let limits = json!({"budget": {"usd": 0.01, "period": "total"}});
+    let mut h = Host::with(task_gateway(limits.clone(), false));
+    // Requests spent the key's whole budget, to the nano-dollar: nothing is left, so even a
+    // submit estimated at nothing is refused (its cost is metered by the task plane later).
+    let scope = Scope::key("k1", &serde_json::from_value::<Quota>(limits).unwrap());
+    charge(&h.counters, &scope, 0, usd_to_nano(0.01), h.now_ms);
+    for way in [Way::Submit, Way::RespondAsync] {
+        let actions = h.send_way(way);
+        assert!(sent(&actions).is_empty(), "{way:?}: {actions:?}");
+        let (status, body, _) = reply(&actions);
+        assert_eq!(status, 429, "{way:?}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("is spent"), "{message}");
+        if let Way::Submit = way {
+            assert_eq!(body["error"]["code"], "insufficient_quota");
+        }
+        h.finish(Ending::default());
+    }
 }
 
 #[test]

@@ -524,3 +524,161 @@ fn a_credential_from_the_key_sync_makes_its_provider_servable_and_is_sent() {
         Some("Bearer ya29.second")
     );
 }
+
+// ---- /v1/models ---------------------------------------------------------------------------
+
+/// A gateway with chat, embedding, image, speech and transcription models, and models of
+/// asynchronous providers (served when a task plane is configured: `tasks`).
+fn listing_gateway(tasks: bool) -> Gateway {
+    let mut config = json!({
+        "keys": [
+            {"id": "k1", "sha256": hash_key("sk-gw-test"), "models": ["*"]},
+            {"id": "k2", "sha256": hash_key("sk-gw-flux"), "models": ["flux*"]}
+        ],
+        "providers": {
+            "oa": {"kind": "openai", "base_url": "http://oa.test"},
+            "ws": {"kind": "wavespeed", "base_url": "http://ws.test", "api_key_secret": "WS"},
+            "veo": {"kind": "veo", "base_url": "http://veo.test", "api_key_secret": "VEO"}
+        },
+        "models": [
+            {"name": "chatty", "aliases": ["fast"], "deployments": [{"provider": "oa", "model": "gpt"}]},
+            {"name": "embed", "mode": "embedding", "deployments": [{"provider": "oa", "model": "e"}]},
+            {"name": "painter", "deployments": [
+                {"provider": "oa", "model": "dall-e", "price": {"image": 0.04}}]},
+            {"name": "voice", "mode": "speech", "deployments": [{"provider": "oa", "model": "tts"}]},
+            {"name": "ears", "mode": "transcription", "deployments": [{"provider": "oa", "model": "w"}]},
+            {"name": "flux", "deployments": [
+                {"provider": "ws", "model": "wavespeed-ai/flux-dev", "price": {"image": 0.02}}]},
+            {"name": "veo-3", "deployments": [{"provider": "veo", "model": "veo-3.0-generate-001"}]},
+            {"name": "clip", "mode": "video", "deployments": [
+                {"provider": "ws", "model": "wavespeed-ai/wan-t2v", "price": {"task": 0.2}}]}
+        ]
+    });
+    if tasks {
+        config["tasks"] = json!({"base_url": "http://tasks.test", "token_secret": "EDGE"});
+    }
+    Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&|_| Some("s".to_string()))
+}
+
+/// The local answer to `GET path` with `key` (Anthropic's headers when `anthropic`).
+fn get_models(gw: &Gateway, path: &str, key: &str, anthropic: bool) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let head = RequestHead {
+        method: "GET",
+        path,
+        authorization: (!anthropic).then_some(auth.as_str()),
+        x_api_key: anthropic.then_some(key),
+        anthropic_version: anthropic.then_some("2023-06-01"),
+        ..Default::default()
+    };
+    let HeadOutcome::Reply(reply) = gw.on_request_head(&head, 1_700_000_000) else {
+        panic!("{path} is answered locally");
+    };
+    (reply.status, serde_json::from_slice(&reply.body).unwrap())
+}
+
+#[test]
+fn models_lists_every_routable_model_with_its_mode_in_openais_shape() {
+    let (status, list) = get_models(&listing_gateway(true), "/v1/models", "sk-gw-test", false);
+    assert_eq!(status, 200);
+    assert_eq!(list["object"], "list");
+    let modes: Vec<(&str, &str, bool)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            // OpenAI's model object, as its SDK reads it.
+            assert_eq!(m["object"], "model", "{m}");
+            assert!(m["created"].is_u64() && m["owned_by"].is_string(), "{m}");
+            (
+                m["id"].as_str().unwrap(),
+                m["mode"].as_str().unwrap(),
+                m["tasks_only"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("chatty", "chat", false),
+            ("fast", "chat", false),
+            ("embed", "embedding", false),
+            ("painter", "image", false),
+            ("voice", "speech", false),
+            ("ears", "transcription", false),
+            ("flux", "image", true),
+            ("veo-3", "video", true),
+            ("clip", "video", true),
+        ]
+    );
+    // A key's globs hold for task models too.
+    let (_, list) = get_models(&listing_gateway(true), "/v1/models", "sk-gw-flux", false);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    // Without a task plane, the task models cannot be reached: not listed.
+    let (_, list) = get_models(&listing_gateway(false), "/v1/models", "sk-gw-test", false);
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["tasks_only"] == false),
+        "{list}"
+    );
+}
+
+#[test]
+fn one_model_is_its_listing_entry_and_an_unknown_one_a_404_in_dialect() {
+    let gw = listing_gateway(true);
+    let (status, model) = get_models(&gw, "/v1/models/veo-3", "sk-gw-test", false);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&model["id"], &model["object"], &model["mode"]),
+        (&json!("veo-3"), &json!("model"), &json!("video"))
+    );
+    let (status, model) = get_models(&gw, "/v1/models/fast", "sk-gw-test", true);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&model["type"], &model["id"]),
+        (&json!("model"), &json!("fast"))
+    );
+    // Unknown, and not allowed for the key: the same 404 (no existence leak).
+    for (path, key) in [
+        ("/v1/models/nope", "sk-gw-test"),
+        ("/v1/models/chatty", "sk-gw-flux"),
+    ] {
+        let (status, err) = get_models(&gw, path, key, false);
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(err["error"]["code"], "model_not_found", "{err}");
+    }
+    let (status, err) = get_models(&gw, "/v1/models/nope", "sk-gw-test", true);
+    assert_eq!((status, &err["type"]), (404, &json!("error")));
+    assert_eq!(err["error"]["type"], "not_found_error");
+}
+
+#[test]
+fn a_mode_is_checked_at_load() {
+    let with_model = |model: Value| {
+        let config = json!({
+            "providers": {"oa": {"kind": "openai", "base_url": "http://oa.test"}},
+            "models": [model]
+        });
+        Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+            .err()
+            .map(|e| e.to_string())
+    };
+    let err = with_model(json!({"name": "m", "mode": "hologram",
+                                "deployments": [{"provider": "oa", "model": "x"}]}))
+    .unwrap();
+    assert!(err.contains("unknown mode `hologram`"), "{err}");
+    // A mode that contradicts the model's catalog entry is refused.
+    let chat_entry = switchyard_core::catalog::models()
+        .iter()
+        .find(|m| m.namespace() == "openai" && m.mode == switchyard_core::catalog::Mode::Chat)
+        .unwrap();
+    let err = with_model(json!({"name": "m", "mode": "image",
+                                "deployments": [{"provider": "oa", "catalog": chat_entry.id}]}))
+    .unwrap();
+    assert!(err.contains("is a chat model"), "{err}");
+}

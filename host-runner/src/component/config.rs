@@ -22,7 +22,15 @@ pub struct ComponentConfig {
     /// Origins outbound HTTP may reach (`https://api.openai.com`, `http://127.0.0.1:8100`,
     /// `http://127.0.0.1:*`, `*`); empty allows every destination.
     pub allow_outbound: Vec<String>,
+    /// Instances alive at once (one per request in flight), kept in wasmtime's pooling
+    /// allocator; requests beyond it wait for a free slot. `None` allocates every instance's
+    /// memory on demand (mmap and munmap per request) instead.
+    pub pooled_instances: Option<u32>,
 }
+
+/// Requests a pooled `serve-component` runs at once unless `--max-instances` says otherwise
+/// (wasmtime's own default pool size; Spin's too).
+pub const DEFAULT_POOLED_INSTANCES: u32 = 1000;
 
 /// The `serve-component` command line (parsed by the binary, turned into a
 /// [`ComponentConfig`] here so tests and the CLI share the rules).
@@ -51,6 +59,18 @@ pub struct ServeComponentArgs {
     /// (`https://api.openai.com`, `http://127.0.0.1:*`, `*`). Repeatable; none allows all.
     #[arg(long = "allow-outbound", value_name = "ORIGIN")]
     pub allow_outbound: Vec<String>,
+
+    /// Requests served at once, each in its own instance from a pool reserved at start (as
+    /// Spin's pooling allocator does); more wait for a free instance. The pool reserves
+    /// address space (not memory) for this many linear memories.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_POOLED_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
+
+    /// Allocate each request's instance on demand instead of from a pool (slower: an mmap
+    /// and munmap per request; for hosts that limit address space).
+    #[arg(long)]
+    pub no_pooling: bool,
 }
 
 impl ServeComponentArgs {
@@ -98,6 +118,7 @@ impl ServeComponentArgs {
             variables,
             env,
             allow_outbound: self.allow_outbound,
+            pooled_instances: (!self.no_pooling).then_some(self.max_instances),
         })
     }
 }

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -60,8 +60,7 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
         .iter()
         .map(|o| Origin::parse(o))
         .collect::<Result<Vec<_>, _>>()?;
-    let engine = Engine::new(&wasmtime::Config::new())
-        .map_err(|e| ComponentError::Engine(format!("{e:#}")))?;
+    let (engine, pooled) = engine(config.pooled_instances)?;
     let compile_engine = engine.clone();
     let component = tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
         .await
@@ -93,6 +92,7 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
         key_value: Arc::new(key_value_stores()),
         env: config.env,
         origins: Arc::new(origins),
+        instances: pooled.map(|n| Arc::new(Semaphore::new(n as usize))),
     });
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -115,6 +115,51 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
     })
 }
 
+/// Core instances, tables and memories a pool slot may hold per component instance: a
+/// Rust `wasm32-wasip2` component is one core module plus the small shim modules
+/// `wit-component` adds, so a handful each.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+
+/// Bytes of each pooled linear memory and table kept resident between requests (a request
+/// through the edge worker touches a few MiB of its heap).
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+
+/// The engine, with wasmtime's pooling allocator for `pooled` instances at once when asked
+/// and the host allows it (the number actually pooled comes back). Spin does the same: a fresh instance per
+/// request then reuses a warm slot (its linear memory reset copy-on-write) instead of an mmap,
+/// page faults from zero and an munmap with its TLB shootdown per request, which dominated the
+/// kernel's share of `serve-component`'s profile.
+fn engine(pooled: Option<u32>) -> Result<(Engine, Option<u32>), ComponentError> {
+    if let Some(n) = pooled {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        let per = CORE_INSTANCES_PER_COMPONENT;
+        pool.total_component_instances(n)
+            .total_stacks(n)
+            .max_core_instances_per_component(per)
+            .max_memories_per_component(per)
+            .max_tables_per_component(per)
+            .total_core_instances(n.saturating_mul(per))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(per))
+            // Reset a returning slot's first pages with memset rather than madvise: the
+            // next request touches them again, and each page dropped is a fault to refill.
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES);
+        let mut cfg = wasmtime::Config::new();
+        cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&cfg) {
+            Ok(engine) => return Ok((engine, Some(n))),
+            // E.g. an address-space limit (`ulimit -v`) too small for the reservation.
+            Err(e) => tracing::warn!(
+                "serve-component: no instance pool ({e:#}); allocating instances on demand"
+            ),
+        }
+    }
+    let engine = Engine::new(&wasmtime::Config::new())
+        .map_err(|e| ComponentError::Engine(format!("{e:#}")))?;
+    Ok((engine, None))
+}
+
 /// Links everything a Spin HTTP component may import and checks the component against it.
 fn link(engine: &Engine, component: &Component) -> wasmtime::Result<ProxyPre<RequestState>> {
     let mut linker = Linker::<RequestState>::new(engine);
@@ -131,6 +176,9 @@ struct Server {
     key_value: Arc<HashMap<String, KeyValueStore>>,
     env: Vec<(String, String)>,
     origins: Arc<Vec<Origin>>,
+    /// One permit per pool slot: a request waits here rather than fail to instantiate when
+    /// every slot is taken. `None` without a pool.
+    instances: Option<Arc<Semaphore>>,
 }
 
 impl Server {
@@ -196,13 +244,25 @@ impl Server {
             .new_incoming_request(Scheme::Http, request)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.pre.clone();
+        // Held until the instance is dropped with its store, at the end of the task.
+        let slot = match &self.instances {
+            Some(instances) => Some(instances.clone().acquire_owned().await?),
+            None => None,
+        };
         // The guest keeps running after it sets the response head: it streams the body.
         let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, out)
-                .await
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, out)
+                    .await
+            }
+            .await;
+            // The slot is free for the next request once the instance is gone with its store.
+            drop(store);
+            drop(slot);
+            result
         });
         match receiver.await {
             Ok(Ok(response)) => Ok(response),

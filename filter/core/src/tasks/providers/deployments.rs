@@ -158,6 +158,10 @@ pub struct TaskModelConfig {
     /// Other names for it.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// What it makes, as `/v1/models` reports it; defaults to `video` when it is priced per
+    /// second or served by Veo, else `image`.
+    #[serde(default)]
+    pub mode: Option<crate::catalog::Mode>,
     /// Candidates in order: a task that fails or times out on one is resubmitted to the next
     /// once.
     pub deployments: Vec<TaskDeploymentConfig>,
@@ -187,6 +191,26 @@ impl TaskProviders {
     /// The task model called `name` (or an alias).
     pub fn model(&self, name: &str) -> Option<&TaskModelConfig> {
         self.models.iter().find(|m| m.is_named(name))
+    }
+
+    /// What `model` makes: its configured mode, else `video` when a deployment is priced
+    /// per second or is on Veo, else `image`.
+    pub fn mode_of(&self, model: &TaskModelConfig) -> crate::catalog::Mode {
+        use crate::catalog::Mode;
+        model.mode.unwrap_or_else(|| {
+            let video = model.deployments.iter().any(|d| {
+                d.price.second.is_some()
+                    || self
+                        .providers
+                        .get(&d.provider)
+                        .is_some_and(|p| p.kind == AsyncProvider::Veo)
+            });
+            if video {
+                Mode::Video
+            } else {
+                Mode::Image
+            }
+        })
     }
 }
 
@@ -280,9 +304,54 @@ impl TaskProviders {
     }
 }
 
+/// The task part's entries as they are written in the config's text, so a schema error is
+/// reported with its line and column (the document was parsed into a [`Value`] first, which
+/// keeps no positions).
+#[derive(Deserialize)]
+struct SourceEntries<'a> {
+    #[serde(borrow, default)]
+    providers: BTreeMap<String, &'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    models: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// `value` as a `T`; when it is not one, the error names where in `source` (the config's
+/// text) the entry `find` picks out went wrong, by line and column of the whole text.
+fn typed<T: serde::de::DeserializeOwned>(
+    value: Value,
+    source: Option<&str>,
+    find: impl for<'s> Fn(&'s SourceEntries<'s>) -> Option<&'s serde_json::value::RawValue>,
+) -> Result<T, String> {
+    let err = match serde_json::from_value(value) {
+        Ok(typed) => return Ok(typed),
+        Err(err) => err,
+    };
+    let positioned = source.and_then(|source| {
+        let entries: SourceEntries<'_> = serde_json::from_str(source).ok()?;
+        let raw = find(&entries)?.get();
+        let err = serde_json::from_str::<T>(raw).err()?;
+        // Where the entry starts in the whole text (it is a slice of it).
+        let offset = (raw.as_ptr() as usize).checked_sub(source.as_ptr() as usize)?;
+        let before = source.get(..offset)?;
+        let line = before.matches('\n').count() + err.line();
+        let column = if err.line() == 1 {
+            offset - before.rfind('\n').map_or(0, |nl| nl + 1) + err.column()
+        } else {
+            err.column()
+        };
+        let text = err.to_string();
+        let message = text
+            .rsplit_once(" at line ")
+            .map_or(text.as_str(), |(m, _)| m);
+        Some(format!("{message} at line {line} column {column}"))
+    });
+    Err(positioned.unwrap_or_else(|| err.to_string()))
+}
+
 /// Takes the asynchronous providers, and the models using them, out of a config `document`
-/// (which then holds only the synchronous part), validating them.
-pub fn split(document: &mut Value) -> Result<TaskProviders, String> {
+/// (which then holds only the synchronous part), validating them. `source` is the document's
+/// text, when the caller has it: schema errors then carry their line and column.
+pub fn split(document: &mut Value, source: Option<&str>) -> Result<TaskProviders, String> {
     let mut out = TaskProviders::default();
     if let Some(providers) = document.get_mut("providers").and_then(Value::as_object_mut) {
         let names: Vec<String> = providers
@@ -292,8 +361,10 @@ pub fn split(document: &mut Value) -> Result<TaskProviders, String> {
             .collect();
         for name in names {
             let value = providers.remove(&name).unwrap_or_default();
-            let config: AsyncProviderConfig =
-                serde_json::from_value(value).map_err(|e| format!("provider `{name}`: {e}"))?;
+            let config: AsyncProviderConfig = typed(value, source, |entries| {
+                entries.providers.get(&name).copied()
+            })
+            .map_err(|e| format!("provider `{name}`: {e}"))?;
             if let Some(url) = &config.base_url {
                 crate::providers::BaseUrl::parse(url)
                     .map_err(|e| format!("provider `{name}`: {e}"))?;
@@ -332,7 +403,7 @@ pub fn split(document: &mut Value) -> Result<TaskProviders, String> {
     }
     if let Some(models) = document.get_mut("models").and_then(Value::as_array_mut) {
         let mut kept = Vec::with_capacity(models.len());
-        for model in models.drain(..) {
+        for (index, model) in models.drain(..).enumerate() {
             let uses = |async_side: bool| {
                 model["deployments"].as_array().is_some_and(|ds| {
                     ds.iter().any(|d| {
@@ -354,8 +425,9 @@ pub fn split(document: &mut Value) -> Result<TaskProviders, String> {
                 }
                 (true, false) => {
                     let name = model["name"].as_str().unwrap_or_default().to_string();
-                    let parsed: TaskModelConfig = serde_json::from_value(model)
-                        .map_err(|e| format!("model `{name}`: {e}"))?;
+                    let parsed: TaskModelConfig =
+                        typed(model, source, |entries| entries.models.get(index).copied())
+                            .map_err(|e| format!("model `{name}`: {e}"))?;
                     out.models.push(parsed);
                 }
             }
@@ -434,7 +506,7 @@ mod tests {
     #[test]
     fn async_providers_and_their_models_are_taken_out() {
         let mut document = doc();
-        let task = split(&mut document).unwrap();
+        let task = split(&mut document, None).unwrap();
         assert_eq!(task.providers.len(), 2);
         assert_eq!(task.providers["ds"].kind, AsyncProvider::Dashscope);
         assert_eq!(
@@ -455,29 +527,76 @@ mod tests {
     fn mixed_models_and_misplaced_settings_are_refused() {
         let mut mixed = doc();
         mixed["models"][1]["deployments"][1]["provider"] = json!("local");
-        assert!(split(&mut mixed).unwrap_err().contains("mixes"));
+        assert!(split(&mut mixed, None).unwrap_err().contains("mixes"));
 
         let mut jwks = doc();
         jwks["providers"]["ws"]["webhook_jwks_url"] = json!("https://example.com/jwks");
-        assert!(split(&mut jwks).unwrap_err().contains("`fal`"));
+        assert!(split(&mut jwks, None).unwrap_err().contains("`fal`"));
 
         let mut secret = doc();
         secret["providers"]["ds"]["webhook_secret_secret"] = json!("X");
-        assert!(split(&mut secret)
+        assert!(split(&mut secret, None)
             .unwrap_err()
             .contains("sends no webhooks"));
 
         let mut url = doc();
         url["providers"]["ws"]["base_url"] = json!("ftp://x");
-        assert!(split(&mut url).unwrap_err().contains("scheme"));
+        assert!(split(&mut url, None).unwrap_err().contains("scheme"));
 
         let mut price = doc();
         price["models"][1]["deployments"][0]["price"]["image"] = json!(-1);
-        assert!(split(&mut price).unwrap_err().contains(">= 0"));
+        assert!(split(&mut price, None).unwrap_err().contains(">= 0"));
 
         let mut unknown = doc();
         unknown["models"][1]["deployments"][0]["weight"] = json!(2);
-        assert!(split(&mut unknown).unwrap_err().contains("unknown field"));
+        assert!(split(&mut unknown, None)
+            .unwrap_err()
+            .contains("unknown field"));
+    }
+
+    #[test]
+    fn schema_errors_name_their_line_and_column_in_the_config_text() {
+        let text = r#"{
+  "providers": {
+    "local": {"kind": "openai", "base_url": "http://127.0.0.1:8100"},
+    "ws": {"kind": "wavespeed",
+           "api_key_secret": "WS_KEY", "webhook_secret": "WS_HOOK"}
+  },
+  "models": [
+    {"name": "chat", "deployments": [{"provider": "local", "model": "m"}]},
+    {"name": "flux", "deployments": [
+      {"provider": "ws", "model": "wavespeed-ai/flux-dev",
+       "price": {"image": "cheap"}}]}
+  ]
+}"#;
+        let split_text = |text: &str| {
+            let mut document: Value = serde_json::from_str(text).unwrap();
+            split(&mut document, Some(text)).unwrap_err()
+        };
+        // The provider's unknown field: line 5, where `"webhook_secret"` ends.
+        let err = split_text(text);
+        assert!(
+            err.starts_with("provider `ws`: unknown field `webhook_secret`"),
+            "{err}"
+        );
+        let column = text.lines().nth(4).unwrap().find(": \"WS_HOOK\"").unwrap();
+        assert!(
+            err.ends_with(&format!("at line 5 column {column}")),
+            "{err}"
+        );
+        // The model's price of the wrong type: line 11, in its model's entry.
+        let fixed = text.replace("\"webhook_secret\"", "\"webhook_secret_secret\"");
+        let err = split_text(&fixed);
+        assert!(
+            err.starts_with("model `flux`: invalid type: string \"cheap\""),
+            "{err}"
+        );
+        assert!(err.contains("at line 11 column "), "{err}");
+        // Through the gateway's own loader, too.
+        let err = crate::config::GatewayConfig::from_json(text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at line 5 column"), "{err}");
     }
 
     #[test]
