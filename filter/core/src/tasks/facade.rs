@@ -378,7 +378,7 @@ mod tests {
                 {"name": "wan-video", "deployments": [{"provider": "ds", "model": "wan2.1-t2v-turbo"}]}
             ]
         });
-        crate::tasks::providers::deployments::split(&mut doc).unwrap()
+        crate::tasks::providers::deployments::split(&mut doc, None).unwrap()
     }
 
     fn request(v: Value) -> Map<String, Value> {
