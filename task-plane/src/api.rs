@@ -363,11 +363,15 @@ async fn submit_inner(
                 switchyard_core::tasks::facade::media_kind(submission.operation.as_str()),
                 gateway.config().task_providers.model(name),
             ) {
+                let body = crate::planned::request_body(submission.operation, &submission.request)
+                    .map_err(Error::Refused)?;
+                let media =
+                    switchyard_core::ingress::media::decode(kind, &body).map_err(Error::Refused)?;
                 switchyard_core::tasks::facade::check(
                     kind,
                     model,
                     &gateway.config().task_providers,
-                    &submission.request,
+                    media.response_format.as_deref(),
                 )
                 .map_err(Error::Refused)?;
             } else if submission.operation != Operation::Generation {

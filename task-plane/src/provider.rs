@@ -259,7 +259,10 @@ pub(crate) async fn run(plane: &Plane, task: &mut Task, token: &str) -> Option<B
             } else {
                 "image"
             };
-            if task.operation == Operation::ImagesGenerations {
+            if matches!(
+                task.operation,
+                Operation::ImagesGenerations | Operation::ImagesEdits
+            ) {
                 // The facade: the endpoint's own answer.
                 task.result = Some(switchyard_core::tasks::facade::images_answer(
                     task.created_at_ms / 1000,
@@ -386,17 +389,15 @@ async fn submit(
     // An endpoint's request (the facade) in this provider's own vocabulary.
     let translated = match task.operation {
         Operation::Generation => None,
-        _ => Some(
-            switchyard_core::tasks::facade::provider_input(
-                deployment.provider,
-                task.input.as_object().unwrap_or(&Default::default()),
+        operation => {
+            Some(
+                facade_input(operation, deployment, task).map_err(|error| AttemptFailure {
+                    outcome: format!("status {}", error.status),
+                    error,
+                    retryable: false,
+                })?,
             )
-            .map_err(|error| AttemptFailure {
-                outcome: format!("status {}", error.status),
-                error,
-                retryable: false,
-            })?,
-        ),
+        }
     };
     let call = deployment.provider.submit(&SubmitSpec {
         model: &deployment.model,
@@ -423,6 +424,23 @@ async fn submit(
         &[("provider", deployment.provider.name())],
     );
     Ok(Some(answer))
+}
+
+/// An endpoint's request (the facade's images, or an edit's form with its images) as
+/// `deployment`'s provider takes it.
+fn facade_input(
+    operation: Operation,
+    deployment: &TaskDeployment,
+    task: &Task,
+) -> Result<serde_json::Value, GatewayError> {
+    let input = task.input.as_object().cloned().unwrap_or_default();
+    let request = if operation.multipart() {
+        let form = crate::planned::request_body(operation, &input)?;
+        switchyard_core::tasks::facade::edit_request(&form)?
+    } else {
+        input
+    };
+    switchyard_core::tasks::facade::provider_input(deployment.provider, &request)
 }
 
 async fn checkpoint(plane: &Plane, task: &Task, token: &str) -> bool {

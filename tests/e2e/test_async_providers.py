@@ -20,6 +20,7 @@ provider's failure is the error in OpenAI's dialect; what these providers cannot
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import Counter
@@ -80,6 +81,15 @@ def async_config(doubles) -> dict:
              "price": {"image": 0.03, "task": 0.01}}]},
         {"name": "veo-3", "deployments": [
             {"provider": "veo", "model": "veo-3.0-generate-001", "price": {"second": 0.4}}]},
+        # Image-to-image models (the edits endpoint, images carried as data URLs).
+        {"name": "kontext-ws", "deployments": [
+            {"provider": "ws", "model": "wavespeed-ai/flux-kontext-dev",
+             "price": {"image": 0.025}}]},
+        {"name": "kontext-replicate", "deployments": [
+            {"provider": "rep", "model": "black-forest-labs/flux-kontext-pro",
+             "price": {"image": 0.04}}]},
+        {"name": "kontext-fal", "deployments": [
+            {"provider": "fal", "model": "fal-ai/flux-pro/kontext", "price": {"image": 0.04}}]},
         # The facade waits 1.5 s for this one (its never-finishing test).
         {"name": "flux-stuck", "fallback": {"total_timeout_ms": STUCK_WAIT_MS}, "deployments": [
             {"provider": "ws", "model": "wavespeed-ai/flux-dev", "price": {"image": 0.02}}]},
@@ -382,6 +392,11 @@ FACADE = [("flux-ws", "wavespeed", 0.02, {"num_images": 2, "size": "1024*768"}),
           ("wanx", "dashscope_tasks", 0.03, {"parameters": {"n": 2, "size": "1024*768"}})]
 
 
+# An image to edit: a PNG header, then bytes that are not text.
+EDIT_IMAGE = ("in.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
+EDIT_DATA_URL = "data:image/png;base64," + base64.b64encode(EDIT_IMAGE[1]).decode()
+
+
 def submitted_input(doubles, provider: str, prompt: str) -> dict:
     """The input the provider's double was given for the submit carrying `prompt`."""
     bodies = [r["body"] for r in doubles[provider].requests()
@@ -471,23 +486,50 @@ def test_what_these_providers_cannot_answer_is_a_400_naming_the_model(edge):
     assert "makes video" in caught.value.body["message"]
     with pytest.raises(openai.PermissionDeniedError):
         edge.openai(key=KEY_LIMITED).images.generate(model="flux-ws", prompt="x")
-    # Edits are OpenAI's (and Azure's) here: these models are driven by text prompts.
-    for headers in ({}, {"prefer": "respond-async"}):
-        with pytest.raises(openai.BadRequestError) as caught:
-            client.images.edit(model="flux-ws", prompt="add a hat",
-                               image=("a.png", b"\x89PNG\r\n\x1a\n", "image/png"),
-                               extra_headers=headers)
-        assert "`flux-ws` cannot edit images" in caught.value.body["message"]
+    # Video and DashScope models take no input image here; these providers take no mask.
+    for model in ("veo-3", "wanx"):
+        for headers in ({}, {"prefer": "respond-async"}):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.images.edit(model=model, prompt="add a hat", image=EDIT_IMAGE,
+                                   extra_headers=headers)
+            assert f"`{model}` cannot edit images" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(model="kontext-ws", prompt="add a hat", image=EDIT_IMAGE,
+                           mask=EDIT_IMAGE)
+    assert caught.value.body["param"] == "mask"
 
 
-def test_respond_async_on_the_images_endpoint_runs_on_the_provider(edge, doubles):
-    raw = edge.openai().images.with_raw_response.generate(
-        model="flux-fal", prompt=f"a meadow later via {edge.name}", n=1,
-        extra_headers={"prefer": "respond-async"})
+@pytest.mark.parametrize("operation", ["images.generations", "images.edits"])
+def test_respond_async_on_the_images_endpoints_runs_on_the_provider(edge, doubles, operation):
+    images = edge.openai().images.with_raw_response
+    later = {"prompt": f"a meadow later via {edge.name}",
+             "extra_headers": {"prefer": "respond-async"}}
+    raw = (images.generate(model="flux-fal", n=1, **later) if operation == "images.generations"
+           else images.edit(model="kontext-fal", image=EDIT_IMAGE, **later))
     assert raw.status_code == 202, raw.http_response.text
     task = raw.http_response.json()
-    assert task["operation"] == "images.generations"
+    assert task["operation"] == operation
     done = wait_final(edge, task["id"])
     assert done["status"] == "succeeded", done
     assert done["result"]["data"][0]["url"] == done["outputs"][0]["url"]
     assert done["outputs"][0]["url"].startswith(doubles["fal"].base_url)
+
+
+@pytest.mark.parametrize("model,provider,price,native", [
+    ("kontext-ws", "wavespeed", 0.025, {"num_images": 1, "image": EDIT_DATA_URL}),
+    ("kontext-replicate", "replicate", 0.04, {"input_image": EDIT_DATA_URL}),
+    ("kontext-fal", "fal", 0.04, {"num_images": 1, "image_url": EDIT_DATA_URL})])
+def test_images_edit_runs_on_image_to_image_models(edge, task_plane, doubles, model, provider,
+                                                   price, native):
+    prompt = f"add a red hat via {edge.name} on {model}"
+    raw = edge.openai().images.with_raw_response.edit(model=model, prompt=prompt,
+                                                      image=EDIT_IMAGE)
+    answer = raw.parse()
+    assert [d.url.startswith(doubles[provider].base_url) for d in answer.data] == [True]
+    # The image reached the provider whole, as a data URL where its API takes a URL.
+    assert submitted_input(doubles, provider, prompt) == {"prompt": prompt, **native}
+    task_id = raw.headers["x-switchyard-task-id"]
+    records = ledger_records(task_plane, task_id)
+    assert len(records) == 1 and records[0]["images"] == 1, records
+    assert records[0]["cost"] == pytest.approx(price)
+

@@ -555,9 +555,26 @@ fn image_edits_reach_openai_with_their_form_intact_and_are_metered_per_image() {
     h.gw = facade_gateway();
     let (status, json, _) = reply(&h.request(
         "/v1/images/edits",
-        &edit_form(&[("model", b"flux"), ("prompt", b"x")], &[png]),
+        &edit_form(&[("model", b"veo-3"), ("prompt", b"x")], &[png]),
     ));
     assert_eq!(status, 400, "{json}");
     let message = json["error"]["message"].as_str().unwrap();
-    assert!(message.contains("`flux` cannot edit images"), "{message}");
+    assert!(message.contains("`veo-3` cannot edit images"), "{message}");
+
+    // An edit for a model of asynchronous providers waits on the task plane, form intact.
+    let mut h = Host::new();
+    h.gw = facade_gateway();
+    let form = edit_form(&[("model", b"flux"), ("prompt", b"x")], &[png]);
+    let actions = h.request("/v1/images/edits", &form);
+    let req = sent(&actions);
+    assert_eq!(req.authority, "tasks.test");
+    assert_eq!(
+        header(&req.headers, "x-switchyard-operation"),
+        Some("images.edits")
+    );
+    assert_eq!(
+        header(&req.headers, "content-type"),
+        Some(format!("multipart/form-data; boundary={BOUNDARY}").as_str())
+    );
+    assert_eq!(req.body, form);
 }

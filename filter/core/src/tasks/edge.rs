@@ -398,13 +398,12 @@ impl Forward {
                 (self.route, gateway.config().task_providers.model(&model))
             {
                 if let Some(kind) = crate::tasks::facade::media_kind(operation) {
-                    // A multipart form has no JSON fields to check.
-                    let request = serde_json::from_slice(body).unwrap_or_default();
+                    let media = crate::ingress::media::decode(kind, body)?;
                     crate::tasks::facade::check(
                         kind,
                         task_model,
                         &gateway.config().task_providers,
-                        &request,
+                        media.response_format.as_deref(),
                     )?;
                 }
             }
