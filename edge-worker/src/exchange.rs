@@ -223,7 +223,20 @@ impl Host {
                     Action::StartResponse(head) => {
                         self.start_response(head);
                         let Some(up) = upstream.take() else { continue };
-                        next.extend(self.stream(up).await);
+                        next.extend(self.stream(up, false).await);
+                    }
+                    Action::RelayResponse(mut head) => {
+                        let Some(up) = upstream.take() else { continue };
+                        // The upstream's length goes with its unchanged body, so an answer cut
+                        // mid-body reaches the client as one shorter than it says, not as a
+                        // complete-looking chunked one.
+                        if let Some(length) =
+                            outbound::response_header(&up.response, "content-length")
+                        {
+                            head.headers.push(("content-length".to_string(), length));
+                        }
+                        self.start_response(head);
+                        next.extend(self.stream(up, true).await);
                     }
                     // Data and the end come from `stream`, which writes them itself.
                     Action::Data(_) | Action::EndResponse => {}
@@ -269,15 +282,23 @@ impl Host {
         self.client = Client::Streaming(body);
     }
 
-    /// Passes a streamed answer to the client chunk by chunk until the exchange ends it.
-    async fn stream(&mut self, up: Upstream) -> Vec<Action> {
+    /// Passes a streamed answer to the client chunk by chunk until the exchange ends it; a
+    /// relayed one (`relay`, after `Action::RelayResponse`) passes each upstream chunk itself.
+    async fn stream(&mut self, up: Upstream, relay: bool) -> Vec<Action> {
         let mut upstream = pin!(up.response.take_body_stream());
         loop {
             // Between chunks the stream may idle up to one attempt timeout, so long answers
             // are not cut while a stalled upstream still is.
             let deadline = Deadline::after_ms(up.timeout_ms);
             let actions = match outbound::next_chunk(&mut upstream, deadline).await {
-                Ok(Some(chunk)) => self.feed(Event::UpstreamData(&chunk)),
+                Ok(Some(chunk)) => {
+                    let actions = self.feed(Event::UpstreamData(&chunk));
+                    if relay && !self.send_to_client(chunk).await {
+                        self.client_gone = true;
+                        return actions;
+                    }
+                    actions
+                }
                 Ok(None) => self.feed(Event::UpstreamEnd),
                 Err(failure) => self.feed(Event::UpstreamFailed(&failure.into_core())),
             };

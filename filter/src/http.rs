@@ -38,6 +38,9 @@ enum Phase {
     RoutedBody,
     /// The routed answer streams to the client.
     RoutedStream,
+    /// The routed complete answer passes to the client unchanged as it arrives; the core
+    /// reads each chunk for its usage.
+    RoutedRelay,
     /// A `dispatch_http_call` is in flight, or answered: the response callbacks see only our
     /// own reply (or a held routed response, see `hold_routed`).
     Local,
@@ -292,6 +295,15 @@ impl SwitchyardHttp {
                     }
                     self.phase = Phase::RoutedStream;
                 }
+                Action::RelayResponse(head) => {
+                    // The upstream's body and its length pass unchanged: only the head is
+                    // rewritten, and the body is not held.
+                    self.set_http_response_header(":status", Some(&head.status.to_string()));
+                    for (name, value) in &head.headers {
+                        self.set_http_response_header(name, Some(value));
+                    }
+                    self.phase = Phase::RoutedRelay;
+                }
                 Action::Data(bytes) => done.data.extend(bytes),
                 Action::EndResponse => {}
                 Action::Log(line) => log::warn!("{line}"),
@@ -385,7 +397,7 @@ impl SwitchyardHttp {
     fn give_up_routed(&mut self) {
         if matches!(
             self.phase,
-            Phase::Routed | Phase::RoutedBody | Phase::RoutedStream
+            Phase::Routed | Phase::RoutedBody | Phase::RoutedStream | Phase::RoutedRelay
         ) {
             self.hold_routed = true;
         }
@@ -515,6 +527,12 @@ impl HttpContext for SwitchyardHttp {
         if end_of_stream && actions.contains(&Action::ReadUpstreamBody) {
             // No body follows; the reply is sent in place of this response.
             actions.extend(self.feed(Event::UpstreamBody(&[])));
+        } else if end_of_stream
+            && actions
+                .iter()
+                .any(|a| matches!(a, Action::RelayResponse(_)))
+        {
+            actions.extend(self.feed(Event::UpstreamEnd));
         }
         let performed = self.perform(actions);
         if performed.paused {
@@ -526,7 +544,7 @@ impl HttpContext for SwitchyardHttp {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
         match self.phase {
-            Phase::RoutedStream => {
+            phase @ (Phase::RoutedStream | Phase::RoutedRelay) => {
                 let chunk = self
                     .get_http_response_body(0, body_size)
                     .unwrap_or_default();
@@ -535,7 +553,11 @@ impl HttpContext for SwitchyardHttp {
                     actions.extend(self.feed(Event::UpstreamEnd));
                 }
                 let performed = self.perform(actions);
-                self.set_http_response_body(0, body_size, &performed.data);
+                // A stream's chunk is replaced by the core's bytes; a relayed one passes as
+                // it came (the core only read it).
+                if phase == Phase::RoutedStream {
+                    self.set_http_response_body(0, body_size, &performed.data);
+                }
                 HostAction::Continue
             }
             Phase::RoutedBody => {

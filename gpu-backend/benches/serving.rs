@@ -20,6 +20,9 @@ use gpu_backend::engine::{Engine, EngineConfig};
 use gpu_backend::server::{router, Limits};
 use serde_json::{json, Value};
 
+mod common;
+use common::cpu_seconds;
+
 const MODEL: &str = "smollm2-135m-instruct";
 const EMBED: &str = "all-minilm-l6-v2";
 
@@ -33,25 +36,6 @@ fn models_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-/// CPU seconds this process has used (user + system), from `/proc/self/stat`. On a shared
-/// box wall-clock rates swing with other tenants' load; CPU time per token swings less.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -34,15 +34,15 @@ impl SharedData {
         lock(&self.inner).entries.get(key).cloned()
     }
 
-    /// Store `value`. A non-zero `cas` must match the current version (Envoy semantics: a
-    /// mismatch, including a CAS for a key that no longer exists, is `CasMismatch`); zero
-    /// writes unconditionally.
+    /// Store `value`. A non-zero `cas` must match the version of an existing key, else
+    /// `CasMismatch`; zero writes unconditionally. An absent key is created whatever the
+    /// `cas`, as Envoy does (proxy-wasm-cpp-host `SharedData::set`): a guest gets no atomic
+    /// create on either host, so it must not count on one here.
     pub fn set(&self, key: &[u8], value: Vec<u8>, cas: u32) -> Result<(), Status> {
         let mut inner = lock(&self.inner);
-        if cas != 0 {
-            match inner.entries.get(key) {
-                Some((_, current)) if *current == cas => {}
-                _ => return Err(Status::CasMismatch),
+        if let (Some((_, current)), true) = (inner.entries.get(key), cas != 0) {
+            if *current != cas {
+                return Err(Status::CasMismatch);
             }
         }
         inner.next_cas = inner.next_cas.wrapping_add(1).max(1);
@@ -138,10 +138,9 @@ mod tests {
         let (value, v2) = d.get(b"k").unwrap();
         assert_eq!(value, b"2");
         assert_ne!(v1, v2);
-        assert_eq!(
-            d.set(b"missing", b"x".to_vec(), 7),
-            Err(Status::CasMismatch)
-        );
+        // As in Envoy, a CAS write to an absent key creates it.
+        d.set(b"missing", b"x".to_vec(), 7).unwrap();
+        assert_eq!(d.get(b"missing").unwrap().0, b"x");
     }
 
     #[test]

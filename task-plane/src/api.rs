@@ -32,9 +32,9 @@ use crate::time::now_ms;
 use crate::worker::{finale, Billing};
 use crate::Plane;
 
-pub use switchyard_core::tasks::edge::{OPERATION_HEADER, WEBHOOK_HEADER};
-/// Header bounding how long a synchronous submission waits for its result.
-pub const WAIT_HEADER: &str = "x-switchyard-wait-ms";
+pub use switchyard_core::tasks::edge::{
+    OPERATION_HEADER, TASK_ID_HEADER, WAIT_HEADER, WEBHOOK_HEADER,
+};
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Largest `metadata` accepted, serialized.
@@ -357,6 +357,32 @@ async fn submit_inner(
     };
     match &task_model {
         Some((name, route)) => {
+            // An endpoint's request for a task model (the synchronous facade, or the same
+            // with respond-async): only what its providers can answer.
+            if let (Some(kind), Some(model)) = (
+                switchyard_core::tasks::facade::media_kind(submission.operation.as_str()),
+                gateway.config().task_providers.model(name),
+            ) {
+                let body = crate::planned::request_body(submission.operation, &submission.request)
+                    .map_err(Error::Refused)?;
+                let media =
+                    switchyard_core::ingress::media::decode(kind, &body).map_err(Error::Refused)?;
+                switchyard_core::tasks::facade::check(
+                    kind,
+                    model,
+                    &gateway.config().task_providers,
+                    media.response_format.as_deref(),
+                )
+                .map_err(Error::Refused)?;
+            } else if submission.operation != Operation::Generation {
+                return Err(invalid(
+                    format!(
+                        "model `{name}` is served by asynchronous providers: submit it with \
+                         POST /v1/tasks or an image generation request"
+                    ),
+                    "model",
+                ));
+            }
             if let Some(missing) = route
                 .iter()
                 .map(|d| d.missing_secret.as_ref())
@@ -433,9 +459,15 @@ async fn submit_inner(
         }
         None => None,
     };
+    let synchronous = header(headers, OPERATION_HEADER).is_some() && !wants_async(headers);
+    // A synchronous request's edge names its task (its answer carries the id).
+    let id = match header(headers, TASK_ID_HEADER) {
+        Some(id) if caller.via_edge && synchronous && valid_task_id(id) => id.to_string(),
+        _ => format!("task_{}", control_plane::secrets::random_hex(12)?),
+    };
     let now = now_ms();
     let task = Task {
-        id: format!("task_{}", control_plane::secrets::random_hex(12)?),
+        id,
         key_id: caller.key_id.clone(),
         team: caller.team.clone(),
         model: submission.model.clone(),
@@ -477,7 +509,6 @@ async fn submit_inner(
         plane.wake_tasks.notify_one();
     }
     let task = inserted.task;
-    let synchronous = header(headers, OPERATION_HEADER).is_some() && !wants_async(headers);
     if synchronous {
         let wait_ms = header(headers, WAIT_HEADER)
             .and_then(|v| v.parse().ok())
@@ -489,6 +520,12 @@ async fn submit_inner(
         extra.push(("idempotent-replayed", "true".into()));
     }
     Ok(json_response(StatusCode::ACCEPTED, &task.view(), &extra))
+}
+
+/// Whether `id` is a task id as this plane makes them (`task_` and 24 hex digits).
+fn valid_task_id(id: &str) -> bool {
+    id.strip_prefix("task_")
+        .is_some_and(|hex| hex.len() == 24 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The key's webhook secret, created on first use.
@@ -529,7 +566,7 @@ async fn wait_for_result(plane: &Plane, task: Task, wait_ms: u64) -> Result<Resp
             .with_code("task_timeout");
             let mut response = reply(LocalReply::error(&err, current.operation.dialect()));
             if let Ok(v) = HeaderValue::from_str(&current.id) {
-                response.headers_mut().insert("x-switchyard-task-id", v);
+                response.headers_mut().insert(TASK_ID_HEADER, v);
             }
             return Ok(response);
         }
@@ -550,22 +587,63 @@ async fn wait_for_result(plane: &Plane, task: Task, wait_ms: u64) -> Result<Resp
     }
 }
 
-/// A finished task as its endpoint would have answered.
+/// A finished task as its endpoint would have answered: the JSON answer, speech's raw
+/// audio with its content type, a transcription's text as text.
 fn endpoint_answer(task: &Task) -> Response {
-    let id_header = [("x-switchyard-task-id", task.id.clone())];
+    let id_header = [(TASK_ID_HEADER, task.id.clone())];
+    let output = task.outputs.first();
     match (&task.state, &task.result, &task.error) {
+        (TaskState::Succeeded, _, _)
+            if task.operation == Operation::AudioSpeech
+                && output.is_some_and(|o| o.b64_json.is_some()) =>
+        {
+            let output = output.expect("checked above");
+            let audio = base64::engine::general_purpose::STANDARD
+                .decode(output.b64_json.as_deref().unwrap_or_default())
+                .unwrap_or_default();
+            raw_response(
+                audio,
+                output.content_type.as_deref().unwrap_or("audio/mpeg"),
+                &task.id,
+            )
+        }
         (TaskState::Succeeded, Some(result), _) => {
             json_response(StatusCode::OK, result, &id_header)
+        }
+        (TaskState::Succeeded, None, _)
+            if task.operation == Operation::AudioTranscriptions
+                && output.is_some_and(|o| o.text.is_some()) =>
+        {
+            let output = output.expect("checked above");
+            raw_response(
+                output.text.clone().unwrap_or_default().into_bytes(),
+                output
+                    .content_type
+                    .as_deref()
+                    .unwrap_or("text/plain; charset=utf-8"),
+                &task.id,
+            )
         }
         (_, _, Some(err)) => {
             let mut response = reply(LocalReply::error(err, task.operation.dialect()));
             if let Ok(v) = HeaderValue::from_str(&task.id) {
-                response.headers_mut().insert("x-switchyard-task-id", v);
+                response.headers_mut().insert(TASK_ID_HEADER, v);
             }
             response
         }
         _ => json_response(StatusCode::OK, &task.view(), &id_header),
     }
+}
+
+/// A 200 with `body` as `content_type`, naming the task.
+fn raw_response(body: Vec<u8>, content_type: &str, task_id: &str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    for (name, value) in [("content-type", content_type), (TASK_ID_HEADER, task_id)] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 async fn get_task(State(plane): Shared, headers: HeaderMap, Path(id): Path<String>) -> Response {

@@ -71,6 +71,9 @@ pub enum Operation {
     Generation,
     /// `POST /v1/images/generations`.
     ImagesGenerations,
+    /// `POST /v1/images/edits` (its multipart body is kept base64 in the input, see
+    /// [`MULTIPART_FIELD`]).
+    ImagesEdits,
     /// `POST /v1/audio/speech` (its audio bytes come back as an inline output).
     AudioSpeech,
     /// `POST /v1/audio/transcriptions` (its multipart body is kept base64 in the input, see
@@ -85,12 +88,13 @@ pub const MULTIPART_FIELD: &str = "multipart_base64";
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 7] = [
+    pub const ALL: [Operation; 8] = [
         Operation::ChatCompletions,
         Operation::Messages,
         Operation::Embeddings,
         Operation::Generation,
         Operation::ImagesGenerations,
+        Operation::ImagesEdits,
         Operation::AudioSpeech,
         Operation::AudioTranscriptions,
     ];
@@ -103,6 +107,7 @@ impl Operation {
             Operation::Embeddings => "embeddings",
             Operation::Generation => "generation",
             Operation::ImagesGenerations => "images.generations",
+            Operation::ImagesEdits => "images.edits",
             Operation::AudioSpeech => "audio.speech",
             Operation::AudioTranscriptions => "audio.transcriptions",
         }
@@ -129,6 +134,7 @@ impl Operation {
             Operation::Embeddings => Endpoint::Embeddings,
             Operation::Generation => Endpoint::Media(MediaKind::Images),
             Operation::ImagesGenerations => Endpoint::Media(MediaKind::Images),
+            Operation::ImagesEdits => Endpoint::Media(MediaKind::ImageEdit),
             Operation::AudioSpeech => Endpoint::Media(MediaKind::Speech),
             Operation::AudioTranscriptions => Endpoint::Media(MediaKind::Transcription),
         }
@@ -137,7 +143,10 @@ impl Operation {
     /// Whether its request is a multipart form (kept base64 under [`MULTIPART_FIELD`])
     /// rather than a JSON object.
     pub fn multipart(self) -> bool {
-        self == Operation::AudioTranscriptions
+        matches!(
+            self,
+            Operation::AudioTranscriptions | Operation::ImagesEdits
+        )
     }
 }
 

@@ -77,7 +77,7 @@ fn media_outputs(operation: Operation, body: &[u8], content_type: &str) -> Vec<O
         content_type: None,
     };
     match operation {
-        Operation::ImagesGenerations => {
+        Operation::ImagesGenerations | Operation::ImagesEdits => {
             let json: Value = serde_json::from_slice(body).unwrap_or_default();
             let format = json.get("output_format").and_then(Value::as_str);
             json.get("data")

@@ -20,7 +20,7 @@ use switchyard_core::tasks::providers::{
 };
 use switchyard_core::{ErrorKind, GatewayError};
 
-use crate::model::{Output, Task, TaskState, Usage};
+use crate::model::{Operation, Output, Task, TaskState, Usage};
 use crate::planned::{all_failed, fail, log_attempt, MAX_ATTEMPTS};
 use crate::store;
 use crate::time::now_ms;
@@ -259,6 +259,16 @@ pub(crate) async fn run(plane: &Plane, task: &mut Task, token: &str) -> Option<B
             } else {
                 "image"
             };
+            if matches!(
+                task.operation,
+                Operation::ImagesGenerations | Operation::ImagesEdits
+            ) {
+                // The facade: the endpoint's own answer.
+                task.result = Some(switchyard_core::tasks::facade::images_answer(
+                    task.created_at_ms / 1000,
+                    &answer.outputs,
+                ));
+            }
             task.outputs = answer
                 .outputs
                 .iter()
@@ -376,9 +386,22 @@ async fn submit(
         return Ok(None);
     }
     let webhook = webhook_url(plane, deployment, task);
+    // An endpoint's request (the facade) in this provider's own vocabulary.
+    let translated = match task.operation {
+        Operation::Generation => None,
+        operation => {
+            Some(
+                facade_input(operation, deployment, task).map_err(|error| AttemptFailure {
+                    outcome: format!("status {}", error.status),
+                    error,
+                    retryable: false,
+                })?,
+            )
+        }
+    };
     let call = deployment.provider.submit(&SubmitSpec {
         model: &deployment.model,
-        input: &task.input,
+        input: translated.as_ref().unwrap_or(&task.input),
         webhook_url: webhook.as_deref(),
     });
     let (status, body) = send(plane, deployment, &call)
@@ -401,6 +424,23 @@ async fn submit(
         &[("provider", deployment.provider.name())],
     );
     Ok(Some(answer))
+}
+
+/// An endpoint's request (the facade's images, or an edit's form with its images) as
+/// `deployment`'s provider takes it.
+fn facade_input(
+    operation: Operation,
+    deployment: &TaskDeployment,
+    task: &Task,
+) -> Result<serde_json::Value, GatewayError> {
+    let input = task.input.as_object().cloned().unwrap_or_default();
+    let request = if operation.multipart() {
+        let form = crate::planned::request_body(operation, &input)?;
+        switchyard_core::tasks::facade::edit_request(&form)?
+    } else {
+        input
+    };
+    switchyard_core::tasks::facade::provider_input(deployment.provider, &request)
 }
 
 async fn checkpoint(plane: &Plane, task: &Task, token: &str) -> bool {

@@ -305,7 +305,10 @@ async fn advance(plane: &Plane, task: &mut Task, token: &str) -> Option<Billing>
         task.started_at_ms = Some(now);
     }
     task.state = TaskState::Running;
-    if task.operation == Operation::Generation {
+    // A task model's task runs on its providers, whatever endpoint submitted it (the
+    // synchronous facade's images go there too).
+    let task_model = plane.keyring.gateway().task_route(&task.model).is_some();
+    if task.operation == Operation::Generation || task_model {
         crate::provider::run(plane, task, token).await
     } else {
         crate::planned::run(plane, task).await

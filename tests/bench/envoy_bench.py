@@ -11,17 +11,22 @@ script prints a Markdown table with requests/s, p50 and p99, and ratios against 
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
         [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
         [--component-runner HOST_RUNNER ...] [--components-only] [--filter LABEL=PATH ...]
-        [--empty-filter] [--envoy-options] [--rounds N]
+        [--empty-filter] [--envoy-options] [--rounds N] [--routed-filter LABEL=PATH ...]
 
 With --filter (repeatable), one more Envoy + filter row per build, in the same Envoy, to
-compare filter builds (before/after a change) in one run. --empty-filter adds the floor: the
+compare filter builds (before/after a change) in one run; --routed-filter the same with the
+gateway's `edge.route_complete_answers` opt-in set for that row only, so the default and the
+opt-in of each build are measured side by side. --empty-filter adds the floor: the
 passthrough guest (every callback continues) loaded as a wasm filter the same way, the least
 any wasm filter costs. --envoy-options adds filter.wasm rows with each per-request Envoy
 default turned off (request-id generation; the router's dynamic stats), to price them.
 
 Every row also reports the CPU time per request of the process serving it (the proxies'
 Envoy, host-runner, serve-component), from /proc: on a loaded machine it moves less than
-req/s, which also counts time spent waiting for a core.
+req/s, which also counts time spent waiting for a core; the errors wrk saw (socket errors and
+non-2xx answers; a row with more than 1% non-2xx stops the run); and that process's resident
+memory after the cell (the largest of the rounds, MB). The script raises its open-files limit
+so --conns can include 5000.
 
 With --limits, one more Envoy + filter row whose key has every limit (requests and tokens per
 minute, concurrency, a budget; all far above what the run uses), enforced on Envoy's shared
@@ -43,6 +48,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -102,9 +108,13 @@ ENVOY_OPTIONS = [
 
 
 def cluster(name, port):
+    # Envoy's default circuit breakers (1,024 connections, pending and active requests per
+    # cluster) would answer 503 to most of a 5,000-connection cell: the bench measures the
+    # proxy, not that default, so every row's cluster lifts them alike.
     return f"""
   - name: {name}
     type: STATIC
+    circuit_breakers: {{thresholds: [{{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000}}]}}
     load_assignment:
       cluster_name: {name}
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
@@ -124,7 +134,7 @@ BENCH_LIMITS = {"rpm": 10**8, "tpm": 10**10, "concurrent": 10**6,
 ROUTE_COMPLETE_ANSWERS = False
 
 
-def gateway_config(upstream_port, control_plane_port=None, limits=False):
+def gateway_config(upstream_port, control_plane_port=None, limits=False, routed=False):
     key = {"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}
     if limits:
         key["limits"] = BENCH_LIMITS
@@ -134,7 +144,7 @@ def gateway_config(upstream_port, control_plane_port=None, limits=False):
         "models": [{"name": "bench", "deployments": [{"provider": "up", "model": "bench-upstream",
                                                        "price": {"input": 1.0, "output": 2.0}}]}],
     }
-    if ROUTE_COMPLETE_ANSWERS:
+    if ROUTE_COMPLETE_ANSWERS or routed:
         # Only when set: builds from before the option (`--filter` of an older main) refuse it.
         config["edge"] = {"route_complete_answers": True}
     if control_plane_port:
@@ -159,7 +169,7 @@ static_resources:
   listeners:{listener(up, ROUTER, direct)}
 """
 
-    def wasm_filter(path, vm, cp_port=None, limited=False):
+    def wasm_filter(path, vm, cp_port=None, limited=False, routed=False):
         env = ('''
                   environment_variables: {host_env_keys: [SWITCHYARD_EDGE_TOKEN]}''' if cp_port else "")
         return f"""
@@ -171,15 +181,15 @@ static_resources:
                 allow_on_headers_stop_iteration: true
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {json.dumps(gateway_config(up, cp_port, limited))}
+                  value: {json.dumps(gateway_config(up, cp_port, limited, routed))}
                 vm_config:
                   vm_id: {vm}
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: {path}}}}}{env}"""
     route = "route: {cluster_header: x-switchyard-cluster, timeout: 0s}"
     filters = listener(filtered, wasm_filter(wasm, "main") + ROUTER, route)
-    for i, (_, path, port) in enumerate(extra_filters):
-        filters += listener(port, wasm_filter(path, f"extra{i}") + ROUTER, route)
+    for i, (_, path, port, routed) in enumerate(extra_filters):
+        filters += listener(port, wasm_filter(path, f"extra{i}", routed=routed) + ROUTER, route)
     for (_, hcm, router), port in zip(ENVOY_OPTIONS, options_ports):
         filters += listener(port, wasm_filter(wasm, "main") + router, route, hcm)
     clusters = cluster("upstream", up)
@@ -209,7 +219,7 @@ static_resources:
     return paths
 
 
-def wait_ready(port, deadline=120):
+def wait_ready(port, deadline=300):
     end = time.time() + deadline
     while time.time() < end:
         try:
@@ -236,10 +246,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid):
+    """Resident memory of process `pid` now, MB (from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kb / 1024
+
+
 def run_wrk(port, conns, duration, lua, pid=None):
     """req/s, p50 ms, p99 ms, and with `pid` the CPU µs that process spent per request (its
     CPU time over the cell / requests answered: steadier than req/s on a loaded machine, as
-    it does not count time spent waiting for a core)."""
+    it does not count time spent waiting for a core), the errors wrk saw, and the process's
+    resident memory after the cell."""
     threads = min(2, conns)
     cpu_before = cpu_seconds(pid) if pid else None
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "-s", lua,
@@ -250,10 +268,13 @@ def run_wrk(port, conns, duration, lua, pid=None):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        raise SystemExit(f"port {port}: {errors.group(1)} non-2xx responses\n{out}")
-    return rps, p50, p99, cpu_us
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    non_2xx = int(non_2xx.group(1)) if non_2xx else 0
+    if non_2xx * 100 > max(requests, 1):
+        raise SystemExit(f"port {port}: {non_2xx} non-2xx responses\n{out}")
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = non_2xx + (sum(int(g) for g in socket.groups()) if socket else 0)
+    return rps, p50, p99, cpu_us, errors, (rss_mb(pid) if pid else 0.0)
 
 
 def main():
@@ -275,6 +296,9 @@ def main():
                          "--host-runner), to compare host-runner builds")
     ap.add_argument("--filter", action="append", default=[],
                     help="LABEL=PATH of another filter.wasm build to measure in the same Envoy")
+    ap.add_argument("--routed-filter", action="append", default=[],
+                    help="LABEL=PATH of a filter.wasm build measured with the gateway's "
+                         "edge.route_complete_answers opt-in set for that row only")
     ap.add_argument("--control-plane", metavar="GPU_BACKEND",
                     help="also measure the filter synced to a control plane (key sync and usage "
                          "shipping), run as `GPU_BACKEND --no-models`")
@@ -297,6 +321,11 @@ def main():
     args = ap.parse_args()
     global ROUTE_COMPLETE_ANSWERS
     ROUTE_COMPLETE_ANSWERS = args.route_complete_answers
+    # wrk, Envoy and the hosts inherit it: 5,000 connections need more than the usual 1,024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
     tmp = tempfile.mkdtemp(prefix="switchyard-bench-")
@@ -305,9 +334,10 @@ def main():
     extra_filters = []
     if args.empty_filter:
         args.filter.insert(0, f"empty filter (passthrough guest)={args.passthrough}")
-    for i, spec in enumerate(args.filter):
+    specs = [(spec, False) for spec in args.filter] + [(spec, True) for spec in args.routed_filter]
+    for i, (spec, routed) in enumerate(specs):
         label, _, path = spec.rpartition("=")
-        extra_filters.append((label or path, os.path.abspath(path), base + 30 + i))
+        extra_filters.append((label or path, os.path.abspath(path), base + 60 + i, routed))
     control_plane = (base + 40, base + 41) if args.control_plane else None
     options_ports = [base + 50 + i for i in range(len(ENVOY_OPTIONS))] if args.envoy_options else []
     limits = (base + 42, base + 43) if args.limits else None
@@ -339,7 +369,7 @@ def main():
         if not args.components_only:
             setups += [("envoy pass-through", ports[1], proxies_pid),
                        ("envoy + filter.wasm", ports[2], proxies_pid)]
-            setups += [(f"envoy + {label}", port, proxies_pid) for label, _, port in extra_filters]
+            setups += [(f"envoy + {label}", port, proxies_pid) for label, _, port, _ in extra_filters]
             if control_plane:
                 setups.append(("envoy + filter.wasm + control plane", control_plane[1], proxies_pid))
             if limits:
@@ -381,12 +411,14 @@ def main():
             for _ in range(args.rounds):
                 for name, port, pid in setups:
                     samples[name].append(run_wrk(port, conns, args.duration, lua, pid))
-            # The median round by req/s, per setup; CPU per request is its own median.
+            # The median round by req/s, per setup; CPU per request is its own median; errors
+            # summed over the rounds; memory the largest after any round.
             results = {}
             for name, runs in samples.items():
-                rps, p50, p99, _ = sorted(runs)[len(runs) // 2]
-                cpus = sorted(r[3] for r in runs)
-                results[name] = (rps, p50, p99, cpus[len(cpus) // 2])
+                rps, p50, p99 = sorted(runs)[len(runs) // 2][:3]
+                cpus = sorted(r[3] or 0.0 for r in runs)
+                results[name] = (rps, p50, p99, cpus[len(cpus) // 2], sum(r[4] for r in runs),
+                                 max(r[5] for r in runs))
             rows.append((conns, results))
         cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
         load = open("/proc/loadavg").read().split()[0]
@@ -398,17 +430,21 @@ def main():
               "upstream direct.\n")
         print("CPU µs/req: CPU time of the process serving the row (the proxies' Envoy, host-runner, "
               "or serve-component) over the cell, per request answered.\n")
-        print("| conns | setup | req/s | p50 ms | p99 ms | CPU µs/req | req/s vs pass-through "
-              "| p99 vs pass-through | CPU vs pass-through |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| conns | setup | req/s | p50 ms | p99 ms | CPU µs/req | errors | RSS MB "
+              "| req/s vs pass-through | p99 vs pass-through | CPU vs pass-through |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for conns, results in rows:
-            for name, (rps, p50, p99, cpu) in results.items():
+            for name, (rps, p50, p99, cpu, errors, rss) in results.items():
                 baseline = ("host-runner + passthrough" if name.startswith("host-runner")
                             else "envoy pass-through" if name.startswith("envoy")
                             else "upstream direct")
-                base_rps, _, base_p99, base_cpu = results[baseline]
+                base_rps, _, base_p99, base_cpu = results[baseline][:4]
+
+                def ratio(a, b):
+                    return f"{a / b:.2f}" if b else "—"
                 print(f"| {conns} | {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu:.0f} | "
-                      f"{rps / base_rps:.2f} | {p99 / base_p99:.2f} | {cpu / base_cpu:.2f} |")
+                      f"{errors} | {rss:.0f} | {ratio(rps, base_rps)} | {ratio(p99, base_p99)} | "
+                      f"{ratio(cpu, base_cpu)} |")
     finally:
         for p in procs:
             p.terminate()

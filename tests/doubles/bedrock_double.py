@@ -8,6 +8,14 @@ older than 5 minutes is refused as AWS does), or carry a Bedrock API key as
 fields only, alternating user/assistant turns starting with a user turn, one non-blank
 member per content block, tool blocks only with a `toolConfig`.
 
+Claude's extended thinking (`additionalModelRequestFields.thinking`, Claude model ids only;
+`budget_tokens` at least 1024 and below `maxTokens`) makes the model think: the answer starts
+with a `reasoningContent` block (`reasoningText` with a `signature`, streamed as
+`reasoningContent` deltas: text pieces, then the signature), and signed reasoning sent back in
+an assistant turn must carry the signature the double gave
+(https://docs.aws.amazon.com/bedrock/latest/userguide/claude-messages-extended-thinking.html ,
+https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ReasoningContentBlock.html).
+
 Wire format: https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html ,
 https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ConverseStream.html ,
 event-stream framing: https://docs.aws.amazon.com/transcribe/latest/dg/streaming-setting-up.html
@@ -185,6 +193,45 @@ def validate(body: dict) -> str | None:
     return None
 
 
+def thinking_problem(model: str, body: dict) -> str | None:
+    """The ValidationException for thinking asked wrongly, or signed reasoning sent back that
+    the double did not sign; None when all is well."""
+    thinking = (body.get("additionalModelRequestFields") or {}).get("thinking")
+    if thinking is not None:
+        if "anthropic.claude" not in model:
+            return ("The model returned the following errors: Malformed input request: "
+                    "extraneous key [thinking] is not permitted")
+        if thinking.get("type") == "enabled":
+            budget = thinking.get("budget_tokens")
+            limit = (body.get("inferenceConfig") or {}).get("maxTokens")
+            if not isinstance(budget, int) or budget < 1024:
+                return ("The model returned the following errors: thinking.enabled.budget_tokens: "
+                        "Input should be greater than or equal to 1024")
+            if not isinstance(limit, int) or limit <= budget:
+                return ("The model returned the following errors: `max_tokens` must be greater "
+                        "than `thinking.budget_tokens`")
+        elif thinking.get("type") != "disabled":
+            return "The model returned the following errors: thinking.type: invalid"
+    for m in body.get("messages") or []:
+        for block in m.get("content") or []:
+            rc = block.get("reasoningContent")
+            if rc is None:
+                continue
+            if m.get("role") != "assistant":
+                return "reasoningContent blocks belong in assistant messages"
+            text = rc.get("reasoningText")
+            if text is not None and text.get("signature") != common.sign_thinking(
+                    text.get("text", "")):
+                return ("The model returned the following errors: messages.1.content.0: "
+                        "Invalid `signature` in `thinking` block")
+    return None
+
+
+def thinks(body: dict) -> bool:
+    thinking = (body.get("additionalModelRequestFields") or {}).get("thinking") or {}
+    return thinking.get("type") == "enabled"
+
+
 def conversation(model: str, body: dict, stream: bool) -> Conversation:
     messages = body.get("messages") or []
     texts = [text_of(body.get("system"))] + [text_of(m.get("content")) for m in messages]
@@ -234,6 +281,9 @@ def stop_reason(reply: Reply) -> str:
 
 def content(reply: Reply) -> list[dict]:
     out: list[dict] = []
+    if reply.thinking:
+        out.append({"reasoningContent": {"reasoningText": {
+            "text": reply.thinking, "signature": common.sign_thinking(reply.thinking)}}})
     if reply.text:
         out.append({"text": reply.text})
     for call in reply.tool_calls:
@@ -244,11 +294,20 @@ def content(reply: Reply) -> list[dict]:
 def stream_events(reply: Reply):
     yield event("messageStart", {"role": "assistant"})
     index = 0
+    if reply.thinking:
+        for piece in common.split_text(reply.thinking):
+            yield event("contentBlockDelta", {"contentBlockIndex": index,
+                                              "delta": {"reasoningContent": {"text": piece}}})
+        yield event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
+            "reasoningContent": {"signature": common.sign_thinking(reply.thinking)}}})
+        yield event("contentBlockStop", {"contentBlockIndex": index})
+        index += 1
     if reply.text:
         for piece in common.split_text(reply.text):
-            yield event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
-        yield event("contentBlockStop", {"contentBlockIndex": 0})
-        index = 1
+            yield event("contentBlockDelta", {"contentBlockIndex": index,
+                                              "delta": {"text": piece}})
+        yield event("contentBlockStop", {"contentBlockIndex": index})
+        index += 1
     for call in reply.tool_calls:
         yield event("contentBlockStart", {"contentBlockIndex": index, "start": {
             "toolUse": {"toolUseId": call.id, "name": call.name}}})
@@ -356,7 +415,7 @@ class BedrockDouble:
             assert isinstance(body, dict)
         except (ValueError, AssertionError):
             return aws_error(400, "Malformed input request, please reformat your input and try again.")
-        problem = validate(body)
+        problem = validate(body) or thinking_problem(model, body)
         if problem:
             return aws_error(400, problem)
         conv = conversation(model, body, stream)
@@ -369,6 +428,8 @@ class BedrockDouble:
             if fault["kind"] == "close_headers":
                 return await common.close_mid_headers(request)
         reply = common.plan_reply(PROVIDER, conv, id_prefix="tooluse_")
+        if thinks(body):
+            reply = common.with_thinking(reply, conv)
         entry["response"] = {"usage": reply.usage.__dict__, "text": reply.text,
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
         if not stream:

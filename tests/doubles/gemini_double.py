@@ -6,12 +6,20 @@ Thinking (`generationConfig.thinkingConfig.thinkingBudget` above 0): the thought
 as `thoughtsTokenCount` (apart from `candidatesTokenCount`, in the total) and, with
 `includeThoughts: true`, returned first as a thought part (`thought: true`).
 
+Thought signatures (https://ai.google.dev/gemini-api/docs/thought-signatures): a Gemini 3 model
+(`gemini-3*`) puts a `thoughtSignature` on the first `functionCall` part of every answer with
+calls (parallel calls: the first only), and answers 400 to a request whose current turn (the
+contents after the last user text) has a model step whose first `functionCall` part lacks one
+(or carries one it did not give; Google's documented dummy `skip_thought_signature_validator`
+passes). Gemini 2.x models neither give nor check them.
+
 Wire format: https://ai.google.dev/api/generate-content and
 https://ai.google.dev/gemini-api/docs/thinking (see README.md).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -133,20 +141,87 @@ def response(model: str, parts: list[dict], finish: str | None, usage: dict, rid
             "responseId": rid}
 
 
-def reply_parts(reply: Reply) -> list[dict]:
+def signs_calls(model: str) -> bool:
+    """Gemini 3 models sign (and check) function calls; 2.x models do neither."""
+    return model.startswith("gemini-3")
+
+
+def call_signature(name: str, args) -> str:
+    """The double's thought signature over one call (the real one is opaque too)."""
+    return common.sign_thinking("call:" + name + ":" + json.dumps(
+        args or {}, sort_keys=True, separators=(",", ":")))
+
+
+# Google's documented dummy for calls not made by a Gemini 3 model (thought-signatures page,
+# "FAQ": transferring a conversation from another model).
+DUMMY_SIGNATURES = {"skip_thought_signature_validator", "context_engineering_is_the_way_to_go"}
+
+
+def same_bytes(given, signature: str) -> bool:
+    """`thoughtSignature` is a protobuf `bytes` field: its JSON is base64, and Google's parser
+    takes the standard and the URL-safe alphabet alike (google-genai sends the latter)."""
+    if not isinstance(given, str):
+        return False
+    try:
+        padded = given + "=" * (-len(given) % 4)
+        return base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_")) == \
+            base64.b64decode(signature)
+    except ValueError:
+        return False
+
+
+def call_parts(model: str, reply: Reply) -> list[dict]:
+    parts = [{"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls]
+    if parts and signs_calls(model):
+        first = parts[0]["functionCall"]
+        parts[0]["thoughtSignature"] = call_signature(first["name"], first["args"])
+    return parts
+
+
+def reply_parts(model: str, reply: Reply) -> list[dict]:
     parts: list[dict] = []
     if reply.text:
         parts.append({"text": reply.text})
-    for call in reply.tool_calls:
-        parts.append({"functionCall": {"name": call.name, "args": call.arguments}})
-    return parts
+    return parts + call_parts(model, reply)
+
+
+def missing_signature(model: str, body: dict) -> web.Response | None:
+    """Gemini 3's 400 for a current turn whose model steps' first calls come back unsigned.
+    Message as the API wrote it (quoted in
+    https://discuss.ai.google.dev/t/openai-api-compatibility-broken-due-to-thought-signature-on-gemini-3-pro-preview/109823)."""
+    if not signs_calls(model):
+        return None
+    contents = body.get("contents") or []
+    start = 0
+    for i, c in enumerate(contents):
+        if c.get("role", "user") == "user" and parts_text(c.get("parts")):
+            start = i + 1
+    for i, c in enumerate(contents[start:], start):
+        if c.get("role") != "model":
+            continue
+        first = next((p for p in c.get("parts") or [] if g(p, "functionCall")), None)
+        if first is None:
+            continue
+        call = g(first, "functionCall")
+        sig = g(first, "thoughtSignature")
+        if sig in DUMMY_SIGNATURES or same_bytes(sig, call_signature(call.get("name", ""),
+                                                                     call.get("args"))):
+            continue
+        return common.json_response(google_error(
+            400, "Function call is missing a thought_signature in functionCall parts. This is "
+                 "required for tools to work correctly, and missing thought_signature may lead "
+                 "to degraded model performance. Additional data, function call "
+                 f"`default_api:{call.get('name', '')}` , position {i + 1}. please refer to "
+                 "https://ai.google.dev/gemini-api/docs/thought-signatures for more details."),
+            400)
+    return None
 
 
 def stream_events(model: str, reply: Reply, thoughts: list[dict]):
     rid = common.new_id("")
     pieces = common.split_text(reply.text) if reply.text else []
     chunks: list[list[dict]] = [[t] for t in thoughts] + [[{"text": p}] for p in pieces]
-    calls = [{"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls]
+    calls = call_parts(model, reply)
     if calls:
         chunks.append(calls)
     if not chunks:
@@ -230,7 +305,7 @@ class GeminiDouble:
                 return common.json_response(google_error(
                     400, f'Invalid JSON payload received. Unknown name "{name}" at '
                          "'generation_config': Cannot find field."), 400)
-        refused = self.check_body(body)
+        refused = self.check_body(body) or missing_signature(model, body)
         if refused is not None:
             return refused
         conv = conversation(model, body, stream)
@@ -252,7 +327,7 @@ class GeminiDouble:
                              "tool_calls": [c.__dict__ for c in reply.tool_calls]}
         thoughts = thought_parts(reply, body)
         if not stream:
-            return common.json_response(response(model, thoughts + reply_parts(reply), "STOP",
+            return common.json_response(response(model, thoughts + reply_parts(model, reply), "STOP",
                                                  usage_json(reply), common.new_id("")))
         s = common.Stream(request, fault, common.sse_headers())
         return await common.run_stream(s, stream_events(model, reply, thoughts))

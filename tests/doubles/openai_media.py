@@ -7,6 +7,12 @@ Wire formats (OpenAI API reference):
   `{"created", "data": [{"b64_json" | "url", "revised_prompt"?}], "usage"?}` (gpt-image-1
   reports `usage` with `input_tokens`, `output_tokens`, `total_tokens`,
   `input_tokens_details`).
+- Image edits: https://platform.openai.com/docs/api-reference/images/createEdit —
+  `multipart/form-data` in: `image` (one file) or `image[]` (several, GPT image models: up to
+  16), each a PNG, WEBP or JPEG; `prompt` (required); `mask` (PNG, optional); `model`
+  (`dall-e-2` when absent); `n` (1-10); `size`; `response_format` (`url | b64_json`,
+  dall-e-2 only: GPT image models always answer `b64_json`). dall-e-2 takes exactly one
+  image. The answer has the generation's shape.
 - Speech: https://platform.openai.com/docs/api-reference/audio/createSpeech — JSON in
   (`model`, `input`, `voice`, `response_format` `mp3|opus|aac|flac|wav|pcm`, `speed`); the
   answer is the audio file's bytes. This double renders `wav` (RIFF PCM, 24 kHz mono 16-bit,
@@ -74,25 +80,37 @@ def wav_duration(data: bytes) -> float:
     return 0.0
 
 
-def form_fields(content_type: str, raw: bytes) -> dict | None:
-    """The fields of a multipart/form-data body: text values, and files as
-    `{"filename", "content_type", "data"}`; None when it is not well-formed multipart."""
+def form_parts(content_type: str, raw: bytes) -> list[tuple[str, object]] | None:
+    """Every part of a multipart/form-data body in order (repeated names kept, as `image[]`
+    is): text values, and files as `{"filename", "content_type", "data"}`; None when it is
+    not well-formed multipart."""
     if not content_type.lower().startswith("multipart/form-data") or b"--" not in raw[:2]:
         return None
     msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
     if not msg.is_multipart() or msg.defects:
         return None
-    fields = {}
+    parts = []
     for part in msg.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if not name:
             return None
         data = part.get_payload(decode=True) or b""
         filename = part.get_filename()
-        fields[name] = ({"filename": filename, "content_type": part.get_content_type(),
-                         "data": data} if filename else data.decode("utf-8", "replace"))
-    return fields
+        parts.append((name, {"filename": filename, "content_type": part.get_content_type(),
+                             "data": data} if filename else data.decode("utf-8", "replace")))
+    return parts
+
+
+def image_kind(data: bytes) -> str | None:
+    """`png`, `jpeg` or `webp` by the file's magic bytes (what the edits endpoint takes)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
 
 
 class MediaRoutes:
@@ -103,6 +121,7 @@ class MediaRoutes:
 
     def routes(self, app: web.Application, prefix: str = "/v1") -> None:
         app.router.add_post(prefix + "/images/generations", self.images)
+        app.router.add_post(prefix + "/images/edits", self.edits)
         app.router.add_post(prefix + "/audio/speech", self.speech)
         app.router.add_post(prefix + "/audio/transcriptions", self.transcriptions)
 
@@ -131,6 +150,81 @@ class MediaRoutes:
         entry["response"] = {"images": n}
         return web.json_response(answer)
 
+    async def begin_form(self, request: web.Request):
+        """Records a multipart request and checks its key: (entry, parts, early answer)."""
+        raw = await request.read()
+        entry = self.double.state.record(request, raw)
+        entry["body"] = None
+        denied = self.double.check_auth(request)
+        if denied:
+            return entry, None, denied
+        parts = form_parts(request.headers.get("Content-Type", ""), raw)
+        if parts is None:
+            return entry, None, invalid("Could not parse multipart form")
+        return entry, parts, None
+
+    async def edits(self, request: web.Request) -> web.Response:
+        entry, parts, early = await self.begin_form(request)
+        if early:
+            return early
+        fields = {k: v for k, v in parts if isinstance(v, str)}
+        images = [v for k, v in parts if k in ("image", "image[]")]
+        masks = [v for k, v in parts if k == "mask"]
+        model = fields.get("model", "dall-e-2")
+        gpt_image = model.startswith("gpt-image")
+        if not gpt_image and model != "dall-e-2":
+            return invalid(f"Invalid value: '{model}'. Supported values are: 'dall-e-2' and "
+                           "'gpt-image-1'.", "model")
+        if not images or not all(isinstance(i, dict) for i in images):
+            return invalid("Missing required parameter: 'image'.", "image")
+        if len(images) > (16 if gpt_image else 1):
+            return invalid(f"Too many images: {len(images)}.", "image")
+        for image in images:
+            if image_kind(image["data"]) is None or (not gpt_image and
+                                                    image_kind(image["data"]) != "png"):
+                return invalid(f"Invalid image file: '{image['filename']}'. Supported "
+                               "formats are 'png', 'webp' and 'jpeg'.", "image")
+        if masks and (not isinstance(masks[0], dict)
+                      or image_kind(masks[0]["data"]) != "png"):
+            return invalid("Invalid mask: it must be a PNG file.", "mask")
+        prompt = fields.get("prompt", "")
+        if not prompt:
+            return invalid("Missing required parameter: 'prompt'.", "prompt")
+        try:
+            n = int(fields.get("n", "1"))
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 10:
+            return invalid(f"Invalid value for 'n': {fields.get('n')}.", "n")
+        sizes = (("1024x1024", "1536x1024", "1024x1536", "auto") if gpt_image
+                 else ("256x256", "512x512", "1024x1024"))
+        if "size" in fields and fields["size"] not in sizes:
+            return invalid(f"Invalid value: '{fields['size']}'. Supported values are: "
+                           f"{', '.join(sizes)}.", "size")
+        if gpt_image and "response_format" in fields:
+            return invalid("Unknown parameter: 'response_format'. GPT image models always "
+                           "return base64-encoded images.", "response_format")
+        fmt = fields.get("response_format", "b64_json" if gpt_image else "url")
+        if fmt not in ("url", "b64_json"):
+            return invalid(f"Invalid value: '{fmt}'.", "response_format")
+        entry["form"] = fields
+        entry["files"] = [{"name": k, "filename": v["filename"], "bytes": len(v["data"]),
+                           "sha256": hashlib.sha256(v["data"]).hexdigest()}
+                          for k, v in parts if isinstance(v, dict)]
+        if fmt == "b64_json":
+            data = [{"b64_json": base64.b64encode(PNG_1X1).decode()} for _ in range(n)]
+        else:
+            data = [{"url": f"https://images.double.test/edit-{i}.png"} for i in range(n)]
+        answer = {"created": int(time.time()), "data": data}
+        if gpt_image:
+            input_tokens = len(prompt.split()) + 65 * len(images)
+            answer["usage"] = {"input_tokens": input_tokens, "output_tokens": 272 * n,
+                               "total_tokens": input_tokens + 272 * n,
+                               "input_tokens_details": {"text_tokens": len(prompt.split()),
+                                                        "image_tokens": 65 * len(images)}}
+        entry["response"] = {"images": n}
+        return web.json_response(answer)
+
     async def speech(self, request: web.Request) -> web.Response:
         entry, body, early = await self.double.begin(request)
         if early:
@@ -154,15 +248,10 @@ class MediaRoutes:
         return web.Response(body=audio, content_type=content_type)
 
     async def transcriptions(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        entry = self.double.state.record(request, raw)
-        entry["body"] = None
-        denied = self.double.check_auth(request)
-        if denied:
-            return denied
-        fields = form_fields(request.headers.get("Content-Type", ""), raw)
-        if fields is None:
-            return invalid("Could not parse multipart form")
+        entry, parts, early = await self.begin_form(request)
+        if early:
+            return early
+        fields = dict(parts)
         file = fields.get("file")
         if not isinstance(file, dict):
             return invalid("Missing required parameter: 'file'.", "file")

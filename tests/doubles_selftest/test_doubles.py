@@ -53,6 +53,33 @@ def test_openai_chat(doubles):
     assert d.last()["headers"]["authorization"] == f"Bearer {d.api_key}"
 
 
+def test_openai_image_edits_validate_like_openai(doubles):
+    """`/v1/images/edits` with the SDK's own multipart: `image[]` files, mask, prompt."""
+    from doubles.openai_media import PNG_1X1
+    d = doubles["openai"]
+    client = oai(d)
+    r = client.images.edit(model="gpt-image-1", prompt="add a hat", n=2,
+                           image=[("a.png", PNG_1X1, "image/png"),
+                                  ("b.png", PNG_1X1, "image/png")],
+                           mask=("m.png", PNG_1X1, "image/png"))
+    assert len(r.data) == 2 and r.data[0].b64_json and r.usage.input_tokens > 0
+    last = d.last()
+    assert [f["name"] for f in last["files"]] == ["image[]", "image[]", "mask"]
+    assert last["form"]["prompt"] == "add a hat" and last["form"]["n"] == "2"
+    r = client.images.edit(model="dall-e-2", prompt="x", image=("a.png", PNG_1X1))
+    assert r.data[0].url.startswith("https://")
+    for kwargs, param in [
+            ({"model": "gpt-image-1", "image": ("a.txt", b"not an image")}, "image"),
+            ({"model": "gpt-image-1", "image": ("a.png", PNG_1X1), "response_format": "url"},
+             "response_format"),
+            ({"model": "dall-e-2", "image": [("a.png", PNG_1X1), ("b.png", PNG_1X1)]},
+             "image"),
+            ({"model": "gpt-image-1", "image": ("a.png", PNG_1X1), "size": "10x10"}, "size")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.images.edit(prompt="x", **kwargs)
+        assert caught.value.body["param"] == param, kwargs
+
+
 def test_openai_stream_with_usage(doubles):
     d = doubles["openai"]
     chunks = list(oai(d).chat.completions.create(
@@ -625,3 +652,85 @@ def test_gemini_thoughts_with_google_genai(doubles):
             thinking_budget=1024)))
     assert not any(p.thought for p in quiet.candidates[0].content.parts)
     assert quiet.usage_metadata.thoughts_token_count == u.thoughts_token_count
+
+
+def test_gemini_3_signs_function_calls_and_checks_them(doubles):
+    """Gemini 3 (https://ai.google.dev/gemini-api/docs/thought-signatures): the first of
+    parallel calls carries a `thoughtSignature`, and a current turn sent back without it is a
+    400; Google's dummy signature passes; Gemini 2 neither signs nor checks."""
+    d = doubles["gemini"]
+    h = {"x-goog-api-key": d.api_key}
+    ask = {"role": "user", "parts": [{"text": "weather and time"}]}
+    tools = [{"functionDeclarations": [WEATHER["function"], TIME["function"]]}]
+    url = d.base_url + "/v1beta/models/{}:generateContent"
+    r = httpx.post(url.format("gemini-3-flash-preview"), headers=h,
+                   json={"contents": [ask], "tools": tools}).json()
+    parts = r["candidates"][0]["content"]["parts"]
+    assert [p["functionCall"]["name"] for p in parts] == ["get_weather", "get_time"]
+    assert parts[0]["thoughtSignature"] and "thoughtSignature" not in parts[1]
+    results = {"role": "user", "parts": [
+        {"functionResponse": {"name": p["functionCall"]["name"], "response": {"ok": True}}}
+        for p in parts]}
+
+    def turn(model, model_parts):
+        return httpx.post(url.format(model), headers=h, json={
+            "contents": [ask, {"role": "model", "parts": model_parts}, results],
+            "tools": tools})
+
+    assert turn("gemini-3-flash-preview", parts).status_code == 200
+    unsigned = [{"functionCall": p["functionCall"]} for p in parts]
+    bad = turn("gemini-3-flash-preview", unsigned)
+    assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "missing a thought_signature" in bad.json()["error"]["message"]
+    forged = [dict(unsigned[0], thoughtSignature="Zm9yZ2Vk")] + unsigned[1:]
+    assert turn("gemini-3-flash-preview", forged).status_code == 400
+    dummy = [dict(unsigned[0], thoughtSignature="skip_thought_signature_validator")] + unsigned[1:]
+    assert turn("gemini-3-flash-preview", dummy).status_code == 200
+    assert turn("gemini-2.0-flash", unsigned).status_code == 200
+    # Only the current turn is checked: after a new user text, old calls may be unsigned.
+    later = httpx.post(url.format("gemini-3-flash-preview"), headers=h, json={
+        "contents": [ask, {"role": "model", "parts": unsigned}, results,
+                     {"role": "model", "parts": [{"text": "done"}]},
+                     {"role": "user", "parts": [{"text": "thanks"}]}]})
+    assert later.status_code == 200
+
+
+def test_bedrock_claude_thinking_with_boto3(doubles):
+    """Claude's extended thinking on Converse, as boto3 sends and reads it: a signed
+    `reasoningContent` block first (streamed as reasoningContent deltas), checked when sent
+    back; budget bounds and non-Claude models refused."""
+    from doubles.common import sign_thinking
+
+    d = doubles["bedrock"]
+    client = bedrock(d)
+    think = {"thinking": {"type": "enabled", "budget_tokens": 1024}}
+    ask = [{"role": "user", "content": [{"text": "Is 97 prime?"}]}]
+    r = client.converse(modelId=MODEL_ID, messages=ask, inferenceConfig={"maxTokens": 2048},
+                        additionalModelRequestFields=think)
+    blocks = r["output"]["message"]["content"]
+    reasoning = blocks[0]["reasoningContent"]["reasoningText"]
+    assert reasoning["text"].startswith("thinking about ")
+    assert reasoning["signature"] == sign_thinking(reasoning["text"])
+    assert blocks[1]["text"] == expected_text("bedrock", MODEL_ID, "Is 97 prime?")
+    turn = ask + [r["output"]["message"], {"role": "user", "content": [{"text": "Why?"}]}]
+    assert client.converse(modelId=MODEL_ID, messages=turn, inferenceConfig={"maxTokens": 2048},
+                           additionalModelRequestFields=think)["stopReason"] == "end_turn"
+    forged = json.loads(json.dumps(turn))
+    forged[1]["content"][0]["reasoningContent"]["reasoningText"]["signature"] = "Zm9yZ2Vk"
+    with pytest.raises(client.exceptions.ValidationException, match="signature"):
+        client.converse(modelId=MODEL_ID, messages=forged, inferenceConfig={"maxTokens": 2048},
+                        additionalModelRequestFields=think)
+    with pytest.raises(client.exceptions.ValidationException, match="max_tokens"):
+        client.converse(modelId=MODEL_ID, messages=ask, inferenceConfig={"maxTokens": 512},
+                        additionalModelRequestFields=think)
+    with pytest.raises(client.exceptions.ValidationException, match="thinking"):
+        client.converse(modelId="amazon.nova-lite-v1:0", messages=ask,
+                        inferenceConfig={"maxTokens": 2048}, additionalModelRequestFields=think)
+    events = list(client.converse_stream(
+        modelId=MODEL_ID, messages=ask, inferenceConfig={"maxTokens": 2048},
+        additionalModelRequestFields=think)["stream"])
+    deltas = [e["contentBlockDelta"]["delta"] for e in events if "contentBlockDelta" in e]
+    text = "".join(x["reasoningContent"].get("text", "") for x in deltas if "reasoningContent" in x)
+    sigs = [x["reasoningContent"]["signature"] for x in deltas
+            if "signature" in x.get("reasoningContent", {})]
+    assert text == reasoning["text"] and sigs == [sign_thinking(text)]

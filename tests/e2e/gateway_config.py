@@ -68,6 +68,10 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
         for name, (p, up) in CHAT_MODELS.items()
     ]
     models += [
+        # A Gemini 3 model: the double signs its function calls and refuses a history that
+        # comes back without the signatures (test_reasoning.py).
+        {"name": "gemini-3", "deployments": [
+            {"provider": "gemini", "model": "gemini-3-flash-preview", "price": PRICES["gemini"]}]},
         {"name": "text-embed", "mode": "embedding", "deployments": [
             {"provider": "openai", "model": "text-embedding-3-small",
              "price": {"input": 0.02, "output": 0}}]},

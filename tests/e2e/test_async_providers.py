@@ -9,10 +9,18 @@ Covered (the PostgreSQL store too): success via the provider's webhook (one poll
 via polling only (DashScope, Veo: no webhooks), a provider failing the task → fallback to the
 next deployment → success, a never-finishing task → failed with the reason, forged and stale
 provider webhooks → 401 and counted, never changing the task, the client's own webhook
-verified with the reference implementation, and each task metered exactly once."""
+verified with the reference implementation, and each task metered exactly once.
+
+The synchronous facade: the official `openai` SDK's images.generate naming these models gets
+OpenAI's answer (the provider's URLs) with the task in `x-switchyard-task-id`, each provider
+given the request in its own vocabulary; a failed provider falls back once; a task that
+does not finish within the model's `fallback.total_timeout_ms` is a 504 naming the task; a
+provider's failure is the error in OpenAI's dialect; what these providers cannot answer
+(speech, `b64_json`, a video model) is a 400 naming the model."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import Counter
@@ -38,6 +46,8 @@ WEBHOOK_SECRETS = {"WAVESPEED_WEBHOOK_SECRET": wavespeed_double.WEBHOOK_SECRET,
                    "REPLICATE_WEBHOOK_SECRET": replicate_double.WEBHOOK_SECRET}
 # How long one provider may take before the task moves on (the never-finishing test).
 ATTEMPT_TIMEOUT_MS = 3000
+# How long a synchronous request for `flux-stuck` waits (shorter than the attempt's timeout).
+STUCK_WAIT_MS = 1500
 
 
 def async_config(doubles) -> dict:
@@ -71,6 +81,18 @@ def async_config(doubles) -> dict:
              "price": {"image": 0.03, "task": 0.01}}]},
         {"name": "veo-3", "deployments": [
             {"provider": "veo", "model": "veo-3.0-generate-001", "price": {"second": 0.4}}]},
+        # Image-to-image models (the edits endpoint, images carried as data URLs).
+        {"name": "kontext-ws", "deployments": [
+            {"provider": "ws", "model": "wavespeed-ai/flux-kontext-dev",
+             "price": {"image": 0.025}}]},
+        {"name": "kontext-replicate", "deployments": [
+            {"provider": "rep", "model": "black-forest-labs/flux-kontext-pro",
+             "price": {"image": 0.04}}]},
+        {"name": "kontext-fal", "deployments": [
+            {"provider": "fal", "model": "fal-ai/flux-pro/kontext", "price": {"image": 0.04}}]},
+        # The facade waits 1.5 s for this one (its never-finishing test).
+        {"name": "flux-stuck", "fallback": {"total_timeout_ms": STUCK_WAIT_MS}, "deployments": [
+            {"provider": "ws", "model": "wavespeed-ai/flux-dev", "price": {"image": 0.02}}]},
         # WaveSpeed first, fal when WaveSpeed fails or never finishes.
         {"name": "flux-fallback", "deployments": [
             {"provider": "ws", "model": "wavespeed-ai/flux-dev", "price": {"image": 0.02}},
@@ -383,3 +405,155 @@ def test_cancel_reaches_the_providers_cancel(edge, doubles):
     assert done["status"] == "canceled", done
     assert any(r["method"] == "POST" and r["path"] == f"/api/v1/tasks/{job_id}/cancel"
                for r in doubles["dashscope_tasks"].requests())
+
+
+# The synchronous facade (OpenAI's images endpoint over these models).
+
+FACADE = [("flux-ws", "wavespeed", 0.02, {"num_images": 2, "size": "1024*768"}),
+          ("flux-replicate", "replicate", 0.003, {"num_outputs": 2, "aspect_ratio": "4:3"}),
+          ("flux-fal", "fal", 0.025, {"num_images": 2,
+                                      "image_size": {"width": 1024, "height": 768}}),
+          ("wanx", "dashscope_tasks", 0.03, {"parameters": {"n": 2, "size": "1024*768"}})]
+
+
+# An image to edit: a PNG header, then bytes that are not text.
+EDIT_IMAGE = ("in.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
+EDIT_DATA_URL = "data:image/png;base64," + base64.b64encode(EDIT_IMAGE[1]).decode()
+
+
+def submitted_input(doubles, provider: str, prompt: str) -> dict:
+    """The input the provider's double was given for the submit carrying `prompt`."""
+    bodies = [r["body"] for r in doubles[provider].requests()
+              if r["method"] == "POST" and prompt in json.dumps(r["body"])]
+    assert len(bodies) == 1, bodies
+    body = bodies[0]
+    if provider == "replicate":
+        return body["input"]
+    if provider == "dashscope_tasks":
+        return {**body["input"], "parameters": body["parameters"]}
+    return body
+
+
+@pytest.mark.parametrize("model,provider,price,native", FACADE)
+def test_images_generate_waits_for_the_providers_task(edge, task_plane, doubles, model,
+                                                      provider, price, native):
+    prompt = f"a harbour at dusk via {edge.name} on {model}"
+    raw = edge.openai().images.with_raw_response.generate(
+        model=model, prompt=prompt, n=2, size="1024x768")
+    answer = raw.parse()
+    assert raw.status_code == 200
+    assert len(answer.data) == 2
+    assert all(d.url.startswith(doubles[provider].base_url) and d.b64_json is None
+               for d in answer.data)
+    assert httpx.get(answer.data[0].url, timeout=10).content.startswith(b"\x89PNG")
+    # The provider got OpenAI's request in its own vocabulary.
+    assert submitted_input(doubles, provider, prompt) == {"prompt": prompt, **native}
+
+    task_id = raw.headers["x-switchyard-task-id"]
+    task = edge.get(f"/v1/tasks/{task_id}").json()
+    assert task["status"] == "succeeded" and task["operation"] == "images.generations"
+    assert [o["url"] for o in task["outputs"]] == [d.url for d in answer.data]
+    records = ledger_records(task_plane, task_id)
+    assert len(records) == 1, records
+    assert records[0]["images"] == 2 and records[0]["status"] == 200
+    extra = 0.01 if model == "wanx" else 0
+    assert records[0]["cost"] == pytest.approx(2 * price + extra)
+
+
+def test_a_failed_provider_falls_back_behind_the_facade(edge, doubles):
+    raw = edge.openai().images.with_raw_response.generate(
+        model="flux-fallback", prompt=f"[[async:fail:wavespeed]] a gale via {edge.name}")
+    assert raw.parse().data[0].url.startswith(doubles["fal"].base_url)
+    task = edge.get(f"/v1/tasks/{raw.headers['x-switchyard-task-id']}").json()
+    assert [a["deployment"] for a in task["attempts"]] == [
+        "ws/wavespeed-ai/flux-dev", "fal/fal-ai/flux/dev"]
+
+
+def test_a_provider_failure_is_the_error_in_openais_dialect(edge):
+    with pytest.raises(openai.APIStatusError) as caught:
+        edge.openai().images.generate(model="flux-ws",
+                                      prompt=f"[[async:fail]] a flood via {edge.name}")
+    err = caught.value
+    assert err.status_code == 502, err.response.text
+    assert err.body["code"] == "upstream_error" and "wavespeed" in err.body["message"]
+    task_id = err.response.headers["x-switchyard-task-id"]
+    assert edge.get(f"/v1/tasks/{task_id}").json()["status"] == "failed"
+
+
+def test_a_task_not_done_in_time_is_a_504_naming_it(edge, task_plane):
+    with pytest.raises(openai.APIStatusError) as caught:
+        edge.openai().images.generate(model="flux-stuck",
+                                      prompt=f"[[async:never]] a still pond via {edge.name}")
+    err = caught.value
+    assert err.status_code == 504, err.response.text
+    task_id = err.response.headers["x-switchyard-task-id"]
+    assert err.body["code"] == "task_timeout"
+    assert f"within {STUCK_WAIT_MS} ms" in err.body["message"] and task_id in err.body["message"]
+    # The task goes on (until its attempt times out), and is metered once when it ends.
+    done = wait_final(edge, task_id)
+    assert done["status"] == "failed" and done["error"]["code"] == "task_timeout", done
+    assert len(ledger_records(task_plane, task_id)) == 1
+
+
+def test_what_these_providers_cannot_answer_is_a_400_naming_the_model(edge):
+    client = edge.openai()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.audio.speech.create(model="flux-ws", voice="alloy", input="hello")
+    assert "`flux-ws`" in caught.value.body["message"]
+    assert "/v1/audio/speech" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(model="flux-ws", prompt="x", response_format="b64_json")
+    assert caught.value.body["param"] == "response_format"
+    assert "`flux-ws`" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(model="veo-3", prompt="x")
+    assert "makes video" in caught.value.body["message"]
+    with pytest.raises(openai.PermissionDeniedError):
+        edge.openai(key=KEY_LIMITED).images.generate(model="flux-ws", prompt="x")
+    # Video and DashScope models take no input image here; these providers take no mask.
+    for model in ("veo-3", "wanx"):
+        for headers in ({}, {"prefer": "respond-async"}):
+            with pytest.raises(openai.BadRequestError) as caught:
+                client.images.edit(model=model, prompt="add a hat", image=EDIT_IMAGE,
+                                   extra_headers=headers)
+            assert f"`{model}` cannot edit images" in caught.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(model="kontext-ws", prompt="add a hat", image=EDIT_IMAGE,
+                           mask=EDIT_IMAGE)
+    assert caught.value.body["param"] == "mask"
+
+
+@pytest.mark.parametrize("operation", ["images.generations", "images.edits"])
+def test_respond_async_on_the_images_endpoints_runs_on_the_provider(edge, doubles, operation):
+    images = edge.openai().images.with_raw_response
+    later = {"prompt": f"a meadow later via {edge.name}",
+             "extra_headers": {"prefer": "respond-async"}}
+    raw = (images.generate(model="flux-fal", n=1, **later) if operation == "images.generations"
+           else images.edit(model="kontext-fal", image=EDIT_IMAGE, **later))
+    assert raw.status_code == 202, raw.http_response.text
+    task = raw.http_response.json()
+    assert task["operation"] == operation
+    done = wait_final(edge, task["id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["data"][0]["url"] == done["outputs"][0]["url"]
+    assert done["outputs"][0]["url"].startswith(doubles["fal"].base_url)
+
+
+@pytest.mark.parametrize("model,provider,price,native", [
+    ("kontext-ws", "wavespeed", 0.025, {"num_images": 1, "image": EDIT_DATA_URL}),
+    ("kontext-replicate", "replicate", 0.04, {"input_image": EDIT_DATA_URL}),
+    ("kontext-fal", "fal", 0.04, {"num_images": 1, "image_url": EDIT_DATA_URL})])
+def test_images_edit_runs_on_image_to_image_models(edge, task_plane, doubles, model, provider,
+                                                   price, native):
+    prompt = f"add a red hat via {edge.name} on {model}"
+    raw = edge.openai().images.with_raw_response.edit(model=model, prompt=prompt,
+                                                      image=EDIT_IMAGE)
+    answer = raw.parse()
+    assert [d.url.startswith(doubles[provider].base_url) for d in answer.data] == [True]
+    # The image reached the provider whole, as a data URL where its API takes a URL.
+    assert submitted_input(doubles, provider, prompt) == {"prompt": prompt, **native}
+    task_id = raw.headers["x-switchyard-task-id"]
+    records = ledger_records(task_plane, task_id)
+    assert len(records) == 1 and records[0]["images"] == 1, records
+    assert records[0]["cost"] == pytest.approx(price)
+

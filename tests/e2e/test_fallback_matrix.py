@@ -702,14 +702,11 @@ def fb_routed(request, doubles, tmp_path_factory) -> Gateway:
     host.stop()
 
 
-def test_opted_in_single_deployment_answer_cut_mid_body_gets_the_hosts_own_error(fb_routed):
-    """The documented cost of `edge.route_complete_answers: true`: the only attempt goes
-    through the proxy's router, so a complete answer cut mid-body is answered by the proxy
-    itself — Envoy's plain-text error (502 for the double's cut: a protocol error, the body
-    shorter than its Content-Length; 503 for other resets), host-runner's reset connection —
-    not the dialect's 502.
-    The Spin component sends every attempt itself, ignores the option and still answers 502.
-    An answer that is not cut is routed and arrives whole."""
+def test_opted_in_single_deployment_answer_is_relayed_and_metered(fb_routed):
+    """With `edge.route_complete_answers: true` the only attempt's same-format answer is
+    relayed: its bytes pass to the client as they arrive (proxy-wasm: the body is not held;
+    the Spin component: each chunk written on) and its usage is found on the way, metered
+    exactly as the answer held whole would be."""
     gw = fb_routed
     provider, model = SOLO_DEPLOYMENT
     prompt = "routed solo"
@@ -717,22 +714,33 @@ def test_opted_in_single_deployment_answer_cut_mid_body_gets_the_hosts_own_error
     assert answer.text == expected_text(provider, model, prompt)
     assert_single_attempt(answer, deployment(provider, model))
 
+    before = len(usage_records(gw.host.log, SOLO))
+    request = {"model": SOLO, "messages": [{"role": "user", "content": "relayed usage"}]}
+    response = gw.post("/v1/chat/completions", request)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0, usage
+    record = wait_for_record(gw, SOLO, before)
+    assert record["status"] == 200, record
+    assert (record["input_tokens"], record["output_tokens"]) == (
+        usage["prompt_tokens"], usage["completion_tokens"]), (record, usage)
+
+
+def test_opted_in_single_deployment_answer_cut_mid_body_reaches_the_client_cut(fb_routed):
+    """The documented cost of `edge.route_complete_answers: true`: the only attempt's answer
+    is relayed as it arrives, so once its head went out nothing can replace a body cut
+    mid-way with the dialect's 502. On every host the client gets the head and a body
+    shorter than its `Content-Length` (the connection closes: a transport error for the
+    client, never a complete-looking answer), and the request is metered 502."""
+    gw = fb_routed
+    provider, _ = SOLO_DEPLOYMENT
+    before = len(usage_records(gw.host.log, SOLO))
     inject(gw, provider, kind="cut_body")
     request = {"model": SOLO, "messages": [{"role": "user", "content": "cut routed solo"}]}
-    if gw.name == "host-runner":
-        with pytest.raises(httpx.TransportError):
-            gw.post("/v1/chat/completions", request)
-        return
-    response = gw.post("/v1/chat/completions", request)
-    no_secret_in(gw, response.text)
-    if gw.name == "envoy":
-        assert response.status_code == 502, response.text
-        assert response.headers["content-type"].startswith("text/plain"), response.headers
-        assert response.text.startswith(
-            "upstream connect error or disconnect/reset before headers"), response.text
-    else:
-        assert response.status_code == 502, response.text
-        assert "reset" in response.json()["error"]["message"], response.text
+    with pytest.raises(httpx.TransportError):
+        gw.post("/v1/chat/completions", request)
+    record = wait_for_record(gw, SOLO, before)
+    assert record["status"] == 502, record
 
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])

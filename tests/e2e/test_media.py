@@ -1,5 +1,5 @@
 """OpenAI's media endpoints through the gateway on every host, with the official SDK:
-images.generate, audio.speech.create and audio.transcriptions.create against the OpenAI
+images.generate, images.edit, audio.speech.create and audio.transcriptions.create against the OpenAI
 double (tests/doubles/openai_media.py); binary bodies (a WAV upload in multipart, WAV bytes
 back) cross each host intact; bad input is refused in OpenAI's error shape; each answer is
 metered (images, seconds of audio) in the host's usage records."""
@@ -48,6 +48,52 @@ def test_images_generate_b64_and_url(gw):
     assert [rec["images"] for rec in found] == [2, 1]
     assert found[0]["cost"] == pytest.approx(2 * 0.04 + 0, abs=1e-9)
     assert found[0]["deployment"] == "openai/gpt-image-1" and found[0]["status"] == 200
+
+
+def edit_images() -> list[tuple[str, bytes, str]]:
+    """Two PNGs for an edit, each with binary bytes after its header (38 kB: several body
+    chunks on every host, within the e2e config's 64 KiB limit), one with a line that looks
+    like a multipart delimiter."""
+    return [("a.png", PNG_1X1 + bytes(range(256)) * 150, "image/png"),
+            ("b.png", PNG_1X1 + b"\r\n--not-the-boundary\r\n\xff\x00", "image/png")]
+
+
+def test_images_edit_forwards_the_form_intact(gw):
+    images = edit_images()
+    mask = ("mask.png", PNG_1X1, "image/png")
+    before = len(usage_records(gw.host.log, "image-gen"))
+    r = gw.openai().images.edit(model="image-gen", prompt="add a red hat", n=2,
+                                image=images, mask=mask, size="1024x1024")
+    assert [base64.b64decode(d.b64_json) for d in r.data] == [PNG_1X1, PNG_1X1]
+    entry = gw.doubles["openai"].last()
+    assert entry["path"] == "/v1/images/edits"
+    assert entry["form"]["model"] == "gpt-image-1" and entry["form"]["prompt"] == "add a red hat"
+    # Every file reached OpenAI byte for byte, in order, under the SDK's own names.
+    assert [(f["name"], f["filename"], f["sha256"]) for f in entry["files"]] == [
+        ("image[]", name, hashlib.sha256(data).hexdigest()) for name, data, _ in images] + [
+        ("mask", "mask.png", hashlib.sha256(PNG_1X1).hexdigest())]
+    found = records(gw, "image-gen", before + 1)[before:]
+    assert found[0]["images"] == 2 and found[0]["status"] == 200
+    assert found[0]["cost"] == pytest.approx(2 * 0.04, abs=1e-9)
+
+
+def test_bad_image_edits_are_400s_in_openai_shape(gw):
+    client = gw.openai()
+    # OpenAI's own refusal (the double validates as OpenAI does) passes through.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(model="image-gen", prompt="x", image=("a.txt", b"plain text"))
+    assert "Invalid image file" in caught.value.body["message"], caught.value.body
+    # No prompt: refused at the gateway, nothing sent.
+    sent = len(gw.doubles["openai"].requests())
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(model="image-gen", prompt="", image=edit_images()[0])
+    assert caught.value.body["param"] == "prompt"
+    # A model whose providers cannot edit (Anthropic only): a 400 naming it.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(model="claude-haiku", prompt="x", image=edit_images()[0])
+    assert "claude-haiku" in caught.value.body["message"]
+    assert len(gw.doubles["openai"].requests()) == sent
+    assert all("images" not in e["path"] for e in gw.doubles["anthropic"].requests())
 
 
 def test_speech_returns_the_audio_bytes(gw):

@@ -1,23 +1,24 @@
 """The media endpoints as tasks (`Prefer: respond-async`, RFC 7240) on every host, with the
-official `openai` SDK as the client: images.generate, audio.speech.create and
+official `openai` SDK as the client: images.generate, images.edit, audio.speech.create and
 audio.transcriptions.create answer 202 with a `Location` and a task object; the task plane
 in the real `gpu-backend` runs the request through the core's plan against the OpenAI double
 (tests/doubles/openai_media.py, deterministic) and its signed webhook, verified with the
 reference Standard Webhooks implementation, carries the same output the synchronous call
 gives (images inline or as the provider's URLs, speech as base64 audio with its content
-type, a transcription's text), metered per image and per second. Oversize and malformed
-uploads are still refused at submit (413 / 400)."""
+type, a transcription's text; an edit's form reaches OpenAI byte for byte), metered per image
+and per second. Oversize and malformed uploads are still refused at submit (413 / 400)."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 
 import openai
 import pytest
 from standardwebhooks import Webhook
 
-from doubles.openai_media import wav_bytes
+from doubles.openai_media import PNG_1X1, wav_bytes
 
 # The task-plane fixtures (one gpu-backend per module, an edge per host) and their helpers.
 from .test_tasks import edge, receiver, task_plane, wait_final, webhook_secret  # noqa: F401
@@ -143,3 +144,21 @@ def test_bad_media_submits_are_refused_at_once(edge):
     with pytest.raises(openai.BadRequestError) as err:
         client.images.generate(model="claude-haiku", prompt="x", extra_headers=ASYNC)
     assert err.value.body["code"] == "unsupported_by_model"
+
+
+def test_images_edit_as_a_task_sends_the_form_intact(edge, receiver):
+    client = edge.openai()
+    image = ("in.png", PNG_1X1 + b"\xff\x00\r\n--not-the-boundary\r\n" * 50, "image/png")
+    path, headers = hooked(receiver, f"{edge.name}/edits")
+    raw = client.images.with_raw_response.edit(model="image-gen", prompt="add a red hat", n=2,
+                                               image=image, extra_headers=headers)
+    task = accepted(raw)
+    assert task["operation"] == "images.edits" and task["model"] == "image-gen"
+    done = delivered(edge, receiver, path, task["id"])
+    assert [base64.b64decode(o["b64_json"]) for o in done["outputs"]] == [PNG_1X1, PNG_1X1]
+    assert len(done["result"]["data"]) == 2
+    entry = edge.doubles["openai"].last()
+    assert entry["path"] == "/v1/images/edits" and entry["form"]["model"] == "gpt-image-1"
+    assert [f["sha256"] for f in entry["files"]] == [hashlib.sha256(image[1]).hexdigest()]
+    assert done["usage"]["images"] == 2
+    assert done["cost_usd"] == pytest.approx(2 * 0.04, abs=1e-9)

@@ -9,7 +9,7 @@
 //! is listed in [`NOT_CARRIED`] with the reason.
 
 use crate::canonical::{
-    ChatResponse, FinishReason, FunctionCall, Reasoning, TokenUsage, ToolCall, ANTHROPIC_REASONING,
+    ChatResponse, FinishReason, Reasoning, TokenUsage, ToolCall, ANTHROPIC_REASONING,
 };
 use crate::providers::ProviderKind;
 
@@ -54,14 +54,17 @@ fn answer(text: Option<&str>, finish: FinishReason) -> ChatResponse {
 
 fn with_call() -> ChatResponse {
     let mut r = answer(None, FinishReason::ToolCalls);
-    r.tool_calls.push(ToolCall {
-        id: "call_1".into(),
-        kind: "function".into(),
-        function: FunctionCall {
-            name: "get_weather".into(),
-            arguments: r#"{"city":"Paris"}"#.into(),
-        },
-    });
+    r.tool_calls.push(ToolCall::function(
+        "call_1",
+        "get_weather",
+        r#"{"city":"Paris"}"#,
+    ));
+    r
+}
+
+fn with_signed_call() -> ChatResponse {
+    let mut r = with_call();
+    r.tool_calls[0].signature = Some("sig-1".into());
     r
 }
 
@@ -190,6 +193,28 @@ pub const FIELDS: &[AnswerField] = &[
         ],
     },
     AnswerField {
+        // Gemini's `thoughtSignature` on a call (Gemini 3 wants it back); Anthropic and
+        // Responses have no field for it, so it rides in the call id (`ToolCall::wire_id`:
+        // base64url of `sig-1` is `c2lnLTE`), split again when the call comes back.
+        name: "tool call: thought signature",
+        sample: with_signed_call,
+        carried: [
+            at(
+                "/choices/0/message/tool_calls/0/extra_content/google/thought_signature",
+                r#""sig-1""#,
+            ),
+            at("/content/0/id", r#""call_1__thought_signature__c2lnLTE""#),
+            at(
+                "/output/0/call_id",
+                r#""call_1__thought_signature__c2lnLTE""#,
+            ),
+            at(
+                "/candidates/0/content/parts/0/thoughtSignature",
+                r#""sig-1""#,
+            ),
+        ],
+    },
+    AnswerField {
         name: "reasoning text",
         sample: with_thinking,
         carried: [
@@ -282,19 +307,19 @@ pub const NOT_CARRIED: &[(&str, &str)] = &[
          itself reports them",
     ),
     (
-        "reasoning signatures and encrypted reasoning to Responses and Gemini clients",
-        "the reasoning text is carried (a `reasoning` item's summary, a thought part), and \
-         the signature only to clients that can send it back (OpenAI Chat in \
-         `reasoning_details[].signature`, Anthropic in the thinking block's `signature`); a \
-         Responses client's reasoning items and a Gemini client's thoughts are not sent on \
-         (request matrix), so another provider's signature would have nowhere to go; a Gemini \
-         client gets Gemini's own `thoughtSignature`",
+        "reasoning signatures and encrypted reasoning to Gemini clients",
+        "the reasoning text is carried (a thought part), and the signature only to clients \
+         that can send it back (OpenAI Chat in `reasoning_details[].signature`, Anthropic in \
+         the thinking block's `signature`, Responses in the reasoning item's \
+         `encrypted_content`); a Gemini client's thoughts are not sent on (request matrix), \
+         so another provider's signature would have nowhere to go; a Gemini client gets \
+         Gemini's own `thoughtSignature`",
     ),
     (
-        "reasoning from Bedrock, Cohere, DashScope and Mistral",
-        "not read: Bedrock does not think through the gateway (`thinking` is refused), and the \
-         others' reasoning fields are not in the documented answers the gateway follows; their \
-         reasoning tokens are counted in `usage.output`",
+        "reasoning from Cohere, DashScope and Mistral",
+        "not read: their reasoning fields are not in the documented answers the gateway \
+         follows; their reasoning tokens are counted in `usage.output` (Bedrock's Claude \
+         thinking is read: `reasoningContent` blocks and stream deltas)",
     ),
     (
         "citations, annotations, grounding metadata",

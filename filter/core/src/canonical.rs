@@ -310,6 +310,101 @@ pub struct ToolCall {
     pub kind: String,
     /// Which function, with what arguments.
     pub function: FunctionCall,
+    /// Gemini's `thoughtSignature` on the `functionCall` part: opaque, and Gemini 3 answers
+    /// 400 to a function-calling history whose calls come back without it
+    /// (<https://ai.google.dev/gemini-api/docs/thought-signatures>). It belongs to the call,
+    /// not to a reasoning part, because parallel calls carry it on the first call only and
+    /// it must go back on that very part. Chat clients see it where Google's own
+    /// OpenAI-compatible endpoint puts it, `extra_content.google.thought_signature`; the
+    /// Anthropic and Responses dialects, which have no such field, carry it in the call id
+    /// ([`ToolCall::wire_id`]). Only the Gemini provider sends it on.
+    #[serde(
+        default,
+        rename = "extra_content",
+        with = "google_extra",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub signature: Option<String>,
+}
+
+/// Separates a call id from the thought signature [`ToolCall::wire_id`] appends to it.
+/// Only characters Anthropic allows in a `tool_use` id (`[a-zA-Z0-9_-]`).
+pub const SIGNATURE_IN_ID: &str = "__thought_signature__";
+
+impl ToolCall {
+    /// A function call without a signature.
+    pub fn function(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: impl Into<String>,
+    ) -> Self {
+        ToolCall {
+            id: id.into(),
+            kind: function_type(),
+            function: FunctionCall {
+                name: name.into(),
+                arguments: arguments.into(),
+            },
+            signature: None,
+        }
+    }
+
+    /// The call id as the Anthropic and Responses dialects write it: the id itself, or with
+    /// a signature, `<id>__thought_signature__<signature as unpadded base64url>` (base64url
+    /// of the signature's bytes, so any signature survives and the id keeps to
+    /// `[a-zA-Z0-9_-]`). [`split_wire_id`] reverses it.
+    pub fn wire_id(&self) -> String {
+        wire_id(&self.id, self.signature.as_deref())
+    }
+}
+
+/// [`ToolCall::wire_id`] of an id and signature.
+pub fn wire_id(id: &str, signature: Option<&str>) -> String {
+    use base64::Engine as _;
+    match signature {
+        Some(sig) => format!(
+            "{id}{SIGNATURE_IN_ID}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig)
+        ),
+        None => id.to_string(),
+    }
+}
+
+/// Splits a call id written by [`ToolCall::wire_id`] into the id and the signature. An id
+/// without the separator, or with a tail that is not such an encoding, is an id alone.
+pub fn split_wire_id(wire: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    if let Some((id, tail)) = wire.split_once(SIGNATURE_IN_ID) {
+        if let Some(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(tail)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        {
+            return (id.to_string(), Some(sig));
+        }
+    }
+    (wire.to_string(), None)
+}
+
+/// `extra_content: {"google": {"thought_signature": ...}}`, the form of Google's
+/// OpenAI-compatible endpoint, for [`ToolCall::signature`].
+mod google_extra {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(sig: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({"google": {"thought_signature": sig}}).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let extra = Option::<Value>::deserialize(d)?;
+        Ok(extra
+            .as_ref()
+            .and_then(|e| e.pointer("/google/thought_signature"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string))
+    }
 }
 
 fn function_type() -> String {

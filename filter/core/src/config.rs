@@ -65,22 +65,22 @@ pub struct GatewayConfig {
     pub edge: EdgeOptions,
 }
 
-/// Transport choices of the proxy hosts (Envoy and host-runner, which run the proxy-wasm
-/// filter); the Spin component sends every attempt itself and ignores them.
+/// How the edge hosts carry answers (see [`EdgeOptions::route_complete_answers`]).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeOptions {
-    /// Send the chain's *last* attempt of a complete (non-streamed) chat or embeddings
-    /// answer asked once (a single-deployment model's only one) through the proxy's router
-    /// as the client's own request rewritten in place, instead of a filter call
-    /// (`dispatch_http_call`) and a local reply. Saves a second HTTP exchange per request
-    /// (≈10% of Envoy's CPU per request, BENCHMARKS.md #17). The cost: when that upstream
-    /// connection breaks mid-body, the proxy answers itself and the filter gets no last
-    /// word — Envoy sends its own plain-text error (`upstream connect error or
-    /// disconnect/reset before headers`, 502 or 503 by the reset's reason), host-runner
-    /// resets the client's connection — instead of the 502 in the caller's dialect that a call gets. Off by
-    /// default; streamed attempts are routed either way (after their first byte nothing
-    /// can switch anyway).
+    /// Let the chain's *last* attempt of a complete (non-streamed) chat or embeddings answer
+    /// asked once (a single-deployment model's only one) skip being held: the proxy hosts
+    /// (Envoy, host-runner) send it through their router as the client's own request
+    /// rewritten in place, instead of a filter call (`dispatch_http_call`) and a local reply
+    /// (≈10% of Envoy's CPU per request, BENCHMARKS.md #17); and every host relays a
+    /// same-format answer (the upstream's bytes are the client's answer) as it arrives,
+    /// its usage found on the way ([`crate::relay`]). The cost: nothing can replace bytes
+    /// that went out, so an answer that breaks mid-body reaches the client cut short (its
+    /// `Content-Length` unmet; before its head, the proxy's own error) and a 2xx that is
+    /// not JSON reaches it as sent, both metered 502, instead of the dialect's 502 that a
+    /// held answer gets. Off by default; streamed attempts are routed either way (after
+    /// their first byte nothing can switch anyway).
     #[serde(default)]
     pub route_complete_answers: bool,
 }

@@ -25,6 +25,15 @@
 //! After the first byte of a streamed answer there is no switching: a failure ends the stream
 //! with the dialect's error event.
 //!
+//! **Relaying.** Where the gateway opts in (`edge.route_complete_answers`), the chain's
+//! last attempt of a complete answer that is the upstream's bytes unchanged (a same-format
+//! fast path, embeddings) is not held: [`Action::RelayResponse`] starts the client's
+//! response with its head and the body passes as it arrives, read on the way for its
+//! `usage` ([`crate::relay`]). Nothing can replace bytes that went out, so a relayed body
+//! that breaks off, or that is not one JSON object, reaches the client as it came and is
+//! metered 502 (held, it would have been the dialect's 502). Attempts a fallback could
+//! follow, and translated answers, are always held and judged whole.
+//!
 //! **Health.** A failed attempt counts against its deployment (and may eject it); an attempt
 //! that answered 2xx with a readable body counts for it, with its latency; an attempt that
 //! answered a final, non-retryable error counts neither way (the deployment worked, the
@@ -62,6 +71,7 @@ use crate::gateway::{
 use crate::health::{record_failure, record_success, HealthSnapshot, HealthStore};
 use crate::limits::{admit, Admission, CounterStore, Estimate, Scope};
 use crate::queue;
+use crate::relay::UsageScanner;
 use crate::stream::ResponseStream;
 use crate::tasks::edge::Forward;
 use crate::usage::UsageRecord;
@@ -172,6 +182,13 @@ pub enum Action {
     ReadUpstreamBody,
     /// Start the client's (streamed) response with this head.
     StartResponse(ResponseHead),
+    /// Start the client's response with this head and let the current attempt's body pass
+    /// to the client unchanged as it arrives (its length included); keep feeding each chunk
+    /// as [`Event::UpstreamData`] (the core reads it, and answers no [`Action::Data`]) and
+    /// the end as [`Event::UpstreamEnd`]. Given only for a routed attempt
+    /// ([`Send::route`]) whose head came before its body (`body_complete: false`) and whose
+    /// answer is the upstream's bytes (see [`crate::relay`]).
+    RelayResponse(ResponseHead),
     /// Bytes for the client, in order.
     Data(Vec<u8>),
     /// The client's streamed response is complete.
@@ -214,7 +231,8 @@ pub struct Send {
     /// the chain's last attempt of a chat or embeddings request asked once (no fallback and
     /// no `n` emulation can follow it; media answers, which may be large, keep the call).
     /// Opting in trades the dialect's 502 for a complete answer cut mid-body for the host's
-    /// own error; by default every complete answer is a call.
+    /// own error (or, once a relayed answer's head went out, a body cut short; see
+    /// [`Action::RelayResponse`]); by default every complete answer is a call.
     pub route: bool,
 }
 
@@ -259,6 +277,8 @@ enum State {
     },
     /// The client's streamed response has started.
     Streaming,
+    /// The current attempt's complete answer passes to the client as it arrives.
+    Relaying,
     /// The client has its answer (or the exchange gave up on it).
     Answered,
 }
@@ -313,6 +333,10 @@ pub struct Exchange {
     upstream_content_type: Option<String>,
     /// What a media answer consumed beyond tokens (images, seconds of audio).
     media: crate::ingress::media::MediaUsage,
+    /// The relayed answer's scanner, while it passes ([`Action::RelayResponse`]).
+    relay: Option<UsageScanner>,
+    /// The relayed answer did not arrive whole, or was not one JSON object.
+    relay_failed: bool,
 }
 
 impl Default for Exchange {
@@ -351,6 +375,8 @@ impl Exchange {
             fanned_usage: TokenUsage::default(),
             upstream_content_type: None,
             media: Default::default(),
+            relay: None,
+            relay_failed: false,
         }
     }
 
@@ -379,9 +405,9 @@ impl Exchange {
         matches!(self.state, State::Answered)
     }
 
-    /// Whether the client's streamed response has started and is not over yet.
+    /// Whether the client's streamed (or relayed) response has started and is not over yet.
     pub fn streaming(&self) -> bool {
-        matches!(self.state, State::Streaming)
+        matches!(self.state, State::Streaming | State::Relaying)
     }
 
     /// Whether the request waits in its model's queue (after [`Action::Wait`]).
@@ -434,6 +460,42 @@ impl Exchange {
                     self.state = State::Streaming;
                 }
                 actions
+            }
+            (State::Relaying, Event::UpstreamData(chunk)) => {
+                self.first_byte_ms.get_or_insert(cx.now_ms);
+                if let Some(scanner) = self.relay.as_mut() {
+                    scanner.push(chunk);
+                }
+                self.state = State::Relaying;
+                Vec::new()
+            }
+            (State::Relaying, Event::UpstreamEnd) => {
+                let mut actions = Vec::new();
+                if !self.relay.as_ref().is_some_and(UsageScanner::complete) {
+                    self.relay_failed = true;
+                    actions.push(Action::Log(format!(
+                        "switchyard: request {}: the answer relayed from {} was not one JSON \
+                         object",
+                        self.request_id,
+                        self.deployment()
+                    )));
+                }
+                self.take_relayed_usage();
+                actions.push(Action::EndResponse);
+                actions
+            }
+            (State::Relaying, Event::UpstreamFailed(failure)) => {
+                self.relay_failed = true;
+                self.take_relayed_usage();
+                vec![
+                    Action::Log(format!(
+                        "switchyard: request {}: the answer relayed from {} failed mid-body: {}",
+                        self.request_id,
+                        self.deployment(),
+                        failure.outcome()
+                    )),
+                    Action::EndResponse,
+                ]
             }
             (State::Streaming, Event::UpstreamEnd) => {
                 let mut actions = self.stream_bytes(|s| s.finish(), cx);
@@ -489,12 +551,13 @@ impl Exchange {
         let now_ms = cx.now_ms;
         let complete_stream = self.stream.as_ref().is_some_and(|s| s.complete());
         let failed_stream = self.stream.as_ref().is_some_and(|s| s.failed());
+        self.take_relayed_usage();
         let status = match self.state {
-            State::Answered if failed_stream => 502,
+            State::Answered if failed_stream || self.relay_failed => 502,
             State::Answered => self.client_status.unwrap_or(502),
             State::Streaming if complete_stream => self.client_status.unwrap_or(200),
             _ if ending.client_gone => CLIENT_CLOSED,
-            State::Streaming => 502,
+            State::Streaming | State::Relaying => 502,
             _ => ending.client_status.unwrap_or(502),
         };
         if let Some(stream) = &self.stream {
@@ -709,6 +772,19 @@ impl Exchange {
     ) -> Vec<Action> {
         if body.is_empty() {
             return self.reply_error(&GatewayError::invalid("request body is required"));
+        }
+        // A media request naming a model of asynchronous providers: the task plane runs it
+        // and answers for the endpoint (the synchronous facade).
+        if let Some(forward) =
+            Forward::facade(gateway, admitted, body, (&self.request_id, cx.random))
+        {
+            return match forward {
+                Ok(forward) => {
+                    self.forward = Some(forward);
+                    self.handle_forward(gateway, State::ForwardBody, Event::RequestBody(body), cx)
+                }
+                Err(err) => self.reply_error(&err),
+            };
         }
         let health = HealthSnapshot {
             store: cx.health,
@@ -1013,6 +1089,31 @@ impl Exchange {
             && !matches!(plan.endpoint, Endpoint::Media(_) | Endpoint::Models)
     }
 
+    /// Whether the current attempt's successful complete answer is relayed as it arrives
+    /// instead of held whole: only where the gateway routes complete answers
+    /// (`edge.route_complete_answers`) and only for the chain's last attempt (nothing can
+    /// replace its answer once bytes went out; fallback attempts keep being held and
+    /// judged), and only when the answer is the upstream's bytes unchanged.
+    fn relays(&self, plan: &Plan) -> bool {
+        plan.route_complete_answers
+            && self.last_of_chain(plan)
+            && plan.answer_passes_through(self.attempt)
+    }
+
+    /// Meters what the relayed answer's scanner found: its `usage` (none found: no tokens,
+    /// as for an answer held whole without one), with the choices of an `n` emulated
+    /// before a fallback.
+    fn take_relayed_usage(&mut self) {
+        let Some(scanner) = self.relay.take() else {
+            return;
+        };
+        let usage = match (scanner.usage(), &self.plan) {
+            (Some(raw), Some(plan)) => plan.passed_through_usage(self.attempt, raw),
+            _ => TokenUsage::default(),
+        };
+        self.usage = summed(self.fanned_usage, usage);
+    }
+
     fn can_fall_back(&self, cx: &Ctx<'_>) -> bool {
         let Some(plan) = &self.plan else { return false };
         let elapsed = self.chain_elapsed_ms(cx);
@@ -1095,6 +1196,18 @@ impl Exchange {
             self.client_status = Some(status);
             self.state = State::Streaming;
             return vec![Action::StartResponse(ResponseHead { status, headers })];
+        }
+        if success && !head.body_complete && self.relays(plan) {
+            // The upstream's bytes are the client's answer: they pass as they arrive, and
+            // the usage is found on the way (see `Action::RelayResponse`).
+            let content_type = plan.response_content_type();
+            self.succeeded(status, cx);
+            let mut headers = vec![("content-type".to_string(), content_type.to_string())];
+            self.add_answer_headers(&mut headers);
+            self.relay = Some(UsageScanner::new());
+            self.client_status = Some(status);
+            self.state = State::Relaying;
+            return vec![Action::RelayResponse(ResponseHead { status, headers })];
         }
         self.upstream_content_type = head.content_type.map(str::to_string);
         self.state = State::ReadingBody {

@@ -256,6 +256,20 @@ pub const FIELDS: &[Field] = &[
         present: |r| r.messages.iter().any(|m| !m.reasoning.is_empty()),
     },
     Field {
+        name: "tool_calls:signature",
+        about: "Gemini's thought signature on an earlier turn's tool call, sent back as Google's \
+                OpenAI-compatible endpoint writes it (`tool_calls[].extra_content.google.\
+                thought_signature`); Gemini 3 answers 400 to a function-calling turn without it",
+        probe: r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{}"},"extra_content":{"google":{"thought_signature":"sig-1"}}}]},{"role":"tool","tool_call_id":"call_1","content":"18C"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#,
+        present: |r| {
+            r.messages
+                .iter()
+                .filter_map(|m| m.tool_calls.as_ref())
+                .flatten()
+                .any(|c| c.signature.is_some())
+        },
+    },
+    Field {
         name: "safety_settings:block",
         about: "Gemini's `safetySettings` with a threshold that blocks (`BLOCK_ONLY_HIGH`, \
                 `BLOCK_*_AND_ABOVE`)",
@@ -350,6 +364,8 @@ const NO_REASONING_INPUT: &str = "the provider takes no reasoning in its input: 
 const OPENAI_REASONING_INPUT: &str = "OpenAI's Chat API takes no reasoning input and \
      DeepSeek-style servers answer 400 to reasoning sent back, so it is not sent";
 const NO_OTHER: &str = "the provider has no such field; the gateway refuses rather than drop it";
+const NOT_GEMINI_SIGNATURE: &str = "Gemini's own signature, which only Gemini can check: not \
+     sent (the call itself is)";
 const NO_SAFETY: &str = "no per-category safety thresholds to block with";
 const SAFETY_OFF: &str = "asks Gemini's filter to block less; there is no such filter here to \
      turn off (the provider's own moderation still applies)";
@@ -399,6 +415,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "reasoning_effort" => Mapped("/reasoning_effort"),
             "reasoning:earlier_turns" => Hint(OPENAI_REASONING_INPUT),
             "stream" => Mapped("/stream"),
+            "tool_calls:signature" => Hint(NOT_GEMINI_SIGNATURE),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -437,6 +454,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
             "reasoning:earlier_turns" => Hint(NO_REASONING_INPUT),
+            "tool_calls:signature" => Hint(NOT_GEMINI_SIGNATURE),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -490,6 +508,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
                       16384 (`high`) tokens, added to `max_tokens`; `minimal`/`none` think not",
                 trace: "/thinking/budget_tokens",
             },
+            "tool_calls:signature" => Hint(NOT_GEMINI_SIGNATURE),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -529,12 +548,26 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "n:stream" => Refused(NO_N_STREAM),
             "logprobs" | "top_logprobs" => Refused(NO_LOGPROBS),
             "parallel_tool_calls:false" => Refused(NO_PARALLEL_SWITCH),
-            "thinking" => Refused(NO_THINKING),
-            "reasoning_effort" => Refused(NO_EFFORT),
-            "reasoning:earlier_turns" => Hint(
-                "not sent: Bedrock does not take extended thinking through the gateway \
-                 (`thinking` is refused), so its models wrote no reasoning to check",
-            ),
+            // https://docs.aws.amazon.com/bedrock/latest/userguide/claude-messages-extended-thinking.html
+            "thinking" => Emulated {
+                how: "Claude's own field through Converse's model-specific \
+                      `additionalModelRequestFields` (Claude models; others answer Bedrock's \
+                      own 400)",
+                trace: "/additionalModelRequestFields/thinking",
+            },
+            "reasoning_effort" => Emulated {
+                how: "Claude's extended thinking in `additionalModelRequestFields`, with a \
+                      budget of 1024 (`low`), 4096 (`medium`) or 16384 (`high`) tokens added \
+                      to `maxTokens`; `minimal`/`none` think not",
+                trace: "/additionalModelRequestFields/thinking/budget_tokens",
+            },
+            "reasoning:earlier_turns" => Emulated {
+                how: "Claude's signed thinking goes back as `reasoningContent` blocks \
+                      (`reasoningText` with its `signature`, `redactedContent`), first in the \
+                      assistant turn; unsigned reasoning and another provider's are left out",
+                trace: "/messages/1/content/0/reasoningContent/reasoningText/signature",
+            },
+            "tool_calls:signature" => Hint(NOT_GEMINI_SIGNATURE),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -586,8 +619,10 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             },
             "reasoning:earlier_turns" => Hint(
                 "not sent: thought summaries are not model input, and a thought signature \
-                 belongs to the part it came on, which the canonical form does not keep",
+                 belongs to the part it came on, which the canonical form keeps for tool \
+                 calls only (`tool_calls:signature`, what Gemini 3 requires)",
             ),
+            "tool_calls:signature" => Mapped("/contents/1/parts/0/thoughtSignature"),
             "safety_settings:block" | "safety_settings:off" => Mapped("/safetySettings"),
             "generation_config" => Mapped("/generationConfig/mediaResolution"),
             "truncation:auto" => Refused(NO_TRUNCATION),
@@ -626,6 +661,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
             "reasoning:earlier_turns" => Hint(NO_REASONING_INPUT),
+            "tool_calls:signature" => Hint(NOT_GEMINI_SIGNATURE),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -671,6 +707,7 @@ pub fn treatment(kind: ProviderKind, field: &str) -> Treatment {
             "thinking" => Refused(NO_THINKING),
             "reasoning_effort" => Refused(NO_EFFORT),
             "reasoning:earlier_turns" => Hint(NO_REASONING_INPUT),
+            "tool_calls:signature" => Hint(NOT_GEMINI_SIGNATURE),
             "safety_settings:block" => Refused(NO_SAFETY),
             "safety_settings:off" => Hint(SAFETY_OFF),
             "generation_config" => Refused(NO_GEMINI_CONFIG),
@@ -873,6 +910,15 @@ pub const INGRESS: &[IngressField] = &[
     ),
     ingress(
         Dialect::Anthropic,
+        "tool_use.id with a thought signature",
+        "tool_calls:signature",
+        r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"call_1__thought_signature__c2lnLTE","name":"get_weather","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"call_1__thought_signature__c2lnLTE","content":"18C"}]}],"tools":[{"name":"get_weather","input_schema":{"type":"object"}}]}"#,
+        "Anthropic has no field for Gemini's signature: answers from Gemini write it into the \
+         `tool_use` id as `<id>__thought_signature__<base64url of the signature>` (still \
+         `[a-zA-Z0-9_-]`), and the id sent back is split again (the `tool_result`'s too)",
+    ),
+    ingress(
+        Dialect::Anthropic,
         "stream",
         "stream",
         r#"{"stream":true}"#,
@@ -951,6 +997,15 @@ pub const INGRESS: &[IngressField] = &[
     ),
     ingress(
         Dialect::Responses,
+        "function_call.call_id with a thought signature",
+        "tool_calls:signature",
+        r#"{"input":[{"role":"user","content":"hi"},{"type":"function_call","call_id":"call_1__thought_signature__c2lnLTE","name":"get_weather","arguments":"{}"},{"type":"function_call_output","call_id":"call_1__thought_signature__c2lnLTE","output":"18C"}],"tools":[{"type":"function","name":"get_weather","parameters":{"type":"object"}}]}"#,
+        "Responses has no field for Gemini's signature: answers from Gemini write it into \
+         `call_id` as `<id>__thought_signature__<base64url of the signature>`, split again \
+         when the item (and its `function_call_output`) comes back",
+    ),
+    ingress(
+        Dialect::Responses,
         "stream",
         "stream",
         r#"{"stream":true}"#,
@@ -975,9 +1030,20 @@ pub const INGRESS: &[IngressField] = &[
         "include: other values",
         "",
         "",
-        "accepted: they extend items a translated answer never holds (reasoning items carry \
-         their summary only, hosted-tool calls are refused, input is not echoed); unknown \
-         values are a 400",
+        "accepted: they extend items a translated answer never holds (hosted-tool calls are \
+         refused, input is not echoed; reasoning items carry `encrypted_content` whenever \
+         there is something to check, asked or not); unknown values are a 400",
+    ),
+    ingress(
+        Dialect::Responses,
+        "reasoning items",
+        "reasoning:earlier_turns",
+        r#"{"input":[{"role":"user","content":"hi"},{"type":"reasoning","id":"rs_1","summary":[{"type":"summary_text","text":"The user greets me."}],"encrypted_content":"swy1.W3sidHlwZSI6InJlYXNvbmluZy50ZXh0IiwidGV4dCI6IlRoZSB1c2VyIGdyZWV0cyBtZS4iLCJzaWduYXR1cmUiOiJzaWctMSIsImZvcm1hdCI6ImFudGhyb3BpYy1jbGF1ZGUtdjEifV0"},{"role":"assistant","content":"ok"},{"role":"user","content":"go on"}]}"#,
+        "the reasoning of the assistant turn after them: answers write the canonical parts \
+         (text, signature, whose) into `encrypted_content` as `swy1.<base64url JSON>`, so an \
+         item sent back reaches the provider that checks it (Anthropic's signed thinking); \
+         another item's summary is unsigned text and its `encrypted_content` (OpenAI's own) \
+         is not sent on",
     ),
     ingress(
         Dialect::Responses,
@@ -1114,6 +1180,13 @@ pub const INGRESS: &[IngressField] = &[
         "with a `thinkingBudget` above 0, thoughts come back as thought parts (from Gemini only \
          when asked; Anthropic returns its thinking either way); `true` without a budget is a \
          400",
+    ),
+    ingress(
+        Dialect::Gemini,
+        "thoughtSignature on a functionCall part",
+        "tool_calls:signature",
+        r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]},{"role":"model","parts":[{"functionCall":{"name":"get_weather","args":{}},"thoughtSignature":"sig-1"}]},{"role":"user","parts":[{"functionResponse":{"name":"get_weather","response":{"t":"18C"}}}]}],"tools":[{"functionDeclarations":[{"name":"get_weather","parameters":{"type":"object"}}]}]}"#,
+        "kept with its call",
     ),
     ingress(
         Dialect::Gemini,

@@ -349,6 +349,7 @@ impl Gateway {
             "/v1/responses" => (Some(Endpoint::Responses), "POST"),
             "/v1/embeddings" => (Some(Endpoint::Embeddings), "POST"),
             "/v1/images/generations" => (Some(Endpoint::Media(MediaKind::Images)), "POST"),
+            "/v1/images/edits" => (Some(Endpoint::Media(MediaKind::ImageEdit)), "POST"),
             "/v1/audio/speech" => (Some(Endpoint::Media(MediaKind::Speech)), "POST"),
             "/v1/audio/transcriptions" => (Some(Endpoint::Media(MediaKind::Transcription)), "POST"),
             "/v1/models" => (Some(Endpoint::Models), "GET"),
@@ -859,12 +860,17 @@ fn passthrough_usage(fast: Option<FastPath>, body: &[u8]) -> Result<TokenUsage, 
     let Some(raw) = serde_json::from_slice::<UsageField>(body)?.usage else {
         return Ok(TokenUsage::default());
     };
-    let mut only = Vec::with_capacity(raw.get().len() + 10);
+    Ok(usage_value_of(fast, raw.get().as_bytes()))
+}
+
+/// A pass-through answer's usage from the bytes of its top-level `usage` value alone.
+fn usage_value_of(fast: Option<FastPath>, raw: &[u8]) -> TokenUsage {
+    let mut only = Vec::with_capacity(raw.len() + 10);
     only.extend_from_slice(b"{\"usage\":");
-    only.extend_from_slice(raw.get().as_bytes());
+    only.extend_from_slice(raw);
     only.push(b'}');
     // Embeddings (no fast path) report OpenAI's usage.
-    Ok(fast.map_or_else(|| openai::usage_of(&only), |f| f.usage_of(&only)))
+    fast.map_or_else(|| openai::usage_of(&only), |f| f.usage_of(&only))
 }
 
 fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, GatewayError> {
@@ -1183,6 +1189,28 @@ impl Plan {
             Dialect::Responses => format!("resp_{}", self.response_id),
             Dialect::Gemini => self.response_id.clone(),
         }
+    }
+
+    /// Whether attempt `index`'s successful complete answer reaches the client as the
+    /// upstream's bytes, unchanged (the same-format fast path of a chat, or embeddings), so
+    /// a host may relay it as it arrives instead of holding it ([`crate::relay`]).
+    pub fn answer_passes_through(&self, index: usize) -> bool {
+        let Some(attempt) = self.attempts.get(index) else {
+            return false;
+        };
+        match &self.request {
+            PlannedRequest::Chat(_) => !self.stream && self.fast_path(attempt).is_some(),
+            PlannedRequest::Embeddings(_) => true,
+            PlannedRequest::Media(_) => false,
+        }
+    }
+
+    /// The usage of attempt `index`'s pass-through answer from the bytes of its top-level
+    /// `usage` value (as [`crate::relay::UsageScanner`] found them): what
+    /// [`Plan::translate_response`] meters for the same answer held whole.
+    pub fn passed_through_usage(&self, index: usize, raw: &[u8]) -> TokenUsage {
+        let fast = self.attempts.get(index).and_then(|a| self.fast_path(a));
+        usage_value_of(fast, raw)
     }
 
     /// Translates attempt `index`'s successful, complete answer for the client.

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod limits;
 pub mod providers;
 pub mod queue;
+pub mod relay;
 pub mod routing;
 pub mod sse;
 pub mod stream;

@@ -29,6 +29,9 @@ pub enum StreamEvent {
         id: String,
         /// Function name.
         name: String,
+        /// Gemini's thought signature on the call ([`crate::canonical::ToolCall::signature`]),
+        /// which arrives with the call.
+        signature: Option<String>,
     },
     /// More JSON text of a tool call's arguments.
     ToolCallArgs {

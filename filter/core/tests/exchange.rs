@@ -468,6 +468,131 @@ fn opted_in_attempts_nothing_can_follow_may_go_through_a_router() {
     assert_eq!(routes(&actions), [(0, false)]);
 }
 
+/// The opted-in last attempt's pass-through answer, relayed: its head, and the core's
+/// answer to each chunk (nothing: the chunk passes unchanged).
+fn relay(h: &mut Host, chunks: &[&[u8]]) -> switchyard_core::exchange::ResponseHead {
+    let actions = h.head(200, "application/json");
+    let [Action::RelayResponse(head)] = actions.as_slice() else {
+        panic!("not relayed: {actions:?}");
+    };
+    for chunk in chunks {
+        assert_eq!(
+            h.feed(Event::UpstreamData(chunk)),
+            [],
+            "a relayed chunk passes as it is"
+        );
+    }
+    head.clone()
+}
+
+#[test]
+fn an_opted_in_last_pass_through_answer_is_relayed_and_its_usage_found_on_the_way() {
+    let (a, b) = COMPLETION.as_bytes().split_at(COMPLETION.len() - 20);
+    let mut h = Host::routing_complete_answers();
+    assert_eq!(routes(&h.chat("solo", false)), [(0, true)]);
+    let head = relay(&mut h, &[a, b]);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        header(&head.headers, "content-type"),
+        Some("application/json")
+    );
+    assert!(header(&head.headers, "x-request-id").is_some());
+    assert!(header(&head.headers, "x-switchyard-attempts").is_some());
+    assert_eq!(h.feed(Event::UpstreamEnd), [Action::EndResponse]);
+    assert!(h.ex.answered());
+    let record = h.finish(Ending::default());
+    assert_eq!(
+        (record.status, record.input_tokens, record.output_tokens),
+        (200, 10, 3)
+    );
+    assert_eq!(h.health.load("a/m-a").unwrap().failures, 0);
+}
+
+#[test]
+fn a_relayed_answer_without_usage_is_metered_as_one_held_whole() {
+    let no_usage = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]}"#;
+    let mut held = Host::new();
+    held.chat("solo", false);
+    held.head(200, "application/json");
+    held.feed(Event::UpstreamBody(no_usage.as_bytes()));
+    let held = held.finish(Ending::default());
+    let mut h = Host::routing_complete_answers();
+    h.chat("solo", false);
+    relay(&mut h, &[no_usage.as_bytes()]);
+    assert_eq!(h.feed(Event::UpstreamEnd), [Action::EndResponse]);
+    let relayed = h.finish(Ending::default());
+    assert_eq!(relayed.status, 200);
+    assert_eq!(
+        (relayed.input_tokens, relayed.output_tokens, relayed.cost),
+        (held.input_tokens, held.output_tokens, held.cost)
+    );
+}
+
+#[test]
+fn a_relayed_answer_that_is_malformed_or_cut_is_passed_on_and_metered_502() {
+    // Bytes went out: nothing can replace them with the dialect's error any more (the
+    // trade the opt-in makes); the record says the answer failed.
+    let mut h = Host::routing_complete_answers();
+    h.chat("solo", false);
+    relay(&mut h, &[b"<html>oops</html>"]);
+    let actions = h.feed(Event::UpstreamEnd);
+    assert!(
+        matches!(actions.as_slice(), [Action::Log(_), Action::EndResponse]),
+        "{actions:?}"
+    );
+    assert_eq!(h.finish(Ending::default()).status, 502);
+
+    let mut h = Host::routing_complete_answers();
+    h.chat("solo", false);
+    relay(&mut h, &[&COMPLETION.as_bytes()[..40]]);
+    let actions = h.feed(Event::UpstreamFailed(&Failure::Reset));
+    assert!(
+        matches!(actions.as_slice(), [Action::Log(_), Action::EndResponse]),
+        "{actions:?}"
+    );
+    assert_eq!(h.finish(Ending::default()).status, 502);
+
+    // The client went away mid-answer.
+    let mut h = Host::routing_complete_answers();
+    h.chat("solo", false);
+    relay(&mut h, &[&COMPLETION.as_bytes()[..40]]);
+    let gone = Ending {
+        client_gone: true,
+        ..Default::default()
+    };
+    assert_eq!(h.finish(gone).status, CLIENT_CLOSED);
+}
+
+#[test]
+fn fallback_attempts_translated_answers_and_calls_are_still_held_whole() {
+    // The chain's primary (a fallback may follow it) is held and judged.
+    let mut h = Host::routing_complete_answers();
+    h.chat("chain", false);
+    assert_eq!(h.head(200, "application/json"), [Action::ReadUpstreamBody]);
+    // The last deployment translates (Anthropic): its answer is not the upstream's bytes.
+    let mut h = Host::routing_complete_answers();
+    assert_eq!(chain_routes(&mut h, false).last(), Some(&(2, true)));
+    assert_eq!(h.head(200, "application/json"), [Action::ReadUpstreamBody]);
+    // A host that made a call already holds the whole body.
+    let mut h = Host::routing_complete_answers();
+    h.chat("solo", false);
+    let actions = h.feed(Event::UpstreamHead(UpstreamHead {
+        status: 200,
+        content_type: Some("application/json"),
+        body_complete: true,
+        ..Default::default()
+    }));
+    assert_eq!(actions, [Action::ReadUpstreamBody]);
+    // An error status is the provider's error, translated, as before.
+    let mut h = Host::routing_complete_answers();
+    h.chat("solo", false);
+    assert_eq!(h.head(400, "application/json"), [Action::ReadUpstreamBody]);
+    // By default nothing is relayed.
+    let mut h = Host::new();
+    h.chat("solo", false);
+    assert_eq!(h.head(200, "application/json"), [Action::ReadUpstreamBody]);
+}
+
 #[test]
 fn an_unreadable_2xx_is_the_deployments_failure_and_falls_back() {
     let mut h = Host::new();

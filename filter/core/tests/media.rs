@@ -147,6 +147,15 @@ fn wav() -> Vec<u8> {
 }
 
 fn multipart(fields: &[(&str, &[u8])], file: Option<&[u8]>) -> Vec<u8> {
+    let files: Vec<_> = file
+        .map(|f| ("file", "speech.wav", "audio/wav", f))
+        .into_iter()
+        .collect();
+    form(fields, &files)
+}
+
+/// A multipart form: text fields, then files as (name, filename, content type, bytes).
+fn form(fields: &[(&str, &[u8])], files: &[(&str, &str, &str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         out.extend_from_slice(
@@ -156,15 +165,15 @@ fn multipart(fields: &[(&str, &[u8])], file: Option<&[u8]>) -> Vec<u8> {
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(file) = file {
+    for (name, filename, content_type, data) in files {
         out.extend_from_slice(
             format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; \
-                 filename=\"speech.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
             )
             .as_bytes(),
         );
-        out.extend_from_slice(file);
+        out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
@@ -398,4 +407,174 @@ fn an_async_transcription_goes_to_the_task_plane_with_its_form_intact() {
         (status, json["error"]["code"].as_str()),
         (404, Some("model_not_found"))
     );
+}
+
+/// A gateway whose `flux` model is served by an asynchronous provider, with a task plane.
+fn facade_gateway() -> Gateway {
+    gateway_with(|c| {
+        c["providers"]["ws"] = json!({"kind": "wavespeed", "api_key_secret": "WS_KEY"});
+        c["providers"]["veo"] = json!({"kind": "veo", "api_key_secret": "VEO_KEY"});
+        c["models"].as_array_mut().unwrap().extend([
+            json!({"name": "flux", "fallback": {"total_timeout_ms": 45000},
+                   "deployments": [{"provider": "ws", "model": "wavespeed-ai/flux-dev"}]}),
+            json!({"name": "veo-3",
+                   "deployments": [{"provider": "veo", "model": "veo-3.0-generate-001"}]}),
+        ]);
+        c["tasks"] = json!({"base_url": "http://tasks.test", "token_secret": "EDGE_TOKEN",
+                            "call_timeout_ms": 5000});
+    })
+}
+
+#[test]
+fn images_of_an_async_provider_model_wait_on_the_task_plane() {
+    let mut h = Host::new();
+    h.gw = facade_gateway();
+    let body = br#"{"model":"flux","prompt":"a cat","n":2,"size":"1024x1024"}"#;
+    let actions = h.request("/v1/images/generations", body);
+    let send = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Send(s) => Some(s),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("nothing sent: {actions:?}"));
+    let req = &send.request;
+    assert_eq!(
+        (req.authority.as_str(), req.path.as_str()),
+        ("tasks.test", "/v1/tasks")
+    );
+    assert_eq!(
+        header(&req.headers, "x-switchyard-operation"),
+        Some("images.generations")
+    );
+    assert_eq!(header(&req.headers, "prefer"), None, "synchronous");
+    assert_eq!(header(&req.headers, "x-switchyard-wait-ms"), Some("45000"));
+    // The task plane answers by itself at the end of the wait; the call outlives it.
+    assert_eq!(req.timeout_ms, 45000 + 5000);
+    let task_id = header(&req.headers, "x-switchyard-task-id")
+        .expect("the edge names the task")
+        .to_string();
+    assert!(task_id.starts_with("task_") && task_id.len() == 29);
+    assert_eq!(req.body, body.to_vec(), "the endpoint's request as sent");
+
+    let answer = br#"{"created":1,"data":[{"url":"https://p.test/0.png"}]}"#;
+    let out = raw_reply(&h.answer("application/json", answer)).clone();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.body, answer.to_vec());
+    assert_eq!(
+        header(&out.headers, "x-switchyard-task-id"),
+        Some(task_id.as_str())
+    );
+    let record = h.finish();
+    assert_eq!((record.status, record.model.as_str()), (200, "flux"));
+    assert_eq!(record.cost, 0.0, "the task plane meters the task");
+}
+
+#[test]
+fn what_async_provider_models_cannot_answer_is_a_400() {
+    for (path, body, needle) in [
+        (
+            "/v1/audio/speech",
+            &br#"{"model":"flux","input":"hi","voice":"alloy"}"#[..],
+            "/v1/audio/speech",
+        ),
+        (
+            "/v1/images/generations",
+            br#"{"model":"flux","prompt":"x","response_format":"b64_json"}"#,
+            "response_format",
+        ),
+        (
+            "/v1/images/generations",
+            br#"{"model":"veo-3","prompt":"x"}"#,
+            "makes video",
+        ),
+    ] {
+        let mut h = Host::new();
+        h.gw = facade_gateway();
+        let (status, json, _) = reply(&h.request(path, body));
+        assert_eq!(status, 400, "{path}: {json}");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    }
+}
+
+/// An image edit's form: fields, then each image as an `image[]` file.
+fn edit_form(fields: &[(&str, &[u8])], images: &[&[u8]]) -> Vec<u8> {
+    let files: Vec<_> = images
+        .iter()
+        .map(|data| ("image[]", "in.png", "image/png", *data))
+        .collect();
+    form(fields, &files)
+}
+
+#[test]
+fn image_edits_reach_openai_with_their_form_intact_and_are_metered_per_image() {
+    let mut h = Host::new();
+    let png: &[u8] = b"\x89PNG\r\n\x1a\n\x00\xff--sy-boundary-7d1f\r\n";
+    let body = edit_form(
+        &[("model", b"img"), ("prompt", b"add a hat"), ("n", b"2")],
+        &[png, png],
+    );
+    let actions = h.request("/v1/images/edits", &body);
+    let req = sent(&actions);
+    assert_eq!(
+        (req.authority.as_str(), req.path.as_str()),
+        ("oa.test", "/v1/images/edits")
+    );
+    assert_eq!(
+        header(&req.headers, "content-type"),
+        Some(format!("multipart/form-data; boundary={BOUNDARY}").as_str())
+    );
+    let expected = edit_form(
+        &[
+            ("model", b"gpt-image-1"),
+            ("prompt", b"add a hat"),
+            ("n", b"2"),
+        ],
+        &[png, png],
+    );
+    assert_eq!(req.body, expected, "only the model is rewritten");
+    let answer = br#"{"created":1,"data":[{"b64_json":"AA=="},{"b64_json":"AA=="}]}"#;
+    let out = raw_reply(&h.answer("application/json", answer)).clone();
+    assert_eq!(out.status, 200);
+    let record = h.finish();
+    assert_eq!(record.images, 2);
+    assert!((record.cost - 2.0 * 0.04).abs() < 1e-9, "{}", record.cost);
+
+    // No image, or a model of asynchronous providers: a 400 naming what is wrong.
+    let mut h = Host::new();
+    let (status, json, _) = reply(&h.request(
+        "/v1/images/edits",
+        &multipart(&[("model", b"img"), ("prompt", b"x")], None),
+    ));
+    assert_eq!(
+        (status, json["error"]["param"].as_str()),
+        (400, Some("image"))
+    );
+    let mut h = Host::new();
+    h.gw = facade_gateway();
+    let (status, json, _) = reply(&h.request(
+        "/v1/images/edits",
+        &edit_form(&[("model", b"veo-3"), ("prompt", b"x")], &[png]),
+    ));
+    assert_eq!(status, 400, "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`veo-3` cannot edit images"), "{message}");
+
+    // An edit for a model of asynchronous providers waits on the task plane, form intact.
+    let mut h = Host::new();
+    h.gw = facade_gateway();
+    let form = edit_form(&[("model", b"flux"), ("prompt", b"x")], &[png]);
+    let actions = h.request("/v1/images/edits", &form);
+    let req = sent(&actions);
+    assert_eq!(req.authority, "tasks.test");
+    assert_eq!(
+        header(&req.headers, "x-switchyard-operation"),
+        Some("images.edits")
+    );
+    assert_eq!(
+        header(&req.headers, "content-type"),
+        Some(format!("multipart/form-data; boundary={BOUNDARY}").as_str())
+    );
+    assert_eq!(req.body, form);
 }

@@ -2,9 +2,7 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use switchyard_core::canonical::{
-    ChatRequest, Content, ContentPart, FunctionCall, Message, Role, ToolCall,
-};
+use switchyard_core::canonical::{ChatRequest, Content, ContentPart, Message, Role, ToolCall};
 use switchyard_core::providers::{anthropic, gemini, ProviderKind};
 use switchyard_core::sse::SseParser;
 use switchyard_core::stream::ResponseStream;
@@ -67,14 +65,11 @@ fn conversation(system: &[String], turns: &[Turn]) -> ChatRequest {
         messages.push(Message::text(Role::User, turn.user.clone()));
         let mut calls = Vec::new();
         for (name, args, _) in &turn.calls {
-            calls.push(ToolCall {
-                id: format!("call_{n}"),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: name.clone(),
-                    arguments: Value::Object(args.clone()).to_string(),
-                },
-            });
+            calls.push(ToolCall::function(
+                format!("call_{n}"),
+                name.clone(),
+                Value::Object(args.clone()).to_string(),
+            ));
             n += 1;
         }
         let first_id = n - calls.len();
@@ -648,13 +643,8 @@ fn canonical_answer(a: &Answer) -> switchyard_core::canonical::ChatResponse {
             .calls
             .iter()
             .enumerate()
-            .map(|(i, (name, args))| ToolCall {
-                id: format!("call_{i}"),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: name.clone(),
-                    arguments: args.to_string(),
-                },
+            .map(|(i, (name, args))| {
+                ToolCall::function(format!("call_{i}"), name.clone(), args.to_string())
             })
             .collect(),
         reasoning: Vec::new(),

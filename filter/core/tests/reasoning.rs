@@ -159,6 +159,93 @@ fn an_anthropic_answer_round_trips_through_an_openai_chat_client() {
 }
 
 #[test]
+fn an_anthropic_answer_round_trips_through_a_responses_client() {
+    // A Responses client gets the thinking as a reasoning item (summary, and the signed
+    // parts in `encrypted_content`), complete or streamed, and sends its output back as
+    // input; Anthropic gets its blocks back as it wrote them.
+    let recorded: Value =
+        serde_json::from_slice(&common::fixture("anthropic/response_thinking.json")).unwrap();
+    let answer = ProviderKind::Anthropic
+        .parse_chat(&common::fixture("anthropic/response_thinking.json"))
+        .unwrap();
+    let complete: Value = serde_json::from_slice(&ingress::encode_chat_response(
+        Dialect::Responses,
+        &answer,
+        br#"{"model":"m","input":"hi"}"#,
+    ))
+    .unwrap();
+    let streamed = {
+        let body = br#"{"model":"m","input":"hi","stream":true}"#;
+        let ctx = ingress::AnswerContext {
+            id: "resp_1",
+            model: "m",
+            created: 0,
+            include_usage: false,
+            request: body,
+        };
+        let mut encoder = ingress::stream_encoder(Dialect::Responses, &ctx);
+        let mut events = Vec::new();
+        for part in answer.reasoning.clone() {
+            switchyard_core::stream::StreamEvent::push_reasoning(
+                &mut events,
+                part,
+                ANTHROPIC_REASONING,
+            );
+        }
+        events.push(switchyard_core::stream::StreamEvent::Text(
+            answer.text.clone().unwrap(),
+        ));
+        let mut out = Vec::new();
+        for e in &events {
+            encoder.encode(e, &mut out);
+        }
+        encoder.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let done: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|e| e["type"] == "response.output_item.done")
+            .map(|e| e["item"].clone())
+            .collect();
+        json!({"output": done})
+    };
+    for out in [complete, streamed] {
+        let mut input = vec![
+            json!({"role": "user", "content": "Are there infinitely many primes n mod 4 = 3?"}),
+        ];
+        input.extend(out["output"].as_array().unwrap().iter().cloned());
+        input.push(json!({"role": "user", "content": "Prove it."}));
+        let req = decode(Dialect::Responses, &json!({"model": "m", "input": input}));
+        let body = anthropic::request_body(&req, "claude").unwrap();
+        assert_eq!(body["messages"][1]["content"], recorded["content"], "{out}");
+    }
+    // Another reasoning item's summary is unsigned text: not sent to Anthropic.
+    let req = decode(
+        Dialect::Responses,
+        &json!({"model": "m", "input": [
+            {"role": "user", "content": "hi"},
+            {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "Greeting."}], "encrypted_content": "gAAAAABo"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "go on"}
+        ]}),
+    );
+    assert_eq!(
+        req.messages[1].reasoning,
+        vec![Reasoning::Text {
+            text: "Greeting.".into(),
+            signature: None,
+            format: None
+        }]
+    );
+    let body = anthropic::request_body(&req, "claude").unwrap();
+    assert_eq!(
+        body["messages"][1]["content"],
+        json!([{"type": "text", "text": "hello"}])
+    );
+}
+
+#[test]
 fn gemini_include_thoughts_needs_a_budget() {
     let decode = |config: Value| {
         ingress::gemini::decode_request(
@@ -205,4 +292,146 @@ fn anthropic_thinking_is_openai_reasoning_effort() {
         "high"
     );
     assert_eq!(effort(json!({"type": "disabled"})), "minimal");
+}
+
+/// Claude's thinking on Bedrock Converse: `reasoningContent` blocks
+/// (<https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ReasoningContentBlock.html>),
+/// streamed as `contentBlockDelta.delta.reasoningContent` (text pieces, then the signature;
+/// <https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ReasoningContentBlockDelta.html>).
+mod bedrock_reasoning {
+    use super::*;
+    use switchyard_core::canonical::Reasoning;
+    use switchyard_core::providers::bedrock::{self, eventstream};
+    use switchyard_core::stream::{StreamDecoder, StreamEvent};
+
+    #[test]
+    fn converse_reasoning_blocks_are_read() {
+        let body = json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"reasoningContent": {"reasoningText": {"text": "97 has no divisor.", "signature": "EqoBCkgIARAB"}}},
+                {"reasoningContent": {"redactedContent": "EmwKAhgBEgy3"}},
+                {"text": "Yes."}
+            ]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 10, "outputTokens": 20, "totalTokens": 30}
+        });
+        let resp = bedrock::parse_chat(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(resp.text.as_deref(), Some("Yes."));
+        assert_eq!(
+            resp.reasoning,
+            vec![
+                Reasoning::Text {
+                    text: "97 has no divisor.".into(),
+                    signature: Some("EqoBCkgIARAB".into()),
+                    format: Some(ANTHROPIC_REASONING.into()),
+                },
+                Reasoning::Encrypted {
+                    data: "EmwKAhgBEgy3".into(),
+                    format: Some(ANTHROPIC_REASONING.into()),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn converse_stream_reasoning_deltas_are_read() {
+        let event = |kind: &str, payload: Value| {
+            eventstream::encode(
+                &[
+                    (":message-type", "event"),
+                    (":event-type", kind),
+                    (":content-type", "application/json"),
+                ],
+                payload.to_string().as_bytes(),
+            )
+        };
+        let mut bytes = event("messageStart", json!({"role": "assistant"}));
+        for delta in [
+            json!({"reasoningContent": {"text": "97 has "}}),
+            json!({"reasoningContent": {"text": "no divisor."}}),
+            json!({"reasoningContent": {"signature": "EqoBCkgIARAB"}}),
+        ] {
+            bytes.extend(event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": delta}),
+            ));
+        }
+        bytes.extend(event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"text": "Yes."}}),
+        ));
+        bytes.extend(event("messageStop", json!({"stopReason": "end_turn"})));
+        let mut decoder = bedrock::BedrockStreamDecoder::default();
+        let mut events = Vec::new();
+        decoder.push(&bytes, &mut events).unwrap();
+        decoder.finish(&mut events).unwrap();
+        let reasoning: Vec<_> = events
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    StreamEvent::Reasoning(_)
+                        | StreamEvent::ReasoningSignature { .. }
+                        | StreamEvent::Text(_)
+                )
+            })
+            .collect();
+        assert_eq!(
+            reasoning,
+            vec![
+                StreamEvent::Reasoning("97 has ".into()),
+                StreamEvent::Reasoning("no divisor.".into()),
+                StreamEvent::ReasoningSignature {
+                    signature: "EqoBCkgIARAB".into(),
+                    format: ANTHROPIC_REASONING,
+                },
+                StreamEvent::Text("Yes.".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn claude_thinking_sent_back_and_asked_for_on_bedrock() {
+        // An Anthropic client's second turn (signed + redacted thinking, a tool call).
+        let req = decode(Dialect::Anthropic, &anthropic_turn());
+        let body = bedrock::request_body(&req).unwrap();
+        assert_eq!(
+            body["messages"][1]["content"][0],
+            json!({"reasoningContent": {"reasoningText": {
+                "text": "I should call the weather tool.",
+                "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrk"}}})
+        );
+        assert_eq!(
+            body["messages"][1]["content"][1],
+            json!({"reasoningContent": {"redactedContent": "EmwKAhgBEgy3va3pzix/LafPsn4aDFIT2Xlxh0L5L8rL"}})
+        );
+        assert!(body["messages"][1]["content"][2].get("toolUse").is_some());
+        assert_eq!(
+            body["additionalModelRequestFields"],
+            json!({"thinking": {"type": "enabled", "budget_tokens": 2048}})
+        );
+        assert_eq!(body["inferenceConfig"]["maxTokens"], json!(4096));
+    }
+
+    #[test]
+    fn reasoning_effort_is_a_claude_budget_on_bedrock() {
+        let req = decode(
+            Dialect::OpenAi,
+            &json!({"model": "m", "max_tokens": 100, "reasoning_effort": "medium",
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        let body = bedrock::request_body(&req).unwrap();
+        assert_eq!(
+            body["additionalModelRequestFields"],
+            json!({"thinking": {"type": "enabled", "budget_tokens": 4096}})
+        );
+        assert_eq!(body["inferenceConfig"]["maxTokens"], json!(4196));
+        let plain = decode(
+            Dialect::OpenAi,
+            &json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        let body = bedrock::request_body(&plain).unwrap();
+        assert!(body.get("additionalModelRequestFields").is_none(), "{body}");
+        assert!(body.get("inferenceConfig").is_none(), "{body}");
+    }
 }

@@ -8,6 +8,7 @@ mod common;
 use common::{
     accumulate_anthropic, accumulate_openai, fixture, random_chunks, translate_chunks, Final,
 };
+use switchyard_core::canonical::wire_id;
 use switchyard_core::providers::ProviderKind;
 use switchyard_core::stream::ResponseStream;
 use switchyard_core::Dialect;
@@ -176,6 +177,9 @@ fn gemini_stream_tools_reach_both_clients() {
         Dialect::Anthropic,
     );
     assert_eq!(f.text, "Let me look both up.");
+    // The first call's thought signature travels in its `tool_use` id.
+    let mut want = want;
+    want[0].0 = wire_id("call_0", Some("CiQBVKhc7nS/tr+eamSig=="));
     assert_calls(&f, &want);
     assert_eq!(f.finish.as_deref(), Some("tool_use"));
     assert_eq!((f.input_tokens, f.output_tokens), (60 - 32, 35));

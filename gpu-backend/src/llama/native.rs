@@ -247,11 +247,15 @@ impl NativeLlama {
                     CacheLayers::Candle(_) => unreachable!("checked above"),
                 })
                 .collect();
-            attn.par_chunks_mut(q_dim)
-                .zip(qkv.par_chunks(qkv_dim))
-                .zip(rows.par_iter())
-                .for_each_init(Vec::new, |scores, ((out, row), &(s, pos))| {
-                    attend(c, &row[..q_dim], caches[s], pos, scores, out)
+            // One task per (row, head): a single decoding sequence still has a head for
+            // every thread.
+            attn.par_chunks_mut(hd)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (i, out)| {
+                    let (row, head) = (i / c.n_head, i % c.n_head);
+                    let (s, pos) = rows[row];
+                    let q = &qkv[row * qkv_dim + head * hd..][..hd];
+                    attend(c, q, head, caches[s], pos, scores, out)
                 });
             kernels::matmul(&layer.wo, &attn, &mut proj);
             add(&mut x, &proj);
@@ -305,30 +309,29 @@ fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Causal attention of one token at `pos` (its keys and values already in `cache`) over
-/// positions `0..=pos`, every query head against its group's key/value head.
+/// Causal attention of one query head of the token at `pos` (its keys and values already
+/// in `cache`) over positions `0..=pos`, against its group's key/value head.
 fn attend(
     c: &LlamaConfig,
-    q: &[f32],
+    qh: &[f32],
+    head: usize,
     cache: &LayerKv,
     pos: usize,
     scores: &mut Vec<f32>,
-    out: &mut [f32],
+    oh: &mut [f32],
 ) {
     let hd = c.head_dim;
     let kv_dim = c.n_kv_head * hd;
     let groups = c.n_head / c.n_kv_head;
     let scale = (hd as f32).sqrt();
-    out.fill(0.0);
-    for (head, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-        let off = head / groups * hd;
-        scores.clear();
-        scores.extend(
-            (0..=pos).map(|j| kernels::dot_f32(qh, &cache.k[j * kv_dim + off..][..hd]) / scale),
-        );
-        kernels::softmax(scores);
-        for (j, &p) in scores.iter().enumerate() {
-            kernels::axpy(p, &cache.v[j * kv_dim + off..][..hd], oh);
-        }
+    oh.fill(0.0);
+    let off = head / groups * hd;
+    scores.clear();
+    scores.extend(
+        (0..=pos).map(|j| kernels::dot_f32(qh, &cache.k[j * kv_dim + off..][..hd]) / scale),
+    );
+    kernels::softmax(scores);
+    for (j, &p) in scores.iter().enumerate() {
+        kernels::axpy(p, &cache.v[j * kv_dim + off..][..hd], oh);
     }
 }

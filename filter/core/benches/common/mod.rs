@@ -21,7 +21,18 @@ pub const OPENAI_ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion"
 pub const ANTHROPIC_ANSWER: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"March in Tokyo is mild, around 10 to 14 °C, with cherry blossoms late in the month."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":120,"output_tokens":24}}"#;
 
 pub fn gateway() -> Gateway {
+    gateway_with(false)
+}
+
+/// The same gateway with `edge.route_complete_answers` on: the fast path's answer is relayed.
+#[allow(dead_code)]
+pub fn routed_gateway() -> Gateway {
+    gateway_with(true)
+}
+
+fn gateway_with(route_complete_answers: bool) -> Gateway {
     let config = json!({
+        "edge": {"route_complete_answers": route_complete_answers},
         "keys": [{"id": "bench", "sha256": hash_key("sk-bench"), "models": ["*"]}],
         "providers": {
             "up": {"kind": "openai", "base_url": "http://127.0.0.1:18000", "cluster": "upstream"},
@@ -53,17 +64,25 @@ pub fn one(gw: &Gateway, body: &[u8], answer: &[u8]) -> usize {
     };
     ex.handle(gw, Event::RequestHead(head), &cx);
     ex.handle(gw, Event::RequestBody(body), &cx);
-    ex.handle(
+    // The head comes before the body (as through a router): a relayed answer is fed as it
+    // arrives, a held one whole.
+    let head = ex.handle(
         gw,
         Event::UpstreamHead(UpstreamHead {
             status: 200,
             content_type: Some("application/json"),
-            body_complete: true,
+            body_complete: false,
             ..Default::default()
         }),
         &cx,
     );
-    let actions = ex.handle(gw, Event::UpstreamBody(answer), &cx);
+    let actions = if matches!(head.as_slice(), [Action::RelayResponse(_)]) {
+        ex.handle(gw, Event::UpstreamData(answer), &cx);
+        ex.handle(gw, Event::UpstreamEnd, &cx);
+        vec![]
+    } else {
+        ex.handle(gw, Event::UpstreamBody(answer), &cx)
+    };
     let record = ex.finish(Ending::default(), &cx).unwrap();
     let out = actions
         .iter()
@@ -71,6 +90,7 @@ pub fn one(gw: &Gateway, body: &[u8], answer: &[u8]) -> usize {
             Action::Reply(r) => r.body.len(),
             _ => 0,
         })
-        .sum::<usize>();
+        .sum::<usize>()
+        .max(answer.len());
     out + record.to_json().len()
 }

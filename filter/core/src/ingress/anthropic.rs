@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall, FunctionDef,
-    ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat, Role, Stop,
-    TokenUsage, Tool, ToolCall, ToolChoice, ANTHROPIC_REASONING,
+    split_wire_id, wire_id, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
+    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat,
+    Role, Stop, TokenUsage, Tool, ToolCall, ToolChoice, ANTHROPIC_REASONING,
 };
 use crate::error::{Dialect, GatewayError};
 use crate::providers::anthropic::{arguments_string, WireBlock, WireContent, WireImageSource};
@@ -343,7 +343,8 @@ fn decode_user(blocks: Vec<WireBlock>, messages: &mut Vec<Message>) {
                     ),
                     name: None,
                     tool_calls: None,
-                    tool_call_id: Some(tool_use_id),
+                    // The id as the call had it, less any thought signature in it.
+                    tool_call_id: Some(split_wire_id(&tool_use_id).0),
                     reasoning: Vec::new(),
                 });
             }
@@ -366,14 +367,13 @@ fn decode_assistant(blocks: Vec<WireBlock>) -> Message {
                 reasoning.extend(b.reasoning())
             }
             WireBlock::Text { text } => texts.push(ContentPart::Text { text }),
-            WireBlock::ToolUse { id, name, input } => calls.push(ToolCall {
-                id,
-                kind: "function".into(),
-                function: FunctionCall {
-                    name,
-                    arguments: arguments_string(&input),
-                },
-            }),
+            WireBlock::ToolUse { id, name, input } => {
+                // Gemini's thought signature travels in the id (`ToolCall::wire_id`).
+                let (id, signature) = split_wire_id(&id);
+                let mut call = ToolCall::function(id, name, arguments_string(&input));
+                call.signature = signature;
+                calls.push(call);
+            }
             _ => {}
         }
     }
@@ -440,7 +440,7 @@ pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
     for call in &resp.tool_calls {
         content.push(json!({
             "type": "tool_use",
-            "id": call.id,
+            "id": call.wire_id(),
             "name": call.function.name,
             "input": input_object(&call.function.arguments),
         }));
@@ -626,11 +626,17 @@ impl StreamEncoder for AnthropicStreamEncoder {
                 };
                 Self::delta(out, index, Delta::Text { text });
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 if self.tool_blocks.iter().any(|(t, _)| t == index) {
                     return;
                 }
                 self.ensure_started(out);
+                let id = wire_id(id, signature.as_deref());
                 let block = self.open_block(
                     out,
                     json!({"type": "tool_use", "id": id, "name": name, "input": {}}),

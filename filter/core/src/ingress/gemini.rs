@@ -39,9 +39,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall, FunctionDef,
-    ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat, Role, Stop,
-    StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice, GEMINI_REASONING,
+    ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionDef, ImageUrl,
+    JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat, Role, Stop, StreamOptions,
+    TokenUsage, Tool, ToolCall, ToolChoice, GEMINI_REASONING,
 };
 use crate::error::{Dialect, GatewayError};
 use crate::sse::write_event;
@@ -305,14 +305,13 @@ impl Calls {
             id: id.clone(),
             name: name.to_string(),
         });
-        Ok(ToolCall {
-            id,
-            kind: "function".into(),
-            function: FunctionCall {
-                name: name.to_string(),
-                arguments,
-            },
-        })
+        let mut call = ToolCall::function(id, name, arguments);
+        // The signature Gemini put on this call, which Gemini 3 wants back on it.
+        call.signature = field(part, "thoughtSignature", "thought_signature")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        Ok(call)
     }
 
     /// The tool message answering a call, paired by id, else by name (earliest first).
@@ -822,7 +821,12 @@ fn call_part(call: &ToolCall) -> Value {
         _ if call.function.arguments.trim().is_empty() => json!({}),
         _ => json!({"_raw": call.function.arguments}),
     };
-    json!({"functionCall": {"id": call.id, "name": call.function.name, "args": args}})
+    let mut part =
+        json!({"functionCall": {"id": call.id, "name": call.function.name, "args": args}});
+    if let Some(sig) = &call.signature {
+        part["thoughtSignature"] = json!(sig);
+    }
+    part
 }
 
 fn chunk(
@@ -938,22 +942,19 @@ impl StreamEncoder for GeminiStreamEncoder {
                 self.flush_call(out);
                 self.send(out, vec![json!({"text": text})], None, false);
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 if self.pending.as_ref().is_some_and(|(i, _)| i == index) {
                     return;
                 }
                 self.flush_call(out);
-                self.pending = Some((
-                    *index,
-                    ToolCall {
-                        id: id.clone(),
-                        kind: "function".into(),
-                        function: FunctionCall {
-                            name: name.clone(),
-                            arguments: String::new(),
-                        },
-                    },
-                ));
+                let mut call = ToolCall::function(id.clone(), name.clone(), String::new());
+                call.signature.clone_from(signature);
+                self.pending = Some((*index, call));
             }
             StreamEvent::ToolCallArgs { index, arguments } => {
                 // Arguments of a call already sent (an upstream interleaving two calls)

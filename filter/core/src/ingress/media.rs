@@ -1,8 +1,10 @@
-//! OpenAI's media endpoints: `POST /v1/images/generations` (JSON),
-//! `POST /v1/audio/speech` (JSON in, raw audio out) and `POST /v1/audio/transcriptions`
-//! (`multipart/form-data` in).
+//! OpenAI's media endpoints: `POST /v1/images/generations` (JSON), `POST /v1/images/edits`
+//! (`multipart/form-data` in), `POST /v1/audio/speech` (JSON in, raw audio out) and
+//! `POST /v1/audio/transcriptions` (`multipart/form-data` in).
 //!
 //! Wire format: <https://platform.openai.com/docs/api-reference/images/create>,
+//! <https://platform.openai.com/docs/api-reference/images/createEdit> (`image`, or `image[]`
+//! repeated for several images, `mask`, `prompt`, `model`, `n`, `size`, `response_format`…),
 //! <https://platform.openai.com/docs/api-reference/audio/createSpeech>,
 //! <https://platform.openai.com/docs/api-reference/audio/createTranscription>; multipart per
 //! RFC 7578 (boundary syntax RFC 2046 §5.1.1).
@@ -24,6 +26,8 @@ pub enum MediaKind {
     Speech,
     /// `POST /v1/audio/transcriptions`.
     Transcription,
+    /// `POST /v1/images/edits`.
+    ImageEdit,
 }
 
 impl MediaKind {
@@ -33,6 +37,7 @@ impl MediaKind {
             MediaKind::Images => "/v1/images/generations",
             MediaKind::Speech => "/v1/audio/speech",
             MediaKind::Transcription => "/v1/audio/transcriptions",
+            MediaKind::ImageEdit => "/v1/images/edits",
         }
     }
 
@@ -42,13 +47,14 @@ impl MediaKind {
             MediaKind::Images => "images/generations",
             MediaKind::Speech => "audio/speech",
             MediaKind::Transcription => "audio/transcriptions",
+            MediaKind::ImageEdit => "images/edits",
         }
     }
 
     /// The catalog mode of a model that serves it.
     pub fn mode(self) -> crate::catalog::Mode {
         match self {
-            MediaKind::Images => crate::catalog::Mode::Image,
+            MediaKind::Images | MediaKind::ImageEdit => crate::catalog::Mode::Image,
             MediaKind::Speech => crate::catalog::Mode::Speech,
             MediaKind::Transcription => crate::catalog::Mode::Transcription,
         }
@@ -66,7 +72,7 @@ pub struct MediaRequest {
     pub response_format: Option<String>,
     /// Images asked for (`n`, 1 when absent); 0 for audio.
     pub images: u64,
-    /// A transcription's multipart boundary (from the client's `Content-Type`).
+    /// A multipart request's boundary (transcriptions, image edits), read from its body.
     pub boundary: Option<String>,
 }
 
@@ -74,7 +80,7 @@ pub struct MediaRequest {
 pub fn decode(kind: MediaKind, body: &[u8]) -> Result<MediaRequest, GatewayError> {
     let req = match kind {
         MediaKind::Images | MediaKind::Speech => decode_json(kind, body)?,
-        MediaKind::Transcription => decode_multipart(body)?,
+        MediaKind::Transcription | MediaKind::ImageEdit => decode_multipart(kind, body)?,
     };
     if req.model.is_empty() {
         return Err(GatewayError::invalid("`model` must not be empty").with_param("model"));
@@ -125,12 +131,17 @@ fn decode_json(kind: MediaKind, body: &[u8]) -> Result<MediaRequest, GatewayErro
     })
 }
 
-fn decode_multipart(body: &[u8]) -> Result<MediaRequest, GatewayError> {
+fn decode_multipart(kind: MediaKind, body: &[u8]) -> Result<MediaRequest, GatewayError> {
     let boundary = boundary(body).ok_or_else(|| {
-        GatewayError::invalid(
-            "malformed multipart body: a transcription request must be `multipart/form-data` \
-             starting with its boundary line",
-        )
+        GatewayError::invalid(format!(
+            "malformed multipart body: {} request must be `multipart/form-data` starting with \
+             its boundary line",
+            if kind == MediaKind::ImageEdit {
+                "an image edit"
+            } else {
+                "a transcription"
+            }
+        ))
     })?;
     let parts = parse(body, &boundary)
         .map_err(|e| GatewayError::invalid(format!("malformed multipart body: {e}")))?;
@@ -140,20 +151,46 @@ fn decode_multipart(body: &[u8]) -> Result<MediaRequest, GatewayError> {
             .find(|p| p.name == name)
             .map(|p| String::from_utf8_lossy(&body[p.value.clone()]).into_owned())
     };
-    if !parts
-        .iter()
-        .any(|p| p.name == "file" && p.filename.is_some())
-    {
-        return Err(
-            GatewayError::invalid("`file` is required: the audio file to transcribe")
-                .with_param("file"),
-        );
-    }
+    let file = |names: &[&str]| {
+        parts
+            .iter()
+            .any(|p| names.contains(&p.name.as_str()) && p.filename.is_some())
+    };
+    let images = if kind == MediaKind::ImageEdit {
+        if !file(&["image", "image[]"]) {
+            return Err(GatewayError::invalid(
+                "`image` is required: the image file (or `image[]` files) to edit",
+            )
+            .with_param("image"));
+        }
+        if field("prompt").is_none_or(|p| p.trim().is_empty()) {
+            return Err(GatewayError::invalid("`prompt` is required").with_param("prompt"));
+        }
+        match field("n") {
+            None => 1,
+            Some(n) => n
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=10).contains(n))
+                .ok_or_else(|| {
+                    GatewayError::invalid("`n` must be an integer from 1 to 10").with_param("n")
+                })?,
+        }
+    } else {
+        if !file(&["file"]) {
+            return Err(
+                GatewayError::invalid("`file` is required: the audio file to transcribe")
+                    .with_param("file"),
+            );
+        }
+        0
+    };
     Ok(MediaRequest {
-        kind: MediaKind::Transcription,
+        kind,
         model: field("model").unwrap_or_default().trim().to_string(),
         response_format: field("response_format").map(|f| f.trim().to_string()),
-        images: 0,
+        images,
         boundary: Some(boundary),
     })
 }
@@ -352,7 +389,7 @@ pub fn usage_of(req: &MediaRequest, body: &[u8]) -> Result<MediaUsage, serde_jso
         }
     }
     match req.kind {
-        MediaKind::Images => {
+        MediaKind::Images | MediaKind::ImageEdit => {
             usage.images = json
                 .get("data")
                 .and_then(Value::as_array)
@@ -476,6 +513,42 @@ mod tests {
         let no_file = body(&[("model", None, b"m")]);
         let err = decode(MediaKind::Transcription, &no_file).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("file"));
+    }
+
+    #[test]
+    fn image_edits_need_an_image_and_a_prompt() {
+        let edit = body(&[
+            ("model", None, b"gpt-image-1"),
+            ("image[]", Some("a.png"), b"\x89PNG"),
+            ("image[]", Some("b.png"), b"\x89PNG"),
+            ("prompt", None, b"add a hat"),
+            ("n", None, b"2"),
+        ]);
+        let req = decode(MediaKind::ImageEdit, &edit).unwrap();
+        assert_eq!((req.model.as_str(), req.images), ("gpt-image-1", 2));
+        assert_eq!(req.boundary.as_deref(), Some("----sy0123"));
+        for (fields, param) in [
+            (
+                &[("model", None, &b"m"[..]), ("prompt", None, b"x")][..],
+                "image",
+            ),
+            (
+                &[("model", None, b"m"), ("image", Some("a.png"), b"x")],
+                "prompt",
+            ),
+            (
+                &[
+                    ("model", None, b"m"),
+                    ("image", Some("a.png"), b"x"),
+                    ("prompt", None, b"x"),
+                    ("n", None, b"11"),
+                ],
+                "n",
+            ),
+        ] {
+            let err = decode(MediaKind::ImageEdit, &body(fields)).unwrap_err();
+            assert_eq!((err.status, err.param.as_deref()), (400, Some(param)));
+        }
     }
 
     #[test]

@@ -24,11 +24,7 @@ fn finish_str(r: FinishReason) -> &'static str {
 
 /// Encodes a canonical response for an OpenAI client.
 pub fn encode_response(resp: &ChatResponse) -> Vec<u8> {
-    let tool_calls: Vec<Value> = resp
-        .tool_calls
-        .iter()
-        .map(|t| json!({"id": t.id, "type": "function", "function": {"name": t.function.name, "arguments": t.function.arguments}}))
-        .collect();
+    let tool_calls: Vec<Value> = resp.tool_calls.iter().map(|t| json!(t)).collect();
     let mut message = json!({"role": "assistant", "content": resp.text, "refusal": null});
     if !resp.reasoning.is_empty() {
         // OpenAI's Chat API has no reasoning field: the de-facto ones of DeepSeek/vLLM
@@ -168,7 +164,12 @@ impl StreamEncoder for OpenAiStreamEncoder {
                 };
                 self.chunk(out, delta, None);
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 self.ensure_started(out);
                 let call = ToolDeltaOut {
                     index: *index,
@@ -178,6 +179,7 @@ impl StreamEncoder for OpenAiStreamEncoder {
                         name: Some(name),
                         arguments: "",
                     },
+                    extra_content: signature.as_deref().map(GoogleExtra::new),
                 };
                 let delta = DeltaOut {
                     tool_calls: Some([call]),
@@ -195,6 +197,7 @@ impl StreamEncoder for OpenAiStreamEncoder {
                         name: None,
                         arguments,
                     },
+                    extra_content: None,
                 };
                 let delta = DeltaOut {
                     tool_calls: Some([call]),
@@ -310,6 +313,30 @@ struct ToolDeltaOut<'a> {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     kind: Option<&'static str>,
     function: FunctionDeltaOut<'a>,
+    /// Gemini's thought signature, where Google's OpenAI-compatible endpoint puts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extra_content: Option<GoogleExtra<'a>>,
+}
+
+/// `{"google": {"thought_signature": ...}}`.
+#[derive(Serialize)]
+struct GoogleExtra<'a> {
+    google: GoogleSignature<'a>,
+}
+
+#[derive(Serialize)]
+struct GoogleSignature<'a> {
+    thought_signature: &'a str,
+}
+
+impl<'a> GoogleExtra<'a> {
+    fn new(signature: &'a str) -> Self {
+        GoogleExtra {
+            google: GoogleSignature {
+                thought_signature: signature,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]

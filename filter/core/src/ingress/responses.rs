@@ -16,8 +16,10 @@
 //!   inside OpenAI; the gateway cannot run them for other providers, so they are a 400 too.
 //! - `instructions` become the first system message; `input` items become canonical
 //!   messages in order (consecutive `function_call` items join one assistant turn, each
-//!   `function_call_output` becomes a `tool` message). `reasoning` items are dropped: they
-//!   only mean something to the model that wrote them.
+//!   `function_call_output` becomes a `tool` message). `reasoning` items become the
+//!   reasoning of the assistant turn that follows them: answers write the canonical parts
+//!   (signatures, encrypted reasoning) into the item's `encrypted_content`, so an item sent
+//!   back reaches the provider that can check it; another item's summary is unsigned text.
 //! - `metadata` becomes the field matrix's `metadata` row (sent to OpenAI, a hint
 //!   elsewhere); `include` asking for log-probabilities becomes its `logprobs` row, and
 //!   the other `include` values extend items a translated answer never holds;
@@ -37,9 +39,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    reasoning_text, ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionCall,
-    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, ResponseFormat, Role,
-    StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice,
+    reasoning_text, split_wire_id, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
+    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat,
+    Role, StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::sse::write_event;
@@ -224,8 +226,70 @@ enum WireItem {
         call_id: String,
         output: WireMessageContent,
     },
-    Reasoning {},
+    Reasoning {
+        #[serde(default)]
+        summary: Vec<WireSummary>,
+        #[serde(default)]
+        encrypted_content: Option<String>,
+    },
     ItemReference {},
+}
+
+/// One `summary_text` of a `reasoning` item.
+#[derive(Deserialize)]
+struct WireSummary {
+    #[serde(default)]
+    text: String,
+}
+
+/// Marks `encrypted_content` the gateway wrote ([`encrypted_content`]).
+const REASONING_PREFIX: &str = "swy1.";
+
+/// The `encrypted_content` of a reasoning output item: the canonical reasoning parts (text,
+/// signatures, encrypted data, whose they are) as unpadded base64url JSON after
+/// [`REASONING_PREFIX`]. A Responses client sends the item back as is, and the parts go on
+/// to the provider that can check them (Anthropic's signed thinking); `None` when there is
+/// nothing a provider checks (no signature, nothing encrypted).
+fn encrypted_content(parts: &[Reasoning]) -> Option<String> {
+    use base64::Engine as _;
+    let checked = parts.iter().any(|p| match p {
+        Reasoning::Text { signature, .. } => signature.is_some(),
+        Reasoning::Encrypted { .. } => true,
+    });
+    let json = serde_json::to_vec(parts).ok().filter(|_| checked)?;
+    Some(format!(
+        "{REASONING_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    ))
+}
+
+/// The reasoning parts of a reasoning input item: those the gateway wrote into
+/// `encrypted_content`, else the summary as unsigned text (OpenAI's own encrypted content
+/// means nothing to another provider).
+fn reasoning_input(summary: Vec<WireSummary>, encrypted: Option<&str>) -> Vec<Reasoning> {
+    use base64::Engine as _;
+    let parts = encrypted
+        .and_then(|e| e.strip_prefix(REASONING_PREFIX))
+        .and_then(|b| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b)
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<Vec<Reasoning>>(&json).ok())
+        .unwrap_or_default();
+    if !parts.is_empty() {
+        return parts;
+    }
+    let text: Vec<String> = summary.into_iter().map(|s| s.text).collect();
+    let text = text.join("\n\n");
+    if text.is_empty() {
+        return Vec::new();
+    }
+    vec![Reasoning::Text {
+        text,
+        signature: None,
+        format: None,
+    }]
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -332,6 +396,8 @@ fn message(role: Role, content: Option<Content>) -> Message {
 
 /// Appends the input items to `messages`.
 fn decode_items(items: Vec<Value>, messages: &mut Vec<Message>) -> Result<(), GatewayError> {
+    // Reasoning items precede the assistant turn they belong to.
+    let mut reasoning: Vec<Reasoning> = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         // A message may leave out `type` (an "easy input message").
         let item = match item {
@@ -378,11 +444,10 @@ fn decode_items(items: Vec<Value>, messages: &mut Vec<Message>) -> Result<(), Ga
                 name,
                 arguments,
             } => {
-                let call = ToolCall {
-                    id: call_id,
-                    kind: "function".into(),
-                    function: FunctionCall { name, arguments },
-                };
+                // Gemini's thought signature travels in the call id (`ToolCall::wire_id`).
+                let (call_id, signature) = split_wire_id(&call_id);
+                let mut call = ToolCall::function(call_id, name, arguments);
+                call.signature = signature;
                 // Consecutive calls (and the text before them) are one assistant turn.
                 match messages.last_mut() {
                     Some(last) if last.role == Role::Assistant => {
@@ -402,16 +467,29 @@ fn decode_items(items: Vec<Value>, messages: &mut Vec<Message>) -> Result<(), Ga
                         content_of(parts(output, &param)?).unwrap_or(Content::Text(String::new())),
                     ),
                 );
-                m.tool_call_id = Some(call_id);
+                m.tool_call_id = Some(split_wire_id(&call_id).0);
                 messages.push(m);
             }
-            WireItem::Reasoning {} => {}
+            WireItem::Reasoning {
+                summary,
+                encrypted_content,
+            } => {
+                reasoning.extend(reasoning_input(summary, encrypted_content.as_deref()));
+                // Attached to the next assistant message (below, on the next item).
+                continue;
+            }
             WireItem::ItemReference {} => {
                 return Err(refuse_stored(
                     &param,
                     "is an `item_reference` to a stored item",
                 ))
             }
+        }
+        if let Some(last) = messages
+            .last_mut()
+            .filter(|m| m.role == Role::Assistant && !reasoning.is_empty())
+        {
+            last.reasoning.append(&mut reasoning);
         }
     }
     Ok(())
@@ -737,13 +815,17 @@ fn message_item(id: &str, status: &str, text: &str) -> Value {
 /// A `reasoning` output item: the reasoning text as its summary (the Responses form a
 /// client can read; signatures and encrypted reasoning have no place a client could send
 /// back through a translated request).
-fn reasoning_item(id: &str, text: &str) -> Value {
+fn reasoning_item(id: &str, text: &str, parts: &[Reasoning]) -> Value {
     let summary = if text.is_empty() {
         json!([])
     } else {
         json!([{"type": "summary_text", "text": text}])
     };
-    json!({"id": id, "type": "reasoning", "summary": summary})
+    let mut item = json!({"id": id, "type": "reasoning", "summary": summary});
+    if let Some(content) = encrypted_content(parts) {
+        item["encrypted_content"] = json!(content);
+    }
+    item
 }
 
 fn function_item(id: &str, status: &str, call: &ToolCall) -> Value {
@@ -751,7 +833,7 @@ fn function_item(id: &str, status: &str, call: &ToolCall) -> Value {
         "id": id,
         "type": "function_call",
         "status": status,
-        "call_id": call.id,
+        "call_id": call.wire_id(),
         "name": call.function.name,
         "arguments": call.function.arguments,
     })
@@ -767,8 +849,12 @@ pub fn encode_response(resp: &ChatResponse, echo: &Echo) -> Vec<u8> {
     let stem = id_stem(&id);
     let mut output = Vec::new();
     let reasoning = reasoning_text(&resp.reasoning);
-    if !reasoning.is_empty() {
-        output.push(reasoning_item(&format!("rs_{stem}_r"), &reasoning));
+    if !resp.reasoning.is_empty() {
+        output.push(reasoning_item(
+            &format!("rs_{stem}_r"),
+            &reasoning,
+            &resp.reasoning,
+        ));
     }
     if let Some(text) = resp.text.as_deref().filter(|t| !t.is_empty()) {
         output.push(message_item(&format!("msg_{stem}_0"), "completed", text));
@@ -803,6 +889,11 @@ enum OpenItem {
     Reasoning {
         output_index: usize,
         text: String,
+        /// The reasoning so far as canonical parts (text closed by a signature, encrypted
+        /// data), for the item's `encrypted_content`.
+        parts: Vec<Reasoning>,
+        /// Text since the last signature.
+        unsigned: String,
     },
     Call {
         output_index: usize,
@@ -994,7 +1085,7 @@ impl ResponsesStreamEncoder {
         }
         let output_index = self.output.len();
         let item_id = self.reasoning_id(output_index);
-        self.add_item(out, reasoning_item(&item_id, ""));
+        self.add_item(out, reasoning_item(&item_id, "", &[]));
         let mut body = Map::new();
         body.insert("item_id".into(), json!(item_id));
         body.insert("output_index".into(), json!(output_index));
@@ -1004,6 +1095,8 @@ impl ResponsesStreamEncoder {
         self.open.push(OpenItem::Reasoning {
             output_index,
             text: String::new(),
+            parts: Vec::new(),
+            unsigned: String::new(),
         });
         output_index
     }
@@ -1021,9 +1114,22 @@ impl ResponsesStreamEncoder {
         else {
             return;
         };
-        let OpenItem::Reasoning { output_index, text } = self.open.remove(pos) else {
+        let OpenItem::Reasoning {
+            output_index,
+            text,
+            mut parts,
+            unsigned,
+        } = self.open.remove(pos)
+        else {
             return;
         };
+        if !unsigned.is_empty() {
+            parts.push(Reasoning::Text {
+                text: unsigned,
+                signature: None,
+                format: None,
+            });
+        }
         let item_id = self.reasoning_id(output_index);
         let mut body = Map::new();
         body.insert("item_id".into(), json!(item_id));
@@ -1037,7 +1143,7 @@ impl ResponsesStreamEncoder {
         body.insert("summary_index".into(), json!(0));
         body.insert("part".into(), json!({"type": "summary_text", "text": text}));
         self.event(out, "response.reasoning_summary_part.done", body);
-        self.item_done(out, output_index, reasoning_item(&item_id, &text));
+        self.item_done(out, output_index, reasoning_item(&item_id, &text, &parts));
     }
 
     /// Closes every open item, in output order.
@@ -1077,12 +1183,17 @@ impl StreamEncoder for ResponsesStreamEncoder {
             StreamEvent::Reasoning(text) => {
                 self.ensure_started(out);
                 let output_index = self.open_reasoning(out);
-                if let Some(OpenItem::Reasoning { text: so_far, .. }) = self
+                if let Some(OpenItem::Reasoning {
+                    text: so_far,
+                    unsigned,
+                    ..
+                }) = self
                     .open
                     .iter_mut()
                     .find(|i| matches!(i, OpenItem::Reasoning { .. }))
                 {
                     so_far.push_str(text);
+                    unsigned.push_str(text);
                 }
                 let mut body = Map::new();
                 body.insert("item_id".into(), json!(self.reasoning_id(output_index)));
@@ -1110,7 +1221,12 @@ impl StreamEncoder for ResponsesStreamEncoder {
                 body.insert("logprobs".into(), json!([]));
                 self.event(out, "response.output_text.delta", body);
             }
-            StreamEvent::ToolCallStart { index, id, name } => {
+            StreamEvent::ToolCallStart {
+                index,
+                id,
+                name,
+                signature,
+            } => {
                 let known = self
                     .open
                     .iter()
@@ -1123,14 +1239,8 @@ impl StreamEncoder for ResponsesStreamEncoder {
                 self.close_reasoning(out);
                 self.close_message(out);
                 let output_index = self.output.len();
-                let call = ToolCall {
-                    id: id.clone(),
-                    kind: "function".into(),
-                    function: FunctionCall {
-                        name: name.clone(),
-                        arguments: String::new(),
-                    },
-                };
+                let mut call = ToolCall::function(id.clone(), name.clone(), String::new());
+                call.signature.clone_from(signature);
                 let item_id = self.item_id(output_index, true);
                 self.add_item(out, function_item(&item_id, "in_progress", &call));
                 self.open.push(OpenItem::Call {
@@ -1162,11 +1272,40 @@ impl StreamEncoder for ResponsesStreamEncoder {
             }
             StreamEvent::Finish(reason) => self.finish = Some(*reason),
             StreamEvent::Usage(u) => self.usage.merge_max(*u),
-            // Signatures and encrypted reasoning have no Responses form a client could
-            // send back through a translated request (see `reasoning_item`).
-            StreamEvent::ReasoningSignature { .. }
-            | StreamEvent::ReasoningEncrypted { .. }
-            | StreamEvent::Error(_) => {}
+            // Signatures and encrypted reasoning reach the client in the item's
+            // `encrypted_content` (see `encrypted_content`), written when the item is done.
+            StreamEvent::ReasoningSignature { signature, format } => {
+                self.ensure_started(out);
+                self.open_reasoning(out);
+                if let Some(OpenItem::Reasoning {
+                    parts, unsigned, ..
+                }) = self
+                    .open
+                    .iter_mut()
+                    .find(|i| matches!(i, OpenItem::Reasoning { .. }))
+                {
+                    parts.push(Reasoning::Text {
+                        text: std::mem::take(unsigned),
+                        signature: Some(signature.clone()),
+                        format: Some(format.to_string()),
+                    });
+                }
+            }
+            StreamEvent::ReasoningEncrypted { data, format } => {
+                self.ensure_started(out);
+                self.open_reasoning(out);
+                if let Some(OpenItem::Reasoning { parts, .. }) = self
+                    .open
+                    .iter_mut()
+                    .find(|i| matches!(i, OpenItem::Reasoning { .. }))
+                {
+                    parts.push(Reasoning::Encrypted {
+                        data: data.clone(),
+                        format: Some(format.to_string()),
+                    });
+                }
+            }
+            StreamEvent::Error(_) => {}
         }
     }
 

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, ContentPart, FinishReason, FunctionCall, ResponseFormat, Role,
-    TokenUsage, ToolCall, ToolChoice,
+    ChatRequest, ChatResponse, ContentPart, FinishReason, ResponseFormat, Role, TokenUsage,
+    ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{error_message, redact, EgressRequest};
@@ -314,14 +314,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         .into_iter()
         .filter_map(|c| {
             let f = c.function?;
-            Some(ToolCall {
-                id: c.id,
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: f.name.unwrap_or_default(),
-                    arguments: f.arguments.unwrap_or_else(|| "{}".into()),
-                },
-            })
+            Some(ToolCall::function(
+                c.id,
+                f.name.unwrap_or_default(),
+                f.arguments.unwrap_or_else(|| "{}".into()),
+            ))
         })
         .collect();
     // The tool plan is the text of a turn that calls tools.
@@ -444,6 +441,7 @@ impl SseFrameDecoder for CohereStreamFrames {
                     index,
                     id: id.unwrap_or_default().to_string(),
                     name: name.unwrap_or_default().to_string(),
+                    signature: None,
                 });
                 let args = call
                     .and_then(|c| c.pointer("/function/arguments"))

@@ -332,6 +332,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
                             name: f.name.unwrap_or_default(),
                             arguments: f.arguments.unwrap_or_default(),
                         },
+                        signature: None,
                     })
                 })
                 .collect();
@@ -422,6 +423,7 @@ impl SseFrameDecoder for DashscopeStreamFrames {
                                 id
                             },
                             name,
+                            signature: None,
                         });
                     }
                     if !args.is_empty() {

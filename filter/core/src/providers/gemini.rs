@@ -28,8 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, ContentPart, FinishReason, FunctionCall, Message, Reasoning,
-    ResponseFormat, Role, TokenUsage, ToolCall, ToolChoice, GEMINI_REASONING,
+    ChatRequest, ChatResponse, ContentPart, FinishReason, Message, Reasoning, ResponseFormat, Role,
+    TokenUsage, ToolCall, ToolChoice, GEMINI_REASONING,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{encode_segment, error_message, redact, tool_name_for, EgressRequest};
@@ -291,7 +291,14 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
                                 .with_param("messages")
                             })?,
                     };
-                    parts.push(json!({"functionCall": {"name": call.function.name, "args": args}}));
+                    let mut part =
+                        json!({"functionCall": {"name": call.function.name, "args": args}});
+                    // Back on the very part it came on: Gemini 3 answers 400 without it
+                    // (only the first of parallel calls has one).
+                    if let Some(sig) = &call.signature {
+                        part["thoughtSignature"] = json!(sig);
+                    }
+                    parts.push(part);
                 }
                 push_parts(&mut contents, "model", parts);
             }
@@ -567,26 +574,28 @@ fn finish_reason(s: &str, has_tool_calls: bool) -> FinishReason {
     }
 }
 
-fn tool_call(call: WireFunctionCall, index: u32) -> ToolCall {
-    ToolCall {
-        id: call
-            .id
+/// A `functionCall` part as a canonical call, with the part's thought signature.
+fn tool_call(call: WireFunctionCall, signature: Option<String>, index: u32) -> ToolCall {
+    let mut out = ToolCall::function(
+        call.id
             .filter(|id| !id.is_empty())
             .unwrap_or_else(|| format!("call_{index}")),
-        kind: "function".into(),
-        function: FunctionCall {
-            name: call.name,
-            arguments: call
-                .args
-                .map_or_else(|| "{}".to_string(), |a| a.to_string()),
-        },
-    }
+        call.name,
+        call.args
+            .map_or_else(|| "{}".to_string(), |a| a.to_string()),
+    );
+    out.signature = signature.filter(|s| !s.is_empty());
+    out
 }
 
 impl WirePart {
     /// The reasoning a part holds: a thought summary (`thought: true`), or the thought
-    /// signature Gemini puts on another part.
+    /// signature Gemini puts on another part. A `functionCall` part's signature belongs to
+    /// its call ([`ToolCall::signature`]) and is not reasoning.
     fn reasoning(&mut self) -> Option<Reasoning> {
+        if self.function_call.is_some() {
+            return None;
+        }
         let signature = self.thought_signature.take().filter(|s| !s.is_empty());
         let text = if self.thought {
             self.text.take().unwrap_or_default()
@@ -618,7 +627,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
             reasoning.extend(part.reasoning());
             if let Some(call) = part.function_call {
                 let index = tool_calls.len() as u32;
-                tool_calls.push(tool_call(call, index));
+                tool_calls.push(tool_call(call, part.thought_signature, index));
             } else if let Some(t) = part.text.filter(|_| !part.thought) {
                 text.get_or_insert_with(String::new).push_str(&t);
             }
@@ -710,11 +719,12 @@ impl SseFrameDecoder for GeminiStreamFrames {
                 if let Some(call) = part.function_call {
                     let index = self.next_tool;
                     self.next_tool += 1;
-                    let call = tool_call(call, index);
+                    let call = tool_call(call, part.thought_signature, index);
                     out.push(StreamEvent::ToolCallStart {
                         index,
                         id: call.id,
                         name: call.function.name,
+                        signature: call.signature,
                     });
                     out.push(StreamEvent::ToolCallArgs {
                         index,

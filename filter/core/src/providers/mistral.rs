@@ -123,6 +123,10 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
                     if let Some(id) = call.get("id").and_then(Value::as_str) {
                         call["id"] = json!(tool_call_id(id));
                     }
+                    // Gemini's thought signature: nothing Mistral takes.
+                    if let Some(call) = call.as_object_mut() {
+                        call.remove("extra_content");
+                    }
                 }
                 // An assistant turn with calls and no text has empty content, not null.
                 m.entry("content").or_insert(json!(""));

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, FinishReason, FunctionCall, Reasoning, TokenUsage, ToolCall,
-    ANTHROPIC_REASONING, GEMINI_REASONING,
+    ChatRequest, ChatResponse, FinishReason, Reasoning, TokenUsage, ToolCall, ANTHROPIC_REASONING,
+    GEMINI_REASONING,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::ingress::openai::OpenAiStreamEncoder;
@@ -116,6 +116,16 @@ pub(crate) fn chat_body(
 ) -> Result<Vec<u8>, GatewayError> {
     let mut req = req.clone();
     req.model = upstream_model.to_string();
+    // Gemini's thought signatures on tool calls mean nothing to an OpenAI-compatible server
+    // (and `extra_content` is no OpenAI field): only the Gemini provider sends them on.
+    for call in req
+        .messages
+        .iter_mut()
+        .filter_map(|m| m.tool_calls.as_mut())
+        .flatten()
+    {
+        call.signature = None;
+    }
     // Gemini safety settings reach here only as a hint (thresholds that turn blocking off;
     // the field matrix refuses the others): OpenAI has no such field to send them in.
     req.extra.remove("safety_settings");
@@ -369,14 +379,11 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
         .into_iter()
         .filter_map(|t| {
             let f = t.function?;
-            Some(ToolCall {
-                id: t.id.unwrap_or_default(),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: f.name.unwrap_or_default(),
-                    arguments: f.arguments.unwrap_or_default(),
-                },
-            })
+            Some(ToolCall::function(
+                t.id.unwrap_or_default(),
+                f.name.unwrap_or_default(),
+                f.arguments.unwrap_or_default(),
+            ))
         })
         .collect();
     Ok(ChatResponse {
@@ -462,6 +469,7 @@ impl SseFrameDecoder for OpenAiStreamFrames {
                             index,
                             id: call.id.unwrap_or_default(),
                             name: name.unwrap_or_default(),
+                            signature: None,
                         });
                     }
                     if let Some(arguments) = args.filter(|a| !a.is_empty()) {

@@ -35,6 +35,11 @@ pub const OPERATION_HEADER: &str = "x-switchyard-operation";
 /// Header with the webhook URL for an endpoint-shaped submission (its body is the
 /// endpoint's own request, with no room for one).
 pub const WEBHOOK_HEADER: &str = "x-switchyard-webhook";
+/// Header bounding how long a synchronous submission (the facade) waits for its result.
+pub const WAIT_HEADER: &str = "x-switchyard-wait-ms";
+/// Header naming a synchronous submission's task: the id an edge chose for it (trusted with
+/// the edge token only), and the task of a facade answer to the client.
+pub const TASK_ID_HEADER: &str = "x-switchyard-task-id";
 
 /// Where the task plane is (the gateway config's `tasks` section). Every field defaults to
 /// the `control_plane` section's, since both usually live in the same `gpu-backend`.
@@ -147,6 +152,11 @@ pub struct Forward {
     pub scopes: Vec<crate::limits::Scope>,
     /// The task plane's answer's content type, from its head.
     answer_type: Option<String>,
+    /// A synchronous media request for a task model (the facade): how long the task plane
+    /// waits for the task's result.
+    wait_ms: Option<u64>,
+    /// The facade's task id, chosen here so the client's answer can name it.
+    task_id: Option<String>,
 }
 
 fn prefers_async(head: &RequestHead<'_>) -> bool {
@@ -193,6 +203,7 @@ fn route(head: &RequestHead<'_>) -> Option<(Route, &'static [&'static str])> {
         "/v1/messages" => "messages",
         "/v1/embeddings" => "embeddings",
         "/v1/images/generations" => "images.generations",
+        "/v1/images/edits" => IMAGE_EDITS,
         "/v1/audio/speech" => "audio.speech",
         "/v1/audio/transcriptions" => TRANSCRIPTIONS,
         _ => return None,
@@ -250,8 +261,63 @@ impl Forward {
                 model: None,
                 scopes: Vec::new(),
                 answer_type: None,
+                wait_ms: None,
+                task_id: None,
             })
         })())
+    }
+
+    /// The forward of a synchronous media request (already authenticated: `admitted`) whose
+    /// model is served by asynchronous providers: the task plane runs it as a task and
+    /// answers with the endpoint's own answer once it finished, waiting up to the model's
+    /// `fallback.total_timeout_ms` (the config's when the model sets none). `None` when the
+    /// body names no such model (the request is planned as usual). `entropy` makes the task
+    /// id, which the client's answer carries in `x-switchyard-task-id`.
+    pub fn facade(
+        gateway: &Gateway,
+        admitted: &crate::gateway::Admitted,
+        body: &[u8],
+        entropy: (&str, u64),
+    ) -> Option<Result<Forward, GatewayError>> {
+        let crate::gateway::Endpoint::Media(kind) = admitted.endpoint else {
+            return None;
+        };
+        let media = crate::ingress::media::decode(kind, body).ok()?;
+        let model = gateway.config().task_providers.model(&media.model)?;
+        let wait_ms = model
+            .fallback
+            .as_ref()
+            .unwrap_or(&gateway.config().fallback)
+            .total_timeout_ms;
+        if gateway.tasks().is_none() {
+            return Some(Err(GatewayError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "model `{}` is served by asynchronous providers, through the task plane, \
+                     which this gateway has no `tasks` section for",
+                    media.model
+                ),
+            )
+            .with_code("tasks_not_enabled")));
+        }
+        let content_type = match media.boundary {
+            Some(boundary) => format!("multipart/form-data; boundary={boundary}"),
+            None => "application/json".to_string(),
+        };
+        Some(Ok(Forward {
+            route: Route::Operation(crate::tasks::facade::operation(kind)),
+            method: "POST".into(),
+            path: kind.openai_path().into(),
+            dialect: admitted.dialect,
+            key_id: admitted.key_id.clone(),
+            team: admitted.team.clone(),
+            headers: vec![("content-type".into(), content_type)],
+            model: None,
+            scopes: Vec::new(),
+            answer_type: None,
+            wait_ms: Some(wait_ms),
+            task_id: Some(crate::tasks::facade::task_id(entropy.0, entropy.1)),
+        }))
     }
 
     /// The dialect the client is answered in.
@@ -297,13 +363,16 @@ impl Forward {
                     .trim_end_matches('/')
                     == "/v1/tasks");
         if submits {
-            let model = if self.route == Route::Operation(TRANSCRIPTIONS) {
+            let multipart = match self.route {
+                Route::Operation(TRANSCRIPTIONS) => {
+                    Some(crate::ingress::media::MediaKind::Transcription)
+                }
+                Route::Operation(IMAGE_EDITS) => Some(crate::ingress::media::MediaKind::ImageEdit),
+                _ => None,
+            };
+            let model = if let Some(kind) = multipart {
                 // Multipart: the model is a form field.
-                crate::ingress::media::decode(
-                    crate::ingress::media::MediaKind::Transcription,
-                    body,
-                )?
-                .model
+                crate::ingress::media::decode(kind, body)?.model
             } else {
                 submitted_model(body)?
             };
@@ -324,6 +393,19 @@ impl Forward {
                     format!("this API key may not use model `{model}`"),
                 )
                 .with_code("model_not_allowed"));
+            }
+            if let (Route::Operation(operation), Some(task_model)) =
+                (self.route, gateway.config().task_providers.model(&model))
+            {
+                if let Some(kind) = crate::tasks::facade::media_kind(operation) {
+                    let media = crate::ingress::media::decode(kind, body)?;
+                    crate::tasks::facade::check(
+                        kind,
+                        task_model,
+                        &gateway.config().task_providers,
+                        media.response_format.as_deref(),
+                    )?;
+                }
             }
             self.model = Some(model);
             if let Some(key) = gateway.key(&self.key_id) {
@@ -355,6 +437,15 @@ impl Forward {
             headers.push((TEAM_HEADER.to_string(), team.clone()));
         }
         headers.extend(self.headers.iter().cloned());
+        let mut timeout_ms = location.call_timeout_ms;
+        if let Some(wait_ms) = self.wait_ms {
+            // The task plane answers by itself once the wait is over (a 504 naming the task).
+            headers.push((WAIT_HEADER.to_string(), wait_ms.to_string()));
+            timeout_ms = timeout_ms.saturating_add(wait_ms);
+        }
+        if let Some(id) = &self.task_id {
+            headers.push((TASK_ID_HEADER.to_string(), id.clone()));
+        }
         let (method, path) = match self.route {
             Route::Api => (self.method.clone(), self.path.clone()),
             Route::Operation(operation) => {
@@ -374,7 +465,7 @@ impl Forward {
             } else {
                 Vec::new()
             },
-            timeout_ms: location.call_timeout_ms,
+            timeout_ms,
         })
     }
 
@@ -397,6 +488,9 @@ impl Forward {
             "content-type".to_string(),
             content_type.unwrap_or("application/json").to_string(),
         )];
+        if let Some(id) = &self.task_id {
+            headers.push((TASK_ID_HEADER.to_string(), id.clone()));
+        }
         if status == 202 {
             if let Some(id) = serde_json::from_slice::<Value>(body)
                 .ok()
@@ -428,6 +522,8 @@ impl Forward {
 /// The operation of a transcription submitted with `Prefer: respond-async` (its body is
 /// `multipart/form-data`, not JSON).
 const TRANSCRIPTIONS: &str = "audio.transcriptions";
+/// The operation of an image edit submitted with `Prefer: respond-async` (multipart too).
+const IMAGE_EDITS: &str = "images.edits";
 
 fn submitted_model(body: &[u8]) -> Result<String, GatewayError> {
     #[derive(Deserialize)]
@@ -557,6 +653,8 @@ mod tests {
             model: None,
             scopes: Vec::new(),
             answer_type: Some("application/json".into()),
+            wait_ms: None,
+            task_id: None,
         };
         let accepted = forward.answer(202, br#"{"id":"task_ab12"}"#);
         assert!(accepted

@@ -36,6 +36,7 @@ mod response;
 mod stream;
 
 pub use error::parse_error;
+pub(crate) use request::thinking as claude_thinking;
 pub use request::{build_chat, request_body};
 pub use response::{parse_chat, usage_of};
 pub use stream::{AnthropicPassthrough, AnthropicStreamDecoder, AnthropicStreamFrames};

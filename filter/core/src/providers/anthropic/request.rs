@@ -71,6 +71,34 @@ pub fn thinking_budget(effort: &str) -> Option<u32> {
     }
 }
 
+/// Claude's extended `thinking` for a request (its own, or one standing for
+/// `reasoning_effort`), with the output limit to send beside it: Claude counts thinking in
+/// the limit, so a budget from an effort is added to `limit`. Shared by the Anthropic API and
+/// Claude on Bedrock (`additionalModelRequestFields.thinking`).
+pub(crate) fn thinking(req: &ChatRequest, limit: u32) -> (Option<Value>, u32) {
+    if let Some(thinking) = req.extra.get("thinking").filter(|v| !v.is_null()) {
+        let mut thinking = thinking.clone();
+        // The Gemini ingress's note that its client wants no thoughts back is not Claude's
+        // to read (Claude returns its thinking either way).
+        if let Some(t) = thinking.as_object_mut() {
+            t.remove("include_thoughts");
+        }
+        return (Some(thinking), limit);
+    }
+    match req
+        .extra
+        .get("reasoning_effort")
+        .and_then(Value::as_str)
+        .and_then(thinking_budget)
+    {
+        Some(budget) => (
+            Some(json!({"type": "enabled", "budget_tokens": budget})),
+            limit.saturating_add(budget),
+        ),
+        None => (None, limit),
+    }
+}
+
 /// Builds an Anthropic Messages request from canonical form.
 pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressRequest, GatewayError> {
     let body = request_body(req, upstream_model)?;
@@ -155,33 +183,7 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
     if !system.is_empty() {
         body.insert("system".into(), json!(system.join("\n\n")));
     }
-    let mut max_tokens = req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS);
-    // `reasoning_effort` becomes extended thinking with a budget per effort; Anthropic
-    // counts thinking in `max_tokens`, so the budget is added to the answer's limit.
-    let effort_budget = req
-        .extra
-        .get("reasoning_effort")
-        .and_then(Value::as_str)
-        .and_then(thinking_budget);
-    let thinking = match (
-        req.extra.get("thinking").filter(|v| !v.is_null()),
-        effort_budget,
-    ) {
-        (Some(thinking), _) => {
-            let mut thinking = thinking.clone();
-            // The Gemini ingress's note that its client wants no thoughts back is not
-            // Anthropic's to read (Anthropic returns its thinking either way).
-            if let Some(t) = thinking.as_object_mut() {
-                t.remove("include_thoughts");
-            }
-            Some(thinking)
-        }
-        (None, Some(budget)) => {
-            max_tokens = max_tokens.saturating_add(budget);
-            Some(json!({"type": "enabled", "budget_tokens": budget}))
-        }
-        (None, None) => None,
-    };
+    let (thinking, max_tokens) = thinking(req, req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS));
     body.insert("max_tokens".into(), json!(max_tokens));
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t));

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{arguments_string, finish_reason, WireBlock, WireUsage};
-use crate::canonical::{ChatResponse, FunctionCall, TokenUsage, ToolCall};
+use crate::canonical::{ChatResponse, TokenUsage, ToolCall};
 use crate::error::{ErrorKind, GatewayError};
 
 #[derive(Deserialize)]
@@ -37,14 +37,9 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatResponse, GatewayError> {
                 reasoning.extend(b.reasoning())
             }
             WireBlock::Text { text: t } => text.get_or_insert_with(String::new).push_str(&t),
-            WireBlock::ToolUse { id, name, input } => tool_calls.push(ToolCall {
-                id,
-                kind: "function".into(),
-                function: FunctionCall {
-                    name,
-                    arguments: arguments_string(&input),
-                },
-            }),
+            WireBlock::ToolUse { id, name, input } => {
+                tool_calls.push(ToolCall::function(id, name, arguments_string(&input)))
+            }
             _ => {}
         }
     }

@@ -137,6 +137,7 @@ impl SseFrameDecoder for AnthropicStreamFrames {
                         index: tool,
                         id,
                         name,
+                        signature: None,
                     });
                     // The start block's `input` is `{}` by convention; anything else is a
                     // complete input sent up front.

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 use super::chat_path;
 use crate::canonical::{ChatRequest, ContentPart, Message, ResponseFormat, Role, ToolChoice};
 use crate::error::{ErrorKind, GatewayError};
+use crate::providers::anthropic::{claude_thinking, DEFAULT_MAX_TOKENS};
 use crate::providers::{json_instruction, EgressRequest};
 
 /// Builds a Converse (or ConverseStream) request from canonical form.
@@ -64,6 +65,23 @@ fn content_blocks(message: &Message) -> Result<Vec<Value>, GatewayError> {
     Ok(blocks)
 }
 
+/// An assistant turn's earlier reasoning as Converse `reasoningContent` blocks: Claude's
+/// signed thinking (`reasoningText` with its `signature`) and redacted thinking
+/// (`redactedContent`), which Bedrock checks; unsigned reasoning and another provider's are
+/// left out, as for the Anthropic API (`anthropic::reasoning_blocks`).
+/// <https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ReasoningContentBlock.html>
+fn reasoning_blocks(message: &Message) -> Vec<Value> {
+    crate::providers::anthropic::reasoning_blocks(&message.reasoning)
+        .into_iter()
+        .map(|block| match block["type"].as_str() {
+            Some("thinking") => json!({"reasoningContent": {"reasoningText": {
+                "text": block["thinking"], "signature": block["signature"],
+            }}}),
+            _ => json!({"reasoningContent": {"redactedContent": block["data"]}}),
+        })
+        .collect()
+}
+
 /// Appends blocks to the last message if it has the same role, else starts a new message.
 fn push_blocks(
     messages: &mut Vec<(&'static str, Vec<Value>)>,
@@ -108,7 +126,9 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
             }
             Role::User => push_blocks(&mut messages, "user", content_blocks(message)?),
             Role::Assistant => {
-                let mut blocks = content_blocks(message)?;
+                // Claude's signed reasoning goes back first in the turn, as Claude wrote it.
+                let mut blocks = reasoning_blocks(message);
+                blocks.extend(content_blocks(message)?);
                 for call in message.tool_calls.iter().flatten() {
                     has_tool_blocks = true;
                     blocks.push(json!({"toolUse": {
@@ -174,8 +194,25 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
         body.insert("system".into(), Value::Array(system));
     }
     let mut inference = Map::new();
-    if let Some(n) = req.output_limit() {
+    // Claude's extended thinking (or `reasoning_effort` as a budget) is a model field:
+    // `additionalModelRequestFields.thinking`
+    // (https://docs.aws.amazon.com/bedrock/latest/userguide/claude-messages-extended-thinking.html).
+    // Other models answer Bedrock's own 400 for it.
+    let (thinking, thinking_limit) =
+        claude_thinking(req, req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS));
+    let limit = if thinking.is_some() {
+        Some(thinking_limit)
+    } else {
+        req.output_limit()
+    };
+    if let Some(n) = limit {
         inference.insert("maxTokens".into(), json!(n));
+    }
+    if let Some(thinking) = thinking {
+        body.insert(
+            "additionalModelRequestFields".into(),
+            json!({"thinking": thinking}),
+        );
     }
     if let Some(t) = req.temperature {
         inference.insert("temperature".into(), json!(t));

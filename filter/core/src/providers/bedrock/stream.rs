@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use super::error::stream_exception;
 use super::eventstream::{Decoder, Message};
+use super::response::WireReasoning;
 use super::{finish_reason, WireUsage};
-use crate::canonical::FinishReason;
+use crate::canonical::{FinishReason, ANTHROPIC_REASONING};
 use crate::error::GatewayError;
 use crate::stream::{malformed, StreamDecoder, StreamEvent};
 
@@ -69,6 +70,9 @@ struct DeltaBody {
     text: Option<String>,
     #[serde(default)]
     tool_use: Option<ToolUseDelta>,
+    /// Claude's thinking: `text` pieces, then the `signature` (or `redactedContent`).
+    #[serde(default)]
+    reasoning_content: Option<WireReasoning>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +139,7 @@ impl BedrockStreamDecoder {
                         index,
                         id: tool.tool_use_id,
                         name: tool.name,
+                        signature: None,
                     });
                 }
             }
@@ -145,6 +150,9 @@ impl BedrockStreamDecoder {
                 };
                 if let Some(text) = body.text.filter(|t| !t.is_empty()) {
                     out.push(StreamEvent::Text(text));
+                }
+                if let Some(r) = body.reasoning_content.and_then(WireReasoning::canonical) {
+                    StreamEvent::push_reasoning(out, r, ANTHROPIC_REASONING);
                 }
                 if let Some(tool) = body.tool_use.filter(|t| !t.input.is_empty()) {
                     let block = delta.content_block_index;

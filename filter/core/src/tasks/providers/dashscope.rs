@@ -31,7 +31,7 @@ pub const IMAGE_PATH: &str = "/api/v1/services/aigc/text2image/image-synthesis";
 /// Service path of video generation.
 pub const VIDEO_PATH: &str = "/api/v1/services/aigc/video-generation/video-synthesis";
 
-fn is_video_model(model: &str) -> bool {
+pub(crate) fn is_video_model(model: &str) -> bool {
     let model = model.to_ascii_lowercase();
     ["t2v", "i2v", "kf2v", "video"]
         .iter()

@@ -165,6 +165,10 @@ pub struct TaskModelConfig {
     /// Candidates in order: a task that fails or times out on one is resubmitted to the next
     /// once.
     pub deployments: Vec<TaskDeploymentConfig>,
+    /// Overrides the config's fallback policy; its `total_timeout_ms` is how long a
+    /// synchronous media request naming this model waits for the task (the facade).
+    #[serde(default)]
+    pub fallback: Option<crate::config::FallbackPolicy>,
 }
 
 impl TaskModelConfig {

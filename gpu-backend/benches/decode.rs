@@ -1,0 +1,149 @@
+//! Single-stream decode, in process: the forward step and greedy pick of one sequence, with
+//! no HTTP, scheduler or tokenizer around it, so a profiler (`perf record`) or an
+//! instruction counter (`valgrind --tool=cachegrind`; the VM hides hardware counters from
+//! `perf stat`) sees only the per-token work. Also times each matmul shape of the model
+//! alone, hot in cache and streamed from memory, so a slow weight format shows up as a
+//! kernel or a bandwidth problem.
+//!
+//! Run: `cargo bench -p gpu-backend --bench decode -- GGUF [TOKENS] [kernels]` (default: the
+//! fetched SmolLM2 Q4_1, 64 tokens; `kernels` adds the per-matmul timings). It prints the
+//! greedy tokens, so two builds can be checked for the same output.
+
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+use gpu_backend::kernels::{self, QMatrix};
+use gpu_backend::llama::{argmax, QuantizedLlama, StepInput};
+
+mod common;
+use common::cpu_seconds;
+
+/// The prompt: the greedy fixture's (a chat-templated question, SmolLM2's token ids).
+fn prompt() -> Vec<u32> {
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/smollm2_reference_greedy.json"
+    ))
+    .expect("fixture");
+    serde_json::from_value(fixture["prompt_ids"].clone()).expect("prompt ids")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let path = args.first().cloned().unwrap_or_else(|| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../.cache/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+        .into()
+    });
+    let tokens: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(64);
+    let mut file = std::io::BufReader::new(std::fs::File::open(&path).expect("open GGUF"));
+    let content = gguf_file::Content::read(&mut file).expect("read GGUF");
+    let model = QuantizedLlama::from_gguf(&content, &mut file, &Device::Cpu).expect("load");
+    println!(
+        "model {path}: {:?} kernels, matmul {}",
+        model.kernels(),
+        kernels::kernel_name()
+    );
+
+    let mut cache = model.new_cache();
+    let logits = model
+        .forward(&mut [StepInput {
+            tokens: &prompt(),
+            cache: &mut cache,
+        }])
+        .expect("prefill");
+    let mut next = argmax(&logits.get(0).unwrap()).unwrap();
+    let mut out = vec![next];
+    let (wall, cpu) = (Instant::now(), cpu_seconds());
+    let mut steps_ms = Vec::with_capacity(tokens);
+    for _ in 1..tokens {
+        let step = Instant::now();
+        let logits = model
+            .forward(&mut [StepInput {
+                tokens: &[next],
+                cache: &mut cache,
+            }])
+            .expect("step");
+        next = argmax(&logits.get(0).unwrap()).unwrap();
+        out.push(next);
+        steps_ms.push(step.elapsed().as_secs_f64() * 1e3);
+    }
+    steps_ms.sort_by(f64::total_cmp);
+    let (wall, cpu) = (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    let steps = (tokens - 1).max(1) as f64;
+    // The fastest and the median step: on a shared box the mean mostly measures the others.
+    println!(
+        "decode: {} steps, {:.2} ms/token wall ({:.1} tok/s), step min {:.2} ms, median {:.2} ms, {:.2} ms CPU/token",
+        tokens - 1,
+        wall * 1e3 / steps,
+        steps / wall,
+        steps_ms.first().unwrap_or(&0.0),
+        steps_ms.get(steps_ms.len() / 2).unwrap_or(&0.0),
+        cpu * 1e3 / steps
+    );
+    println!("tokens: {out:?}");
+
+    if args.get(2).map(String::as_str) == Some("kernels") {
+        matmul_timings(&content, &mut file);
+    }
+}
+
+/// Each distinct matmul shape of the file, alone: one matrix reused (hot in cache) and a
+/// ring of copies larger than the last-level cache (streamed from memory, as in a step).
+fn matmul_timings<R: std::io::Read + std::io::Seek>(ct: &gguf_file::Content, file: &mut R) {
+    use candle_core::quantized::GgmlDType;
+    let mut seen = Vec::new();
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.ffn_gate.weight",
+        "blk.0.ffn_down.weight",
+    ] {
+        let info = &ct.tensor_infos[name];
+        let format = match info.ggml_dtype {
+            GgmlDType::Q4_1 => kernels::WeightFormat::Q4_1,
+            GgmlDType::Q8_0 => kernels::WeightFormat::Q8_0,
+            other => panic!("{name} is {other:?}"),
+        };
+        let (rows, cols) = info.shape.dims2().unwrap();
+        let t = ct.tensor(file, name, &Device::Cpu).unwrap();
+        let data = t.data().unwrap().to_vec();
+        seen.push((name, QMatrix::new(format, rows, cols, data).unwrap()));
+    }
+    for (name, w) in &seen {
+        let x: Vec<f32> = (0..w.cols()).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0f32; w.rows()];
+        let bytes = w.rows() * w.cols() / kernels::BLOCK * w.format().block_bytes();
+        // The best of many short rounds: other tenants of a shared box only ever slow a
+        // round, and a short one often runs untouched.
+        let reps = 16;
+        let ring: Vec<QMatrix> = (0..(256 << 20) / bytes + 1).map(|_| w.clone()).collect();
+        let (mut hot, mut cold) = (f64::MAX, f64::MAX);
+        for _ in 0..200 {
+            let start = Instant::now();
+            for _ in 0..reps {
+                kernels::matmul(w, &x, &mut out);
+            }
+            hot = hot.min(start.elapsed().as_secs_f64() / reps as f64);
+            let start = Instant::now();
+            for m in ring.iter().cycle().take(reps) {
+                kernels::matmul(m, &x, &mut out);
+            }
+            cold = cold.min(start.elapsed().as_secs_f64() / reps as f64);
+        }
+        println!(
+            "{name} {:?} {}x{}: hot {:.1} us ({:.1} GB/s), streamed {:.1} us ({:.1} GB/s)",
+            w.format(),
+            w.rows(),
+            w.cols(),
+            hot * 1e6,
+            bytes as f64 / hot / 1e9,
+            cold * 1e6,
+            bytes as f64 / cold / 1e9
+        );
+    }
+}
