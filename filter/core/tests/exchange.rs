@@ -532,25 +532,22 @@ fn a_relayed_answer_without_usage_is_metered_as_one_held_whole() {
 fn a_relayed_answer_that_is_malformed_or_cut_is_passed_on_and_metered_502() {
     // Bytes went out: nothing can replace them with the dialect's error any more (the
     // trade the opt-in makes); the record says the answer failed.
-    let mut h = Host::routing_complete_answers();
-    h.chat("solo", false);
-    relay(&mut h, &[b"<html>oops</html>"]);
-    let actions = h.feed(Event::UpstreamEnd);
-    assert!(
-        matches!(actions.as_slice(), [Action::Log(_), Action::EndResponse]),
-        "{actions:?}"
-    );
-    assert_eq!(h.finish(Ending::default()).status, 502);
-
-    let mut h = Host::routing_complete_answers();
-    h.chat("solo", false);
-    relay(&mut h, &[&COMPLETION.as_bytes()[..40]]);
-    let actions = h.feed(Event::UpstreamFailed(&Failure::Reset));
-    assert!(
-        matches!(actions.as_slice(), [Action::Log(_), Action::EndResponse]),
-        "{actions:?}"
-    );
-    assert_eq!(h.finish(Ending::default()).status, 502);
+    // A whole answer that is not JSON, and a JSON answer cut by a reset.
+    let cut = &COMPLETION.as_bytes()[..40];
+    for (body, end) in [
+        (&b"<html>oops</html>"[..], Event::UpstreamEnd),
+        (cut, Event::UpstreamFailed(&Failure::Reset)),
+    ] {
+        let mut h = Host::routing_complete_answers();
+        h.chat("solo", false);
+        relay(&mut h, &[body]);
+        let actions = h.feed(end);
+        assert!(
+            matches!(actions.as_slice(), [Action::Log(_), Action::EndResponse]),
+            "{actions:?}"
+        );
+        assert_eq!(h.finish(Ending::default()).status, 502);
+    }
 
     // The client went away mid-answer.
     let mut h = Host::routing_complete_answers();
