@@ -42,8 +42,8 @@ every Envoy listener's tcp_backlog_size (Envoy's default is net.core.somaxconn, 
 it). After the table, each process's resident memory when ready, at its peak and at the end,
 and of that its wasm linear memories (from /proc/PID/smaps).
 
-With --filter (repeatable), one more Envoy + filter row per build, in the same Envoy, to
-compare filter builds (before/after a change) in one run; --routed-filter the same with the
+With --filter (repeatable), one more Envoy + filter row per build (an Envoy of its own, like
+every row), to compare filter builds (before/after a change) in one run; --routed-filter the same with the
 gateway's `edge.route_complete_answers` opt-in set for that row only, so the default and the
 opt-in of each build are measured side by side. --empty-filter adds the floor: the
 passthrough guest (every callback continues) loaded as a wasm filter the same way, the least
