@@ -712,6 +712,36 @@ mod tests {
     }
 
     #[test]
+    fn tool_parameters_keep_the_clients_text() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],
+            "tools":[{"type":"function","function":{"name":"f",
+            "parameters": {"type": "object", "properties": {"b": {}, "a": {}}}}}]}"#;
+        let req: ChatRequest = serde_json::from_str(body).unwrap();
+        let params = req.tools.as_ref().unwrap()[0]
+            .function
+            .parameters
+            .clone()
+            .unwrap();
+        // As written (spacing and key order), and as a tree where a provider rewrites it.
+        assert_eq!(
+            params.get(),
+            r#"{"type": "object", "properties": {"b": {}, "a": {}}}"#
+        );
+        assert_eq!(
+            params.to_value(),
+            serde_json::json!({"type": "object", "properties": {"a": {}, "b": {}}})
+        );
+        let out = serde_json::to_string(&req).unwrap();
+        assert!(out.contains(r#""parameters":{"type": "object", "#), "{out}");
+        // A tree's text is its compact JSON; `null` is no schema; anything else is refused.
+        let value = serde_json::json!({"type": "object"});
+        assert_eq!(RawJson::from_value(&value).get(), r#"{"type":"object"}"#);
+        let none: FunctionDef = serde_json::from_str(r#"{"name":"f","parameters":null}"#).unwrap();
+        assert_eq!(none.parameters, None);
+        assert!(serde_json::from_str::<FunctionDef>(r#"{"name":"f","parameters":{]}"#).is_err());
+    }
+
+    #[test]
     fn embeddings_response_has_openai_shape() {
         let resp = EmbeddingsResponse::new(
             "m".into(),
