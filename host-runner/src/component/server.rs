@@ -190,6 +190,9 @@ struct Server {
 
 impl Server {
     async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        // An event stream's last small write would otherwise wait for the client's delayed
+        // ACK (Nagle), ~40 ms per streamed answer; `host-runner serve` does the same.
+        let _ = stream.set_nodelay(true);
         let service = hyper::service::service_fn(move |request| {
             let server = self.clone();
             async move { Ok::<_, Infallible>(server.handle(request).await) }
