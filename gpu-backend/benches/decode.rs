@@ -125,6 +125,8 @@ fn matmul_timings<R: std::io::Read + std::io::Seek>(ct: &gguf_file::Content, fil
         "blk.0.attn_q.weight",
         "blk.0.ffn_gate.weight",
         "blk.0.ffn_down.weight",
+        // The tied output projection (no `output.weight` in SmolLM2's files): the largest.
+        "token_embd.weight",
     ] {
         let info = &ct.tensor_infos[name];
         let format = match info.ggml_dtype {

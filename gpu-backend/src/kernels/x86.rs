@@ -258,8 +258,8 @@ fn vnni() -> bool {
 }
 
 /// Tiles the rows: with four or more activation rows, 4×4 tiles of [`tile_batch`] on CPUs
-/// with AVX-512 VNNI (13-16% faster for Q8_0 and 25-30% for Q4_1 than one weight row
-/// against four activation rows, one thread, `benches/decode.rs kernels`), else four
+/// with AVX-512 VNNI (alone, 1.13-1.28x as fast for Q8_0 and 1.30-1.35x for Q4_1 as one
+/// weight row against four activation rows; see BENCHMARKS.md's #18 section), else four
 /// activation rows per weight row (the decode is shared); with fewer, four weight rows per
 /// activation row (independent sums keep the units busy) or, for formats that wait on
 /// memory ([`Decode::SEQUENTIAL`]), one weight row at a time. Every tile sums a pair the
@@ -292,6 +292,14 @@ unsafe fn drive<F: Decode>(
             const N: usize = 4;
             while rows.start + R <= rows.end {
                 let r = rows.start;
+                // The next group's weights, into cache while this one computes: four rows
+                // read side by side are four short streams, which the hardware prefetcher
+                // follows poorly, and a matrix larger than the cache (the output
+                // projection) then waits on memory at the start of every group.
+                let ahead = (r + R) * row_bytes..((r + 2 * R) * row_bytes).min(w.len());
+                for at in ahead.step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at) as *const i8);
+                }
                 let ws: [*const u8; R] = std::array::from_fn(|k| wp(r + k));
                 let mut i = 0;
                 while i + N <= t {
