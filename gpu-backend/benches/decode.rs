@@ -5,9 +5,11 @@
 //! alone, hot in cache and streamed from memory, so a slow weight format shows up as a
 //! kernel or a bandwidth problem.
 //!
-//! Run: `cargo bench -p gpu-backend --bench decode -- GGUF [TOKENS] [kernels]` (default: the
-//! fetched SmolLM2 Q4_1, 64 tokens; `kernels` adds the per-matmul timings). It prints the
-//! greedy tokens, so two builds can be checked for the same output.
+//! Run: `cargo bench -p gpu-backend --bench decode -- GGUF [TOKENS] [kernels] [batch=N]`
+//! (default: the fetched SmolLM2 Q4_1, 64 tokens; `kernels` adds the per-matmul timings,
+//! lone and for 16 and 64 activation rows at once; `batch=N` decodes N copies of the
+//! sequence in one step, as N streams batched by the scheduler do). It prints the greedy
+//! tokens, so two builds can be checked for the same output.
 
 use std::time::Instant;
 
@@ -41,6 +43,10 @@ fn main() {
         .into()
     });
     let tokens: usize = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(64);
+    let batch: usize = args
+        .iter()
+        .find_map(|a| a.strip_prefix("batch=")?.parse().ok())
+        .unwrap_or(1);
     let mut file = std::io::BufReader::new(std::fs::File::open(&path).expect("open GGUF"));
     let content = gguf_file::Content::read(&mut file).expect("read GGUF");
     let model = QuantizedLlama::from_gguf(&content, &mut file, &Device::Cpu).expect("load");
@@ -50,45 +56,62 @@ fn main() {
         kernels::kernel_name()
     );
 
-    let mut cache = model.new_cache();
-    let logits = model
-        .forward(&mut [StepInput {
-            tokens: &prompt(),
-            cache: &mut cache,
-        }])
-        .expect("prefill");
+    // `batch` copies of one sequence: each row of a batched step is computed on its own, so
+    // every copy yields the same tokens as a lone sequence.
+    let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
+    let prompt = prompt();
+    let mut inputs: Vec<StepInput> = caches
+        .iter_mut()
+        .map(|cache| StepInput {
+            tokens: &prompt,
+            cache,
+        })
+        .collect();
+    let logits = model.forward(&mut inputs).expect("prefill");
+    drop(inputs);
     let mut next = argmax(&logits.get(0).unwrap()).unwrap();
     let mut out = vec![next];
     let (wall, cpu) = (Instant::now(), cpu_seconds());
     let mut steps_ms = Vec::with_capacity(tokens);
     for _ in 1..tokens {
         let step = Instant::now();
-        let logits = model
-            .forward(&mut [StepInput {
-                tokens: &[next],
-                cache: &mut cache,
-            }])
-            .expect("step");
-        next = argmax(&logits.get(0).unwrap()).unwrap();
+        let fed = [next];
+        let mut inputs: Vec<StepInput> = caches
+            .iter_mut()
+            .map(|cache| StepInput {
+                tokens: &fed,
+                cache,
+            })
+            .collect();
+        let logits = model.forward(&mut inputs).expect("step");
+        let picks: Vec<u32> = (0..batch)
+            .map(|i| argmax(&logits.get(i).unwrap()).unwrap())
+            .collect();
+        assert!(
+            picks.iter().all(|&p| p == picks[0]),
+            "a batched row differs from its copies: {picks:?}"
+        );
+        next = picks[0];
         out.push(next);
         steps_ms.push(step.elapsed().as_secs_f64() * 1e3);
     }
     steps_ms.sort_by(f64::total_cmp);
     let (wall, cpu) = (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let steps = (tokens - 1).max(1) as f64;
+    let generated = steps * batch as f64;
     // The fastest and the median step: on a shared box the mean mostly measures the others.
     println!(
-        "decode: {} steps, {:.2} ms/token wall ({:.1} tok/s), step min {:.2} ms, median {:.2} ms, {:.2} ms CPU/token",
+        "decode x{batch}: {} steps, {:.2} ms/step wall ({:.1} tok/s), step min {:.2} ms, median {:.2} ms, {:.3} ms CPU/token",
         tokens - 1,
         wall * 1e3 / steps,
-        steps / wall,
+        generated / wall,
         steps_ms.first().unwrap_or(&0.0),
         steps_ms.get(steps_ms.len() / 2).unwrap_or(&0.0),
-        cpu * 1e3 / steps
+        cpu * 1e3 / generated
     );
     println!("tokens: {out:?}");
 
-    if args.get(2).map(String::as_str) == Some("kernels") {
+    if args.iter().any(|a| a == "kernels") {
         matmul_timings(&content, &mut file);
     }
 }
@@ -102,6 +125,8 @@ fn matmul_timings<R: std::io::Read + std::io::Seek>(ct: &gguf_file::Content, fil
         "blk.0.attn_q.weight",
         "blk.0.ffn_gate.weight",
         "blk.0.ffn_down.weight",
+        // The tied output projection (no `output.weight` in SmolLM2's files): the largest.
+        "token_embd.weight",
     ] {
         let info = &ct.tensor_infos[name];
         let format = match info.ggml_dtype {
@@ -145,5 +170,33 @@ fn matmul_timings<R: std::io::Read + std::io::Seek>(ct: &gguf_file::Content, fil
             cold * 1e6,
             bytes as f64 / cold / 1e9
         );
+        // Batched: the weights are read once for all rows, so the arithmetic is what costs.
+        for t in [16, 64] {
+            let x: Vec<f32> = (0..w.cols() * t).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut out = vec![0f32; w.rows() * t];
+            let (mut hot, mut cold) = (f64::MAX, f64::MAX);
+            for _ in 0..40 {
+                let start = Instant::now();
+                for _ in 0..4 {
+                    kernels::matmul(w, &x, &mut out);
+                }
+                hot = hot.min(start.elapsed().as_secs_f64() / 4.0);
+                let start = Instant::now();
+                for m in ring.iter().cycle().take(4) {
+                    kernels::matmul(m, &x, &mut out);
+                }
+                cold = cold.min(start.elapsed().as_secs_f64() / 4.0);
+            }
+            println!(
+                "{name} {:?} {}x{} x {t} rows: hot {:.1} us ({:.2} us per row), streamed {:.1} us ({:.2} us per row)",
+                w.format(),
+                w.rows(),
+                w.cols(),
+                hot * 1e6,
+                hot * 1e6 / t as f64,
+                cold * 1e6,
+                cold * 1e6 / t as f64
+            );
+        }
     }
 }
