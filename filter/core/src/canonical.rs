@@ -438,12 +438,48 @@ pub struct FunctionDef {
     /// What it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// JSON Schema of the arguments.
+    /// JSON Schema of the arguments, as the client wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parameters: Option<Value>,
+    pub parameters: Option<RawJson>,
     /// Strict schema adherence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+}
+
+/// A JSON value kept as the client wrote it: checked to be JSON, not parsed into a
+/// `Value` tree. Tool schemas are copied through to most providers as they are, and building
+/// and dropping a tree for each was a large share of translating a request with tools.
+/// Equal when the texts are equal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a tree, for a provider that rewrites it.
+    pub fn to_value(&self) -> Value {
+        // The text was checked to be JSON when it was made.
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+
+    /// The text of a value.
+    pub fn from_value(value: &Value) -> Self {
+        // Writing a `Value` as JSON cannot fail.
+        RawJson(
+            serde_json::value::to_raw_value(value)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
 }
 
 /// `tool_choice`: a mode string or a named function.
@@ -673,6 +709,36 @@ mod tests {
         let again: ChatRequest =
             serde_json::from_slice(&serde_json::to_vec(&req).unwrap()).unwrap();
         assert_eq!(again, req);
+    }
+
+    #[test]
+    fn tool_parameters_keep_the_clients_text() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],
+            "tools":[{"type":"function","function":{"name":"f",
+            "parameters": {"type": "object", "properties": {"b": {}, "a": {}}}}}]}"#;
+        let req: ChatRequest = serde_json::from_str(body).unwrap();
+        let params = req.tools.as_ref().unwrap()[0]
+            .function
+            .parameters
+            .clone()
+            .unwrap();
+        // As written (spacing and key order), and as a tree where a provider rewrites it.
+        assert_eq!(
+            params.get(),
+            r#"{"type": "object", "properties": {"b": {}, "a": {}}}"#
+        );
+        assert_eq!(
+            params.to_value(),
+            serde_json::json!({"type": "object", "properties": {"a": {}, "b": {}}})
+        );
+        let out = serde_json::to_string(&req).unwrap();
+        assert!(out.contains(r#""parameters":{"type": "object", "#), "{out}");
+        // A tree's text is its compact JSON; `null` is no schema; anything else is refused.
+        let value = serde_json::json!({"type": "object"});
+        assert_eq!(RawJson::from_value(&value).get(), r#"{"type":"object"}"#);
+        let none: FunctionDef = serde_json::from_str(r#"{"name":"f","parameters":null}"#).unwrap();
+        assert_eq!(none.parameters, None);
+        assert!(serde_json::from_str::<FunctionDef>(r#"{"name":"f","parameters":{]}"#).is_err());
     }
 
     #[test]

@@ -52,11 +52,21 @@ impl SseParser {
                 rest = &rest[1..];
             }
         }
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', rest) {
             let (head, tail) = rest.split_at(pos);
-            self.extend_line(head)?;
-            let line = std::mem::take(&mut self.line);
-            self.process_line(&line, out)?;
+            if self.line.is_empty() {
+                // The whole line is in this chunk (the usual case): no copy.
+                Self::check_len(head.len())?;
+                self.process_line(head, out)?;
+            } else {
+                self.extend_line(head)?;
+                // Keep the buffer's capacity for the next split line.
+                let line = std::mem::take(&mut self.line);
+                let processed = self.process_line(&line, out);
+                self.line = line;
+                self.line.clear();
+                processed?;
+            }
             if tail[0] == b'\r' {
                 match tail.get(1) {
                     Some(b'\n') => rest = &tail[2..],
@@ -85,10 +95,15 @@ impl SseParser {
     }
 
     fn extend_line(&mut self, bytes: &[u8]) -> Result<(), SseError> {
-        if self.line.len() + bytes.len() > MAX_LINE_BYTES {
+        Self::check_len(self.line.len() + bytes.len())?;
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn check_len(len: usize) -> Result<(), SseError> {
+        if len > MAX_LINE_BYTES {
             return Err(SseError::LineTooLong(MAX_LINE_BYTES));
         }
-        self.line.extend_from_slice(bytes);
         Ok(())
     }
 

@@ -199,7 +199,9 @@ impl TranslatingStream {
     }
 
     fn drain(&mut self, out: &mut Vec<u8>) {
-        for event in std::mem::take(&mut self.events) {
+        // The buffer goes back afterwards, so its capacity serves the next chunk.
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
             if self.done {
                 break;
             }
@@ -215,6 +217,7 @@ impl TranslatingStream {
             }
             self.encoder.encode(&event, out);
         }
+        self.events = events;
     }
 
     fn terminate(&mut self, err: &GatewayError, out: &mut Vec<u8>) {
@@ -228,10 +231,12 @@ impl TranslatingStream {
 
 impl ResponseStream for TranslatingStream {
     fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
         if self.done {
-            return out;
+            return Vec::new();
         }
+        // Room for the translated events up front: a client event is about the size of
+        // the upstream one, and growing the buffer from empty costs more than the JSON.
+        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 2 + 256);
         let result = self.decoder.push(bytes, &mut self.events);
         self.drain(&mut out);
         if let Err(err) = result {

@@ -92,7 +92,8 @@ fn request_decodes_to_canonical_golden() {
         .function
         .parameters
         .as_ref()
-        .unwrap();
+        .unwrap()
+        .to_value();
     assert_eq!(params["type"], "object");
     assert_eq!(
         params["properties"]["unit"]["type"],

@@ -10,8 +10,8 @@ use common::{
 };
 use switchyard_core::canonical::wire_id;
 use switchyard_core::providers::ProviderKind;
-use switchyard_core::stream::ResponseStream;
-use switchyard_core::Dialect;
+use switchyard_core::stream::{ResponseStream, StreamEvent};
+use switchyard_core::{Dialect, ErrorKind, GatewayError};
 
 const STREAMS: &[(ProviderKind, &str)] = &[
     (ProviderKind::Anthropic, "anthropic/stream_text.sse"),
@@ -413,4 +413,61 @@ data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":
         accumulate_anthropic(&out).error.unwrap()["type"],
         "api_error"
     );
+}
+
+/// The events one provider decodes from `sse` (pushed whole), or its error.
+fn decode(kind: ProviderKind, sse: &str) -> Result<Vec<StreamEvent>, GatewayError> {
+    let mut decoder = kind.stream_decoder();
+    let mut events = Vec::new();
+    decoder.push(sse.as_bytes(), &mut events)?;
+    decoder.finish(&mut events)?;
+    Ok(events)
+}
+
+/// The decoders read the usual event in one typed pass and everything else the general way:
+/// events that pass does not take still decode as they always did.
+#[test]
+fn events_outside_the_typed_pass_decode_as_before() {
+    // `error` present, even `null`, is an upstream error.
+    let events = decode(ProviderKind::Openai, "data: {\"error\":null}\n\n").unwrap();
+    assert!(
+        matches!(&events[..], [StreamEvent::Error(e)] if e.kind == ErrorKind::BadGateway
+            && e.message == "upstream error"),
+        "{events:?}"
+    );
+    // A repeated key (which a typed read refuses) reads as the last one, as a `Value` does.
+    let events = decode(
+        ProviderKind::Openai,
+        "data: {\"id\":\"a\",\"id\":\"b\",\"model\":\"m\",\"choices\":[{\"index\":0,\
+         \"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n",
+    )
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::Start {
+                id: "b".into(),
+                model: "m".into()
+            },
+            StreamEvent::Text("hi".into())
+        ]
+    );
+    // A chunk that is not a chunk keeps its error.
+    let err = decode(ProviderKind::Openai, "data: {\"choices\":3}\n\n").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadGateway);
+    assert!(err.message.contains("invalid type: integer `3`"), "{err:?}");
+    // Anthropic: an escaped tag is still a text delta; one without `index` is malformed.
+    let events = decode(
+        ProviderKind::Anthropic,
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\
+         \"delta\":{\"type\":\"text\\u005fdelta\",\"text\":\"hi\"}}\n\n",
+    )
+    .unwrap();
+    assert_eq!(events, vec![StreamEvent::Text("hi".into())]);
+    let err = decode(
+        ProviderKind::Anthropic,
+        "data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+    )
+    .unwrap_err();
+    assert!(err.message.contains("missing field `index`"), "{err:?}");
 }

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 
 use crate::canonical::{
     split_wire_id, wire_id, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
-    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat,
-    Role, Stop, TokenUsage, Tool, ToolCall, ToolChoice, ANTHROPIC_REASONING,
+    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, RawJson, Reasoning,
+    ResponseFormat, Role, Stop, TokenUsage, Tool, ToolCall, ToolChoice, ANTHROPIC_REASONING,
 };
 use crate::error::{Dialect, GatewayError};
 use crate::providers::anthropic::{arguments_string, WireBlock, WireContent, WireImageSource};
@@ -232,7 +232,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
             function: FunctionDef {
                 name: tool.name,
                 description: tool.description,
-                parameters: tool.input_schema,
+                parameters: tool.input_schema.as_ref().map(RawJson::from_value),
                 strict: None,
             },
         });
@@ -575,8 +575,12 @@ impl AnthropicStreamEncoder {
             index,
             delta,
         };
-        let data = serde_json::to_string(&event).unwrap_or_default();
-        write_event(out, Some("content_block_delta"), &data);
+        // Written straight into `out`: compact JSON has no line break, so the event is one
+        // `data:` line, as `write_event` would write it.
+        out.extend_from_slice(b"event: content_block_delta\ndata: ");
+        // Serialising plain structs of strings and integers cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &event);
+        out.extend_from_slice(b"\n\n");
     }
 }
 

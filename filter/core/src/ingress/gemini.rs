@@ -40,8 +40,8 @@ use serde_json::{json, Map, Value};
 
 use crate::canonical::{
     ChatRequest, ChatResponse, Content, ContentPart, FinishReason, FunctionDef, ImageUrl,
-    JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat, Role, Stop, StreamOptions,
-    TokenUsage, Tool, ToolCall, ToolChoice, GEMINI_REASONING,
+    JsonSchemaFormat, Message, NamedFunction, RawJson, Reasoning, ResponseFormat, Role, Stop,
+    StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice, GEMINI_REASONING,
 };
 use crate::error::{Dialect, GatewayError};
 use crate::sse::write_event;
@@ -473,7 +473,7 @@ fn decode_tools(tools: Vec<Map<String, Value>>) -> Result<Vec<Tool>, GatewayErro
                             .get("description")
                             .and_then(Value::as_str)
                             .map(str::to_string),
-                        parameters,
+                        parameters: parameters.as_ref().map(RawJson::from_value),
                         strict: None,
                     },
                 });

@@ -40,8 +40,15 @@ pub fn decode_chat(dialect: Dialect, body: &[u8]) -> Result<ChatRequest, Gateway
                  (`models/{model}:generateContent`)",
             ))
         }
-        Dialect::OpenAi => serde_json::from_slice::<ChatRequest>(body)
-            .map_err(|e| GatewayError::invalid(format!("invalid chat completion request: {e}")))?,
+        Dialect::OpenAi => {
+            // A body checked as UTF-8 once is read without checking each string again (the
+            // same parser, so the same errors); one that is not UTF-8 gets the byte reader's.
+            match std::str::from_utf8(body) {
+                Ok(text) => serde_json::from_str::<ChatRequest>(text),
+                Err(_) => serde_json::from_slice::<ChatRequest>(body),
+            }
+            .map_err(|e| GatewayError::invalid(format!("invalid chat completion request: {e}")))?
+        }
         Dialect::Anthropic => anthropic::decode_request(body)?,
         Dialect::Responses => responses::decode_request(body)?,
     };

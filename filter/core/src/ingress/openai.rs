@@ -95,6 +95,9 @@ pub struct OpenAiStreamEncoder {
     include_usage: bool,
     started: bool,
     usage: Option<TokenUsage>,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[`, written once per
+    /// id and model (empty until then).
+    head: Vec<u8>,
 }
 
 impl OpenAiStreamEncoder {
@@ -107,28 +110,37 @@ impl OpenAiStreamEncoder {
             include_usage,
             started: false,
             usage: None,
+            head: Vec::new(),
         }
     }
 
     /// Writes one chunk, serialised straight from borrowed data (no `Value` tree per event:
-    /// this runs once per streamed token).
-    fn chunk(&self, out: &mut Vec<u8>, delta: DeltaOut<'_>, finish: Option<&str>) {
-        let chunk = ChunkOut {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: [ChoiceOut {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-            }],
+    /// this runs once per streamed token). The part before the choice (id, object, created,
+    /// model) is the same in every chunk, so it is serialised once per stream.
+    fn chunk(&mut self, out: &mut Vec<u8>, delta: DeltaOut<'_>, finish: Option<&str>) {
+        if self.head.is_empty() {
+            let head = ChunkHead {
+                id: &self.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &self.model,
+            };
+            self.head.extend_from_slice(b"data: ");
+            // Serialising plain structs of strings and integers cannot fail.
+            let _ = serde_json::to_writer(&mut self.head, &head);
+            // `{...}` becomes `{...,"choices":[`, which the choice and `]}` complete.
+            self.head.pop();
+            self.head.extend_from_slice(b",\"choices\":[");
+        }
+        let choice = ChoiceOut {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish,
         };
-        out.extend_from_slice(b"data: ");
-        // Serialising plain structs of strings and integers cannot fail.
-        let _ = serde_json::to_writer(&mut *out, &chunk);
-        out.extend_from_slice(b"\n\n");
+        out.extend_from_slice(&self.head);
+        let _ = serde_json::to_writer(&mut *out, &choice);
+        out.extend_from_slice(b"]}\n\n");
     }
 
     fn ensure_started(&mut self, out: &mut Vec<u8>) {
@@ -150,9 +162,11 @@ impl StreamEncoder for OpenAiStreamEncoder {
             StreamEvent::Start { id, model } => {
                 if !id.is_empty() {
                     self.id = id.clone();
+                    self.head.clear();
                 }
                 if !model.is_empty() {
                     self.model = model.clone();
+                    self.head.clear();
                 }
                 self.ensure_started(out);
             }
@@ -274,13 +288,13 @@ impl StreamEncoder for OpenAiStreamEncoder {
     }
 }
 
+/// A chunk's fields before `choices`, in the order OpenAI writes them.
 #[derive(Serialize)]
-struct ChunkOut<'a> {
+struct ChunkHead<'a> {
     id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: [ChoiceOut<'a>; 1],
 }
 
 #[derive(Serialize)]

@@ -40,8 +40,8 @@ use serde_json::{json, Map, Value};
 
 use crate::canonical::{
     reasoning_text, split_wire_id, ChatRequest, ChatResponse, Content, ContentPart, FinishReason,
-    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, Reasoning, ResponseFormat,
-    Role, StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice,
+    FunctionDef, ImageUrl, JsonSchemaFormat, Message, NamedFunction, RawJson, Reasoning,
+    ResponseFormat, Role, StreamOptions, TokenUsage, Tool, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::sse::write_event;
@@ -527,7 +527,7 @@ fn decode_tools(tools: Vec<Value>) -> Result<Vec<Tool>, GatewayError> {
                 function: FunctionDef {
                     name: t.name,
                     description: t.description,
-                    parameters: t.parameters,
+                    parameters: t.parameters.as_ref().map(RawJson::from_value),
                     strict: t.strict,
                 },
             })

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::canonical::{
-    ChatRequest, ChatResponse, ContentPart, FinishReason, ResponseFormat, Role, TokenUsage,
-    ToolCall, ToolChoice,
+    ChatRequest, ChatResponse, ContentPart, FinishReason, RawJson, ResponseFormat, Role,
+    TokenUsage, ToolCall, ToolChoice,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{error_message, redact, EgressRequest};
@@ -143,7 +143,7 @@ pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, Ga
             .map(|t| {
                 let mut f = json!({
                     "name": t.function.name,
-                    "parameters": t.function.parameters.clone()
+                    "parameters": t.function.parameters.as_ref().map(RawJson::to_value)
                         .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
                 });
                 if let Some(d) = &t.function.description {

@@ -347,7 +347,7 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
                     d["description"] = json!(desc);
                 }
                 if let Some(p) = &t.function.parameters {
-                    d["parameters"] = openapi_schema(p, "tools")?;
+                    d["parameters"] = openapi_schema(&p.to_value(), "tools")?;
                 }
                 Ok(d)
             })

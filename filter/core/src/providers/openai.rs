@@ -4,6 +4,7 @@
 //! Wire format: <https://platform.openai.com/docs/api-reference/chat> (fixtures in
 //! `filter/core/tests/fixtures/openai/` note their source).
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -188,6 +189,10 @@ pub fn build_chat(
 
 #[derive(Deserialize)]
 struct WireResponse {
+    /// An upstream error in a stream chunk, kept when the key is there at all (`null`
+    /// included): such a chunk is read the slow way, see `OpenAiStreamFrames::decode_frame`.
+    #[serde(default, deserialize_with = "present")]
+    error: Option<IgnoredAny>,
     #[serde(default)]
     id: String,
     #[serde(default)]
@@ -415,16 +420,14 @@ pub struct OpenAiStreamFrames {
 /// The OpenAi stream decoder: SSE framing plus [`OpenAiStreamFrames`].
 pub type OpenAiStreamDecoder = SseStreamDecoder<OpenAiStreamFrames>;
 
-impl SseFrameDecoder for OpenAiStreamFrames {
-    fn decode_frame(
+impl OpenAiStreamFrames {
+    /// A chunk read as a `Value` first: an upstream `error` becomes an error event (`None`
+    /// returned), anything else is read as a chunk, with `Value`'s error messages.
+    fn decode_slow(
         &mut self,
-        _event: Option<&str>,
         data: &str,
         out: &mut Vec<StreamEvent>,
-    ) -> Result<(), GatewayError> {
-        if data == "[DONE]" {
-            return Ok(());
-        }
+    ) -> Result<Option<WireResponse>, GatewayError> {
         let value: Value = serde_json::from_str(data).map_err(malformed)?;
         if let Some(err) = value.get("error") {
             let msg = err
@@ -435,9 +438,36 @@ impl SseFrameDecoder for OpenAiStreamFrames {
                 ErrorKind::BadGateway,
                 crate::providers::redact(msg),
             )));
+            return Ok(None);
+        }
+        serde_json::from_value(value).map(Some).map_err(malformed)
+    }
+}
+
+/// Deserialises a field that is there at all, `null` included, as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IgnoredAny>, D::Error> {
+    IgnoredAny::deserialize(d).map(Some)
+}
+
+impl SseFrameDecoder for OpenAiStreamFrames {
+    fn decode_frame(
+        &mut self,
+        _event: Option<&str>,
+        data: &str,
+        out: &mut Vec<StreamEvent>,
+    ) -> Result<(), GatewayError> {
+        if data == "[DONE]" {
             return Ok(());
         }
-        let chunk: WireResponse = serde_json::from_value(value).map_err(malformed)?;
+        // One typed pass for the usual chunk; a chunk with `error`, or one that does not
+        // read as a chunk, takes the `Value` path, so errors and their messages are as ever.
+        let chunk = match serde_json::from_str::<WireResponse>(data) {
+            Ok(chunk) if chunk.error.is_none() => chunk,
+            _ => match self.decode_slow(data, out)? {
+                Some(chunk) => chunk,
+                None => return Ok(()),
+            },
+        };
         if !self.started {
             self.started = true;
             out.push(StreamEvent::Start {

@@ -38,6 +38,7 @@ mod stream;
 pub use error::parse_error;
 pub(crate) use request::thinking as claude_thinking;
 pub use request::{build_chat, request_body};
+pub(crate) use request::{reasoning_blocks, Block};
 pub use response::{parse_chat, usage_of};
 pub use stream::{AnthropicPassthrough, AnthropicStreamDecoder, AnthropicStreamFrames};
 
@@ -112,31 +113,6 @@ impl WireBlock {
             _ => None,
         }
     }
-}
-
-/// The Anthropic blocks of canonical reasoning sent back in an assistant turn. Only
-/// Anthropic's own signed thinking can be (a `format` of another provider is left out;
-/// none is taken as the client's word): Anthropic rejects thinking whose signature it
-/// cannot check, so unsigned reasoning and another provider's are left out.
-pub(crate) fn reasoning_blocks(parts: &[crate::canonical::Reasoning]) -> Vec<Value> {
-    use crate::canonical::{Reasoning, ANTHROPIC_REASONING};
-    parts
-        .iter()
-        .filter(|part| part.format().is_none_or(|f| f == ANTHROPIC_REASONING))
-        .filter_map(|part| match part {
-            Reasoning::Text {
-                text,
-                signature: Some(signature),
-                ..
-            } => Some(serde_json::json!({
-                "type": "thinking", "thinking": text, "signature": signature,
-            })),
-            Reasoning::Text { .. } => None,
-            Reasoning::Encrypted { data, .. } => {
-                Some(serde_json::json!({"type": "redacted_thinking", "data": data}))
-            }
-        })
-        .collect()
 }
 
 #[derive(Deserialize)]

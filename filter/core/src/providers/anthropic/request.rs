@@ -1,22 +1,146 @@
 //! Canonical request → Anthropic Messages request.
+//!
+//! The body is serialised straight from borrowed, typed structs (no `serde_json::Value` tree
+//! per request: this runs on every translated request). Struct fields are declared in
+//! alphabetical order, the order a `Value` object writes its keys, so the bytes are those the
+//! earlier `Value`-built body had.
 
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::{API_VERSION, DEFAULT_MAX_TOKENS, MESSAGES_PATH};
 use crate::canonical::{
-    ChatRequest, ContentPart, ImageUrl, Message, ResponseFormat, Role, ToolChoice,
+    ChatRequest, Content, ContentPart, ImageUrl, Message, RawJson, Reasoning, ResponseFormat, Role,
+    Stop, ToolChoice, ANTHROPIC_REASONING,
 };
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::{json_instruction, EgressRequest};
 
-fn image_block(image: &ImageUrl) -> Value {
-    match image.as_data() {
-        Some((media_type, data)) => json!({
-            "type": "image",
-            "source": {"type": "base64", "media_type": media_type, "data": data},
-        }),
-        None => json!({"type": "image", "source": {"type": "url", "url": image.url}}),
-    }
+/// One Anthropic content block of a request.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum Block<'a> {
+    Text(TextBlock<'a>),
+    Image(ImageBlock<'a>),
+    ToolUse(ToolUseBlock<'a>),
+    ToolResult(ToolResultBlock<'a>),
+    Thinking(ThinkingBlock<'a>),
+    RedactedThinking(RedactedThinkingBlock<'a>),
+}
+
+#[derive(Serialize)]
+pub(crate) struct TextBlock<'a> {
+    text: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ImageBlock<'a> {
+    source: ImageSource<'a>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ImageSource<'a> {
+    Base64 {
+        data: &'a str,
+        media_type: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+    Url {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        url: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+pub(crate) struct ToolUseBlock<'a> {
+    id: &'a str,
+    input: Value,
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ToolResultBlock<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    content: Vec<Block<'a>>,
+    tool_use_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// Anthropic's signed thinking, sent back in an assistant turn.
+#[derive(Serialize)]
+pub(crate) struct ThinkingBlock<'a> {
+    pub(crate) signature: &'a str,
+    pub(crate) thinking: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// Anthropic's redacted thinking, sent back in an assistant turn.
+#[derive(Serialize)]
+pub(crate) struct RedactedThinkingBlock<'a> {
+    pub(crate) data: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+fn text_block(text: &str) -> Block<'_> {
+    Block::Text(TextBlock { text, kind: "text" })
+}
+
+fn image_block(image: &ImageUrl) -> Block<'_> {
+    let source = match image.as_data() {
+        Some((media_type, data)) => ImageSource::Base64 {
+            data,
+            media_type,
+            kind: "base64",
+        },
+        None => ImageSource::Url {
+            kind: "url",
+            url: &image.url,
+        },
+    };
+    Block::Image(ImageBlock {
+        source,
+        kind: "image",
+    })
+}
+
+/// The Anthropic blocks of canonical reasoning sent back in an assistant turn. Only
+/// Anthropic's own signed thinking can be (a `format` of another provider is left out;
+/// none is taken as the client's word): Anthropic rejects thinking whose signature it
+/// cannot check, so unsigned reasoning and another provider's are left out.
+pub(crate) fn reasoning_blocks(parts: &[Reasoning]) -> impl Iterator<Item = Block<'_>> {
+    parts
+        .iter()
+        .filter(|part| part.format().is_none_or(|f| f == ANTHROPIC_REASONING))
+        .filter_map(|part| match part {
+            Reasoning::Text {
+                text,
+                signature: Some(signature),
+                ..
+            } => Some(Block::Thinking(ThinkingBlock {
+                signature,
+                thinking: text,
+                kind: "thinking",
+            })),
+            Reasoning::Text { .. } => None,
+            Reasoning::Encrypted { data, .. } => {
+                Some(Block::RedactedThinking(RedactedThinkingBlock {
+                    data,
+                    kind: "redacted_thinking",
+                }))
+            }
+        })
 }
 
 /// Parses tool-call arguments (a JSON string) into the object Anthropic wants as `input`.
@@ -33,31 +157,48 @@ fn parse_arguments(arguments: &str) -> Result<Value, GatewayError> {
     }
 }
 
-/// Appends blocks to the last message if it has the same role, else starts a new message.
-fn push_blocks(
-    messages: &mut Vec<(&'static str, Vec<Value>)>,
+/// One message of the request.
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    content: Vec<Block<'a>>,
     role: &'static str,
-    blocks: Vec<Value>,
+}
+
+/// Appends blocks to the last message if it has the same role, else starts a new message.
+fn push_blocks<'a>(
+    messages: &mut Vec<WireMessage<'a>>,
+    role: &'static str,
+    blocks: impl IntoIterator<Item = Block<'a>>,
 ) {
-    if blocks.is_empty() {
+    let mut blocks = blocks.into_iter().peekable();
+    if blocks.peek().is_none() {
         return;
     }
     match messages.last_mut() {
-        Some((last, existing)) if *last == role => existing.extend(blocks),
-        _ => messages.push((role, blocks)),
+        Some(last) if last.role == role => last.content.extend(blocks),
+        _ => messages.push(WireMessage {
+            content: blocks.collect(),
+            role,
+        }),
     }
 }
 
-fn content_blocks(message: &Message) -> Vec<Value> {
-    message
-        .parts()
+/// A message's text and image parts as blocks (empty text left out), as
+/// [`Message::parts`] lists them.
+fn content_blocks(message: &Message) -> impl Iterator<Item = Block<'_>> {
+    let (text, parts): (Option<&str>, &[ContentPart]) = match &message.content {
+        None => (None, &[]),
+        Some(Content::Text(t)) => (Some(t.as_str()), &[]),
+        Some(Content::Parts(p)) => (None, p.as_slice()),
+    };
+    let parts = parts.iter().map(|part| match part {
+        ContentPart::Text { text } => text_block(text),
+        ContentPart::ImageUrl { image_url } => image_block(image_url),
+    });
+    text.map(text_block)
         .into_iter()
-        .map(|part| match part {
-            ContentPart::Text { text } => json!({"type": "text", "text": text}),
-            ContentPart::ImageUrl { image_url } => image_block(&image_url),
-        })
-        .filter(|b| b.get("text").and_then(Value::as_str) != Some(""))
-        .collect()
+        .chain(parts)
+        .filter(|b| !matches!(b, Block::Text(TextBlock { text: "", .. })))
 }
 
 /// The extended-thinking budget (tokens) standing for an OpenAI `reasoning_effort`; `none`
@@ -101,8 +242,9 @@ pub(crate) fn thinking(req: &ChatRequest, limit: u32) -> (Option<Value>, u32) {
 
 /// Builds an Anthropic Messages request from canonical form.
 pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressRequest, GatewayError> {
-    let body = request_body(req, upstream_model)?;
-    let body = serde_json::to_vec(&body)
+    let body = Body::new(req, upstream_model)?;
+    let mut bytes = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut bytes, &body)
         .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))?;
     Ok(EgressRequest {
         path: MESSAGES_PATH.to_string(),
@@ -110,141 +252,244 @@ pub fn build_chat(req: &ChatRequest, upstream_model: &str) -> Result<EgressReque
             ("content-type".into(), "application/json".into()),
             ("anthropic-version".into(), API_VERSION.into()),
         ],
-        body,
+        body: bytes,
     })
 }
 
 /// The Anthropic request body as JSON (exposed for tests and benchmarks).
 pub fn request_body(req: &ChatRequest, upstream_model: &str) -> Result<Value, GatewayError> {
-    let mut system: Vec<String> = Vec::new();
-    let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    for message in &req.messages {
-        match message.role {
-            Role::System | Role::Developer => {
-                let text = message.text_content();
-                if !text.is_empty() {
-                    system.push(text);
+    serde_json::to_value(Body::new(req, upstream_model)?)
+        .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("encoding request: {e}")))
+}
+
+/// The request body, borrowing from the canonical request.
+#[derive(Serialize)]
+struct Body<'a> {
+    max_tokens: u32,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata<'a>>,
+    model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<OutputConfig<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<StopList<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    system: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<WireToolChoice<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+}
+
+/// `stop` as the list Anthropic's `stop_sequences` is, whichever form the client used.
+struct StopList<'a>(&'a Stop);
+
+impl Serialize for StopList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Stop::One(one) => serializer.collect_seq([one]),
+            Stop::Many(list) => serializer.collect_seq(list),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    user_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct OutputConfig<'a> {
+    format: OutputFormat<'a>,
+}
+
+#[derive(Serialize)]
+struct OutputFormat<'a> {
+    schema: Schema<'a>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// A JSON schema, or `{"type": "object"}` (with `properties: {}` for a tool's input) where
+/// the client gave none.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Schema<'a> {
+    Given(&'a Value),
+    Raw(&'a RawJson),
+    AnyObject {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        properties: Option<Empty>,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    },
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: Schema<'a>,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireToolChoice<'a> {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    disable_parallel_tool_use: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl<'a> Body<'a> {
+    fn new(req: &'a ChatRequest, upstream_model: &'a str) -> Result<Self, GatewayError> {
+        let mut system = String::new();
+        let mut add_system = |text: &str| {
+            if !text.is_empty() {
+                if !system.is_empty() {
+                    system.push_str("\n\n");
+                }
+                system.push_str(text);
+            }
+        };
+        let mut messages: Vec<WireMessage<'a>> = Vec::with_capacity(req.messages.len());
+        for message in &req.messages {
+            match message.role {
+                Role::System | Role::Developer => match &message.content {
+                    Some(Content::Text(text)) => add_system(text),
+                    _ => add_system(&message.text_content()),
+                },
+                Role::User => push_blocks(&mut messages, "user", content_blocks(message)),
+                Role::Assistant => {
+                    // Thinking comes first in an assistant turn, as Anthropic wrote it.
+                    let mut blocks: Vec<Block<'a>> = reasoning_blocks(&message.reasoning).collect();
+                    blocks.extend(content_blocks(message));
+                    for call in message.tool_calls.iter().flatten() {
+                        blocks.push(Block::ToolUse(ToolUseBlock {
+                            id: &call.id,
+                            input: parse_arguments(&call.function.arguments)?,
+                            name: &call.function.name,
+                            kind: "tool_use",
+                        }));
+                    }
+                    push_blocks(&mut messages, "assistant", blocks);
+                }
+                Role::Tool => {
+                    let id = message.tool_call_id.as_deref().ok_or_else(|| {
+                        GatewayError::invalid("a `tool` message needs `tool_call_id`")
+                            .with_param("messages")
+                    })?;
+                    let block = Block::ToolResult(ToolResultBlock {
+                        content: content_blocks(message).collect(),
+                        tool_use_id: id,
+                        kind: "tool_result",
+                    });
+                    push_blocks(&mut messages, "user", [block]);
                 }
             }
-            Role::User => push_blocks(&mut messages, "user", content_blocks(message)),
-            Role::Assistant => {
-                // Thinking comes first in an assistant turn, as Anthropic wrote it.
-                let mut blocks = super::reasoning_blocks(&message.reasoning);
-                blocks.extend(content_blocks(message));
-                for call in message.tool_calls.iter().flatten() {
-                    blocks.push(json!({
-                        "type": "tool_use",
-                        "id": call.id,
-                        "name": call.function.name,
-                        "input": parse_arguments(&call.function.arguments)?,
-                    }));
-                }
-                push_blocks(&mut messages, "assistant", blocks);
-            }
-            Role::Tool => {
-                let id = message.tool_call_id.clone().ok_or_else(|| {
-                    GatewayError::invalid("a `tool` message needs `tool_call_id`")
-                        .with_param("messages")
-                })?;
-                let content: Vec<Value> = content_blocks(message);
-                let block = if content.is_empty() {
-                    json!({"type": "tool_result", "tool_use_id": id})
-                } else {
-                    json!({"type": "tool_result", "tool_use_id": id, "content": content})
+        }
+        // A schema goes in Anthropic's native structured output (`output_config.format`),
+        // which constrains the text of the answer; a schema-less JSON object can only be
+        // asked for.
+        let mut output_config = None;
+        match &req.response_format {
+            Some(ResponseFormat::JsonSchema { json_schema }) => {
+                let schema = match &json_schema.schema {
+                    Some(schema) => Schema::Given(schema),
+                    None => Schema::AnyObject {
+                        properties: None,
+                        kind: "object",
+                    },
                 };
-                push_blocks(&mut messages, "user", vec![block]);
-            }
-        }
-    }
-    // A schema goes in Anthropic's native structured output (`output_config.format`), which
-    // constrains the text of the answer; a schema-less JSON object can only be asked for.
-    let mut output_format = None;
-    match &req.response_format {
-        Some(ResponseFormat::JsonSchema { json_schema }) => {
-            output_format = Some(json!({
-                "type": "json_schema",
-                "schema": json_schema.schema.clone().unwrap_or_else(|| json!({"type": "object"})),
-            }));
-        }
-        Some(format) => system.extend(json_instruction(format)),
-        None => {}
-    }
-    let mut body = Map::new();
-    body.insert("model".into(), json!(upstream_model));
-    body.insert(
-        "messages".into(),
-        Value::Array(
-            messages
-                .into_iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect(),
-        ),
-    );
-    if !system.is_empty() {
-        body.insert("system".into(), json!(system.join("\n\n")));
-    }
-    let (thinking, max_tokens) = thinking(req, req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS));
-    body.insert("max_tokens".into(), json!(max_tokens));
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        body.insert("top_p".into(), json!(p));
-    }
-    if let Some(k) = req.extra.get("top_k").filter(|v| !v.is_null()) {
-        body.insert("top_k".into(), k.clone());
-    }
-    if let Some(thinking) = thinking {
-        body.insert("thinking".into(), thinking);
-    }
-    if let Some(format) = output_format {
-        body.insert("output_config".into(), json!({"format": format}));
-    }
-    let stops = req.stop_sequences();
-    if !stops.is_empty() {
-        body.insert("stop_sequences".into(), json!(stops));
-    }
-    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
-        let tools: Vec<Value> = tools
-            .iter()
-            .map(|t| {
-                let mut tool = json!({
-                    "name": t.function.name,
-                    "input_schema": t.function.parameters.clone()
-                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                output_config = Some(OutputConfig {
+                    format: OutputFormat {
+                        schema,
+                        kind: "json_schema",
+                    },
                 });
-                if let Some(d) = &t.function.description {
-                    tool["description"] = json!(d);
+            }
+            Some(format) => {
+                if let Some(instruction) = json_instruction(format) {
+                    add_system(&instruction);
                 }
-                tool
+            }
+            None => {}
+        }
+        let (thinking, max_tokens) =
+            thinking(req, req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS));
+        let stop_sequences = req
+            .stop
+            .as_ref()
+            .filter(|stop| match stop {
+                Stop::One(_) => true,
+                Stop::Many(list) => !list.is_empty(),
+            })
+            .map(StopList);
+        let tools = req
+            .tools
+            .iter()
+            .flatten()
+            .map(|t| WireTool {
+                description: t.function.description.as_deref(),
+                input_schema: match &t.function.parameters {
+                    Some(schema) => Schema::Raw(schema),
+                    None => Schema::AnyObject {
+                        properties: Some(Empty {}),
+                        kind: "object",
+                    },
+                },
+                name: &t.function.name,
             })
             .collect();
-        body.insert("tools".into(), Value::Array(tools));
+        let parallel_off = req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false));
+        let choice = |kind: &'static str, name: Option<&'a str>| WireToolChoice {
+            disable_parallel_tool_use: parallel_off && kind != "none",
+            name,
+            kind,
+        };
+        let tool_choice = match &req.tool_choice {
+            None if parallel_off => Some(choice("auto", None)),
+            None => None,
+            Some(ToolChoice::Mode(m)) => Some(match m.as_str() {
+                "none" => choice("none", None),
+                "required" => choice("any", None),
+                _ => choice("auto", None),
+            }),
+            Some(ToolChoice::Named { function, .. }) => {
+                Some(choice("tool", Some(function.name.as_str())))
+            }
+        };
+        Ok(Body {
+            max_tokens,
+            messages,
+            metadata: req.user.as_deref().map(|user_id| Metadata { user_id }),
+            model: upstream_model,
+            output_config,
+            stop_sequences,
+            stream: req.stream,
+            system,
+            temperature: req.temperature,
+            thinking,
+            tool_choice,
+            tools,
+            top_k: req.extra.get("top_k").filter(|v| !v.is_null()),
+            top_p: req.top_p,
+        })
     }
-    let parallel_off = req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false));
-    let choice = match &req.tool_choice {
-        None if parallel_off => Some(json!({"type": "auto"})),
-        None => None,
-        Some(ToolChoice::Mode(m)) => Some(match m.as_str() {
-            "none" => json!({"type": "none"}),
-            "required" => json!({"type": "any"}),
-            _ => json!({"type": "auto"}),
-        }),
-        Some(ToolChoice::Named { function, .. }) => {
-            Some(json!({"type": "tool", "name": function.name}))
-        }
-    };
-    if let Some(mut choice) = choice {
-        if parallel_off && choice["type"] != "none" {
-            choice["disable_parallel_tool_use"] = json!(true);
-        }
-        body.insert("tool_choice".into(), choice);
-    }
-    if let Some(user) = &req.user {
-        body.insert("metadata".into(), json!({"user_id": user}));
-    }
-    if req.stream {
-        body.insert("stream".into(), json!(true));
-    }
-    Ok(Value::Object(body))
 }

@@ -59,6 +59,26 @@ enum WireStreamEvent {
     Other,
 }
 
+/// A `content_block_delta` event with a `text_delta`, as [`WireStreamEvent`] reads it,
+/// borrowing its tags.
+#[derive(Deserialize)]
+struct TextDeltaEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[allow(dead_code)] // Read (a number is required) but not needed: text has one place.
+    index: u64,
+    #[serde(borrow)]
+    delta: TextDelta<'a>,
+}
+
+#[derive(Deserialize)]
+struct TextDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    text: String,
+}
+
 #[derive(Deserialize)]
 struct WireStartMessage {
     #[serde(default)]
@@ -113,6 +133,24 @@ impl SseFrameDecoder for AnthropicStreamFrames {
         data: &str,
         out: &mut Vec<StreamEvent>,
     ) -> Result<(), GatewayError> {
+        if let Ok(TextDeltaEvent {
+            kind: "content_block_delta",
+            index: _,
+            delta:
+                TextDelta {
+                    kind: "text_delta",
+                    text,
+                },
+        }) = serde_json::from_str(data)
+        {
+            // Most of a stream: read in one typed pass, without `WireStreamEvent`'s
+            // buffering of an internally tagged enum; every other event (or one this does
+            // not read) goes the general way below.
+            if !text.is_empty() {
+                out.push(StreamEvent::Text(text));
+            }
+            return Ok(());
+        }
         let event: WireStreamEvent = serde_json::from_str(data).map_err(malformed)?;
         match event {
             WireStreamEvent::MessageStart { message } => {

@@ -3,7 +3,9 @@
 use serde_json::{json, Map, Value};
 
 use super::chat_path;
-use crate::canonical::{ChatRequest, ContentPart, Message, ResponseFormat, Role, ToolChoice};
+use crate::canonical::{
+    ChatRequest, ContentPart, Message, RawJson, ResponseFormat, Role, ToolChoice,
+};
 use crate::error::{ErrorKind, GatewayError};
 use crate::providers::anthropic::{claude_thinking, DEFAULT_MAX_TOKENS};
 use crate::providers::{json_instruction, EgressRequest};
@@ -71,13 +73,16 @@ fn content_blocks(message: &Message) -> Result<Vec<Value>, GatewayError> {
 /// left out, as for the Anthropic API (`anthropic::reasoning_blocks`).
 /// <https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_ReasoningContentBlock.html>
 fn reasoning_blocks(message: &Message) -> Vec<Value> {
+    use crate::providers::anthropic::Block;
     crate::providers::anthropic::reasoning_blocks(&message.reasoning)
-        .into_iter()
-        .map(|block| match block["type"].as_str() {
-            Some("thinking") => json!({"reasoningContent": {"reasoningText": {
-                "text": block["thinking"], "signature": block["signature"],
-            }}}),
-            _ => json!({"reasoningContent": {"redactedContent": block["data"]}}),
+        .filter_map(|block| match block {
+            Block::Thinking(t) => Some(json!({"reasoningContent": {"reasoningText": {
+                "text": t.thinking, "signature": t.signature,
+            }}})),
+            Block::RedactedThinking(r) => {
+                Some(json!({"reasoningContent": {"redactedContent": r.data}}))
+            }
+            _ => None,
         })
         .collect()
 }
@@ -237,7 +242,7 @@ pub fn request_body(req: &ChatRequest) -> Result<Value, GatewayError> {
         .map(|t| {
             let mut spec = json!({
                 "name": t.function.name,
-                "inputSchema": {"json": t.function.parameters.clone()
+                "inputSchema": {"json": t.function.parameters.as_ref().map(RawJson::to_value)
                     .unwrap_or_else(|| json!({"type": "object", "properties": {}}))},
             });
             if let Some(d) = t.function.description.as_ref().filter(|d| !d.is_empty()) {
