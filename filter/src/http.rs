@@ -57,6 +57,14 @@ pub struct SwitchyardHttp {
     hold_routed: bool,
     /// Size of the buffered client body (the routed request's body is replaced whole).
     request_body_size: usize,
+    /// The client's request head as read (a routed attempt writes only what differs from
+    /// it: each write is a host call, and on Envoy each also clears the route cache).
+    client_head: Vec<(String, String)>,
+    /// The client's buffered body while the request callbacks run (a routed attempt whose
+    /// body is the client's, unchanged, does not write it back).
+    client_body: Vec<u8>,
+    /// The routed response's head as read, while its callback runs (as `client_head`).
+    upstream_head: Vec<(String, String)>,
     call_started_ms: u64,
     call_timeout_ms: u64,
     /// The call in flight is the control plane's admission, not an attempt.
@@ -67,6 +75,8 @@ pub struct SwitchyardHttp {
     listed: bool,
     /// `on_log` ran: the exchange is over.
     ended: bool,
+    /// The clock reading of the event fed last.
+    fed_nanos: u64,
 }
 
 /// The context the SDK holds: the stream is shared with this VM's list of waiting streams,
@@ -134,12 +144,16 @@ impl SwitchyardHttp {
             phase: Phase::RequestHead,
             hold_routed: false,
             request_body_size: 0,
+            client_head: Vec::new(),
+            client_body: Vec::new(),
+            upstream_head: Vec::new(),
             call_started_ms: 0,
             call_timeout_ms: 0,
             admitting: false,
             me,
             listed: false,
             ended: false,
+            fed_nanos: 0,
         }
     }
 
@@ -246,6 +260,13 @@ impl SwitchyardHttp {
     fn feed(&mut self, event: Event<'_>) -> Vec<Action> {
         // One clock read per event (each host call crosses the VM boundary).
         let nanos = self.now_nanos();
+        self.feed_at(event, nanos)
+    }
+
+    /// Feeds `event` at the clock reading `nanos`: an event that follows another in the same
+    /// callback (the end of a body after its last chunk) reuses that event's reading.
+    fn feed_at(&mut self, event: Event<'_>, nanos: u64) -> Vec<Action> {
+        self.fed_nanos = nanos;
         let cx = Ctx {
             now_ms: nanos / 1_000_000,
             random: self.random(nanos),
@@ -288,20 +309,16 @@ impl SwitchyardHttp {
                 Action::StartResponse(head) => {
                     // Only a routed stream starts a response here (a call's answer is whole,
                     // so the core replies to it).
-                    self.set_http_response_header(":status", Some(&head.status.to_string()));
-                    self.set_http_response_header("content-length", None);
-                    for (name, value) in &head.headers {
-                        self.set_http_response_header(name, Some(value));
+                    self.set_response_head(head.status, &head.headers);
+                    if header(&self.upstream_head, "content-length").is_some() {
+                        self.set_http_response_header("content-length", None);
                     }
                     self.phase = Phase::RoutedStream;
                 }
                 Action::RelayResponse(head) => {
                     // The upstream's body and its length pass unchanged: only the head is
                     // rewritten, and the body is not held.
-                    self.set_http_response_header(":status", Some(&head.status.to_string()));
-                    for (name, value) in &head.headers {
-                        self.set_http_response_header(name, Some(value));
-                    }
+                    self.set_response_head(head.status, &head.headers);
                     self.phase = Phase::RoutedRelay;
                 }
                 Action::Data(bytes) => done.data.extend(bytes),
@@ -330,15 +347,27 @@ impl SwitchyardHttp {
     /// Rewrites the held client request for `send` and lets the router take it.
     fn route(&mut self, send: &Send) {
         let upstream = &send.request;
-        // Never forward the client's gateway key.
-        self.set_http_request_header("authorization", None);
-        self.set_http_request_header("x-api-key", None);
-        self.set_http_request_header("x-goog-api-key", None);
-        self.set_http_request_header(":method", Some(upstream.method));
-        self.set_http_request_header(":path", Some(&upstream.path));
-        self.set_http_request_header(":authority", Some(&upstream.authority));
-        self.set_http_request_header(CLUSTER_HEADER, Some(&upstream.cluster));
-        self.set_http_request_header("accept-encoding", None);
+        // Only what differs from the client's head is written: a header is removed only if
+        // the client sent it and the attempt does not set it, and set only if its value
+        // changes (each write is a host call).
+        let sets = |name: &str| upstream.headers.iter().any(|(n, _)| n == name);
+        // Never forward the client's gateway key (an attempt that sets one of these headers
+        // replaces the client's value). Without the client's head, every one is removed.
+        let head_known = !self.client_head.is_empty();
+        for name in [
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "accept-encoding",
+        ] {
+            if !sets(name) && (!head_known || header(&self.client_head, name).is_some()) {
+                self.set_http_request_header(name, None);
+            }
+        }
+        self.set_request_header(":method", upstream.method);
+        self.set_request_header(":path", &upstream.path);
+        self.set_request_header(":authority", &upstream.authority);
+        self.set_request_header(CLUSTER_HEADER, &upstream.cluster);
         // A stream's deadline bounds the time to the first byte: Envoy stops the per-try timer
         // once the response starts, so a long stream is not cut (the route has no shorter
         // global timeout). A complete answer's bounds the whole answer, as a call's does.
@@ -347,13 +376,41 @@ impl SwitchyardHttp {
         } else {
             "x-envoy-upstream-rq-timeout-ms"
         };
-        self.set_http_request_header(timeout_header, Some(&send.timeout_ms.to_string()));
+        self.set_request_header(timeout_header, &send.timeout_ms.to_string());
         for (name, value) in &upstream.headers {
+            self.set_request_header(name, value);
+        }
+        if upstream.body != self.client_body || self.client_body.len() != self.request_body_size {
+            self.set_request_header("content-length", &upstream.body.len().to_string());
+            self.set_http_request_body(0, self.request_body_size, &upstream.body);
+        }
+        // The client's request is routed once: what it was is not needed again.
+        self.client_head = Vec::new();
+        self.client_body = Vec::new();
+        self.phase = Phase::Routed;
+    }
+
+    /// Sets request header `name` unless the client's head already has that value (once).
+    fn set_request_header(&self, name: &str, value: &str) {
+        if only_value(&self.client_head, name) != Some(value) {
             self.set_http_request_header(name, Some(value));
         }
-        self.set_http_request_header("content-length", Some(&upstream.body.len().to_string()));
-        self.set_http_request_body(0, self.request_body_size, &upstream.body);
-        self.phase = Phase::Routed;
+    }
+
+    /// Rewrites the routed response's head to the core's `status` and `headers`, writing
+    /// only what differs from the upstream's head.
+    fn set_response_head(&self, status: u16, headers: &[(String, String)]) {
+        let status = status.to_string();
+        let changed =
+            |name: &str, value: &str| only_value(&self.upstream_head, name) != Some(value);
+        if changed(":status", &status) {
+            self.set_http_response_header(":status", Some(&status));
+        }
+        for (name, value) in headers {
+            if changed(name, value) {
+                self.set_http_response_header(name, Some(value));
+            }
+        }
     }
 
     /// Sends `upstream` as a `dispatch_http_call`.
@@ -467,6 +524,7 @@ impl HttpContext for SwitchyardHttp {
         if end_of_stream && actions.iter().any(|a| matches!(a, Action::ReadBody { .. })) {
             actions.extend(self.feed(Event::RequestBody(&[])));
         }
+        self.client_head = headers;
         self.perform(actions);
         HostAction::Pause
     }
@@ -483,7 +541,9 @@ impl HttpContext for SwitchyardHttp {
         } else {
             self.request_body_size = body_size;
             let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-            self.feed(Event::RequestBody(&body))
+            let actions = self.feed(Event::RequestBody(&body));
+            self.client_body = body;
+            actions
         };
         if self.perform(actions).paused {
             HostAction::Pause
@@ -504,7 +564,14 @@ impl HttpContext for SwitchyardHttp {
         // One read of the whole head (the values the core needs come from it too). The
         // provider's account identifiers never reach the client (whatever answer the core
         // makes of this response, its headers are the ones Envoy sends).
-        let headers = self.get_http_response_headers();
+        let mut headers = self.get_http_response_headers();
+        headers.retain(|(name, _)| {
+            let strip = self.exchange.strips_upstream_header(name);
+            if strip {
+                self.set_http_response_header(name, None);
+            }
+            !strip
+        });
         let mut status = None;
         let (mut content_type, mut retry_after) = (None, None);
         for (name, value) in &headers {
@@ -512,9 +579,6 @@ impl HttpContext for SwitchyardHttp {
                 ":status" => status = value.parse().ok(),
                 "content-type" => content_type = Some(value.as_str()),
                 "retry-after" => retry_after = Some(value.as_str()),
-                _ if self.exchange.strips_upstream_header(name) => {
-                    self.set_http_response_header(name, None);
-                }
                 _ => {}
             }
         }
@@ -526,15 +590,17 @@ impl HttpContext for SwitchyardHttp {
         }));
         if end_of_stream && actions.contains(&Action::ReadUpstreamBody) {
             // No body follows; the reply is sent in place of this response.
-            actions.extend(self.feed(Event::UpstreamBody(&[])));
+            actions.extend(self.feed_at(Event::UpstreamBody(&[]), self.fed_nanos));
         } else if end_of_stream
             && actions
                 .iter()
                 .any(|a| matches!(a, Action::RelayResponse(_)))
         {
-            actions.extend(self.feed(Event::UpstreamEnd));
+            actions.extend(self.feed_at(Event::UpstreamEnd, self.fed_nanos));
         }
+        self.upstream_head = headers;
         let performed = self.perform(actions);
+        self.upstream_head = Vec::new();
         if performed.paused {
             HostAction::Pause
         } else {
@@ -550,7 +616,7 @@ impl HttpContext for SwitchyardHttp {
                     .unwrap_or_default();
                 let mut actions = self.feed(Event::UpstreamData(&chunk));
                 if end_of_stream {
-                    actions.extend(self.feed(Event::UpstreamEnd));
+                    actions.extend(self.feed_at(Event::UpstreamEnd, self.fed_nanos));
                 }
                 let performed = self.perform(actions);
                 // A stream's chunk is replaced by the core's bytes; a relayed one passes as
@@ -624,4 +690,19 @@ impl HttpContext for SwitchyardHttp {
             }
         }
     }
+}
+
+/// The first value of header `name` in a head read from the host (names are lower-case).
+fn header<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    head.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The value of header `name` when the head has it exactly once: a header that is there
+/// with this value, and no other, need not be written (a write replaces every value).
+fn only_value<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let mut values = head.iter().filter(|(n, _)| n == name);
+    let (_, value) = values.next()?;
+    values.next().is_none().then_some(value.as_str())
 }

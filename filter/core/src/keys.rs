@@ -3,6 +3,12 @@
 //! The config never holds a usable key, so leaking it leaks nothing. A presented key is hashed
 //! and compared against every configured hash without early exit, so timing reveals neither
 //! which key nearly matched nor how many bytes did.
+//!
+//! Hashing the presented key is most of a key check's cost (about 3.5k instructions of a
+//! fast-path exchange's ~67k), and the same few keys come back on every request, so each
+//! thread keeps a small bounded cache from a presented key that authenticated to its digest
+//! ([`DigestCache`]); the constant-time comparison against every configured hash still runs
+//! on every request, so an expired, revoked or replaced key is refused as before.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -110,7 +116,8 @@ pub fn authenticate<'a>(
         )
         .with_code("missing_api_key"));
     };
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let cached = DIGESTS.with(|c| c.borrow().get(presented));
+    let digest: [u8; 32] = cached.unwrap_or_else(|| Sha256::digest(presented.as_bytes()).into());
     let mut found = None;
     for key in keys {
         let expected = key.digest();
@@ -125,6 +132,9 @@ pub fn authenticate<'a>(
     let key = found.ok_or_else(|| {
         GatewayError::new(ErrorKind::Authentication, "invalid API key").with_code("invalid_api_key")
     })?;
+    if cached.is_none() {
+        DIGESTS.with(|c| c.borrow_mut().insert(presented, digest));
+    }
     if key.expires_at.is_some_and(|t| now_unix >= t) {
         return Err(
             GatewayError::new(ErrorKind::Authentication, "API key has expired")
@@ -132,6 +142,81 @@ pub fn authenticate<'a>(
         );
     }
     Ok(key)
+}
+
+/// Slots of a thread's [`DigestCache`].
+const DIGEST_SLOTS: usize = 256;
+/// Longest presented key the cache keeps (longer ones are hashed every time).
+const DIGEST_MAX_KEY: usize = 256;
+
+std::thread_local! {
+    /// This thread's cache of presented keys that authenticated (wasm hosts have one thread
+    /// per VM; a native host's workers each keep their own, so no lock is taken).
+    static DIGESTS: std::cell::RefCell<DigestCache> = std::cell::RefCell::new(DigestCache::default());
+}
+
+/// A bounded, direct-mapped cache from a presented key to its SHA-256 digest, so the keys
+/// that come back on every request are not hashed again: what production gateways do.
+///
+/// - Bounded: [`DIGEST_SLOTS`] slots of at most [`DIGEST_MAX_KEY`] bytes each; a key whose
+///   slot is taken replaces the one there (no growth, no eviction bookkeeping).
+/// - Only keys that authenticated are kept, so a flood of wrong keys can neither grow nor
+///   churn it; a hit only saves the hash: the digest is still compared, in constant time,
+///   against every configured key, so a key removed from the config (or the control plane's
+///   set) or expired is refused on its next request.
+/// - A hit compares the stored key with the presented one in constant time over the key's
+///   bytes (the slot is picked by a hash of the presented key, which the caller already
+///   knows; only a length mismatch exits early, and key lengths are not secret).
+/// - It holds plaintext keys that authenticated recently, in this process's memory only
+///   (they pass through it on every request anyway); nothing writes them anywhere.
+/// - Its slots are allocated at the second authentication of a thread, not the first: an
+///   instance that serves one request (the Spin component's memory is reset per request)
+///   pays nothing for a cache it could never hit.
+#[derive(Default)]
+struct DigestCache {
+    slots: Vec<Option<CachedDigest>>,
+    /// Keys that authenticated on this thread (counted up to 2).
+    authenticated: u8,
+}
+
+/// A presented key that authenticated, and its digest.
+type CachedDigest = (Box<[u8]>, [u8; 32]);
+
+impl DigestCache {
+    fn slot(presented: &str) -> usize {
+        // FNV-1a: a cheap spread over the slots (the index is not a secret, see above).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in presented.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (h as usize) % DIGEST_SLOTS
+    }
+
+    fn get(&self, presented: &str) -> Option<[u8; 32]> {
+        let (stored, digest) = self.slots.get(Self::slot(presented))?.as_ref()?;
+        let presented = presented.as_bytes();
+        if stored.len() != presented.len() {
+            return None;
+        }
+        let diff = stored
+            .iter()
+            .zip(presented)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (std::hint::black_box(diff) == 0).then_some(*digest)
+    }
+
+    fn insert(&mut self, presented: &str, digest: [u8; 32]) {
+        if self.authenticated < 2 {
+            self.authenticated += 1;
+        }
+        if self.authenticated < 2 || presented.len() > DIGEST_MAX_KEY {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.slots.resize(DIGEST_SLOTS, None);
+        }
+        self.slots[Self::slot(presented)] = Some((presented.as_bytes().into(), digest));
+    }
 }
 
 /// Glob match with `*` (any run) and `?` (any one character).
@@ -202,6 +287,63 @@ mod tests {
         );
         assert_eq!(authenticate(&keys, None, 0).unwrap_err().status, 401);
         assert!(keys[0].allows("gpt-4o") && !keys[0].allows("claude"));
+    }
+
+    #[test]
+    fn cached_digest_still_checks_the_key_set() {
+        let a = key("a", "sk-cache-a", &["*"], Some(100));
+        let b = key("b", "sk-cache-b", &["*"], None);
+        // The thread's first authentication allocates nothing, the second is cached; then
+        // the cached key against a set without it.
+        let twice = || {
+            authenticate([&a, &b], Some("sk-cache-a"), 0)
+                .unwrap()
+                .id
+                .clone()
+        };
+        assert_eq!(twice(), "a");
+        assert!(DIGESTS.with(|c| c.borrow().slots.is_empty()));
+        assert_eq!(twice(), "a");
+        assert!(DIGESTS.with(|c| c.borrow().get("sk-cache-a")).is_some());
+        assert_eq!(
+            authenticate([&b], Some("sk-cache-a"), 0).unwrap_err().code,
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            authenticate([&a], Some("sk-cache-a"), 100)
+                .unwrap_err()
+                .code,
+            Some("expired_api_key")
+        );
+        // A key that differs only in its last byte is not a hit, and a wrong key is never
+        // cached.
+        assert!(DIGESTS.with(|c| c.borrow().get("sk-cache-b")).is_none());
+        assert!(authenticate([&a], Some("sk-cache-x"), 0).is_err());
+        assert!(DIGESTS.with(|c| c.borrow().get("sk-cache-x")).is_none());
+        assert!(authenticate([&a], Some("sk-cache-b"), 0).is_err());
+        assert_eq!(authenticate([&b], Some("sk-cache-b"), 0).unwrap().id, "b");
+    }
+
+    #[test]
+    fn digest_cache_is_bounded() {
+        let mut cache = DigestCache::default();
+        for i in 0..4 * DIGEST_SLOTS {
+            cache.insert(&format!("sk-{i}"), [1; 32]);
+        }
+        assert_eq!(cache.slots.len(), DIGEST_SLOTS);
+        let long = "k".repeat(DIGEST_MAX_KEY + 1);
+        cache.insert(&long, [2; 32]);
+        assert_eq!(cache.get(&long), None);
+        // A colliding key replaces the one in its slot: the old one misses, the new one hits.
+        let first = "sk-0";
+        let other = (1..)
+            .map(|i| format!("sk-other-{i}"))
+            .find(|k| DigestCache::slot(k) == DigestCache::slot(first))
+            .unwrap();
+        cache.insert(first, [3; 32]);
+        cache.insert(&other, [4; 32]);
+        assert_eq!(cache.get(first), None);
+        assert_eq!(cache.get(&other), Some([4; 32]));
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub fn deployment_id(d: &DeploymentConfig) -> String {
 /// strategy order, since trying a cooling deployment beats failing outright.
 pub fn attempt_order(model: &ModelConfig, health: &dyn HealthView, random: u64) -> Vec<usize> {
     let deps = &model.deployments;
+    if deps.len() == 1 {
+        // One deployment is tried whatever its health says (an ejected one too, as when
+        // every deployment is ejected): its record is not read (on the edge, a shared-data
+        // host call and two formatted names per request on the common fast path).
+        return vec![0];
+    }
     let mut order: Vec<usize> = (0..deps.len()).collect();
     match model.strategy {
         Strategy::Priority => {}
