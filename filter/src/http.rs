@@ -499,12 +499,7 @@ impl HttpContext for SwitchyardHttp {
         // One read of the whole head instead of a host call per header the core may want
         // (each crosses the VM boundary, and each value found is one more allocation call).
         let headers = self.get_http_request_headers();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| header(&headers, name);
         let forwarded: Vec<(&str, &str)> = FORWARDED_HEADERS
             .iter()
             .filter_map(|name| Some((*name, get(name)?)))
