@@ -168,30 +168,68 @@ pub(crate) struct Act16 {
 }
 
 impl Act16 {
-    /// Quantizes `x`; with the SIMD tiles available, compiled for them too, so that the
-    /// rounding is inlined (a `roundf` call per value otherwise: ~1% of a decode step).
+    /// Quantizes `x`; with the SIMD tiles available, each row with code compiled for them
+    /// too, so that the rounding is inlined (a `roundf` call per value otherwise: ~1% of a
+    /// decode step).
     fn quantize(x: &[f32], cols: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         if simd() {
-            // SAFETY: `simd()` checked that the CPU has these features.
-            return unsafe { Self::quantize_avx2(x, cols) };
+            return Self::quantize_rows(x, cols, |x, q, d, s| {
+                // SAFETY: `simd()` checked that the CPU has these features.
+                unsafe { Self::quantize_row_avx2(x, q, d, s) }
+            });
         }
-        Self::quantize_portable(x, cols)
+        Self::quantize_rows(x, cols, Self::quantize_row)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn quantize_avx2(x: &[f32], cols: usize) -> Self {
-        Self::quantize_portable(x, cols)
+    unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+        Self::quantize_row(x, q, d, s)
+    }
+
+    fn quantize_rows(
+        x: &[f32],
+        cols: usize,
+        row: impl Fn(&[f32], &mut [i16], &mut [f32], &mut [f32]) + Sync,
+    ) -> Self {
+        let blocks = x.len() / BLOCK;
+        let row_blocks = cols / BLOCK;
+        let t = blocks.checked_div(row_blocks).unwrap_or(0);
+        let mut q = vec![0i16; x.len()];
+        let mut d = vec![0f32; blocks];
+        let mut s = vec![0f32; blocks];
+        let (w, rb) = (cols.max(1), row_blocks.max(1));
+        // A batch's rows are quantized on every pool thread: done on one, the others would
+        // wait for it before each matmul.
+        if t >= PARALLEL_ROWS {
+            x.par_chunks(w)
+                .zip(q.par_chunks_mut(w))
+                .zip(d.par_chunks_mut(rb).zip(s.par_chunks_mut(rb)))
+                .for_each(|((x, q), (d, s))| row(x, q, d, s));
+        } else {
+            x.chunks(w)
+                .zip(q.chunks_mut(w))
+                .zip(d.chunks_mut(rb).zip(s.chunks_mut(rb)))
+                .for_each(|((x, q), (d, s))| row(x, q, d, s));
+        }
+        let mut dt = vec![0f32; d.len()];
+        for (i, row) in d.chunks_exact(rb).enumerate() {
+            for (b, &v) in row.iter().enumerate() {
+                dt[b * t + i] = v;
+            }
+        }
+        Act16 { q, d, s, dt }
     }
 
     #[inline(always)]
-    fn quantize_portable(x: &[f32], cols: usize) -> Self {
-        let blocks = x.len() / BLOCK;
-        let mut q = vec![0i16; x.len()];
-        let mut d = Vec::with_capacity(blocks);
-        let mut s = Vec::with_capacity(blocks);
-        for (xs, qs) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)) {
+    fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+        for (((xs, qs), d), s) in x
+            .chunks_exact(BLOCK)
+            .zip(q.chunks_exact_mut(BLOCK))
+            .zip(d.iter_mut())
+            .zip(s.iter_mut())
+        {
             let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
             let scale = amax / 32767.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -200,20 +238,15 @@ impl Act16 {
                 *q = (v * inv).round() as i16;
                 sum += *q as i32;
             }
-            d.push(scale);
-            s.push(scale * sum as f32);
+            *d = scale;
+            *s = scale * sum as f32;
         }
-        let row_blocks = cols / BLOCK;
-        let t = blocks.checked_div(row_blocks).unwrap_or(0);
-        let mut dt = vec![0f32; d.len()];
-        for (i, row) in d.chunks_exact(row_blocks.max(1)).enumerate() {
-            for (b, &v) in row.iter().enumerate() {
-                dt[b * t + i] = v;
-            }
-        }
-        Act16 { q, d, s, dt }
     }
 }
+
+/// Rows of a step from which per-row work (activation rounding, norms, SiLU) is spread over
+/// the pool; below it the hand-off costs more than the work.
+pub const PARALLEL_ROWS: usize = 4;
 
 /// Which matmul implementation runs here (for benchmarks and logs).
 pub fn kernel_name() -> &'static str {
