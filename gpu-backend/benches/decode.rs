@@ -8,8 +8,9 @@
 //! Run: `cargo bench -p gpu-backend --bench decode -- GGUF [TOKENS] [kernels] [batch=N]`
 //! (default: the fetched SmolLM2 Q4_1, 64 tokens; `kernels` adds the per-matmul timings,
 //! lone and for 16 and 64 activation rows at once; `batch=N` decodes N copies of the
-//! sequence in one step, as N streams batched by the scheduler do). It prints the greedy
-//! tokens, so two builds can be checked for the same output.
+//! sequence in one step, as N streams batched by the scheduler do). It prints the prompt's
+//! prefill time (all N prompts in one step) and the greedy tokens, so two builds can be
+//! checked for the same output.
 
 use std::time::Instant;
 
@@ -67,8 +68,21 @@ fn main() {
             cache,
         })
         .collect();
+    let (prefill_wall, prefill_cpu) = (Instant::now(), cpu_seconds());
     let logits = model.forward(&mut inputs).expect("prefill");
     drop(inputs);
+    let (prefill_wall, prefill_cpu) = (
+        prefill_wall.elapsed().as_secs_f64(),
+        cpu_seconds() - prefill_cpu,
+    );
+    let prompt_rows = (prompt.len() * batch) as f64;
+    println!(
+        "prefill x{batch}: {} prompt tokens each, {:.2} ms wall ({:.1} tok/s), {:.3} ms CPU/token",
+        prompt.len(),
+        prefill_wall * 1e3,
+        prompt_rows / prefill_wall,
+        prefill_cpu * 1e3 / prompt_rows
+    );
     let mut next = argmax(&logits.get(0).unwrap()).unwrap();
     let mut out = vec![next];
     let (wall, cpu) = (Instant::now(), cpu_seconds());

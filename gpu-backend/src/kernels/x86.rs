@@ -46,6 +46,52 @@ pub(super) unsafe fn matmul_rows(
     }
 }
 
+/// One activation row rounded to 16 bits per block of 32, the vector form of
+/// [`Act16::quantize_row`](super::Act16) with the same results (`vcvtps2dq` rounds ties to
+/// even, as `round_ties_even` does): Rust's saturating `as` casts kept the portable loop
+/// scalar, 5-6% of a prefill.
+///
+/// # Safety
+/// [`available`] is true; `x` and `q` hold `32·d.len()` values and `s` `d.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row16(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+    debug_assert!(x.len() >= d.len() * BLOCK && q.len() >= d.len() * BLOCK && s.len() >= d.len());
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    for (b, (d, s)) in d.iter_mut().zip(s.iter_mut()).enumerate() {
+        // SAFETY: block `b` is in bounds of `x` and `q` (the caller's contract).
+        unsafe {
+            let xp = x.as_ptr().add(b * BLOCK);
+            let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xp.add(o)));
+            let m = _mm256_max_ps(
+                _mm256_max_ps(_mm256_and_ps(v[0], abs), _mm256_and_ps(v[1], abs)),
+                _mm256_max_ps(_mm256_and_ps(v[2], abs), _mm256_and_ps(v[3], abs)),
+            );
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let scale = amax / 32767.0;
+            let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
+            let total =
+                _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+            let total = _mm_add_epi32(
+                _mm256_castsi256_si128(total),
+                _mm256_extracti128_si256(total, 1),
+            );
+            let total = _mm_add_epi32(total, _mm_shuffle_epi32(total, 0b01_00_11_10));
+            let total = _mm_add_epi32(total, _mm_shuffle_epi32(total, 0b10_11_00_01));
+            // `packs` interleaves the 128-bit halves; the permute puts them back in order.
+            let qp = q.as_mut_ptr().add(b * BLOCK) as *mut __m256i;
+            let lo = _mm256_permute4x64_epi64(_mm256_packs_epi32(i[0], i[1]), 0b11_01_10_00);
+            let hi = _mm256_permute4x64_epi64(_mm256_packs_epi32(i[2], i[3]), 0b11_01_10_00);
+            _mm256_storeu_si256(qp, lo);
+            _mm256_storeu_si256(qp.add(1), hi);
+            *d = scale;
+            *s = scale * _mm_cvtsi128_si32(total) as f32;
+        }
+    }
+}
+
 /// A weight block decoded for the tiles: 32 values as i16, scale and minimum.
 struct Block {
     q: [__m256i; 2],
