@@ -48,8 +48,23 @@ impl UsageScanner {
 
     /// Scans the next chunk of the answer.
     pub fn push(&mut self, chunk: &[u8]) {
-        for &b in chunk {
-            self.byte(b);
+        let mut at = 0;
+        while at < chunk.len() {
+            if self.in_string && !self.escape && !self.reading_key {
+                // Inside a string only its closing quote and escapes matter: jump to the next
+                // one (most of an answer's bytes are its strings' contents).
+                let rest = &chunk[at..];
+                let skip = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                if self.capturing {
+                    self.captured.extend_from_slice(&rest[..skip]);
+                }
+                at += skip;
+                if at == chunk.len() {
+                    break;
+                }
+            }
+            self.byte(chunk[at]);
+            at += 1;
         }
         if self.captured.len() > MAX_USAGE_BYTES {
             // Too large to be a usage object worth reading: give it up.
@@ -211,6 +226,21 @@ mod tests {
                 "cut at {cut}"
             );
             assert!(s.complete(), "cut at {cut}");
+        }
+    }
+
+    /// Strings inside the usage value are captured byte for byte, escapes included, wherever
+    /// the chunks split them.
+    #[test]
+    fn strings_in_the_usage_value_are_kept_exactly_in_any_split() {
+        let text = br#"{"id":"a\"b","usage":{"note":"q\"u\\","n":[1,"]"]},"model":"m"}"#;
+        let want = br#"{"note":"q\"u\\","n":[1,"]"]}"#;
+        for cut in 0..text.len() {
+            for cut2 in cut..text.len() {
+                let s = scan(&[&text[..cut], &text[cut..cut2], &text[cut2..]]);
+                assert_eq!(s.usage(), Some(&want[..]), "cuts at {cut}, {cut2}");
+                assert!(s.complete(), "cuts at {cut}, {cut2}");
+            }
         }
     }
 
