@@ -21,8 +21,9 @@ narrow it.
 
 --annotate attributes each row's per-request cost: the two dumps are parsed and subtracted
 per function, and the script prints (and writes to `annotate.md` in the kept tmp dir) each
-row's cost by object (the `envoy` binary, libc, the JIT code, whose object callgrind cannot
-name: the guest and V8's stubs), then, for every filter row against the first row with a
+row's cost by object (the `envoy` binary; its tcmalloc, which valgrind does not place in the
+binary; libc; the JIT code, whose object callgrind cannot name: the guest and V8's stubs),
+then, for every filter row against the first row with a
 filter (the empty floor when given), the functions whose per-request cost grew most: self
 and inclusive instructions and calls per request. The `envoy` binary is stripped, so its
 functions are named by address (the same across rows: valgrind loads it at a fixed base);
@@ -45,12 +46,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import envoy_bench as eb  # noqa: E402  (the configs and the request are the bench's own)
 
 JIT = "JIT (guest + V8 code)"
+TCMALLOC = "envoy tcmalloc"
 
 
 def parse_dump(path):
     """One callgrind dump as {(object, function): [self Ir, inclusive Ir, calls in,
-    calls in from JIT code]}. The object of a function callgrind cannot place (V8's JIT code)
-    is `???`: all of those are one entry, JIT."""
+    calls in from JIT code]}. Code callgrind places in no object (`???`) is either Envoy's
+    tcmalloc (its own ELF section) or V8's JIT code: all of the latter is one entry, JIT."""
     funcs = collections.defaultdict(lambda: [0, 0, 0, 0])
     names = {"ob": {}, "fn": {}}
     ob = fn = cob = cfn = None
@@ -66,7 +68,18 @@ def parse_dump(path):
 
     def key(obj, func):
         obj = os.path.basename(obj or "???")
-        return (JIT, "") if obj == "???" else (obj, func)
+        if obj != "???":
+            return (obj, func)
+        try:
+            address = int((func or "").split("'")[0], 16)
+        except ValueError:
+            address = None
+        # Code callgrind places in no object: below 4 GiB it is the envoy binary's own
+        # `google_malloc` section (tcmalloc: outside the .text that valgrind maps to the
+        # binary), above it V8's code space (the guest and V8's wasm stubs).
+        if address is not None and address < 1 << 32:
+            return (TCMALLOC, func)
+        return (JIT, "")
 
     with open(path) as f:
         for line in f:
