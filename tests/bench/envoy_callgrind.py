@@ -124,6 +124,12 @@ def per_request(d1, d2, n):
     return out
 
 
+def table(title, columns, rows):
+    """Markdown lines: `title`, then a table of `rows` (lists of cells) under `columns`."""
+    return ([f"\n{title}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def annotate(rows, base_label, top=25):
     """Markdown tables: each row's cost per object, and each filter row's growth by function
     against the row `base_label`."""
@@ -141,26 +147,25 @@ def annotate(rows, base_label, top=25):
     for label, f in rows:
         if label == base_label or not label.startswith("envoy +"):
             continue
-        grow = sorted(((v[0] - base.get(k, [0] * 4)[0], k) for k, v in f.items()), reverse=True)
-        lines.append(f"\n{label} − {base_label}, the {top} functions whose self cost per request "
-                     "grew most (calls: per request, this row / base):\n")
-        lines.append("| function | object | self Δ | self | inclusive | calls | calls base "
-                     "| called from JIT |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for delta, k in grow[:top]:
-            v, b = f[k], base.get(k, [0] * 4)
-            lines.append(f"| {k[1] or '—'} | {k[0]} | {delta:+.0f} | {v[0]:.0f} | {v[1]:.0f} "
-                         f"| {v[2]:.1f} | {b[2]:.1f} | {v[3]:.1f} |")
+        zero = [0] * 4
+        grow = sorted(((v[0] - base.get(k, zero)[0], k) for k, v in f.items()), reverse=True)
+        lines += table(
+            f"{label} − {base_label}, the {top} functions whose self cost per request grew most "
+            "(calls: per request, this row / base):",
+            ["function", "object", "self Δ", "self", "inclusive", "calls", "calls base",
+             "called from JIT"],
+            [[k[1] or "—", k[0], f"{delta:+.0f}", f"{f[k][0]:.0f}", f"{f[k][1]:.0f}",
+              f"{f[k][2]:.1f}", f"{base.get(k, zero)[2]:.1f}", f"{f[k][3]:.1f}"]
+             for delta, k in grow[:top]])
         hosts = sorted(((v[1], k) for k, v in f.items() if v[3] >= 0.5), reverse=True)
-        lines.append(f"\n{label}: functions the JIT code calls (host calls, V8 runtime), by "
-                     "inclusive cost per request:\n")
-        lines.append("| function | object | inclusive | calls from JIT | inclusive per call "
-                     "| base inclusive | base calls from JIT |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for incl, k in hosts[:top]:
-            v, b = f[k], base.get(k, [0] * 4)
-            lines.append(f"| {k[1]} | {k[0]} | {incl:.0f} | {v[3]:.1f} | {incl / v[3]:.0f} "
-                         f"| {b[1]:.0f} | {b[3]:.1f} |")
+        lines += table(
+            f"{label}: functions the JIT code calls (host calls, V8 runtime), by inclusive cost "
+            "per request:",
+            ["function", "object", "inclusive", "calls from JIT", "inclusive per call",
+             "base inclusive", "base calls from JIT"],
+            [[k[1], k[0], f"{incl:.0f}", f"{f[k][3]:.1f}", f"{incl / f[k][3]:.0f}",
+              f"{base.get(k, zero)[1]:.0f}", f"{base.get(k, zero)[3]:.1f}"]
+             for incl, k in hosts[:top]])
     return "\n".join(lines)
 
 
