@@ -1124,6 +1124,15 @@ impl Exchange {
             .map_or("", |a| a.deployment_id.as_str())
     }
 
+    /// Whether the current attempt's deployment keeps a health record (see
+    /// [`crate::gateway::Attempt::health_read`]).
+    fn health_read(&self) -> bool {
+        self.plan
+            .as_ref()
+            .and_then(|p| p.attempts.get(self.attempt))
+            .is_some_and(|a| a.health_read)
+    }
+
     fn log_attempt(&mut self, outcome: Outcome, cx: &Ctx<'_>) {
         let millis = cx.now_ms.saturating_sub(self.attempt_started_ms);
         let deployment = self.deployment().to_string();
@@ -1135,7 +1144,7 @@ impl Exchange {
     fn attempt_failed(&mut self, outcome: Outcome, cx: &Ctx<'_>) -> Vec<Action> {
         let mut actions = Vec::new();
         // An attempt that was never sent is not the deployment's fault.
-        if !matches!(outcome, Outcome::NotSent(_)) {
+        if !matches!(outcome, Outcome::NotSent(_)) && self.health_read() {
             if let Some(plan) = &self.plan {
                 let deployment = self.deployment().to_string();
                 if record_failure(cx.health, &deployment, &plan.fallback, cx.now_ms) {
@@ -1229,7 +1238,7 @@ impl Exchange {
         if !(200..300).contains(&status) {
             // A final error (or the retryable error of the only attempt the chain can make):
             // the provider's own error is the answer.
-            if plan.should_retry_status(status) {
+            if plan.should_retry_status(status) && self.health_read() {
                 record_failure(cx.health, self.deployment(), &plan.fallback, cx.now_ms);
             }
             let mut err = plan.translate_error(self.attempt, status, body);
@@ -1311,8 +1320,10 @@ impl Exchange {
     }
 
     fn succeeded(&mut self, status: u16, cx: &Ctx<'_>) {
-        let latency = cx.now_ms.saturating_sub(self.attempt_started_ms);
-        record_success(cx.health, self.deployment(), latency, cx.now_ms);
+        if self.health_read() {
+            let latency = cx.now_ms.saturating_sub(self.attempt_started_ms);
+            record_success(cx.health, self.deployment(), latency, cx.now_ms);
+        }
         self.log_attempt(Outcome::Status(status), cx);
     }
 

@@ -224,6 +224,45 @@ fn a_complete_answer_is_read_whole_then_replied_with_ids_and_usage() {
 }
 
 #[test]
+fn a_deployment_no_routing_reads_keeps_no_health_record() {
+    // `lone` is the only deployment of its model and in no chain: its health is never read
+    // (a single-deployment model tries it whatever its record says), so neither a success nor
+    // a retryable failure is stored. `a/m-a` is also in `chain`, so its outcomes are.
+    let mut config = config();
+    config["providers"]["d"] = json!({"kind": "openai", "base_url": "http://d.test"});
+    config["models"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "lone", "deployments": [{"provider": "d", "model": "m-d"}]}));
+    let mut h = Host::with(gateway_from(config.clone()));
+    assert_eq!(
+        sent(&h.chat("lone", false)),
+        [(0, "d.test".to_string(), 1000)]
+    );
+    h.head(200, "application/json");
+    let (status, _, _) = reply(&h.feed(Event::UpstreamBody(COMPLETION.as_bytes())));
+    assert_eq!(status, 200);
+    assert_eq!(h.health.load("d/m-d"), None, "no read, no write on success");
+
+    let mut h = Host::with(gateway_from(config.clone()));
+    h.chat("lone", false);
+    let (status, _, _) = reply(&h.feed(Event::UpstreamFailed(&Failure::Reset)));
+    assert_eq!(status, 502);
+    assert_eq!(h.health.load("d/m-d"), None, "nor on a failure");
+
+    let mut h = Host::with(gateway_from(config));
+    h.chat("solo", false);
+    h.head(200, "application/json");
+    h.now_ms += 25;
+    h.feed(Event::UpstreamBody(COMPLETION.as_bytes()));
+    let stored = h
+        .health
+        .load("a/m-a")
+        .expect("a chain reads this deployment's record");
+    assert_eq!(stored.latency_ms, Some(25.0));
+}
+
+#[test]
 fn n_from_a_provider_with_one_choice_is_asked_n_times_and_merged_with_usage_summed() {
     let mut h = Host::new();
     let mut actions = h.request(
