@@ -163,54 +163,6 @@ impl Decode for Q8_0 {
     }
 }
 
-/// Blocks of format `F` already decoded ([`predecode`]): 32 values as i16, then the scale
-/// and the minimum as f32, [`Predecoded::BYTES`] bytes per block. A prefill multiplies each
-/// weight block into hundreds of activation rows; decoding it once per 4×4 tile would
-/// repeat the same work for every four of them. The values are the ones `F::decode` gives,
-/// so the sums are too.
-struct Predecoded<F>(std::marker::PhantomData<F>);
-
-impl<F: Decode> Decode for Predecoded<F> {
-    const BYTES: usize = 72;
-    const HAS_MIN: bool = F::HAS_MIN;
-    const SEQUENTIAL: bool = F::SEQUENTIAL;
-    #[inline(always)]
-    unsafe fn decode(b: *const u8) -> Block {
-        // SAFETY: the caller guarantees a whole predecoded block at `b`; AVX2 is enabled in
-        // every caller.
-        unsafe {
-            Block {
-                q: [
-                    _mm256_loadu_si256(b as *const __m256i),
-                    _mm256_loadu_si256(b.add(32) as *const __m256i),
-                ],
-                d: (b.add(64) as *const f32).read_unaligned(),
-                m: (b.add(68) as *const f32).read_unaligned(),
-            }
-        }
-    }
-}
-
-/// Decodes `blocks` blocks of format `F` at `w` into `out` as [`Predecoded`] blocks.
-///
-/// # Safety
-/// AVX2/F16C are available; `w` holds `blocks` blocks and `out` `blocks · 72` bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn predecode<F: Decode>(w: *const u8, blocks: usize, out: &mut [u8]) {
-    debug_assert!(out.len() >= blocks * Predecoded::<F>::BYTES);
-    for b in 0..blocks {
-        // SAFETY: in bounds by the caller's contract.
-        unsafe {
-            let blk = F::decode(w.add(b * F::BYTES));
-            let o = out.as_mut_ptr().add(b * Predecoded::<F>::BYTES);
-            _mm256_storeu_si256(o as *mut __m256i, blk.q[0]);
-            _mm256_storeu_si256(o.add(32) as *mut __m256i, blk.q[1]);
-            (o.add(64) as *mut f32).write_unaligned(blk.d);
-            (o.add(68) as *mut f32).write_unaligned(blk.m);
-        }
-    }
-}
-
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     // SAFETY: AVX is enabled in every caller.
@@ -351,10 +303,6 @@ fn vnni() -> bool {
     })
 }
 
-/// Activation rows from which a 4×4 tile's weight rows are decoded once, up front, rather
-/// than once per four activation rows.
-const PREDECODE_ROWS: usize = 16;
-
 /// Tiles the rows: with four or more activation rows, 4×4 tiles of [`tile_batch`] on CPUs
 /// with AVX-512 VNNI (alone, 1.13-1.28x as fast for Q8_0 and 1.30-1.35x for Q4_1 as one
 /// weight row against four activation rows; see BENCHMARKS.md's #18 section), else four
@@ -388,11 +336,6 @@ unsafe fn drive<F: Decode>(
         if t >= 4 && vnni() {
             const R: usize = 4;
             const N: usize = 4;
-            let mut pre = if t >= PREDECODE_ROWS {
-                vec![0u8; R * blocks * Predecoded::<F>::BYTES]
-            } else {
-                Vec::new()
-            };
             while rows.start + R <= rows.end {
                 let r = rows.start;
                 // The next group's weights, into cache while this one computes: four rows
@@ -405,29 +348,6 @@ unsafe fn drive<F: Decode>(
                 }
                 let ws: [*const u8; R] = std::array::from_fn(|k| wp(r + k));
                 let mut i = 0;
-                if t >= PREDECODE_ROWS {
-                    let stride = blocks * Predecoded::<F>::BYTES;
-                    for (k, &wk) in ws.iter().enumerate() {
-                        predecode::<F>(wk, blocks, &mut pre[k * stride..(k + 1) * stride]);
-                    }
-                    let ps: [*const u8; R] = std::array::from_fn(|k| pre[k * stride..].as_ptr());
-                    while i + N <= t {
-                        let xs: [Row; N] = std::array::from_fn(|j| xr(i + j));
-                        let o = tile_batch::<Predecoded<F>, R, N>(
-                            ps,
-                            xs,
-                            x.dt[i..].as_ptr(),
-                            t,
-                            blocks,
-                        );
-                        for (k, ov) in o.iter().enumerate() {
-                            for (j, v) in ov.iter().enumerate() {
-                                out.write((i + j) * n + r + k, *v);
-                            }
-                        }
-                        i += N;
-                    }
-                }
                 while i + N <= t {
                     let xs: [Row; N] = std::array::from_fn(|j| xr(i + j));
                     let o = tile_batch::<F, R, N>(ws, xs, x.dt[i..].as_ptr(), t, blocks);
