@@ -26,7 +26,8 @@ seen (llama-server's per-slot prompt cache, `cache_prompt`, on by default; gpu-b
 prefix cache). --cache-modes on,off (the default) measures both ways, interleaved: `on`
 with each server's defaults, `off` like for like, every prompt prefilled from scratch
 (llama-server gets `"cache_prompt": false` in every request, gpu-backend runs with
---no-prefix-cache). --repeat N runs the whole interleaved sequence N times.
+--no-prefix-cache). --repeat N runs the whole interleaved sequence N times; --samples K
+measures each level K times in each server and reports the medians.
 
 With --no-llamacpp only gpu-backend runs (step 1 and 2 are skipped, so only q4_1, or a
 format already under .cache/bench-models, can be measured) and its table has no ratios.
@@ -224,7 +225,17 @@ def greedy_texts(port, model, max_tokens):
     return texts
 
 
-def measure(name, proc, port, model, levels, max_tokens, texts=None, extra=None):
+def median_burst(bursts):
+    """Each measure's median over bursts of one level (the burst with the median aggregate
+    gives the cached-token count)."""
+    by_agg = sorted(bursts, key=lambda r: r["agg"])
+    out = dict(by_agg[len(by_agg) // 2])
+    for key in ("tokens", "wall", "agg", "ttft_ms", "decode", "per_cpu_s"):
+        out[key] = statistics.median(r[key] for r in bursts)
+    return out
+
+
+def measure(name, proc, port, model, levels, max_tokens, texts=None, extra=None, samples=1):
     extra = extra or {}
     try:
         level(port, model, 1, 8, proc.pid, extra)  # warm-up
@@ -232,10 +243,13 @@ def measure(name, proc, port, model, levels, max_tokens, texts=None, extra=None)
             texts[name] = greedy_texts(port, model, max_tokens)
         rows = []
         for n in levels:
-            r = level(port, model, n, max_tokens, proc.pid, extra)
-            log(f"{name} {n} streams: {r['agg']:.1f} tok/s aggregate, TTFT {r['ttft_ms']:.0f} ms, "
-                f"{r['decode']:.1f} tok/s per stream, {r['per_cpu_s']:.1f} tok/CPU-s, "
-                f"{r['cached']} cached prompt tokens reported")
+            bursts = [level(port, model, n, max_tokens, proc.pid, extra) for _ in range(samples)]
+            r = median_burst(bursts)
+            spread = (f" (median of {samples} bursts: {min(b['agg'] for b in bursts):.1f}-"
+                      f"{max(b['agg'] for b in bursts):.1f})") if samples > 1 else ""
+            log(f"{name} {n} streams: {r['agg']:.1f} tok/s aggregate{spread}, TTFT "
+                f"{r['ttft_ms']:.0f} ms, {r['decode']:.1f} tok/s per stream, "
+                f"{r['per_cpu_s']:.1f} tok/CPU-s, {r['cached']} cached prompt tokens reported")
             rows.append(r)
         return rows
     finally:
@@ -291,6 +305,9 @@ def main():
                     help="prompt caching: on (each server's default), off (both prefill every "
                          "prompt), or both, interleaved (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="run everything this many times")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="bursts per level in each server, each measure their median (one "
+                         "burst of a few seconds swings by 10%% on a shared machine)")
     args = ap.parse_args()
     levels = [int(n) for n in args.levels.split(",")]
     load_before = os.getloadavg()[0]
@@ -337,7 +354,7 @@ def main():
                                                 "-np", "64", "-c", str(64 * 512)], 18200,
                                "/health", log_dir=args.log_dir)
                     theirs = measure(f"llama-server {title}", lc, 18200, MODEL_ID, levels,
-                                     args.tokens, extra=lc_extra)
+                                     args.tokens, extra=lc_extra, samples=args.samples)
                 for label, binary, lv in binaries:
                     gb = serve(f"{label} {fmt}", [binary, "--listen", "127.0.0.1:18100",
                                                   "--models-dir", models_dir, "--pin", MODEL_ID,
@@ -345,7 +362,8 @@ def main():
                                                   *gb_flags, *extra],
                                18100, "/healthz", log_dir=args.log_dir)
                     ours = measure(f"{label} {title}", gb, 18100, MODEL_ID, lv, args.tokens,
-                                   texts if mode == modes[0] and run_no == 1 else None)
+                                   texts if mode == modes[0] and run_no == 1 else None,
+                                   samples=args.samples)
                     if theirs is None:
                         tables.append(table_alone(f"{title}, {label}", ours))
                     else:
