@@ -227,7 +227,9 @@ impl NativeLlama {
         let eps = c.rms_eps as f32;
 
         for (li, layer) in self.layers.iter().enumerate() {
-            norm(&x, &layer.attn_norm, eps, &mut normed, h);
+            for_rows(&mut normed, h, &x, h, |out, x| {
+                kernels::rms_norm(x, &layer.attn_norm, eps, out)
+            });
             kernels::matmul(&layer.qkv, &normed, &mut qkv);
             for (row, &(s, pos)) in qkv.chunks_exact_mut(qkv_dim).zip(&rows) {
                 let (q, kv) = row.split_at_mut(q_dim);
@@ -258,27 +260,20 @@ impl NativeLlama {
                     attend(c, q, head, caches[s], pos, scores, out)
                 });
             kernels::matmul(&layer.wo, &attn, &mut proj);
-            add(&mut x, &proj, h);
+            for_rows(&mut x, h, &proj, h, add);
 
-            norm(&x, &layer.ffn_norm, eps, &mut normed, h);
+            for_rows(&mut normed, h, &x, h, |out, x| {
+                kernels::rms_norm(x, &layer.ffn_norm, eps, out)
+            });
             kernels::matmul(&layer.gate_up, &normed, &mut gate_up);
-            let gated = |(a, gu): (&mut [f32], &[f32])| {
+            for_rows(&mut act, ff, &gate_up, 2 * ff, |a, gu| {
                 let (g, u) = gu.split_at(ff);
                 for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
                     *a = kernels::silu(g) * u;
                 }
-            };
-            if t >= kernels::PARALLEL_ROWS {
-                act.par_chunks_mut(ff)
-                    .zip(gate_up.par_chunks(2 * ff))
-                    .for_each(gated);
-            } else {
-                act.chunks_mut(ff)
-                    .zip(gate_up.chunks(2 * ff))
-                    .for_each(gated);
-            }
+            });
             kernels::matmul(&layer.down, &act, &mut proj);
-            add(&mut x, &proj, h);
+            for_rows(&mut x, h, &proj, h, add);
         }
 
         // Only each sequence's last position needs logits.
@@ -312,31 +307,31 @@ impl NativeLlama {
     }
 }
 
-/// `x += y`, `width`-wide rows spread over the pool for a batch.
-fn add(x: &mut [f32], y: &[f32], width: usize) {
-    let rows = |(a, b): (&mut [f32], &[f32])| {
-        for (a, b) in a.iter_mut().zip(b) {
-            *a += b;
-        }
-    };
-    if x.len() / width.max(1) >= kernels::PARALLEL_ROWS {
-        x.par_chunks_mut(width)
-            .zip(y.par_chunks(width))
-            .for_each(rows);
+/// Runs `f(out_row, in_row)` over the rows of a step (`out` and `input` hold one row each
+/// per row of the step, `out_width` and `in_width` wide), on every pool thread for a batch:
+/// done on one, the others would wait for it before the next matmul.
+fn for_rows(
+    out: &mut [f32],
+    out_width: usize,
+    input: &[f32],
+    in_width: usize,
+    f: impl Fn(&mut [f32], &[f32]) + Sync,
+) {
+    if out.len() / out_width.max(1) >= kernels::PARALLEL_ROWS {
+        out.par_chunks_mut(out_width)
+            .zip(input.par_chunks(in_width))
+            .for_each(|(o, i)| f(o, i));
     } else {
-        rows((x, y));
+        out.chunks_mut(out_width)
+            .zip(input.chunks(in_width))
+            .for_each(|(o, i)| f(o, i));
     }
 }
 
-/// [`kernels::rms_norm`] of each `width`-wide row, rows spread over the pool for a batch:
-/// done on one thread, the others would wait for it before the next matmul.
-fn norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], width: usize) {
-    if x.len() / width.max(1) >= kernels::PARALLEL_ROWS {
-        x.par_chunks(width)
-            .zip(out.par_chunks_mut(width))
-            .for_each(|(x, o)| kernels::rms_norm(x, w, eps, o));
-    } else {
-        kernels::rms_norm(x, w, eps, out);
+/// `x += y`, the residual add of one row.
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
     }
 }
 
