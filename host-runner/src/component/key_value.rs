@@ -1,7 +1,9 @@
-//! `fermyon:spin/key-value@2.0.0`: the `default` store a Spin component gets with
-//! `key_value_stores = ["default"]`, shared by every instance of the server and kept in
-//! memory. The Spin component keeps its passive-health state here, so that state outlives the
-//! per-request instances just as it does in Spin.
+//! The `default` store a Spin component gets with `key_value_stores = ["default"]`, shared by
+//! every instance of the server and kept in memory, behind both interfaces Spin serves it
+//! through: `fermyon:spin/key-value@2.0.0` and `wasi:keyvalue@0.2.0-draft2` (whose atomics
+//! add the compare-and-swap the limit counters need). The Spin component keeps its
+//! passive-health state and counters here, so they outlive the per-request instances just as
+//! they do in Spin.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use wasmtime::component::Resource;
 
 use super::bindings::fermyon::spin::key_value;
+use super::bindings::wasi::keyvalue::{atomics, store as wasi_store};
 use super::server::RequestState;
 
 /// One key-value store, shared by every instance of the server (the `store` resource's
@@ -112,6 +115,177 @@ impl key_value::HostStore for RequestState {
     fn drop(&mut self, store: Resource<KeyValueStore>) -> wasmtime::Result<()> {
         self.table.delete(store)?;
         self.open_stores -= 1;
+        Ok(())
+    }
+}
+
+/// A compare-and-swap in progress (the `cas` resource's host side): the value the guest saw
+/// when it began. The swap succeeds only if the key still holds exactly that value (or is
+/// still absent). Comparing values rather than versions lets an A→B→A change in between pass;
+/// for records whose next value is a pure function of the current one, as every counter and
+/// health record here is, that is the same outcome.
+#[derive(Debug)]
+pub struct KeyValueCas {
+    store: KeyValueStore,
+    key: String,
+    seen: Option<Vec<u8>>,
+}
+
+impl wasi_store::Host for RequestState {
+    /// Spin's semantics again: an identifier is a store label, and one the component was not
+    /// granted is `access-denied`.
+    fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<KeyValueStore>, wasi_store::Error>> {
+        let Some(store) = self.key_value.get(&identifier).cloned() else {
+            return Ok(Err(wasi_store::Error::AccessDenied));
+        };
+        if self.open_stores >= MAX_OPEN_STORES {
+            return Ok(Err(wasi_store::Error::Other(
+                "too many open key-value stores".into(),
+            )));
+        }
+        let handle = self.table.push(store)?;
+        self.open_stores += 1;
+        Ok(Ok(handle))
+    }
+}
+
+impl wasi_store::HostBucket for RequestState {
+    fn get(
+        &mut self,
+        bucket: Resource<KeyValueStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_store::Error>> {
+        let value = self.table.get(&bucket)?.with(|map| map.get(&key).cloned());
+        Ok(Ok(value))
+    }
+
+    fn set(
+        &mut self,
+        bucket: Resource<KeyValueStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
+        self.table.get(&bucket)?.with(|map| map.insert(key, value));
+        Ok(Ok(()))
+    }
+
+    fn delete(
+        &mut self,
+        bucket: Resource<KeyValueStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
+        self.table.get(&bucket)?.with(|map| map.remove(&key));
+        Ok(Ok(()))
+    }
+
+    fn exists(
+        &mut self,
+        bucket: Resource<KeyValueStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, wasi_store::Error>> {
+        let exists = self.table.get(&bucket)?.with(|map| map.contains_key(&key));
+        Ok(Ok(exists))
+    }
+
+    /// Every key in one page (no cursor), as Spin's own stores answer.
+    fn list_keys(
+        &mut self,
+        bucket: Resource<KeyValueStore>,
+        _cursor: Option<String>,
+    ) -> wasmtime::Result<Result<wasi_store::KeyResponse, wasi_store::Error>> {
+        let keys = self
+            .table
+            .get(&bucket)?
+            .with(|map| map.keys().cloned().collect());
+        Ok(Ok(wasi_store::KeyResponse { keys, cursor: None }))
+    }
+
+    fn drop(&mut self, bucket: Resource<KeyValueStore>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        self.open_stores -= 1;
+        Ok(())
+    }
+}
+
+impl atomics::Host for RequestState {
+    /// Adds `delta` to the key's value, an 8-byte little-endian `i64` (absent: 0); a value of
+    /// any other shape is an error rather than silently replaced.
+    fn increment(
+        &mut self,
+        bucket: Resource<KeyValueStore>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, wasi_store::Error>> {
+        let result = self.table.get(&bucket)?.with(|map| {
+            let current = match map.get(&key) {
+                None => 0,
+                Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+                    Ok(bytes) => i64::from_le_bytes(bytes),
+                    Err(_) => {
+                        return Err(wasi_store::Error::Other(format!(
+                            "{key} does not hold an 8-byte integer"
+                        )))
+                    }
+                },
+            };
+            let next = current.checked_add(delta).ok_or_else(|| {
+                wasi_store::Error::Other(format!("{key} would overflow an i64"))
+            })?;
+            map.insert(key.clone(), next.to_le_bytes().to_vec());
+            Ok(next)
+        });
+        Ok(result)
+    }
+
+    fn swap(
+        &mut self,
+        cas: Resource<KeyValueCas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let cas = self.table.delete(cas)?;
+        let current = cas.store.with(|map| {
+            let current = map.get(&cas.key);
+            if current == cas.seen.as_ref() {
+                map.insert(cas.key.clone(), value);
+                None
+            } else {
+                Some(current.cloned())
+            }
+        });
+        match current {
+            None => Ok(Ok(())),
+            // Lost the race: a fresh handle that has seen the newer value, for the retry.
+            Some(seen) => {
+                let retry = self.table.push(KeyValueCas { seen, ..cas })?;
+                Ok(Err(atomics::CasError::CasFailed(retry)))
+            }
+        }
+    }
+}
+
+impl atomics::HostCas for RequestState {
+    fn new(
+        &mut self,
+        bucket: Resource<KeyValueStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<KeyValueCas>, wasi_store::Error>> {
+        let store = self.table.get(&bucket)?.clone();
+        let seen = store.with(|map| map.get(&key).cloned());
+        Ok(Ok(self.table.push(KeyValueCas { store, key, seen })?))
+    }
+
+    fn current(
+        &mut self,
+        cas: Resource<KeyValueCas>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_store::Error>> {
+        Ok(Ok(self.table.get(&cas)?.seen.clone()))
+    }
+
+    fn drop(&mut self, cas: Resource<KeyValueCas>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::fermyon::spin::{key_value, variables};
+use super::bindings::wasi::keyvalue as wasi_keyvalue;
 use super::key_value::{key_value_stores, KeyValueStore};
 use super::outbound::{Origin, OutboundPolicy};
 use super::{ComponentConfig, ComponentError};
@@ -174,6 +175,11 @@ fn link(engine: &Engine, component: &Component) -> wasmtime::Result<ProxyPre<Req
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     variables::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
     key_value::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+    wasi_keyvalue::store::add_to_linker::<RequestState, HasSelf<RequestState>>(&mut linker, |s| s)?;
+    wasi_keyvalue::atomics::add_to_linker::<RequestState, HasSelf<RequestState>>(
+        &mut linker,
+        |s| s,
+    )?;
     ProxyPre::new(linker.instantiate_pre(component)?)
 }
 
