@@ -1,13 +1,10 @@
 //! The core's rate-limit, concurrency and budget counters in Spin's key-value store.
 //!
-//! The rules are the core's (`switchyard_core::limits`); this is only their store. Spin's
-//! key-value API (2.0) has no compare-and-swap, so an update is a read, the core's change and
-//! a write: instances updating the same counter in the same moment can each read the value
-//! before the other's write. Limits therefore hold exactly for requests that do not overlap
-//! that window, and can be exceeded by at most one request per instance racing inside it —
-//! a bound of (concurrent instances − 1) requests per scope, against zero under Envoy's
-//! compare-and-swap. Without the store, limits are counted in instance memory (per request,
-//! on Spin: no limit at all), which `spin.toml`'s `key_value_stores = ["default"]` prevents.
+//! The rules are the core's (`switchyard_core::limits`); this is only their store. An update
+//! is a compare-and-swap through `wasi:keyvalue/atomics` (which Spin 3+/4 serve over the same
+//! `default` store), retried on a conflict, so limits hold exactly across instances, as under
+//! Envoy. Without the store, limits are counted in instance memory (per request, on Spin: no
+//! limit at all), which `spin.toml`'s `key_value_stores = ["default"]` prevents.
 
 use std::cell::RefCell;
 
@@ -33,14 +30,11 @@ pub struct KeyValueCounters;
 impl CounterStore for KeyValueCounters {
     fn update(&self, key: &str, change: &mut RecordChange<'_>) {
         with_store(|store| match store {
-            Some(store) => {
-                let current = store.get(key).ok().flatten();
-                if let Some(next) = change(current.as_deref()) {
-                    if let Err(err) = store.set(key, &next) {
-                        crate::log::line(&format!(
-                            "switchyard: key-value set of {key} failed ({err:?}); one limit update lost"
-                        ));
-                    }
+            Some(_) => {
+                if let Err(err) = cas_update(key, change) {
+                    crate::log::line(&format!(
+                        "switchyard: key-value update of {key} failed ({err}); one limit update lost"
+                    ));
                 }
             }
             None => LOCAL.with(|local| local.update(key, change)),
@@ -53,4 +47,29 @@ impl CounterStore for KeyValueCounters {
             None => LOCAL.with(|local| local.load(key)),
         })
     }
+}
+
+/// How many times one update retries after losing a compare-and-swap before giving up (each
+/// loss means another instance's update went in, so the store always makes progress).
+const CAS_ATTEMPTS: usize = 64;
+
+/// `change` applied with `wasi:keyvalue/atomics` compare-and-swap: retried on a conflict.
+fn cas_update(key: &str, change: &mut RecordChange<'_>) -> Result<(), String> {
+    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
+    let bucket = store::open("default").map_err(|e| format!("{e:?}"))?;
+    let mut cas = atomics::Cas::new(&bucket, key).map_err(|e| format!("{e:?}"))?;
+    for _ in 0..CAS_ATTEMPTS {
+        let current = cas.current().map_err(|e| format!("{e:?}"))?;
+        let Some(next) = change(current.as_deref()) else {
+            return Ok(());
+        };
+        match atomics::swap(cas, &next) {
+            Ok(()) => return Ok(()),
+            Err(atomics::CasError::CasFailed(newer)) => cas = newer,
+            Err(atomics::CasError::StoreError(e)) => return Err(format!("{e:?}")),
+        }
+    }
+    Err(format!(
+        "{CAS_ATTEMPTS} compare-and-swap conflicts in a row"
+    ))
 }

@@ -231,9 +231,9 @@ impl atomics::Host for RequestState {
                     }
                 },
             };
-            let next = current.checked_add(delta).ok_or_else(|| {
-                wasi_store::Error::Other(format!("{key} would overflow an i64"))
-            })?;
+            let next = current
+                .checked_add(delta)
+                .ok_or_else(|| wasi_store::Error::Other(format!("{key} would overflow an i64")))?;
             map.insert(key.clone(), next.to_le_bytes().to_vec());
             Ok(next)
         });
