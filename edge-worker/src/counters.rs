@@ -8,18 +8,21 @@
 
 use std::cell::RefCell;
 
-use spin_sdk::key_value::Store;
+use spin_sdk::wit::wasi::keyvalue::{atomics, store::Bucket};
 use switchyard_core::limits::{CounterStore, MemoryCounters, RecordChange};
 
 thread_local! {
-    static STORE: RefCell<Option<Result<Store, ()>>> = const { RefCell::new(None) };
+    static STORE: RefCell<Option<Result<Bucket, ()>>> = const { RefCell::new(None) };
     static LOCAL: MemoryCounters = MemoryCounters::default();
 }
 
-fn with_store<T>(f: impl FnOnce(Option<&Store>) -> T) -> T {
+/// Runs `f` on the `default` bucket, opened once per instance (`None`: not granted).
+fn with_store<T>(f: impl FnOnce(Option<&Bucket>) -> T) -> T {
     STORE.with(|cell| {
         let mut cell = cell.borrow_mut();
-        let store = cell.get_or_insert_with(|| Store::open_default().map_err(|_| ()));
+        let store = cell.get_or_insert_with(|| {
+            spin_sdk::wit::wasi::keyvalue::store::open("default").map_err(|_| ())
+        });
         f(store.as_ref().ok())
     })
 }
@@ -30,8 +33,8 @@ pub struct KeyValueCounters;
 impl CounterStore for KeyValueCounters {
     fn update(&self, key: &str, change: &mut RecordChange<'_>) {
         with_store(|store| match store {
-            Some(_) => {
-                if let Err(err) = cas_update(key, change) {
+            Some(bucket) => {
+                if let Err(err) = cas_update(bucket, key, change) {
                     crate::log::line(&format!(
                         "switchyard: key-value update of {key} failed ({err}); one limit update lost"
                     ));
@@ -54,10 +57,8 @@ impl CounterStore for KeyValueCounters {
 const CAS_ATTEMPTS: usize = 64;
 
 /// `change` applied with `wasi:keyvalue/atomics` compare-and-swap: retried on a conflict.
-fn cas_update(key: &str, change: &mut RecordChange<'_>) -> Result<(), String> {
-    use spin_sdk::wit::wasi::keyvalue::{atomics, store};
-    let bucket = store::open("default").map_err(|e| format!("{e:?}"))?;
-    let mut cas = atomics::Cas::new(&bucket, key).map_err(|e| format!("{e:?}"))?;
+fn cas_update(bucket: &Bucket, key: &str, change: &mut RecordChange<'_>) -> Result<(), String> {
+    let mut cas = atomics::Cas::new(bucket, key).map_err(|e| format!("{e:?}"))?;
     for _ in 0..CAS_ATTEMPTS {
         let current = cas.current().map_err(|e| format!("{e:?}"))?;
         let Some(next) = change(current.as_deref()) else {
