@@ -27,6 +27,26 @@ impl KeyValueStore {
         // by a panic still guards a consistent map.
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
+
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.with(|map| map.get(key).cloned())
+    }
+
+    fn set(&self, key: String, value: Vec<u8>) {
+        self.with(|map| map.insert(key, value));
+    }
+
+    fn delete(&self, key: &str) {
+        self.with(|map| map.remove(key));
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.with(|map| map.contains_key(key))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.with(|map| map.keys().cloned().collect())
+    }
 }
 
 /// The key-value stores every instance may open, by label: only `default`, as for a Spin
@@ -69,8 +89,7 @@ impl key_value::HostStore for RequestState {
         store: Resource<KeyValueStore>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, key_value::Error>> {
-        let value = self.table.get(&store)?.with(|map| map.get(&key).cloned());
-        Ok(Ok(value))
+        Ok(Ok(self.table.get(&store)?.get(&key)))
     }
 
     fn set(
@@ -79,7 +98,7 @@ impl key_value::HostStore for RequestState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), key_value::Error>> {
-        self.table.get(&store)?.with(|map| map.insert(key, value));
+        self.table.get(&store)?.set(key, value);
         Ok(Ok(()))
     }
 
@@ -88,7 +107,7 @@ impl key_value::HostStore for RequestState {
         store: Resource<KeyValueStore>,
         key: String,
     ) -> wasmtime::Result<Result<(), key_value::Error>> {
-        self.table.get(&store)?.with(|map| map.remove(&key));
+        self.table.get(&store)?.delete(&key);
         Ok(Ok(()))
     }
 
@@ -97,18 +116,14 @@ impl key_value::HostStore for RequestState {
         store: Resource<KeyValueStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, key_value::Error>> {
-        let exists = self.table.get(&store)?.with(|map| map.contains_key(&key));
-        Ok(Ok(exists))
+        Ok(Ok(self.table.get(&store)?.exists(&key)))
     }
 
     fn get_keys(
         &mut self,
         store: Resource<KeyValueStore>,
     ) -> wasmtime::Result<Result<Vec<String>, key_value::Error>> {
-        let keys = self
-            .table
-            .get(&store)?
-            .with(|map| map.keys().cloned().collect());
+        let keys = self.table.get(&store)?.keys();
         Ok(Ok(keys))
     }
 
@@ -158,8 +173,7 @@ impl wasi_store::HostBucket for RequestState {
         bucket: Resource<KeyValueStore>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_store::Error>> {
-        let value = self.table.get(&bucket)?.with(|map| map.get(&key).cloned());
-        Ok(Ok(value))
+        Ok(Ok(self.table.get(&bucket)?.get(&key)))
     }
 
     fn set(
@@ -168,7 +182,7 @@ impl wasi_store::HostBucket for RequestState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
-        self.table.get(&bucket)?.with(|map| map.insert(key, value));
+        self.table.get(&bucket)?.set(key, value);
         Ok(Ok(()))
     }
 
@@ -177,7 +191,7 @@ impl wasi_store::HostBucket for RequestState {
         bucket: Resource<KeyValueStore>,
         key: String,
     ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
-        self.table.get(&bucket)?.with(|map| map.remove(&key));
+        self.table.get(&bucket)?.delete(&key);
         Ok(Ok(()))
     }
 
@@ -186,8 +200,7 @@ impl wasi_store::HostBucket for RequestState {
         bucket: Resource<KeyValueStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, wasi_store::Error>> {
-        let exists = self.table.get(&bucket)?.with(|map| map.contains_key(&key));
-        Ok(Ok(exists))
+        Ok(Ok(self.table.get(&bucket)?.exists(&key)))
     }
 
     /// Every key in one page (no cursor), as Spin's own stores answer.
@@ -196,10 +209,7 @@ impl wasi_store::HostBucket for RequestState {
         bucket: Resource<KeyValueStore>,
         _cursor: Option<String>,
     ) -> wasmtime::Result<Result<wasi_store::KeyResponse, wasi_store::Error>> {
-        let keys = self
-            .table
-            .get(&bucket)?
-            .with(|map| map.keys().cloned().collect());
+        let keys = self.table.get(&bucket)?.keys();
         Ok(Ok(wasi_store::KeyResponse { keys, cursor: None }))
     }
 
@@ -273,7 +283,7 @@ impl atomics::HostCas for RequestState {
         key: String,
     ) -> wasmtime::Result<Result<Resource<KeyValueCas>, wasi_store::Error>> {
         let store = self.table.get(&bucket)?.clone();
-        let seen = store.with(|map| map.get(&key).cloned());
+        let seen = store.get(&key);
         Ok(Ok(self.table.push(KeyValueCas { store, key, seen })?))
     }
 
