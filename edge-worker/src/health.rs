@@ -16,9 +16,10 @@
 //! meaningfully (the core decides); a write is one more `get` and a `set`. A steadily healthy deployment costs about
 //! two `get`s per request, plus a `get` and a `set` about once a second.
 //!
-//! Spin's key-value API (2.0) has no compare-and-swap, so two instances updating one record
-//! at the same moment may lose one update (the filter retries on CAS mismatch instead). For
-//! passive health that is acceptable: a lost failure delays an ejection by one failure, a lost
+//! Records are read and written with Spin's key-value API, without compare-and-swap, so two
+//! instances updating one record at the same moment may lose one update (the limit counters,
+//! which must be exact, use `wasi:keyvalue`'s compare-and-swap instead, see `counters`; the
+//! filter retries on CAS mismatch). For passive health a lost update is acceptable: a lost failure delays an ejection by one failure, a lost
 //! latency sample is one sample of many. Reading the record again right before each write
 //! keeps that window to the `get`→`set` gap instead of the length of an attempt, so a success
 //! that took seconds does not overwrite an ejection another instance made meanwhile. (The

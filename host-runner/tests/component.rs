@@ -58,10 +58,17 @@ fn component_wasm() -> PathBuf {
 }
 
 /// Whether a released Spin (3.x/4.x) provides an import: WASI 0.2 (the `wasi:http/proxy`
-/// world and the `wasi:cli` imports Rust's std uses) and Spin's variables and key-value
-/// interfaces.
+/// world and the `wasi:cli` imports Rust's std uses), Spin's variables and key-value
+/// interfaces, and `wasi:keyvalue` at the draft Spin 3+ serves over the same stores (whose
+/// atomics give the limit counters their compare-and-swap).
 fn spin_provides(name: &str) -> bool {
-    if name == "fermyon:spin/variables@2.0.0" || name == "fermyon:spin/key-value@2.0.0" {
+    if matches!(
+        name,
+        "fermyon:spin/variables@2.0.0"
+            | "fermyon:spin/key-value@2.0.0"
+            | "wasi:keyvalue/store@0.2.0-draft2"
+            | "wasi:keyvalue/atomics@0.2.0-draft2"
+    ) {
         return true;
     }
     let Some((interface, version)) = name.split_once('@') else {

@@ -360,4 +360,148 @@ mod tests {
         }
         assert!(state.open("default".into()).unwrap().is_ok());
     }
+
+    /// The guest's view of a compare-and-swap handle it owns.
+    fn borrow_cas(cas: &Resource<KeyValueCas>) -> Resource<KeyValueCas> {
+        Resource::new_borrow(cas.rep())
+    }
+
+    #[test]
+    fn wasi_keyvalue_bucket_shares_the_spin_store() {
+        use wasi_store::{Error, Host, HostBucket};
+        let stores = Arc::new(key_value_stores());
+        let (mut spin, mut wasi) = (request_state(&stores), request_state(&stores));
+        assert!(matches!(
+            Host::open(&mut wasi, "other".into()).unwrap(),
+            Err(Error::AccessDenied)
+        ));
+        let bucket = Host::open(&mut wasi, "default".into()).unwrap().unwrap();
+        let store = key_value::HostStore::open(&mut spin, "default".into())
+            .unwrap()
+            .unwrap();
+        let key = || "switchyard/limits/k".to_string();
+        HostBucket::set(&mut wasi, borrow(&bucket), key(), b"v".to_vec())
+            .unwrap()
+            .unwrap();
+        // The same key, seen through the other interface by another instance.
+        assert_eq!(
+            key_value::HostStore::get(&mut spin, borrow(&store), key())
+                .unwrap()
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..])
+        );
+        let listed = HostBucket::list_keys(&mut wasi, borrow(&bucket), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((listed.keys, listed.cursor), (vec![key()], None));
+        HostBucket::delete(&mut wasi, borrow(&bucket), key())
+            .unwrap()
+            .unwrap();
+        assert!(!HostBucket::exists(&mut wasi, borrow(&bucket), key())
+            .unwrap()
+            .unwrap());
+        HostBucket::drop(&mut wasi, bucket).unwrap();
+        assert_eq!(wasi.open_stores, 0);
+    }
+
+    #[test]
+    fn compare_and_swap_fails_after_a_concurrent_write_and_retries_from_the_newer_value() {
+        use atomics::{CasError, Host as _, HostCas};
+        use wasi_store::{Host, HostBucket};
+        let stores = Arc::new(key_value_stores());
+        let (mut one, mut two) = (request_state(&stores), request_state(&stores));
+        let a = Host::open(&mut one, "default".into()).unwrap().unwrap();
+        let b = Host::open(&mut two, "default".into()).unwrap().unwrap();
+        let key = || "switchyard/concurrency/m".to_string();
+
+        // Both instances begin from "key absent".
+        let first = HostCas::new(&mut one, borrow(&a), key()).unwrap().unwrap();
+        let second = HostCas::new(&mut two, borrow(&b), key()).unwrap().unwrap();
+        assert_eq!(
+            HostCas::current(&mut two, borrow_cas(&second))
+                .unwrap()
+                .unwrap(),
+            None
+        );
+        // The first swap wins, and consumes its handle ...
+        let consumed = borrow_cas(&first);
+        one.swap(first, b"1".to_vec()).unwrap().unwrap();
+        assert!(HostCas::current(&mut one, consumed).is_err());
+        // ... so the second, which saw the key absent, must fail rather than overwrite it,
+        // and hands back a handle that has seen the value the winner wrote.
+        let Err(CasError::CasFailed(retry)) = two.swap(second, b"1".to_vec()).unwrap() else {
+            panic!("a swap from a stale value succeeded");
+        };
+        assert_eq!(
+            HostCas::current(&mut two, borrow_cas(&retry))
+                .unwrap()
+                .unwrap()
+                .as_deref(),
+            Some(&b"1"[..])
+        );
+        two.swap(retry, b"2".to_vec()).unwrap().unwrap();
+        assert_eq!(
+            HostBucket::get(&mut one, borrow(&a), key())
+                .unwrap()
+                .unwrap()
+                .as_deref(),
+            Some(&b"2"[..])
+        );
+        HostBucket::drop(&mut one, a).unwrap();
+        HostBucket::drop(&mut two, b).unwrap();
+    }
+
+    #[test]
+    fn increment_counts_from_zero_and_refuses_a_value_that_is_not_an_integer() {
+        use atomics::Host as _;
+        use wasi_store::{Error, Host, HostBucket};
+        let mut state = request_state(&Arc::new(key_value_stores()));
+        let bucket = Host::open(&mut state, "default".into()).unwrap().unwrap();
+        let key = || "n".to_string();
+        assert_eq!(
+            state.increment(borrow(&bucket), key(), 5).unwrap().unwrap(),
+            5
+        );
+        assert_eq!(
+            state
+                .increment(borrow(&bucket), key(), -7)
+                .unwrap()
+                .unwrap(),
+            -2
+        );
+        assert_eq!(
+            HostBucket::get(&mut state, borrow(&bucket), key())
+                .unwrap()
+                .unwrap(),
+            Some((-2i64).to_le_bytes().to_vec())
+        );
+        HostBucket::set(&mut state, borrow(&bucket), key(), b"12".to_vec())
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            state.increment(borrow(&bucket), key(), 1).unwrap(),
+            Err(Error::Other(_))
+        ));
+        // The refused increment left the value as it was.
+        assert_eq!(
+            HostBucket::get(&mut state, borrow(&bucket), key())
+                .unwrap()
+                .unwrap()
+                .as_deref(),
+            Some(&b"12"[..])
+        );
+        HostBucket::set(
+            &mut state,
+            borrow(&bucket),
+            key(),
+            i64::MAX.to_le_bytes().to_vec(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(
+            state.increment(borrow(&bucket), key(), 1).unwrap(),
+            Err(Error::Other(_))
+        ));
+    }
 }
