@@ -19,10 +19,11 @@
 //! Records are read and written with Spin's key-value API, without compare-and-swap, so two
 //! instances updating one record at the same moment may lose one update (the limit counters,
 //! which must be exact, use `wasi:keyvalue`'s compare-and-swap instead, see `counters`; the
-//! filter retries on CAS mismatch). For passive health a lost update is acceptable: a lost failure delays an ejection by one failure, a lost
-//! latency sample is one sample of many. Reading the record again right before each write
-//! keeps that window to the `get`→`set` gap instead of the length of an attempt, so a success
-//! that took seconds does not overwrite an ejection another instance made meanwhile. (The
+//! filter retries on CAS mismatch). For passive health a lost update is acceptable: a lost
+//! failure delays an ejection by one failure, a lost latency sample is one sample of many.
+//! Reading the record again right before each write keeps that window to the `get`→`set` gap
+//! instead of the length of an attempt, so a success that took seconds
+//! does not overwrite an ejection another instance made meanwhile. (The
 //! decision *whether* to write uses the cached record, up to [`CACHE_TTL`] old: a success
 //! that changes nothing there skips its write even if another instance counted a failure in
 //! that window, so that failure run is not reset — one more lost update of the same kind.)

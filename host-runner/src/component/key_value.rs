@@ -64,6 +64,40 @@ pub(super) fn key_value_stores() -> HashMap<String, KeyValueStore> {
         .collect()
 }
 
+/// Why a store could not be opened, before each interface names it in its own error type.
+enum OpenRefused {
+    /// A label the component was not granted.
+    NotGranted,
+    /// [`MAX_OPEN_STORES`] already open in this instance.
+    TooMany,
+}
+
+impl RequestState {
+    /// A handle on the store labelled `label`, counted against [`MAX_OPEN_STORES`]: what both
+    /// interfaces' `open` do.
+    fn open_store(
+        &mut self,
+        label: &str,
+    ) -> wasmtime::Result<Result<Resource<KeyValueStore>, OpenRefused>> {
+        let Some(store) = self.key_value.get(label).cloned() else {
+            return Ok(Err(OpenRefused::NotGranted));
+        };
+        if self.open_stores >= MAX_OPEN_STORES {
+            return Ok(Err(OpenRefused::TooMany));
+        }
+        let handle = self.table.push(store)?;
+        self.open_stores += 1;
+        Ok(Ok(handle))
+    }
+
+    /// Drops a handle [`RequestState::open_store`] made.
+    fn close_store(&mut self, store: Resource<KeyValueStore>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        self.open_stores -= 1;
+        Ok(())
+    }
+}
+
 impl key_value::Host for RequestState {}
 
 /// Spin's semantics: a label the component was not granted is `access-denied` (what Spin
@@ -73,15 +107,10 @@ impl key_value::HostStore for RequestState {
         &mut self,
         label: String,
     ) -> wasmtime::Result<Result<Resource<KeyValueStore>, key_value::Error>> {
-        let Some(store) = self.key_value.get(&label).cloned() else {
-            return Ok(Err(key_value::Error::AccessDenied));
-        };
-        if self.open_stores >= MAX_OPEN_STORES {
-            return Ok(Err(key_value::Error::StoreTableFull));
-        }
-        let handle = self.table.push(store)?;
-        self.open_stores += 1;
-        Ok(Ok(handle))
+        Ok(self.open_store(&label)?.map_err(|refused| match refused {
+            OpenRefused::NotGranted => key_value::Error::AccessDenied,
+            OpenRefused::TooMany => key_value::Error::StoreTableFull,
+        }))
     }
 
     fn get(
@@ -128,9 +157,7 @@ impl key_value::HostStore for RequestState {
     }
 
     fn drop(&mut self, store: Resource<KeyValueStore>) -> wasmtime::Result<()> {
-        self.table.delete(store)?;
-        self.open_stores -= 1;
-        Ok(())
+        self.close_store(store)
     }
 }
 
@@ -153,17 +180,14 @@ impl wasi_store::Host for RequestState {
         &mut self,
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<KeyValueStore>, wasi_store::Error>> {
-        let Some(store) = self.key_value.get(&identifier).cloned() else {
-            return Ok(Err(wasi_store::Error::AccessDenied));
-        };
-        if self.open_stores >= MAX_OPEN_STORES {
-            return Ok(Err(wasi_store::Error::Other(
-                "too many open key-value stores".into(),
-            )));
-        }
-        let handle = self.table.push(store)?;
-        self.open_stores += 1;
-        Ok(Ok(handle))
+        Ok(self
+            .open_store(&identifier)?
+            .map_err(|refused| match refused {
+                OpenRefused::NotGranted => wasi_store::Error::AccessDenied,
+                OpenRefused::TooMany => {
+                    wasi_store::Error::Other("too many open key-value stores".into())
+                }
+            }))
     }
 }
 
@@ -214,9 +238,7 @@ impl wasi_store::HostBucket for RequestState {
     }
 
     fn drop(&mut self, bucket: Resource<KeyValueStore>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        self.open_stores -= 1;
-        Ok(())
+        self.close_store(bucket)
     }
 }
 
@@ -306,8 +328,8 @@ mod tests {
     use crate::component::server::test_support::request_state;
 
     /// The guest's view of a handle it owns, as the bindings pass it to methods.
-    fn borrow(store: &Resource<KeyValueStore>) -> Resource<KeyValueStore> {
-        Resource::new_borrow(store.rep())
+    fn borrow<T: 'static>(handle: &Resource<T>) -> Resource<T> {
+        Resource::new_borrow(handle.rep())
     }
 
     #[test]
@@ -359,11 +381,6 @@ mod tests {
             HostStore::drop(&mut state, handle).unwrap();
         }
         assert!(state.open("default".into()).unwrap().is_ok());
-    }
-
-    /// The guest's view of a compare-and-swap handle it owns.
-    fn borrow_cas(cas: &Resource<KeyValueCas>) -> Resource<KeyValueCas> {
-        Resource::new_borrow(cas.rep())
     }
 
     #[test]
@@ -419,13 +436,13 @@ mod tests {
         let first = HostCas::new(&mut one, borrow(&a), key()).unwrap().unwrap();
         let second = HostCas::new(&mut two, borrow(&b), key()).unwrap().unwrap();
         assert_eq!(
-            HostCas::current(&mut two, borrow_cas(&second))
+            HostCas::current(&mut two, borrow(&second))
                 .unwrap()
                 .unwrap(),
             None
         );
         // The first swap wins, and consumes its handle ...
-        let consumed = borrow_cas(&first);
+        let consumed = borrow(&first);
         one.swap(first, b"1".to_vec()).unwrap().unwrap();
         assert!(HostCas::current(&mut one, consumed).is_err());
         // ... so the second, which saw the key absent, must fail rather than overwrite it,
@@ -434,7 +451,7 @@ mod tests {
             panic!("a swap from a stale value succeeded");
         };
         assert_eq!(
-            HostCas::current(&mut two, borrow_cas(&retry))
+            HostCas::current(&mut two, borrow(&retry))
                 .unwrap()
                 .unwrap()
                 .as_deref(),
