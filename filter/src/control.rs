@@ -3,7 +3,8 @@
 //! The core decides everything (`switchyard_core::control`); this performs the calls. One
 //! worker at a time holds the poller lease in shared data and polls `GET /edge/v1/keys`; it
 //! shares each new snapshot in shared data, and every worker's VM applies it on its next tick
-//! (a version check costs one small shared-data read). Usage records stay in the VM that
+//! (a version check costs one small shared-data read) — or sooner, when a request's key is
+//! unknown to it (see [`shared_snapshot_newer_than`]). Usage records stay in the VM that
 //! served them: `on_log` queues them in this VM's [`UsageShipper`], and the same VM's root
 //! context ships them in batches — off the request path, with no cross-VM queue.
 
@@ -39,6 +40,23 @@ pub fn ship(record: &UsageRecord, now_ms: u64) {
             shipper.push(record, cfg, now_ms);
         }
     });
+}
+
+/// The key set another worker shared, when its version differs from `applied` (the version
+/// the caller has in force); `None` without a control plane or a shared snapshot.
+///
+/// A request whose key is unknown asks this before it is refused: a key the poller has
+/// just synced is then accepted on every worker at once, not only after each worker's next
+/// tick (a client that saw its new key work once must not see it refused on the next
+/// connection). It costs one small shared-data read, and only on that refusal path.
+pub fn shared_snapshot_newer_than(applied: Option<u64>) -> Option<KeySnapshot> {
+    let (version, _) = hostcalls::get_shared_data(VERSION_KEY).ok()?;
+    let version: u64 = std::str::from_utf8(&version?).ok()?.parse().ok()?;
+    if Some(version) == applied {
+        return None;
+    }
+    let (body, _) = hostcalls::get_shared_data(SNAPSHOT_KEY).ok()?;
+    KeySnapshot::parse(&body?).ok()
 }
 
 /// What a pending call is for.
@@ -204,13 +222,7 @@ impl ControlLink {
 
     /// Applies the snapshot the poller shared, when it is newer than this VM's.
     fn shared_snapshot(&mut self) -> Option<Change> {
-        let (version, _) = hostcalls::get_shared_data(VERSION_KEY).ok()?;
-        let version: u64 = std::str::from_utf8(&version?).ok()?.parse().ok()?;
-        if Some(version) == self.applied {
-            return None;
-        }
-        let (body, _) = hostcalls::get_shared_data(SNAPSHOT_KEY).ok()?;
-        let snapshot = KeySnapshot::parse(&body?).ok()?;
+        let snapshot = shared_snapshot_newer_than(self.applied)?;
         self.applied = Some(snapshot.version);
         Some(Change::Keys(snapshot))
     }

@@ -516,6 +516,15 @@ impl HttpContext for SwitchyardHttp {
             forwarded: &forwarded,
         };
         let mut actions = self.feed(Event::RequestHead(head));
+        if refused_for_its_key(&actions) {
+            // This VM may not have applied a key set another worker already synced.
+            let version = self.gateway.managed_keys_version();
+            if let Some(newer) = crate::control::shared_snapshot_newer_than(version) {
+                self.gateway = Rc::new(self.gateway.with_managed_keys(newer));
+                self.exchange = Exchange::new();
+                actions = self.feed(Event::RequestHead(head));
+            }
+        }
         if end_of_stream && actions.iter().any(|a| matches!(a, Action::ReadBody { .. })) {
             actions.extend(self.feed(Event::RequestBody(&[])));
         }
@@ -688,6 +697,11 @@ impl HttpContext for SwitchyardHttp {
 }
 
 /// The first value of header `name` in a head read from the host (names are lower-case).
+/// Whether the core refused the request head for its key (401: none, unknown, expired).
+fn refused_for_its_key(actions: &[Action]) -> bool {
+    matches!(actions, [Action::Reply(reply)] if reply.status == 401)
+}
+
 fn header<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
     head.iter()
         .find(|(n, _)| n == name)

@@ -74,9 +74,13 @@ def test_a_new_key_works_and_a_revoked_one_is_refused_within_the_bound(edge, cp)
     time.sleep(0.3)
     secret = cp.create_key(key_id, models=["gpt-*"], label="e2e")
     assert chat(edge, secret).status_code in (401, 200)
-    took = until(lambda: chat(edge, secret).status_code == 200, 5, "the new key working",
-                 steady=8)
+    took = until(lambda: chat(edge, secret).status_code == 200, 5, "the new key working")
     assert took <= BOUND_S, f"new key live after {took:.2f} s"
+    # Once it worked on one worker it works on all of them at once (a worker that has not
+    # yet applied the key set looks at the one another worker shared before refusing):
+    # every request on a fresh connection from now on succeeds.
+    statuses = [chat(edge, secret).status_code for _ in range(24)]
+    assert statuses == [200] * len(statuses), statuses
     # Its model globs come along: another model is refused.
     assert chat(edge, secret, model="claude-haiku").status_code == 403
     r = cp.admin("POST", f"/admin/v1/keys/{key_id}/revoke")
