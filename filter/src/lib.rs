@@ -1,7 +1,8 @@
 //! `filter.wasm`: the proxy-wasm adapter over `switchyard-core`.
 //!
-//! Each request is one core [`Exchange`]: this file maps proxy-wasm callbacks to its events
-//! and performs the actions it answers with, nothing else. Every decision — key checks,
+//! Each request is one core [`Exchange`](switchyard_core::exchange::Exchange): this file
+//! maps proxy-wasm callbacks to its events and performs the actions it answers with, nothing
+//! else. Every decision — key checks,
 //! routing, translation, fallback, health, what the client gets when something fails, the
 //! metered status — is the core's (see `switchyard_core::exchange` for the rules).
 //!
