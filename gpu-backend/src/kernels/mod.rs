@@ -168,56 +168,62 @@ pub(crate) struct Act16 {
 }
 
 impl Act16 {
-    /// Quantizes `x`; with the SIMD tiles available, with their vector form of
-    /// [`Act16::quantize_row`] (the same values).
+    /// Quantizes `x` (rows of `cols`) with the vector form of [`Act16::quantize_row`] where
+    /// the SIMD tiles run (the same values), the portable loop elsewhere.
+    #[cfg(test)]
     fn quantize(x: &[f32], cols: usize) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if simd() {
-            return Self::quantize_rows(x, cols, |x, q, d, s| {
-                // SAFETY: `simd()` checked that the CPU has AVX2; `quantize_rows` hands
-                // whole rows (`d.len()` blocks of values, scales and sums).
-                unsafe { x86::quantize_row16(x, q, d, s) }
-            });
-        }
-        Self::quantize_rows(x, cols, Self::quantize_row)
+        let mut act = Activations::zeroed(x.len() / cols.max(1), cols);
+        act.fill(x.chunks(cols.max(1)), |row, out| out.copy_from_slice(row));
+        act.act16
+            .unwrap_or_else(|| Self::quantize_rows(x, cols, Self::quantize_row))
     }
 
+    /// `rows × cols` values of zero, the buffers [`Activations::fill`] rounds into.
+    fn zeroed(rows: usize, cols: usize) -> Self {
+        let blocks = rows * cols / BLOCK;
+        Act16 {
+            q: vec![0; rows * cols],
+            d: vec![0.0; blocks],
+            s: vec![0.0; blocks],
+            dt: vec![0.0; blocks],
+        }
+    }
+
+    /// Transposes the scales into [`Act16::dt`].
+    fn transpose_scales(&mut self, rows: usize, cols: usize) {
+        let rb = (cols / BLOCK).max(1);
+        for (i, row) in self.d.chunks_exact(rb).enumerate() {
+            for (b, &v) in row.iter().enumerate() {
+                self.dt[b * rows + i] = v;
+            }
+        }
+    }
+
+    /// The portable rounding of whole rows, the reference the vector form is tested against.
+    #[cfg(test)]
     fn quantize_rows(
         x: &[f32],
         cols: usize,
-        row: impl Fn(&[f32], &mut [i16], &mut [f32], &mut [f32]) + Sync,
+        row: impl Fn(&[f32], &mut [i16], &mut [f32], &mut [f32]),
     ) -> Self {
-        let blocks = x.len() / BLOCK;
-        let row_blocks = cols / BLOCK;
-        let t = blocks.checked_div(row_blocks).unwrap_or(0);
-        let mut q = vec![0i16; x.len()];
-        let mut d = vec![0f32; blocks];
-        let mut s = vec![0f32; blocks];
-        let (w, rb) = (cols.max(1), row_blocks.max(1));
-        // A batch's rows are quantized on every pool thread: done on one, the others would
-        // wait for it before each matmul.
-        if t >= PARALLEL_ROWS {
-            x.par_chunks(w)
-                .zip(q.par_chunks_mut(w))
-                .zip(d.par_chunks_mut(rb).zip(s.par_chunks_mut(rb)))
-                .for_each(|((x, q), (d, s))| row(x, q, d, s));
-        } else {
-            x.chunks(w)
-                .zip(q.chunks_mut(w))
-                .zip(d.chunks_mut(rb).zip(s.chunks_mut(rb)))
-                .for_each(|((x, q), (d, s))| row(x, q, d, s));
+        let rows = x.len() / cols.max(1);
+        let mut act = Self::zeroed(rows, cols);
+        let rb = (cols / BLOCK).max(1);
+        for (((x, q), d), s) in x
+            .chunks(cols.max(1))
+            .zip(act.q.chunks_mut(cols.max(1)))
+            .zip(act.d.chunks_mut(rb))
+            .zip(act.s.chunks_mut(rb))
+        {
+            row(x, q, d, s);
         }
-        let mut dt = vec![0f32; d.len()];
-        for (i, row) in d.chunks_exact(rb).enumerate() {
-            for (b, &v) in row.iter().enumerate() {
-                dt[b * t + i] = v;
-            }
-        }
-        Act16 { q, d, s, dt }
+        act.transpose_scales(rows, cols);
+        act
     }
 
     /// One row: per block of 32, the scale that maps its largest magnitude to 32767, the
     /// values rounded (ties to even), and their sum times the scale.
+    #[cfg(any(test, not(target_arch = "x86_64")))]
     fn quantize_row(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
         for (((xs, qs), d), s) in x
             .chunks_exact(BLOCK)
@@ -239,6 +245,84 @@ impl Act16 {
             *d = scale;
             *s = scale * sum as f32;
         }
+    }
+}
+
+/// Activation rows in the form the matmul reads: rounded to 16 bits ([`Act16`]) where the
+/// SIMD tiles run, `f32` elsewhere. [`Activations::fill`] computes each row and rounds it in
+/// the same task, so the element-wise work before a matmul (residual add and RMS norm, SiLU)
+/// costs no hand-off to the pool of its own: on a batch, every hand-off is a few
+/// microseconds in which both cores wait, and a layer had fourteen of them.
+pub struct Activations {
+    rows: usize,
+    cols: usize,
+    /// The rows in `f32`: what the portable matmul multiplies, and where a row is computed
+    /// before it is rounded.
+    x: Vec<f32>,
+    /// The rounded rows, where the SIMD tiles run.
+    act16: Option<Act16>,
+}
+
+impl Activations {
+    /// Buffers for `rows` activation rows of `cols` values (a multiple of [`BLOCK`]), kept
+    /// for every matmul of a step with that shape.
+    pub fn zeroed(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            x: vec![0.0; rows * cols],
+            act16: simd().then(|| Act16::zeroed(rows, cols)),
+        }
+    }
+
+    /// Computes row `i` as `f(side_i, row_i)`, where `side_i` is the `i`th item of `sides`
+    /// (one per row: the rows it is computed from, which `f` may also update, as a residual
+    /// add does), then rounds it while it is still in cache. Rows run on every pool thread
+    /// for a batch of at least [`PARALLEL_ROWS`].
+    pub fn fill<S: Send>(
+        &mut self,
+        sides: impl IntoIterator<Item = S>,
+        f: impl Fn(S, &mut [f32]) + Sync,
+    ) {
+        let (rows, cols) = (self.rows, self.cols);
+        let rb = cols / BLOCK;
+        let xs = self.x.chunks_mut(cols.max(1));
+        match &mut self.act16 {
+            Some(act) => {
+                let q = act.q.chunks_mut(cols.max(1));
+                let d = act.d.chunks_mut(rb.max(1));
+                let s = act.s.chunks_mut(rb.max(1));
+                let work: Vec<_> = sides.into_iter().zip(xs).zip(q.zip(d.zip(s))).collect();
+                assert_eq!(work.len(), rows, "activation rows: one side per row");
+                each_row(work, |((side, x), (q, (d, s)))| {
+                    f(side, x);
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `act16` is only made where `simd()` found AVX2; the slices are
+                    // one row: `cols` values and rounded values, `cols / 32` scales and sums.
+                    unsafe {
+                        x86::quantize_row16(x, q, d, s)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    Act16::quantize_row(x, q, d, s);
+                });
+                act.transpose_scales(rows, cols);
+            }
+            None => {
+                let work: Vec<_> = sides.into_iter().zip(xs).collect();
+                assert_eq!(work.len(), rows, "activation rows: one side per row");
+                each_row(work, |(side, x)| f(side, x));
+            }
+        }
+    }
+}
+
+/// Runs `f` on each row's slices, on every pool thread for a batch of at least
+/// [`PARALLEL_ROWS`] rows.
+fn each_row<T: Send>(rows: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    if rows.len() >= PARALLEL_ROWS {
+        rows.into_par_iter().for_each(f);
+    } else {
+        rows.into_iter().for_each(f);
     }
 }
 
@@ -272,32 +356,40 @@ fn simd() -> bool {
 const ROWS_PER_TASK: usize = 32;
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for every activation row `t` of `x` (row-major,
-/// `w.cols()` wide), with `out` row-major `t × w.rows()`. Weight rows are split across the
-/// rayon pool; each task reads its weight rows once and applies them to every activation row.
+/// `w.cols()` wide), with `out` row-major `t × w.rows()`. For rows that a step computes
+/// anyway, [`Activations::fill`] and [`matmul_prepared`] save the copy and a hand-off.
 pub fn matmul(w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    let (n, cols) = (w.rows, w.cols);
+    let cols = w.cols;
     let t = x.len() / cols;
     assert_eq!(x.len(), t * cols, "matmul: width mismatch");
+    let mut act = Activations::zeroed(t, cols);
+    act.fill(x.chunks(cols), |row, out| out.copy_from_slice(row));
+    matmul_prepared(w, &act, out);
+}
+
+/// [`matmul`] of rows already in the matmul's form. Weight rows are split across the rayon
+/// pool; each task reads its weight rows once and applies them to every activation row.
+pub fn matmul_prepared(w: &QMatrix, x: &Activations, out: &mut [f32]) {
+    let (n, cols, t) = (w.rows, w.cols, x.rows);
+    assert_eq!(x.cols, cols, "matmul: width mismatch");
     assert_eq!(out.len(), n * t, "matmul: output size mismatch");
     let out = SharedOut(out.as_mut_ptr());
     let row_bytes = cols / BLOCK * w.format.block_bytes();
-    let simd = simd();
-    let act = simd.then(|| Act16::quantize(x, cols));
     (0..n.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .for_each(|task| {
             let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(n);
             // SAFETY: `out` holds `t × n` values and outlives this call; each task writes
-            // only the columns of its own weight rows. The SIMD path runs only when the CPU
-            // has it.
+            // only the columns of its own weight rows. Rounded rows exist only where the
+            // CPU has the SIMD tiles.
             unsafe {
                 #[cfg(target_arch = "x86_64")]
-                if let Some(act) = &act {
+                if let Some(act) = &x.act16 {
                     x86::matmul_rows(w.format, &w.data, row_bytes, rows, act, t, cols, out, n);
                     return;
                 }
-                let _ = (&act, row_bytes);
-                scalar::matmul_rows(w, rows, x, out, n);
+                let _ = row_bytes;
+                scalar::matmul_rows(w, rows, &x.x, out, n);
             }
         });
 }

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{CacheLayers, LlamaConfig, StepInput};
 use crate::error::ModelError;
-use crate::kernels::{self, QMatrix, WeightFormat};
+use crate::kernels::{self, Activations, QMatrix, WeightFormat};
 
 /// Keys and values of one layer for one sequence, position after position
 /// (`n_kv_head × head_dim` values each); appending a token is a copy onto the end.
@@ -218,19 +218,23 @@ impl NativeLlama {
             }
             self.embed.dequantize_row(tok as usize, row);
         }
-        let mut normed = vec![0f32; t * h];
+        // Activations for each matmul's input, kept for the whole step; each is computed and
+        // rounded in one pass (`Activations::fill`), the residual add of the previous block
+        // folded into the norm that follows it.
+        let mut normed = Activations::zeroed(t, h);
+        let mut attn_act = Activations::zeroed(t, q_dim);
+        let mut act = Activations::zeroed(t, ff);
         let mut qkv = vec![0f32; t * qkv_dim];
         let mut attn = vec![0f32; t * q_dim];
         let mut proj = vec![0f32; t * h];
         let mut gate_up = vec![0f32; t * 2 * ff];
-        let mut act = vec![0f32; t * ff];
         let eps = c.rms_eps as f32;
+        // Whether `proj` holds the previous layer's feed-forward output, not yet added to `x`.
+        let mut pending = false;
 
         for (li, layer) in self.layers.iter().enumerate() {
-            for_rows(&mut normed, h, &x, h, |out, x| {
-                kernels::rms_norm(x, &layer.attn_norm, eps, out)
-            });
-            kernels::matmul(&layer.qkv, &normed, &mut qkv);
+            add_then_norm(&mut normed, &mut x, &proj, pending, &layer.attn_norm, eps);
+            kernels::matmul_prepared(&layer.qkv, &normed, &mut qkv);
             for (row, &(s, pos)) in qkv.chunks_exact_mut(qkv_dim).zip(&rows) {
                 let (q, kv) = row.split_at_mut(q_dim);
                 self.rope(q, pos, hd);
@@ -259,20 +263,21 @@ impl NativeLlama {
                     let q = &qkv[row * qkv_dim + head * hd..][..hd];
                     attend(c, q, head, caches[s], pos, scores, out)
                 });
-            kernels::matmul(&layer.wo, &attn, &mut proj);
-            for_rows(&mut x, h, &proj, h, add);
+            attn_act.fill(attn.chunks(q_dim), |row, out| out.copy_from_slice(row));
+            kernels::matmul_prepared(&layer.wo, &attn_act, &mut proj);
 
-            for_rows(&mut normed, h, &x, h, |out, x| {
-                kernels::rms_norm(x, &layer.ffn_norm, eps, out)
-            });
-            kernels::matmul(&layer.gate_up, &normed, &mut gate_up);
-            for_rows(&mut act, ff, &gate_up, 2 * ff, |a, gu| {
+            add_then_norm(&mut normed, &mut x, &proj, true, &layer.ffn_norm, eps);
+            kernels::matmul_prepared(&layer.gate_up, &normed, &mut gate_up);
+            act.fill(gate_up.chunks(2 * ff), |gu, a| {
                 let (g, u) = gu.split_at(ff);
                 for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
                     *a = kernels::silu(g) * u;
                 }
             });
-            kernels::matmul(&layer.down, &act, &mut proj);
+            kernels::matmul_prepared(&layer.down, &act, &mut proj);
+            pending = true;
+        }
+        if pending {
             for_rows(&mut x, h, &proj, h, add);
         }
 
@@ -326,6 +331,26 @@ fn for_rows(
             .zip(input.chunks(in_width))
             .for_each(|(o, i)| f(o, i));
     }
+}
+
+/// Into `normed`, the RMS norm (times `weight`) of each row of `x`, after adding the row of
+/// `proj` to it when `residual` is set: the residual add that ends a block, and the norm
+/// that starts the next, in one pass over the rows.
+fn add_then_norm(
+    normed: &mut Activations,
+    x: &mut [f32],
+    proj: &[f32],
+    residual: bool,
+    weight: &[f32],
+    eps: f32,
+) {
+    let h = weight.len();
+    normed.fill(x.chunks_mut(h).zip(proj.chunks(h)), |(x, proj), out| {
+        if residual {
+            add(x, proj);
+        }
+        kernels::rms_norm(x, weight, eps, out)
+    });
 }
 
 /// `x += y`, the residual add of one row.
