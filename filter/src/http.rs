@@ -325,6 +325,18 @@ impl SwitchyardHttp {
                 Action::EndResponse => {}
                 Action::Log(line) => log::warn!("{line}"),
                 Action::Wait { queue, until_ms } => {
+                    // A routed attempt's provider answered 429 and every other deployment is
+                    // busy: its response is held, never to pass (what follows is a call or a
+                    // reply), and the client's request is not resumed again.
+                    if matches!(
+                        self.phase,
+                        Phase::Routed
+                            | Phase::RoutedBody
+                            | Phase::RoutedStream
+                            | Phase::RoutedRelay
+                    ) {
+                        self.give_up_routed();
+                    }
                     if !self.listed {
                         waiters::add(&queue, self.context_id, self.me.clone(), until_ms);
                         self.listed = true;

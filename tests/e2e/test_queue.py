@@ -9,6 +9,7 @@ counters."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +46,8 @@ def queue_config(doubles) -> dict:
          "deployments": deployments(1, "short")},
         {"name": "shallow", "queue": {"max_wait_ms": WIDE_WAIT_MS, "max_depth": 2},
          "deployments": deployments(1, "shallow")[:1]},
+        {"name": "busy", "queue": {"max_wait_ms": WIDE_WAIT_MS, "max_depth": 100},
+         "deployments": deployments(1, "busy")},
     ]
     return config
 
@@ -177,3 +180,34 @@ def test_no_more_than_max_depth_wait(qgw):
         assert int(headers["retry-after"]) >= 1
     for _, headers, _ in served:
         assert int(headers["x-switchyard-queued-ms"]) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "streamed"])
+def test_a_providers_429_while_the_other_deployment_is_full_waits_and_is_served(qgw, stream):
+    """One deployment's slot held, the other free: the free one's provider answers 429
+    (`Retry-After: 2`), so every deployment is busy — the request waits in the queue instead
+    of failing with 502, leaves that provider alone for the 2 s it asked for, and is served
+    (on Envoy a stream's first attempt went through the router: its held 429 never
+    reaches the client)."""
+    openai_double = qgw.doubles["openai"]
+    openai_double.cap(1)
+    client = qgw.openai(timeout=60)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        short = pool.submit(chat, client, "busy", "busy short [[fault:hang,seconds=1]]", False)
+        wait_in_flight(openai_double, 1)
+        long = pool.submit(chat, client, "busy", "busy long [[fault:hang,seconds=8]]", False)
+        wait_in_flight(openai_double, 2)
+        assert short.result()[0] == 200
+        openai_double.fault(kind="status", status=429, retry_after=2, path="/chat/completions")
+        started = time.monotonic()
+        status, headers, text = chat(client, "busy", "busy throttled", stream)
+        took = time.monotonic() - started
+        assert long.result()[0] == 200
+    assert status == 200, (status, text)
+    assert "busy throttled" in text
+    assert int(headers["x-switchyard-queued-ms"]) > 0, headers
+    # It waited for the provider's back-off (or the held slot), not past either.
+    assert 1.5 <= took < 8, took
+    refused = [r for r in openai_double.requests()
+               if "busy throttled" in json.dumps(r.get("body"))]
+    assert len(refused) == 2, f"asked the throttled provider again within its back-off: {refused}"

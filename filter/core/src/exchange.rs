@@ -48,8 +48,11 @@
 //! not deliver for a reason it does not report is metered as the host says the client saw
 //! it, else 502.
 //!
-//! **Waiting for capacity.** When every deployment of the model is at its own limits and
-//! nothing was sent, the request joins the model's bounded queue ([`crate::queue`]):
+//! **Waiting for capacity.** When every deployment of the model is busy — at its own limits,
+//! or (for some of them) its provider answered this request 429 — the request joins the
+//! model's bounded queue ([`crate::queue`]); a deployment whose provider answered 429 is
+//! skipped by later walks of the chain until the back-off its `Retry-After` asked for is
+//! over (1 s without one, 60 s at most), so waiting does not hammer it:
 //! [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
 //! freed, and at the latest at its `until_ms`. A retry walks the chain again; the request
 //! leaves the queue when a deployment takes it, or is answered 429 `deployments_saturated`
@@ -318,6 +321,9 @@ pub struct Exchange {
     ratelimit_headers: Vec<(String, String)>,
     /// The soonest a saturated deployment frees up, seconds (for `Retry-After`).
     saturated_retry_s: Option<u64>,
+    /// Attempts (by index in the plan) whose provider answered 429 to this request, and
+    /// until when (unix ms, from its `Retry-After`) a walk of the chain skips them as busy.
+    provider_busy: Vec<(usize, u64)>,
     /// The place held in the model's queue: since and until when (unix ms).
     queued: Option<(u64, u64)>,
     /// How long the request waited in the queue, once it left it.
@@ -368,6 +374,7 @@ impl Exchange {
             deployment_admission: None,
             ratelimit_headers: Vec::new(),
             saturated_retry_s: None,
+            provider_busy: Vec::new(),
             queued: None,
             queued_ms: None,
             forward: None,
@@ -1023,8 +1030,7 @@ impl Exchange {
             self.attempt += 1;
             self.attempt_started_ms = cx.now_ms;
         }
-        let records = self.attempts.records();
-        if !records.is_empty() && records.iter().all(|r| r.outcome == Outcome::Saturated) {
+        if self.every_deployment_busy() {
             return self.saturated(actions, cx);
         }
         let err = self.attempts.all_failed();
@@ -1032,8 +1038,18 @@ impl Exchange {
         actions
     }
 
-    /// Takes the current deployment's own limits; `false` when it is at one.
+    /// Takes the current deployment's own limits; `false` when it is at one, or when its
+    /// provider answered this request 429 and the back-off it asked for is not over.
     fn take_deployment(&mut self, cx: &Ctx<'_>) -> bool {
+        let busy_until = self
+            .provider_busy
+            .iter()
+            .find(|(attempt, _)| *attempt == self.attempt)
+            .map(|(_, until_ms)| *until_ms);
+        if let Some(until_ms) = busy_until.filter(|until_ms| cx.now_ms < *until_ms) {
+            self.note_saturated_for(until_ms.saturating_sub(cx.now_ms).div_ceil(1_000));
+            return false;
+        }
         let Some(plan) = &self.plan else { return true };
         let Some(attempt) = plan.attempts.get(self.attempt) else {
             return true;
@@ -1048,11 +1064,29 @@ impl Exchange {
                 true
             }
             Err(refusal) => {
-                let wait = refusal.error.retry_after.unwrap_or(1);
-                self.saturated_retry_s = Some(self.saturated_retry_s.map_or(wait, |w| w.min(wait)));
+                self.note_saturated_for(refusal.error.retry_after.unwrap_or(1));
                 false
             }
         }
+    }
+
+    /// A deployment is busy for `seconds` more: the soonest of these is the `Retry-After`
+    /// of a `deployments_saturated` answer.
+    fn note_saturated_for(&mut self, seconds: u64) {
+        let seconds = seconds.max(1);
+        self.saturated_retry_s = Some(self.saturated_retry_s.map_or(seconds, |w| w.min(seconds)));
+    }
+
+    /// Whether every deployment tried is busy — at its own limits, or its provider answered
+    /// 429 — and at least one at its own limits: then capacity this gateway counts will free,
+    /// and the request waits for it like one that found every deployment at its limits (a
+    /// provider's 429 alone is the provider's answer, passed on with its back-off).
+    fn every_deployment_busy(&self) -> bool {
+        let records = self.attempts.records();
+        records.iter().any(|r| r.outcome == Outcome::Saturated)
+            && records
+                .iter()
+                .all(|r| matches!(r.outcome, Outcome::Saturated | Outcome::Status(429)))
     }
 
     /// Settles what the current attempt's deployment limits granted.
@@ -1166,6 +1200,9 @@ impl Exchange {
         self.log_attempt(outcome, cx);
         self.settle_deployment(0, 0, cx);
         if !self.can_fall_back(cx) {
+            if self.every_deployment_busy() {
+                return self.saturated(actions, cx);
+            }
             let err = self.attempts.all_failed();
             actions.extend(self.reply_error(&err));
             return actions;
@@ -1181,6 +1218,19 @@ impl Exchange {
         };
         let status = head.status;
         if plan.should_retry_status(status) && (self.attempt > 0 || self.can_fall_back(cx)) {
+            if status == 429 {
+                // Seconds only (an HTTP-date, or none: one second).
+                let back_off_s = head
+                    .retry_after
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(1)
+                    .clamp(1, 60);
+                let until_ms = cx.now_ms.saturating_add(back_off_s * 1_000);
+                self.provider_busy
+                    .retain(|(attempt, _)| *attempt != self.attempt);
+                self.provider_busy.push((self.attempt, until_ms));
+                self.note_saturated_for(back_off_s);
+            }
             return self.attempt_failed(Outcome::Status(status), cx);
         }
         let success = (200..300).contains(&status);

@@ -1,7 +1,9 @@
 //! The bounded wait queue as the exchange decides it: a request that finds every deployment
 //! of its model at its limits waits (Action::Wait), retries (Event::Retry), is sent when
 //! capacity frees or answered 429 with Retry-After when its wait is up or the queue is full;
-//! the depth counter is exact and never leaks, and no request is answered twice.
+//! the depth counter is exact and never leaks, and no request is answered twice. A provider's
+//! 429 while the other deployment is at its limit counts as busy too (the request waits, and
+//! that provider is left alone for the back-off it asked for).
 
 mod common;
 
@@ -278,6 +280,110 @@ fn with_the_queue_off_a_saturated_model_answers_at_once() {
     assert_eq!(h.depth(), 0);
 }
 
+/// The sent attempt's provider answers 429 with `retry_after` seconds; what follows.
+fn provider_429(h: &Host, ex: &mut Exchange, retry_after: &str) -> Vec<Action> {
+    h.feed(
+        ex,
+        Event::UpstreamHead(UpstreamHead {
+            status: 429,
+            content_type: Some("application/json"),
+            retry_after: Some(retry_after),
+            ..Default::default()
+        }),
+    )
+}
+
+#[test]
+fn a_providers_429_while_the_other_deployment_is_at_its_limit_waits_instead_of_failing() {
+    let mut h = Host::new(gateway(1, 5_000, 10));
+    let (mut first, _) = h.arrive("narrow");
+    let (mut on_b, actions) = h.arrive("narrow");
+    assert_eq!(sent(&actions).as_deref(), Some("b.test"));
+    h.complete(&mut first);
+    h.finish(&mut first, Ending::default());
+    // a has a slot again and takes the next request; its provider answers 429 while b is
+    // at its limit: the request waits for capacity instead of failing with 502.
+    let (mut ex, actions) = h.arrive("narrow");
+    assert_eq!(sent(&actions).as_deref(), Some("a.test"));
+    let actions = provider_429(&h, &mut ex, "2");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    assert!(ex.queued() && h.depth() == 1);
+    assert_eq!(
+        h.in_flight("a/m-a", 1),
+        0,
+        "the refused attempt gave its slot back"
+    );
+    // Within the provider's back-off, a is skipped although it has a free slot, and b is
+    // still full: the request keeps waiting, nothing is sent.
+    h.now_ms += 500;
+    let actions = h.feed(&mut ex, Event::Retry);
+    assert!(
+        waits(&actions).is_some() && sent(&actions).is_none(),
+        "{actions:?}"
+    );
+    // b frees: the retry takes it.
+    h.complete(&mut on_b);
+    h.finish(&mut on_b, Ending::default());
+    assert_eq!(
+        sent(&h.feed(&mut ex, Event::Retry)).as_deref(),
+        Some("b.test")
+    );
+    assert_eq!(h.depth(), 0);
+    let (status, headers) = h.complete(&mut ex);
+    assert_eq!(
+        (status, header(&headers, QUEUED_HEADER)),
+        (200, Some("500"))
+    );
+    assert_eq!(h.finish(&mut ex, Ending::default()).status, 200);
+}
+
+#[test]
+fn after_the_providers_back_off_its_deployment_is_tried_again() {
+    let mut h = Host::new(gateway(1, 5_000, 10));
+    let (mut first, _) = h.arrive("narrow");
+    let (mut on_b, _) = h.arrive("narrow");
+    h.complete(&mut first);
+    h.finish(&mut first, Ending::default());
+    let (mut ex, _) = h.arrive("narrow");
+    assert!(waits(&provider_429(&h, &mut ex, "2")).is_some());
+    // b stays full; once the 2 s the provider asked for are over, a is asked again.
+    h.now_ms += 2_000;
+    assert_eq!(
+        sent(&h.feed(&mut ex, Event::Retry)).as_deref(),
+        Some("a.test")
+    );
+    assert_eq!(h.complete(&mut ex).0, 200);
+    h.finish(&mut ex, Ending::default());
+    h.complete(&mut on_b);
+    h.finish(&mut on_b, Ending::default());
+    assert_eq!(
+        (h.depth(), h.in_flight("a/m-a", 1), h.in_flight("b/m-b", 1)),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn with_the_queue_off_a_providers_429_and_a_full_deployment_answer_429_not_502() {
+    let h = Host::new(gateway(1, 0, 10));
+    let (mut first, _) = h.arrive("narrow");
+    let (mut on_b, _) = h.arrive("narrow");
+    h.complete(&mut first);
+    h.finish(&mut first, Ending::default());
+    let (mut ex, _) = h.arrive("narrow");
+    let (status, err, headers) = reply(&provider_429(&h, &mut ex, "7"));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("deployments_saturated")),
+        "{err}"
+    );
+    let retry_after: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=7).contains(&retry_after), "{retry_after}");
+    assert_eq!(h.finish(&mut ex, Ending::default()).status, 429);
+    h.complete(&mut on_b);
+    h.finish(&mut on_b, Ending::default());
+    assert_eq!(h.depth(), 0);
+}
+
 /// What one step of the random schedule does.
 #[derive(Debug, Clone)]
 enum Op {
@@ -288,6 +394,8 @@ enum Op {
     Retry(usize),
     /// The waiting request at this index loses its client.
     Gone(usize),
+    /// The sent request at this index (modulo) is answered 429 by its provider.
+    Throttled(usize),
     Tick(u16),
 }
 
@@ -297,6 +405,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<usize>().prop_map(Op::Complete),
         4 => any::<usize>().prop_map(Op::Retry),
         1 => any::<usize>().prop_map(Op::Gone),
+        2 => any::<usize>().prop_map(Op::Throttled),
         2 => (0u16..400).prop_map(Op::Tick),
     ]
 }
@@ -348,6 +457,24 @@ proptest! {
                         prop_assert_eq!(status, 429);
                         prop_assert!(h.now_ms >= until, "gave up early");
                         prop_assert!(header(&headers, "retry-after").is_some());
+                        h.finish(&mut ex, Ending::default());
+                        records += 1;
+                    }
+                }
+                Op::Throttled(i) if !sent_ex.is_empty() => {
+                    let mut ex = sent_ex.remove(i % sent_ex.len());
+                    let mut actions = provider_429(&h, &mut ex, "1");
+                    if actions.contains(&Action::ReadUpstreamBody) {
+                        // No fallback left in the time budget: the provider's answer passes.
+                        actions = h.feed(&mut ex, Event::UpstreamBody(br#"{"error":{"message":"slow down"}}"#));
+                    }
+                    if sent(&actions).is_some() {
+                        sent_ex.push(ex);
+                    } else if let Some((_, until)) = waits(&actions) {
+                        prop_assert_eq!(until, h.now_ms + 1_000);
+                        queued.push((ex, until));
+                    } else {
+                        prop_assert_eq!(reply(&actions).0, 429, "{:?}", actions);
                         h.finish(&mut ex, Ending::default());
                         records += 1;
                     }
