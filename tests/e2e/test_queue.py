@@ -208,6 +208,6 @@ def test_a_providers_429_while_the_other_deployment_is_full_waits_and_is_served(
     assert int(headers["x-switchyard-queued-ms"]) > 0, headers
     # It waited for the provider's back-off (or the held slot), not past either.
     assert 1.5 <= took < 8, took
-    refused = [r for r in openai_double.requests()
-               if "busy throttled" in json.dumps(r.get("body"))]
-    assert len(refused) == 2, f"asked the throttled provider again within its back-off: {refused}"
+    # The double saw it twice: the 429, then the attempt that answered.
+    asked = [r for r in openai_double.requests() if "busy throttled" in json.dumps(r.get("body"))]
+    assert len(asked) == 2, asked
