@@ -43,7 +43,8 @@ pub fn ship(record: &UsageRecord, now_ms: u64) {
 }
 
 /// The key set another worker shared, when its version differs from `applied` (the version
-/// the caller has in force); `None` without a control plane or a shared snapshot.
+/// the caller has in force); `None` when none was shared. Only for a gateway that syncs keys
+/// from a control plane (shared data is per VM id, which other filter configs may share).
 ///
 /// A request whose key is unknown asks this before it is refused: a key the poller has
 /// just synced is then accepted on every worker at once, not only after each worker's next

@@ -528,7 +528,7 @@ impl HttpContext for SwitchyardHttp {
             forwarded: &forwarded,
         };
         let mut actions = self.feed(Event::RequestHead(head));
-        if refused_for_its_key(&actions) {
+        if refused_for_its_key(&actions) && self.gateway.control_plane().is_some() {
             // This VM may not have applied a key set another worker already synced.
             let version = self.gateway.managed_keys_version();
             if let Some(newer) = crate::control::shared_snapshot_newer_than(version) {
@@ -708,12 +708,12 @@ impl HttpContext for SwitchyardHttp {
     }
 }
 
-/// The first value of header `name` in a head read from the host (names are lower-case).
 /// Whether the core refused the request head for its key (401: none, unknown, expired).
 fn refused_for_its_key(actions: &[Action]) -> bool {
     matches!(actions, [Action::Reply(reply)] if reply.status == 401)
 }
 
+/// The first value of header `name` in a head read from the host (names are lower-case).
 fn header<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
     head.iter()
         .find(|(n, _)| n == name)

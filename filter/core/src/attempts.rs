@@ -80,6 +80,12 @@ impl AttemptLog {
         });
     }
 
+    /// Drops the deployments found at their limits (a walk of the chain after a wait finds
+    /// them again or takes them); the attempts that were sent stay.
+    pub fn forget_saturated(&mut self) {
+        self.records.retain(|r| r.outcome != Outcome::Saturated);
+    }
+
     /// The attempts so far.
     pub fn records(&self) -> &[AttemptRecord] {
         &self.records

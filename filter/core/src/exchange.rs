@@ -51,12 +51,15 @@
 //! **Waiting for capacity.** When every deployment of the model is busy — at its own limits,
 //! or (for some of them) its provider answered this request 429 — the request joins the
 //! model's bounded queue ([`crate::queue`]); a deployment whose provider answered 429 is
-//! skipped by later walks of the chain until the back-off its `Retry-After` asked for is
-//! over (1 s without one, 60 s at most), so waiting does not hammer it:
+//! skipped by that request's later walks of the chain until the back-off its `Retry-After`
+//! asked for is over (seconds; 1 s without one or for an HTTP-date, 60 s at most), so a
+//! waiting request asks a throttled provider at most once per back-off (other requests are
+//! not steered away by it):
 //! [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
 //! freed, and at the latest at its `until_ms`. A retry walks the chain again; the request
 //! leaves the queue when a deployment takes it, or is answered 429 `deployments_saturated`
-//! with `Retry-After` once `max_wait_ms` has passed (at once when the queue is full or off).
+//! with `Retry-After` once `max_wait_ms` has passed since it first waited (at once when the
+//! queue is full or off).
 //! A request that arrives while others of its model wait joins behind them without trying
 //! the deployments, so it cannot take capacity a waiting request is due. The wait does not
 //! count against `total_timeout_ms`; answers of a request that waited carry
@@ -201,9 +204,11 @@ pub enum Action {
     /// Ask the control plane to admit the request (limits and budgets shared by every edge
     /// instance): send this call and feed [`Event::AdmitAnswer`].
     Admit(Box<UpstreamRequest>),
-    /// Every deployment is at its limits and the request holds a place in `queue`: keep the
-    /// client waiting and feed [`Event::Retry`] when capacity may have freed (wake a queue's
-    /// requests oldest first), and no later than `until_ms` (unix ms).
+    /// Every deployment is busy (see the module doc) and the request holds a place in `queue`:
+    /// keep the client waiting and feed [`Event::Retry`] when capacity may have freed (wake a
+    /// queue's requests oldest first), and no later than `until_ms` (unix ms). It can follow
+    /// a sent attempt (a provider's 429, routed or not): that answer never reaches the
+    /// client.
     Wait {
         /// The model's queue (requests of one queue compete for the same capacity).
         queue: String,
@@ -326,6 +331,8 @@ pub struct Exchange {
     provider_busy: Vec<(usize, u64)>,
     /// The place held in the model's queue: since and until when (unix ms).
     queued: Option<(u64, u64)>,
+    /// When the request's first wait in the queue ends, which bounds every later one.
+    wait_deadline_ms: Option<u64>,
     /// How long the request waited in the queue, once it left it.
     queued_ms: Option<u64>,
     /// A request for the task plane (see [`crate::tasks::edge`]): one call, its answer
@@ -376,6 +383,7 @@ impl Exchange {
             saturated_retry_s: None,
             provider_busy: Vec::new(),
             queued: None,
+            wait_deadline_ms: None,
             queued_ms: None,
             forward: None,
             fanned: Vec::new(),
@@ -444,7 +452,8 @@ impl Exchange {
             }
             (State::Body(_), Event::RequestBodyTooLarge) => self.reply_error(&gateway.too_large()),
             (State::Queued, Event::Retry) => {
-                self.attempts = AttemptLog::default();
+                // Attempts that were sent (a provider's 429) stay on the record.
+                self.attempts.forget_saturated();
                 self.saturated_retry_s = None;
                 self.start_attempts(Vec::new(), cx)
             }
@@ -892,8 +901,8 @@ impl Exchange {
         })
     }
 
-    /// Every deployment is at its limits: wait in the model's queue while the policy allows,
-    /// else answer 429 with `Retry-After`.
+    /// Every deployment is busy: wait in the model's queue while the policy allows (all of a
+    /// request's waits within one `max_wait_ms`), else answer 429 with `Retry-After`.
     fn saturated(&mut self, mut actions: Vec<Action>, cx: &Ctx<'_>) -> Vec<Action> {
         let Some(plan) = &self.plan else {
             return self.reply_error(&no_plan());
@@ -903,7 +912,11 @@ impl Exchange {
         let mut full = false;
         if self.queued.is_none() && policy.enabled() {
             if queue::enter(cx.counters, &model, policy.max_depth) {
-                self.queued = Some((cx.now_ms, cx.now_ms.saturating_add(policy.max_wait_ms)));
+                // `max_wait_ms` bounds all of a request's waits together.
+                let until_ms = *self
+                    .wait_deadline_ms
+                    .get_or_insert(cx.now_ms.saturating_add(policy.max_wait_ms));
+                self.queued = Some((cx.now_ms, until_ms));
             } else {
                 full = true;
             }
@@ -944,7 +957,9 @@ impl Exchange {
         if let Some(plan) = &self.plan {
             queue::leave(cx.counters, &plan.model);
         }
-        let waited = cx.now_ms.saturating_sub(since_ms);
+        // A request can wait more than once (a provider's 429 after it left the queue): every
+        // wait counts, and none against `total_timeout_ms`.
+        let waited = self.queued_ms.unwrap_or(0) + cx.now_ms.saturating_sub(since_ms);
         self.queued_ms = Some(waited);
         Some(waited)
     }
@@ -1078,9 +1093,10 @@ impl Exchange {
     }
 
     /// Whether every deployment tried is busy — at its own limits, or its provider answered
-    /// 429 — and at least one at its own limits: then capacity this gateway counts will free,
-    /// and the request waits for it like one that found every deployment at its limits (a
-    /// provider's 429 alone is the provider's answer, passed on with its back-off).
+    /// this request 429 — and at least one was found busy without being asked (at its
+    /// limits, or skipped in its provider's back-off): then the request waits like one that
+    /// found every deployment at its limits. A chain of provider 429s alone is the providers'
+    /// answer, passed on with their back-off.
     fn every_deployment_busy(&self) -> bool {
         let records = self.attempts.records();
         records.iter().any(|r| r.outcome == Outcome::Saturated)

@@ -363,6 +363,45 @@ fn after_the_providers_back_off_its_deployment_is_tried_again() {
 }
 
 #[test]
+fn waiting_again_after_a_providers_429_stays_within_the_first_waits_bound() {
+    let mut h = Host::new(gateway(1, 1_000, 10));
+    let (mut on_a, _) = h.arrive("narrow");
+    let (mut on_b, _) = h.arrive("narrow");
+    let (mut ex, actions) = h.arrive("narrow");
+    assert_eq!(waits(&actions), Some(("narrow".to_string(), T0 + 1_000)));
+    h.now_ms += 300;
+    h.complete(&mut on_a);
+    h.finish(&mut on_a, Ending::default());
+    assert_eq!(
+        sent(&h.feed(&mut ex, Event::Retry)).as_deref(),
+        Some("a.test")
+    );
+    // a's provider answers 429 while b is still full: the request waits again, but only
+    // until its first wait's bound.
+    let actions = provider_429(&h, &mut ex, "5");
+    assert_eq!(waits(&actions), Some(("narrow".to_string(), T0 + 1_000)));
+    h.now_ms = T0 + 1_000;
+    let (status, err, headers) = reply(&h.feed(&mut ex, Event::Retry));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("deployments_saturated"))
+    );
+    // Both waits count, and the attempt that was sent stays on the record.
+    assert_eq!(header(&headers, QUEUED_HEADER), Some("1000"));
+    let attempts = header(&headers, "x-switchyard-attempts")
+        .unwrap_or_default()
+        .to_string();
+    assert!(attempts.contains("429"), "{attempts}");
+    assert_eq!(h.finish(&mut ex, Ending::default()).status, 429);
+    h.complete(&mut on_b);
+    h.finish(&mut on_b, Ending::default());
+    assert_eq!(
+        (h.depth(), h.in_flight("a/m-a", 1), h.in_flight("b/m-b", 1)),
+        (0, 0, 0)
+    );
+}
+
+#[test]
 fn with_the_queue_off_a_providers_429_and_a_full_deployment_answer_429_not_502() {
     let h = Host::new(gateway(1, 0, 10));
     let (mut first, _) = h.arrive("narrow");
@@ -471,7 +510,8 @@ proptest! {
                     if sent(&actions).is_some() {
                         sent_ex.push(ex);
                     } else if let Some((_, until)) = waits(&actions) {
-                        prop_assert_eq!(until, h.now_ms + 1_000);
+                        // A request that waited before keeps its first deadline.
+                        prop_assert!(h.now_ms < until && until <= h.now_ms + 1_000);
                         queued.push((ex, until));
                     } else {
                         prop_assert_eq!(reply(&actions).0, 429, "{:?}", actions);
