@@ -293,6 +293,19 @@ fn provider_429(h: &Host, ex: &mut Exchange, retry_after: &str) -> Vec<Action> {
     )
 }
 
+/// Both slots taken, then a's freed: the next request is sent to a while b stays full.
+/// Returns the request holding b and the one sent to a.
+fn b_held_and_one_sent_to_a(h: &Host) -> (Exchange, Exchange) {
+    let (mut first, _) = h.arrive("narrow");
+    let (on_b, actions) = h.arrive("narrow");
+    assert_eq!(sent(&actions).as_deref(), Some("b.test"));
+    h.complete(&mut first);
+    h.finish(&mut first, Ending::default());
+    let (ex, actions) = h.arrive("narrow");
+    assert_eq!(sent(&actions).as_deref(), Some("a.test"));
+    (on_b, ex)
+}
+
 #[test]
 fn a_providers_429_while_the_other_deployment_is_at_its_limit_waits_instead_of_failing() {
     let mut h = Host::new(gateway(1, 5_000, 10));
@@ -340,11 +353,7 @@ fn a_providers_429_while_the_other_deployment_is_at_its_limit_waits_instead_of_f
 #[test]
 fn after_the_providers_back_off_its_deployment_is_tried_again() {
     let mut h = Host::new(gateway(1, 5_000, 10));
-    let (mut first, _) = h.arrive("narrow");
-    let (mut on_b, _) = h.arrive("narrow");
-    h.complete(&mut first);
-    h.finish(&mut first, Ending::default());
-    let (mut ex, _) = h.arrive("narrow");
+    let (mut on_b, mut ex) = b_held_and_one_sent_to_a(&h);
     assert!(waits(&provider_429(&h, &mut ex, "2")).is_some());
     // b stays full; once the 2 s the provider asked for are over, a is asked again.
     h.now_ms += 2_000;
@@ -404,11 +413,7 @@ fn waiting_again_after_a_providers_429_stays_within_the_first_waits_bound() {
 #[test]
 fn with_the_queue_off_a_providers_429_and_a_full_deployment_answer_429_not_502() {
     let h = Host::new(gateway(1, 0, 10));
-    let (mut first, _) = h.arrive("narrow");
-    let (mut on_b, _) = h.arrive("narrow");
-    h.complete(&mut first);
-    h.finish(&mut first, Ending::default());
-    let (mut ex, _) = h.arrive("narrow");
+    let (mut on_b, mut ex) = b_held_and_one_sent_to_a(&h);
     let (status, err, headers) = reply(&provider_429(&h, &mut ex, "7"));
     assert_eq!(
         (status, err["error"]["code"].as_str()),
