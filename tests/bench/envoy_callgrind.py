@@ -15,6 +15,11 @@ narrow it.
 
     python3 tests/bench/envoy_callgrind.py [--filter LABEL=PATH ...] [--routed-filter LABEL=PATH ...]
         [--passthrough PASSTHROUGH.wasm] [--requests 50,150] [--base-port 27500] [--annotate]
+        [--kind complete|translated|streamed|"streamed translated"]
+
+--kind picks the bench's request every row is sent (`envoy_bench.KINDS`): the fast path's
+complete chat (default), OpenAI -> Anthropic, or either streamed; the pass-through row is sent
+the bench's pass-through answer for that kind (complete, or the OpenAI chunk stream).
 
 --filter / --routed-filter as in envoy_bench.py (--routed-filter sets the gateway's
 `edge.route_complete_answers` for that row); --passthrough adds the empty-filter floor.
@@ -177,6 +182,8 @@ def main():
     ap.add_argument("--routed-filter", action="append", default=[])
     ap.add_argument("--passthrough", help="the empty-filter floor (host-runner's passthrough guest)")
     ap.add_argument("--requests", default="50,150", help="N1,N2 (default 50,150)")
+    ap.add_argument("--kind", default="complete", choices=sorted(eb.KINDS),
+                    help="which of the bench's requests every row is sent (default complete)")
     ap.add_argument("--annotate", action="store_true",
                     help="per-function cost per request, filter rows against the first filter row")
     # Below the kernel's ephemeral range: a busy machine's outgoing connections hold ports above.
@@ -203,12 +210,17 @@ def main():
     # whichever build was given last: measured as its own row already).
     rows = [(name, path, port) for name, path, port in proxy_cfgs
             if name != "envoy + filter.wasm"]
+    if args.kind.startswith("streamed"):
+        # Pass-through's streamed answer is on its second listener (as in the bench).
+        rows = [(name, path, ports[2] if name == "envoy pass-through" else port)
+                for name, path, port in rows]
     upstream = subprocess.Popen([args.envoy, "-c", up_cfg, "--concurrency", "1", "-l", "error",
                                  "--base-id", str(base + 1)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    body = eb.REQUEST.encode()
+    request, cluster_name = eb.KINDS[args.kind]
+    body = request.encode()
     headers = {"authorization": f"Bearer {eb.KEY}", "content-type": "application/json",
-               "x-switchyard-cluster": "upstream"}
+               "x-switchyard-cluster": cluster_name}
 
     def send(port, n):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -221,7 +233,7 @@ def main():
         conn.close()
 
     print(f"Envoy instructions per request (callgrind, {n1} and {n2} sequential keep-alive "
-          f"requests per row; the bench's ~{len(body)}-byte chat)\n")
+          f"requests per row; the bench's ~{len(body)}-byte chat, {args.kind})\n")
     print("| setup | instructions per request | vs pass-through |")
     print("|---|---|---|")
     first = None

@@ -324,6 +324,27 @@ impl Default for FallbackPolicy {
 impl GatewayConfig {
     /// Parses and validates a configuration document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        // Most configs name no asynchronous provider, and those read straight into the types:
+        // no `Value` tree (its allocations were most of a parse, and the Spin component parses
+        // its config in every request's fresh instance). An asynchronous provider's `kind` is
+        // no `ProviderKind`, so such a config (or a broken one) fails here and takes the path
+        // that splits the task providers out, with that path's errors. The text is checked as
+        // UTF-8 once, so the reader need not check each string again.
+        let direct = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| serde_json::from_str::<GatewayConfig>(text).ok());
+        let mut config = match direct {
+            Some(config) => config,
+            None => Self::from_document(bytes)?,
+        };
+        crate::catalog::resolve(&mut config)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a config through a `Value` document, taking the asynchronous providers (and the
+    /// models using them) out before the typed read.
+    fn from_document(bytes: &[u8]) -> Result<Self, ConfigError> {
         let mut document: Value = serde_json::from_slice(bytes)?;
         let task_providers = crate::tasks::providers::deployments::split(
             &mut document,
@@ -332,8 +353,6 @@ impl GatewayConfig {
         .map_err(ConfigError::Invalid)?;
         let mut config: GatewayConfig = serde_json::from_value(document)?;
         config.task_providers = task_providers;
-        crate::catalog::resolve(&mut config)?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -557,6 +576,63 @@ mod tests {
             vec![("local".into(), "http://127.0.0.1:8100".into())]
         );
         assert_eq!(c.limits.max_request_bytes, 4 * 1024 * 1024);
+    }
+
+    /// Configs without an asynchronous provider are read straight into the types; the result
+    /// must be what the `Value` path (which every config took before) makes of them.
+    #[test]
+    fn the_direct_read_and_the_document_read_agree() {
+        let rich = r#"{
+          "keys": [{"id":"k1","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "models":["*"],"team":"blue","limits":{"rpm":5,"tpm":1000,"concurrent":2}}],
+          "providers": {
+            "a": {"kind":"openai","base_url":"http://a.test","cluster":"a"},
+            "c": {"kind":"anthropic","base_url":"http://c.test","api_key_secret":"C_KEY"}
+          },
+          "models": [
+            {"name":"chain","aliases":["ch"],"max_output_tokens":1000,"queue":{"max_wait_ms":0},
+             "deployments":[
+               {"provider":"a","model":"m-a","price":{"input":1.0,"output":2.5},
+                "limits":{"concurrent":1}},
+               {"provider":"c","model":"m-c"}]}
+          ],
+          "fallback": {"attempt_timeout_ms":1000,"total_timeout_ms":2500,
+                       "eject_after_failures":2,"cooldown_ms":10000},
+          "limits": {"max_request_bytes":12000,"teams":{"blue":{"concurrent":10}}},
+          "tasks": {"base_url":"http://tasks.test","token_secret":"EDGE_TOKEN"},
+          "control_plane": {"base_url":"http://cp.test","token_secret":"EDGE_TOKEN"},
+          "edge": {"route_complete_answers":true}
+        }"#;
+        let demo = include_str!("../../../config/demo.json");
+        for text in [SAMPLE, rich, demo] {
+            let direct = serde_json::from_str::<GatewayConfig>(text).expect("direct read");
+            let document = GatewayConfig::from_document(text.as_bytes()).expect("document read");
+            assert_eq!(format!("{direct:?}"), format!("{document:?}"));
+            let parsed = GatewayConfig::from_json(text.as_bytes()).unwrap();
+            let mut resolved = document;
+            crate::catalog::resolve(&mut resolved).unwrap();
+            assert_eq!(format!("{parsed:?}"), format!("{resolved:?}"));
+        }
+    }
+
+    /// A config the direct read refuses takes the document path: an asynchronous provider
+    /// still parses (split out as a task provider), and a broken config keeps that path's
+    /// error.
+    #[test]
+    fn configs_the_direct_read_refuses_take_the_document_path() {
+        let with_task_provider = SAMPLE.replace(
+            r#""providers": {"#,
+            r#""providers": {"ws": {"kind":"wavespeed","api_key_secret":"WS_KEY"},"#,
+        );
+        assert!(serde_json::from_str::<GatewayConfig>(&with_task_provider).is_err());
+        let c = GatewayConfig::from_json(with_task_provider.as_bytes()).unwrap();
+        assert!(c.task_providers.providers.contains_key("ws"));
+        assert!(!c.providers.contains_key("ws"));
+        let broken = SAMPLE.replace("\"models\":[\"*\"]", "\"models\":7");
+        let err = GatewayConfig::from_json(broken.as_bytes()).unwrap_err();
+        let document_err = GatewayConfig::from_document(broken.as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), document_err.to_string());
+        assert!(GatewayConfig::from_json(b"\xff{}").is_err());
     }
 
     #[test]
