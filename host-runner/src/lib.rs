@@ -20,6 +20,7 @@
 //!   semantics);
 //! * [`component`] — `serve-component`: a Spin HTTP component over wasi-http, as Spin runs it;
 //! * [`admin`] — the admin listener (`/metrics`, `/ready`);
+//! * [`listener`] — binding client-facing listeners with a deep accept queue;
 //! * [`config`] — the runner configuration;
 //! * [`error`] — typed errors.
 
@@ -32,6 +33,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod headers;
+pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod proxy;

@@ -39,7 +39,10 @@ wrk runs with --timeout 30s (--wrk-timeout; wrk's own default, 2 s, made a row s
 queued connections show as timeout errors rather than as a long p99). The table's listen
 overflows are the kernel's TcpExt ListenOverflows over the cell (machine-wide); --backlog sets
 every Envoy listener's tcp_backlog_size (Envoy's default is net.core.somaxconn, which also caps
-it). After the table, each process's resident memory when ready, at its peak and at the end,
+it). The instant upstream closes connections idle for 5 s, and after each cell of 1,000 or
+more connections the script waits 6 s, so the proxies' kept-alive upstream connections of
+earlier cells do not pile up on it (at 5,000 connections they reached its open files limit).
+After the table, each process's resident memory when ready, at its peak and at the end,
 and of that its wasm linear memories (from /proc/PID/smaps).
 
 With --filter (repeatable), one more Envoy + filter row per build (an Envoy of its own, like
@@ -229,6 +232,19 @@ ENVOY_OPTIONS = [
 ]
 
 
+# The instant upstream closes a connection idle for this long, and the bench waits a little
+# longer after each cell of `IDLE_WAIT_CONNS` or more connections. Every proxy keeps its
+# upstream connections alive (host-runner's pool up to 60 s, Envoy's indefinitely), all to
+# the one upstream Envoy: after a few 5,000-connection cells it held 20,000 of them, its open
+# files limit here, accepted nothing more, and the rows measured after that answered nothing
+# (serve-component) or 502 (host-runner) — the bench's upstream, not the row's proxy. Within
+# a cell every pooled connection is busy, so none is closed under a request.
+UPSTREAM_IDLE_S = 5
+UPSTREAM_IDLE = f"""
+          common_http_protocol_options: {{idle_timeout: {UPSTREAM_IDLE_S}s}}"""
+IDLE_WAIT_CONNS = 1000
+
+
 def cluster(name, port):
     # Envoy's default circuit breakers (1,024 connections, pending and active requests per
     # cluster) would answer 503 to most of a 5,000-connection cell: the bench measures the
@@ -306,7 +322,8 @@ def write_configs(tmp, wasm, ports, upstreams, extra_filters=(), control_plane=N
               "upstream_sse": (OPENAI_STREAM, "text/event-stream"),
               "anthropic": (ANTHROPIC_MESSAGE, "application/json"),
               "anthropic_sse": (ANTHROPIC_STREAM, "text/event-stream")}
-    upstream_listeners = "".join(listener(upstreams[name], BUFFER + ROUTER, direct_response(*body))
+    upstream_listeners = "".join(listener(upstreams[name], BUFFER + ROUTER, direct_response(*body),
+                                          UPSTREAM_IDLE)
                                  for name, body in bodies.items())
     upstream_yaml = f"""
 static_resources:
@@ -730,6 +747,8 @@ def main():
                 for name, port, pid, kind in setups:
                     samples[name].append(run_wrk(port, conns, args.duration, luas[kind], pid,
                                                  args.wrk_timeout))
+                    if conns >= IDLE_WAIT_CONNS:
+                        time.sleep(UPSTREAM_IDLE_S + 1)  # the upstream drops this cell's pools
             # The median round by req/s, per setup; CPU per request is its own median; errors
             # and listen overflows summed over the rounds; memory the process's peak so far.
             results = {}

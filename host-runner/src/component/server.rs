@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -74,13 +73,10 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
         path: path.clone(),
         message: format!("{e:#}"),
     })?;
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ComponentError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+    let listener = crate::listener::bind(config.listen).map_err(|source| ComponentError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let listen_addr = listener
         .local_addr()
         .map_err(|source| ComponentError::Bind {

@@ -56,12 +56,10 @@ pub async fn start(config: RunnerConfig) -> Result<RunningServer, HostError> {
     let workers_n = config.workers.max(1);
     let (listen, admin) = (config.listen, config.admin);
     // Bind first: a busy port is the most common startup error and needs no VM to report.
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| HostError::Bind {
-            addr: listen,
-            source,
-        })?;
+    let listener = crate::listener::bind(listen).map_err(|source| HostError::Bind {
+        addr: listen,
+        source,
+    })?;
     let listen_addr = listener.local_addr().map_err(|source| HostError::Bind {
         addr: listen,
         source,
