@@ -39,8 +39,8 @@ wrk runs with --timeout 30s (--wrk-timeout; wrk's own default, 2 s, made a row s
 queued connections show as timeout errors rather than as a long p99). The table's listen
 overflows are the kernel's TcpExt ListenOverflows over the cell (machine-wide); --backlog sets
 every Envoy listener's tcp_backlog_size (Envoy's default is net.core.somaxconn, which also caps
-it). The instant upstream closes connections idle for 5 s, and after each cell of 1,000 or
-more connections the script waits 6 s, so the proxies' kept-alive upstream connections of
+it). The instant upstream closes connections idle for --duration + 5 s, and after each cell
+of 1,000 or more connections the script waits a second longer than that, so the proxies' kept-alive upstream connections of
 earlier cells do not pile up on it (at 5,000 connections they reached its open files limit).
 After the table, each process's resident memory when ready, at its peak and at the end,
 and of that its wasm linear memories (from /proc/PID/smaps).
@@ -232,16 +232,27 @@ ENVOY_OPTIONS = [
 ]
 
 
-# The instant upstream closes a connection idle for this long, and the bench waits a little
-# longer after each cell of `IDLE_WAIT_CONNS` or more connections. Every proxy keeps its
-# upstream connections alive (host-runner's pool up to 60 s, Envoy's indefinitely), all to
-# the one upstream Envoy: after a few 5,000-connection cells it held 20,000 of them, its open
-# files limit here, accepted nothing more, and the rows measured after that answered nothing
-# (serve-component) or 502 (host-runner) — the bench's upstream, not the row's proxy. Within
-# a cell every pooled connection is busy, so none is closed under a request.
-UPSTREAM_IDLE_S = 5
-UPSTREAM_IDLE = f"""
-          common_http_protocol_options: {{idle_timeout: {UPSTREAM_IDLE_S}s}}"""
+# The instant upstream closes a connection idle for this long (`upstream_idle`: the cell's
+# duration + 5 s), and the bench waits a little longer after each cell of `IDLE_WAIT_CONNS`
+# or more connections. Every proxy keeps its upstream connections alive (host-runner's pool
+# up to 60 s, Envoy's indefinitely), all to the one upstream Envoy: after a few
+# 5,000-connection cells it held 20,000 of them, its open files limit here, accepted nothing
+# more, and the rows measured after that answered nothing (serve-component) or 502
+# (host-runner) — the bench's upstream, not the row's proxy. The timeout is longer than a
+# cell, so no connection made in a cell is closed under the cell's requests: with 5 s,
+# host-runner's pool (whose idle connections wait longer) sent hundreds of requests per
+# 5,000-connection cell on connections the upstream was closing that instant, and counted
+# the resets as errors of the row.
+UPSTREAM_IDLE_S = 25
+UPSTREAM_IDLE = ""
+
+
+def upstream_idle(seconds):
+    """The upstream listeners' HCM option closing connections idle for `seconds`."""
+    return f"""
+          common_http_protocol_options: {{idle_timeout: {seconds}s}}"""
+
+
 IDLE_WAIT_CONNS = 1000
 
 
@@ -619,13 +630,17 @@ def main():
     ap.add_argument("--wrk-timeout", type=int, default=30,
                     help="wrk's --timeout in seconds (wrk's own default, 2, turns a slow row at "
                          "5,000 connections into timeout errors instead of a long p99)")
+    ap.add_argument("--keep-tmp", action="store_true",
+                    help="keep the configs and the hosts' logs (host-runner's stderr) after the run")
     ap.add_argument("--backlog", type=int,
                     help="every Envoy listener's tcp_backlog_size (default: Envoy's, which on "
                          "Linux is net.core.somaxconn)")
     args = ap.parse_args()
-    global ROUTE_COMPLETE_ANSWERS, BACKLOG
+    global ROUTE_COMPLETE_ANSWERS, BACKLOG, UPSTREAM_IDLE_S, UPSTREAM_IDLE
     ROUTE_COMPLETE_ANSWERS = args.route_complete_answers
     BACKLOG = args.backlog
+    UPSTREAM_IDLE_S = int(args.duration) + 5
+    UPSTREAM_IDLE = upstream_idle(UPSTREAM_IDLE_S)
     # wrk, Envoy and the hosts inherit it: 5,000 connections need more than the usual 1,024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
@@ -831,7 +846,10 @@ def main():
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep_tmp:
+            print(f"configs and logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
