@@ -92,9 +92,13 @@ impl Cluster {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let mut builder = Client::builder(TokioExecutor::new());
+        if config.pool_idle_timeout_ms == 0 {
+            builder.pool_max_idle_per_host(0);
+        } else {
+            builder.pool_idle_timeout(Duration::from_millis(config.pool_idle_timeout_ms));
+        }
+        let client = builder.build(connector);
         Ok(Self {
             name: config.name.clone(),
             authority,
@@ -187,5 +191,84 @@ impl Clusters {
             .collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A keep-alive HTTP/1.1 upstream that answers every request with an empty 200 and counts
+    /// the connections it accepted.
+    async fn counting_upstream() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // Bodiless GETs: one request per blank line.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    async fn get(cluster: &Cluster) {
+        let req = Request::get("/").body(HostBody::empty()).unwrap();
+        let response = cluster.send(req, None).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+
+    /// Two requests 300 ms apart through a cluster with `pool_idle_timeout_ms`: how many
+    /// upstream connections they took.
+    async fn connections_for_two_requests(pool_idle_timeout_ms: u64) -> usize {
+        let (address, accepted) = counting_upstream().await;
+        let mut config = ClusterConfig::new("up", address);
+        config.pool_idle_timeout_ms = pool_idle_timeout_ms;
+        let cluster = Cluster::new(&config).unwrap();
+        get(&cluster).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        get(&cluster).await;
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_reused_within_the_pool_idle_timeout() {
+        assert_eq!(connections_for_two_requests(60_000).await, 1);
+    }
+
+    #[tokio::test]
+    async fn the_pool_closes_a_connection_idle_longer_than_its_timeout() {
+        assert_eq!(connections_for_two_requests(50).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_zero_pool_idle_timeout_keeps_no_connection() {
+        assert_eq!(connections_for_two_requests(0).await, 2);
     }
 }

@@ -10,6 +10,8 @@ use crate::error::HostError;
 
 /// Envoy's default cluster connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// How long an idle upstream connection is kept for reuse by default.
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// No response timeout by default, like the project's `envoy.yaml` (route `timeout: 0s`):
 /// model responses can legitimately take minutes. Set one per cluster to get 504s.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 0;
@@ -35,10 +37,21 @@ pub struct ClusterConfig {
     /// resets the client.
     #[serde(default)]
     pub idle_timeout_ms: u64,
+    /// How long an idle upstream connection stays in the pool for the next request; 0 keeps
+    /// none (a connection per request). Keep it below the upstream's own keep-alive timeout
+    /// (Node's servers: 5 s; nginx: 75 s), so that the pool, not the server, closes idle
+    /// connections: a request sent on a connection the server is closing that instant fails
+    /// (a reset: a 502, or the next deployment).
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout_ms: u64,
 }
 
 fn default_connect_timeout() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_MS
+}
+
+fn default_pool_idle_timeout() -> u64 {
+    DEFAULT_POOL_IDLE_TIMEOUT_MS
 }
 
 fn default_request_timeout() -> u64 {
@@ -54,6 +67,7 @@ impl ClusterConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             idle_timeout_ms: 0,
+            pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
         }
     }
 
@@ -75,6 +89,7 @@ impl ClusterConfig {
 ///     connect_timeout_ms: 1000   # optional, default 5000
 ///     request_timeout_ms: 60000  # optional, default 0 = no limit
 ///     idle_timeout_ms: 30000     # optional, default 0 = no limit
+///     pool_idle_timeout_ms: 4000 # optional, default 60000; 0 = no reuse
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,6 +215,10 @@ mod tests {
         .unwrap();
         assert_eq!(y.clusters[0].request_timeout_ms, 70);
         assert_eq!(y.clusters[0].idle_timeout_ms, 9);
+        assert_eq!(
+            y.clusters[0].pool_idle_timeout_ms,
+            DEFAULT_POOL_IDLE_TIMEOUT_MS
+        );
         assert_eq!(y.clusters[0].connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
         let j = ClusterFile::parse(r#"{"clusters":[{"name":"b","address":"h:2"}]}"#).unwrap();
         assert_eq!(j.clusters[0], ClusterConfig::new("b", "h:2"));

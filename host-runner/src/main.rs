@@ -80,7 +80,8 @@ struct ServeArgs {
     clusters: Vec<String>,
 
     /// A JSON or YAML file with clusters and timeouts:
-    /// `clusters: [{name, address, connect_timeout_ms, request_timeout_ms, idle_timeout_ms}]`
+    /// `clusters: [{name, address, connect_timeout_ms, request_timeout_ms, idle_timeout_ms,
+    /// pool_idle_timeout_ms}]`
     /// (0 disables a timeout). Combined with --cluster.
     #[arg(long, value_name = "FILE")]
     cluster_config: Option<PathBuf>,
