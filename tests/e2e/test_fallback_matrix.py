@@ -710,11 +710,14 @@ def test_opted_in_single_deployment_answer_is_relayed_and_metered(fb_routed):
     gw = fb_routed
     provider, model = SOLO_DEPLOYMENT
     prompt = "routed solo"
+    before = len(usage_records(gw.host.log, SOLO))
     answer = ask(gw, "openai", SOLO, prompt)
     assert answer.text == expected_text(provider, model, prompt)
     assert_single_attempt(answer, deployment(provider, model))
+    # That answer's record is written after the client has it: count it in before the next.
+    wait_for_record(gw, SOLO, before)
+    before += 1
 
-    before = len(usage_records(gw.host.log, SOLO))
     request = {"model": SOLO, "messages": [{"role": "user", "content": "relayed usage"}]}
     response = gw.post("/v1/chat/completions", request)
     assert response.status_code == 200, response.text
