@@ -243,7 +243,7 @@ ENVOY_OPTIONS = [
 # host-runner's pool (whose idle connections wait longer) sent hundreds of requests per
 # 5,000-connection cell on connections the upstream was closing that instant, and counted
 # the resets as errors of the row.
-UPSTREAM_IDLE_S = 25
+UPSTREAM_IDLE_S = 0  # off (no option in the configs) until main sets it from --duration
 UPSTREAM_IDLE = ""
 
 

@@ -205,8 +205,8 @@ def main():
         raise SystemExit("nothing to measure: give --filter, --routed-filter or --passthrough")
     tmp = tempfile.mkdtemp(prefix="switchyard-callgrind-")
     print(f"dumps and logs in {tmp}", flush=True)
-    # One keep-alive connection, idle while callgrind dumps: the upstream must not close it.
-    eb.UPSTREAM_IDLE = ""
+    # One keep-alive connection, idle while callgrind dumps: the upstream must not close it
+    # (eb.UPSTREAM_IDLE stays off: only envoy_bench's main sets it).
     up_cfg, proxy_cfgs = eb.write_configs(tmp, extra[-1][1], ports, upstreams, extra)
     # Pass-through and the extra filters (the bench's own `envoy + filter.wasm` row is
     # whichever build was given last: measured as its own row already).
