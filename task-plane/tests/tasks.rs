@@ -85,10 +85,7 @@ async fn chat_task_runs_bills_once_and_sends_a_signed_webhook(engine: Engine) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.receiver.received().len(), 1, "delivered once");
 
-    let deliveries = h
-        .get(&format!("/v1/tasks/{id}/webhooks"), KEY_ONE)
-        .await
-        .json();
+    let deliveries = h.wait_webhook_settled(KEY_ONE, &id, LIMIT).await;
     assert_eq!(deliveries["data"][0]["id"], webhook_id);
     assert_eq!(deliveries["data"][0]["status"], "delivered");
     assert_eq!(deliveries["data"][0]["attempts"], 1);
@@ -648,19 +645,7 @@ async fn webhooks_retry_with_backoff_honour_retry_after_then_dead_letter_and_red
     for r in &received {
         assert_eq!(verify(&secret, r)["data"]["id"], id.as_str());
     }
-    // The receiver has the third delivery before the worker records its 200: poll.
-    let started = std::time::Instant::now();
-    let deliveries = loop {
-        let d = h
-            .get(&format!("/v1/tasks/{id}/webhooks"), KEY_ONE)
-            .await
-            .json();
-        if d["data"][0]["status"] != "pending" {
-            break d;
-        }
-        assert!(started.elapsed() < LIMIT, "{d}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let deliveries = h.wait_webhook_settled(KEY_ONE, &id, LIMIT).await;
     assert_eq!(deliveries["data"][0]["status"], "delivered");
     assert_eq!(deliveries["data"][0]["attempts"], 3);
 
@@ -673,18 +658,8 @@ async fn webhooks_retry_with_backoff_honour_retry_after_then_dead_letter_and_red
         .unwrap()
         .to_string();
     h.receiver.wait_for(3 + 4, LIMIT).await;
-    let started = std::time::Instant::now();
-    let dead = loop {
-        let d = h
-            .get(&format!("/v1/tasks/{id}/webhooks"), KEY_ONE)
-            .await
-            .json();
-        if d["data"][0]["status"] == "dead" {
-            break d;
-        }
-        assert!(started.elapsed() < LIMIT, "{d}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let dead = h.wait_webhook_settled(KEY_ONE, &id, LIMIT).await;
+    assert_eq!(dead["data"][0]["status"], "dead");
     assert_eq!(dead["data"][0]["attempts"], 4);
     assert_eq!(dead["data"][0]["last_status"], 500);
     assert!(dead["data"][0]["last_error"]
@@ -725,19 +700,9 @@ async fn webhooks_retry_with_backoff_honour_retry_after_then_dead_letter_and_red
         .unwrap()
         .to_string();
     h.wait_final(KEY_ONE, &id, LIMIT).await;
-    let started = std::time::Instant::now();
-    loop {
-        let d = h
-            .get(&format!("/v1/tasks/{id}/webhooks"), KEY_ONE)
-            .await
-            .json();
-        if d["data"][0]["status"] == "dead" {
-            assert_eq!(d["data"][0]["attempts"], 1);
-            break;
-        }
-        assert!(started.elapsed() < LIMIT, "{d}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let gone = h.wait_webhook_settled(KEY_ONE, &id, LIMIT).await;
+    assert_eq!(gone["data"][0]["status"], "dead");
+    assert_eq!(gone["data"][0]["attempts"], 1);
     // A task without a webhook has nothing to redeliver.
     let quiet = h.submit_chat(KEY_TWO, "quiet", None).await["id"]
         .as_str()

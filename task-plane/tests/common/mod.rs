@@ -465,6 +465,26 @@ impl Harness {
         }
     }
 
+    /// The task's webhook deliveries once its first one is settled (`delivered` or `dead`):
+    /// the worker records a delivery's outcome after the receiver has it, so a test polls.
+    pub async fn wait_webhook_settled(&self, key: &str, id: &str, limit: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let deliveries = self
+                .get(&format!("/v1/tasks/{id}/webhooks"), key)
+                .await
+                .json();
+            if deliveries["data"][0]["status"] != "pending" {
+                return deliveries;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "task {id}'s webhook not settled within {limit:?}: {deliveries}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The webhook secret of a key (created on first call).
     pub async fn secret(&self, key: &str) -> String {
         let reply = self.get("/v1/webhook-settings", key).await;
