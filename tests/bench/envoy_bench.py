@@ -86,6 +86,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -248,9 +249,17 @@ UPSTREAM_IDLE = ""
 
 
 def upstream_idle(seconds):
-    """The upstream listeners' HCM option closing connections idle for `seconds`."""
+    """The upstream listeners' HCM options closing connections idle for `seconds`, at once.
+    Envoy's defaults would first drain an idle HTTP/1 connection for `drain_timeout` (5 s)
+    and then close it after `delayed_close_timeout` (1 s), reading nothing in that second: a
+    request a proxy sent on it then was never answered (a 503 from the proxy). With two 10 s
+    cells between a row's last use of its pooled connection and its own cell, the close came
+    at idle + 5 s = 20 s, the first instant of that row's cell, so the filter's 64-connection
+    cell counted one 503 in every run."""
     return f"""
-          common_http_protocol_options: {{idle_timeout: {seconds}s}}"""
+          common_http_protocol_options: {{idle_timeout: {seconds}s}}
+          drain_timeout: 0.001s
+          delayed_close_timeout: 0s"""
 
 
 IDLE_WAIT_CONNS = 1000
@@ -320,14 +329,15 @@ def direct_response(body, content_type):
 
 
 def write_configs(tmp, wasm, ports, upstreams, extra_filters=(), control_plane=None,
-                  options_ports=(), limits=None):
+                  options_ports=(), limits=None, admin_base=None):
     """Envoy configs: the upstream (one listener per instant upstream in `upstreams`), and the
     proxies, one Envoy each so that each row's CPU and memory are its own: pass-through (with a
     second listener to the event-stream upstream), the filter, one more filter per `(label,
     path, port, routed)` in `extra_filters`, with `control_plane` `(its port, listener port)`
     the filter synced to a control plane, and with `limits` `(listener port, listener port
-    through the control plane)` the key limited. Returns the upstream config's path and a list
-    of `(name, path, port)`, one per proxy Envoy."""
+    through the control plane)` the key limited; with `admin_base` each proxy gets an admin
+    listener (port `admin_base` + its index) for `HeapSampler`. Returns the upstream config's
+    path and a list of `(name, path, port, admin port or None)`, one per proxy Envoy."""
     passthrough, filtered, passthrough_sse = ports
     bodies = {"upstream": (COMPLETION, "application/json"),
               "upstream_sse": (OPENAI_STREAM, "text/event-stream"),
@@ -391,13 +401,18 @@ static_resources:
     paths = []
     for i, (name, port, listeners) in enumerate(proxies):
         proxy_path = os.path.join(tmp, f"proxy{i}.yaml")
+        admin_port = admin_base + i if admin_base else None
+        admin = (f"""
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}"""
+                 if admin_port else "")
         with open(proxy_path, "w") as f:
-            f.write(f"""
+            f.write(f"""{admin}
 static_resources:
   listeners:{listeners}
   clusters:{clusters}
 """)
-        paths.append((name, proxy_path, port))
+        paths.append((name, proxy_path, port, admin_port))
     return path, paths
 
 
@@ -456,6 +471,41 @@ def wasm_memory_mb(pid):
                 if prev[2].startswith("rw") and this[2] == "---p" and prev[1] == this[0]
                 and (this[1] - prev[0]) >= (4 << 30)]
     return len(memories), sum(m[3] for m in memories) / 1024
+
+
+class HeapSampler(threading.Thread):
+    """Envoy's allocator, sampled through each proxy's admin `/memory` (`--heap`) every 0.2 s
+    for the whole run, so that a row's peak RSS can be split into what Envoy and V8 had
+    allocated (tcmalloc's `allocated`), what the allocator kept free (its page heap's free
+    pages and its per-CPU and per-thread caches: resident, not in use), and the rest (code
+    pages, the wasm linear memories, V8's own mappings). Read after the cell it misses the
+    peak: once wrk stops, Envoy frees the connections' memory within a second or two."""
+
+    FIELDS = ("allocated", "heap_size", "pageheap_free", "total_thread_cache")
+
+    def __init__(self, admin_ports):
+        super().__init__(daemon=True)
+        self.admin_ports = admin_ports  # pid -> admin port
+        self.first, self.peak, self.heap_max = {}, {}, {}
+        self.stopped = threading.Event()
+
+    def sample(self, port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/memory", timeout=1) as resp:
+            stats = json.load(resp)
+        return {field: int(stats[field]) / 2**20 for field in self.FIELDS}
+
+    def run(self):
+        while not self.stopped.wait(0.2):
+            for pid, port in self.admin_ports.items():
+                try:
+                    stats = self.sample(port)
+                except (OSError, ValueError):
+                    continue  # a busy Envoy's admin missed the timeout: the next sample counts
+                self.first.setdefault(pid, stats)
+                if stats["allocated"] > self.peak.get(pid, {"allocated": -1})["allocated"]:
+                    self.peak[pid] = stats
+                # tcmalloc's heap only grows (nothing here releases it): its largest size.
+                self.heap_max[pid] = max(self.heap_max.get(pid, 0.0), stats["heap_size"])
 
 
 def listen_overflows():
@@ -632,6 +682,10 @@ def main():
                          "5,000 connections into timeout errors instead of a long p99)")
     ap.add_argument("--keep-tmp", action="store_true",
                     help="keep the configs and the hosts' logs (host-runner's stderr) after the run")
+    ap.add_argument("--heap", action="store_true",
+                    help="give each proxy Envoy an admin listener and sample its allocator "
+                         "(`/memory`) through the run: a table splits each row's RSS peak into "
+                         "allocated, kept free by tcmalloc, and the rest")
     ap.add_argument("--backlog", type=int,
                     help="every Envoy listener's tcp_backlog_size (default: Envoy's, which on "
                          "Linux is net.core.somaxconn)")
@@ -664,7 +718,8 @@ def main():
     options_ports = [base + 50 + i for i in range(len(ENVOY_OPTIONS))] if args.envoy_options else []
     limits = (base + 42, base + 43) if args.limits else None
     upstream_cfg, proxy_cfgs = write_configs(tmp, args.wasm, ports, upstreams, extra_filters,
-                                             control_plane, options_ports, limits)
+                                             control_plane, options_ports, limits,
+                                             base + 80 if args.heap else None)
     luas = {}
     for kind, (body, cluster_name) in KINDS.items():
         luas[kind] = os.path.join(tmp, f"{kind.replace(' ', '_')}.lua")
@@ -700,12 +755,15 @@ def main():
             return procs[-1].pid
         # (name, port, the process whose CPU time and memory the row reports, request kind)
         upstream_pid = envoy(upstream_cfg, base + 100)
+        admin_ports = {}
         setups = [("upstream direct", upstreams["upstream"], upstream_pid, "complete")]
         ttfb_only = ([("upstream direct, streamed", upstreams["upstream_sse"], upstream_pid, "streamed")]
                      if args.stream else [])
         if not args.components_only:
-            for i, (name, cfg, port) in enumerate(proxy_cfgs):
+            for i, (name, cfg, port, admin_port) in enumerate(proxy_cfgs):
                 pid = envoy(cfg, base + 101 + i)
+                if admin_port:
+                    admin_ports[pid] = admin_port
                 setups.append((name, port, pid, "complete"))
                 if name == "envoy pass-through" and args.stream:
                     setups.append(("envoy pass-through, streamed", ports[2], pid, "streamed"))
@@ -748,6 +806,9 @@ def main():
         for _, port, _, kind in setups + ttfb_only:
             wait_ready(port, kind)
         started = {pid: (memory_mb(pid, "VmRSS"), wasm_memory_mb(pid)) for _, _, pid, _ in setups}
+        heap = HeapSampler(admin_ports)
+        if admin_ports:
+            heap.start()
         ttfb = {}
         if args.ttfb_requests:
             for name, port, _, kind in ttfb_only + setups:
@@ -774,6 +835,7 @@ def main():
                                  (sum(r[4][0] for r in runs), sum(r[4][1] for r in runs)),
                                  max(r[5] for r in runs), sum(r[6] for r in runs))
             rows.append((conns, results))
+        heap.stopped.set()
         cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
         load = open("/proc/loadavg").read().split()[0]
         somaxconn = open("/proc/sys/net/core/somaxconn").read().strip()
@@ -827,6 +889,24 @@ def main():
                 print(f"| {name} | {rss:.0f} | {memory_mb(pid):.0f} | {memory_mb(pid, 'VmRSS'):.0f} "
                       f"| {count}, {wasm:.1f} | {count_end}, {wasm_end:.1f} |")
         print()
+        if heap.peak:
+            print("Envoy's allocator (`--heap`: admin `/memory` sampled every 0.2 s; MB): tcmalloc's "
+                  "`allocated` when ready and at its peak, what tcmalloc kept resident but free at "
+                  "that peak sample (page heap free + caches), and its largest heap size; RSS peak − "
+                  "heap size is the rest (code pages, wasm memories, V8's own mappings):\n")
+            print("| process | allocated ready | allocated peak | free in tcmalloc at the peak "
+                  "| heap size (largest) | RSS peak | RSS peak − heap size |")
+            print("|---|---|---|---|---|---|---|")
+            seen = set()
+            for name, _, pid, _ in setups:
+                if pid in heap.peak and pid not in seen:
+                    seen.add(pid)
+                    first, peak = heap.first[pid], heap.peak[pid]
+                    print(f"| {name} | {first['allocated']:.0f} | {peak['allocated']:.0f} | "
+                          f"{peak['pageheap_free'] + peak['total_thread_cache']:.0f} | "
+                          f"{heap.heap_max[pid]:.0f} | {memory_mb(pid):.0f} | "
+                          f"{memory_mb(pid) - heap.heap_max[pid]:.0f} |")
+            print()
         if ttfb:
             print(f"Time to first byte, one connection, {args.ttfb_requests} sequential requests per "
                   "row after 50 not counted (the script's TtfbClient: monotonic clock from writing "

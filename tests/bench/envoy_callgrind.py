@@ -210,7 +210,7 @@ def main():
     up_cfg, proxy_cfgs = eb.write_configs(tmp, extra[-1][1], ports, upstreams, extra)
     # Pass-through and the extra filters (the bench's own `envoy + filter.wasm` row is
     # whichever build was given last: measured as its own row already).
-    rows = [(name, path, port) for name, path, port in proxy_cfgs
+    rows = [(name, path, port) for name, path, port, _ in proxy_cfgs
             if name != "envoy + filter.wasm"]
     if args.kind.startswith("streamed"):
         # Pass-through's streamed answer is on its second listener (as in the bench).
