@@ -475,37 +475,39 @@ def wasm_memory_mb(pid):
 
 class HeapSampler(threading.Thread):
     """Envoy's allocator, sampled through each proxy's admin `/memory` (`--heap`) every 0.2 s
-    for the whole run, so that a row's peak RSS can be split into what Envoy and V8 had
-    allocated (tcmalloc's `allocated`), what the allocator kept free (its page heap's free
-    pages and its per-CPU and per-thread caches: resident, not in use), and the rest (code
-    pages, the wasm linear memories, V8's own mappings). Read after the cell it misses the
-    peak: once wrk stops, Envoy frees the connections' memory within a second or two."""
+    for the whole run, with the process's RSS read at the same instant: how much of a row's RSS
+    Envoy and V8 had in use (tcmalloc's `allocated`) at the most, and what the allocator kept
+    resident but free then (its page heap's free pages and its per-CPU and per-thread caches).
+    The sample with the most allocated is kept; a sample after the cell would miss it: once
+    wrk stops, Envoy frees the connections' memory within a second or two. (tcmalloc's own
+    resident-size estimate is not used: it came out above the anonymous memory smaps showed.)"""
 
-    FIELDS = ("allocated", "heap_size", "pageheap_free", "total_thread_cache")
+    FIELDS = ("allocated", "pageheap_free", "total_thread_cache")
 
     def __init__(self, admin_ports):
         super().__init__(daemon=True)
         self.admin_ports = admin_ports  # pid -> admin port
-        self.first, self.peak, self.heap_max = {}, {}, {}
+        self.first, self.at_peak, self.samples = {}, {}, {}
         self.stopped = threading.Event()
 
-    def sample(self, port):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/memory", timeout=1) as resp:
+    def sample(self, pid, port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/memory", timeout=2) as resp:
             stats = json.load(resp)
-        return {field: int(stats[field]) / 2**20 for field in self.FIELDS}
+        sample = {field: int(stats[field]) / 2**20 for field in self.FIELDS}
+        sample["rss"] = memory_mb(pid, "VmRSS")
+        return sample
 
     def run(self):
         while not self.stopped.wait(0.2):
             for pid, port in self.admin_ports.items():
                 try:
-                    stats = self.sample(port)
+                    stats = self.sample(pid, port)
                 except (OSError, ValueError):
                     continue  # a busy Envoy's admin missed the timeout: the next sample counts
                 self.first.setdefault(pid, stats)
-                if stats["allocated"] > self.peak.get(pid, {"allocated": -1})["allocated"]:
-                    self.peak[pid] = stats
-                # tcmalloc's heap only grows (nothing here releases it): its largest size.
-                self.heap_max[pid] = max(self.heap_max.get(pid, 0.0), stats["heap_size"])
+                self.samples[pid] = self.samples.get(pid, 0) + 1
+                if stats["allocated"] > self.at_peak.get(pid, {"allocated": -1})["allocated"]:
+                    self.at_peak[pid] = stats
 
 
 def listen_overflows():
@@ -684,8 +686,8 @@ def main():
                     help="keep the configs and the hosts' logs (host-runner's stderr) after the run")
     ap.add_argument("--heap", action="store_true",
                     help="give each proxy Envoy an admin listener and sample its allocator "
-                         "(`/memory`) through the run: a table splits each row's RSS peak into "
-                         "allocated, kept free by tcmalloc, and the rest")
+                         "(`/memory`) through the run: a table gives what Envoy and V8 had in "
+                         "use at the most, and what tcmalloc kept free then")
     ap.add_argument("--backlog", type=int,
                     help="every Envoy listener's tcp_backlog_size (default: Envoy's, which on "
                          "Linux is net.core.somaxconn)")
@@ -889,23 +891,23 @@ def main():
                 print(f"| {name} | {rss:.0f} | {memory_mb(pid):.0f} | {memory_mb(pid, 'VmRSS'):.0f} "
                       f"| {count}, {wasm:.1f} | {count_end}, {wasm_end:.1f} |")
         print()
-        if heap.peak:
-            print("Envoy's allocator (`--heap`: admin `/memory` sampled every 0.2 s; MB): tcmalloc's "
-                  "`allocated` when ready and at its peak, what tcmalloc kept resident but free at "
-                  "that peak sample (page heap free + caches), and its largest heap size; RSS peak − "
-                  "heap size is the rest (code pages, wasm memories, V8's own mappings):\n")
-            print("| process | allocated ready | allocated peak | free in tcmalloc at the peak "
-                  "| heap size (largest) | RSS peak | RSS peak − heap size |")
-            print("|---|---|---|---|---|---|---|")
+        if heap.at_peak:
+            print("Envoy's allocator (`--heap`: admin `/memory` and the RSS sampled together every "
+                  "0.2 s; MB): tcmalloc's `allocated` (in use by Envoy and V8) when ready, and at "
+                  "the sample where it was largest: `allocated`, what tcmalloc kept resident but "
+                  "free (page heap free + caches), and the process's RSS:\n")
+            print("| process | samples | allocated ready | allocated peak | free in tcmalloc then "
+                  "| RSS then |")
+            print("|---|---|---|---|---|---|")
             seen = set()
             for name, _, pid, _ in setups:
-                if pid in heap.peak and pid not in seen:
+                if pid in heap.at_peak and pid not in seen:
                     seen.add(pid)
-                    first, peak = heap.first[pid], heap.peak[pid]
-                    print(f"| {name} | {first['allocated']:.0f} | {peak['allocated']:.0f} | "
+                    peak = heap.at_peak[pid]
+                    print(f"| {name} | {heap.samples[pid]} | {heap.first[pid]['allocated']:.0f} | "
+                          f"{peak['allocated']:.0f} | "
                           f"{peak['pageheap_free'] + peak['total_thread_cache']:.0f} | "
-                          f"{heap.heap_max[pid]:.0f} | {memory_mb(pid):.0f} | "
-                          f"{memory_mb(pid) - heap.heap_max[pid]:.0f} |")
+                          f"{peak['rss']:.0f} |")
             print()
         if ttfb:
             print(f"Time to first byte, one connection, {args.ttfb_requests} sequential requests per "
