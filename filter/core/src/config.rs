@@ -486,9 +486,14 @@ impl GatewayConfig {
 
     /// The model config for a public name or alias.
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.model_index(name).map(|i| &self.models[i])
+    }
+
+    /// Where in `models` the model called `name` (or aliased so) is.
+    pub fn model_index(&self, name: &str) -> Option<usize> {
         self.models
             .iter()
-            .find(|m| m.name == name || m.aliases.iter().any(|a| a == name))
+            .position(|m| m.name == name || m.aliases.iter().any(|a| a == name))
     }
 
     /// The canonical name of the model (synchronous or served by asynchronous providers)

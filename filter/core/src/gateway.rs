@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value};
 
@@ -177,6 +178,23 @@ pub struct Gateway {
     /// are not stored: on the edge that is a shared-data read (and at times a write) per
     /// request, about 15k instructions of Envoy's per request on the fast path.
     health_read: std::collections::BTreeSet<String>,
+    /// Each model's deployments resolved against the config and the credentials in force
+    /// (by model index, then deployment index), built on the model's first plan and shared by
+    /// every request's attempts: a plan no longer clones a provider's whole config, its
+    /// headers and credentials, nor parses its base URL, per request. Per model, so a gateway
+    /// built for one request (the Spin component's) resolves only the model it serves. Reset
+    /// whenever the credentials change (`resolve_secrets`; `with_managed_keys` builds a new
+    /// gateway).
+    resolved: Vec<OnceLock<Vec<Resolved>>>,
+}
+
+/// One deployment as the attempts on it need it: `None` when its provider is not in the
+/// config (the plan skips it), an error when its base URL is not one.
+type Resolved = Option<Result<Arc<ResolvedDeployment>, String>>;
+
+/// One empty slot per model of `config` for `Gateway::resolved`.
+fn unresolved(config: &GatewayConfig) -> Vec<OnceLock<Vec<Resolved>>> {
+    config.models.iter().map(|_| OnceLock::new()).collect()
 }
 
 impl Gateway {
@@ -191,6 +209,7 @@ impl Gateway {
             .collect();
         Gateway {
             health_read,
+            resolved: unresolved(&config),
             config,
             secrets: BTreeMap::new(),
             managed_keys: Vec::new(),
@@ -206,6 +225,7 @@ impl Gateway {
         Gateway {
             health_read: self.health_read.clone(),
             config: self.config.clone(),
+            resolved: unresolved(&self.config),
             secrets: self.secrets.clone(),
             managed_keys: snapshot.keys,
             managed_version: Some(snapshot.version),
@@ -264,7 +284,53 @@ impl Gateway {
             }
         }
         self.secrets = secrets;
+        self.resolved = unresolved(&self.config);
         self
+    }
+
+    /// The deployments of the model at `model_index`, resolved (see `Gateway::resolved`).
+    fn resolved(&self, model_index: usize) -> &[Resolved] {
+        self.resolved[model_index].get_or_init(|| {
+            self.config.models[model_index]
+                .deployments
+                .iter()
+                .map(|d| self.resolve_deployment(d))
+                .collect()
+        })
+    }
+
+    fn resolve_deployment(&self, d: &crate::config::DeploymentConfig) -> Resolved {
+        let provider = self.config.providers.get(&d.provider)?;
+        let base = match provider.base_url().and_then(|url| BaseUrl::parse(&url)) {
+            Ok(base) => base,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let id = deployment_id(d);
+        Some(Ok(Arc::new(ResolvedDeployment {
+            health_read: self.health_read.contains(&id),
+            deployment_id: id,
+            provider: d.provider.clone(),
+            kind: provider.kind,
+            upstream_model: d.model.clone(),
+            cluster: provider
+                .cluster
+                .clone()
+                .unwrap_or_else(|| d.provider.clone()),
+            base,
+            price: d.price,
+            limits: d.limits,
+            api_key: provider
+                .api_key_secret
+                .as_ref()
+                .and_then(|name| self.secret(name).cloned()),
+            static_headers: provider
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            aws: provider.signing_credentials(&|name| self.secret(name).map(|s| s.0.clone())),
+            settings: provider.clone(),
+        })))
     }
 
     /// A credential by secret name: the control plane's, else the host's.
@@ -567,7 +633,7 @@ impl Gateway {
         }
         let mut request = decode_request(admitted, body)?;
         let public_model = request.model().to_string();
-        let model = self.config.model(&public_model).ok_or_else(|| {
+        let model_index = self.config.model_index(&public_model).ok_or_else(|| {
             GatewayError::new(
                 ErrorKind::NotFound,
                 format!("model `{public_model}` does not exist"),
@@ -575,6 +641,7 @@ impl Gateway {
             .with_code("model_not_found")
             .with_param("model")
         })?;
+        let model = &self.config.models[model_index];
         let mut body = Cow::Borrowed(body);
         if let Some(with_defaults) = apply_defaults(&body, &model.defaults, admitted.dialect)? {
             request = decode_request(admitted, &with_defaults)?;
@@ -655,36 +722,11 @@ impl Gateway {
                     continue;
                 }
             }
-            let base = provider
-                .base_url()
-                .and_then(|url| BaseUrl::parse(&url))
-                .map_err(|e| GatewayError::new(ErrorKind::Internal, e))?;
-            let id = deployment_id(d);
-            attempts.push(Attempt {
-                health_read: self.health_read.contains(&id),
-                deployment_id: id,
-                provider: d.provider.clone(),
-                kind: provider.kind,
-                upstream_model: d.model.clone(),
-                cluster: provider
-                    .cluster
-                    .clone()
-                    .unwrap_or_else(|| d.provider.clone()),
-                base,
-                price: d.price,
-                limits: d.limits,
-                api_key: provider
-                    .api_key_secret
-                    .as_ref()
-                    .and_then(|name| self.secret(name).cloned()),
-                static_headers: provider
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                aws: provider.signing_credentials(&|name| self.secret(name).map(|s| s.0.clone())),
-                settings: provider.clone(),
-            });
+            match &self.resolved(model_index)[i] {
+                Some(Ok(deployment)) => attempts.push(Attempt(Arc::clone(deployment))),
+                Some(Err(e)) => return Err(GatewayError::new(ErrorKind::Internal, e.clone())),
+                None => continue,
+            }
         }
         if let (true, Some((why, param))) = (attempts.is_empty(), refused) {
             return Err(GatewayError::invalid(format!(
@@ -927,9 +969,23 @@ impl PlannedRequest {
     }
 }
 
-/// One deployment in the attempt chain, resolved.
+/// One deployment in the attempt chain: a shared handle on the deployment as the gateway
+/// resolved it (its fields through `Deref`), so a plan's attempts cost a reference count each.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Attempt {
+pub struct Attempt(Arc<ResolvedDeployment>);
+
+impl std::ops::Deref for Attempt {
+    type Target = ResolvedDeployment;
+
+    fn deref(&self) -> &ResolvedDeployment {
+        &self.0
+    }
+}
+
+/// One deployment of a model, resolved against the config and the credentials in force: what
+/// every attempt on it needs, built once per gateway (see `Gateway::resolved`).
+#[derive(Debug, PartialEq)]
+pub struct ResolvedDeployment {
     /// `provider/upstream-model`.
     pub deployment_id: String,
     /// Whether some routing reads this deployment's health record (it is in a model with more

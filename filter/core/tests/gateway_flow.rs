@@ -523,6 +523,57 @@ fn a_credential_from_the_key_sync_makes_its_provider_servable_and_is_sent() {
         header(&up.headers, "authorization"),
         Some("Bearer ya29.second")
     );
+    // Also when applied to the gateway that already planned with the first token (which
+    // resolved its deployments with that token once, for every later request).
+    let third = switchyard_core::control::KeySnapshot::parse(
+        br#"{"version": 4, "keys": [], "credentials": {"VERTEX_SA_TOKEN": "ya29.third"}}"#,
+    )
+    .unwrap();
+    let plan = with_token
+        .with_managed_keys(third)
+        .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
+        .unwrap();
+    let up = plan.upstream_request(0).unwrap();
+    assert_eq!(
+        header(&up.headers, "authorization"),
+        Some("Bearer ya29.third")
+    );
+}
+
+#[test]
+fn secrets_resolved_again_replace_those_earlier_plans_used() {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key("sk-gw-test"), "models": ["*"]}],
+        "providers": {"oa": {"kind": "openai", "base_url": "http://oa.test",
+                             "api_key_secret": "OPENAI_API_KEY"}},
+        "models": [{"name": "gpt", "deployments": [{"provider": "oa", "model": "gpt-4o"}]}]
+    });
+    let first = Gateway::from_json(&serde_json::to_vec(&config).unwrap())
+        .unwrap()
+        .resolve_secrets(&|_| Some("sk-first".into()));
+    let body = serde_json::to_vec(
+        &json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .unwrap();
+    let admitted = admit(&first, "/v1/chat/completions");
+    let sent = |gw: &Gateway| {
+        let plan = gw
+            .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
+            .unwrap();
+        let up = plan.upstream_request(0).unwrap();
+        header(&up.headers, "authorization").map(str::to_string)
+    };
+    assert_eq!(sent(&first).as_deref(), Some("Bearer sk-first"));
+    assert_eq!(sent(&first).as_deref(), Some("Bearer sk-first"));
+    let second = first.clone().resolve_secrets(&|_| Some("sk-second".into()));
+    assert_eq!(sent(&second).as_deref(), Some("Bearer sk-second"));
+    assert_eq!(sent(&first).as_deref(), Some("Bearer sk-first"));
+    // Resolved to nothing, the provider leaves the chain (the model then names the secret).
+    let err = first
+        .resolve_secrets(&|_| None)
+        .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
+        .unwrap_err();
+    assert_eq!(err.code, Some("provider_credential_missing"));
 }
 
 // ---- /v1/models ---------------------------------------------------------------------------
