@@ -471,6 +471,11 @@ impl SwitchyardHttp {
             self.hold_routed = true;
         }
         self.phase = Phase::Local;
+        // Only a request in `Phase::RequestBody` is ever routed, so the client's head and body
+        // are not needed again: a call's wait can be long, and at thousands of connections
+        // each waiting request's copy of them is guest memory that never shrinks.
+        self.client_head = Vec::new();
+        self.client_body = Vec::new();
     }
 
     fn send_reply(&mut self, reply: LocalReply) {
