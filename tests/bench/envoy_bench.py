@@ -14,7 +14,7 @@ against pass-through.
         [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
         [--component-runner HOST_RUNNER ...] [--components-only] [--filter LABEL=PATH ...]
         [--empty-filter] [--envoy-options] [--rounds N] [--routed-filter LABEL=PATH ...]
-        [--translated] [--stream] [--ttfb-requests N] [--wrk-timeout S] [--backlog N]
+        [--translated] [--stream] [--ttfb-requests N] [--wrk-timeout S] [--backlog N] [--heap]
 
 The upstream has four instant answers, each exactly as its API documents it: an OpenAI chat
 completion, an OpenAI chunk stream (`text/event-stream`, with the usage chunk and `[DONE]`), an
@@ -43,7 +43,9 @@ it). The instant upstream closes connections idle for --duration + 5 s, and afte
 of 1,000 or more connections the script waits a second longer than that, so the proxies' kept-alive upstream connections of
 earlier cells do not pile up on it (at 5,000 connections they reached its open files limit).
 After the table, each process's resident memory when ready, at its peak and at the end,
-and of that its wasm linear memories (from /proc/PID/smaps).
+and of that its wasm linear memories (from /proc/PID/smaps). With --heap, each proxy Envoy also
+gets an admin listener whose allocator stats (`/memory`) are sampled through the run: what
+Envoy and V8 had in use at the most, and what tcmalloc kept free then.
 
 With --filter (repeatable), one more Envoy + filter row per build (an Envoy of its own, like
 every row), to compare filter builds (before/after a change) in one run; --routed-filter the same with the
