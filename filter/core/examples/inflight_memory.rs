@@ -14,11 +14,8 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use common::{gateway, routed_gateway, REQUEST};
-use switchyard_core::exchange::{Ctx, Event, Exchange};
-use switchyard_core::health::NoHealthStore;
-use switchyard_core::limits::NoCounters;
-use switchyard_core::RequestHead;
+use common::{ctx, gateway, routed_gateway, sent, REQUEST};
+use switchyard_core::exchange::Exchange;
 
 /// The system allocator, counting the bytes live and the allocations made.
 struct Counting;
@@ -57,12 +54,7 @@ fn main() {
         "fast"
     };
     let body = REQUEST.replace("MODEL", model);
-    let cx = Ctx {
-        now_ms: 1_700_000_000_000,
-        random: 7,
-        health: &NoHealthStore,
-        counters: &NoCounters,
-    };
+    let cx = ctx();
     let n = 1000;
     let mut waiting = Vec::with_capacity(n);
     let (bytes_before, allocations_before) = (
@@ -70,18 +62,7 @@ fn main() {
         ALLOCATIONS.load(Ordering::Relaxed),
     );
     for _ in 0..n {
-        let mut exchange = Exchange::new();
-        let head = RequestHead {
-            method: "POST",
-            path: "/v1/chat/completions",
-            authorization: Some("Bearer sk-bench"),
-            content_length: Some(body.len() as u64),
-            ..Default::default()
-        };
-        exchange.handle(&gw, Event::RequestHead(head), &cx);
-        // The actions (the attempt to send) go to the host, which copies them out.
-        drop(exchange.handle(&gw, Event::RequestBody(body.as_bytes()), &cx));
-        waiting.push(exchange);
+        waiting.push(sent(&gw, body.as_bytes(), &cx));
     }
     let bytes = (LIVE_BYTES.load(Ordering::Relaxed) - bytes_before) as usize / n;
     let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - allocations_before) / n;

@@ -46,14 +46,19 @@ fn gateway_with(route_complete_answers: bool) -> Gateway {
     Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap()
 }
 
-/// One request: returns the client's body length (so nothing is optimised away).
-pub fn one(gw: &Gateway, body: &[u8], answer: &[u8]) -> usize {
-    let cx = Ctx {
+/// The host's context for every exchange here: a fixed clock, no health or limit stores.
+pub fn ctx() -> Ctx<'static> {
+    Ctx {
         now_ms: 1_700_000_000_000,
         random: 7,
         health: &NoHealthStore,
         counters: &NoCounters,
-    };
+    }
+}
+
+/// An exchange fed the client's head and `body`: waiting for its upstream, as a host leaves
+/// it once the attempt is sent (the actions, which the host would copy out, are dropped).
+pub fn sent(gw: &Gateway, body: &[u8], cx: &Ctx<'_>) -> Exchange {
     let mut ex = Exchange::new();
     let head = RequestHead {
         method: "POST",
@@ -62,8 +67,15 @@ pub fn one(gw: &Gateway, body: &[u8], answer: &[u8]) -> usize {
         content_length: Some(body.len() as u64),
         ..Default::default()
     };
-    ex.handle(gw, Event::RequestHead(head), &cx);
-    ex.handle(gw, Event::RequestBody(body), &cx);
+    ex.handle(gw, Event::RequestHead(head), cx);
+    ex.handle(gw, Event::RequestBody(body), cx);
+    ex
+}
+
+/// One request: returns the client's body length (so nothing is optimised away).
+pub fn one(gw: &Gateway, body: &[u8], answer: &[u8]) -> usize {
+    let cx = ctx();
+    let mut ex = sent(gw, body, &cx);
     // The head comes before the body (as through a router): a relayed answer is fed as it
     // arrives, a held one whole.
     let head = ex.handle(
