@@ -506,14 +506,7 @@ fn a_credential_from_the_key_sync_makes_its_provider_servable_and_is_sent() {
     )
     .unwrap();
     assert!(!format!("{snapshot:?}").contains("ya29"));
-    // The credentials the gateway's first attempt sends.
-    let sent = |gw: &Gateway| {
-        let plan = gw
-            .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
-            .unwrap();
-        let up = plan.upstream_request(0).unwrap();
-        header(&up.headers, "authorization").map(str::to_string)
-    };
+    let sent = |gw: &Gateway| authorization_sent(gw, &admitted, &body);
     assert_eq!(sent(&with_token).as_deref(), Some("Bearer ya29.first"));
     // A later snapshot replaces it (a refreshed token).
     assert_eq!(
@@ -532,6 +525,15 @@ fn a_credential_from_the_key_sync_makes_its_provider_servable_and_is_sent() {
     );
 }
 
+/// The credentials `gw`'s first attempt for `body` sends.
+fn authorization_sent(gw: &Gateway, admitted: &Admitted, body: &[u8]) -> Option<String> {
+    let plan = gw
+        .plan(admitted, body, 1, 1_700_000_000, &NoHealth)
+        .unwrap();
+    let up = plan.upstream_request(0).unwrap();
+    header(&up.headers, "authorization").map(str::to_string)
+}
+
 #[test]
 fn secrets_resolved_again_replace_those_earlier_plans_used() {
     let config = json!({
@@ -548,13 +550,7 @@ fn secrets_resolved_again_replace_those_earlier_plans_used() {
     )
     .unwrap();
     let admitted = admit(&first, "/v1/chat/completions");
-    let sent = |gw: &Gateway| {
-        let plan = gw
-            .plan(&admitted, &body, 1, 1_700_000_000, &NoHealth)
-            .unwrap();
-        let up = plan.upstream_request(0).unwrap();
-        header(&up.headers, "authorization").map(str::to_string)
-    };
+    let sent = |gw: &Gateway| authorization_sent(gw, &admitted, &body);
     assert_eq!(sent(&first).as_deref(), Some("Bearer sk-first"));
     assert_eq!(sent(&first).as_deref(), Some("Bearer sk-first"));
     let second = first.clone().resolve_secrets(&|_| Some("sk-second".into()));
