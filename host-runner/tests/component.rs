@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -237,10 +238,18 @@ impl http_body::Body for ChannelBody {
 }
 
 async fn start_upstream() -> SocketAddr {
+    start_counting_upstream().await.0
+}
+
+/// The upstream, and how many connections it has accepted so far.
+async fn start_counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service_fn(upstream_handler))
@@ -248,7 +257,7 @@ async fn start_upstream() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// A loopback port with nothing listening on it.
@@ -288,8 +297,19 @@ async fn serve() -> RunningComponent {
 
 async fn serve_with_pool(pooled_instances: Option<u32>) -> RunningComponent {
     let live = start_upstream().await;
+    serve_config(gateway_config(live), pooled_instances, Some(OUTBOUND_IDLE)).await
+}
+
+/// How long the tests' servers keep an idle outbound connection (as the CLI's default).
+const OUTBOUND_IDLE: Duration = Duration::from_millis(30_000);
+
+async fn serve_config(
+    gateway_config: String,
+    pooled_instances: Option<u32>,
+    outbound_idle: Option<Duration>,
+) -> RunningComponent {
     let variables = HashMap::from([
-        ("gateway_config".to_string(), gateway_config(live)),
+        ("gateway_config".to_string(), gateway_config),
         ("live_api_key".to_string(), UPSTREAM_KEY.to_string()),
     ]);
     start_component(ComponentConfig {
@@ -297,8 +317,12 @@ async fn serve_with_pool(pooled_instances: Option<u32>) -> RunningComponent {
         listen: "127.0.0.1:0".parse().unwrap(),
         variables,
         env: Vec::new(),
-        allow_outbound: vec!["http://127.0.0.1:*".to_string()],
+        allow_outbound: vec![
+            "http://127.0.0.1:*".to_string(),
+            "https://127.0.0.1:*".to_string(),
+        ],
         pooled_instances,
+        outbound_idle,
     })
     .await
     .expect("serve the component")
@@ -484,6 +508,57 @@ where
     out
 }
 
+/// Requests from successive instances (each lives for one request) share the server's
+/// outbound connections; with pooling off (`--outbound-idle-ms 0`) each opens its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_pooled_outbound_connections() {
+    for (idle, expected) in [(Some(OUTBOUND_IDLE), 1), (None, 3)] {
+        let (live, accepted) = start_counting_upstream().await;
+        let server = serve_config(gateway_config(live), Some(4), idle).await;
+        for stream in [false, true, false] {
+            let r = post(server.listen_addr, KEY, chat("chat", stream)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(r.text().contains("hel"), "{}", r.text());
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            expected,
+            "upstream connections for 3 sequential requests, outbound idle {idle:?}"
+        );
+    }
+}
+
+/// An HTTPS deployment whose server does not speak TLS (a plain HTTP port): the pooled
+/// client's handshake fails, the attempt counts as a connection failure and the request
+/// falls back to the next deployment, as with wasmtime-wasi-http's own client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tls_handshake_is_a_connection_failure_that_falls_back() {
+    let live = start_upstream().await;
+    let config = serde_json::json!({
+        "keys": [{"id": "test", "sha256": KEY_SHA256, "models": ["*"]}],
+        "providers": {
+            "not-tls": {"kind": "openai", "base_url": format!("https://{live}"), "api_key_secret": "LIVE_API_KEY"},
+            "live": {"kind": "openai", "base_url": format!("http://{live}"), "api_key_secret": "LIVE_API_KEY"}
+        },
+        "models": [{"name": "chat", "strategy": "priority", "deployments": [
+            {"provider": "not-tls", "model": "up-chat"},
+            {"provider": "live", "model": "up-chat"}
+        ]}]
+    })
+    .to_string();
+    for idle in [Some(OUTBOUND_IDLE), None] {
+        let server = serve_config(config.clone(), Some(4), idle).await;
+        let r = post(server.listen_addr, KEY, chat("chat", false)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let attempts = r.attempts();
+        assert!(
+            attempts.starts_with("not-tls/up-chat;connection-failed;")
+                && attempts.contains("live/up-chat;200;"),
+            "outbound idle {idle:?}: {attempts}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn startup_errors_are_typed() {
     let config = |path: PathBuf| ComponentConfig {
@@ -493,6 +568,7 @@ async fn startup_errors_are_typed() {
         env: Vec::new(),
         allow_outbound: Vec::new(),
         pooled_instances: None,
+        outbound_idle: None,
     };
     let missing = start_component(config("/nonexistent/edge_worker.wasm".into())).await;
     assert!(matches!(missing, Err(ComponentError::Read { .. })));
@@ -519,6 +595,7 @@ fn serve_component_help_lists_its_flags() {
         "--allow-outbound",
         "--max-instances",
         "--no-pooling",
+        "--outbound-idle-ms",
     ] {
         assert!(text.contains(flag), "help lacks {flag}:\n{text}");
     }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::variables::valid_variable_name;
 use super::ComponentError;
@@ -26,7 +27,16 @@ pub struct ComponentConfig {
     /// allocator; requests beyond it wait for a free slot. `None` allocates every instance's
     /// memory on demand (mmap and munmap per request) instead.
     pub pooled_instances: Option<u32>,
+    /// How long an idle outbound connection stays open for the next request of any
+    /// instance; `None` opens a connection per outbound request.
+    pub outbound_idle: Option<Duration>,
 }
+
+/// How long `serve-component` keeps an idle outbound connection unless
+/// `--outbound-idle-ms` says otherwise: long enough to carry a steady stream of requests,
+/// shorter than the keep-alive public HTTP servers commonly allow, so the pool, not the
+/// server, closes an idle connection (a close from the server can race a request sent on it).
+pub const DEFAULT_OUTBOUND_IDLE_MS: u64 = 30_000;
 
 /// Requests a pooled `serve-component` runs at once unless `--max-instances` says otherwise
 /// (wasmtime's own default pool size; Spin's too).
@@ -71,6 +81,11 @@ pub struct ServeComponentArgs {
     /// and munmap per request; for hosts that limit address space).
     #[arg(long)]
     pub no_pooling: bool,
+
+    /// Milliseconds an idle outbound connection is kept for the next request (every
+    /// instance shares the pool); 0 opens a new connection for each outbound request.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_OUTBOUND_IDLE_MS)]
+    pub outbound_idle_ms: u64,
 }
 
 impl ServeComponentArgs {
@@ -119,6 +134,8 @@ impl ServeComponentArgs {
             env,
             allow_outbound: self.allow_outbound,
             pooled_instances: (!self.no_pooling).then_some(self.max_instances),
+            outbound_idle: (self.outbound_idle_ms > 0)
+                .then(|| Duration::from_millis(self.outbound_idle_ms)),
         })
     }
 }

@@ -8,9 +8,9 @@
 //! `key_value_stores = ["default"]` grants), kept in memory for as long as the server runs.
 //! As in Spin, every request gets a fresh instance of a pre-instantiated component
 //! ([`ProxyPre`]): nothing leaks between requests but what the component puts in the
-//! key-value store, and instantiation costs microseconds. Outbound HTTP is
-//! wasmtime-wasi-http's default client (loopback included), optionally limited to
-//! `--allow-outbound` origins like Spin's `allowed_outbound_hosts`.
+//! key-value store, and instantiation costs microseconds. Outbound HTTP (loopback included)
+//! goes through one connection pool the instances share (`--outbound-idle-ms`), optionally
+//! limited to `--allow-outbound` origins like Spin's `allowed_outbound_hosts`.
 //!
 //! One module per concern: `server` (listener, per-request instances, the store data),
 //! `outbound` (outbound HTTP and its origin policy), `variables` and `key_value` (Spin's

@@ -23,7 +23,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::bindings::fermyon::spin::{key_value, variables};
 use super::bindings::wasi::keyvalue as wasi_keyvalue;
 use super::key_value::{key_value_stores, KeyValueStore};
-use super::outbound::{Origin, OutboundPolicy};
+use super::outbound::{Origin, OutboundClient, OutboundPolicy};
 use super::{ComponentConfig, ComponentError};
 
 /// A running `serve-component` listener; dropping it stops accepting connections.
@@ -60,6 +60,7 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
         .iter()
         .map(|o| Origin::parse(o))
         .collect::<Result<Vec<_>, _>>()?;
+    let outbound = config.outbound_idle.map(OutboundClient::new).transpose()?;
     let (engine, pooled) = engine(config.pooled_instances)?;
     let compile_engine = engine.clone();
     let component = tokio::task::spawn_blocking(move || Component::new(&compile_engine, &bytes))
@@ -89,6 +90,7 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
         key_value: Arc::new(key_value_stores()),
         env: config.env,
         origins: Arc::new(origins),
+        outbound,
         instances: pooled.map(|n| Arc::new(Semaphore::new(n as usize))),
     });
     let (shutdown, mut stop) = watch::channel(false);
@@ -185,6 +187,8 @@ struct Server {
     key_value: Arc<HashMap<String, KeyValueStore>>,
     env: Vec<(String, String)>,
     origins: Arc<Vec<Origin>>,
+    /// The outbound connection pool every instance shares; `None`: a connection per request.
+    outbound: Option<OutboundClient>,
     /// One permit per pool slot: a request waits here rather than fail to instantiate when
     /// every slot is taken. `None` without a pool.
     instances: Option<Arc<Semaphore>>,
@@ -243,6 +247,7 @@ impl Server {
                 table: ResourceTable::new(),
                 hooks: OutboundPolicy {
                     origins: self.origins.clone(),
+                    pool: self.outbound.clone(),
                 },
                 variables: self.variables.clone(),
                 key_value: self.key_value.clone(),
@@ -339,6 +344,7 @@ pub(super) mod test_support {
             table: ResourceTable::new(),
             hooks: OutboundPolicy {
                 origins: Arc::new(Vec::new()),
+                pool: None,
             },
             variables: Arc::new(HashMap::new()),
             key_value: key_value.clone(),
