@@ -11,6 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use host_runner::config::{ClusterFile, WasmLogLevel};
 use host_runner::{ClusterConfig, RunnerConfig};
 
+/// mimalloc instead of glibc's malloc: every request allocates and frees on whichever tokio
+/// worker runs it, and glibc's arena locks were a visible share of `serve-component`'s
+/// profile (`__lll_lock_wait_private`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run a proxy-wasm filter (filter.wasm) the way Envoy does, without Envoy.
 ///
 /// host-runner loads the filter into wasmtime (one VM per worker thread), gives it the
