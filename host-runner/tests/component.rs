@@ -528,6 +528,82 @@ async fn instances_share_pooled_outbound_connections() {
     }
 }
 
+/// An upstream that closes every connection 100 ms after answering on it, without saying so
+/// (no `Connection: close`), as a server with a short keep-alive does; counts connections.
+async fn start_closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then as much body as it announces.
+                let body_end = loop {
+                    let n = tcp.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break head_end + 4 + length;
+                    }
+                };
+                while request.len() < body_end {
+                    let n = tcp.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let body = serde_json::json!({
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 1, "model": "up-chat",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from upstream"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+                })
+                .to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A pooled connection the upstream has closed while it sat idle is not reused: every
+/// request after the close gets a fresh connection and its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
+    let (live, accepted) = start_closing_upstream().await;
+    let server = serve_config(gateway_config(live), Some(4), Some(OUTBOUND_IDLE)).await;
+    for _ in 0..3 {
+        let r = post(server.listen_addr, KEY, chat("chat", false)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            r.attempts().starts_with("live/up-chat;200;"),
+            "{}",
+            r.attempts()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
 /// An HTTPS deployment whose server does not speak TLS (a plain HTTP port): the pooled
 /// client's handshake fails, the attempt counts as a connection failure and the request
 /// falls back to the next deployment, as with wasmtime-wasi-http's own client.
