@@ -1423,6 +1423,38 @@ impl Gateway {
         scopes
     }
 
+    /// Every counter record this gateway's limits can use, known ahead of any request: the
+    /// deployments' limits and their models' queues, and the config's and the control
+    /// plane's keys and teams. A host
+    /// whose store cannot create a record atomically (proxy-wasm shared data takes a
+    /// compare-and-swap token only for a record that exists, so two workers creating one at
+    /// once both succeed and one count is lost) creates these empty before traffic.
+    pub fn counter_records(&self) -> Vec<String> {
+        let mut records = std::collections::BTreeSet::new();
+        for model in &self.config.models {
+            let limited = model.deployments.iter().any(|d| d.limits.is_some());
+            if limited && self.config.queue_for(model).enabled() {
+                records.insert(crate::queue::record_key(&model.name));
+            }
+            for deployment in &model.deployments {
+                if let Some(limits) = &deployment.limits {
+                    let scope =
+                        crate::limits::Scope::deployment(&deployment_id(deployment), limits);
+                    records.extend(scope.records());
+                }
+            }
+        }
+        for key in self.config.keys.iter().chain(&self.managed_keys) {
+            for scope in self.limit_scopes(key) {
+                records.extend(scope.records());
+            }
+        }
+        for (team, quota) in self.config.limits.teams.iter().chain(&self.managed_teams) {
+            records.extend(crate::limits::Scope::team(team, quota).records());
+        }
+        records.into_iter().collect()
+    }
+
     /// Authenticates a key presented as `Authorization: Bearer` or `x-api-key` against the
     /// config's and the control plane's keys, as the header phase does.
     pub fn authenticate(

@@ -215,6 +215,13 @@ pub struct MemoryCounters {
     records: core::cell::RefCell<std::collections::BTreeMap<String, Vec<u8>>>,
 }
 
+impl MemoryCounters {
+    /// The names of the records written so far.
+    pub fn record_names(&self) -> Vec<String> {
+        self.records.borrow().keys().cloned().collect()
+    }
+}
+
 impl CounterStore for MemoryCounters {
     fn update(&self, key: &str, change: &mut RecordChange<'_>) {
         let current = self.records.borrow().get(key).cloned();

@@ -553,3 +553,72 @@ proptest! {
         prop_assert_eq!(h.in_flight("a/m-a", SLOTS) + h.in_flight("b/m-b", SLOTS), 0);
     }
 }
+
+/// Every counter record admission and the queue write is one the gateway lists ahead of
+/// traffic (`Gateway::counter_records`, which the proxy-wasm filter creates at configure
+/// time, because shared data cannot create a record atomically), and the list names the
+/// config's keys, teams, deployments and queues.
+#[test]
+fn the_counter_records_listed_ahead_are_the_ones_requests_write() {
+    let config = json!({
+        "keys": [{"id": "k1", "sha256": hash_key(KEY), "models": ["*"], "team": "t1",
+                  "limits": {"rpm": 100, "tpm": 100000, "concurrent": 5}}],
+        "limits": {"teams": {"t1": {"concurrent": 10}, "t2": {"rpm": 7}}},
+        "providers": {
+            "a": {"kind": "openai", "base_url": "http://a.test"},
+            "b": {"kind": "openai", "base_url": "http://b.test"}
+        },
+        "models": [{"name": "narrow",
+            "queue": {"max_wait_ms": 1000, "max_depth": 4},
+            "deployments": [
+                {"provider": "a", "model": "m-a", "limits": {"concurrent": 1, "rpm": 50}},
+                {"provider": "b", "model": "m-b", "limits": {"concurrent": 1}}]},
+            {"name": "free", "deployments": [{"provider": "a", "model": "m-free"}]}],
+        "fallback": {"attempt_timeout_ms": 1000, "total_timeout_ms": 2500}
+    });
+    let h = Host::new(Gateway::from_json(&serde_json::to_vec(&config).unwrap()).unwrap());
+    let listed = h.gw.counter_records();
+    for name in [
+        "switchyard/limits/deployment:a/m-a/concurrent",
+        "switchyard/limits/deployment:a/m-a/rpm",
+        "switchyard/limits/deployment:b/m-b/concurrent",
+        "switchyard/limits/key:k1/rpm",
+        "switchyard/limits/key:k1/tpm",
+        "switchyard/limits/key:k1/concurrent",
+        "switchyard/limits/team:t1/concurrent",
+        "switchyard/limits/team:t2/rpm",
+        "switchyard/queue/narrow/depth",
+    ] {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+    assert!(
+        !listed
+            .iter()
+            .any(|l| l.contains("m-free") || l.contains("queue/free")),
+        "an unlimited deployment has no records: {listed:?}"
+    );
+
+    // Two requests take both deployments, a third waits in the queue; all of them end.
+    let (mut first, actions) = h.arrive("narrow");
+    assert!(sent(&actions).is_some());
+    let (mut second, actions) = h.arrive("narrow");
+    assert!(sent(&actions).is_some());
+    let (mut third, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    let (mut free, actions) = h.arrive("free");
+    assert!(sent(&actions).is_some());
+    for ex in [&mut first, &mut second, &mut free] {
+        assert_eq!(h.complete(ex).0, 200);
+        h.finish(ex, Ending::default());
+    }
+    h.finish(&mut third, Ending::default());
+
+    let written = h.counters.record_names();
+    assert!(written.len() >= 5, "{written:?}");
+    for name in &written {
+        assert!(
+            listed.contains(name),
+            "{name} was written but not listed in {listed:?}"
+        );
+    }
+}
