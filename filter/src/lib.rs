@@ -69,6 +69,14 @@ struct SwitchyardRoot {
     tick: Option<std::time::Duration>,
 }
 
+/// Creates, before traffic, the shared counter records `gateway`'s limits use, so requests
+/// only ever update them compare-and-swap (see [`shared::create`]).
+fn create_counter_records(gateway: &Gateway) {
+    for record in gateway.counter_records() {
+        shared::create(&record);
+    }
+}
+
 impl SwitchyardRoot {
     fn now_ms(&self) -> u64 {
         self.get_current_time()
@@ -78,7 +86,9 @@ impl SwitchyardRoot {
 
     fn apply(&mut self, change: Option<Change>) {
         if let (Some(Change::Keys(snapshot)), Some(configured)) = (change, &self.configured) {
-            self.gateway = Some(Rc::new(configured.with_managed_keys(snapshot)));
+            let gateway = configured.with_managed_keys(snapshot);
+            create_counter_records(&gateway);
+            self.gateway = Some(Rc::new(gateway));
         }
     }
 
@@ -172,6 +182,7 @@ impl RootContext for SwitchyardRoot {
                 if self.control.is_some() || gateway.config().may_queue() {
                     self.tick_every(waiters::TICK);
                 }
+                create_counter_records(&gateway);
                 self.configured = Some(gateway.clone());
                 self.gateway = Some(Rc::new(gateway));
                 true
