@@ -538,9 +538,13 @@ impl GatewayConfig {
     /// Whether a request may ever wait in a queue: some model has deployment limits and its
     /// queue on (a host that wakes waiting requests on a timer needs it only then).
     pub fn may_queue(&self) -> bool {
-        self.models.iter().any(|m| {
-            self.queue_for(m).enabled() && m.deployments.iter().any(|d| d.limits.is_some())
-        })
+        self.models.iter().any(|m| self.queues(m))
+    }
+
+    /// Whether requests for `model` may wait in its queue: it has deployment limits to wait
+    /// for, and its queue on.
+    pub fn queues(&self, model: &ModelConfig) -> bool {
+        self.queue_for(model).enabled() && model.deployments.iter().any(|d| d.limits.is_some())
     }
 
     /// Every distinct cluster name the hosts must provide, with the base URL it points at.

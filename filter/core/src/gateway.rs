@@ -1425,15 +1425,14 @@ impl Gateway {
 
     /// Every counter record this gateway's limits can use, known ahead of any request: the
     /// deployments' limits and their models' queues, and the config's and the control
-    /// plane's keys and teams. A host
-    /// whose store cannot create a record atomically (proxy-wasm shared data takes a
-    /// compare-and-swap token only for a record that exists, so two workers creating one at
-    /// once both succeed and one count is lost) creates these empty before traffic.
+    /// plane's keys and teams. A host whose store cannot create a record atomically
+    /// (proxy-wasm shared data takes a compare-and-swap token only for a record that exists,
+    /// so two workers creating one at once both succeed and one count is lost) creates these
+    /// empty before traffic.
     pub fn counter_records(&self) -> Vec<String> {
         let mut records = std::collections::BTreeSet::new();
         for model in &self.config.models {
-            let limited = model.deployments.iter().any(|d| d.limits.is_some());
-            if limited && self.config.queue_for(model).enabled() {
+            if self.config.queues(model) {
                 records.insert(crate::queue::record_key(&model.name));
             }
             for deployment in &model.deployments {
