@@ -41,5 +41,19 @@ pub mod shared;
 pub mod vm;
 
 pub use config::{ClusterConfig, RunnerConfig};
+
+/// The environment variable that makes both hosts write a perf map
+/// (`/tmp/perf-<pid>.map`) of the wasm code they compile, so `perf report` names the guest's
+/// functions instead of bare JIT addresses. Off unless set to a non-empty value other than
+/// `0`: the map costs a file write per compiled function at load and nothing per request.
+pub const PERF_MAP_VARIABLE: &str = "HOST_RUNNER_PERF_MAP";
+
+/// Turns on wasmtime's perf map in `cfg` when [`PERF_MAP_VARIABLE`] asks for it.
+pub fn profile_if_asked(cfg: &mut wasmtime::Config) {
+    let asked = std::env::var(PERF_MAP_VARIABLE).is_ok_and(|v| !v.is_empty() && v != "0");
+    if asked {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+}
 pub use error::HostError;
 pub use proxy::{start, RunningServer};

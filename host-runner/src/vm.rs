@@ -93,6 +93,7 @@ impl Plugin {
     pub fn compile(config: &RunnerConfig) -> Result<Self, HostError> {
         let mut cfg = Config::new();
         cfg.epoch_interruption(true);
+        crate::profile_if_asked(&mut cfg);
         let engine = Engine::new(&cfg).map_err(|e| HostError::InvalidWasm(format!("{e:?}")))?;
         let module = load_module(&engine, &config.wasm, config.cache_dir.as_deref())?;
         let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
