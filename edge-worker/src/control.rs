@@ -15,6 +15,9 @@
 //!   key-value store (`switchyard/usage/pending/<request id>`) and goes with the next
 //!   successful post; the ledger is idempotent by request id.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use spin_sdk::key_value::Store;
 use switchyard_core::control::{KeySnapshot, KeySync, SyncOutcome, UsageShipper};
 use switchyard_core::usage::UsageRecord;
@@ -30,7 +33,11 @@ const PENDING_PREFIX: &str = "switchyard/usage/pending/";
 const MAX_PENDING: usize = 10_000;
 
 /// The gateway with the control plane's current key set (polling first when it is due).
-pub async fn with_managed_keys(gateway: Gateway) -> Gateway {
+///
+/// An instance that serves several requests (a host that reuses instances) keeps the
+/// gateway it built from the stored snapshot, and builds it again only when the snapshot's
+/// bytes or the base gateway change.
+pub async fn with_managed_keys(gateway: Rc<Gateway>) -> Rc<Gateway> {
     let Some((cfg, Some(token))) = gateway.control_plane() else {
         return gateway;
     };
@@ -38,21 +45,23 @@ pub async fn with_managed_keys(gateway: Gateway) -> Gateway {
         return gateway;
     };
     let now = now_ms();
-    let stored = store
-        .get(SNAPSHOT_KEY)
-        .ok()
-        .flatten()
-        .and_then(|body| KeySnapshot::parse(&body).ok());
+    let stored_body = store.get(SNAPSHOT_KEY).ok().flatten();
     let polled_at: u64 = store
         .get(POLLED_KEY)
         .ok()
         .flatten()
         .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
         .unwrap_or(0);
-    let mut snapshot = stored.clone();
-    if now.saturating_sub(polled_at) >= cfg.key_sync_interval_ms {
+    let sync_due = now.saturating_sub(polled_at) >= cfg.key_sync_interval_ms;
+    if !sync_due {
+        if let Some(kept) = stored_body.as_deref().and_then(|body| kept(&gateway, body)) {
+            return kept;
+        }
+    }
+    let mut snapshot = stored_body.and_then(|body| Some((KeySnapshot::parse(&body).ok()?, body)));
+    if sync_due {
         let _ = store.set(POLLED_KEY, now.to_string().as_bytes());
-        let mut sync = KeySync::resume(stored.as_ref().map(|s| s.version));
+        let mut sync = KeySync::resume(snapshot.as_ref().map(|(s, _)| s.version));
         if let Some(request) = sync.poll(cfg, token, now) {
             let deadline = Deadline::after_ms(request.timeout_ms);
             let answer = match outbound::send(&request, deadline).await {
@@ -67,10 +76,9 @@ pub async fn with_managed_keys(gateway: Gateway) -> Gateway {
             };
             match sync.on_answer(answer.as_ref().map(|(s, b)| (*s, b.as_slice())), now_ms()) {
                 SyncOutcome::Updated(fresh) => {
-                    if let Some((_, body)) = &answer {
-                        let _ = store.set(SNAPSHOT_KEY, body);
-                    }
-                    snapshot = Some(fresh);
+                    let body = answer.map(|(_, body)| body).unwrap_or_default();
+                    let _ = store.set(SNAPSHOT_KEY, &body);
+                    snapshot = Some((fresh, body));
                 }
                 SyncOutcome::Unchanged => {}
                 SyncOutcome::Failed(why) => log::line(&format!(
@@ -80,9 +88,40 @@ pub async fn with_managed_keys(gateway: Gateway) -> Gateway {
         }
     }
     match snapshot {
-        Some(snapshot) => gateway.with_managed_keys(snapshot),
+        Some((snapshot, body)) => {
+            let managed = Rc::new(gateway.with_managed_keys(snapshot));
+            MANAGED.set(Some(Managed {
+                base: gateway,
+                snapshot: body,
+                gateway: managed.clone(),
+            }));
+            managed
+        }
         None => gateway,
     }
+}
+
+/// The gateway this instance built with a key snapshot, for its next request.
+struct Managed {
+    /// The gateway the snapshot was applied to.
+    base: Rc<Gateway>,
+    /// The snapshot's stored bytes.
+    snapshot: Vec<u8>,
+    gateway: Rc<Gateway>,
+}
+
+thread_local! {
+    static MANAGED: RefCell<Option<Managed>> = const { RefCell::new(None) };
+}
+
+/// The gateway built earlier in this instance from `base` and this very snapshot, if any.
+fn kept(base: &Rc<Gateway>, snapshot: &[u8]) -> Option<Rc<Gateway>> {
+    MANAGED.with_borrow(|managed| {
+        managed
+            .as_ref()
+            .filter(|m| Rc::ptr_eq(&m.base, base) && m.snapshot == snapshot)
+            .map(|m| m.gateway.clone())
+    })
 }
 
 /// Ships a finished request's record, with whatever earlier records are still waiting.

@@ -11,6 +11,7 @@
 //! newcomer queues behind them).
 
 use std::pin::pin;
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, Stream};
@@ -29,7 +30,7 @@ use crate::settings;
 
 /// Serves one request; the answer goes to `out`.
 pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
-    let gateway = match settings::load_gateway() {
+    let gateway = match settings::gateway() {
         Ok(gateway) => gateway,
         Err(err) => {
             log::line(&format!("switchyard: {err}"));
@@ -97,7 +98,7 @@ impl Client {
 }
 
 struct Host {
-    gateway: Gateway,
+    gateway: Rc<Gateway>,
     exchange: Exchange,
     client: Client,
     client_gone: bool,

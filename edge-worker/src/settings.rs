@@ -6,7 +6,9 @@
 //! the config names them (`api_key_secret`), and they are read from Spin variables (marked
 //! `secret = true` in `spin.toml`) or, failing that, from the component's environment.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::rc::Rc;
 
 use switchyard_core::{ConfigError, Gateway};
 
@@ -43,8 +45,25 @@ impl fmt::Display for SettingsError {
 
 impl std::error::Error for SettingsError {}
 
-/// Builds the gateway from `gateway_config`, or from the bundled config when it is unset.
-pub fn load_gateway() -> Result<Gateway, SettingsError> {
+/// The gateway this instance built, and the config text it was built from.
+struct Built {
+    text: String,
+    gateway: Rc<Gateway>,
+}
+
+thread_local! {
+    /// Kept for the instance's next request, which a host that reuses instances (Spin's and
+    /// `serve-component`'s `--max-instance-reuse-count`) sends to the same memory: it then
+    /// skips the config's parse, its secrets' lookups and its deployments' resolution. A
+    /// fresh instance per request (the default) starts empty.
+    static BUILT: RefCell<Option<Built>> = const { RefCell::new(None) };
+}
+
+/// The gateway of `gateway_config`, or of the bundled config when it is unset: the one this
+/// instance built for an earlier request when the config text is the same, otherwise built
+/// now. Secrets are resolved when it is built, so a reused instance keeps the credentials it
+/// read (Spin variables do not change while an app runs).
+pub fn gateway() -> Result<Rc<Gateway>, SettingsError> {
     let (source, text) = match spin_sdk::variables::get(CONFIG_VARIABLE) {
         Ok(text) if !text.trim().is_empty() => (CONFIG_VARIABLE, text),
         Ok(_) | Err(spin_sdk::variables::Error::Undefined(_)) => {
@@ -52,9 +71,23 @@ pub fn load_gateway() -> Result<Gateway, SettingsError> {
         }
         Err(e) => return Err(SettingsError::Variable(e)),
     };
-    Gateway::from_json(text.as_bytes())
-        .map(|gateway| gateway.resolve_secrets(&secret))
-        .map_err(|error| SettingsError::Config { source, error })
+    let kept = BUILT.with_borrow(|built| {
+        built
+            .as_ref()
+            .filter(|built| built.text == text)
+            .map(|built| built.gateway.clone())
+    });
+    if let Some(gateway) = kept {
+        return Ok(gateway);
+    }
+    let gateway = Gateway::from_json(text.as_bytes())
+        .map(|gateway| Rc::new(gateway.resolve_secrets(&secret)))
+        .map_err(|error| SettingsError::Config { source, error })?;
+    BUILT.set(Some(Built {
+        text,
+        gateway: gateway.clone(),
+    }));
+    Ok(gateway)
 }
 
 /// Resolves a credential name from the config (`OPENAI_API_KEY`).

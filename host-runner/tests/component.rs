@@ -13,7 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use host_runner::component::{start_component, ComponentConfig, ComponentError, RunningComponent};
+use host_runner::component::{
+    start_component, ComponentConfig, ComponentError, InstanceReuse, RunningComponent,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -291,13 +293,27 @@ fn gateway_config(live: SocketAddr) -> String {
     .to_string()
 }
 
-async fn serve() -> RunningComponent {
-    serve_with_pool(Some(4)).await
+async fn serve(reuse: InstanceReuse) -> RunningComponent {
+    serve_with_pool(Some(4), reuse).await
 }
 
-async fn serve_with_pool(pooled_instances: Option<u32>) -> RunningComponent {
+async fn serve_with_pool(pooled_instances: Option<u32>, reuse: InstanceReuse) -> RunningComponent {
     let live = start_upstream().await;
-    serve_config(gateway_config(live), pooled_instances, Some(OUTBOUND_IDLE)).await
+    serve_config(
+        gateway_config(live),
+        pooled_instances,
+        Some(OUTBOUND_IDLE),
+        reuse,
+    )
+    .await
+}
+
+/// Instances that serve up to `max_requests` requests each, kept idle for up to 10 s.
+fn reusing(max_requests: u32) -> InstanceReuse {
+    InstanceReuse {
+        max_requests,
+        idle_timeout: Duration::from_secs(10),
+    }
 }
 
 /// How long the tests' servers keep an idle outbound connection (as the CLI's default).
@@ -307,6 +323,7 @@ async fn serve_config(
     gateway_config: String,
     pooled_instances: Option<u32>,
     outbound_idle: Option<Duration>,
+    reuse: InstanceReuse,
 ) -> RunningComponent {
     let variables = HashMap::from([
         ("gateway_config".to_string(), gateway_config),
@@ -323,6 +340,7 @@ async fn serve_config(
         ],
         pooled_instances,
         outbound_idle,
+        reuse,
     })
     .await
     .expect("serve the component")
@@ -388,7 +406,18 @@ fn chat(model: &str, stream: bool) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_behaviour_through_the_component() {
-    let server = serve().await;
+    gateway_behaviour(InstanceReuse::FRESH).await;
+}
+
+/// The same behaviour from instances that serve many requests each: what an instance keeps
+/// between requests (its parsed config, its key-value handles) changes no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_behaviour_through_reused_instances() {
+    gateway_behaviour(reusing(100)).await;
+}
+
+async fn gateway_behaviour(reuse: InstanceReuse) {
+    let server = serve(reuse).await;
     let addr = server.listen_addr;
 
     // A chat completion, with the provider credential taken from a secret variable.
@@ -477,21 +506,75 @@ async fn gateway_behaviour_through_the_component() {
 /// (none fails to instantiate), and a server without a pool answers the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_instance_pool_wait_for_a_slot() {
-    let pooled = serve_with_pool(Some(2)).await;
-    let addr = pooled.listen_addr;
-    let answers =
-        futures_join_all((0..16).map(|i| post(addr, KEY, chat("chat", i % 2 == 0)))).await;
-    for r in &answers {
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.text().contains("hel"), "{}", r.text());
+    // With reuse an idle instance keeps its slot: a request waiting on the full pool takes
+    // that instance instead of waiting for the slot.
+    for reuse in [InstanceReuse::FRESH, reusing(3)] {
+        let pooled = serve_with_pool(Some(2), reuse).await;
+        let addr = pooled.listen_addr;
+        let answers =
+            futures_join_all((0..16).map(|i| post(addr, KEY, chat("chat", i % 2 == 0)))).await;
+        for r in &answers {
+            assert_eq!(r.status, 200, "{reuse:?}: {}", r.text());
+            assert!(r.text().contains("hel"), "{reuse:?}: {}", r.text());
+        }
     }
-    let on_demand = serve_with_pool(None).await;
+    let on_demand = serve_with_pool(None, reusing(3)).await;
     let r = post(on_demand.listen_addr, KEY, chat("chat", false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         r.json()["choices"][0]["message"]["content"],
         "hello from upstream"
     );
+}
+
+/// Waits until `n` instances are idle (an instance goes idle just after its answer's last
+/// byte, so a client can be faster).
+async fn until_idle(server: &RunningComponent, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.idle_instances() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} instances idle, not {n}",
+            server.idle_instances()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An instance serves up to `--max-instance-reuse-count` requests, then a fresh one takes
+/// over; by default every request gets its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_serves_up_to_its_reuse_count() {
+    for (reuse, expected) in [(InstanceReuse::FRESH, 7), (reusing(3), 3)] {
+        let server = serve(reuse).await;
+        for i in 0..7 {
+            let r = post(server.listen_addr, KEY, chat("chat", i % 2 == 1)).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(r.text().contains("hel"), "{}", r.text());
+            // The third request of an instance is its last: it is dropped, not kept.
+            let kept = usize::from(reuse.max_requests > 1 && (i + 1) % 3 != 0);
+            until_idle(&server, kept).await;
+        }
+        assert_eq!(server.instantiations(), expected, "{reuse:?}");
+    }
+}
+
+/// An instance idle for longer than `--idle-instance-timeout-ms` is dropped (its memory and
+/// slot freed), and the next request gets a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_is_dropped_after_its_timeout() {
+    let reuse = InstanceReuse {
+        max_requests: 100,
+        idle_timeout: Duration::from_millis(200),
+    };
+    let server = serve(reuse).await;
+    let r = post(server.listen_addr, KEY, chat("chat", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    until_idle(&server, 1).await;
+    until_idle(&server, 0).await;
+    let r = post(server.listen_addr, KEY, chat("chat", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.instantiations(), 2);
 }
 
 /// Runs the futures at once and collects their outputs in order.
@@ -514,7 +597,7 @@ where
 async fn instances_share_pooled_outbound_connections() {
     for (idle, expected) in [(Some(OUTBOUND_IDLE), 1), (None, 3)] {
         let (live, accepted) = start_counting_upstream().await;
-        let server = serve_config(gateway_config(live), Some(4), idle).await;
+        let server = serve_config(gateway_config(live), Some(4), idle, InstanceReuse::FRESH).await;
         for stream in [false, true, false] {
             let r = post(server.listen_addr, KEY, chat("chat", stream)).await;
             assert_eq!(r.status, 200, "{}", r.text());
@@ -590,7 +673,13 @@ async fn start_closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_upstream_closed_is_not_reused() {
     let (live, accepted) = start_closing_upstream().await;
-    let server = serve_config(gateway_config(live), Some(4), Some(OUTBOUND_IDLE)).await;
+    let server = serve_config(
+        gateway_config(live),
+        Some(4),
+        Some(OUTBOUND_IDLE),
+        InstanceReuse::FRESH,
+    )
+    .await;
     for _ in 0..3 {
         let r = post(server.listen_addr, KEY, chat("chat", false)).await;
         assert_eq!(r.status, 200, "{}", r.text());
@@ -623,7 +712,7 @@ async fn a_failed_tls_handshake_is_a_connection_failure_that_falls_back() {
     })
     .to_string();
     for idle in [Some(OUTBOUND_IDLE), None] {
-        let server = serve_config(config.clone(), Some(4), idle).await;
+        let server = serve_config(config.clone(), Some(4), idle, InstanceReuse::FRESH).await;
         let r = post(server.listen_addr, KEY, chat("chat", false)).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let attempts = r.attempts();
@@ -645,6 +734,7 @@ async fn startup_errors_are_typed() {
         allow_outbound: Vec::new(),
         pooled_instances: None,
         outbound_idle: None,
+        reuse: InstanceReuse::FRESH,
     };
     let missing = start_component(config("/nonexistent/edge_worker.wasm".into())).await;
     assert!(matches!(missing, Err(ComponentError::Read { .. })));
@@ -672,7 +762,54 @@ fn serve_component_help_lists_its_flags() {
         "--max-instances",
         "--no-pooling",
         "--outbound-idle-ms",
+        "--max-instance-reuse-count",
+        "--idle-instance-timeout-ms",
     ] {
         assert!(text.contains(flag), "help lacks {flag}:\n{text}");
     }
+}
+
+/// A `wasi:http/incoming-handler@0.2.0` component whose handler traps before it answers.
+const TRAPPING_COMPONENT: &str = r#"
+(component
+  (import "wasi:http/types@0.2.0" (instance $types
+    (export "incoming-request" (type (sub resource)))
+    (export "response-outparam" (type (sub resource)))))
+  (alias export $types "incoming-request" (type $request))
+  (alias export $types "response-outparam" (type $out))
+  (core module $guest
+    (func (export "handle") (param i32 i32) unreachable))
+  (core instance $guest (instantiate $guest))
+  (func $handle (param "request" (own $request)) (param "response-out" (own $out))
+    (canon lift (core func $guest "handle")))
+  (instance $handler (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.0" (instance $handler)))
+"#;
+
+/// An instance that trapped is dropped, never reused, whatever the reuse count: each
+/// request gets a 500 from a fresh instance, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_trapped_is_never_reused() {
+    let path = std::env::temp_dir().join(format!("trapping-{}.wat", std::process::id()));
+    std::fs::write(&path, TRAPPING_COMPONENT).unwrap();
+    let server = start_component(ComponentConfig {
+        component: path.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        variables: HashMap::new(),
+        env: Vec::new(),
+        allow_outbound: Vec::new(),
+        pooled_instances: Some(2),
+        outbound_idle: None,
+        reuse: reusing(100),
+    })
+    .await
+    .expect("serve the trapping component");
+    let _ = std::fs::remove_file(&path);
+    for _ in 0..3 {
+        let r = post(server.listen_addr, KEY, chat("chat", false)).await;
+        assert_eq!(r.status, 500, "{}", r.text());
+        assert_eq!(r.text(), "component failed to answer\n");
+        assert_eq!(server.idle_instances(), 0);
+    }
+    assert_eq!(server.instantiations(), 3);
 }

@@ -12,7 +12,7 @@ against pass-through.
     python3 tests/bench/envoy_bench.py [--envoy PATH] [--wasm PATH] [--duration 10] [--conns 1,64,512]
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
         [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
-        [--component-runner HOST_RUNNER ...] [--components-only] [--filter LABEL=PATH ...]
+        [--component-runner HOST_RUNNER ...] [--component-reuse N ...] [--components-only] [--filter LABEL=PATH ...]
         [--empty-filter] [--envoy-options] [--rounds N] [--routed-filter LABEL=PATH ...]
         [--translated] [--stream] [--ttfb-requests N] [--wrk-timeout S] [--backlog N] [--heap]
 
@@ -646,6 +646,9 @@ def main():
     ap.add_argument("--component-runner", action="append", default=[],
                     help="the host-runner binary serving the n-th --component (default "
                          "--host-runner), to compare host-runner builds")
+    ap.add_argument("--component-reuse", action="append", default=[], type=int,
+                    help="serve-component's --max-instance-reuse-count for the n-th --component "
+                         "(default 1: a fresh instance per request, Spin's default)")
     ap.add_argument("--filter", action="append", default=[],
                     help="LABEL=PATH of another filter.wasm build to measure in the same Envoy")
     ap.add_argument("--routed-filter", action="append", default=[],
@@ -800,9 +803,13 @@ def main():
             if not runner:
                 raise SystemExit("--component needs --host-runner or --component-runner")
             port = base + 20 + i  # clear of the proxies' ports
+            reuse = args.component_reuse[i] if i < len(args.component_reuse) else 1
+            # Only when asked: builds from before the flag refuse it.
+            reuse_flag = ["--max-instance-reuse-count", str(reuse)] if reuse != 1 else []
             procs.append(subprocess.Popen(
                 [runner, "serve-component", "--component", path,
-                 "--listen", f"127.0.0.1:{port}", "--var", f"gateway_config={gateway_config(upstreams)}"],
+                 "--listen", f"127.0.0.1:{port}", "--var", f"gateway_config={gateway_config(upstreams)}",
+                 *reuse_flag],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             name = f"serve-component + {label or 'edge_worker.wasm'}"
             setups.append((name, port, procs[-1].pid, "complete"))

@@ -242,10 +242,17 @@ def start_envoy(config: dict, upstreams: dict[str, int], secrets: dict[str, str]
     return host
 
 
+def is_component(name: str) -> bool:
+    """Whether host `name` is the Spin component (`edge-worker`, or `edge-worker-reused`)."""
+    return name.startswith("edge-worker")
+
+
 def start_edge_worker(config: dict, upstreams: dict[str, int], secrets: dict[str, str],
-                      workdir: Path) -> Host:
+                      workdir: Path, reuse: int = 1) -> Host:
     """The Spin component under `host-runner serve-component` (Spin's wasi-http world): the
-    gateway config and the provider secrets are Spin variables (lower-case names)."""
+    gateway config and the provider secrets are Spin variables (lower-case names). `reuse`
+    above 1: each instance serves up to that many requests in turn
+    (`--max-instance-reuse-count`) instead of one."""
     binary = paths.host_runner()
     component = paths.edge_worker()
     help_text = subprocess.run([str(binary), "serve-component", "--help"], capture_output=True,
@@ -258,6 +265,8 @@ def start_edge_worker(config: dict, upstreams: dict[str, int], secrets: dict[str
     cmd = [str(binary), "serve-component", "--component", str(component),
            "--listen", "127.0.0.1:0", "--var", f"gateway_config={json.dumps(config)}",
            "--allow-outbound", "http://127.0.0.1:*"]
+    if reuse != 1:
+        cmd += ["--max-instance-reuse-count", str(reuse)]
     for name, value in secrets.items():
         cmd += ["--var", f"{name.lower()}={value}"]
     host = _spawn("edge-worker", cmd, workdir, {})
@@ -274,8 +283,16 @@ def start_edge_worker(config: dict, upstreams: dict[str, int], secrets: dict[str
     return host
 
 
+def start_edge_worker_reused(config: dict, upstreams: dict[str, int], secrets: dict[str, str],
+                             workdir: Path) -> Host:
+    """The Spin component with instances reused for up to 1000 requests each: what a
+    reused instance keeps (its parsed config, its managed-key gateway, its key-value handles)
+    must change no answer."""
+    return start_edge_worker(config, upstreams, secrets, workdir, reuse=1000)
+
+
 STARTERS = {"host-runner": start_host_runner, "envoy": start_envoy,
-            "edge-worker": start_edge_worker}
+            "edge-worker": start_edge_worker, "edge-worker-reused": start_edge_worker_reused}
 
 
 def start(name: str, config: dict, upstreams: dict[str, int], secrets: dict[str, str],

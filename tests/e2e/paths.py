@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-KNOWN_HOSTS = ("host-runner", "envoy", "edge-worker")
+KNOWN_HOSTS = ("host-runner", "envoy", "edge-worker", "edge-worker-reused")
 
 
 def _pick(env: str, defaults: list[Path]) -> Path:

@@ -141,9 +141,9 @@ def test_a_burst_never_spends_past_the_budget(lim):
     budget = next(k for k in config["keys"] if k["id"] == "e2e-budget")["limits"]["budget"]["usd"]
     # Reservations are upper bounds, so a store with compare-and-swap cannot overshoot; Spin's
     # key-value store can let one more reservation per racing instance through.
-    slack = 0.0 if lim.name != "edge-worker" else request_estimate_usd(100) * BURST
+    slack = 0.0 if not hosts.is_component(lim.name) else request_estimate_usd(100) * BURST
     assert spent <= budget + slack, (spent, budget, served)
-    if lim.name != "edge-worker":
+    if not hosts.is_component(lim.name):
         # All in flight at once: no more than the budget's reservations were admitted.
         assert served <= BUDGET_REQUESTS, (served, outcomes)
 

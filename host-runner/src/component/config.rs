@@ -30,7 +30,50 @@ pub struct ComponentConfig {
     /// How long an idle outbound connection stays open for the next request of any
     /// instance; `None` opens a connection per outbound request.
     pub outbound_idle: Option<Duration>,
+    /// How an instance is reused: each request in a fresh one (Spin's and wasmtime's default
+    /// for a `wasi:http@0.2` component), or up to a number of requests, one after another.
+    pub reuse: InstanceReuse,
 }
+
+/// How many requests one instance serves, one after another, before it is dropped
+/// (`--max-instance-reuse-count`, the flag `wasmtime serve` and Spin's HTTP trigger have).
+///
+/// With `max_requests` 1, every request gets a fresh instance: nothing a request leaves in
+/// the instance's memory can reach another. Above 1, an instance that answered without a
+/// trap waits, idle, for the next request, which then skips instantiation and finds what the
+/// component kept in its memory (the edge worker keeps its parsed gateway config); an
+/// instance that trapped is always dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceReuse {
+    /// Requests one instance serves at most (1: a fresh instance per request).
+    pub max_requests: u32,
+    /// How long an idle instance waits for its next request before it is dropped (its pool
+    /// slot and memory freed).
+    pub idle_timeout: Duration,
+}
+
+impl InstanceReuse {
+    /// A fresh instance for every request.
+    pub const FRESH: InstanceReuse = InstanceReuse {
+        max_requests: 1,
+        idle_timeout: Duration::from_millis(DEFAULT_IDLE_INSTANCE_TIMEOUT_MS),
+    };
+}
+
+impl Default for InstanceReuse {
+    fn default() -> Self {
+        Self::FRESH
+    }
+}
+
+/// Requests one instance serves unless `--max-instance-reuse-count` says otherwise: 1, a
+/// fresh instance per request, as Spin and `wasmtime serve` give a WASIp2 component by
+/// default.
+pub const DEFAULT_MAX_INSTANCE_REUSE_COUNT: u32 = 1;
+
+/// How long an idle reusable instance is kept unless `--idle-instance-timeout-ms` says
+/// otherwise: a steady stream of requests finds it warm, a pause gives its memory back.
+pub const DEFAULT_IDLE_INSTANCE_TIMEOUT_MS: u64 = 1_000;
 
 /// How long `serve-component` keeps an idle outbound connection unless
 /// `--outbound-idle-ms` says otherwise: long enough to carry a steady stream of requests,
@@ -86,6 +129,22 @@ pub struct ServeComponentArgs {
     /// instance shares the pool); 0 opens a new connection for each outbound request.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_OUTBOUND_IDLE_MS)]
     pub outbound_idle_ms: u64,
+
+    /// Requests one instance serves, one after another, before it is dropped (as
+    /// `wasmtime serve`'s flag of the same name). 1 (the default; `wasmtime serve`'s too for a
+    /// WASIp2 component) gives every request a fresh instance; more saves the instantiation
+    /// and lets the component keep what it built (its parsed config) for the next request,
+    /// and lets one request see what an earlier one left in the instance's memory. An
+    /// instance that trapped is never reused.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_INSTANCE_REUSE_COUNT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instance_reuse_count: u32,
+
+    /// Milliseconds an idle instance waits for another request before it is dropped (with
+    /// `--max-instance-reuse-count` above 1).
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_IDLE_INSTANCE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_instance_timeout_ms: u64,
 }
 
 impl ServeComponentArgs {
@@ -136,6 +195,10 @@ impl ServeComponentArgs {
             pooled_instances: (!self.no_pooling).then_some(self.max_instances),
             outbound_idle: (self.outbound_idle_ms > 0)
                 .then(|| Duration::from_millis(self.outbound_idle_ms)),
+            reuse: InstanceReuse {
+                max_requests: self.max_instance_reuse_count,
+                idle_timeout: Duration::from_millis(self.idle_instance_timeout_ms),
+            },
         })
     }
 }

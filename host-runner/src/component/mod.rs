@@ -7,8 +7,11 @@
 //! `--var` values, and `fermyon:spin/key-value@2.0.0` with the `default` store (what spin.toml's
 //! `key_value_stores = ["default"]` grants), kept in memory for as long as the server runs.
 //! As in Spin, every request gets a fresh instance of a pre-instantiated component
-//! ([`ProxyPre`]): nothing leaks between requests but what the component puts in the
-//! key-value store, and instantiation costs microseconds. Outbound HTTP (loopback included)
+//! ([`ProxyPre`]) by default: nothing leaks between requests but what the component puts in
+//! the key-value store, and instantiation costs microseconds. Like Spin and `wasmtime serve`,
+//! `--max-instance-reuse-count` lets one instance serve several requests in turn instead
+//! ([`InstanceReuse`]), which saves the instantiation and whatever the component rebuilds in a
+//! fresh instance. Outbound HTTP (loopback included)
 //! goes through one connection pool the instances share (`--outbound-idle-ms`), optionally
 //! limited to `--allow-outbound` origins like Spin's `allowed_outbound_hosts`.
 //!
@@ -29,7 +32,7 @@ mod outbound;
 mod server;
 mod variables;
 
-pub use config::{ComponentConfig, ServeComponentArgs};
+pub use config::{ComponentConfig, InstanceReuse, ServeComponentArgs};
 pub use server::{start_component, RunningComponent};
 
 /// Why the component could not be served.

@@ -1,22 +1,25 @@
 //! The wasi-http server side: compile and link the component, accept connections, and run
-//! every request in a fresh instance of it (`wasi:http/incoming-handler`), as Spin does.
+//! every request in an instance of it (`wasi:http/incoming-handler`): a fresh one, as Spin
+//! does by default, or one that served earlier requests (`--max-instance-reuse-count`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -24,16 +27,31 @@ use super::bindings::fermyon::spin::{key_value, variables};
 use super::bindings::wasi::keyvalue as wasi_keyvalue;
 use super::key_value::{key_value_stores, KeyValueStore};
 use super::outbound::{Origin, OutboundClient, OutboundPolicy};
-use super::{ComponentConfig, ComponentError};
+use super::{ComponentConfig, ComponentError, InstanceReuse};
 
 /// A running `serve-component` listener; dropping it stops accepting connections.
 pub struct RunningComponent {
     /// The bound address (useful with port 0).
     pub listen_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    instances: Arc<Instances>,
 }
 
 impl RunningComponent {
+    /// Instances created so far (one per request unless instances are reused).
+    pub fn instantiations(&self) -> u64 {
+        self.instances.created.load(Ordering::Relaxed)
+    }
+
+    /// Instances waiting, idle, for their next request (only with reuse).
+    pub fn idle_instances(&self) -> usize {
+        self.instances
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Stops accepting connections; requests in flight finish.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -91,8 +109,16 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
         env: config.env,
         origins: Arc::new(origins),
         outbound,
-        instances: pooled.map(|n| Arc::new(Semaphore::new(n as usize))),
+        instances: Arc::new(Instances {
+            slots: pooled.map(|n| Arc::new(Semaphore::new(n as usize))),
+            reuse: config.reuse,
+            idle: Mutex::new(Vec::new()),
+            went_idle: Notify::new(),
+            created: AtomicU64::new(0),
+        }),
     });
+    server.instances.sweep_idle();
+    let instances = server.instances.clone();
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(async move {
         loop {
@@ -111,6 +137,7 @@ pub async fn start_component(config: ComponentConfig) -> Result<RunningComponent
     Ok(RunningComponent {
         listen_addr,
         shutdown,
+        instances,
     })
 }
 
@@ -153,6 +180,7 @@ fn engine(pooled: Option<u32>) -> Result<(Engine, Option<u32>), ComponentError> 
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut cfg = wasmtime::Config::new();
         cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        crate::profile_if_asked(&mut cfg);
         match Engine::new(&cfg) {
             Ok(engine) => return Ok((engine, Some(n))),
             // E.g. an address-space limit (`ulimit -v`) too small for the reservation.
@@ -161,8 +189,9 @@ fn engine(pooled: Option<u32>) -> Result<(Engine, Option<u32>), ComponentError> 
             ),
         }
     }
-    let engine = Engine::new(&wasmtime::Config::new())
-        .map_err(|e| ComponentError::Engine(format!("{e:#}")))?;
+    let mut cfg = wasmtime::Config::new();
+    crate::profile_if_asked(&mut cfg);
+    let engine = Engine::new(&cfg).map_err(|e| ComponentError::Engine(format!("{e:#}")))?;
     Ok((engine, None))
 }
 
@@ -189,9 +218,132 @@ struct Server {
     origins: Arc<Vec<Origin>>,
     /// The outbound connection pool every instance shares; `None`: a connection per request.
     outbound: Option<OutboundClient>,
+    /// Where a request gets its instance: a pool slot for a fresh one, or an idle one.
+    instances: Arc<Instances>,
+}
+
+/// An instantiated component between requests (only with reuse).
+struct Warm {
+    store: Store<RequestState>,
+    proxy: Proxy,
+    /// Requests it has served.
+    served: u32,
+    /// When it last went idle.
+    idle_since: Instant,
+    /// Its pool slot, held while the instance lives.
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+/// What a request runs in.
+enum Lease {
+    /// A new instance, in this pool slot (`None` without a pool).
+    Fresh(Option<OwnedSemaphorePermit>),
+    /// An idle instance that served earlier requests.
+    Reused(Warm),
+}
+
+/// The instances: pool slots for fresh ones, and, with reuse, the idle ones waiting for
+/// their next request.
+struct Instances {
     /// One permit per pool slot: a request waits here rather than fail to instantiate when
     /// every slot is taken. `None` without a pool.
-    instances: Option<Arc<Semaphore>>,
+    slots: Option<Arc<Semaphore>>,
+    reuse: InstanceReuse,
+    /// Idle instances, the most recently used last (taken first: its pages are warm).
+    idle: Mutex<Vec<Warm>>,
+    /// Signalled when an instance goes idle, for a request waiting on a full pool: an idle
+    /// instance holds its slot, so that request may take the instance instead.
+    went_idle: Notify,
+    /// Instances created so far.
+    created: AtomicU64,
+}
+
+impl Instances {
+    /// An idle instance if one is waiting, otherwise a slot for a fresh one (waiting, when
+    /// the pool is full, for whichever comes first).
+    async fn lease(&self) -> wasmtime::Result<Lease> {
+        loop {
+            let went_idle = self.went_idle.notified();
+            tokio::pin!(went_idle);
+            // Registered before the check, so an instance going idle after it wakes us.
+            went_idle.as_mut().enable();
+            if let Some(warm) = self.take_idle() {
+                return Ok(Lease::Reused(warm));
+            }
+            let Some(slots) = &self.slots else {
+                return Ok(Lease::Fresh(None));
+            };
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => return Ok(Lease::Fresh(Some(permit?))),
+                _ = went_idle => continue,
+            }
+        }
+    }
+
+    /// The most recently idle instance that has not waited too long.
+    fn take_idle(&self) -> Option<Warm> {
+        if self.reuse.max_requests <= 1 {
+            return None;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let warm = idle.pop()?;
+        if warm.idle_since.elapsed() < self.reuse.idle_timeout {
+            return Some(warm);
+        }
+        // This one, the newest, is stale, so every one below it is too.
+        let stale = std::mem::take(&mut *idle);
+        drop(idle);
+        drop(stale);
+        drop(warm);
+        None
+    }
+
+    /// After a request: keeps the instance for the next one if it may serve more, drops it
+    /// (and frees its slot) otherwise.
+    fn give_back(&self, warm: Warm) {
+        if warm.served >= self.reuse.max_requests {
+            return;
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(warm);
+        self.went_idle.notify_one();
+    }
+
+    /// Drops the instances idle for longer than the timeout.
+    fn drop_stale(&self) {
+        let timeout = self.reuse.idle_timeout;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh_from = idle
+            .iter()
+            .position(|warm| warm.idle_since.elapsed() < timeout)
+            .unwrap_or(idle.len());
+        let stale: Vec<Warm> = idle.drain(..fresh_from).collect();
+        drop(idle);
+        drop(stale);
+    }
+
+    /// With reuse, drops idle instances past their timeout every so often, until the server
+    /// is gone: a burst's instances give their memory and slots back once it is over.
+    fn sweep_idle(self: &Arc<Self>) {
+        if self.reuse.max_requests <= 1 {
+            return;
+        }
+        let instances = Arc::downgrade(self);
+        let period = (self.reuse.idle_timeout / 2).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match instances.upgrade() {
+                    Some(instances) => instances.drop_stale(),
+                    None => break,
+                }
+            }
+        });
+    }
 }
 
 impl Server {
@@ -211,7 +363,7 @@ impl Server {
         }
     }
 
-    /// Runs one request in a fresh instance.
+    /// Runs one request in an instance.
     async fn handle(
         &self,
         request: hyper::Request<Incoming>,
@@ -230,16 +382,14 @@ impl Server {
         }
     }
 
-    async fn dispatch(
-        &self,
-        request: hyper::Request<Incoming>,
-    ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+    /// A store for a fresh instance.
+    fn new_store(&self) -> Store<RequestState> {
         let wasi = WasiCtx::builder()
             .inherit_stdout()
             .inherit_stderr()
             .envs(&self.env)
             .build();
-        let mut store = Store::new(
+        Store::new(
             self.pre.engine(),
             RequestState {
                 wasi,
@@ -253,7 +403,18 @@ impl Server {
                 key_value: self.key_value.clone(),
                 open_stores: 0,
             },
-        );
+        )
+    }
+
+    async fn dispatch(
+        &self,
+        request: hyper::Request<Incoming>,
+    ) -> wasmtime::Result<hyper::Response<HyperOutgoingBody>> {
+        let lease = self.instances.lease().await?;
+        let (mut store, proxy, served, slot) = match lease {
+            Lease::Reused(warm) => (warm.store, Some(warm.proxy), warm.served, warm.slot),
+            Lease::Fresh(slot) => (self.new_store(), None, 0, slot),
+        };
         let (sender, receiver) = oneshot::channel();
         let request = store
             .data_mut()
@@ -261,25 +422,45 @@ impl Server {
             .new_incoming_request(Scheme::Http, request)?;
         let out = store.data_mut().http().new_response_outparam(sender)?;
         let pre = self.pre.clone();
-        // Held until the instance is dropped with its store, at the end of the task.
-        let slot = match &self.instances {
-            Some(instances) => Some(instances.clone().acquire_owned().await?),
-            None => None,
-        };
+        let instances = self.instances.clone();
+        if proxy.is_none() {
+            instances.created.fetch_add(1, Ordering::Relaxed);
+        }
         // The guest keeps running after it sets the response head: it streams the body.
         let task = tokio::spawn(async move {
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, out)
-                    .await
+                    .await?;
+                Ok::<_, wasmtime::Error>(proxy)
             }
             .await;
-            // The slot is free for the next request once the instance is gone with its store.
-            drop(store);
-            drop(slot);
-            result
+            match result {
+                // The handler returned: its answer is written whole, so the instance may
+                // take the next request (if it may serve more).
+                Ok(proxy) => {
+                    instances.give_back(Warm {
+                        store,
+                        proxy,
+                        served: served + 1,
+                        idle_since: Instant::now(),
+                        slot,
+                    });
+                    Ok(())
+                }
+                // A trap (or a failed instantiation): the instance is never run again; its
+                // slot is free once it is gone with its store.
+                Err(e) => {
+                    drop(store);
+                    drop(slot);
+                    Err(e)
+                }
+            }
         });
         match receiver.await {
             Ok(Ok(response)) => Ok(response),
