@@ -16,6 +16,17 @@ thread_local! {
     static LOCAL: MemoryCounters = MemoryCounters::default();
 }
 
+/// Forgets a failed open of the store, so this request tries again: an instance that serves
+/// several requests (a host that reuses instances) does not count limits in its own memory for
+/// the rest of its life after one failure, as a fresh instance per request would not.
+pub fn new_request() {
+    STORE.with_borrow_mut(|store| {
+        if matches!(store, Some(Err(()))) {
+            *store = None;
+        }
+    });
+}
+
 /// Runs `f` on the `default` bucket, opened once per instance (`None`: not granted).
 fn with_store<T>(f: impl FnOnce(Option<&Bucket>) -> T) -> T {
     STORE.with(|cell| {

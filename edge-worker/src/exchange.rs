@@ -30,6 +30,8 @@ use crate::settings;
 
 /// Serves one request; the answer goes to `out`.
 pub async fn serve(request: IncomingRequest, out: ResponseOutparam) {
+    crate::health::new_request();
+    crate::counters::new_request();
     let gateway = match settings::gateway() {
         Ok(gateway) => gateway,
         Err(err) => {

@@ -29,9 +29,10 @@
 //! that window, so that failure run is not reset — one more lost update of the same kind.)
 //!
 //! Without the store — an app that does not list it in `key_value_stores`, a host that denies
-//! it — or after a store error, health falls back to instance memory (and says so once per
-//! instance on stderr, which on Spin means once per request): still enough to keep a
-//! deployment that just failed out of the rest of the request, forgotten after it.
+//! it — or after a store error, health falls back to instance memory for the rest of the
+//! request (and says so on stderr): still enough to keep a deployment that just failed out of
+//! the rest of the request. The next request tries the store again ([`new_request`]), also in
+//! an instance a host reuses.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -74,6 +75,18 @@ thread_local! {
     });
 }
 
+/// Tries the store again in this request if an earlier one in this instance gave up on it:
+/// an instance that serves several requests (a host that reuses instances) does not keep its
+/// health local for the rest of its life after one failure, as a fresh instance would not.
+/// What it read stays cached (for [`CACHE_TTL`]).
+pub fn new_request() {
+    RECORDS.with_borrow_mut(|records| {
+        if matches!(records.backend, Backend::Local) {
+            records.backend = Backend::Unopened;
+        }
+    });
+}
+
 impl Records {
     /// The shared store, opened on first use; `None` when health is instance-local.
     fn store(&mut self) -> Option<&Store> {
@@ -96,12 +109,12 @@ impl Records {
         }
     }
 
-    /// Gives up on the store after an error: from now on health is instance-local, starting
-    /// from what this instance has read.
+    /// Gives up on the store after an error: for the rest of this request health is
+    /// instance-local, starting from what this instance has read.
     fn degrade(&mut self, what: &str, err: impl std::fmt::Debug) {
         crate::log::line(&format!(
             "switchyard: key-value {what} failed ({err:?}); passive health stays in instance \
-             memory for the rest of this instance"
+             memory for the rest of this request"
         ));
         self.backend = Backend::Local;
     }

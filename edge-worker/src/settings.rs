@@ -6,7 +6,7 @@
 //! the config names them (`api_key_secret`), and they are read from Spin variables (marked
 //! `secret = true` in `spin.toml`) or, failing that, from the component's environment.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
@@ -62,7 +62,8 @@ thread_local! {
 /// The gateway of `gateway_config`, or of the bundled config when it is unset: the one this
 /// instance built for an earlier request when the config text is the same, otherwise built
 /// now. Secrets are resolved when it is built, so a reused instance keeps the credentials it
-/// read (Spin variables do not change while an app runs).
+/// read for as long as it lives (`--max-instance-reuse-count` bounds that); a gateway with a
+/// secret that did not resolve is not kept.
 pub fn gateway() -> Result<Rc<Gateway>, SettingsError> {
     let (source, text) = match spin_sdk::variables::get(CONFIG_VARIABLE) {
         Ok(text) if !text.trim().is_empty() => (CONFIG_VARIABLE, text),
@@ -81,12 +82,21 @@ pub fn gateway() -> Result<Rc<Gateway>, SettingsError> {
         return Ok(gateway);
     }
     let gateway = Gateway::from_json(text.as_bytes())
-        .map(|gateway| Rc::new(gateway.resolve_secrets(&secret)))
         .map_err(|error| SettingsError::Config { source, error })?;
-    BUILT.set(Some(Built {
-        text,
-        gateway: gateway.clone(),
+    // A secret the host could not give (unset, or a variables provider that failed just now)
+    // is looked up again by the next request rather than kept missing for the instance's life.
+    let missing = Cell::new(false);
+    let gateway = Rc::new(gateway.resolve_secrets(&|name| {
+        let value = secret(name);
+        missing.set(missing.get() || value.is_none());
+        value
     }));
+    if !missing.get() {
+        BUILT.set(Some(Built {
+            text,
+            gateway: gateway.clone(),
+        }));
+    }
     Ok(gateway)
 }
 

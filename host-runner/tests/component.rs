@@ -406,19 +406,33 @@ fn chat(model: &str, stream: bool) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_behaviour_through_the_component() {
-    gateway_behaviour(InstanceReuse::FRESH).await;
+    let server = gateway_behaviour(InstanceReuse::FRESH).await;
+    assert_eq!(server.instantiations(), 7);
 }
 
 /// The same behaviour from instances that serve many requests each: what an instance keeps
 /// between requests (its parsed config, its key-value handles) changes no answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_behaviour_through_reused_instances() {
-    gateway_behaviour(reusing(100)).await;
+    let server = gateway_behaviour(reusing(100)).await;
+    assert_eq!(server.instantiations(), 1);
 }
 
-async fn gateway_behaviour(reuse: InstanceReuse) {
+async fn gateway_behaviour(reuse: InstanceReuse) -> RunningComponent {
     let server = serve(reuse).await;
     let addr = server.listen_addr;
+    // With reuse, each request waits for the last one's instance to go idle, so all of them
+    // run in the one instance.
+    let post = |addr, key, body| {
+        let server = &server;
+        async move {
+            let answer = post(addr, key, body).await;
+            if reuse.max_requests > 1 {
+                until_idle(server, 1).await;
+            }
+            answer
+        }
+    };
 
     // A chat completion, with the provider credential taken from a secret variable.
     let r = post(addr, KEY, chat("chat", false)).await;
@@ -500,6 +514,7 @@ async fn gateway_behaviour(reuse: InstanceReuse) {
         "the ejected deployment was tried again: {}",
         r.attempts()
     );
+    server
 }
 
 /// More requests at once than pooled instances: the extra ones wait for a slot to come back
@@ -563,9 +578,11 @@ async fn an_instance_serves_up_to_its_reuse_count() {
 /// slot freed), and the next request gets a fresh one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_is_dropped_after_its_timeout() {
+    // Long enough that the test sees the instance idle before the sweeper (every half
+    // timeout) drops it, even on a loaded machine.
     let reuse = InstanceReuse {
         max_requests: 100,
-        idle_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(2),
     };
     let server = serve(reuse).await;
     let r = post(server.listen_addr, KEY, chat("chat", false)).await;
@@ -812,4 +829,31 @@ async fn an_instance_that_trapped_is_never_reused() {
         assert_eq!(server.idle_instances(), 0);
     }
     assert_eq!(server.instantiations(), 3);
+}
+
+/// A request wasi-http cannot carry (HTTP/1.0 without a `Host`: no authority) is answered 500
+/// before it reaches the component; the instance leased for it is dropped (its slot freed
+/// after it), and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_an_authority_is_refused_and_serving_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = serve_with_pool(Some(1), reusing(100)).await;
+    let r = post(server.listen_addr, KEY, chat("chat", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    until_idle(&server, 1).await;
+    let mut stream = tokio::net::TcpStream::connect(server.listen_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/models HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 500"), "{answer}");
+    assert_eq!(server.idle_instances(), 0);
+    // The one pool slot is free again: the next request gets a fresh instance in it.
+    let r = post(server.listen_addr, KEY, chat("chat", false)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.instantiations(), 2);
 }

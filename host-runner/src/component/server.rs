@@ -258,6 +258,14 @@ struct Instances {
     created: AtomicU64,
 }
 
+/// Drops instances off the request path: after a burst a whole pool's worth can go stale at
+/// once, and each store's teardown (its instance's slot reset) takes a while.
+fn retire(instances: Vec<Warm>) {
+    if !instances.is_empty() {
+        tokio::task::spawn_blocking(move || drop(instances));
+    }
+}
+
 impl Instances {
     /// An idle instance if one is waiting, otherwise a slot for a fresh one (waiting, when
     /// the pool is full, for whichever comes first).
@@ -291,10 +299,10 @@ impl Instances {
             return Some(warm);
         }
         // This one, the newest, is stale, so every one below it is too.
-        let stale = std::mem::take(&mut *idle);
+        let mut stale = std::mem::take(&mut *idle);
         drop(idle);
-        drop(stale);
-        drop(warm);
+        stale.push(warm);
+        retire(stale);
         None
     }
 
@@ -321,7 +329,7 @@ impl Instances {
             .unwrap_or(idle.len());
         let stale: Vec<Warm> = idle.drain(..fresh_from).collect();
         drop(idle);
-        drop(stale);
+        retire(stale);
     }
 
     /// With reuse, drops idle instances past their timeout every so often, until the server
@@ -416,11 +424,25 @@ impl Server {
             Lease::Fresh(slot) => (self.new_store(), None, 0, slot),
         };
         let (sender, receiver) = oneshot::channel();
-        let request = store
+        let resources = store
             .data_mut()
             .http()
-            .new_incoming_request(Scheme::Http, request)?;
-        let out = store.data_mut().http().new_response_outparam(sender)?;
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|request| {
+                let out = store.data_mut().http().new_response_outparam(sender)?;
+                Ok((request, out))
+            });
+        let (request, out) = match resources {
+            Ok(resources) => resources,
+            // A request wasi-http cannot represent (no authority, say). The instance, if one
+            // was leased, goes before its slot, so no other request finds the slot free while
+            // the instance still holds its pool memory.
+            Err(e) => {
+                drop(store);
+                drop(slot);
+                return Err(e);
+            }
+        };
         let pre = self.pre.clone();
         let instances = self.instances.clone();
         if proxy.is_none() {
