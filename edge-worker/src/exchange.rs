@@ -125,13 +125,14 @@ impl Host {
     }
 
     async fn run(&mut self, request: IncomingRequest) {
-        let headers = request.headers();
+        // The whole head in one host call, rather than one call per header the core may want
+        // (each crosses the component boundary and allocates its answer in the guest).
+        let entries = request.headers().entries();
         let header = |name: &str| {
-            headers
-                .get(name)
-                .into_iter()
-                .next()
-                .and_then(|v| String::from_utf8(v).ok())
+            entries
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
         };
         let method = request.method().to_string();
         let path = request.path_with_query().unwrap_or_default();
@@ -385,6 +386,16 @@ async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
 
 /// Header fields for a response; a header the host refuses is logged and left out.
 fn fields(headers: &[(String, String)]) -> Fields {
+    // All at once in one host call; only when the host refuses one are they added one by one,
+    // to find and log it.
+    let list: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| (name.clone(), value.clone().into_bytes()))
+        .collect();
+    if let Ok(fields) = Fields::from_list(&list) {
+        return fields;
+    }
     let fields = Fields::new();
     for (name, value) in headers {
         if value.is_empty() {
