@@ -52,8 +52,9 @@ struct Built {
 }
 
 thread_local! {
-    /// Kept for the instance's next request, which a host that reuses instances (Spin's and
-    /// `serve-component`'s `--max-instance-reuse-count`) sends to the same memory: it then
+    /// Kept for the instance's next request, which a host that reuses instances
+    /// (`serve-component`'s and `wasmtime serve`'s `--max-instance-reuse-count`) sends to the
+    /// same memory: it then
     /// skips the config's parse, its secrets' lookups and its deployments' resolution. A
     /// fresh instance per request (the default) starts empty.
     static BUILT: RefCell<Option<Built>> = const { RefCell::new(None) };
