@@ -148,3 +148,41 @@ async fn serves_requests_and_forwards_named_environment() {
     assert_eq!(r.status, 200);
     assert!(r.body.starts_with("PUT /rewritten?q=1\n"));
 }
+
+/// `HOST_RUNNER_PERF_MAP=1` makes `serve` write a perf map naming the guest's compiled
+/// functions (for `perf report`); without it, none is written.
+#[test]
+fn the_perf_map_is_written_only_when_asked() {
+    for asked in [true, false] {
+        let mut command = bin();
+        command
+            .args(["serve", "--filter", guest("probe").to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if asked {
+            command.env("HOST_RUNNER_PERF_MAP", "1");
+        } else {
+            command.env_remove("HOST_RUNNER_PERF_MAP");
+        }
+        let mut child = Running(command.spawn().unwrap());
+        // The banner comes once the module is compiled (and its map written).
+        let mut line = String::new();
+        BufReader::new(child.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("serving"), "{line}");
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.0.id()));
+        let text = std::fs::read_to_string(&map).unwrap_or_default();
+        let _ = std::fs::remove_file(&map);
+        if asked {
+            assert!(
+                text.lines().any(|l| l.contains("proxy_on_")),
+                "no guest function in {map:?}: {}",
+                &text[..text.len().min(500)]
+            );
+        } else {
+            assert!(text.is_empty(), "a perf map was written unasked: {map:?}");
+        }
+    }
+}
