@@ -72,7 +72,7 @@ fn kind_tag(kind: MetricKind) -> u8 {
 
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::shared::lock(&self.inner)
     }
 
     /// Define (or look up) a metric; the id is stable for the process lifetime.

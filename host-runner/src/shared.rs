@@ -10,9 +10,10 @@ use crate::abi::Status;
 /// which then runs `proxy_on_queue_ready` on its own thread.
 pub type QueueWaker = Arc<dyn Fn(u32) + Send + Sync>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave these maps half-updated in a way that
-    // matters more than losing the whole process, so recover the guard.
+/// Locks `m`, recovering the guard if a panic poisoned it: the host's shared maps and lists
+/// are only ever changed by single inserts and removals, so a panic cannot leave them
+/// half-updated in a way that matters more than losing the whole process.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -28,6 +28,7 @@ use super::bindings::wasi::keyvalue as wasi_keyvalue;
 use super::key_value::{key_value_stores, KeyValueStore};
 use super::outbound::{Origin, OutboundClient, OutboundPolicy};
 use super::{ComponentConfig, ComponentError, InstanceReuse};
+use crate::shared::lock;
 
 /// A running `serve-component` listener; dropping it stops accepting connections.
 pub struct RunningComponent {
@@ -45,11 +46,7 @@ impl RunningComponent {
 
     /// Instances waiting, idle, for their next request (only with reuse).
     pub fn idle_instances(&self) -> usize {
-        self.instances
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        lock(&self.instances.idle).len()
     }
 
     /// Stops accepting connections; requests in flight finish.
@@ -293,7 +290,7 @@ impl Instances {
         if self.reuse.max_requests <= 1 {
             return None;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = lock(&self.idle);
         let warm = idle.pop()?;
         if warm.idle_since.elapsed() < self.reuse.idle_timeout {
             return Some(warm);
@@ -312,17 +309,14 @@ impl Instances {
         if warm.served >= self.reuse.max_requests {
             return;
         }
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(warm);
+        lock(&self.idle).push(warm);
         self.went_idle.notify_one();
     }
 
     /// Drops the instances idle for longer than the timeout.
     fn drop_stale(&self) {
         let timeout = self.reuse.idle_timeout;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = lock(&self.idle);
         let fresh_from = idle
             .iter()
             .position(|warm| warm.idle_since.elapsed() < timeout)
