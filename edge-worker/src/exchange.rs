@@ -397,11 +397,8 @@ fn fields(headers: &[(String, String)]) -> Fields {
         return fields;
     }
     let fields = Fields::new();
-    for (name, value) in headers {
-        if value.is_empty() {
-            continue;
-        }
-        if let Err(e) = fields.append(name, &value.clone().into_bytes()) {
+    for (name, value) in &list {
+        if let Err(e) = fields.append(name, value) {
             log::line(&format!(
                 "switchyard: dropping response header {name}: {e:?}"
             ));
