@@ -13,7 +13,7 @@ against pass-through.
         [--host-runner target/release/host-runner --passthrough PASSTHROUGH.wasm]
         [--component [LABEL=]edge-worker/target/wasm32-wasip2/release/edge_worker.wasm ...]
         [--component-runner HOST_RUNNER ...] [--component-reuse N ...] [--components-only] [--filter LABEL=PATH ...]
-        [--empty-filter] [--envoy-options] [--rounds N] [--routed-filter LABEL=PATH ...]
+        [--empty-filter] [--read-floor WASM_FLOOR] [--envoy-options] [--rounds N] [--routed-filter LABEL=PATH ...]
         [--translated] [--stream] [--ttfb-requests N] [--wrk-timeout S] [--backlog N] [--heap]
 
 The upstream has four instant answers, each exactly as its API documents it: an OpenAI chat
@@ -52,7 +52,9 @@ every row), to compare filter builds (before/after a change) in one run; --route
 gateway's `edge.route_complete_answers` opt-in set for that row only, so the default and the
 opt-in of each build are measured side by side. --empty-filter adds the floor: the
 passthrough guest (every callback continues) loaded as a wasm filter the same way, the least
-any wasm filter costs. --envoy-options adds filter.wasm rows with each per-request Envoy
+any wasm filter costs; --read-floor adds the `read` floor (shared/bench/wasm-floor in its `read`
+mode: both bodies held, read and written back, no logic), the least a filter that reads the
+request and the answer costs. --envoy-options adds filter.wasm rows with each per-request Envoy
 default turned off (request-id generation; the router's dynamic stats), to price them.
 
 Every row also reports the CPU time per request of the process serving it (the row's own
@@ -335,8 +337,10 @@ def write_configs(tmp, wasm, ports, upstreams, extra_filters=(), control_plane=N
     """Envoy configs: the upstream (one listener per instant upstream in `upstreams`), and the
     proxies, one Envoy each so that each row's CPU and memory are its own: pass-through (with a
     second listener to the event-stream upstream), the filter, one more filter per `(label,
-    path, port, routed)` in `extra_filters`, with `control_plane` `(its port, listener port)`
-    the filter synced to a control plane, and with `limits` `(listener port, listener port
+    path, port, routed, plugin_config)` in `extra_filters` (`plugin_config`, when not None,
+    replaces the gateway config as that row's plugin configuration), with `control_plane`
+    `(its port, listener port)` the filter synced to a control plane, and with `limits`
+    `(listener port, listener port
     through the control plane)` the key limited; with `admin_base` each proxy gets an admin
     listener (port `admin_base` + its index) for `HeapSampler`. Returns the upstream config's
     path and a list of `(name, path, port, admin port or None)`, one per proxy Envoy."""
@@ -353,9 +357,11 @@ static_resources:
   listeners:{upstream_listeners}
 """
 
-    def wasm_filter(path, vm, cp_port=None, limited=False, routed=False):
+    def wasm_filter(path, vm, cp_port=None, limited=False, routed=False, plugin_config=None):
         env = ("""
                   environment_variables: {host_env_keys: [SWITCHYARD_EDGE_TOKEN]}""" if cp_port else "")
+        if plugin_config is None:
+            plugin_config = gateway_config(upstreams, cp_port, limited, routed)
         return f"""
           - name: envoy.filters.http.wasm
             typed_config:
@@ -365,7 +371,7 @@ static_resources:
                 allow_on_headers_stop_iteration: true
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {json.dumps(gateway_config(upstreams, cp_port, limited, routed))}
+                  value: {json.dumps(plugin_config)}
                 vm_config:
                   vm_id: {vm}
                   runtime: envoy.wasm.runtime.v8
@@ -376,13 +382,16 @@ static_resources:
                 + listener(passthrough_sse, ROUTER, "route: {cluster: upstream_sse, timeout: 0s}")),
                ("envoy + filter.wasm", filtered,
                 listener(filtered, wasm_filter(wasm, "main") + ROUTER, route))]
-    for i, (label, path, port, routed) in enumerate(extra_filters):
+    for i, (label, path, port, routed, plugin_config) in enumerate(extra_filters):
         proxies.append((f"envoy + {label}", port,
-                        listener(port, wasm_filter(path, f"extra{i}", routed=routed) + ROUTER, route)))
+                        listener(port, wasm_filter(path, f"extra{i}", routed=routed,
+                                                   plugin_config=plugin_config) + ROUTER, route)))
     for (label, hcm, router), port in zip(ENVOY_OPTIONS, options_ports):
         proxies.append((f"envoy + filter.wasm, {label}", port,
                         listener(port, wasm_filter(wasm, "main") + router, route, hcm)))
     clusters = "".join(cluster(name, port) for name, port in upstreams.items())
+    # The `read` floor names its upstream `fake_upstream` (shared/bench/wasm-floor).
+    clusters += cluster("fake_upstream", upstreams["upstream"])
     if control_plane:
         cp_port, port = control_plane
         proxies.append(("envoy + filter.wasm + control plane", port,
@@ -660,6 +669,10 @@ def main():
     ap.add_argument("--empty-filter", action="store_true",
                     help="also measure the floor: the passthrough guest (every callback continues) "
                          "as an Envoy wasm filter, loaded like filter.wasm")
+    ap.add_argument("--read-floor", metavar="WASM_FLOOR",
+                    help="also measure the `read` floor: shared/bench's wasm-floor filter in its "
+                         "`read` mode (the request body and the complete answer held, read and "
+                         "written back, an upstream named; no logic), loaded like filter.wasm")
     ap.add_argument("--envoy-options", action="store_true",
                     help="also measure filter.wasm with each Envoy default that costs per request "
                          "turned off (request-id generation, the router's dynamic stats)")
@@ -717,10 +730,14 @@ def main():
     extra_filters = []
     if args.empty_filter:
         args.filter.insert(0, f"empty filter (passthrough guest)={args.passthrough}")
-    specs = [(spec, False) for spec in args.filter] + [(spec, True) for spec in args.routed_filter]
-    for i, (spec, routed) in enumerate(specs):
+    specs = [(spec, False, None) for spec in args.filter]
+    if args.read_floor:
+        specs.append((f"read floor (wasm-floor `read`)={args.read_floor}", False, "read"))
+    specs += [(spec, True, None) for spec in args.routed_filter]
+    for i, (spec, routed, plugin_config) in enumerate(specs):
         label, _, path = spec.rpartition("=")
-        extra_filters.append((label or path, os.path.abspath(path), base + 60 + i, routed))
+        extra_filters.append((label or path, os.path.abspath(path), base + 60 + i, routed,
+                              plugin_config))
     control_plane = (base + 40, base + 41) if args.control_plane else None
     options_ports = [base + 50 + i for i in range(len(ENVOY_OPTIONS))] if args.envoy_options else []
     limits = (base + 42, base + 43) if args.limits else None
