@@ -378,6 +378,31 @@ def test_failing_primary_is_ejected_then_retried_after_cooldown(fb):
     assert len(chat_requests(fb, p_prov, p_model)) == EJECT_AFTER + 1
 
 
+def test_a_providers_retry_after_steers_every_request_to_the_secondary_until_it_is_over(fb):
+    """One 429 with `Retry-After: 5` from the primary: that request falls back, and every
+    request in the next 5 s goes straight to the secondary (the back-off is shared by the
+    host's workers or instances); after it, the primary is asked again."""
+    (p_prov, p_model), (s_prov, s_model) = CHAINS["fb-throttled"]
+    primary, secondary = deployment(p_prov, p_model), deployment(s_prov, s_model)
+    back_off_s = 5
+    inject(fb, p_prov, kind="status", status=429, retry_after=back_off_s)
+    answer = ask(fb, "openai", "fb-throttled", "throttled")
+    throttled_at = time.monotonic()
+    assert [(a[0], a[1]) for a in answer.attempts] == [(primary, "429"), (secondary, "200")]
+    for i in range(4):
+        prompt = f"while backing off {i}"
+        answer = ask(fb, "anthropic" if i % 2 else "openai", "fb-throttled", prompt,
+                     stream=i >= 2)
+        assert answer.text == expected_text(s_prov, s_model, prompt)
+        assert_single_attempt(answer, secondary)
+    assert time.monotonic() - throttled_at < back_off_s, "test ran too slowly"
+    assert len(chat_requests(fb, p_prov, p_model)) == 1, "nobody asked the throttled primary"
+    time.sleep(max(0.0, back_off_s + 0.3 - (time.monotonic() - throttled_at)))
+    answer = ask(fb, "openai", "fb-throttled", "after the back-off")
+    assert answer.text == expected_text(p_prov, p_model, "after the back-off")
+    assert_single_attempt(answer, primary)
+
+
 # --- bursts: half the primary's answers fail, the client sees none of it ---------------------
 
 

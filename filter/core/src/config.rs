@@ -291,6 +291,12 @@ pub struct FallbackPolicy {
     /// How long an ejected deployment is skipped.
     #[serde(default = "default_cooldown_ms")]
     pub cooldown_ms: u64,
+    /// Whether a provider's 429 with a `Retry-After` in seconds ejects the deployment for that
+    /// long (at most 60 s), for every request: its quota is the provider account's, so the
+    /// next request would most likely meet the same 429. Off, the back-off holds only the
+    /// request that was answered 429, and the 429 counts as an ordinary failure.
+    #[serde(default = "default_eject_on_retry_after")]
+    pub eject_on_retry_after: bool,
 }
 
 fn default_retry_on() -> Vec<u16> {
@@ -308,6 +314,9 @@ fn default_eject_after() -> u32 {
 fn default_cooldown_ms() -> u64 {
     30_000
 }
+fn default_eject_on_retry_after() -> bool {
+    true
+}
 
 impl Default for FallbackPolicy {
     fn default() -> Self {
@@ -317,6 +326,7 @@ impl Default for FallbackPolicy {
             total_timeout_ms: default_total_timeout_ms(),
             eject_after_failures: default_eject_after(),
             cooldown_ms: default_cooldown_ms(),
+            eject_on_retry_after: default_eject_on_retry_after(),
         }
     }
 }

@@ -53,9 +53,11 @@
 //! model's bounded queue ([`crate::queue`]); a deployment whose provider answered 429 is
 //! skipped by that request's later walks of the chain until the back-off its `Retry-After`
 //! asked for is over (seconds; 1 s without one or for an HTTP-date, 60 s at most), so a
-//! waiting request asks a throttled provider at most once per back-off (other requests are
-//! not steered away by it):
-//! [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
+//! waiting request asks a throttled provider at most once per back-off. A back-off named in
+//! seconds also goes into the deployment's shared health record (when some routing reads it,
+//! [`crate::health`], and `fallback.eject_on_retry_after` is on, the default): other requests
+//! skip the deployment for as long, as an ejected one.
+//! While a request waits, [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
 //! freed, and at the latest at its `until_ms`. A retry walks the chain again; the request
 //! leaves the queue when a deployment takes it, or is answered 429 `deployments_saturated`
 //! with `Retry-After` once `max_wait_ms` has passed since it first waited (at once when the
@@ -1192,18 +1194,22 @@ impl Exchange {
     /// The current attempt failed: count it against the deployment, then move on to the next
     /// one, or answer with the all-failed error.
     fn attempt_failed(&mut self, outcome: Outcome, cx: &Ctx<'_>) -> Vec<Action> {
+        self.attempt_failed_backing_off(outcome, None, cx)
+    }
+
+    /// [`Exchange::attempt_failed`], for an attempt whose provider asked every caller to back
+    /// off until `back_off_until_ms` (a 429 with `Retry-After`): the deployment's shared
+    /// record skips it that long, so other requests go down the chain instead of asking again.
+    fn attempt_failed_backing_off(
+        &mut self,
+        outcome: Outcome,
+        back_off_until_ms: Option<u64>,
+        cx: &Ctx<'_>,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         // An attempt that was never sent is not the deployment's fault.
-        if !matches!(outcome, Outcome::NotSent(_)) && self.health_read() {
-            if let Some(plan) = &self.plan {
-                let deployment = self.deployment().to_string();
-                if record_failure(cx.health, &deployment, &plan.fallback, cx.now_ms) {
-                    actions.push(Action::Log(format!(
-                        "switchyard: ejecting deployment {deployment} for {} ms",
-                        plan.fallback.cooldown_ms
-                    )));
-                }
-            }
+        if !matches!(outcome, Outcome::NotSent(_)) {
+            actions.extend(self.count_failure(back_off_until_ms, cx));
         }
         if !matches!(outcome, Outcome::Status(_)) {
             actions.push(Action::Log(format!(
@@ -1219,7 +1225,11 @@ impl Exchange {
             if self.every_deployment_busy() {
                 return self.saturated(actions, cx);
             }
-            let err = self.attempts.all_failed();
+            let mut err = self.attempts.all_failed();
+            if err.retry_after.is_some() {
+                // The last provider's 429: the client waits the back-off the providers asked.
+                err.retry_after = self.saturated_retry_s.or(err.retry_after);
+            }
             actions.extend(self.reply_error(&err));
             return actions;
         }
@@ -1228,26 +1238,45 @@ impl Exchange {
         self.send_or_next(actions, cx)
     }
 
+    /// Counts a failed attempt against its deployment's shared health record, when some
+    /// routing reads it; the log line when that ejected the deployment.
+    fn count_failure(&self, back_off_until_ms: Option<u64>, cx: &Ctx<'_>) -> Option<Action> {
+        let plan = self.plan.as_ref().filter(|_| self.health_read())?;
+        let deployment = self.deployment();
+        let until_ms = record_failure(
+            cx.health,
+            deployment,
+            &plan.fallback,
+            cx.now_ms,
+            back_off_until_ms,
+        )?;
+        Some(Action::Log(format!(
+            "switchyard: ejecting deployment {deployment} for {} ms",
+            until_ms.saturating_sub(cx.now_ms)
+        )))
+    }
+
     fn on_upstream_head(&mut self, head: &UpstreamHead<'_>, cx: &Ctx<'_>) -> Vec<Action> {
         let Some(plan) = &self.plan else {
             return self.reply_error(&no_plan());
         };
         let status = head.status;
         if plan.should_retry_status(status) && (self.attempt > 0 || self.can_fall_back(cx)) {
+            let mut shared_back_off = None;
+            let eject_on_retry_after = plan.fallback.eject_on_retry_after;
             if status == 429 {
-                // Seconds only (an HTTP-date, or none: one second).
-                let back_off_s = head
-                    .retry_after
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .unwrap_or(1)
-                    .clamp(1, 60);
+                // This request skips the provider for its back-off (an HTTP-date, or none:
+                // one second); every request does when the provider named it in seconds.
+                let asked_s = provider_back_off_s(head.retry_after);
+                let back_off_s = asked_s.unwrap_or(1);
                 let until_ms = cx.now_ms.saturating_add(back_off_s * 1_000);
                 self.provider_busy
                     .retain(|(attempt, _)| *attempt != self.attempt);
                 self.provider_busy.push((self.attempt, until_ms));
                 self.note_saturated_for(back_off_s);
+                shared_back_off = asked_s.filter(|_| eject_on_retry_after).map(|_| until_ms);
             }
-            return self.attempt_failed(Outcome::Status(status), cx);
+            return self.attempt_failed_backing_off(Outcome::Status(status), shared_back_off, cx);
         }
         let success = (200..300).contains(&status);
         let kind = plan.attempts.get(self.attempt).map(|a| a.kind);
@@ -1304,8 +1333,13 @@ impl Exchange {
         if !(200..300).contains(&status) {
             // A final error (or the retryable error of the only attempt the chain can make):
             // the provider's own error is the answer.
-            if plan.should_retry_status(status) && self.health_read() {
-                record_failure(cx.health, self.deployment(), &plan.fallback, cx.now_ms);
+            let mut actions = Vec::new();
+            if plan.should_retry_status(status) {
+                let back_off = (status == 429 && plan.fallback.eject_on_retry_after)
+                    .then(|| provider_back_off_s(retry_after))
+                    .flatten()
+                    .map(|s| cx.now_ms.saturating_add(s * 1_000));
+                actions.extend(self.count_failure(back_off, cx));
             }
             let mut err = plan.translate_error(self.attempt, status, body);
             // The provider's back-off hint reaches the client unless the translated error
@@ -1314,7 +1348,8 @@ impl Exchange {
                 err.retry_after = retry_after.and_then(|v| v.trim().parse().ok());
             }
             self.log_attempt(Outcome::Status(status), cx);
-            return self.reply_error(&err);
+            actions.extend(self.reply_error(&err));
+            return actions;
         }
         let translated = if stream {
             let mut translator = plan.response_stream(self.attempt);
@@ -1467,6 +1502,14 @@ fn valid_request_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// The back-off a provider's `Retry-After` names in seconds (1 to 60); `None` for none or an
+/// HTTP-date.
+fn provider_back_off_s(retry_after: Option<&str>) -> Option<u64> {
+    retry_after
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.clamp(1, 60))
 }
 
 fn no_plan() -> GatewayError {

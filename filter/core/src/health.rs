@@ -1,7 +1,8 @@
 //! Passive health: one policy for every host, over a small store each host provides.
 //!
 //! A deployment that fails `eject_after_failures` attempts in a row is ejected for
-//! `cooldown_ms`, and routing skips it meanwhile; latency is an EWMA for the lowest-latency
+//! `cooldown_ms`, and routing skips it meanwhile (one whose provider answered 429 with a
+//! `Retry-After` in seconds, for that long: [`HealthRecord::backed_off`]); latency is an EWMA for the lowest-latency
 //! strategy. The rules and the stored record live here; a host only supplies a
 //! [`HealthStore`] — proxy-wasm shared data (Envoy, host-runner: compare-and-swap across
 //! workers), Spin key-value (shared by every instance) — so the hosts cannot drift apart.
@@ -92,6 +93,14 @@ impl HealthRecord {
         self
     }
 
+    /// After a provider asked for a back-off (a 429 with `Retry-After`): skipped by routing
+    /// until `until_ms` at least, so other requests are steered to the rest of the chain
+    /// instead of each asking the throttled provider again.
+    pub fn backed_off(mut self, until_ms: u64) -> HealthRecord {
+        self.ejected_until_ms = self.ejected_until_ms.max(until_ms);
+        self
+    }
+
     /// After a successful attempt: the failure run ends and the latency joins the EWMA.
     pub fn succeeded(mut self, latency_ms: u64, now_ms: u64) -> HealthRecord {
         let latency = latency_ms as f64;
@@ -145,21 +154,28 @@ impl HealthStore for NoHealthStore {
     fn update(&self, _: &str, _: &mut dyn FnMut(HealthRecord) -> Option<HealthRecord>) {}
 }
 
-/// Records a failed attempt of `deployment`; ejects it after too many in a row. Returns
-/// whether this failure ejected it.
+/// Records a failed attempt of `deployment`; ejects it after too many in a row, and at least
+/// until `back_off_until_ms` when its provider asked for a back-off. Returns the instant (unix
+/// ms) until which this failure ejected it, when it ejected it or made an ejection longer.
 pub fn record_failure(
     store: &dyn HealthStore,
     deployment: &str,
     policy: &FallbackPolicy,
     now_ms: u64,
-) -> bool {
-    let mut ejected = false;
+    back_off_until_ms: Option<u64>,
+) -> Option<u64> {
+    let mut ejected_until = None;
     store.update(deployment, &mut |stored| {
-        let next = stored.failed(policy, now_ms);
-        ejected = next.ejected_until_ms != stored.ejected_until_ms;
+        let mut next = stored.failed(policy, now_ms);
+        if let Some(until_ms) = back_off_until_ms {
+            next = next.backed_off(until_ms);
+        }
+        ejected_until = (next.ejected_until_ms > stored.ejected_until_ms
+            && next.is_ejected(now_ms))
+        .then_some(next.ejected_until_ms);
         Some(next)
     });
-    ejected
+    ejected_until
 }
 
 /// Records a successful attempt of `deployment` and its latency.
@@ -330,16 +346,65 @@ mod tests {
             store: &store,
             now_ms,
         };
-        assert!(!record_failure(&store, "a/x", &policy_after(2), 100));
+        assert_eq!(
+            record_failure(&store, "a/x", &policy_after(2), 100, None),
+            None
+        );
         assert!(!view(100).is_ejected("a/x"));
-        assert!(record_failure(&store, "a/x", &policy_after(2), 200));
+        assert_eq!(
+            record_failure(&store, "a/x", &policy_after(2), 200, None),
+            Some(1_200)
+        );
         assert!(view(200).is_ejected("a/x"));
         assert!(view(1_199).is_ejected("a/x"));
         assert!(!view(1_200).is_ejected("a/x"));
         // A success ends a failure run: two more failures are needed again.
-        record_failure(&store, "a/x", &policy_after(2), 1_300);
+        record_failure(&store, "a/x", &policy_after(2), 1_300, None);
         record_success(&store, "a/x", 50, 1_400);
-        assert!(!record_failure(&store, "a/x", &policy_after(2), 1_500));
+        assert_eq!(
+            record_failure(&store, "a/x", &policy_after(2), 1_500, None),
+            None
+        );
+    }
+
+    #[test]
+    fn a_providers_back_off_ejects_at_once_and_never_shortens_an_ejection() {
+        let store = MemoryHealthStore::default();
+        let view = |now_ms| HealthSnapshot {
+            store: &store,
+            now_ms,
+        };
+        // One 429 asking for 30 s: skipped for 30 s, though one failure is not a run.
+        assert_eq!(
+            record_failure(&store, "a/x", &policy_after(3), 1_000, Some(31_000)),
+            Some(31_000)
+        );
+        assert!(view(30_999).is_ejected("a/x"));
+        assert!(!view(31_000).is_ejected("a/x"));
+        // A shorter back-off inside it changes nothing; a longer one extends it.
+        assert_eq!(
+            record_failure(&store, "a/x", &policy_after(3), 2_000, Some(5_000)),
+            None
+        );
+        assert!(view(30_999).is_ejected("a/x"));
+        assert_eq!(
+            record_failure(&store, "a/x", &policy_after(3), 3_000, Some(63_000)),
+            Some(63_000)
+        );
+        // The failures still count toward a run: the third in a row ejects for the cooldown,
+        // which does not cut the longer back-off short.
+        assert!(view(62_999).is_ejected("a/x"));
+        // A back-off already over when recorded ejects nothing.
+        let other = MemoryHealthStore::default();
+        assert_eq!(
+            record_failure(&other, "b/y", &policy_after(3), 5_000, Some(4_000)),
+            None
+        );
+        assert!(!HealthSnapshot {
+            store: &other,
+            now_ms: 5_000
+        }
+        .is_ejected("b/y"));
     }
 
     #[test]

@@ -665,6 +665,99 @@ fn repeated_failures_eject_and_routing_skips_the_deployment() {
 }
 
 #[test]
+fn a_providers_back_off_steers_every_request_down_the_chain_until_it_is_over() {
+    let mut h = Host::new();
+    let rate_limited = |h: &mut Host, retry_after| {
+        h.feed(Event::UpstreamHead(UpstreamHead {
+            status: 429,
+            content_type: Some("application/json"),
+            retry_after,
+            body_complete: false,
+        }))
+    };
+    // a answers 429 asking for 20 s: this request goes on to b...
+    assert_eq!(sent(&h.chat("chain", false))[0].1, "a.test");
+    let actions = rate_limited(&mut h, Some("20"));
+    assert_eq!(sent(&actions)[0].1, "b.test");
+    assert!(
+        actions.iter().any(|a| matches!(a,
+            Action::Log(line) if line == "switchyard: ejecting deployment a/m-a for 20000 ms")),
+        "{actions:?}"
+    );
+    h.head(200, "application/json");
+    h.feed(Event::UpstreamBody(COMPLETION.as_bytes()));
+    h.finish(Ending::default());
+    // ...and so does every request for the next 20 s, without asking a again (one 429 is
+    // not the two failures in a row the policy ejects after).
+    h.now_ms += 19_999;
+    h.ex = Exchange::new();
+    assert_eq!(sent(&h.chat("chain", false))[0].1, "b.test");
+    h.now_ms += 1;
+    h.ex = Exchange::new();
+    assert_eq!(sent(&h.chat("chain", false))[0].1, "a.test");
+
+    // A 429 without a back-off in seconds (none, or an HTTP-date) holds only this request
+    // back; the next one asks a again.
+    for retry_after in [None, Some("Wed, 21 Oct 2026 07:28:00 GMT")] {
+        let mut h = Host::new();
+        h.chat("chain", false);
+        assert_eq!(sent(&rate_limited(&mut h, retry_after))[0].1, "b.test");
+        h.ex = Exchange::new();
+        assert_eq!(
+            sent(&h.chat("chain", false))[0].1,
+            "a.test",
+            "{retry_after:?}"
+        );
+    }
+
+    // The chain's last deployment answering 429: the client is answered 429 with the
+    // provider's back-off, and c is skipped by other requests for it too.
+    let mut h = Host::new();
+    h.chat("chain", false);
+    h.feed(Event::UpstreamFailed(&Failure::ConnectionFailed));
+    h.feed(Event::UpstreamFailed(&Failure::ConnectionFailed));
+    let (status, _, headers) = reply(&rate_limited(&mut h, Some("30")));
+    assert_eq!((status, header(&headers, "retry-after")), (429, Some("30")));
+    assert_eq!(h.finish(Ending::default()).status, 429);
+    assert!(h.ejected("c/m-c"));
+    h.now_ms += 29_999;
+    assert!(h.ejected("c/m-c"));
+    h.now_ms += 1;
+    assert!(!h.ejected("c/m-c"));
+
+    // The same when the chain's total deadline leaves no fallback: the provider's error is
+    // the answer, and its back-off is shared.
+    let mut h = Host::new();
+    h.chat("chain", false);
+    h.now_ms += 2_500;
+    assert_eq!(rate_limited(&mut h, Some("15")), [Action::ReadUpstreamBody]);
+    let actions = h.feed(Event::UpstreamBody(
+        br#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#,
+    ));
+    let (status, _, headers) = reply(&actions);
+    assert_eq!((status, header(&headers, "retry-after")), (429, Some("15")));
+    assert!(h.ejected("a/m-a"));
+    h.now_ms += 15_000;
+    assert!(!h.ejected("a/m-a"));
+
+    // `fallback.eject_on_retry_after: false`: the back-off holds only the request it
+    // answered; the next request asks a again.
+    let mut config = config();
+    config["fallback"]["eject_on_retry_after"] = json!(false);
+    let mut h = Host::with(gateway_from(config));
+    h.chat("chain", false);
+    assert_eq!(sent(&rate_limited(&mut h, Some("20")))[0].1, "b.test");
+    assert!(!h.ejected("a/m-a"));
+    assert_eq!(
+        h.health.load("a/m-a").unwrap().failures,
+        1,
+        "an ordinary failure"
+    );
+    h.ex = Exchange::new();
+    assert_eq!(sent(&h.chat("chain", false))[0].1, "a.test");
+}
+
+#[test]
 fn streams_pass_chunk_by_chunk_and_record_time_to_first_token() {
     let mut h = Host::new();
     h.chat("solo", true);
