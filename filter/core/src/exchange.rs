@@ -56,8 +56,8 @@
 //! waiting request asks a throttled provider at most once per back-off. A back-off named in
 //! seconds also goes into the deployment's shared health record (when some routing reads it,
 //! [`crate::health`], and `fallback.eject_on_retry_after` is on, the default): other requests
-//! skip the deployment for as long, as an ejected one.
-//! While a request waits, [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
+//! skip the deployment for as long, as an ejected one. While a request waits,
+//! [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
 //! freed, and at the latest at its `until_ms`. A retry walks the chain again; the request
 //! leaves the queue when a deployment takes it, or is answered 429 `deployments_saturated`
 //! with `Retry-After` once `max_wait_ms` has passed since it first waited (at once when the
@@ -72,6 +72,7 @@
 
 use crate::attempts::{AttemptLog, Outcome, ATTEMPTS_HEADER};
 use crate::canonical::TokenUsage;
+use crate::config::FallbackPolicy;
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::gateway::{
     Endpoint, Gateway, HeadOutcome, LocalReply, Plan, RequestHead, UpstreamRequest,
@@ -1262,19 +1263,18 @@ impl Exchange {
         };
         let status = head.status;
         if plan.should_retry_status(status) && (self.attempt > 0 || self.can_fall_back(cx)) {
-            let mut shared_back_off = None;
-            let eject_on_retry_after = plan.fallback.eject_on_retry_after;
+            let shared_back_off = (status == 429)
+                .then(|| shared_back_off_until(&plan.fallback, head.retry_after, cx.now_ms))
+                .flatten();
             if status == 429 {
                 // This request skips the provider for its back-off (an HTTP-date, or none:
                 // one second); every request does when the provider named it in seconds.
-                let asked_s = provider_back_off_s(head.retry_after);
-                let back_off_s = asked_s.unwrap_or(1);
+                let back_off_s = provider_back_off_s(head.retry_after).unwrap_or(1);
                 let until_ms = cx.now_ms.saturating_add(back_off_s * 1_000);
                 self.provider_busy
                     .retain(|(attempt, _)| *attempt != self.attempt);
                 self.provider_busy.push((self.attempt, until_ms));
                 self.note_saturated_for(back_off_s);
-                shared_back_off = asked_s.filter(|_| eject_on_retry_after).map(|_| until_ms);
             }
             return self.attempt_failed_backing_off(Outcome::Status(status), shared_back_off, cx);
         }
@@ -1335,10 +1335,9 @@ impl Exchange {
             // the provider's own error is the answer.
             let mut actions = Vec::new();
             if plan.should_retry_status(status) {
-                let back_off = (status == 429 && plan.fallback.eject_on_retry_after)
-                    .then(|| provider_back_off_s(retry_after))
-                    .flatten()
-                    .map(|s| cx.now_ms.saturating_add(s * 1_000));
+                let back_off = (status == 429)
+                    .then(|| shared_back_off_until(&plan.fallback, retry_after, cx.now_ms))
+                    .flatten();
                 actions.extend(self.count_failure(back_off, cx));
             }
             let mut err = plan.translate_error(self.attempt, status, body);
@@ -1510,6 +1509,17 @@ fn provider_back_off_s(retry_after: Option<&str>) -> Option<u64> {
     retry_after
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| s.clamp(1, 60))
+}
+
+/// Until when (unix ms) a provider's 429 ejects its deployment for every request: its
+/// `Retry-After` in seconds from `now_ms`, when `policy` ejects on it.
+fn shared_back_off_until(
+    policy: &FallbackPolicy,
+    retry_after: Option<&str>,
+    now_ms: u64,
+) -> Option<u64> {
+    let seconds = provider_back_off_s(retry_after).filter(|_| policy.eject_on_retry_after)?;
+    Some(now_ms.saturating_add(seconds * 1_000))
 }
 
 fn no_plan() -> GatewayError {
