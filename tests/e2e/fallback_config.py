@@ -40,7 +40,7 @@ CHAINS = {
     "fb-all": [("openai", "gpt-fb-all"), ("anthropic", "claude-fb-all")],
     # Ejection after 2 failures, 2 s cooldown.
     "fb-eject": [("openai", "gpt-fb-eject"), ("anthropic", "claude-fb-eject")],
-    # No ejection by failures, but a provider's 429 with `Retry-After` ejects for its back-off.
+    # No ejection by failures; a provider's 429 with `Retry-After` holds back every request.
     "fb-throttled": [("openai", "gpt-fb-throttled"), ("anthropic", "claude-fb-throttled")],
     # Many concurrent requests, half of them failing on the primary.
     "fb-burst": [("openai", "gpt-fb-burst"), ("anthropic", "claude-fb-burst")],
@@ -78,15 +78,15 @@ def free_port() -> int:
 
 
 def policy(eject_after: int = NEVER_EJECT, cooldown_ms: int = 1000,
-           eject_on_retry_after: bool | None = None) -> dict:
-    # Without ejection, a provider's 429 with `Retry-After` does not eject either (unless
-    # asked): every scenario starts with a healthy primary.
-    if eject_on_retry_after is None:
-        eject_on_retry_after = eject_after != NEVER_EJECT
+           share_retry_after: bool | None = None) -> dict:
+    # Without ejection, a provider's 429 with `Retry-After` holds back only its own request
+    # (unless asked): every scenario starts with a primary nobody holds back.
+    if share_retry_after is None:
+        share_retry_after = eject_after != NEVER_EJECT
     return {"retry_on": [408, 429, 500, 502, 503, 504, 529],
             "attempt_timeout_ms": ATTEMPT_TIMEOUT_MS, "total_timeout_ms": TOTAL_TIMEOUT_MS,
             "eject_after_failures": eject_after, "cooldown_ms": cooldown_ms,
-            "eject_on_retry_after": eject_on_retry_after}
+            "share_retry_after": share_retry_after}
 
 
 def _price(provider: str) -> dict:
@@ -109,7 +109,7 @@ def fallback_gateway_config(doubles: Doubles, dead_port: int,
             "name": name, "strategy": "priority",
             "deployments": [{"provider": p, "model": m, "price": _price(p)} for p, m in chain],
             "fallback": policy(eject, EJECT_COOLDOWN_MS,
-                               eject_on_retry_after=True if name == "fb-throttled" else None)})
+                               share_retry_after=True if name == "fb-throttled" else None)})
     models.append({
         "name": WEIGHTED, "strategy": "weighted",
         "deployments": [{"provider": p, "model": m, "weight": w, "price": _price(p)}

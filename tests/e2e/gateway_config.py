@@ -81,7 +81,7 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
             {"provider": "anthropic", "model": "claude-secondary", "price": PRICES["anthropic"]}],
          # Ejection off here (every test starts with a healthy primary); see "ejecting".
          "fallback": {"attempt_timeout_ms": 2000, "total_timeout_ms": 8000,
-                      "eject_after_failures": 1000000, "eject_on_retry_after": False}},
+                      "eject_after_failures": 1000000, "share_retry_after": False}},
         # Bedrock → Azure → Gemini: three wire formats in one fallback chain (ejection off,
         # as for fallback-chain).
         {"name": "tri-fallback", "strategy": "priority", "deployments": [
@@ -90,7 +90,7 @@ def gateway_config(doubles: Doubles, local_backend: str | None = None) -> dict:
             {"provider": "azure", "model": "gpt-tri-deployment", "price": PRICES["azure"]},
             {"provider": "gemini", "model": "gemini-tri", "price": PRICES["gemini"]}],
          "fallback": {"attempt_timeout_ms": 4000, "total_timeout_ms": 12000,
-                      "eject_after_failures": 1000000, "eject_on_retry_after": False}},
+                      "eject_after_failures": 1000000, "share_retry_after": False}},
         # Passive health: after 2 failures the primary is skipped for the cooldown.
         {"name": "ejecting", "strategy": "priority", "deployments": [
             {"provider": "openai", "model": "gpt-ejectable", "price": PRICES["openai"]},

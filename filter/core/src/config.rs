@@ -291,12 +291,13 @@ pub struct FallbackPolicy {
     /// How long an ejected deployment is skipped.
     #[serde(default = "default_cooldown_ms")]
     pub cooldown_ms: u64,
-    /// Whether a provider's 429 with a `Retry-After` in seconds ejects the deployment for that
-    /// long (at most 60 s), for every request: its quota is the provider account's, so the
-    /// next request would most likely meet the same 429. Off, the back-off holds only the
-    /// request that was answered 429, and the 429 counts as an ordinary failure.
-    #[serde(default = "default_eject_on_retry_after")]
-    pub eject_on_retry_after: bool,
+    /// Whether a provider's 429 with a `Retry-After` in seconds holds back every request for
+    /// that long (at most 60 s; the deployment is tried after the others and asked by no
+    /// request before then): its quota is the provider account's, so the next request would
+    /// most likely meet the same 429. Off, the back-off holds only the request that was
+    /// answered 429. Either way the 429 counts as a failure toward ejection.
+    #[serde(default = "default_share_retry_after")]
+    pub share_retry_after: bool,
 }
 
 fn default_retry_on() -> Vec<u16> {
@@ -314,7 +315,7 @@ fn default_eject_after() -> u32 {
 fn default_cooldown_ms() -> u64 {
     30_000
 }
-fn default_eject_on_retry_after() -> bool {
+fn default_share_retry_after() -> bool {
     true
 }
 
@@ -326,7 +327,7 @@ impl Default for FallbackPolicy {
             total_timeout_ms: default_total_timeout_ms(),
             eject_after_failures: default_eject_after(),
             cooldown_ms: default_cooldown_ms(),
-            eject_on_retry_after: default_eject_on_retry_after(),
+            share_retry_after: default_share_retry_after(),
         }
     }
 }

@@ -55,8 +55,10 @@
 //! asked for is over (seconds; 1 s without one or for an HTTP-date, 60 s at most), so a
 //! waiting request asks a throttled provider at most once per back-off. A back-off named in
 //! seconds also goes into the deployment's shared health record (when some routing reads it,
-//! [`crate::health`], and `fallback.eject_on_retry_after` is on, the default): other requests
-//! skip the deployment for as long, as an ejected one. While a request waits,
+//! [`crate::health`], and `fallback.share_retry_after` is on, the default), and holds back
+//! every request the same way: routing puts the deployment after the others, a request's
+//! walks skip it until the back-off is over, and a waiting request reads the record again
+//! before each retry (so one queued before the 429 does not ask either). While a request waits,
 //! [`Action::Wait`] asks the host to hold it and feed [`Event::Retry`] when capacity may have
 //! freed, and at the latest at its `until_ms`. A retry walks the chain again; the request
 //! leaves the queue when a deployment takes it, or is answered 429 `deployments_saturated`
@@ -458,6 +460,7 @@ impl Exchange {
                 // Attempts that were sent (a provider's 429) stay on the record.
                 self.attempts.forget_saturated();
                 self.saturated_retry_s = None;
+                self.note_shared_back_offs(cx);
                 self.start_attempts(Vec::new(), cx)
             }
             (State::Body(_), Event::RequestBodyUnreadable(detail)) => self.body_unreadable(detail),
@@ -810,6 +813,8 @@ impl Exchange {
             Ok(plan) => plan,
             Err(err) => return self.reply_error(&err),
         };
+        // Deployments whose provider asked every caller to back off are not asked before then.
+        self.provider_busy.extend(plan.backing_off.iter().copied());
         self.plan = Some(plan);
         self.admit_then(gateway, Granted::Attempts, cx)
     }
@@ -967,11 +972,16 @@ impl Exchange {
         Some(waited)
     }
 
-    /// Time spent on the attempt chain so far (a wait in the queue not included).
+    /// Time spent on the attempt chain so far (waits in the queue not included: those that
+    /// ended, and the one a retry walks the chain from).
     fn chain_elapsed_ms(&self, cx: &Ctx<'_>) -> u64 {
+        let waiting_ms = self
+            .queued
+            .map_or(0, |(since_ms, _)| cx.now_ms.saturating_sub(since_ms));
         cx.now_ms
             .saturating_sub(self.started_ms)
             .saturating_sub(self.queued_ms.unwrap_or(0))
+            .saturating_sub(waiting_ms)
     }
 
     /// The control plane admitted the request (its reservation settles when the usage record
@@ -1240,21 +1250,56 @@ impl Exchange {
     }
 
     /// Counts a failed attempt against its deployment's shared health record, when some
-    /// routing reads it; the log line when that ejected the deployment.
-    fn count_failure(&self, back_off_until_ms: Option<u64>, cx: &Ctx<'_>) -> Option<Action> {
-        let plan = self.plan.as_ref().filter(|_| self.health_read())?;
+    /// routing reads it; a log line for an ejection or a back-off that started or grew.
+    fn count_failure(&self, back_off_until_ms: Option<u64>, cx: &Ctx<'_>) -> Vec<Action> {
+        let Some(plan) = self.plan.as_ref().filter(|_| self.health_read()) else {
+            return Vec::new();
+        };
         let deployment = self.deployment();
-        let until_ms = record_failure(
+        let recorded = record_failure(
             cx.health,
             deployment,
             &plan.fallback,
             cx.now_ms,
             back_off_until_ms,
-        )?;
-        Some(Action::Log(format!(
-            "switchyard: ejecting deployment {deployment} for {} ms",
-            until_ms.saturating_sub(cx.now_ms)
-        )))
+        );
+        let for_ms = |until_ms: u64| until_ms.saturating_sub(cx.now_ms);
+        let ejected = recorded.ejected_until_ms.map(|until_ms| {
+            Action::Log(format!(
+                "switchyard: ejecting deployment {deployment} for {} ms",
+                for_ms(until_ms)
+            ))
+        });
+        let backing_off = recorded.backed_off_until_ms.map(|until_ms| {
+            Action::Log(format!(
+                "switchyard: deployment {deployment} backs off for {} ms (its provider's \
+                 Retry-After)",
+                for_ms(until_ms)
+            ))
+        });
+        ejected.into_iter().chain(backing_off).collect()
+    }
+
+    /// Before a waiting request walks its chain again: the back-offs other requests recorded
+    /// meanwhile (a provider's 429 with `Retry-After`) hold it back too.
+    fn note_shared_back_offs(&mut self, cx: &Ctx<'_>) {
+        let Some(plan) = &self.plan else { return };
+        for (attempt, deployment) in plan.attempts.iter().enumerate() {
+            if !deployment.health_read {
+                continue;
+            }
+            let Some(record) = cx.health.load(&deployment.deployment_id) else {
+                continue;
+            };
+            if record.backed_off_until_ms > cx.now_ms {
+                match self.provider_busy.iter_mut().find(|(a, _)| *a == attempt) {
+                    Some((_, until_ms)) => *until_ms = (*until_ms).max(record.backed_off_until_ms),
+                    None => self
+                        .provider_busy
+                        .push((attempt, record.backed_off_until_ms)),
+                }
+            }
+        }
     }
 
     fn on_upstream_head(&mut self, head: &UpstreamHead<'_>, cx: &Ctx<'_>) -> Vec<Action> {
@@ -1268,7 +1313,8 @@ impl Exchange {
                 .flatten();
             if status == 429 {
                 // This request skips the provider for its back-off (an HTTP-date, or none:
-                // one second); every request does when the provider named it in seconds.
+                // one second); every request does when the provider named it in seconds
+                // (`fallback.share_retry_after`).
                 let back_off_s = provider_back_off_s(head.retry_after).unwrap_or(1);
                 let until_ms = cx.now_ms.saturating_add(back_off_s * 1_000);
                 self.provider_busy
@@ -1518,7 +1564,7 @@ fn shared_back_off_until(
     retry_after: Option<&str>,
     now_ms: u64,
 ) -> Option<u64> {
-    let seconds = provider_back_off_s(retry_after).filter(|_| policy.eject_on_retry_after)?;
+    let seconds = provider_back_off_s(retry_after).filter(|_| policy.share_retry_after)?;
     Some(now_ms.saturating_add(seconds * 1_000))
 }
 

@@ -27,7 +27,7 @@ use crate::json_patch::patch_top_level;
 use crate::keys::{authenticate, presented_key};
 use crate::providers::passthrough::FastPath;
 use crate::providers::{openai, BaseUrl, ProviderKind};
-use crate::routing::{attempt_order, deployment_id, HealthView};
+use crate::routing::{deployment_id, ordered_attempts, HealthView};
 use crate::stream::{ResponseStream, TranslatingStream};
 use crate::usage::{cost, UsageRecord};
 
@@ -678,7 +678,8 @@ impl Gateway {
         // The first catalog capability or request field a deployment lacks (the refusal and
         // the field at fault), answered if no deployment is left.
         let mut refused: Option<(String, String)> = None;
-        for i in attempt_order(model, health, random) {
+        let mut backing_off = Vec::new();
+        for (i, back_off_until_ms) in ordered_attempts(model, health, random) {
             let d = &model.deployments[i];
             let Some(provider) = self.config.providers.get(&d.provider) else {
                 continue;
@@ -723,7 +724,12 @@ impl Gateway {
                 }
             }
             match &self.resolved(model_index)[i] {
-                Some(Ok(deployment)) => attempts.push(Attempt(Arc::clone(deployment))),
+                Some(Ok(deployment)) => {
+                    if let Some(until_ms) = back_off_until_ms {
+                        backing_off.push((attempts.len(), until_ms));
+                    }
+                    attempts.push(Attempt(Arc::clone(deployment)));
+                }
                 Some(Err(e)) => return Err(GatewayError::new(ErrorKind::Internal, e.clone())),
                 None => continue,
             }
@@ -757,6 +763,7 @@ impl Gateway {
             request,
             raw: body.into_owned(),
             attempts,
+            backing_off,
             fallback: self.config.fallback_for(model).clone(),
             scopes,
             estimate,
@@ -1052,6 +1059,9 @@ pub struct Plan {
     raw: Vec<u8>,
     /// The fallback chain, in order.
     pub attempts: Vec<Attempt>,
+    /// Attempts (indices into `attempts`) whose provider asked every caller to back off, with
+    /// the end of the back-off (unix ms): not to be asked before then.
+    pub backing_off: Vec<(usize, u64)>,
     /// Retry statuses and timeouts in force.
     pub fallback: FallbackPolicy,
     /// The key's and its team's limits that apply.

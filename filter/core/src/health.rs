@@ -1,9 +1,9 @@
 //! Passive health: one policy for every host, over a small store each host provides.
 //!
 //! A deployment that fails `eject_after_failures` attempts in a row is ejected for
-//! `cooldown_ms`, and routing skips it meanwhile (one whose provider answered 429 with a
-//! `Retry-After` in seconds, for that long: [`HealthRecord::backed_off`]); latency is an
-//! EWMA for the lowest-latency strategy. The rules and the stored record live here; a host only supplies a
+//! `cooldown_ms`, and routing skips it meanwhile; one whose provider answered 429 with a
+//! `Retry-After` in seconds backs off for that long ([`HealthRecord::backed_off`]: tried last,
+//! and asked by no request before then); latency is an EWMA for the lowest-latency strategy. The rules and the stored record live here; a host only supplies a
 //! [`HealthStore`] — proxy-wasm shared data (Envoy, host-runner: compare-and-swap across
 //! workers), Spin key-value (shared by every instance) — so the hosts cannot drift apart.
 //!
@@ -13,7 +13,7 @@
 //! contention, or key-value round trips — off nearly every successful request.
 
 use crate::config::FallbackPolicy;
-use crate::routing::HealthView;
+use crate::routing::{HealthView, Standing};
 
 /// Relative latency change that is worth a write.
 const LATENCY_MOVE: f64 = 0.1;
@@ -34,6 +34,9 @@ pub struct HealthRecord {
     pub latency_ms: Option<f64>,
     /// Unix ms of the latest latency sample in the EWMA.
     pub latency_at_ms: u64,
+    /// Unix ms until which the deployment's provider asked callers to back off (a 429 with
+    /// `Retry-After`): routing tries it last, and no request asks it before then.
+    pub backed_off_until_ms: u64,
 }
 
 impl HealthRecord {
@@ -43,16 +46,21 @@ impl HealthRecord {
     }
 
     /// The stored form: `failures,ejected_until_ms,latency_ms,latency_at_ms`, latency to
-    /// 0.1 ms and empty until measured.
+    /// 0.1 ms and empty until measured, then `,backed_off_until_ms` when a back-off was ever
+    /// recorded (so a record without one keeps the older, shorter form).
     pub fn encode(&self) -> String {
         let latency = self
             .latency_ms
             .map(|l| format!("{l:.1}"))
             .unwrap_or_default();
-        format!(
+        let mut text = format!(
             "{},{},{latency},{}",
             self.failures, self.ejected_until_ms, self.latency_at_ms
-        )
+        );
+        if self.backed_off_until_ms > 0 {
+            text.push_str(&format!(",{}", self.backed_off_until_ms));
+        }
+        text
     }
 
     /// Parses [`HealthRecord::encode`]'s form; `None` for anything else (a corrupt record is
@@ -70,11 +78,16 @@ impl HealthRecord {
             },
         };
         let latency_at_ms = parts.next()?.parse().ok()?;
+        let backed_off_until_ms = match parts.next() {
+            None => 0,
+            Some(b) => b.parse().ok()?,
+        };
         parts.next().is_none().then_some(HealthRecord {
             failures,
             ejected_until_ms,
             latency_ms,
             latency_at_ms,
+            backed_off_until_ms,
         })
     }
 
@@ -87,18 +100,32 @@ impl HealthRecord {
     pub fn failed(mut self, policy: &FallbackPolicy, now_ms: u64) -> HealthRecord {
         self.failures += 1;
         if self.failures >= policy.eject_after_failures.max(1) {
-            self.ejected_until_ms = now_ms.saturating_add(policy.cooldown_ms);
+            // Never shorter than an ejection already running.
+            self.ejected_until_ms = self
+                .ejected_until_ms
+                .max(now_ms.saturating_add(policy.cooldown_ms));
             self.failures = 0;
         }
         self
     }
 
-    /// After a provider asked for a back-off (a 429 with `Retry-After`): skipped by routing
-    /// until `until_ms` at least, so other requests are steered to the rest of the chain
-    /// instead of each asking the throttled provider again.
+    /// After a provider asked for a back-off (a 429 with `Retry-After`): nobody asks it before
+    /// `until_ms` at least, so other requests go down the rest of the chain (or wait) instead
+    /// of each asking the throttled provider again.
     pub fn backed_off(mut self, until_ms: u64) -> HealthRecord {
-        self.ejected_until_ms = self.ejected_until_ms.max(until_ms);
+        self.backed_off_until_ms = self.backed_off_until_ms.max(until_ms);
         self
+    }
+
+    /// Where routing puts the deployment at `now_ms`.
+    pub fn standing(&self, now_ms: u64) -> Standing {
+        if self.is_ejected(now_ms) {
+            Standing::Ejected
+        } else if self.backed_off_until_ms > now_ms {
+            Standing::BackingOff(self.backed_off_until_ms)
+        } else {
+            Standing::Healthy
+        }
     }
 
     /// After a successful attempt: the failure run ends and the latency joins the EWMA.
@@ -114,7 +141,10 @@ impl HealthRecord {
 
     /// Whether this record differs enough from `stored` to be worth a write.
     pub fn worth_writing(&self, stored: &HealthRecord, now_ms: u64) -> bool {
-        if self.failures != stored.failures || self.ejected_until_ms != stored.ejected_until_ms {
+        if self.failures != stored.failures
+            || self.ejected_until_ms != stored.ejected_until_ms
+            || self.backed_off_until_ms != stored.backed_off_until_ms
+        {
             return true;
         }
         match (stored.latency_ms, self.latency_ms) {
@@ -154,28 +184,39 @@ impl HealthStore for NoHealthStore {
     fn update(&self, _: &str, _: &mut dyn FnMut(HealthRecord) -> Option<HealthRecord>) {}
 }
 
-/// Records a failed attempt of `deployment`; ejects it after too many in a row, and at least
-/// until `back_off_until_ms` when its provider asked for a back-off. Returns the instant (unix
-/// ms) until which this failure ejected it, when it ejected it or made an ejection longer.
+/// What recording a failure changed: each instant (unix ms) is set when this failure started
+/// or lengthened that state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FailureRecorded {
+    /// Ejected (cooling down after failures) until then.
+    pub ejected_until_ms: Option<u64>,
+    /// Backing off (its provider's `Retry-After`) until then.
+    pub backed_off_until_ms: Option<u64>,
+}
+
+/// Records a failed attempt of `deployment`: ejects it after too many in a row, and records
+/// the back-off its provider asked for until `back_off_until_ms`, if any.
 pub fn record_failure(
     store: &dyn HealthStore,
     deployment: &str,
     policy: &FallbackPolicy,
     now_ms: u64,
     back_off_until_ms: Option<u64>,
-) -> Option<u64> {
-    let mut ejected_until = None;
+) -> FailureRecorded {
+    let mut recorded = FailureRecorded::default();
     store.update(deployment, &mut |stored| {
         let mut next = stored.failed(policy, now_ms);
         if let Some(until_ms) = back_off_until_ms {
             next = next.backed_off(until_ms);
         }
-        ejected_until = (next.ejected_until_ms > stored.ejected_until_ms
-            && next.is_ejected(now_ms))
-        .then_some(next.ejected_until_ms);
+        let longer = |next: u64, stored: u64| (next > stored && next > now_ms).then_some(next);
+        recorded = FailureRecorded {
+            ejected_until_ms: longer(next.ejected_until_ms, stored.ejected_until_ms),
+            backed_off_until_ms: longer(next.backed_off_until_ms, stored.backed_off_until_ms),
+        };
         Some(next)
     });
-    ejected_until
+    recorded
 }
 
 /// Records a successful attempt of `deployment` and its latency.
@@ -203,6 +244,12 @@ impl HealthView for HealthSnapshot<'_> {
 
     fn latency_ms(&self, deployment_id: &str) -> Option<f64> {
         self.store.load(deployment_id).and_then(|r| r.latency_ms)
+    }
+
+    fn standing(&self, deployment_id: &str) -> Standing {
+        self.store
+            .load(deployment_id)
+            .map_or(Standing::Healthy, |r| r.standing(self.now_ms))
     }
 }
 
@@ -258,11 +305,24 @@ mod tests {
             ejected_until_ms: 1_700_000_000_123,
             latency_ms: Some(12.5),
             latency_at_ms: 1_700_000_000_000,
+            backed_off_until_ms: 0,
         };
         assert_eq!(measured.encode(), "2,1700000000123,12.5,1700000000000");
         assert_eq!(
             HealthRecord::decode(measured.encode().as_bytes()),
             Some(measured)
+        );
+        let backing_off = HealthRecord {
+            backed_off_until_ms: 1_700_000_030_000,
+            ..measured
+        };
+        assert_eq!(
+            backing_off.encode(),
+            "2,1700000000123,12.5,1700000000000,1700000030000"
+        );
+        assert_eq!(
+            HealthRecord::decode(backing_off.encode().as_bytes()),
+            Some(backing_off)
         );
         let fresh = HealthRecord::default();
         assert_eq!(fresh.encode(), "0,0,,0");
@@ -276,7 +336,8 @@ mod tests {
             &b""[..],
             b"garbage",
             b"1,2,3",
-            b"1,2,3,4,5",
+            b"1,2,3,4,x",
+            b"1,2,3,4,5,6",
             b"-1,0,,0",
             b"0,0,NaN,0",
             b"0,0,-5,0",
@@ -346,14 +407,18 @@ mod tests {
             store: &store,
             now_ms,
         };
+        let ejected = |until| FailureRecorded {
+            ejected_until_ms: until,
+            backed_off_until_ms: None,
+        };
         assert_eq!(
             record_failure(&store, "a/x", &policy_after(2), 100, None),
-            None
+            ejected(None)
         );
         assert!(!view(100).is_ejected("a/x"));
         assert_eq!(
             record_failure(&store, "a/x", &policy_after(2), 200, None),
-            Some(1_200)
+            ejected(Some(1_200))
         );
         assert!(view(200).is_ejected("a/x"));
         assert!(view(1_199).is_ejected("a/x"));
@@ -363,48 +428,73 @@ mod tests {
         record_success(&store, "a/x", 50, 1_400);
         assert_eq!(
             record_failure(&store, "a/x", &policy_after(2), 1_500, None),
-            None
+            ejected(None)
         );
     }
 
     #[test]
-    fn a_providers_back_off_ejects_at_once_and_never_shortens_an_ejection() {
+    fn a_providers_back_off_is_recorded_at_once_and_never_shortened() {
         let store = MemoryHealthStore::default();
-        let view = |now_ms| HealthSnapshot {
-            store: &store,
-            now_ms,
+        let standing = |now_ms| {
+            HealthSnapshot {
+                store: &store,
+                now_ms,
+            }
+            .standing("a/x")
         };
-        // One 429 asking for 30 s: skipped for 30 s, though one failure is not a run.
+        let backed_off = |until| FailureRecorded {
+            ejected_until_ms: None,
+            backed_off_until_ms: until,
+        };
+        // One 429 asking for 30 s: backing off for 30 s, though one failure is not a run.
         assert_eq!(
             record_failure(&store, "a/x", &policy_after(3), 1_000, Some(31_000)),
-            Some(31_000)
+            backed_off(Some(31_000))
         );
-        assert!(view(30_999).is_ejected("a/x"));
-        assert!(!view(31_000).is_ejected("a/x"));
-        // A shorter back-off inside it changes nothing; a longer one extends it.
+        assert_eq!(standing(30_999), Standing::BackingOff(31_000));
+        assert_eq!(standing(31_000), Standing::Healthy);
+        // A shorter back-off inside it changes nothing.
         assert_eq!(
             record_failure(&store, "a/x", &policy_after(3), 2_000, Some(5_000)),
-            None
+            backed_off(None)
         );
-        assert!(view(30_999).is_ejected("a/x"));
+        assert_eq!(standing(30_999), Standing::BackingOff(31_000));
+        // The failures still count toward a run: the third in a row (no back-off of its own)
+        // ejects for the cooldown and resets the run; the back-off is kept and outlasts it.
         assert_eq!(
-            record_failure(&store, "a/x", &policy_after(3), 3_000, Some(63_000)),
-            Some(63_000)
+            record_failure(&store, "a/x", &policy_after(3), 3_000, None),
+            FailureRecorded {
+                ejected_until_ms: Some(4_000),
+                backed_off_until_ms: None
+            }
         );
-        // The failures still count toward a run: the third in a row ejects for the cooldown,
-        // which does not cut the longer back-off short.
-        assert!(view(62_999).is_ejected("a/x"));
-        // A back-off already over when recorded ejects nothing.
+        assert_eq!(store.load("a/x").unwrap().failures, 0);
+        assert_eq!(standing(3_999), Standing::Ejected);
+        assert_eq!(standing(4_000), Standing::BackingOff(31_000));
+        // A longer back-off lengthens it.
+        assert_eq!(
+            record_failure(&store, "a/x", &policy_after(3), 5_000, Some(63_000)),
+            backed_off(Some(63_000))
+        );
+        assert_eq!(standing(62_999), Standing::BackingOff(63_000));
+        // A back-off already over when recorded changes nothing.
         let other = MemoryHealthStore::default();
         assert_eq!(
             record_failure(&other, "b/y", &policy_after(3), 5_000, Some(4_000)),
-            None
+            backed_off(None)
         );
-        assert!(!HealthSnapshot {
-            store: &other,
-            now_ms: 5_000
-        }
-        .is_ejected("b/y"));
+    }
+
+    #[test]
+    fn an_ejection_is_never_shortened_by_a_later_run() {
+        // A 60 s ejection (a long cooldown), then a policy with a short one completes a run:
+        // the deployment stays out for the longer of the two.
+        let long = policy(1, 60_000);
+        let short = policy(1, 1_000);
+        let record = HealthRecord::default().failed(&long, 1_000);
+        assert_eq!(record.ejected_until_ms, 61_000);
+        assert_eq!(record.failed(&short, 2_000).ejected_until_ms, 61_000);
+        assert_eq!(record.failed(&short, 70_000).ejected_until_ms, 71_000);
     }
 
     #[test]

@@ -24,12 +24,32 @@ pub enum Strategy {
     LowestLatency,
 }
 
+/// Where a deployment stands for routing at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Try it in its strategy's place.
+    Healthy,
+    /// Its provider asked for a back-off (a 429 with `Retry-After`) that lasts until this
+    /// unix ms: tried after the others, and not before then.
+    BackingOff(u64),
+    /// Cooling down after failures: skipped.
+    Ejected,
+}
+
 /// What the host knows about deployments' recent behaviour.
 pub trait HealthView {
     /// Whether the deployment is ejected (cooling down after failures) at this moment.
     fn is_ejected(&self, deployment_id: &str) -> bool;
     /// Recent latency in milliseconds, if observed.
     fn latency_ms(&self, deployment_id: &str) -> Option<f64>;
+    /// Where the deployment stands (one read of its record where the host stores one).
+    fn standing(&self, deployment_id: &str) -> Standing {
+        if self.is_ejected(deployment_id) {
+            Standing::Ejected
+        } else {
+            Standing::Healthy
+        }
+    }
 }
 
 /// A host with no observations: everything healthy, nothing measured.
@@ -52,14 +72,28 @@ pub fn deployment_id(d: &DeploymentConfig) -> String {
 /// Orders `model`'s deployments for one request. Returns indices into `model.deployments`.
 ///
 /// Ejected deployments are skipped, unless every deployment is ejected: then all are tried in
-/// strategy order, since trying a cooling deployment beats failing outright.
+/// strategy order, since trying a cooling deployment beats failing outright. Deployments whose
+/// provider asked for a back-off come after the others ([`ordered_attempts`] says until when).
 pub fn attempt_order(model: &ModelConfig, health: &dyn HealthView, random: u64) -> Vec<usize> {
+    ordered_attempts(model, health, random)
+        .into_iter()
+        .map(|(index, _)| index)
+        .collect()
+}
+
+/// [`attempt_order`], each index with the end (unix ms) of its provider's back-off, if one
+/// is running: the request must not ask that deployment before then.
+pub fn ordered_attempts(
+    model: &ModelConfig,
+    health: &dyn HealthView,
+    random: u64,
+) -> Vec<(usize, Option<u64>)> {
     let deps = &model.deployments;
     if deps.len() == 1 {
         // One deployment is tried whatever its health says (an ejected one too, as when
         // every deployment is ejected): its record is not read (on the edge, a shared-data
         // host call and two formatted names per request on the common fast path).
-        return vec![0];
+        return vec![(0, None)];
     }
     let mut order: Vec<usize> = (0..deps.len()).collect();
     match model.strategy {
@@ -74,15 +108,24 @@ pub fn attempt_order(model: &ModelConfig, health: &dyn HealthView, random: u64) 
             la.total_cmp(&lb)
         }),
     }
-    let healthy: Vec<usize> = order
+    let standings: Vec<Standing> = order
         .iter()
-        .copied()
-        .filter(|&i| !health.is_ejected(&deployment_id(&deps[i])))
+        .map(|&i| health.standing(&deployment_id(&deps[i])))
         .collect();
-    if healthy.is_empty() {
-        order
+    let healthy = order
+        .iter()
+        .zip(&standings)
+        .filter(|(_, s)| **s == Standing::Healthy)
+        .map(|(&i, _)| (i, None));
+    let backing_off = order.iter().zip(&standings).filter_map(|(&i, s)| match s {
+        Standing::BackingOff(until_ms) => Some((i, Some(*until_ms))),
+        _ => None,
+    });
+    let usable: Vec<(usize, Option<u64>)> = healthy.chain(backing_off).collect();
+    if usable.is_empty() {
+        order.into_iter().map(|i| (i, None)).collect()
     } else {
-        healthy
+        usable
     }
 }
 
@@ -197,6 +240,38 @@ mod tests {
             latency: HashMap::new(),
         };
         assert_eq!(attempt_order(&m, &all, 0), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn deployments_backing_off_come_last_with_the_end_of_their_back_off() {
+        struct Standings;
+        impl HealthView for Standings {
+            fn is_ejected(&self, id: &str) -> bool {
+                id == "c/x"
+            }
+            fn latency_ms(&self, _: &str) -> Option<f64> {
+                None
+            }
+            fn standing(&self, id: &str) -> Standing {
+                match id {
+                    "a/x" => Standing::BackingOff(5_000),
+                    "c/x" => Standing::Ejected,
+                    _ => Standing::Healthy,
+                }
+            }
+        }
+        let m = model(
+            Strategy::Priority,
+            &[("a", 1, 0.0), ("b", 1, 0.0), ("c", 1, 0.0), ("d", 1, 0.0)],
+        );
+        assert_eq!(
+            ordered_attempts(&m, &Standings, 0),
+            vec![(1, None), (3, None), (0, Some(5_000))]
+        );
+        assert_eq!(attempt_order(&m, &Standings, 0), vec![1, 3, 0]);
+        // Only ejected and backing-off ones: the one backing off is still the one to wait for.
+        let m = model(Strategy::Priority, &[("a", 1, 0.0), ("c", 1, 0.0)]);
+        assert_eq!(ordered_attempts(&m, &Standings, 0), vec![(0, Some(5_000))]);
     }
 
     #[test]

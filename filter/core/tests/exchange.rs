@@ -13,7 +13,7 @@ use switchyard_core::exchange::{
 use switchyard_core::health::{HealthSnapshot, HealthStore, MemoryHealthStore};
 use switchyard_core::keys::hash_key;
 use switchyard_core::limits::{charge, usd_to_nano, MemoryCounters, Quota, Scope};
-use switchyard_core::routing::HealthView;
+use switchyard_core::routing::{HealthView, Standing};
 use switchyard_core::{Gateway, RequestHead};
 
 const KEY: &str = "sk-exchange-test";
@@ -169,6 +169,15 @@ impl Host {
             now_ms: self.now_ms,
         }
         .is_ejected(deployment)
+    }
+
+    fn backing_off(&self, deployment: &str) -> bool {
+        let standing = HealthSnapshot {
+            store: &self.health,
+            now_ms: self.now_ms,
+        }
+        .standing(deployment);
+        matches!(standing, Standing::BackingOff(_))
     }
 }
 
@@ -681,7 +690,8 @@ fn a_providers_back_off_steers_every_request_down_the_chain_until_it_is_over() {
     assert_eq!(sent(&actions)[0].1, "b.test");
     assert!(
         actions.iter().any(|a| matches!(a,
-            Action::Log(line) if line == "switchyard: ejecting deployment a/m-a for 20000 ms")),
+            Action::Log(line) if line == "switchyard: deployment a/m-a backs off for 20000 ms \
+                                        (its provider's Retry-After)")),
         "{actions:?}"
     );
     h.head(200, "application/json");
@@ -719,11 +729,11 @@ fn a_providers_back_off_steers_every_request_down_the_chain_until_it_is_over() {
     let (status, _, headers) = reply(&rate_limited(&mut h, Some("30")));
     assert_eq!((status, header(&headers, "retry-after")), (429, Some("30")));
     assert_eq!(h.finish(Ending::default()).status, 429);
-    assert!(h.ejected("c/m-c"));
+    assert!(h.backing_off("c/m-c"));
     h.now_ms += 29_999;
-    assert!(h.ejected("c/m-c"));
+    assert!(h.backing_off("c/m-c"));
     h.now_ms += 1;
-    assert!(!h.ejected("c/m-c"));
+    assert!(!h.backing_off("c/m-c"));
 
     // The same when the chain's total deadline leaves no fallback: the provider's error is
     // the answer, and its back-off is shared.
@@ -736,18 +746,18 @@ fn a_providers_back_off_steers_every_request_down_the_chain_until_it_is_over() {
     ));
     let (status, _, headers) = reply(&actions);
     assert_eq!((status, header(&headers, "retry-after")), (429, Some("15")));
-    assert!(h.ejected("a/m-a"));
+    assert!(h.backing_off("a/m-a"));
     h.now_ms += 15_000;
-    assert!(!h.ejected("a/m-a"));
+    assert!(!h.backing_off("a/m-a"));
 
-    // `fallback.eject_on_retry_after: false`: the back-off holds only the request it
+    // `fallback.share_retry_after: false`: the back-off holds only the request it
     // answered; the next request asks a again.
     let mut config = config();
-    config["fallback"]["eject_on_retry_after"] = json!(false);
+    config["fallback"]["share_retry_after"] = json!(false);
     let mut h = Host::with(gateway_from(config));
     h.chat("chain", false);
     assert_eq!(sent(&rate_limited(&mut h, Some("20")))[0].1, "b.test");
-    assert!(!h.ejected("a/m-a"));
+    assert!(!h.backing_off("a/m-a"));
     assert_eq!(
         h.health.load("a/m-a").unwrap().failures,
         1,

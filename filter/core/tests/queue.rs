@@ -622,3 +622,79 @@ fn the_counter_records_listed_ahead_are_the_ones_requests_write() {
         );
     }
 }
+
+/// A provider's back-off (429 with `Retry-After`) that one request met holds back every
+/// request of the model: one already waiting when it came does not ask that provider on its
+/// next walk, one that arrives during it keeps the deployment for after it; once it is over,
+/// each of them is sent there.
+#[test]
+fn a_providers_back_off_holds_back_every_waiting_request_until_it_is_over() {
+    let mut h = Host::new(gateway(1, 30_000, 10));
+    let (mut first, _) = h.arrive("narrow");
+    let (mut on_b, _) = h.arrive("narrow");
+    // Both deployments full: two requests wait.
+    let (mut w1, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    let (mut w2, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    // a frees; the oldest waiter takes it, and a's provider answers it 429 for 5 s.
+    h.complete(&mut first);
+    h.finish(&mut first, Ending::default());
+    assert_eq!(
+        sent(&h.feed(&mut w1, Event::Retry)).as_deref(),
+        Some("a.test")
+    );
+    assert!(waits(&provider_429(&h, &mut w1, "5")).is_some());
+    // a has a free slot, b is full: the other waiter, queued before the 429, does not ask a.
+    h.now_ms += 1_000;
+    let actions = h.feed(&mut w2, Event::Retry);
+    assert!(
+        waits(&actions).is_some() && sent(&actions).is_none(),
+        "{actions:?}"
+    );
+    // A request arriving during the back-off waits too.
+    let (mut w3, actions) = h.arrive("narrow");
+    assert!(
+        waits(&actions).is_some() && sent(&actions).is_none(),
+        "{actions:?}"
+    );
+    assert_eq!(h.depth(), 3);
+    // The back-off is over: one after another, each waiter is sent to a (b stays full).
+    h.now_ms += 4_000;
+    for (i, ex) in [&mut w1, &mut w2, &mut w3].into_iter().enumerate() {
+        let actions = h.feed(ex, Event::Retry);
+        assert_eq!(
+            sent(&actions).as_deref(),
+            Some("a.test"),
+            "w{}: {actions:?}",
+            i + 1
+        );
+        assert_eq!(h.complete(ex).0, 200);
+        h.finish(ex, Ending::default());
+    }
+    assert_eq!(h.depth(), 0);
+    h.complete(&mut on_b);
+    h.finish(&mut on_b, Ending::default());
+}
+
+/// The time a request spends waiting is not the chain's: a retry after a wait longer than
+/// `total_timeout_ms` (2.5 s here) still falls back past a deployment that is full.
+#[test]
+fn a_long_wait_does_not_use_up_the_chains_total_timeout() {
+    let mut h = Host::new(gateway(1, 30_000, 10));
+    let (mut on_a, _) = h.arrive("narrow");
+    let (mut on_b, _) = h.arrive("narrow");
+    let (mut waiting, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    h.now_ms += 3_000;
+    h.complete(&mut on_b);
+    h.finish(&mut on_b, Ending::default());
+    // a is still full; b, the chain's second deployment, takes it.
+    let actions = h.feed(&mut waiting, Event::Retry);
+    assert_eq!(sent(&actions).as_deref(), Some("b.test"), "{actions:?}");
+    assert_eq!(h.complete(&mut waiting).0, 200);
+    h.finish(&mut waiting, Ending::default());
+    h.complete(&mut on_a);
+    h.finish(&mut on_a, Ending::default());
+    assert_eq!(h.depth(), 0);
+}
