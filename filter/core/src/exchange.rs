@@ -331,6 +331,11 @@ pub struct Exchange {
     ratelimit_headers: Vec<(String, String)>,
     /// The soonest a saturated deployment frees up, seconds (for `Retry-After`).
     saturated_retry_s: Option<u64>,
+    /// Whether this walk found a deployment at its own limits (capacity that can free at any
+    /// moment), not only providers' back-offs (which end at a known time).
+    held_by_limits: bool,
+    /// The soonest end (unix ms) of a provider's back-off this walk skipped a deployment for.
+    back_off_ends_ms: Option<u64>,
     /// Attempts (by index in the plan) whose provider answered 429 to this request, and
     /// until when (unix ms, from its `Retry-After`) a walk of the chain skips them as busy.
     provider_busy: Vec<(usize, u64)>,
@@ -386,6 +391,8 @@ impl Exchange {
             deployment_admission: None,
             ratelimit_headers: Vec::new(),
             saturated_retry_s: None,
+            held_by_limits: false,
+            back_off_ends_ms: None,
             provider_busy: Vec::new(),
             queued: None,
             wait_deadline_ms: None,
@@ -460,6 +467,8 @@ impl Exchange {
                 // Attempts that were sent (a provider's 429) stay on the record.
                 self.attempts.forget_saturated();
                 self.saturated_retry_s = None;
+                self.held_by_limits = false;
+                self.back_off_ends_ms = None;
                 self.note_shared_back_offs(cx);
                 self.start_attempts(Vec::new(), cx)
             }
@@ -917,6 +926,29 @@ impl Exchange {
         };
         let (model, policy) = (plan.model.clone(), plan.queue);
         let public = plan.public_model.clone();
+        // Only providers' back-offs hold the request, and the soonest ends after its wait
+        // would: waiting cannot help, the client hears when to come back at once.
+        let wait_ends_ms = self
+            .wait_deadline_ms
+            .unwrap_or(cx.now_ms.saturating_add(policy.max_wait_ms));
+        let backed_off_past_wait =
+            !self.held_by_limits && self.back_off_ends_ms.is_some_and(|t| t > wait_ends_ms);
+        if backed_off_past_wait && policy.enabled() {
+            let waited = self.leave_queue(cx);
+            let seconds = self.saturated_retry_s.unwrap_or(1);
+            let waited = waited.map_or(String::new(), |ms| format!(" (it waited {ms} ms)"));
+            let mut err = GatewayError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "every deployment of `{public}` is held back by its provider's Retry-After \
+                     for longer than this request may wait{waited}; retry in {seconds} s"
+                ),
+            )
+            .with_code("deployments_saturated");
+            err.retry_after = Some(seconds);
+            actions.extend(self.reply_error(&err));
+            return actions;
+        }
         let mut full = false;
         if self.queued.is_none() && policy.enabled() {
             if queue::enter(cx.counters, &model, policy.max_depth) {
@@ -1075,7 +1107,7 @@ impl Exchange {
             .find(|(attempt, _)| *attempt == self.attempt)
             .map(|(_, until_ms)| *until_ms);
         if let Some(until_ms) = busy_until.filter(|until_ms| cx.now_ms < *until_ms) {
-            self.note_saturated_for(until_ms.saturating_sub(cx.now_ms).div_ceil(1_000));
+            self.note_back_off(until_ms, cx);
             return false;
         }
         let Some(plan) = &self.plan else { return true };
@@ -1092,10 +1124,17 @@ impl Exchange {
                 true
             }
             Err(refusal) => {
+                self.held_by_limits = true;
                 self.note_saturated_for(refusal.error.retry_after.unwrap_or(1));
                 false
             }
         }
+    }
+
+    /// A deployment is held back by its provider's back-off until `until_ms`.
+    fn note_back_off(&mut self, until_ms: u64, cx: &Ctx<'_>) {
+        self.back_off_ends_ms = Some(self.back_off_ends_ms.map_or(until_ms, |t| t.min(until_ms)));
+        self.note_saturated_for(until_ms.saturating_sub(cx.now_ms).div_ceil(1_000));
     }
 
     /// A deployment is busy for `seconds` more: the soonest of these is the `Retry-After`
@@ -1283,7 +1322,9 @@ impl Exchange {
     /// Before a waiting request walks its chain again: the back-offs other requests recorded
     /// meanwhile (a provider's 429 with `Retry-After`) hold it back too.
     fn note_shared_back_offs(&mut self, cx: &Ctx<'_>) {
-        let Some(plan) = &self.plan else { return };
+        let Some(plan) = self.plan.as_ref().filter(|p| p.fallback.share_retry_after) else {
+            return;
+        };
         for (attempt, deployment) in plan.attempts.iter().enumerate() {
             if !deployment.health_read {
                 continue;
@@ -1320,7 +1361,7 @@ impl Exchange {
                 self.provider_busy
                     .retain(|(attempt, _)| *attempt != self.attempt);
                 self.provider_busy.push((self.attempt, until_ms));
-                self.note_saturated_for(back_off_s);
+                self.note_back_off(until_ms, cx);
             }
             return self.attempt_failed_backing_off(Outcome::Status(status), shared_back_off, cx);
         }

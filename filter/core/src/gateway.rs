@@ -27,7 +27,7 @@ use crate::json_patch::patch_top_level;
 use crate::keys::{authenticate, presented_key};
 use crate::providers::passthrough::FastPath;
 use crate::providers::{openai, BaseUrl, ProviderKind};
-use crate::routing::{deployment_id, ordered_attempts, HealthView};
+use crate::routing::{deployment_id, ordered_attempts, HealthView, IgnoringBackOffs};
 use crate::stream::{ResponseStream, TranslatingStream};
 use crate::usage::{cost, UsageRecord};
 
@@ -679,6 +679,12 @@ impl Gateway {
         // the field at fault), answered if no deployment is left.
         let mut refused: Option<(String, String)> = None;
         let mut backing_off = Vec::new();
+        let ignoring_back_offs = IgnoringBackOffs(health);
+        let health = if self.config.fallback_for(model).share_retry_after {
+            health
+        } else {
+            &ignoring_back_offs
+        };
         for (i, back_off_until_ms) in ordered_attempts(model, health, random) {
             let d = &model.deployments[i];
             let Some(provider) = self.config.providers.get(&d.provider) else {

@@ -97,16 +97,17 @@ impl HealthRecord {
     }
 
     /// After a failed attempt: one more failure, or an ejection once there are enough.
-    pub fn failed(mut self, policy: &FallbackPolicy, now_ms: u64) -> HealthRecord {
-        self.failures += 1;
-        if self.failures >= policy.eject_after_failures.max(1) {
+    pub fn failed(self, policy: &FallbackPolicy, now_ms: u64) -> HealthRecord {
+        let mut record = self.forget_past_back_off(now_ms);
+        record.failures += 1;
+        if record.failures >= policy.eject_after_failures.max(1) {
             // Never shorter than an ejection already running.
-            self.ejected_until_ms = self
+            record.ejected_until_ms = record
                 .ejected_until_ms
                 .max(now_ms.saturating_add(policy.cooldown_ms));
-            self.failures = 0;
+            record.failures = 0;
         }
-        self
+        record
     }
 
     /// After a provider asked for a back-off (a 429 with `Retry-After`): nobody asks it before
@@ -119,24 +120,37 @@ impl HealthRecord {
 
     /// Where routing puts the deployment at `now_ms`.
     pub fn standing(&self, now_ms: u64) -> Standing {
+        let backed_off_until_ms =
+            (self.backed_off_until_ms > now_ms).then_some(self.backed_off_until_ms);
         if self.is_ejected(now_ms) {
-            Standing::Ejected
-        } else if self.backed_off_until_ms > now_ms {
-            Standing::BackingOff(self.backed_off_until_ms)
+            Standing::Ejected {
+                backed_off_until_ms,
+            }
+        } else if let Some(until_ms) = backed_off_until_ms {
+            Standing::BackingOff(until_ms)
         } else {
             Standing::Healthy
         }
     }
 
+    /// A back-off that is over is dropped, so the record is stored in its shorter form again.
+    fn forget_past_back_off(mut self, now_ms: u64) -> HealthRecord {
+        if self.backed_off_until_ms <= now_ms {
+            self.backed_off_until_ms = 0;
+        }
+        self
+    }
+
     /// After a successful attempt: the failure run ends and the latency joins the EWMA.
-    pub fn succeeded(mut self, latency_ms: u64, now_ms: u64) -> HealthRecord {
+    pub fn succeeded(self, latency_ms: u64, now_ms: u64) -> HealthRecord {
+        let mut record = self.forget_past_back_off(now_ms);
         let latency = latency_ms as f64;
-        self.failures = 0;
-        self.latency_ms = Some(self.latency_ms.map_or(latency, |l| {
+        record.failures = 0;
+        record.latency_ms = Some(record.latency_ms.map_or(latency, |l| {
             (1.0 - LATENCY_ALPHA) * l + LATENCY_ALPHA * latency
         }));
-        self.latency_at_ms = now_ms;
-        self
+        record.latency_at_ms = now_ms;
+        record
     }
 
     /// Whether this record differs enough from `stored` to be worth a write.
@@ -469,7 +483,12 @@ mod tests {
             }
         );
         assert_eq!(store.load("a/x").unwrap().failures, 0);
-        assert_eq!(standing(3_999), Standing::Ejected);
+        assert_eq!(
+            standing(3_999),
+            Standing::Ejected {
+                backed_off_until_ms: Some(31_000)
+            }
+        );
         assert_eq!(standing(4_000), Standing::BackingOff(31_000));
         // A longer back-off lengthens it.
         assert_eq!(
@@ -477,6 +496,10 @@ mod tests {
             backed_off(Some(63_000))
         );
         assert_eq!(standing(62_999), Standing::BackingOff(63_000));
+        // Once over, the next update drops it: the record is stored in its shorter form.
+        record_success(&store, "a/x", 40, 63_000);
+        assert_eq!(store.load("a/x").unwrap().backed_off_until_ms, 0);
+        assert_eq!(store.load("a/x").unwrap().encode().split(',').count(), 4);
         // A back-off already over when recorded changes nothing.
         let other = MemoryHealthStore::default();
         assert_eq!(

@@ -32,8 +32,12 @@ pub enum Standing {
     /// Its provider asked for a back-off (a 429 with `Retry-After`) that lasts until this
     /// unix ms: tried after the others, and not before then.
     BackingOff(u64),
-    /// Cooling down after failures: skipped.
-    Ejected,
+    /// Cooling down after failures: skipped (unless every deployment is), and not asked
+    /// before the end of a back-off its provider also asked for, if one runs (unix ms).
+    Ejected {
+        /// The end of the provider's back-off, if one runs.
+        backed_off_until_ms: Option<u64>,
+    },
 }
 
 /// What the host knows about deployments' recent behaviour.
@@ -45,7 +49,9 @@ pub trait HealthView {
     /// Where the deployment stands (one read of its record where the host stores one).
     fn standing(&self, deployment_id: &str) -> Standing {
         if self.is_ejected(deployment_id) {
-            Standing::Ejected
+            Standing::Ejected {
+                backed_off_until_ms: None,
+            }
         } else {
             Standing::Healthy
         }
@@ -122,10 +128,42 @@ pub fn ordered_attempts(
         _ => None,
     });
     let usable: Vec<(usize, Option<u64>)> = healthy.chain(backing_off).collect();
-    if usable.is_empty() {
-        order.into_iter().map(|i| (i, None)).collect()
-    } else {
-        usable
+    if !usable.is_empty() {
+        return usable;
+    }
+    // Every deployment is ejected: all are tried, none before its provider's back-off ends.
+    order
+        .into_iter()
+        .zip(standings)
+        .map(|(i, s)| match s {
+            Standing::Ejected {
+                backed_off_until_ms,
+            } => (i, backed_off_until_ms),
+            Standing::BackingOff(until_ms) => (i, Some(until_ms)),
+            Standing::Healthy => (i, None),
+        })
+        .collect()
+}
+
+/// A view that ignores providers' back-offs (a model whose `fallback.share_retry_after` is
+/// off): a deployment backing off stands where its health puts it.
+pub struct IgnoringBackOffs<'a>(pub &'a dyn HealthView);
+
+impl HealthView for IgnoringBackOffs<'_> {
+    fn is_ejected(&self, deployment_id: &str) -> bool {
+        self.0.is_ejected(deployment_id)
+    }
+    fn latency_ms(&self, deployment_id: &str) -> Option<f64> {
+        self.0.latency_ms(deployment_id)
+    }
+    fn standing(&self, deployment_id: &str) -> Standing {
+        match self.0.standing(deployment_id) {
+            Standing::BackingOff(_) => Standing::Healthy,
+            Standing::Ejected { .. } => Standing::Ejected {
+                backed_off_until_ms: None,
+            },
+            Standing::Healthy => Standing::Healthy,
+        }
     }
 }
 
@@ -255,7 +293,12 @@ mod tests {
             fn standing(&self, id: &str) -> Standing {
                 match id {
                     "a/x" => Standing::BackingOff(5_000),
-                    "c/x" => Standing::Ejected,
+                    "c/x" => Standing::Ejected {
+                        backed_off_until_ms: None,
+                    },
+                    "e/x" => Standing::Ejected {
+                        backed_off_until_ms: Some(9_000),
+                    },
                     _ => Standing::Healthy,
                 }
             }
@@ -272,6 +315,22 @@ mod tests {
         // Only ejected and backing-off ones: the one backing off is still the one to wait for.
         let m = model(Strategy::Priority, &[("a", 1, 0.0), ("c", 1, 0.0)]);
         assert_eq!(ordered_attempts(&m, &Standings, 0), vec![(0, Some(5_000))]);
+        // Every one ejected: all are tried, the one whose provider also asked for a back-off
+        // not before it ends.
+        let m = model(Strategy::Priority, &[("c", 1, 0.0), ("e", 1, 0.0)]);
+        assert_eq!(
+            ordered_attempts(&m, &Standings, 0),
+            vec![(0, None), (1, Some(9_000))]
+        );
+        // A model that does not share back-offs sees health alone.
+        let m = model(
+            Strategy::Priority,
+            &[("a", 1, 0.0), ("b", 1, 0.0), ("e", 1, 0.0)],
+        );
+        assert_eq!(
+            ordered_attempts(&m, &IgnoringBackOffs(&Standings), 0),
+            vec![(0, None), (1, None)]
+        );
     }
 
     #[test]

@@ -702,6 +702,17 @@ fn a_providers_back_off_steers_every_request_down_the_chain_until_it_is_over() {
     h.now_ms += 19_999;
     h.ex = Exchange::new();
     assert_eq!(sent(&h.chat("chain", false))[0].1, "b.test");
+    // Tried last, it is still not asked while the back-off runs: b and c failing leaves the
+    // request nowhere to go.
+    let actions = h.head(500, "application/json");
+    assert_eq!(sent(&actions)[0].1, "c.test");
+    let (status, _, headers) = reply(&h.head(500, "application/json"));
+    assert_eq!(status, 502);
+    assert_eq!(
+        header(&headers, "x-switchyard-attempts"),
+        Some("b/m-b;500;0ms, c/m-c;500;0ms, a/m-a;saturated;0ms")
+    );
+    h.finish(Ending::default());
     h.now_ms += 1;
     h.ex = Exchange::new();
     assert_eq!(sent(&h.chat("chain", false))[0].1, "a.test");

@@ -497,9 +497,15 @@ proptest! {
                         prop_assert!(h.now_ms < until, "waited past its bound");
                         queued.push((ex, until));
                     } else {
-                        let (status, _, headers) = reply(&actions);
+                        let (status, err, headers) = reply(&actions);
                         prop_assert_eq!(status, 429);
-                        prop_assert!(h.now_ms >= until, "gave up early");
+                        // Before its bound only when providers' back-offs alone hold it and
+                        // outlast the bound.
+                        let message = err["error"]["message"].as_str().unwrap_or_default();
+                        prop_assert!(
+                            h.now_ms >= until || message.contains("held back by its provider's Retry-After"),
+                            "gave up early: {}", message
+                        );
                         prop_assert!(header(&headers, "retry-after").is_some());
                         h.finish(&mut ex, Ending::default());
                         records += 1;
@@ -696,5 +702,50 @@ fn a_long_wait_does_not_use_up_the_chains_total_timeout() {
     h.finish(&mut waiting, Ending::default());
     h.complete(&mut on_a);
     h.finish(&mut on_a, Ending::default());
+    assert_eq!(h.depth(), 0);
+}
+
+/// When only providers' back-offs hold every deployment, and the soonest ends after the
+/// request's wait would, the request is answered 429 at once with that back-off (waiting
+/// could not help); a back-off that ends within the wait is waited out.
+#[test]
+fn a_back_off_longer_than_the_wait_is_answered_at_once() {
+    let mut h = Host::new(gateway(1, 30_000, 10));
+    // Both providers answer one request 429: a for 45 s, b for 40 s.
+    let (mut first, actions) = h.arrive("narrow");
+    assert_eq!(sent(&actions).as_deref(), Some("a.test"));
+    assert_eq!(
+        sent(&provider_429(&h, &mut first, "45")).as_deref(),
+        Some("b.test")
+    );
+    let (status, _, headers) = reply(&provider_429(&h, &mut first, "40"));
+    assert_eq!((status, header(&headers, "retry-after")), (429, Some("40")));
+    h.finish(&mut first, Ending::default());
+    // The next request waits for nothing: 429 with the soonest back-off, no place taken.
+    let (mut next, actions) = h.arrive("narrow");
+    assert!(
+        waits(&actions).is_none() && sent(&actions).is_none(),
+        "{actions:?}"
+    );
+    let (status, err, headers) = reply(&actions);
+    assert_eq!(
+        (
+            status,
+            err["error"]["code"].as_str(),
+            header(&headers, "retry-after")
+        ),
+        (429, Some("deployments_saturated"), Some("40"))
+    );
+    assert_eq!(h.depth(), 0);
+    h.finish(&mut next, Ending::default());
+    // 15 s later b's back-off ends within a wait: the request waits, then goes to b.
+    h.now_ms += 15_000;
+    let (mut later, actions) = h.arrive("narrow");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    h.now_ms += 25_000;
+    let actions = h.feed(&mut later, Event::Retry);
+    assert_eq!(sent(&actions).as_deref(), Some("b.test"), "{actions:?}");
+    assert_eq!(h.complete(&mut later).0, 200);
+    h.finish(&mut later, Ending::default());
     assert_eq!(h.depth(), 0);
 }
