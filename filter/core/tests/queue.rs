@@ -13,7 +13,7 @@ use serde_json::json;
 use switchyard_core::exchange::{
     Action, Ctx, Ending, Event, Exchange, UpstreamHead, CLIENT_CLOSED, QUEUED_HEADER,
 };
-use switchyard_core::health::MemoryHealthStore;
+use switchyard_core::health::{HealthStore, MemoryHealthStore};
 use switchyard_core::keys::hash_key;
 use switchyard_core::limits::{in_flight, DeploymentLimits, MemoryCounters, Scope};
 use switchyard_core::queue;
@@ -454,6 +454,17 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Whether a deployment of `ex`'s plan backs off (the shared record) until after `ms`.
+fn backing_off_past(h: &Host, ex: &Exchange, ms: u64) -> bool {
+    ex.plan().is_some_and(|plan| {
+        plan.attempts.iter().any(|a| {
+            h.health
+                .load(&a.deployment_id)
+                .is_some_and(|r| r.backed_off_until_ms > ms)
+        })
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
     #[test]
@@ -502,10 +513,16 @@ proptest! {
                         // Before its bound only when providers' back-offs alone hold it and
                         // outlast the bound.
                         let message = err["error"]["message"].as_str().unwrap_or_default();
-                        prop_assert!(
-                            h.now_ms >= until || message.contains("held back by its provider's Retry-After"),
-                            "gave up early: {}", message
-                        );
+                        if h.now_ms < until {
+                            prop_assert!(
+                                message.contains("held back by its provider's Retry-After"),
+                                "gave up early: {}", message
+                            );
+                            prop_assert!(
+                                backing_off_past(&h, &ex, until),
+                                "gave up early without a back-off that outlasts its wait"
+                            );
+                        }
                         prop_assert!(header(&headers, "retry-after").is_some());
                         h.finish(&mut ex, Ending::default());
                         records += 1;
@@ -525,7 +542,15 @@ proptest! {
                         prop_assert!(h.now_ms < until && until <= h.now_ms + 1_000);
                         queued.push((ex, until));
                     } else {
-                        prop_assert_eq!(reply(&actions).0, 429, "{:?}", actions);
+                        let (status, err, _) = reply(&actions);
+                        prop_assert_eq!(status, 429, "{:?}", actions);
+                        let message = err["error"]["message"].as_str().unwrap_or_default();
+                        if message.contains("held back by its provider's Retry-After") {
+                            prop_assert!(
+                                backing_off_past(&h, &ex, h.now_ms),
+                                "gave up early without a back-off that outlasts its wait"
+                            );
+                        }
                         h.finish(&mut ex, Ending::default());
                         records += 1;
                     }
@@ -747,5 +772,32 @@ fn a_back_off_longer_than_the_wait_is_answered_at_once() {
     assert_eq!(sent(&actions).as_deref(), Some("b.test"), "{actions:?}");
     assert_eq!(h.complete(&mut later).0, 200);
     h.finish(&mut later, Ending::default());
+    assert_eq!(h.depth(), 0);
+}
+
+/// A deployment at its own limits can free at any moment: beside another whose provider's
+/// back-off outlasts the wait, the request still waits for it, and is served when it frees.
+#[test]
+fn a_full_deployment_beside_a_long_back_off_is_waited_for() {
+    let mut h = Host::new(gateway(1, 30_000, 10));
+    let (mut first, _) = h.arrive("narrow");
+    let (mut on_b, actions) = h.arrive("narrow");
+    assert_eq!(sent(&actions).as_deref(), Some("b.test"));
+    h.complete(&mut first);
+    h.finish(&mut first, Ending::default());
+    // a's provider asks for 45 s, longer than the 30 s wait; b is full: the request waits.
+    let (mut ex, actions) = h.arrive("narrow");
+    assert_eq!(sent(&actions).as_deref(), Some("a.test"));
+    let actions = provider_429(&h, &mut ex, "45");
+    assert!(waits(&actions).is_some(), "{actions:?}");
+    h.now_ms += 1_000;
+    assert!(waits(&h.feed(&mut ex, Event::Retry)).is_some());
+    // b frees: the retry takes it.
+    h.complete(&mut on_b);
+    h.finish(&mut on_b, Ending::default());
+    let actions = h.feed(&mut ex, Event::Retry);
+    assert_eq!(sent(&actions).as_deref(), Some("b.test"), "{actions:?}");
+    assert_eq!(h.complete(&mut ex).0, 200);
+    h.finish(&mut ex, Ending::default());
     assert_eq!(h.depth(), 0);
 }
