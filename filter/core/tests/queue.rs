@@ -780,14 +780,8 @@ fn a_back_off_longer_than_the_wait_is_answered_at_once() {
 #[test]
 fn a_full_deployment_beside_a_long_back_off_is_waited_for() {
     let mut h = Host::new(gateway(1, 30_000, 10));
-    let (mut first, _) = h.arrive("narrow");
-    let (mut on_b, actions) = h.arrive("narrow");
-    assert_eq!(sent(&actions).as_deref(), Some("b.test"));
-    h.complete(&mut first);
-    h.finish(&mut first, Ending::default());
+    let (mut on_b, mut ex) = b_held_and_one_sent_to_a(&h);
     // a's provider asks for 45 s, longer than the 30 s wait; b is full: the request waits.
-    let (mut ex, actions) = h.arrive("narrow");
-    assert_eq!(sent(&actions).as_deref(), Some("a.test"));
     let actions = provider_429(&h, &mut ex, "45");
     assert!(waits(&actions).is_some(), "{actions:?}");
     h.now_ms += 1_000;
