@@ -823,7 +823,9 @@ impl Exchange {
             Err(err) => return self.reply_error(&err),
         };
         // Deployments whose provider asked every caller to back off are not asked before then.
-        self.provider_busy.extend(plan.backing_off.iter().copied());
+        for &(attempt, until_ms) in &plan.backing_off {
+            self.hold_back(attempt, until_ms);
+        }
         self.plan = Some(plan);
         self.admit_then(gateway, Granted::Attempts, cx)
     }
@@ -1325,6 +1327,7 @@ impl Exchange {
         let Some(plan) = self.plan.as_ref().filter(|p| p.fallback.share_retry_after) else {
             return;
         };
+        let mut held = Vec::new();
         for (attempt, deployment) in plan.attempts.iter().enumerate() {
             if !deployment.health_read {
                 continue;
@@ -1333,13 +1336,20 @@ impl Exchange {
                 continue;
             };
             if record.backed_off_until_ms > cx.now_ms {
-                match self.provider_busy.iter_mut().find(|(a, _)| *a == attempt) {
-                    Some((_, until_ms)) => *until_ms = (*until_ms).max(record.backed_off_until_ms),
-                    None => self
-                        .provider_busy
-                        .push((attempt, record.backed_off_until_ms)),
-                }
+                held.push((attempt, record.backed_off_until_ms));
             }
+        }
+        for (attempt, until_ms) in held {
+            self.hold_back(attempt, until_ms);
+        }
+    }
+
+    /// This request asks `attempt`'s deployment no sooner than `until_ms` (the later of what
+    /// it already knew and this).
+    fn hold_back(&mut self, attempt: usize, until_ms: u64) {
+        match self.provider_busy.iter_mut().find(|(a, _)| *a == attempt) {
+            Some((_, known_ms)) => *known_ms = (*known_ms).max(until_ms),
+            None => self.provider_busy.push((attempt, until_ms)),
         }
     }
 
@@ -1358,9 +1368,7 @@ impl Exchange {
                 // (`fallback.share_retry_after`).
                 let back_off_s = provider_back_off_s(head.retry_after).unwrap_or(1);
                 let until_ms = cx.now_ms.saturating_add(back_off_s * 1_000);
-                self.provider_busy
-                    .retain(|(attempt, _)| *attempt != self.attempt);
-                self.provider_busy.push((self.attempt, until_ms));
+                self.hold_back(self.attempt, until_ms);
                 self.note_back_off(until_ms, cx);
             }
             return self.attempt_failed_backing_off(Outcome::Status(status), shared_back_off, cx);
@@ -1598,8 +1606,8 @@ fn provider_back_off_s(retry_after: Option<&str>) -> Option<u64> {
         .map(|s| s.clamp(1, 60))
 }
 
-/// Until when (unix ms) a provider's 429 ejects its deployment for every request: its
-/// `Retry-After` in seconds from `now_ms`, when `policy` ejects on it.
+/// Until when (unix ms) a provider's 429 holds its deployment back for every request: its
+/// `Retry-After` in seconds from `now_ms`, when `policy` shares it.
 fn shared_back_off_until(
     policy: &FallbackPolicy,
     retry_after: Option<&str>,

@@ -3,7 +3,8 @@
 //! A deployment that fails `eject_after_failures` attempts in a row is ejected for
 //! `cooldown_ms`, and routing skips it meanwhile; one whose provider answered 429 with a
 //! `Retry-After` in seconds backs off for that long ([`HealthRecord::backed_off`]: tried last,
-//! and asked by no request before then); latency is an EWMA for the lowest-latency strategy. The rules and the stored record live here; a host only supplies a
+//! and asked by no request before then); latency is an EWMA for the lowest-latency strategy.
+//! The rules and the stored record live here; a host only supplies a
 //! [`HealthStore`] — proxy-wasm shared data (Envoy, host-runner: compare-and-swap across
 //! workers), Spin key-value (shared by every instance) — so the hosts cannot drift apart.
 //!
